@@ -1,0 +1,8 @@
+//! Host bindings generated from `wit/`. Only `policy.rs` and `engine.rs` see these types; the
+//! public API speaks the plain contract types.
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy",
+});
+
+pub(crate) use exports::backstop::policy::decider as wit;

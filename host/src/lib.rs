@@ -1,0 +1,40 @@
+//! Backstop: what to do when a Bedrock call fails, decided by a sandboxed WebAssembly policy.
+//!
+//! The policy decides; the host acts. A policy is a component exporting
+//! `backstop:policy/decider@0.1.0` (see `wit/policy.wit`). On each failed attempt the host builds
+//! an [`AttemptContext`], asks [`Policy::decide`], applies its [`Guardrails`], and carries out
+//! the [`Decision`]: sleep and retry, switch model, open a breaker, queue, or give up.
+//!
+//! ```
+//! use backstop::{AttemptContext, Decision, Engine, ErrorInfo, ErrorKind, Guardrails, Limits};
+//!
+//! let engine = Engine::new(Limits::default())?;
+//! let policy = engine.load_default()?.configure(r#"{"base_delay_ms": 200}"#)?;
+//!
+//! let ctx = AttemptContext::first_failure(ErrorInfo::of(ErrorKind::Validation), ["claude"]);
+//! let verdict = Guardrails::default().enforce(&ctx, policy.decide(&ctx));
+//! assert!(matches!(verdict.decision, Decision::GiveUp { .. }));
+//! # Ok::<(), backstop::LoadError>(())
+//! ```
+
+mod bindings;
+pub mod engine;
+pub mod error;
+pub mod guard;
+pub mod policy;
+mod sandbox;
+
+pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule};
+pub use error::LoadError;
+pub use guard::{Clamp, Guardrails};
+pub use policy::{Policy, PolicyFault, Verdict};
+/// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
+pub use policy_guest::contract::{self, *};
+
+/// The default policy component (`policy-guest` built for `wasm32-wasip2`), embedded so the
+/// binary works with no file at hand.
+pub const DEFAULT_POLICY_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
+
+/// The default policy's logic compiled natively: the same code as [`DEFAULT_POLICY_WASM`], for
+/// comparison and benchmarks. Hosts should call the component, which can be swapped.
+pub use policy_guest::policy as native_default;

@@ -1,0 +1,24 @@
+//! Backstop's default policy.
+//!
+//! The decision logic ([`policy`]) is plain `no_std` Rust over the contract types ([`contract`]),
+//! so it compiles natively as well as to WebAssembly: the host uses the native build for its
+//! built-in safe decision and the benchmarks compare the two. Built for `wasm32-wasip2`, the crate
+//! is a component exporting `backstop:policy/decider@0.1.0` that imports nothing at all; the
+//! wit-bindgen glue lives in `component.rs` and only converts types.
+#![no_std]
+
+extern crate alloc;
+// Natively the crate links std (for the panic handler of the cdylib); the logic never uses it.
+#[cfg(not(target_arch = "wasm32"))]
+extern crate std;
+
+pub mod contract;
+pub mod policy;
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+/// The name the default policy reports in `info()`.
+pub const POLICY_NAME: &str = "backstop-default";
+/// The default policy's own version.
+pub const POLICY_VERSION: &str = env!("CARGO_PKG_VERSION");

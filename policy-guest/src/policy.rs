@@ -1,0 +1,214 @@
+//! The default policy: the seed's hierarchy, every level driven by [`Params`].
+//!
+//! In order of precedence, for one failed attempt:
+//! 1. output already delivered → give up (a retry would duplicate what the caller saw);
+//! 2. an error that cannot heal → give up at once;
+//! 3. no time left → give up;
+//! 4. a sustained outage of this model (consecutive failures ≥ threshold) → open its breaker and
+//!    continue on the next healthy model, queue (batch) or give up;
+//! 5. the first blip of a transient 503/500/connection error → retry immediately;
+//! 6. extended throttling (attempts on this model spent, or the health window mostly throttled)
+//!    → switch to the next healthy model of the chain; with none left, batch work queues and
+//!    interactive work gives up;
+//! 7. otherwise → exponential backoff with full jitter, honouring a server wait hint.
+//!
+//! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
+
+use crate::contract::{
+    AfterBreak, AttemptContext, BreakerState, Decision, GiveUpReason, Workload,
+};
+use alloc::format;
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+/// The default policy's parameters, as accepted by `configure` (JSON, every field optional).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Backoff base: the first backoff window is `[0, base_delay_ms]`.
+    pub base_delay_ms: u64,
+    /// Backoff cap: no window is wider than this.
+    pub max_delay_ms: u64,
+    /// Attempts on one model before throttling counts as extended.
+    pub max_attempts_per_model: u32,
+    /// Attempts on all models before the policy gives up.
+    pub max_total_attempts: u32,
+    /// Immediate (zero-delay) retries allowed for a transient blip.
+    pub immediate_retries: u32,
+    /// Throttled share of the health window, in percent, that counts as sustained throttling.
+    pub sustained_throttle_percent: u32,
+    /// Requests the window must hold before its throttled share means anything.
+    pub sustained_min_requests: u32,
+    /// Consecutive outage failures of a model that open its breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long a breaker this policy opens stays open.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            max_attempts_per_model: 5,
+            max_total_attempts: 10,
+            immediate_retries: 1,
+            sustained_throttle_percent: 50,
+            sustained_min_requests: 10,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 30_000,
+        }
+    }
+}
+
+impl Params {
+    /// Parses and checks a JSON configuration. An empty string or `{}` gives the defaults; an
+    /// unknown field or an impossible value is an error that names it.
+    pub fn from_json(json: &str) -> Result<Params, String> {
+        let json = json.trim();
+        let params: Params = if json.is_empty() {
+            Params::default()
+        } else {
+            serde_json::from_str(json).map_err(|e| format!("invalid policy config: {e}"))?
+        };
+        params.validate()?;
+        Ok(params)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let fail = |field: &str, why: &str| Err(format!("invalid policy config: `{field}` {why}"));
+        if self.base_delay_ms == 0 {
+            return fail("base_delay_ms", "must be at least 1");
+        }
+        if self.max_delay_ms < self.base_delay_ms {
+            return fail("max_delay_ms", "must be at least `base_delay_ms`");
+        }
+        if self.max_attempts_per_model == 0 {
+            return fail("max_attempts_per_model", "must be at least 1");
+        }
+        if self.max_total_attempts == 0 {
+            return fail("max_total_attempts", "must be at least 1");
+        }
+        if self.sustained_throttle_percent > 100 {
+            return fail("sustained_throttle_percent", "must be at most 100");
+        }
+        if self.breaker_failure_threshold == 0 {
+            return fail("breaker_failure_threshold", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Full jitter (AWS Architecture blog): uniform over `[0, min(cap, base * 2^exponent)]`, drawn
+/// from `entropy` so the same inputs give the same delay.
+pub fn full_jitter(base_ms: u64, cap_ms: u64, exponent: u32, entropy: u64) -> u64 {
+    let window = base_ms.checked_shl(exponent.min(63)).filter(|w| w >> exponent.min(63) == base_ms);
+    let window = window.unwrap_or(u64::MAX).min(cap_ms);
+    uniform_inclusive(window, entropy)
+}
+
+/// Maps 64 random bits onto `[0, max]` without the bias of `%` (Lemire's multiply-shift).
+fn uniform_inclusive(max: u64, entropy: u64) -> u64 {
+    let span = u128::from(max) + 1;
+    ((u128::from(entropy) * span) >> 64) as u64
+}
+
+/// The default policy's decision for one failed attempt.
+pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
+    let kind = ctx.error.kind;
+    if ctx.output_delivered {
+        return give_up(GiveUpReason::OutputCommitted);
+    }
+    if !kind.heals() {
+        return give_up(GiveUpReason::NotRetryable);
+    }
+    if ctx.remaining_ms == 0 {
+        return give_up(GiveUpReason::Deadline);
+    }
+    if ctx.attempts_total >= params.max_total_attempts {
+        return give_up(GiveUpReason::AttemptsExhausted);
+    }
+
+    let health = ctx.health_of(ctx.model);
+    let next = next_model(ctx);
+
+    if kind.is_outage()
+        && health.consecutive_failures >= params.breaker_failure_threshold
+        && health.breaker != BreakerState::Open
+    {
+        let then = match next {
+            Some(model) => AfterBreak::Fallback { model },
+            None if ctx.workload == Workload::Batch => AfterBreak::Queue,
+            None => AfterBreak::GiveUp,
+        };
+        return Decision::BreakCircuit { model: ctx.model, open_ms: params.breaker_open_ms, then };
+    }
+
+    if kind.is_blip()
+        && ctx.attempts_on_model <= params.immediate_retries
+        && health.consecutive_failures <= params.immediate_retries
+    {
+        return Decision::Retry { delay_ms: 0 };
+    }
+
+    let spent = ctx.attempts_on_model >= params.max_attempts_per_model;
+    let sustained = kind.is_throttle()
+        && health.requests >= params.sustained_min_requests
+        && u64::from(health.throttles) * 100
+            >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent);
+    if spent || sustained {
+        if let Some(model) = next {
+            return Decision::SwitchModel { model, delay_ms: 0 };
+        }
+        if spent {
+            return match ctx.workload {
+                Workload::Batch => Decision::Queue { not_before_ms: backoff(params, ctx) },
+                Workload::Interactive => give_up(GiveUpReason::AttemptsExhausted),
+            };
+        }
+    }
+
+    let delay_ms = backoff(params, ctx);
+    if delay_ms >= ctx.remaining_ms {
+        return match next {
+            Some(model) => Decision::SwitchModel { model, delay_ms: 0 },
+            None => give_up(GiveUpReason::Deadline),
+        };
+    }
+    Decision::Retry { delay_ms }
+}
+
+/// The decision the host falls back to when a policy module faults: the seed's capped
+/// full-jitter backoff (base 1 s, cap 60 s, 5 attempts) that never retries a non-healing error
+/// and never repeats delivered output. It ignores every other field, so it is safe whatever the
+/// module did.
+pub fn safe_decision(ctx: &AttemptContext) -> Decision {
+    let params = Params::default();
+    if ctx.output_delivered {
+        return give_up(GiveUpReason::OutputCommitted);
+    }
+    if !ctx.error.kind.heals() {
+        return give_up(GiveUpReason::NotRetryable);
+    }
+    if ctx.attempts_on_model >= params.max_attempts_per_model {
+        return give_up(GiveUpReason::AttemptsExhausted);
+    }
+    Decision::Retry { delay_ms: backoff(&params, ctx) }
+}
+
+/// Full jitter for this attempt, never shorter than the server's wait hint, never above the cap.
+fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
+    let exponent = ctx.attempts_on_model.saturating_sub(1);
+    let jitter = full_jitter(params.base_delay_ms, params.max_delay_ms, exponent, ctx.entropy);
+    jitter.max(ctx.error.retry_after_ms.unwrap_or(0)).min(params.max_delay_ms)
+}
+
+/// The first model after the current one in the chain whose breaker is not open.
+fn next_model(ctx: &AttemptContext) -> Option<u32> {
+    let count = u32::try_from(ctx.models.len()).unwrap_or(u32::MAX);
+    (ctx.model.saturating_add(1)..count).find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
+}
+
+fn give_up(reason: GiveUpReason) -> Decision {
+    Decision::GiveUp { reason }
+}
