@@ -1,0 +1,114 @@
+//! Shared helpers of the integration tests: the default policy, contexts, and hostile
+//! components assembled from a few lines of core-wasm text plus the real WIT contract.
+#![allow(dead_code)]
+
+use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy};
+use std::sync::OnceLock;
+
+pub const WIT: &str = include_str!("../../wit/policy.wit");
+
+/// One engine for the whole test binary, as a host would have.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(Limits::default()).expect("engine"))
+}
+
+/// The embedded default policy, configured with `config`.
+pub fn default_policy(config: &str) -> Policy {
+    engine().load_default().expect("default policy loads").configure(config).expect("configures")
+}
+
+/// A first-failure context for `kind` on a chain of `models`.
+pub fn ctx(kind: ErrorKind, models: &[&str]) -> AttemptContext {
+    AttemptContext::first_failure(ErrorInfo::of(kind), models.iter().copied())
+}
+
+/// Full jitter as the seed specifies it: uniform over `[0, min(base * 2^exp, cap)]`, the
+/// uniform draw being `floor(entropy * (window + 1) / 2^64)`.
+pub fn expected_jitter(base: u64, cap: u64, exponent: u32, entropy: u64) -> u64 {
+    let window = base.saturating_mul(1u64 << exponent).min(cap);
+    ((u128::from(entropy) * (u128::from(window) + 1)) >> 64) as u64
+}
+
+/// Core-wasm bodies for the three functions of `backstop:policy/decider`, wrapped into a
+/// component with the WIT contract embedded as metadata (what wit-bindgen does for Rust).
+pub struct CoreParts<'a> {
+    pub configure: &'a str,
+    pub decide: &'a str,
+    pub info: &'a str,
+    /// Extra module fields (functions, data, imports go in `imports`).
+    pub extra: &'a str,
+    pub imports: &'a str,
+}
+
+impl Default for CoreParts<'_> {
+    fn default() -> Self {
+        CoreParts {
+            // result<_, string> at address 0: zeroed memory is `ok`.
+            configure: "i32.const 0",
+            // retry(1): discriminant 0, payload u64 at offset 8.
+            decide: "(i64.store (i32.const 2056) (i64.const 1)) (i32.store8 (i32.const 2048) (i32.const 0)) i32.const 2048",
+            // Three empty strings.
+            info: "i32.const 0",
+            extra: "",
+            imports: "",
+        }
+    }
+}
+
+/// The core module text for a policy at `version` with the given bodies.
+pub fn core_wat(parts: &CoreParts, version: &str) -> String {
+    let export = format!("backstop:policy/decider@{version}");
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  ;; A bump allocator that wraps around: enough for a few thousand calls of a test.
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (i32.and
+      (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+      (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
+    (if (i32.gt_u (i32.add (local.get $ptr) (local.get 3)) (i32.const 120000))
+      (then (local.set $ptr (i32.const 4096))))
+    (global.set $heap (i32.add (local.get $ptr) (local.get 3)))
+    (local.get $ptr))
+  (func (export "{export}#configure") (param i32 i32) (result i32) {configure})
+  (func (export "{export}#decide") (param i32) (result i32) {decide})
+  (func (export "{export}#info") (result i32) {info})
+  {extra}
+)"#,
+        imports = parts.imports,
+        configure = parts.configure,
+        decide = parts.decide,
+        info = parts.info,
+        extra = parts.extra,
+    )
+}
+
+/// Builds a component from core text and WIT text, selecting `world` of the package `main`.
+pub fn component(core: &str, wit: &str, world: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("test.wit", wit).expect("test WIT parses");
+    let world = resolve.select_world(&[package], Some(world)).expect("world exists");
+    let mut module = wat::parse_str(core).expect("core wat parses");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("metadata embeds");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("module accepted")
+        .validate(true)
+        .encode()
+        .expect("component encodes")
+}
+
+/// A policy component with the given bodies against the real contract.
+pub fn policy_component(parts: &CoreParts) -> Vec<u8> {
+    component(&core_wat(parts, "0.1.0"), WIT, "policy")
+}
