@@ -193,8 +193,8 @@ impl ModuleLog {
 fn emit(module: &str, stream: Stream, line: &[u8]) {
     let line = String::from_utf8_lossy(line);
     match stream {
-        Stream::Stdout => tracing::info!(target: "backstop::policy_output", module, stream = "stdout", "{line}"),
-        Stream::Stderr => tracing::warn!(target: "backstop::policy_output", module, stream = "stderr", "{line}"),
+        Stream::Stdout => tracing::info!(target: "backstop::policy_output", %module, stream = %"stdout", "{line}"),
+        Stream::Stderr => tracing::warn!(target: "backstop::policy_output", %module, stream = %"stderr", "{line}"),
     }
 }
 

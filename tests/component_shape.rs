@@ -1,0 +1,50 @@
+//! The default policy component as other runtimes see it: exactly the contract's export, and
+//! no imports at all, so it runs unchanged under jco on Node or wasmtime-py with no WASI shim.
+
+use backstop::{DECIDER_EXPORT, DEFAULT_POLICY_WASM};
+use wasmtime::component::{Component, types::ComponentItem};
+
+fn inspect() -> (wasmtime::Engine, Component) {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let component = Component::from_binary(&engine, DEFAULT_POLICY_WASM).expect("a valid component");
+    (engine, component)
+}
+
+#[test]
+fn the_default_policy_imports_nothing() {
+    let (engine, component) = inspect();
+    let ty = component.component_type();
+    let imports: Vec<&str> = ty.imports(&engine).map(|(name, _)| name).collect();
+    assert_eq!(imports, Vec::<&str>::new(), "no WASI, no host functions");
+}
+
+#[test]
+fn the_default_policy_exports_exactly_the_decider_interface() {
+    let (engine, component) = inspect();
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(&engine).map(|(name, _)| name).collect();
+    assert_eq!(exports, [DECIDER_EXPORT]);
+
+    let decider = ty.get_export(&engine, DECIDER_EXPORT).unwrap();
+    let ComponentItem::ComponentInstance(instance) = decider.ty else {
+        panic!("{DECIDER_EXPORT} is not an instance");
+    };
+    let mut functions: Vec<&str> = instance
+        .exports(&engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+        .map(|(name, _)| name)
+        .collect();
+    functions.sort_unstable();
+    assert_eq!(functions, ["configure", "decide", "info"]);
+}
+
+#[test]
+fn the_default_policy_reports_the_contract_version_it_targets() {
+    let engine = backstop::Engine::new(backstop::Limits::default()).unwrap();
+    let module = engine.load_default().unwrap();
+    assert_eq!(module.info().name, "backstop-default");
+    assert_eq!(module.info().wit_version, "0.1.0");
+    assert!(DECIDER_EXPORT.ends_with(&format!("@{}", module.info().wit_version)));
+}
