@@ -330,3 +330,34 @@ fn from_wit(decision: wit::Decision, ctx: &AttemptContext) -> Result<Decision, S
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, ErrorInfo, Limits};
+
+    /// The per-call limits must never bite the default policy: across every error class and a
+    /// long chain with full health, a decision burns under 1% of the fuel budget.
+    #[test]
+    fn the_default_policy_stays_far_below_the_fuel_budget() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        let policy = engine.load_default().unwrap().configure("{}").unwrap();
+        let mut instance = policy.idle.lock().unwrap().pop().unwrap();
+        let budget = engine.limits().fuel_per_call;
+        let models: Vec<String> = (0..8).map(|i| format!("model-{i}-{}", "x".repeat(60))).collect();
+        let mut worst = 0;
+        for kind in crate::ErrorKind::ALL {
+            let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), models.clone());
+            ctx.error.message = "m".repeat(2_000);
+            ctx.attempts_on_model = 3;
+            let wit_ctx = to_wit(&ctx);
+            call(&mut instance.store, budget, |store| {
+                instance.bindings.backstop_policy_decider().call_decide(store, &wit_ctx)
+            })
+            .unwrap();
+            worst = worst.max(budget - instance.store.get_fuel().unwrap());
+        }
+        assert!(worst > 0, "fuel is metered");
+        assert!(worst * 100 < budget, "a decision used {worst} of {budget} fuel");
+    }
+}
