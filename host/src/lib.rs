@@ -18,12 +18,24 @@
 //! ```
 
 mod bindings;
+pub mod breaker;
+pub mod classify;
+pub mod client;
 pub mod engine;
+pub mod fault_server;
+pub mod health;
+pub mod metrics;
 pub mod error;
 pub mod guard;
 pub mod policy;
 mod sandbox;
 
+pub use client::{
+    CallError, ChatRequest, ClientError, ClientOptions, ResilientClient, ResilientStream, Served,
+    sdk_client_for_endpoint, sdk_client_from_env,
+};
+pub use fault_server::{FaultServer, Scenario};
+pub use metrics::{Metrics, MetricsSnapshot};
 pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule};
 pub use error::LoadError;
 pub use guard::{Clamp, Guardrails};

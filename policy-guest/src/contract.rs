@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const WIT_VERSION: &str = "0.1.0";
 
 /// What went wrong with an attempt (`error-kind` in the WIT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     Throttling,

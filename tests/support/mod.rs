@@ -2,7 +2,7 @@
 //! components assembled from a few lines of core-wasm text plus the real WIT contract.
 #![allow(dead_code)]
 
-use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy};
+use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy, PolicyModule};
 use std::sync::OnceLock;
 
 pub const WIT: &str = include_str!("../../wit/policy.wit");
@@ -13,9 +13,15 @@ pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| Engine::new(Limits::default()).expect("engine"))
 }
 
+/// The embedded default policy, compiled once per test binary.
+pub fn default_module() -> &'static PolicyModule {
+    static MODULE: OnceLock<PolicyModule> = OnceLock::new();
+    MODULE.get_or_init(|| engine().load_default().expect("default policy loads"))
+}
+
 /// The embedded default policy, configured with `config`.
 pub fn default_policy(config: &str) -> Policy {
-    engine().load_default().expect("default policy loads").configure(config).expect("configures")
+    default_module().configure(config).expect("configures")
 }
 
 /// A first-failure context for `kind` on a chain of `models`.
@@ -111,4 +117,33 @@ pub fn component(core: &str, wit: &str, world: &str) -> Vec<u8> {
 /// A policy component with the given bodies against the real contract.
 pub fn policy_component(parts: &CoreParts) -> Vec<u8> {
     component(&core_wat(parts, "0.1.0"), WIT, "policy")
+}
+
+/// Log lines captured from a `tracing` subscriber, for asserting what an operator would see.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+pub fn capture_logs() -> CapturedLogs {
+    CapturedLogs::default()
+}
+
+impl CapturedLogs {
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let sink = self.clone();
+        tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,0 +1,383 @@
+//! A local, Bedrock-compatible fault server: real HTTP on loopback, Bedrock Runtime's wire
+//! format, faults scripted per model from a [`Scenario`]. Tests and the demo point the real
+//! AWS SDK at it, so what they prove holds for the SDK's own parsing, not for a mock.
+//!
+//! It counts every request per model and outcome ([`FaultServer::stats`], and `GET
+//! /_backstop/stats`), so a test can assert exactly what reached "Bedrock".
+
+mod scenario;
+mod wire;
+
+pub use scenario::{Latency, ModelFaults, OkWord, Outage, Scenario, Scripted};
+
+use crate::contract::ErrorKind;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use scenario::TokenBucket;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What reached the server for one model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelStats {
+    /// Every request, valid or not.
+    pub requests: u64,
+    /// Requests answered with success (for streams: the stream started).
+    pub ok: u64,
+    /// Error answers by Bedrock error code.
+    pub errors: BTreeMap<String, u64>,
+    /// Streams that failed after delivering output.
+    pub streams_cut: u64,
+}
+
+/// Per-model counters, by model id.
+pub type Stats = BTreeMap<String, ModelStats>;
+
+/// A running fault server. Dropping it stops the server.
+pub struct FaultServer {
+    addr: SocketAddr,
+    state: Arc<ServerState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FaultServer {
+    /// Starts a server on `127.0.0.1:port` (0 picks a free port) inside the current tokio runtime.
+    pub async fn start(scenario: Scenario, port: u16) -> std::io::Result<FaultServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ServerState::new(scenario));
+        let app = Router::new()
+            .route("/model/{model_id}/converse", post(converse))
+            .route("/model/{model_id}/converse-stream", post(converse_stream))
+            .route("/model/{model_id}/invoke", post(invoke))
+            .route("/_backstop/stats", get(stats))
+            .with_state(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "fault server stopped");
+            }
+        });
+        tracing::info!(%addr, "fault server listening");
+        Ok(FaultServer { addr, state, stop: Some(stop) })
+    }
+
+    /// The URL to give the SDK as its endpoint.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters so far, per model.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Requests received for `model` so far (0 if none).
+    pub fn requests(&self, model: &str) -> u64 {
+        self.stats().get(model).map_or(0, |s| s.requests)
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct ModelState {
+    script: VecDeque<Scripted>,
+    bucket: Option<TokenBucket>,
+    stats: ModelStats,
+}
+
+struct ServerState {
+    scenario: Scenario,
+    started: Instant,
+    models: Mutex<HashMap<String, ModelState>>,
+    rng: Mutex<fastrand::Rng>,
+    request_ids: AtomicU64,
+}
+
+/// What one request gets.
+enum Outcome {
+    Ok { latency: Duration, stream_error_after: Option<u32>, stream_error: ErrorKind },
+    Error { kind: ErrorKind, latency: Duration, retry_after_ms: Option<u64> },
+}
+
+impl ServerState {
+    fn new(scenario: Scenario) -> ServerState {
+        let rng = fastrand::Rng::with_seed(scenario.seed);
+        ServerState {
+            scenario,
+            started: Instant::now(),
+            models: Mutex::new(HashMap::new()),
+            rng: Mutex::new(rng),
+            request_ids: AtomicU64::new(1),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        models.iter().map(|(id, m)| (id.clone(), m.stats.clone())).collect()
+    }
+
+    fn request_id(&self) -> String {
+        format!("backstop-fault-{:08}", self.request_ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Counts the request and decides its fate.
+    fn admit(&self, model: &str) -> Outcome {
+        let faults = self.scenario.faults(model);
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        let latency = Duration::from_millis(rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = model_state(&mut models, model, faults);
+        state.stats.requests += 1;
+        let error = match state.script.pop_front() {
+            Some(Scripted::Ok(_)) => None,
+            Some(Scripted::Error(kind)) => Some(kind),
+            None => faults
+                .outages
+                .iter()
+                .find(|o| (o.start_ms..o.end_ms).contains(&now_ms))
+                .map(|o| o.error)
+                .or_else(|| {
+                    let bucket = state.bucket.as_mut()?;
+                    (!bucket.take(now_ms)).then_some(ErrorKind::Throttling)
+                })
+                .or_else(|| draw(&faults.error_rates, rng.f64())),
+        };
+        match error {
+            Some(kind) => {
+                *state.stats.errors.entry(kind.code().to_string()).or_default() += 1;
+                let retry_after_ms = faults.retry_after_ms.filter(|_| kind == ErrorKind::Throttling);
+                Outcome::Error { kind, latency, retry_after_ms }
+            }
+            None => {
+                state.stats.ok += 1;
+                Outcome::Ok {
+                    latency,
+                    stream_error_after: faults.stream_error_after,
+                    stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
+                }
+            }
+        }
+    }
+
+    fn stream_cut(&self, model: &str) {
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(state) = models.get_mut(model) {
+            state.stats.streams_cut += 1;
+        }
+    }
+
+    /// Counts a request refused before any fault applies (unsigned or malformed).
+    fn refuse(&self, model: &str, kind: ErrorKind) {
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = model_state(&mut models, model, self.scenario.faults(model));
+        state.stats.requests += 1;
+        *state.stats.errors.entry(kind.code().to_string()).or_default() += 1;
+    }
+}
+
+/// The state of `model`, created from its faults on first use.
+fn model_state<'a>(
+    models: &'a mut HashMap<String, ModelState>,
+    model: &str,
+    faults: &ModelFaults,
+) -> &'a mut ModelState {
+    models.entry(model.to_string()).or_insert_with(|| ModelState {
+        script: faults.script.iter().copied().collect(),
+        bucket: faults.rpm.map(|rpm| TokenBucket::new(rpm, faults.burst.unwrap_or(1))),
+        stats: ModelStats::default(),
+    })
+}
+
+/// Picks an error by its rate from one uniform draw in `[0, 1)`.
+fn draw(rates: &BTreeMap<ErrorKind, f64>, mut roll: f64) -> Option<ErrorKind> {
+    for (&kind, &rate) in rates {
+        if roll < rate {
+            return Some(kind);
+        }
+        roll -= rate;
+    }
+    None
+}
+
+/// Checks what every Bedrock request must carry: a SigV4 signature and a JSON body. Returns the
+/// parsed body, or the error Bedrock would send.
+fn check_request(
+    state: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    needs_messages: bool,
+) -> Result<serde_json::Value, Response> {
+    let signed = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 "));
+    if !signed {
+        state.refuse(model, ErrorKind::AccessDenied);
+        let message = "Missing Authentication Token: requests must be signed with SigV4.";
+        return Err(wire::error_response(ErrorKind::AccessDenied, message, &state.request_id(), None));
+    }
+    let invalid = |state: &ServerState, why: &str| {
+        state.refuse(model, ErrorKind::Validation);
+        wire::error_response(ErrorKind::Validation, why, &state.request_id(), None)
+    };
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(state, &format!("Malformed input request: {e}")))?;
+    if needs_messages {
+        let messages = json.get("messages").and_then(|m| m.as_array());
+        if messages.is_none_or(|m| m.is_empty()) {
+            return Err(invalid(state, "Malformed input request: `messages` must be a non-empty list."));
+        }
+    }
+    Ok(json)
+}
+
+/// A rough token count (4 characters a token), for usage figures.
+fn estimate_tokens(body: &serde_json::Value) -> u64 {
+    (body.to_string().len() as u64).div_ceil(4)
+}
+
+async fn converse(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match check_request(&state, &model, &headers, &body, true) {
+        Ok(json) => json,
+        Err(response) => return response,
+    };
+    match state.admit(&model) {
+        Outcome::Error { kind, latency, retry_after_ms } => {
+            tokio::time::sleep(latency).await;
+            wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms)
+        }
+        Outcome::Ok { latency, .. } => {
+            tokio::time::sleep(latency).await;
+            let input = estimate_tokens(&request);
+            let answer = format!("{model} answered.");
+            let output = (answer.len() as u64).div_ceil(4);
+            let body = serde_json::json!({
+                "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
+                "stopReason": "end_turn",
+                "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
+                "metrics": { "latencyMs": latency.as_millis() as u64 },
+            });
+            (StatusCode::OK, [("content-type", "application/json"), ("x-amzn-RequestId", &state.request_id())], body.to_string())
+                .into_response()
+        }
+    }
+}
+
+async fn invoke(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = check_request(&state, &model, &headers, &body, false) {
+        return response;
+    }
+    match state.admit(&model) {
+        Outcome::Error { kind, latency, retry_after_ms } => {
+            tokio::time::sleep(latency).await;
+            wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms)
+        }
+        Outcome::Ok { latency, .. } => {
+            tokio::time::sleep(latency).await;
+            let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
+            (StatusCode::OK, [("content-type", "application/json"), ("x-amzn-RequestId", &state.request_id())], body.to_string())
+                .into_response()
+        }
+    }
+}
+
+/// Text deltas a successful stream sends.
+const STREAM_DELTAS: u32 = 4;
+
+async fn converse_stream(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = match check_request(&state, &model, &headers, &body, true) {
+        Ok(json) => json,
+        Err(response) => return response,
+    };
+    let (latency, cut_after, cut_with) = match state.admit(&model) {
+        Outcome::Error { kind, latency, retry_after_ms } => {
+            tokio::time::sleep(latency).await;
+            return wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms);
+        }
+        Outcome::Ok { latency, stream_error_after, stream_error } => (latency, stream_error_after, stream_error),
+    };
+    tokio::time::sleep(latency).await;
+    let mut frames = Vec::new();
+    if cut_after == Some(0) {
+        // The stream fails before any output: an error the client may still retry.
+        wire::exception_frame(&mut frames, cut_with);
+    } else {
+        wire::event_frame(&mut frames, "messageStart", serde_json::json!({ "role": "assistant" }));
+        let deltas = cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS);
+        for i in 0..deltas {
+            let text = format!("{model} part {i}. ");
+            wire::event_frame(
+                &mut frames,
+                "contentBlockDelta",
+                serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
+            );
+        }
+        if cut_after.is_some() {
+            state.stream_cut(&model);
+            wire::exception_frame(&mut frames, cut_with);
+        } else {
+            wire::event_frame(&mut frames, "contentBlockStop", serde_json::json!({ "contentBlockIndex": 0 }));
+            wire::event_frame(&mut frames, "messageStop", serde_json::json!({ "stopReason": "end_turn" }));
+            let input = estimate_tokens(&request);
+            wire::event_frame(
+                &mut frames,
+                "metadata",
+                serde_json::json!({
+                    "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
+                    "metrics": { "latencyMs": latency.as_millis() as u64 },
+                }),
+            );
+        }
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/vnd.amazon.eventstream"), ("x-amzn-RequestId", &state.request_id())],
+        frames,
+    )
+        .into_response()
+}
+
+async fn stats(State(state): State<Arc<ServerState>>) -> Response {
+    axum::Json(state.stats()).into_response()
+}

@@ -1,0 +1,81 @@
+//! The client's counters, exported as Prometheus text (prometheus-client) and as CloudWatch
+//! Embedded Metric Format JSON lines (a serde document: EMF is a log format, not a protocol).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($field:ident => $name:literal, $help:literal;)*) => {
+        /// Counters of one [`ResilientClient`](crate::ResilientClient).
+        pub struct Metrics {
+            registry: Registry,
+            $(pub(crate) $field: Counter,)*
+        }
+
+        /// The counters' values at one moment.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct MetricsSnapshot {
+            $(pub $field: u64,)*
+        }
+
+        impl Metrics {
+            pub(crate) fn new() -> Metrics {
+                let mut registry = Registry::with_prefix("backstop");
+                $(
+                    let $field = Counter::default();
+                    registry.register($name, $help, $field.clone());
+                )*
+                Metrics { registry, $($field,)* }
+            }
+
+            /// The current values.
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $($field: self.$field.get(),)* }
+            }
+
+            /// One CloudWatch Embedded Metric Format record of the current values.
+            pub fn emf_json(&self, namespace: &str, timestamp_ms: u64) -> String {
+                let snapshot = self.snapshot();
+                let mut record = serde_json::json!({
+                    "_aws": {
+                        "Timestamp": timestamp_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": namespace,
+                            "Dimensions": [[]],
+                            "Metrics": [$({ "Name": $name, "Unit": "Count" },)*],
+                        }],
+                    },
+                });
+                $(record[$name] = snapshot.$field.into();)*
+                record.to_string()
+            }
+        }
+    };
+}
+
+counters! {
+    requests => "requests", "Logical requests started";
+    succeeded => "succeeded", "Requests that got an answer";
+    failed => "failed", "Requests that failed after the policy gave up or the breaker refused";
+    attempts => "attempts", "HTTP attempts sent to Bedrock";
+    retries => "retries", "Retries on the same model";
+    fallback_invocations => "fallback_model_invocations", "Switches to a fallback model (FallbackModelInvocations)";
+    breaker_opens => "breaker_opens", "Circuit breakers opened";
+    breaker_closes => "breaker_closes", "Circuit breakers closed by a successful probe";
+    breaker_refusals => "breaker_refusals", "Attempts refused by an open breaker without reaching Bedrock";
+    queued => "queued", "Batch requests parked in the queue";
+    policy_faults => "policy_faults", "Decisions where the policy module faulted and the safe decision was used";
+    guard_clamps => "guard_clamps", "Decisions the host's guardrails corrected";
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every counter.
+    pub fn prometheus_text(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
