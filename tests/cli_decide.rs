@@ -84,3 +84,23 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
     assert_eq!(from_cwasm["policy"]["name"], "backstop-default");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_demo_serves_every_request_and_reports_a_table() {
+    let out = backstop(&["demo", "--requests", "80", "--batch", "16", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["requests"], 96);
+    assert_eq!(report["succeeded"].as_u64().unwrap() + report["failed"].as_u64().unwrap(), 96, "none lost");
+    assert_eq!(report["failed"], 0, "the fallback absorbs the spike and the outage");
+    assert!(report["served_by_fallback"].as_u64().unwrap() > 0);
+    assert!(report["breaker_opens"].as_u64().unwrap() > 0, "the outage opens the primary's breaker");
+    assert_eq!(report["calls_reaching_server"], report["attempts"]);
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("sent") && progress.contains("fallbacks"), "live progress: {progress}");
+
+    let table = backstop(&["demo", "--requests", "10", "--batch", "2"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("| served by fallback") || text.contains("|   served by fallback"), "{text}");
+    assert!(text.contains("latency p50 / p95 / p99"), "{text}");
+}

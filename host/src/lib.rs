@@ -21,6 +21,7 @@ mod bindings;
 pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod demo;
 pub mod engine;
 pub mod fault_server;
 pub mod health;

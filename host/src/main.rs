@@ -21,6 +21,50 @@ enum Command {
     Decide(DecideArgs),
     /// Load a policy, check it against the contract, and print what it says about itself.
     Info(PolicyArgs),
+    /// The main job on the embedded default: a "Monday 9 a.m." spike through the resilient
+    /// client against the local fault server (no AWS account needed).
+    Demo {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Interactive requests in the spike.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Batch requests sent alongside.
+        #[arg(long, default_value_t = 60)]
+        batch: usize,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One Converse call through the resilient client: real Bedrock (the normal AWS credential
+    /// chain and region), or `--endpoint-url` (e.g. a `backstop fault-server`).
+    Invoke {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The primary model id.
+        #[arg(long)]
+        model: String,
+        /// Fallback models, in order (repeat the flag).
+        #[arg(long)]
+        fallback: Vec<String>,
+        /// Send to this endpoint instead of Bedrock (static test credentials).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Batch work (may be queued).
+        #[arg(long)]
+        batch: bool,
+        /// The user message.
+        prompt: String,
+    },
+    /// Run the Bedrock-compatible fault server on loopback until interrupted.
+    FaultServer {
+        /// A scenario JSON file (default: every model answers).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// The port on 127.0.0.1 (0 picks one).
+        #[arg(long, default_value_t = 4566)]
+        port: u16,
+    },
     /// Precompile a policy component to a `.cwasm` for this host's engine.
     Compile {
         /// The `.wasm` component.
@@ -112,7 +156,93 @@ fn main() -> Result<()> {
         Command::Decide(args) => decide(args),
         Command::Info(args) => info(args),
         Command::Compile { policy, output } => compile(policy, output),
+        Command::Demo { policy, requests, batch, json } => runtime()?.block_on(demo(policy, requests, batch, json)),
+        Command::Invoke { policy, model, fallback, endpoint_url, batch, prompt } => {
+            runtime()?.block_on(invoke(policy, model, fallback, endpoint_url, batch, prompt))
+        }
+        Command::FaultServer { scenario, port } => runtime()?.block_on(fault_server(scenario, port)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn configured(args: &PolicyArgs) -> Result<std::sync::Arc<backstop::Policy>> {
+    let engine = Engine::new(Limits::default())?;
+    let module = load(&engine, args)?;
+    Ok(std::sync::Arc::new(module.configure(&config_text(&args.config)?)?))
+}
+
+async fn demo(policy: PolicyArgs, requests: usize, batch: usize, json: bool) -> Result<()> {
+    use std::io::Write;
+    let policy = configured(&policy)?;
+    let options = backstop::demo::DemoOptions { interactive: requests, batch, ..Default::default() };
+    eprintln!(
+        "Monday 9 a.m.: {} requests against {} (tight quota, 2 s outage) with fallback {}",
+        requests + batch, backstop::demo::PRIMARY, backstop::demo::FALLBACK
+    );
+    let report = backstop::demo::run(policy, options, |p| {
+        let m = &p.metrics;
+        eprint!(
+            "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3} ",
+            p.elapsed.as_secs_f64(), p.sent, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed
+        );
+        let _ = std::io::stderr().flush();
+    })
+    .await?;
+    eprintln!();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+async fn invoke(
+    policy: PolicyArgs,
+    model: String,
+    fallback: Vec<String>,
+    endpoint_url: Option<String>,
+    batch: bool,
+    prompt: String,
+) -> Result<()> {
+    let policy = configured(&policy)?;
+    let options = backstop::ClientOptions::new(std::iter::once(model).chain(fallback));
+    let sdk = match &endpoint_url {
+        Some(url) => backstop::sdk_client_for_endpoint(url, options.attempt_timeout),
+        None => backstop::sdk_client_from_env(options.attempt_timeout).await,
+    };
+    let client = backstop::ResilientClient::new(sdk, policy, options)?;
+    let mut request = backstop::ChatRequest::user(prompt);
+    if batch {
+        request = request.batch();
+    }
+    let served = client.converse(&request).await?;
+    let text: Vec<String> = served
+        .output
+        .output()
+        .and_then(|o| o.as_message().ok())
+        .map(|m| m.content().iter().filter_map(|c| c.as_text().ok().cloned()).collect())
+        .unwrap_or_default();
+    println!("{}", text.join("\n"));
+    eprintln!("served by {} after {} attempt(s)", served.model, served.attempts);
+    Ok(())
+}
+
+async fn fault_server(scenario: Option<PathBuf>, port: u16) -> Result<()> {
+    let scenario = match scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            backstop::Scenario::from_json(&text).map_err(anyhow::Error::msg)?
+        }
+        None => backstop::Scenario::default(),
+    };
+    let server = backstop::FaultServer::start(scenario, port).await?;
+    eprintln!("fault server on {} (stats: {}/_backstop/stats); Ctrl-C stops it", server.endpoint_url(), server.endpoint_url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 fn load(engine: &Engine, args: &PolicyArgs) -> Result<PolicyModule> {

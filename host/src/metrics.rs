@@ -79,3 +79,30 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_same_counts_as_prometheus_text_and_emf() {
+        let metrics = Metrics::new();
+        metrics.fallback_invocations.inc();
+        metrics.attempts.inc_by(3);
+        let text = metrics.prometheus_text();
+        assert!(text.contains("backstop_fallback_model_invocations_total 1"), "{text}");
+        assert!(text.contains("backstop_attempts_total 3"), "{text}");
+
+        let emf: serde_json::Value = serde_json::from_str(&metrics.emf_json("Backstop", 1_700_000_000_000)).unwrap();
+        assert_eq!(emf["fallback_model_invocations"], 1);
+        assert_eq!(emf["attempts"], 3);
+        assert_eq!(emf["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Backstop");
+        let names: Vec<&str> = emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"fallback_model_invocations") && names.contains(&"breaker_opens"));
+    }
+}
