@@ -262,36 +262,60 @@ fn estimate_tokens(body: &serde_json::Value) -> u64 {
     (body.to_string().len() as u64).div_ceil(4)
 }
 
+/// A request the scenario let through, after its latency.
+struct Accepted {
+    request: serde_json::Value,
+    latency: Duration,
+    stream_error_after: Option<u32>,
+    stream_error: ErrorKind,
+}
+
+/// What every operation does first: check the request, apply the scenario, wait the latency.
+/// `Err` is the complete error response.
+async fn accept(
+    state: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    needs_messages: bool,
+) -> Result<Accepted, Response> {
+    let request = check_request(state, model, headers, body, needs_messages)?;
+    match state.admit(model) {
+        Outcome::Error { kind, latency, retry_after_ms } => {
+            tokio::time::sleep(latency).await;
+            Err(wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms))
+        }
+        Outcome::Ok { latency, stream_error_after, stream_error } => {
+            tokio::time::sleep(latency).await;
+            Ok(Accepted { request, latency, stream_error_after, stream_error })
+        }
+    }
+}
+
+fn ok_response(state: &ServerState, content_type: &'static str, body: impl IntoResponse) -> Response {
+    (StatusCode::OK, [("content-type", content_type), ("x-amzn-RequestId", &state.request_id())], body).into_response()
+}
+
 async fn converse(
     State(state): State<Arc<ServerState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = match check_request(&state, &model, &headers, &body, true) {
-        Ok(json) => json,
+    let accepted = match accept(&state, &model, &headers, &body, true).await {
+        Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    match state.admit(&model) {
-        Outcome::Error { kind, latency, retry_after_ms } => {
-            tokio::time::sleep(latency).await;
-            wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms)
-        }
-        Outcome::Ok { latency, .. } => {
-            tokio::time::sleep(latency).await;
-            let input = estimate_tokens(&request);
-            let answer = format!("{model} answered.");
-            let output = (answer.len() as u64).div_ceil(4);
-            let body = serde_json::json!({
-                "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
-                "stopReason": "end_turn",
-                "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
-                "metrics": { "latencyMs": latency.as_millis() as u64 },
-            });
-            (StatusCode::OK, [("content-type", "application/json"), ("x-amzn-RequestId", &state.request_id())], body.to_string())
-                .into_response()
-        }
-    }
+    let input = estimate_tokens(&accepted.request);
+    let answer = format!("{model} answered.");
+    let output = (answer.len() as u64).div_ceil(4);
+    let body = serde_json::json!({
+        "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
+        "stopReason": "end_turn",
+        "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
+        "metrics": { "latencyMs": accepted.latency.as_millis() as u64 },
+    });
+    ok_response(&state, "application/json", body.to_string())
 }
 
 async fn invoke(
@@ -300,21 +324,11 @@ async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = check_request(&state, &model, &headers, &body, false) {
+    if let Err(response) = accept(&state, &model, &headers, &body, false).await {
         return response;
     }
-    match state.admit(&model) {
-        Outcome::Error { kind, latency, retry_after_ms } => {
-            tokio::time::sleep(latency).await;
-            wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms)
-        }
-        Outcome::Ok { latency, .. } => {
-            tokio::time::sleep(latency).await;
-            let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
-            (StatusCode::OK, [("content-type", "application/json"), ("x-amzn-RequestId", &state.request_id())], body.to_string())
-                .into_response()
-        }
-    }
+    let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
+    ok_response(&state, "application/json", body.to_string())
 }
 
 /// Text deltas a successful stream sends.
@@ -326,18 +340,11 @@ async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = match check_request(&state, &model, &headers, &body, true) {
-        Ok(json) => json,
-        Err(response) => return response,
-    };
-    let (latency, cut_after, cut_with) = match state.admit(&model) {
-        Outcome::Error { kind, latency, retry_after_ms } => {
-            tokio::time::sleep(latency).await;
-            return wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms);
-        }
-        Outcome::Ok { latency, stream_error_after, stream_error } => (latency, stream_error_after, stream_error),
-    };
-    tokio::time::sleep(latency).await;
+    let Accepted { request, latency, stream_error_after: cut_after, stream_error: cut_with } =
+        match accept(&state, &model, &headers, &body, true).await {
+            Ok(accepted) => accepted,
+            Err(response) => return response,
+        };
     let mut frames = Vec::new();
     if cut_after == Some(0) {
         // The stream fails before any output: an error the client may still retry.
@@ -370,12 +377,7 @@ async fn converse_stream(
             );
         }
     }
-    (
-        StatusCode::OK,
-        [("content-type", "application/vnd.amazon.eventstream"), ("x-amzn-RequestId", &state.request_id())],
-        frames,
-    )
-        .into_response()
+    ok_response(&state, "application/vnd.amazon.eventstream", frames)
 }
 
 async fn stats(State(state): State<Arc<ServerState>>) -> Response {
