@@ -54,8 +54,19 @@ async fn client_with(
 async fn a_throttle_then_success_is_retried_with_one_http_call_per_attempt() {
     let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling", "ok"]))]), 0).await.unwrap();
     let client = connect(&server, &["primary"], "{}").await;
-    let served = client.converse(&ChatRequest::user("hello")).await.expect("served");
+    let captured = support::capture_logs();
+    let served = {
+        let _guard = tracing::subscriber::set_default(captured.subscriber());
+        client.converse(&ChatRequest::user("hello")).await.expect("served")
+    };
     assert_eq!((served.model.as_str(), served.attempts), ("primary", 2));
+    // The policy chose a full-jitter delay within the first window, [0, 1000] ms.
+    let log = captured.text();
+    let line = log.lines().find(|l| l.contains("attempt failed")).unwrap_or_else(|| panic!("{log}"));
+    let delay: u64 = line.split("decision=Retry { delay_ms: ").nth(1).and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(delay <= 1_000, "{line}");
+    assert!(line.contains("error=throttling") && line.contains("model=primary"), "{line}");
     let text = served.output.output().unwrap().as_message().unwrap().content()[0].as_text().unwrap().clone();
     assert!(text.contains("primary"), "{text}");
     assert_eq!(server.requests("primary"), 2, "exactly one HTTP request per attempt");

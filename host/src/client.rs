@@ -460,7 +460,7 @@ impl ResilientClient {
             inner.metrics.guard_clamps.inc();
         }
         tracing::info!(
-            model = %ctx.models[p.model], attempt = p.total, error = error.kind.kebab(), code = %error.code,
+            model = %ctx.models[p.model], attempt = p.total, error = %error.kind.kebab(), code = %error.code,
             decision = ?verdict.decision, delay_ms = ?verdict.decision.delay_ms(),
             fault = ?verdict.fault, clamps = ?verdict.clamps, "attempt failed"
         );
