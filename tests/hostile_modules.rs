@@ -203,32 +203,15 @@ fn granted_wasi_stdout_becomes_log_lines_tagged_with_the_module() {
     let bytes = component(&core_wat(&parts, "0.1.0"), &wit, "loud");
     let policy = engine().load_bytes(&bytes, "loud.wasm").expect("stdout is granted").configure("{}").unwrap();
 
-    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || Capture(sink.clone()))
-        .with_ansi(false)
-        .finish();
-    let verdict = tracing::subscriber::with_default(subscriber, || {
+    let captured = support::capture_logs();
+    let verdict = tracing::subscriber::with_default(captured.subscriber(), || {
         policy.decide(&ctx(ErrorKind::Throttling, &["primary"]))
     });
     assert_eq!(verdict.fault, None);
     assert_eq!(verdict.decision, Decision::Retry { delay_ms: 1 });
-    let log = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let line = log.lines().find(|l| l.contains("hello from a policy")).unwrap_or_else(|| panic!("no line in {log:?}"));
     assert!(line.contains("module=loud.wasm") && line.contains("stream=stdout"), "{line}");
-}
-
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]
