@@ -38,7 +38,7 @@ impl RawStatus for RawMessage {
 pub fn kind_from_status(status: u16) -> ErrorKind {
     match status {
         429 => ErrorKind::Throttling,
-        503 | 502 | 504 => ErrorKind::ServiceUnavailable,
+        502..=504 => ErrorKind::ServiceUnavailable,
         500 => ErrorKind::InternalServer,
         408 => ErrorKind::ModelTimeout,
         424 => ErrorKind::ModelError,

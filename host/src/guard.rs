@@ -49,12 +49,11 @@ impl Guardrails {
         let clamps = &mut verdict.clamps;
         let decision = &mut verdict.decision;
 
-        if let Decision::BreakCircuit { open_ms, .. } = decision {
-            if *open_ms > self.max_open_ms {
+        if let Decision::BreakCircuit { open_ms, .. } = decision
+            && *open_ms > self.max_open_ms {
                 clamps.push(Clamp::MaxOpen { asked_ms: *open_ms, limit_ms: self.max_open_ms });
                 *open_ms = self.max_open_ms;
             }
-        }
         if !decision.sends_again() {
             return verdict;
         }
@@ -72,12 +71,11 @@ impl Guardrails {
             give_up(decision, reason);
             return verdict;
         }
-        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } = decision {
-            if *delay_ms > self.max_delay_ms {
+        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } = decision
+            && *delay_ms > self.max_delay_ms {
                 clamps.push(Clamp::MaxDelay { asked_ms: *delay_ms, limit_ms: self.max_delay_ms });
                 *delay_ms = self.max_delay_ms;
             }
-        }
         if decision.delay_ms().is_some_and(|delay| delay >= ctx.remaining_ms) {
             clamps.push(Clamp::Deadline { remaining_ms: ctx.remaining_ms });
             give_up(decision, GiveUpReason::Deadline);
