@@ -15,12 +15,22 @@ fn main() {
     for path in ["src", "Cargo.toml", "build.rs"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../wit").display()
+    );
 
     // One guest build shared by every profile of the host: `<target>/guest`.
     let target_dir = workspace_target_dir(&out_dir).join("guest");
     let status = Command::new(env("CARGO"))
-        .args(["build", "--target", GUEST_TARGET, "--profile", GUEST_PROFILE, "--manifest-path"])
+        .args([
+            "build",
+            "--target",
+            GUEST_TARGET,
+            "--profile",
+            GUEST_PROFILE,
+            "--manifest-path",
+        ])
         .arg(guest_dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
         // Flags meant for the host (coverage, target-cpu) must not leak into the guest.
@@ -35,14 +45,21 @@ fn main() {
              run `rustup target add {GUEST_TARGET}`"
         );
     }
-    let built = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE).join("policy_guest.wasm");
+    let built = target_dir
+        .join(GUEST_TARGET)
+        .join(GUEST_PROFILE)
+        .join("policy_guest.wasm");
     std::fs::copy(&built, out_dir.join("policy_guest.wasm"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
 }
 
 /// `OUT_DIR` is `<target>/<profile>/build/<pkg>-<hash>/out`; the guest goes beside the profiles.
 fn workspace_target_dir(out_dir: &Path) -> PathBuf {
-    out_dir.ancestors().nth(4).map(Path::to_path_buf).unwrap_or_else(|| out_dir.to_path_buf())
+    out_dir
+        .ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir.to_path_buf())
 }
 
 fn env(name: &str) -> String {

@@ -8,7 +8,8 @@ fn inspect() -> (wasmtime::Engine, Component) {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let component = Component::from_binary(&engine, DEFAULT_POLICY_WASM).expect("a valid component");
+    let component =
+        Component::from_binary(&engine, DEFAULT_POLICY_WASM).expect("a valid component");
     (engine, component)
 }
 

@@ -5,8 +5,8 @@
 mod support;
 
 use backstop::{
-    Clamp, Decision, ErrorKind, GiveUpReason, Guardrails, LoadError, Policy,
-    PolicyFault, PolicyModule, Verdict,
+    Clamp, Decision, ErrorKind, GiveUpReason, Guardrails, LoadError, Policy, PolicyFault,
+    PolicyModule, Verdict,
 };
 use std::time::{Duration, Instant};
 use support::{CoreParts, component, core_wat, ctx, engine, policy_component};
@@ -19,7 +19,10 @@ fn load(parts: &CoreParts) -> Result<PolicyModule, LoadError> {
 }
 
 fn configured(parts: &CoreParts) -> Policy {
-    load(parts).expect("loads").configure("{}").expect("configures")
+    load(parts)
+        .expect("loads")
+        .configure("{}")
+        .expect("configures")
 }
 
 /// Decides for a first throttle and checks the verdict is the flagged safe decision.
@@ -28,25 +31,43 @@ fn assert_contained(policy: &Policy, expected: fn(&PolicyFault) -> bool) {
     for round in 0..3 {
         let started = Instant::now();
         let verdict = policy.decide(&c);
-        assert!(started.elapsed() < BOUND, "round {round} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < BOUND,
+            "round {round} took {:?}",
+            started.elapsed()
+        );
         let fault = verdict.fault.clone().expect("the fault is flagged");
         assert!(expected(&fault), "unexpected fault {fault:?}");
-        assert_eq!(verdict, Verdict::safe(&c, fault), "the safe decision is used");
+        assert_eq!(
+            verdict,
+            Verdict::safe(&c, fault),
+            "the safe decision is used"
+        );
     }
     assert_eq!(policy.faults(), 3, "each fault is counted");
 }
 
 #[test]
 fn an_infinite_loop_runs_out_of_fuel() {
-    let policy = configured(&CoreParts { decide: "(loop $l (br $l)) unreachable", ..Default::default() });
+    let policy = configured(&CoreParts {
+        decide: "(loop $l (br $l)) unreachable",
+        ..Default::default()
+    });
     assert_contained(&policy, |f| matches!(f, PolicyFault::OutOfFuel(_)));
 }
 
 #[test]
 fn unbounded_memory_growth_hits_the_memory_limit() {
-    let decide = "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
-    let policy = configured(&CoreParts { decide, ..Default::default() });
-    assert_contained(&policy, |f| matches!(f, PolicyFault::MemoryLimit(m) if m.contains("limit")));
+    let decide =
+        "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+    let policy = configured(&CoreParts {
+        decide,
+        ..Default::default()
+    });
+    assert_contained(
+        &policy,
+        |f| matches!(f, PolicyFault::MemoryLimit(m) if m.contains("limit")),
+    );
 }
 
 #[test]
@@ -61,7 +82,10 @@ fn deep_recursion_overflows_the_stack() {
 
 #[test]
 fn a_trap_yields_the_safe_decision_and_a_fresh_instance_next_time() {
-    let policy = configured(&CoreParts { decide: "unreachable", ..Default::default() });
+    let policy = configured(&CoreParts {
+        decide: "unreachable",
+        ..Default::default()
+    });
     assert_contained(&policy, |f| matches!(f, PolicyFault::Trap(_)));
 }
 
@@ -70,43 +94,88 @@ fn a_model_outside_the_chain_is_a_fault_not_an_action() {
     // switch-model { model: 7, delay-ms: 0 }: discriminant 1, record at offset 8.
     let decide = "(i32.store8 (i32.const 2048) (i32.const 1)) (i32.store (i32.const 2056) (i32.const 7)) \
                   (i64.store (i32.const 2064) (i64.const 0)) i32.const 2048";
-    let policy = configured(&CoreParts { decide, ..Default::default() });
-    assert_contained(&policy, |f| matches!(f, PolicyFault::InvalidDecision(m) if m.contains("index 7")));
+    let policy = configured(&CoreParts {
+        decide,
+        ..Default::default()
+    });
+    assert_contained(
+        &policy,
+        |f| matches!(f, PolicyFault::InvalidDecision(m) if m.contains("index 7")),
+    );
 }
 
 #[test]
 fn guardrails_clamp_what_the_module_asks_beyond_the_caps() {
     // retry(u64::MAX), whatever the error.
     let decide = "(i32.store8 (i32.const 2048) (i32.const 0)) (i64.store (i32.const 2056) (i64.const -1)) i32.const 2048";
-    let policy = configured(&CoreParts { decide, ..Default::default() });
+    let policy = configured(&CoreParts {
+        decide,
+        ..Default::default()
+    });
     let guard = Guardrails::default();
 
     let mut c = ctx(ErrorKind::Throttling, &["primary"]);
     c.remaining_ms = 3_600_000;
     let verdict = guard.enforce(&c, policy.decide(&c));
-    assert_eq!(verdict.decision, Decision::Retry { delay_ms: guard.max_delay_ms });
-    assert_eq!(verdict.clamps, vec![Clamp::MaxDelay { asked_ms: u64::MAX, limit_ms: guard.max_delay_ms }]);
+    assert_eq!(
+        verdict.decision,
+        Decision::Retry {
+            delay_ms: guard.max_delay_ms
+        }
+    );
+    assert_eq!(
+        verdict.clamps,
+        vec![Clamp::MaxDelay {
+            asked_ms: u64::MAX,
+            limit_ms: guard.max_delay_ms
+        }]
+    );
 
     c.remaining_ms = 30_000;
     let verdict = guard.enforce(&c, policy.decide(&c));
-    assert_eq!(verdict.decision, Decision::GiveUp { reason: GiveUpReason::Deadline });
+    assert_eq!(
+        verdict.decision,
+        Decision::GiveUp {
+            reason: GiveUpReason::Deadline
+        }
+    );
 
     let c = ctx(ErrorKind::AccessDenied, &["primary"]);
     let verdict = guard.enforce(&c, policy.decide(&c));
-    assert_eq!(verdict.decision, Decision::GiveUp { reason: GiveUpReason::NotRetryable });
+    assert_eq!(
+        verdict.decision,
+        Decision::GiveUp {
+            reason: GiveUpReason::NotRetryable
+        }
+    );
     assert_eq!(verdict.clamps, vec![Clamp::NotRetryable]);
 
     let mut c = ctx(ErrorKind::Throttling, &["primary"]);
     c.attempts_total = guard.max_total_attempts;
     let verdict = guard.enforce(&c, policy.decide(&c));
-    assert_eq!(verdict.decision, Decision::GiveUp { reason: GiveUpReason::AttemptsExhausted });
+    assert_eq!(
+        verdict.decision,
+        Decision::GiveUp {
+            reason: GiveUpReason::AttemptsExhausted
+        }
+    );
     assert_eq!(verdict.fault, None, "a clamp is not a fault");
 }
 
 #[test]
 fn a_configure_that_traps_or_refuses_is_a_load_error() {
-    let trapping = load(&CoreParts { configure: "unreachable", ..Default::default() }).unwrap();
-    assert!(matches!(trapping.configure("{}"), Err(LoadError::Probe { fault: PolicyFault::Trap(_), .. })));
+    let trapping = load(&CoreParts {
+        configure: "unreachable",
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        trapping.configure("{}"),
+        Err(LoadError::Probe {
+            fault: PolicyFault::Trap(_),
+            ..
+        })
+    ));
 
     // result::err("nope: bad field") written at 64.
     let refusing = load(&CoreParts {
@@ -117,13 +186,29 @@ fn a_configure_that_traps_or_refuses_is_a_load_error() {
     })
     .unwrap();
     let err = refusing.configure("{}").unwrap_err();
-    assert!(matches!(&err, LoadError::Config { reason, .. } if reason == "nope: bad field"), "{err}");
+    assert!(
+        matches!(&err, LoadError::Config { reason, .. } if reason == "nope: bad field"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_info_that_loops_fails_the_load() {
-    let err = load(&CoreParts { info: "(loop $l (br $l)) unreachable", ..Default::default() }).unwrap_err();
-    assert!(matches!(err, LoadError::Probe { fault: PolicyFault::OutOfFuel(_), .. }), "{err}");
+    let err = load(&CoreParts {
+        info: "(loop $l (br $l)) unreachable",
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Probe {
+                fault: PolicyFault::OutOfFuel(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -132,13 +217,18 @@ fn a_module_for_another_contract_version_is_refused_by_name() {
     let bytes = component(&core_wat(&CoreParts::default(), "0.2.0"), &wit, "policy");
     let err = engine().load_bytes(&bytes, "v2.wasm").unwrap_err();
     match &err {
-        LoadError::WrongVersion { found, expected, .. } => {
+        LoadError::WrongVersion {
+            found, expected, ..
+        } => {
             assert_eq!(found, "backstop:policy/decider@0.2.0");
             assert_eq!(expected, backstop::DECIDER_EXPORT);
         }
         other => panic!("{other}"),
     }
-    assert!(err.to_string().contains("v2.wasm"), "the error names the module: {err}");
+    assert!(
+        err.to_string().contains("v2.wasm"),
+        "the error names the module: {err}"
+    );
 }
 
 #[test]
@@ -201,7 +291,11 @@ fn granted_wasi_stdout_becomes_log_lines_tagged_with_the_module() {
         ..Default::default()
     };
     let bytes = component(&core_wat(&parts, "0.1.0"), &wit, "loud");
-    let policy = engine().load_bytes(&bytes, "loud.wasm").expect("stdout is granted").configure("{}").unwrap();
+    let policy = engine()
+        .load_bytes(&bytes, "loud.wasm")
+        .expect("stdout is granted")
+        .configure("{}")
+        .unwrap();
 
     let captured = support::capture_logs();
     let verdict = tracing::subscriber::with_default(captured.subscriber(), || {
@@ -210,14 +304,22 @@ fn granted_wasi_stdout_becomes_log_lines_tagged_with_the_module() {
     assert_eq!(verdict.fault, None);
     assert_eq!(verdict.decision, Decision::Retry { delay_ms: 1 });
     let log = captured.text();
-    let line = log.lines().find(|l| l.contains("hello from a policy")).unwrap_or_else(|| panic!("no line in {log:?}"));
-    assert!(line.contains("module=loud.wasm") && line.contains("stream=stdout"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("hello from a policy"))
+        .unwrap_or_else(|| panic!("no line in {log:?}"));
+    assert!(
+        line.contains("module=loud.wasm") && line.contains("stream=stdout"),
+        "{line}"
+    );
 }
 
 #[test]
 fn files_that_are_not_policies_get_a_clear_error() {
     let e = engine();
-    let err = e.load_bytes(b"definitely not wasm", "notes.txt").unwrap_err();
+    let err = e
+        .load_bytes(b"definitely not wasm", "notes.txt")
+        .unwrap_err();
     assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
 
     let core = wat::parse_str("(module)").unwrap();
@@ -237,19 +339,36 @@ fn files_that_are_not_policies_get_a_clear_error() {
 
 #[test]
 fn precompiled_modules_load_only_into_a_matching_engine() {
-    let cwasm = engine().precompile(backstop::DEFAULT_POLICY_WASM, "default").unwrap();
-    let module = engine().load_bytes(&cwasm, "default.cwasm").expect("same engine loads it");
+    let cwasm = engine()
+        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .unwrap();
+    let module = engine()
+        .load_bytes(&cwasm, "default.cwasm")
+        .expect("same engine loads it");
     assert_eq!(module.info().name, "backstop-default");
     let c = ctx(ErrorKind::Validation, &["primary"]);
-    assert_eq!(module.configure("{}").unwrap().decide(&c).decision, Decision::GiveUp { reason: GiveUpReason::NotRetryable });
+    assert_eq!(
+        module.configure("{}").unwrap().decide(&c).decision,
+        Decision::GiveUp {
+            reason: GiveUpReason::NotRetryable
+        }
+    );
 
     // Compiled by an engine without fuel metering (as `wasmtime compile` does by default):
     // loading it would run the module unmetered, so it is refused.
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     let unmetered = wasmtime::Engine::new(&config).unwrap();
-    let foreign = unmetered.precompile_component(backstop::DEFAULT_POLICY_WASM).unwrap();
+    let foreign = unmetered
+        .precompile_component(backstop::DEFAULT_POLICY_WASM)
+        .unwrap();
     let err = engine().load_bytes(&foreign, "foreign.cwasm").unwrap_err();
-    assert!(matches!(err, LoadError::IncompatiblePrecompiled { .. }), "{err}");
-    assert!(err.to_string().contains("backstop compile"), "the error says how to fix it: {err}");
+    assert!(
+        matches!(err, LoadError::IncompatiblePrecompiled { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("backstop compile"),
+        "the error says how to fix it: {err}"
+    );
 }

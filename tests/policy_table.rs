@@ -43,7 +43,9 @@ fn give_up(reason: GiveUpReason) -> Decision {
 #[test]
 fn first_failure_of_every_error_class() {
     use ErrorKind::*;
-    let backoff = Decision::Retry { delay_ms: expected_jitter(1_000, 60_000, 0, HALF) };
+    let backoff = Decision::Retry {
+        delay_ms: expected_jitter(1_000, 60_000, 0, HALF),
+    };
     let immediate = Decision::Retry { delay_ms: 0 };
     let never = give_up(GiveUpReason::NotRetryable);
     let table = [
@@ -73,12 +75,21 @@ fn first_failure_of_every_error_class() {
 
 #[test]
 fn errors_that_cannot_heal_are_never_retried_nor_failed_over_nor_queued() {
-    for kind in [ErrorKind::Validation, ErrorKind::AccessDenied, ErrorKind::ResourceNotFound, ErrorKind::Conflict] {
+    for kind in [
+        ErrorKind::Validation,
+        ErrorKind::AccessDenied,
+        ErrorKind::ResourceNotFound,
+        ErrorKind::Conflict,
+    ] {
         for workload in [Workload::Interactive, Workload::Batch] {
             let mut c = ctx(kind, &["primary", "fallback"]);
             c.workload = workload;
             c.health[0].consecutive_failures = 50;
-            assert_eq!(decide(&c), give_up(GiveUpReason::NotRetryable), "{kind:?} {workload:?}");
+            assert_eq!(
+                decide(&c),
+                give_up(GiveUpReason::NotRetryable),
+                "{kind:?} {workload:?}"
+            );
         }
     }
 }
@@ -92,7 +103,11 @@ fn throttling_backs_off_exponentially_with_full_jitter() {
             c.attempts_total = attempt;
             c.entropy = entropy;
             let expected = expected_jitter(1_000, 60_000, attempt - 1, entropy);
-            assert_eq!(decide(&c), Decision::Retry { delay_ms: expected }, "attempt {attempt}");
+            assert_eq!(
+                decide(&c),
+                Decision::Retry { delay_ms: expected },
+                "attempt {attempt}"
+            );
         }
     }
     // The window stops growing at the cap.
@@ -100,7 +115,10 @@ fn throttling_backs_off_exponentially_with_full_jitter() {
     (c.attempts_on_model, c.attempts_total, c.entropy) = (4, 4, u64::MAX);
     let policy = default_policy(r#"{"base_delay_ms": 100, "max_delay_ms": 300}"#);
     let params = Params::from_json(r#"{"base_delay_ms": 100, "max_delay_ms": 300}"#).unwrap();
-    assert_eq!(decide_with(&policy, &params, &c), Decision::Retry { delay_ms: 300 });
+    assert_eq!(
+        decide_with(&policy, &params, &c),
+        Decision::Retry { delay_ms: 300 }
+    );
 }
 
 #[test]
@@ -127,24 +145,53 @@ fn a_server_wait_hint_is_honoured_up_to_the_cap() {
 fn extended_throttling_switches_to_the_next_model() {
     let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
     (c.attempts_on_model, c.attempts_total) = (5, 5);
-    assert_eq!(decide(&c), Decision::SwitchModel { model: 1, delay_ms: 0 });
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
 
     // Sustained throttling in the health window switches before the attempts are spent.
     let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
-    c.health[0] = ModelHealth { requests: 20, throttles: 12, ..ModelHealth::default() };
-    assert_eq!(decide(&c), Decision::SwitchModel { model: 1, delay_ms: 0 });
+    c.health[0] = ModelHealth {
+        requests: 20,
+        throttles: 12,
+        ..ModelHealth::default()
+    };
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
 
     // ... but not when the window is too small to mean anything.
-    c.health[0] = ModelHealth { requests: 4, throttles: 4, ..ModelHealth::default() };
+    c.health[0] = ModelHealth {
+        requests: 4,
+        throttles: 4,
+        ..ModelHealth::default()
+    };
     assert!(matches!(decide(&c), Decision::Retry { .. }));
 }
 
 #[test]
 fn fallback_skips_models_whose_breaker_is_open() {
-    let mut c = ctx(ErrorKind::Throttling, &["primary", "tier-2", "other-region"]);
+    let mut c = ctx(
+        ErrorKind::Throttling,
+        &["primary", "tier-2", "other-region"],
+    );
     (c.attempts_on_model, c.attempts_total) = (5, 5);
     c.health[1].breaker = BreakerState::Open;
-    assert_eq!(decide(&c), Decision::SwitchModel { model: 2, delay_ms: 0 });
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 2,
+            delay_ms: 0
+        }
+    );
 
     // From the last model there is nowhere left to go.
     c.model = 2;
@@ -158,7 +205,12 @@ fn spent_attempts_without_fallback_give_up_interactive_and_queue_batch() {
     assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
     c.workload = Workload::Batch;
     let expected = expected_jitter(1_000, 60_000, 4, HALF);
-    assert_eq!(decide(&c), Decision::Queue { not_before_ms: expected });
+    assert_eq!(
+        decide(&c),
+        Decision::Queue {
+            not_before_ms: expected
+        }
+    );
 }
 
 #[test]
@@ -169,9 +221,19 @@ fn a_sustained_outage_opens_the_breaker() {
         c.workload = workload;
         decide(&c)
     };
-    let open = |then| Decision::BreakCircuit { model: 0, open_ms: 30_000, then };
-    assert_eq!(outage(&["p", "f"], Workload::Interactive), open(AfterBreak::Fallback { model: 1 }));
-    assert_eq!(outage(&["p"], Workload::Interactive), open(AfterBreak::GiveUp));
+    let open = |then| Decision::BreakCircuit {
+        model: 0,
+        open_ms: 30_000,
+        then,
+    };
+    assert_eq!(
+        outage(&["p", "f"], Workload::Interactive),
+        open(AfterBreak::Fallback { model: 1 })
+    );
+    assert_eq!(
+        outage(&["p"], Workload::Interactive),
+        open(AfterBreak::GiveUp)
+    );
     assert_eq!(outage(&["p"], Workload::Batch), open(AfterBreak::Queue));
 
     // Throttling is a busy model, not a broken one: no breaker.
@@ -183,8 +245,19 @@ fn a_sustained_outage_opens_the_breaker() {
     let config = r#"{"breaker_failure_threshold": 2, "breaker_open_ms": 5000}"#;
     let mut c = ctx(ErrorKind::InternalServer, &["p"]);
     c.health[0].consecutive_failures = 2;
-    let decision = decide_with(&default_policy(config), &Params::from_json(config).unwrap(), &c);
-    assert_eq!(decision, Decision::BreakCircuit { model: 0, open_ms: 5_000, then: AfterBreak::GiveUp });
+    let decision = decide_with(
+        &default_policy(config),
+        &Params::from_json(config).unwrap(),
+        &c,
+    );
+    assert_eq!(
+        decision,
+        Decision::BreakCircuit {
+            model: 0,
+            open_ms: 5_000,
+            then: AfterBreak::GiveUp
+        }
+    );
 }
 
 #[test]
@@ -196,7 +269,13 @@ fn the_deadline_and_the_attempt_budget_stop_retries() {
     // A backoff longer than what is left: fail over if possible, else give up.
     let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
     (c.entropy, c.remaining_ms) = (u64::MAX, 10);
-    assert_eq!(decide(&c), Decision::SwitchModel { model: 1, delay_ms: 0 });
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
     c.models.truncate(1);
     c.health.truncate(1);
     assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
@@ -219,13 +298,21 @@ fn configuration_drives_every_level() {
     let (policy, params) = (default_policy(config), Params::from_json(config).unwrap());
     let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
     (c.attempts_on_model, c.attempts_total) = (2, 2);
-    assert_eq!(decide_with(&policy, &params, &c), Decision::SwitchModel { model: 1, delay_ms: 0 });
+    assert_eq!(
+        decide_with(&policy, &params, &c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
 
     let mut c = ctx(ErrorKind::ServiceUnavailable, &["primary"]);
     c.entropy = HALF;
     assert_eq!(
         decide_with(&policy, &params, &c),
-        Decision::Retry { delay_ms: expected_jitter(1_000, 60_000, 0, HALF) }
+        Decision::Retry {
+            delay_ms: expected_jitter(1_000, 60_000, 0, HALF)
+        }
     );
 }
 
@@ -234,9 +321,15 @@ fn bad_configuration_is_refused_with_the_field_named() {
     let module = support::engine().load_default().unwrap();
     for (config, mentions) in [
         (r#"{"base_delay_ms": 0}"#, "base_delay_ms"),
-        (r#"{"max_delay_ms": 10, "base_delay_ms": 100}"#, "max_delay_ms"),
+        (
+            r#"{"max_delay_ms": 10, "base_delay_ms": 100}"#,
+            "max_delay_ms",
+        ),
         (r#"{"max_attemps_per_model": 3}"#, "max_attemps_per_model"),
-        (r#"{"sustained_throttle_percent": 150}"#, "sustained_throttle_percent"),
+        (
+            r#"{"sustained_throttle_percent": 150}"#,
+            "sustained_throttle_percent",
+        ),
         ("not json", "invalid policy config"),
     ] {
         match module.configure(config) {
@@ -251,16 +344,30 @@ fn arb_kind() -> impl Strategy<Value = ErrorKind> {
 }
 
 fn arb_health() -> impl Strategy<Value = ModelHealth> {
-    (0u32..40, 0u32..40, 0u32..40, 0u32..12, 0u8..3, 0u64..100_000).prop_map(
-        |(requests, throttles, errors, consecutive_failures, breaker, in_state_ms)| ModelHealth {
-            requests,
-            throttles: throttles.min(requests),
-            errors: errors.min(requests),
-            consecutive_failures,
-            breaker: [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen][breaker as usize],
-            in_state_ms,
-        },
+    (
+        0u32..40,
+        0u32..40,
+        0u32..40,
+        0u32..12,
+        0u8..3,
+        0u64..100_000,
     )
+        .prop_map(
+            |(requests, throttles, errors, consecutive_failures, breaker, in_state_ms)| {
+                ModelHealth {
+                    requests,
+                    throttles: throttles.min(requests),
+                    errors: errors.min(requests),
+                    consecutive_failures,
+                    breaker: [
+                        BreakerState::Closed,
+                        BreakerState::Open,
+                        BreakerState::HalfOpen,
+                    ][breaker as usize],
+                    in_state_ms,
+                }
+            },
+        )
 }
 
 fn arb_context() -> impl Strategy<Value = AttemptContext> {
@@ -276,20 +383,26 @@ fn arb_context() -> impl Strategy<Value = AttemptContext> {
         proptest::option::of(0u64..200_000),
         any::<u64>(),
     )
-        .prop_map(|(kind, health, model, attempts, extra, remaining, batch, delivered, hint, entropy)| {
-            let models: Vec<String> = (0..health.len()).map(|i| format!("model-{i}")).collect();
-            let mut c = AttemptContext::first_failure(backstop::ErrorInfo::of(kind), models);
-            c.health = health;
-            c.model = model % c.models.len() as u32;
-            c.attempts_on_model = attempts;
-            c.attempts_total = attempts + extra;
-            c.remaining_ms = remaining;
-            c.workload = if batch { Workload::Batch } else { Workload::Interactive };
-            c.output_delivered = delivered;
-            c.error.retry_after_ms = hint;
-            c.entropy = entropy;
-            c
-        })
+        .prop_map(
+            |(kind, health, model, attempts, extra, remaining, batch, delivered, hint, entropy)| {
+                let models: Vec<String> = (0..health.len()).map(|i| format!("model-{i}")).collect();
+                let mut c = AttemptContext::first_failure(backstop::ErrorInfo::of(kind), models);
+                c.health = health;
+                c.model = model % c.models.len() as u32;
+                c.attempts_on_model = attempts;
+                c.attempts_total = attempts + extra;
+                c.remaining_ms = remaining;
+                c.workload = if batch {
+                    Workload::Batch
+                } else {
+                    Workload::Interactive
+                };
+                c.output_delivered = delivered;
+                c.error.retry_after_ms = hint;
+                c.entropy = entropy;
+                c
+            },
+        )
 }
 
 proptest! {

@@ -31,7 +31,12 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker.
     pub fn new(now: Instant) -> Breaker {
-        Breaker { state: BreakerState::Closed, since: now, open_for: Duration::ZERO, probe_in_flight: false }
+        Breaker {
+            state: BreakerState::Closed,
+            since: now,
+            open_for: Duration::ZERO,
+            probe_in_flight: false,
+        }
     }
 
     /// The state and when it began.
@@ -46,14 +51,18 @@ impl Breaker {
             BreakerState::Open => {
                 let reopens = self.since + self.open_for;
                 if now < reopens {
-                    return Admission::Refused { retry_in: reopens - now };
+                    return Admission::Refused {
+                        retry_in: reopens - now,
+                    };
                 }
                 self.state = BreakerState::HalfOpen;
                 self.since = now;
                 self.probe_in_flight = true;
                 Admission::Probe
             }
-            BreakerState::HalfOpen if self.probe_in_flight => Admission::Refused { retry_in: self.open_for },
+            BreakerState::HalfOpen if self.probe_in_flight => Admission::Refused {
+                retry_in: self.open_for,
+            },
             BreakerState::HalfOpen => {
                 self.probe_in_flight = true;
                 Admission::Probe
@@ -105,7 +114,12 @@ mod tests {
         let mut breaker = Breaker::new(t0);
         assert_eq!(breaker.admit(t0), Admission::Send);
         assert!(breaker.open(t0, period));
-        assert_eq!(breaker.admit(t0 + Duration::from_secs(4)), Admission::Refused { retry_in: Duration::from_secs(6) });
+        assert_eq!(
+            breaker.admit(t0 + Duration::from_secs(4)),
+            Admission::Refused {
+                retry_in: Duration::from_secs(6)
+            }
+        );
 
         // After the period exactly one probe goes through.
         let t1 = t0 + period;
@@ -115,13 +129,19 @@ mod tests {
         // A failed probe opens it again for the same period.
         assert!(breaker.on_failure(t1));
         assert_eq!(breaker.state().0, BreakerState::Open);
-        assert!(matches!(breaker.admit(t1 + Duration::from_secs(9)), Admission::Refused { .. }));
+        assert!(matches!(
+            breaker.admit(t1 + Duration::from_secs(9)),
+            Admission::Refused { .. }
+        ));
 
         // A successful probe closes it.
         let t2 = t1 + period;
         assert_eq!(breaker.admit(t2), Admission::Probe);
         assert!(breaker.on_success(t2));
         assert_eq!(breaker.admit(t2), Admission::Send);
-        assert!(!breaker.on_failure(t2), "a closed breaker does not open by itself");
+        assert!(
+            !breaker.on_failure(t2),
+            "a closed breaker does not open by itself"
+        );
     }
 }

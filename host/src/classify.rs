@@ -19,7 +19,9 @@ impl RawStatus for HttpResponse {
     }
 
     fn retry_after_ms(&self) -> Option<u64> {
-        self.headers().get("x-amz-retry-after").and_then(|v| v.trim().parse().ok())
+        self.headers()
+            .get("x-amz-retry-after")
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -90,17 +92,22 @@ where
             }
         }
         SdkError::TimeoutError(_) => transport(ErrorKind::Timeout, "the attempt timed out".into()),
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            transport(ErrorKind::Timeout, format!("{:?}", failure.as_connector_error()))
-        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => transport(
+            ErrorKind::Timeout,
+            format!("{:?}", failure.as_connector_error()),
+        ),
         SdkError::DispatchFailure(failure) => {
-            let detail = failure.as_connector_error().map(|e| e.to_string()).unwrap_or_default();
+            let detail = failure
+                .as_connector_error()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             transport(ErrorKind::Connection, detail)
         }
         // The request could not even be built: no retry can fix it.
-        SdkError::ConstructionFailure(_) => {
-            transport(ErrorKind::Validation, "the request could not be constructed".into())
-        }
+        SdkError::ConstructionFailure(_) => transport(
+            ErrorKind::Validation,
+            "the request could not be constructed".into(),
+        ),
         other => transport(ErrorKind::Unknown, other.to_string()),
     }
 }

@@ -98,7 +98,10 @@ pub enum CallError {
     },
     /// Every model the request could use has an open breaker; nothing more was sent.
     #[error("every usable model's circuit breaker is open ({attempts} attempt(s) made)")]
-    CircuitOpen { attempts: u32, last: Option<ErrorInfo> },
+    CircuitOpen {
+        attempts: u32,
+        last: Option<ErrorInfo>,
+    },
     /// The batch queue was full: the request was refused, not dropped silently.
     #[error("the batch queue is full ({capacity} requests waiting)")]
     QueueFull { capacity: usize },
@@ -146,7 +149,11 @@ impl ChatRequest {
             .content(ContentBlock::Text(text.into()))
             .build()
             .expect("role and content are set");
-        ChatRequest { messages: vec![message], system: Vec::new(), workload: Workload::Interactive }
+        ChatRequest {
+            messages: vec![message],
+            system: Vec::new(),
+            workload: Workload::Interactive,
+        }
     }
 
     /// The same request as batch work.
@@ -158,8 +165,17 @@ impl ChatRequest {
     /// About four characters a token, over the text blocks.
     pub fn estimated_input_tokens(&self) -> u64 {
         let text = |c: &ContentBlock| c.as_text().map_or(0, |t| t.len());
-        let chars: usize = self.messages.iter().flat_map(|m| m.content()).map(text).sum::<usize>()
-            + self.system.iter().map(|s| s.as_text().map_or(0, |t| t.len())).sum::<usize>();
+        let chars: usize = self
+            .messages
+            .iter()
+            .flat_map(|m| m.content())
+            .map(text)
+            .sum::<usize>()
+            + self
+                .system
+                .iter()
+                .map(|s| s.as_text().map_or(0, |t| t.len()))
+                .sum::<usize>();
         (chars as u64).div_ceil(4)
     }
 }
@@ -170,7 +186,13 @@ pub fn sdk_client_for_endpoint(endpoint_url: &str, attempt_timeout: Duration) ->
     let config = aws_sdk_bedrockruntime::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDBACKSTOPTEST", "backstop-test-secret", None, None, "backstop"))
+        .credentials_provider(Credentials::new(
+            "AKIDBACKSTOPTEST",
+            "backstop-test-secret",
+            None,
+            None,
+            "backstop",
+        ))
         .endpoint_url(endpoint_url)
         .retry_config(RetryConfig::disabled())
         .timeout_config(attempt_timeouts(attempt_timeout))
@@ -181,7 +203,9 @@ pub fn sdk_client_for_endpoint(endpoint_url: &str, attempt_timeout: Duration) ->
 /// An SDK client for real Bedrock: the normal AWS credential chain and region, the SDK's
 /// retries disabled so the policy alone decides.
 pub async fn sdk_client_from_env(attempt_timeout: Duration) -> Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
     let config = aws_sdk_bedrockruntime::config::Builder::from(&shared)
         .retry_config(RetryConfig::disabled())
         .timeout_config(attempt_timeouts(attempt_timeout))
@@ -227,7 +251,11 @@ struct Progress {
 
 impl ResilientClient {
     /// A client over `sdk` (see [`sdk_client_for_endpoint`] and [`sdk_client_from_env`]).
-    pub fn new(sdk: Client, policy: Arc<Policy>, options: ClientOptions) -> Result<ResilientClient, ClientError> {
+    pub fn new(
+        sdk: Client,
+        policy: Arc<Policy>,
+        options: ClientOptions,
+    ) -> Result<ResilientClient, ClientError> {
         if options.models.is_empty() {
             return Err(ClientError::NoModels);
         }
@@ -259,21 +287,32 @@ impl ResilientClient {
     }
 
     /// Converse, with the policy deciding after each failed attempt.
-    pub async fn converse(&self, request: &ChatRequest) -> Result<Served<ConverseOutput>, CallError> {
+    pub async fn converse(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<Served<ConverseOutput>, CallError> {
         let sdk = &self.inner.sdk;
-        self.run(request.workload, request.estimated_input_tokens(), |model| {
-            let call = sdk
-                .converse()
-                .model_id(model)
-                .set_messages(Some(request.messages.clone()))
-                .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
-            async move { call.send().await.map_err(sdk_failure) }
-        })
+        self.run(
+            request.workload,
+            request.estimated_input_tokens(),
+            |model| {
+                let call = sdk
+                    .converse()
+                    .model_id(model)
+                    .set_messages(Some(request.messages.clone()))
+                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
+                async move { call.send().await.map_err(sdk_failure) }
+            },
+        )
         .await
     }
 
     /// InvokeModel with a model-specific JSON body.
-    pub async fn invoke_model(&self, body: &[u8], workload: Workload) -> Result<Served<InvokeModelOutput>, CallError> {
+    pub async fn invoke_model(
+        &self,
+        body: &[u8],
+        workload: Workload,
+    ) -> Result<Served<InvokeModelOutput>, CallError> {
         let sdk = &self.inner.sdk;
         self.run(workload, (body.len() as u64).div_ceil(4), |model| {
             let call = sdk
@@ -290,21 +329,28 @@ impl ResilientClient {
     /// ConverseStream. An error before the first event is handled like any failed attempt
     /// (retry, fall back, …); once an event has been returned the request is committed, and a
     /// later error is surfaced by [`ResilientStream::recv`], never retried.
-    pub async fn converse_stream(&self, request: &ChatRequest) -> Result<ResilientStream, CallError> {
+    pub async fn converse_stream(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<ResilientStream, CallError> {
         let sdk = &self.inner.sdk;
         let served = self
-            .run(request.workload, request.estimated_input_tokens(), |model| {
-                let call = sdk
-                    .converse_stream()
-                    .model_id(model)
-                    .set_messages(Some(request.messages.clone()))
-                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
-                async move {
-                    let mut output = call.send().await.map_err(sdk_failure)?;
-                    let first = output.stream.recv().await.map_err(stream_failure)?;
-                    Ok((output.stream, first))
-                }
-            })
+            .run(
+                request.workload,
+                request.estimated_input_tokens(),
+                |model| {
+                    let call = sdk
+                        .converse_stream()
+                        .model_id(model)
+                        .set_messages(Some(request.messages.clone()))
+                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
+                    async move {
+                        let mut output = call.send().await.map_err(sdk_failure)?;
+                        let first = output.stream.recv().await.map_err(stream_failure)?;
+                        Ok((output.stream, first))
+                    }
+                },
+            )
             .await?;
         let (receiver, first) = served.output;
         Ok(ResilientStream {
@@ -319,7 +365,10 @@ impl ResilientClient {
     }
 
     fn real(&self, policy_ms: u64) -> Duration {
-        scale(Duration::from_millis(policy_ms), self.inner.options.time_scale)
+        scale(
+            Duration::from_millis(policy_ms),
+            self.inner.options.time_scale,
+        )
     }
 
     fn policy_ms(&self, real: Duration) -> u64 {
@@ -327,7 +376,12 @@ impl ResilientClient {
     }
 
     /// The attempt loop shared by every operation.
-    async fn run<T, F, Fut>(&self, workload: Workload, input_tokens: u64, mut attempt: F) -> Result<Served<T>, CallError>
+    async fn run<T, F, Fut>(
+        &self,
+        workload: Workload,
+        input_tokens: u64,
+        mut attempt: F,
+    ) -> Result<Served<T>, CallError>
     where
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
@@ -364,15 +418,21 @@ impl ResilientClient {
                         self.park(&mut p, retry_in).await?;
                         continue;
                     }
-                    return Err(CallError::CircuitOpen { attempts: p.total, last: last.map(|(info, _)| info) });
+                    return Err(CallError::CircuitOpen {
+                        attempts: p.total,
+                        last: last.map(|(info, _)| info),
+                    });
                 }
                 p.on_model += 1;
                 p.total += 1;
                 inner.metrics.attempts.inc();
                 let model = inner.options.models[p.model].as_str();
-                let limit = scale(inner.options.attempt_timeout, inner.options.time_scale).min(p.deadline - now);
+                let limit = scale(inner.options.attempt_timeout, inner.options.time_scale)
+                    .min(p.deadline - now);
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
-                let outcome = tokio::time::timeout(limit, attempt(model)).instrument(span).await;
+                let outcome = tokio::time::timeout(limit, attempt(model))
+                    .instrument(span)
+                    .await;
                 let failure = match outcome {
                     Ok(Ok(output)) => {
                         if inner.health.record_success(p.model, Instant::now()) {
@@ -390,7 +450,10 @@ impl ResilientClient {
                     }
                     Ok(Err(failure)) => failure,
                     Err(_) => (
-                        ErrorInfo { message: "the attempt timed out".into(), ..ErrorInfo::of(ErrorKind::Timeout) },
+                        ErrorInfo {
+                            message: "the attempt timed out".into(),
+                            ..ErrorInfo::of(ErrorKind::Timeout)
+                        },
                         Box::<dyn std::error::Error + Send + Sync>::from("attempt timed out"),
                     ),
                 };
@@ -405,8 +468,15 @@ impl ResilientClient {
                         tokio::time::sleep(self.real(delay_ms)).await;
                         self.switch(&mut p, model as usize);
                     }
-                    Decision::BreakCircuit { model, open_ms, then } => {
-                        if inner.health.open(model as usize, Instant::now(), self.real(open_ms)) {
+                    Decision::BreakCircuit {
+                        model,
+                        open_ms,
+                        then,
+                    } => {
+                        if inner
+                            .health
+                            .open(model as usize, Instant::now(), self.real(open_ms))
+                        {
                             inner.metrics.breaker_opens.inc();
                         }
                         match then {
@@ -417,7 +487,9 @@ impl ResilientClient {
                             }
                         }
                     }
-                    Decision::Queue { not_before_ms } => self.park(&mut p, self.real(not_before_ms)).await?,
+                    Decision::Queue { not_before_ms } => {
+                        self.park(&mut p, self.real(not_before_ms)).await?
+                    }
                     Decision::GiveUp { reason } => return Err(gave_up(reason, last, p.total)),
                 }
             }
@@ -452,7 +524,10 @@ impl ResilientClient {
             health: inner.health.snapshot(now, |d| self.policy_ms(d)),
             entropy: fastrand::u64(..),
         };
-        let verdict = inner.options.guardrails.enforce(&ctx, inner.policy.decide(&ctx));
+        let verdict = inner
+            .options
+            .guardrails
+            .enforce(&ctx, inner.policy.decide(&ctx));
         if verdict.fault.is_some() {
             inner.metrics.policy_faults.inc();
         }
@@ -482,7 +557,9 @@ impl ResilientClient {
         let _place = inner
             .queue
             .try_acquire()
-            .map_err(|_| CallError::QueueFull { capacity: inner.options.queue_capacity })?;
+            .map_err(|_| CallError::QueueFull {
+                capacity: inner.options.queue_capacity,
+            })?;
         if !p.queued {
             p.queued = true;
             inner.metrics.queued.inc();
@@ -506,12 +583,21 @@ fn gave_up(reason: GiveUpReason, last: Option<(ErrorInfo, BoxError)>, attempts: 
         Some((info, source)) => (info, Some(source)),
         None => (ErrorInfo::of(ErrorKind::Unknown), None),
     };
-    CallError::GaveUp { reason, last, attempts, source }
+    CallError::GaveUp {
+        reason,
+        last,
+        attempts,
+        source,
+    }
 }
 
 fn sdk_failure<E, R>(error: aws_sdk_bedrockruntime::error::SdkError<E, R>) -> (ErrorInfo, BoxError)
 where
-    E: aws_sdk_bedrockruntime::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    E: aws_sdk_bedrockruntime::error::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
     R: crate::classify::RawStatus + std::fmt::Debug + Send + Sync + 'static,
 {
     (classify(&error), Box::new(error))
@@ -520,12 +606,19 @@ where
 /// Errors inside an event stream name their type only in the `:exception-type` frame header,
 /// which the SDK turns into the error's variant, not into its code: classify by the variant.
 fn stream_failure(
-    error: aws_sdk_bedrockruntime::error::SdkError<ConverseStreamOutputError, aws_smithy_types::event_stream::RawMessage>,
+    error: aws_sdk_bedrockruntime::error::SdkError<
+        ConverseStreamOutputError,
+        aws_smithy_types::event_stream::RawMessage,
+    >,
 ) -> (ErrorInfo, BoxError) {
     let modeled = error.as_service_error().and_then(|e| match e {
         ConverseStreamOutputError::InternalServerException(_) => Some(ErrorKind::InternalServer),
-        ConverseStreamOutputError::ModelStreamErrorException(_) => Some(ErrorKind::ModelStreamError),
-        ConverseStreamOutputError::ServiceUnavailableException(_) => Some(ErrorKind::ServiceUnavailable),
+        ConverseStreamOutputError::ModelStreamErrorException(_) => {
+            Some(ErrorKind::ModelStreamError)
+        }
+        ConverseStreamOutputError::ServiceUnavailableException(_) => {
+            Some(ErrorKind::ServiceUnavailable)
+        }
         ConverseStreamOutputError::ThrottlingException(_) => Some(ErrorKind::Throttling),
         ConverseStreamOutputError::ValidationException(_) => Some(ErrorKind::Validation),
         _ => None,
@@ -591,7 +684,12 @@ impl ResilientStream {
                     Decision::GiveUp { reason } => reason,
                     _ => GiveUpReason::OutputCommitted,
                 };
-                Err(CallError::GaveUp { reason, last: info, attempts: self.attempts, source: Some(source) })
+                Err(CallError::GaveUp {
+                    reason,
+                    last: info,
+                    attempts: self.attempts,
+                    source: Some(source),
+                })
             }
         }
     }

@@ -33,26 +33,43 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { interactive: 300, batch: 60, spread: Duration::from_secs(6), time_scale: 0.02 }
+        DemoOptions {
+            interactive: 300,
+            batch: 60,
+            spread: Duration::from_secs(6),
+            time_scale: 0.02,
+        }
     }
 }
 
 /// The "Monday 9 a.m." scenario (times are real milliseconds since the server started).
 pub fn monday_spike() -> Scenario {
-    let mut scenario = Scenario { seed: 9, ..Scenario::default() };
+    let mut scenario = Scenario {
+        seed: 9,
+        ..Scenario::default()
+    };
     scenario.models.insert(
         PRIMARY.to_string(),
         ModelFaults {
             rpm: Some(1_500),
             burst: Some(8),
-            outages: vec![Outage { start_ms: 2_500, end_ms: 4_500, error: crate::ErrorKind::ServiceUnavailable }],
+            outages: vec![Outage {
+                start_ms: 2_500,
+                end_ms: 4_500,
+                error: crate::ErrorKind::ServiceUnavailable,
+            }],
             latency_ms: Latency { min: 20, max: 60 },
             ..ModelFaults::default()
         },
     );
     scenario.models.insert(
         FALLBACK.to_string(),
-        ModelFaults { rpm: Some(12_000), burst: Some(60), latency_ms: Latency { min: 30, max: 80 }, ..ModelFaults::default() },
+        ModelFaults {
+            rpm: Some(12_000),
+            burst: Some(60),
+            latency_ms: Latency { min: 30, max: 80 },
+            ..ModelFaults::default()
+        },
     );
     scenario
 }
@@ -90,14 +107,19 @@ struct Outcome {
 }
 
 /// Runs the demo; `progress` is called about four times a second.
-pub async fn run(policy: Arc<Policy>, options: DemoOptions, mut progress: impl FnMut(&DemoProgress)) -> std::io::Result<DemoReport> {
+pub async fn run(
+    policy: Arc<Policy>,
+    options: DemoOptions,
+    mut progress: impl FnMut(&DemoProgress),
+) -> std::io::Result<DemoReport> {
     let server = FaultServer::start(monday_spike(), 0).await?;
     let mut client_options = ClientOptions::new([PRIMARY, FALLBACK]);
     client_options.time_scale = options.time_scale;
     client_options.deadline = Duration::from_secs(300);
     client_options.attempt_timeout = Duration::from_secs(60);
     let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(10));
-    let client = ResilientClient::new(sdk, policy, client_options).map_err(std::io::Error::other)?;
+    let client =
+        ResilientClient::new(sdk, policy, client_options).map_err(std::io::Error::other)?;
 
     let total = options.interactive + options.batch;
     let started = Instant::now();
@@ -118,8 +140,14 @@ pub async fn run(policy: Arc<Policy>, options: DemoOptions, mut progress: impl F
                 let done = done_tx.clone();
                 tokio::spawn(async move {
                     let sent = Instant::now();
-                    let result = client.converse(&request).await.map(|s| (s.model_index, s.queued));
-                    let _ = done.send(Outcome { latency: sent.elapsed(), result });
+                    let result = client
+                        .converse(&request)
+                        .await
+                        .map(|s| (s.model_index, s.queued));
+                    let _ = done.send(Outcome {
+                        latency: sent.elapsed(),
+                        result,
+                    });
                 });
             }
         })
@@ -141,12 +169,29 @@ pub async fn run(policy: Arc<Policy>, options: DemoOptions, mut progress: impl F
     }
     let _ = spawner.await;
     let metrics = client.metrics().snapshot();
-    progress(&DemoProgress { elapsed: started.elapsed(), sent: total, total, done: total, metrics });
+    progress(&DemoProgress {
+        elapsed: started.elapsed(),
+        sent: total,
+        total,
+        done: total,
+        metrics,
+    });
 
-    let mut latencies: Vec<u64> = outcomes.iter().map(|o| o.latency.as_millis() as u64).collect();
+    let mut latencies: Vec<u64> = outcomes
+        .iter()
+        .map(|o| o.latency.as_millis() as u64)
+        .collect();
     latencies.sort_unstable();
-    let percentile = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
-    let served: Vec<(usize, bool)> = outcomes.iter().filter_map(|o| o.result.as_ref().ok().copied()).collect();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let served: Vec<(usize, bool)> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok().copied())
+        .collect();
     Ok(DemoReport {
         requests: total,
         succeeded: served.len(),
@@ -173,10 +218,16 @@ impl DemoReport {
             ("  queued, then served", self.queued_then_served.to_string()),
             ("failed", self.failed.to_string()),
             ("attempts", self.attempts.to_string()),
-            ("calls that reached the server", self.calls_reaching_server.to_string()),
+            (
+                "calls that reached the server",
+                self.calls_reaching_server.to_string(),
+            ),
             ("breaker opens", self.breaker_opens.to_string()),
             ("policy faults", self.metrics.policy_faults.to_string()),
-            ("latency p50 / p95 / p99", format!("{} / {} / {} ms", self.p50_ms, self.p95_ms, self.p99_ms)),
+            (
+                "latency p50 / p95 / p99",
+                format!("{} / {} / {} ms", self.p50_ms, self.p95_ms, self.p99_ms),
+            ),
         ];
         let mut out = String::from("| outcome | value |\n|---|---:|\n");
         for (name, value) in rows {

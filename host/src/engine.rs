@@ -62,13 +62,20 @@ impl Engine {
         config.wasm_component_model(true);
         config.consume_fuel(true);
         config.max_wasm_stack(limits.max_wasm_stack);
-        let engine = wasmtime::Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         // Everything of WASI p2 is linked, and `check_imports` refuses what is not granted, so
         // the refusal names the import instead of failing deep inside instantiation.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
-        Ok(Engine { inner: Arc::new(EngineInner { engine, linker, limits }) })
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits,
+            }),
+        })
     }
 
     /// The limits every instance of this engine runs under.
@@ -88,8 +95,10 @@ impl Engine {
     /// Loads a policy from a `.wasm` component or a `.cwasm` made by [`Engine::precompile`].
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<PolicyModule, LoadError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
@@ -105,7 +114,11 @@ impl Engine {
             origin: origin.to_string(),
             reason: format!("{e:#}"),
         };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(instantiate)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(instantiate)?;
         let pre = PolicyPre::new(pre).map_err(|e| LoadError::WrongWorld {
             origin: origin.to_string(),
             expected: DECIDER_EXPORT.to_string(),
@@ -116,7 +129,11 @@ impl Engine {
             pre,
             origin: origin.to_string(),
             digest: sha256_hex(bytes),
-            info: PolicyInfo { name: String::new(), version: String::new(), wit_version: String::new() },
+            info: PolicyInfo {
+                name: String::new(),
+                version: String::new(),
+                wit_version: String::new(),
+            },
         };
         module.info = crate::policy::probe_info(&module)?;
         tracing::info!(
@@ -129,10 +146,13 @@ impl Engine {
     /// Compiles a component to this engine's native code (`.cwasm`), for fast loading later.
     pub fn precompile(&self, wasm: &[u8], origin: &str) -> Result<Vec<u8>, LoadError> {
         check_header(wasm, origin)?;
-        self.inner.engine.precompile_component(wasm).map_err(|e| LoadError::Invalid {
-            origin: origin.to_string(),
-            reason: format!("{e:#}"),
-        })
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Invalid {
+                origin: origin.to_string(),
+                reason: format!("{e:#}"),
+            })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
@@ -147,7 +167,9 @@ impl Engine {
                     }
                 })
             }
-            Some(Precompiled::Module) => Err(LoadError::NotComponent { origin: origin.to_string() }),
+            Some(Precompiled::Module) => Err(LoadError::NotComponent {
+                origin: origin.to_string(),
+            }),
             None => {
                 check_header(bytes, origin)?;
                 Component::from_binary(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
@@ -160,13 +182,18 @@ impl Engine {
 
     fn check_exports(&self, component: &Component, origin: &str) -> Result<(), LoadError> {
         let ty = component.component_type();
-        let exports: Vec<String> =
-            ty.exports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.inner.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         if exports.iter().any(|name| name == DECIDER_EXPORT) {
             return Ok(());
         }
         let unversioned = DECIDER_EXPORT.split('@').next().unwrap_or(DECIDER_EXPORT);
-        if let Some(found) = exports.iter().find(|name| name.split('@').next() == Some(unversioned)) {
+        if let Some(found) = exports
+            .iter()
+            .find(|name| name.split('@').next() == Some(unversioned))
+        {
             return Err(LoadError::WrongVersion {
                 origin: origin.to_string(),
                 found: found.clone(),
@@ -176,13 +203,20 @@ impl Engine {
         Err(LoadError::WrongWorld {
             origin: origin.to_string(),
             expected: DECIDER_EXPORT.to_string(),
-            exports: if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
+            exports: if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            },
         })
     }
 
     fn check_imports(&self, component: &Component, origin: &str) -> Result<(), LoadError> {
         let ty = component.component_type();
-        let refused = ty.imports(&self.inner.engine).map(|(name, _)| name).find(|name| !sandbox::is_granted(name));
+        let refused = ty
+            .imports(&self.inner.engine)
+            .map(|(name, _)| name)
+            .find(|name| !sandbox::is_granted(name));
         match refused {
             Some(import) => Err(LoadError::UngrantedImport {
                 origin: origin.to_string(),
@@ -198,16 +232,23 @@ fn check_header(bytes: &[u8], origin: &str) -> Result<(), LoadError> {
     const MAGIC: &[u8] = b"\0asm";
     const CORE_LAYER: [u8; 4] = [1, 0, 0, 0];
     if !bytes.starts_with(MAGIC) {
-        return Err(LoadError::NotWasm { origin: origin.to_string() });
+        return Err(LoadError::NotWasm {
+            origin: origin.to_string(),
+        });
     }
     if bytes.get(4..8) == Some(&CORE_LAYER[..]) {
-        return Err(LoadError::NotComponent { origin: origin.to_string() });
+        return Err(LoadError::NotComponent {
+            origin: origin.to_string(),
+        });
     }
     Ok(())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A compiled, validated policy component: exports the contract, imports only what is granted,

@@ -30,9 +30,17 @@ pub enum LoadError {
         "{origin} targets {found}, but this host speaks {expected}; rebuild the policy against \
          wit/policy.wit"
     )]
-    WrongVersion { origin: String, found: String, expected: String },
+    WrongVersion {
+        origin: String,
+        found: String,
+        expected: String,
+    },
     #[error("{origin} does not export {expected} (it exports: {exports})")]
-    WrongWorld { origin: String, expected: String, exports: String },
+    WrongWorld {
+        origin: String,
+        expected: String,
+        exports: String,
+    },
     #[error(
         "{origin} imports `{import}`, which Backstop does not grant to policies (granted: wasi:io, \
          wasi:cli stdio/environment/exit, wasi:random, wasi:filesystem without directories)"
@@ -43,7 +51,10 @@ pub enum LoadError {
     #[error("{origin} rejected its configuration: {reason}")]
     Config { origin: String, reason: String },
     #[error("{origin} faulted while loading: {fault}")]
-    Probe { origin: String, fault: crate::PolicyFault },
+    Probe {
+        origin: String,
+        fault: crate::PolicyFault,
+    },
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
 }

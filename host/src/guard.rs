@@ -2,8 +2,8 @@
 //! hostile policy can waste at most a bounded number of attempts, never sleep past the request's
 //! deadline, and never resend what cannot heal.
 
-use crate::contract::{AfterBreak, AttemptContext, Decision, GiveUpReason};
 use crate::Verdict;
+use crate::contract::{AfterBreak, AttemptContext, Decision, GiveUpReason};
 use serde::{Deserialize, Serialize};
 
 /// The caps. The request's total deadline arrives with each context (`remaining_ms`); the
@@ -21,7 +21,11 @@ pub struct Guardrails {
 
 impl Default for Guardrails {
     fn default() -> Self {
-        Guardrails { max_total_attempts: 10, max_delay_ms: 60_000, max_open_ms: 300_000 }
+        Guardrails {
+            max_total_attempts: 10,
+            max_delay_ms: 60_000,
+            max_open_ms: 300_000,
+        }
     }
 }
 
@@ -50,10 +54,14 @@ impl Guardrails {
         let decision = &mut verdict.decision;
 
         if let Decision::BreakCircuit { open_ms, .. } = decision
-            && *open_ms > self.max_open_ms {
-                clamps.push(Clamp::MaxOpen { asked_ms: *open_ms, limit_ms: self.max_open_ms });
-                *open_ms = self.max_open_ms;
-            }
+            && *open_ms > self.max_open_ms
+        {
+            clamps.push(Clamp::MaxOpen {
+                asked_ms: *open_ms,
+                limit_ms: self.max_open_ms,
+            });
+            *open_ms = self.max_open_ms;
+        }
         if !decision.sends_again() {
             return verdict;
         }
@@ -62,7 +70,12 @@ impl Guardrails {
         } else if !ctx.error.kind.heals() {
             Some((Clamp::NotRetryable, GiveUpReason::NotRetryable))
         } else if ctx.attempts_total >= self.max_total_attempts {
-            Some((Clamp::MaxAttempts { limit: self.max_total_attempts }, GiveUpReason::AttemptsExhausted))
+            Some((
+                Clamp::MaxAttempts {
+                    limit: self.max_total_attempts,
+                },
+                GiveUpReason::AttemptsExhausted,
+            ))
         } else {
             None
         };
@@ -72,12 +85,21 @@ impl Guardrails {
             return verdict;
         }
         if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } = decision
-            && *delay_ms > self.max_delay_ms {
-                clamps.push(Clamp::MaxDelay { asked_ms: *delay_ms, limit_ms: self.max_delay_ms });
-                *delay_ms = self.max_delay_ms;
-            }
-        if decision.delay_ms().is_some_and(|delay| delay >= ctx.remaining_ms) {
-            clamps.push(Clamp::Deadline { remaining_ms: ctx.remaining_ms });
+            && *delay_ms > self.max_delay_ms
+        {
+            clamps.push(Clamp::MaxDelay {
+                asked_ms: *delay_ms,
+                limit_ms: self.max_delay_ms,
+            });
+            *delay_ms = self.max_delay_ms;
+        }
+        if decision
+            .delay_ms()
+            .is_some_and(|delay| delay >= ctx.remaining_ms)
+        {
+            clamps.push(Clamp::Deadline {
+                remaining_ms: ctx.remaining_ms,
+            });
             give_up(decision, GiveUpReason::Deadline);
         }
         verdict

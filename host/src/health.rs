@@ -50,7 +50,9 @@ impl HealthBoard {
     }
 
     fn model(&self, index: usize) -> std::sync::MutexGuard<'_, Model> {
-        self.models[index].lock().unwrap_or_else(PoisonError::into_inner)
+        self.models[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks model `index`'s breaker to let one request through.
@@ -70,7 +72,11 @@ impl HealthBoard {
     pub fn record_failure(&self, index: usize, now: Instant, kind: ErrorKind) -> bool {
         let mut model = self.model(index);
         model.consecutive_failures = model.consecutive_failures.saturating_add(1);
-        let outcome = if kind.is_throttle() { Outcome::Throttled } else { Outcome::Failed };
+        let outcome = if kind.is_throttle() {
+            Outcome::Throttled
+        } else {
+            Outcome::Failed
+        };
         self.push(&mut model, now, outcome);
         model.breaker.on_failure(now)
     }
@@ -82,7 +88,11 @@ impl HealthBoard {
 
     fn push(&self, model: &mut Model, now: Instant, outcome: Outcome) {
         model.window.push_back((now, outcome));
-        while model.window.front().is_some_and(|(at, _)| now.duration_since(*at) > self.window) {
+        while model
+            .window
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.window)
+        {
             model.window.pop_front();
         }
     }
@@ -92,7 +102,10 @@ impl HealthBoard {
         (0..self.models.len())
             .map(|index| {
                 let model = self.model(index);
-                let recent = model.window.iter().filter(|(at, _)| now.duration_since(*at) <= self.window);
+                let recent = model
+                    .window
+                    .iter()
+                    .filter(|(at, _)| now.duration_since(*at) <= self.window);
                 let (mut requests, mut throttles, mut errors) = (0u32, 0u32, 0u32);
                 for (_, outcome) in recent {
                     requests += 1;

@@ -23,11 +23,11 @@ pub mod classify;
 pub mod client;
 pub mod demo;
 pub mod engine;
+pub mod error;
 pub mod fault_server;
+pub mod guard;
 pub mod health;
 pub mod metrics;
-pub mod error;
-pub mod guard;
 pub mod policy;
 mod sandbox;
 
@@ -35,18 +35,19 @@ pub use client::{
     CallError, ChatRequest, ClientError, ClientOptions, ResilientClient, ResilientStream, Served,
     sdk_client_for_endpoint, sdk_client_from_env,
 };
-pub use fault_server::{FaultServer, Scenario};
-pub use metrics::{Metrics, MetricsSnapshot};
 pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule};
 pub use error::LoadError;
+pub use fault_server::{FaultServer, Scenario};
 pub use guard::{Clamp, Guardrails};
+pub use metrics::{Metrics, MetricsSnapshot};
 pub use policy::{Policy, PolicyFault, Verdict};
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
 pub use policy_guest::contract::{self, *};
 
 /// The default policy component (`policy-guest` built for `wasm32-wasip2`), embedded so the
 /// binary works with no file at hand.
-pub const DEFAULT_POLICY_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
+pub const DEFAULT_POLICY_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
 
 /// The default policy's logic compiled natively: the same code as [`DEFAULT_POLICY_WASM`], for
 /// comparison and benchmarks. Hosts should call the component, which can be swapped.

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "backstop", version, about = "Bedrock retries, fallbacks and circuit breaks, decided by a WebAssembly policy")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Bedrock retries, fallbacks and circuit breaks, decided by a WebAssembly policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -156,31 +160,54 @@ fn main() -> Result<()> {
         Command::Decide(args) => decide(args),
         Command::Info(args) => info(args),
         Command::Compile { policy, output } => compile(policy, output),
-        Command::Demo { policy, requests, batch, json } => runtime()?.block_on(demo(policy, requests, batch, json)),
-        Command::Invoke { policy, model, fallback, endpoint_url, batch, prompt } => {
-            runtime()?.block_on(invoke(policy, model, fallback, endpoint_url, batch, prompt))
+        Command::Demo {
+            policy,
+            requests,
+            batch,
+            json,
+        } => runtime()?.block_on(demo(policy, requests, batch, json)),
+        Command::Invoke {
+            policy,
+            model,
+            fallback,
+            endpoint_url,
+            batch,
+            prompt,
+        } => runtime()?.block_on(invoke(policy, model, fallback, endpoint_url, batch, prompt)),
+        Command::FaultServer { scenario, port } => {
+            runtime()?.block_on(fault_server(scenario, port))
         }
-        Command::FaultServer { scenario, port } => runtime()?.block_on(fault_server(scenario, port)),
     }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn configured(args: &PolicyArgs) -> Result<std::sync::Arc<backstop::Policy>> {
     let engine = Engine::new(Limits::default())?;
     let module = load(&engine, args)?;
-    Ok(std::sync::Arc::new(module.configure(&config_text(&args.config)?)?))
+    Ok(std::sync::Arc::new(
+        module.configure(&config_text(&args.config)?)?,
+    ))
 }
 
 async fn demo(policy: PolicyArgs, requests: usize, batch: usize, json: bool) -> Result<()> {
     use std::io::Write;
     let policy = configured(&policy)?;
-    let options = backstop::demo::DemoOptions { interactive: requests, batch, ..Default::default() };
+    let options = backstop::demo::DemoOptions {
+        interactive: requests,
+        batch,
+        ..Default::default()
+    };
     eprintln!(
         "Monday 9 a.m.: {} requests against {} (tight quota, 2 s outage) with fallback {}",
-        requests + batch, backstop::demo::PRIMARY, backstop::demo::FALLBACK
+        requests + batch,
+        backstop::demo::PRIMARY,
+        backstop::demo::FALLBACK
     );
     let report = backstop::demo::run(policy, options, |p| {
         let m = &p.metrics;
@@ -224,23 +251,36 @@ async fn invoke(
         .output
         .output()
         .and_then(|o| o.as_message().ok())
-        .map(|m| m.content().iter().filter_map(|c| c.as_text().ok().cloned()).collect())
+        .map(|m| {
+            m.content()
+                .iter()
+                .filter_map(|c| c.as_text().ok().cloned())
+                .collect()
+        })
         .unwrap_or_default();
     println!("{}", text.join("\n"));
-    eprintln!("served by {} after {} attempt(s)", served.model, served.attempts);
+    eprintln!(
+        "served by {} after {} attempt(s)",
+        served.model, served.attempts
+    );
     Ok(())
 }
 
 async fn fault_server(scenario: Option<PathBuf>, port: u16) -> Result<()> {
     let scenario = match scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             backstop::Scenario::from_json(&text).map_err(anyhow::Error::msg)?
         }
         None => backstop::Scenario::default(),
     };
     let server = backstop::FaultServer::start(scenario, port).await?;
-    eprintln!("fault server on {} (stats: {}/_backstop/stats); Ctrl-C stops it", server.endpoint_url(), server.endpoint_url());
+    eprintln!(
+        "fault server on {} (stats: {}/_backstop/stats); Ctrl-C stops it",
+        server.endpoint_url(),
+        server.endpoint_url()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
@@ -254,7 +294,9 @@ fn load(engine: &Engine, args: &PolicyArgs) -> Result<PolicyModule> {
 
 fn config_text(config: &str) -> Result<String> {
     match config.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading config {path}")),
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading config {path}"))
+        }
         None => Ok(config.to_string()),
     }
 }
@@ -287,14 +329,22 @@ fn context(args: &DecideArgs) -> Result<AttemptContext> {
     let kind = ErrorKind::from_code(&args.error);
     if kind == ErrorKind::Unknown && !args.error.eq_ignore_ascii_case("unknown") {
         let known: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
-        bail!("unknown error `{}`; expected one of: {}", args.error, known.join(", "));
+        bail!(
+            "unknown error `{}`; expected one of: {}",
+            args.error,
+            known.join(", ")
+        );
     }
     if args.attempt == 0 {
         bail!("--attempt counts the attempt that failed, so it is at least 1");
     }
     let error = ErrorInfo {
         kind,
-        code: if kind.http_status() == 0 { String::new() } else { kind.code().to_string() },
+        code: if kind.http_status() == 0 {
+            String::new()
+        } else {
+            kind.code().to_string()
+        },
         http_status: args.status.unwrap_or(kind.http_status()),
         message: args.message.clone(),
         retry_after_ms: args.retry_after_ms,
@@ -303,10 +353,17 @@ fn context(args: &DecideArgs) -> Result<AttemptContext> {
     let mut ctx = AttemptContext::first_failure(error, models);
     ctx.request_id = "cli".to_string();
     ctx.attempts_on_model = args.attempt;
-    ctx.attempts_total = args.attempts_total.unwrap_or(args.attempt).max(args.attempt);
+    ctx.attempts_total = args
+        .attempts_total
+        .unwrap_or(args.attempt)
+        .max(args.attempt);
     ctx.elapsed_ms = args.elapsed_ms;
     ctx.remaining_ms = args.remaining_ms;
-    ctx.workload = if args.batch { Workload::Batch } else { Workload::Interactive };
+    ctx.workload = if args.batch {
+        Workload::Batch
+    } else {
+        Workload::Interactive
+    };
     ctx.output_delivered = args.output_delivered;
     ctx.entropy = args.entropy.unwrap_or_else(|| fastrand::u64(..));
     if let Some(first) = ctx.health.first_mut() {
@@ -314,10 +371,14 @@ fn context(args: &DecideArgs) -> Result<AttemptContext> {
         first.requests = first.requests.max(args.attempt);
     }
     if let Some(health) = &args.health {
-        let health: Vec<ModelHealth> =
-            serde_json::from_str(health).context("--health must be a JSON list of model-health objects")?;
+        let health: Vec<ModelHealth> = serde_json::from_str(health)
+            .context("--health must be a JSON list of model-health objects")?;
         if health.len() != ctx.models.len() {
-            bail!("--health lists {} model(s) but the chain has {}", health.len(), ctx.models.len());
+            bail!(
+                "--health lists {} model(s) but the chain has {}",
+                health.len(),
+                ctx.models.len()
+            );
         }
         ctx.health = health;
     }

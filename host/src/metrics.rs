@@ -90,10 +90,14 @@ mod tests {
         metrics.fallback_invocations.inc();
         metrics.attempts.inc_by(3);
         let text = metrics.prometheus_text();
-        assert!(text.contains("backstop_fallback_model_invocations_total 1"), "{text}");
+        assert!(
+            text.contains("backstop_fallback_model_invocations_total 1"),
+            "{text}"
+        );
         assert!(text.contains("backstop_attempts_total 3"), "{text}");
 
-        let emf: serde_json::Value = serde_json::from_str(&metrics.emf_json("Backstop", 1_700_000_000_000)).unwrap();
+        let emf: serde_json::Value =
+            serde_json::from_str(&metrics.emf_json("Backstop", 1_700_000_000_000)).unwrap();
         assert_eq!(emf["fallback_model_invocations"], 1);
         assert_eq!(emf["attempts"], 3);
         assert_eq!(emf["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Backstop");

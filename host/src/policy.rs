@@ -58,7 +58,11 @@ pub struct Verdict {
 
 impl Verdict {
     fn of_policy(decision: Decision) -> Verdict {
-        Verdict { decision, fault: None, clamps: Vec::new() }
+        Verdict {
+            decision,
+            fault: None,
+            clamps: Vec::new(),
+        }
     }
 
     /// The built-in safe decision for `ctx`, flagged with the fault that called for it.
@@ -135,7 +139,11 @@ impl Policy {
     }
 
     fn call_decide(&self, ctx: &AttemptContext) -> Verdict {
-        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let mut instance = match pooled {
             Some(instance) => instance,
             None => match instantiate(&self.module, &self.config) {
@@ -145,7 +153,10 @@ impl Policy {
         };
         let fuel = self.module.engine.limits().fuel_per_call;
         let answer = call(&mut instance.store, fuel, |store| {
-            instance.bindings.backstop_policy_decider().call_decide(store, &to_wit(ctx))
+            instance
+                .bindings
+                .backstop_policy_decider()
+                .call_decide(store, &to_wit(ctx))
         });
         match answer {
             Ok(decision) => {
@@ -167,7 +178,10 @@ impl Policy {
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy").field("module", &self.module).field("config", &self.config).finish()
+        f.debug_struct("Policy")
+            .field("module", &self.module)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -177,7 +191,9 @@ fn call<R>(
     fuel: u64,
     f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<R, PolicyFault> {
-    store.set_fuel(fuel).map_err(|e| PolicyFault::Trap(format!("cannot set fuel: {e}")))?;
+    store
+        .set_fuel(fuel)
+        .map_err(|e| PolicyFault::Trap(format!("cannot set fuel: {e}")))?;
     store.data().begin_call();
     let result = f(store);
     store.data().end_call();
@@ -200,17 +216,32 @@ fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadErro
     let origin = module.origin();
     let limits = module.engine.limits();
     let mut store = Sandbox::store(module.engine.wasmtime(), origin, limits);
-    let probe = |fault| LoadError::Probe { origin: origin.to_string(), fault };
-    store.set_fuel(limits.fuel_per_call).map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
-    let bindings = module.pre.instantiate(&mut store).map_err(|e| match classify(&e, limits.fuel_per_call) {
-        PolicyFault::Trap(_) => LoadError::Instantiate { origin: origin.to_string(), reason: format!("{e:#}") },
-        fault => probe(fault),
+    let probe = |fault| LoadError::Probe {
+        origin: origin.to_string(),
+        fault,
+    };
+    store
+        .set_fuel(limits.fuel_per_call)
+        .map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
+    let bindings = module.pre.instantiate(&mut store).map_err(|e| {
+        match classify(&e, limits.fuel_per_call) {
+            PolicyFault::Trap(_) => LoadError::Instantiate {
+                origin: origin.to_string(),
+                reason: format!("{e:#}"),
+            },
+            fault => probe(fault),
+        }
     })?;
     let configured = call(&mut store, limits.fuel_per_call, |store| {
-        bindings.backstop_policy_decider().call_configure(store, config)
+        bindings
+            .backstop_policy_decider()
+            .call_configure(store, config)
     })
     .map_err(probe)?;
-    configured.map_err(|reason| LoadError::Config { origin: origin.to_string(), reason })?;
+    configured.map_err(|reason| LoadError::Config {
+        origin: origin.to_string(),
+        reason,
+    })?;
     Ok(Instance { store, bindings })
 }
 
@@ -219,17 +250,29 @@ pub(crate) fn probe_info(module: &PolicyModule) -> Result<PolicyInfo, LoadError>
     let origin = module.origin();
     let limits = module.engine.limits();
     let mut store = Sandbox::store(module.engine.wasmtime(), origin, limits);
-    let probe = |fault| LoadError::Probe { origin: origin.to_string(), fault };
-    store.set_fuel(limits.fuel_per_call).map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
-    let bindings = module.pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate {
+    let probe = |fault| LoadError::Probe {
         origin: origin.to_string(),
-        reason: format!("{e:#}"),
-    })?;
+        fault,
+    };
+    store
+        .set_fuel(limits.fuel_per_call)
+        .map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
+    let bindings = module
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| LoadError::Instantiate {
+            origin: origin.to_string(),
+            reason: format!("{e:#}"),
+        })?;
     let info = call(&mut store, limits.fuel_per_call, |store| {
         bindings.backstop_policy_decider().call_info(store)
     })
     .map_err(probe)?;
-    Ok(PolicyInfo { name: info.name, version: info.version, wit_version: info.wit_version })
+    Ok(PolicyInfo {
+        name: info.name,
+        version: info.version,
+        wit_version: info.wit_version,
+    })
 }
 
 fn to_wit(ctx: &AttemptContext) -> wit::AttemptContext {
@@ -308,12 +351,17 @@ fn from_wit(decision: wit::Decision, ctx: &AttemptContext) -> Result<Decision, S
     };
     Ok(match decision {
         wit::Decision::Retry(delay_ms) => Decision::Retry { delay_ms },
-        wit::Decision::SwitchModel(s) => Decision::SwitchModel { model: model(s.model)?, delay_ms: s.delay_ms },
+        wit::Decision::SwitchModel(s) => Decision::SwitchModel {
+            model: model(s.model)?,
+            delay_ms: s.delay_ms,
+        },
         wit::Decision::BreakCircuit(b) => Decision::BreakCircuit {
             model: model(b.model)?,
             open_ms: b.open_ms,
             then: match b.then {
-                wit::AfterBreak::Fallback(index) => AfterBreak::Fallback { model: model(index)? },
+                wit::AfterBreak::Fallback(index) => AfterBreak::Fallback {
+                    model: model(index)?,
+                },
                 wit::AfterBreak::Queue => AfterBreak::Queue,
                 wit::AfterBreak::GiveUp => AfterBreak::GiveUp,
             },
@@ -344,7 +392,9 @@ mod tests {
         let policy = engine.load_default().unwrap().configure("{}").unwrap();
         let mut instance = policy.idle.lock().unwrap().pop().unwrap();
         let budget = engine.limits().fuel_per_call;
-        let models: Vec<String> = (0..8).map(|i| format!("model-{i}-{}", "x".repeat(60))).collect();
+        let models: Vec<String> = (0..8)
+            .map(|i| format!("model-{i}-{}", "x".repeat(60)))
+            .collect();
         let mut worst = 0;
         for kind in crate::ErrorKind::ALL {
             let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), models.clone());
@@ -352,12 +402,18 @@ mod tests {
             ctx.attempts_on_model = 3;
             let wit_ctx = to_wit(&ctx);
             call(&mut instance.store, budget, |store| {
-                instance.bindings.backstop_policy_decider().call_decide(store, &wit_ctx)
+                instance
+                    .bindings
+                    .backstop_policy_decider()
+                    .call_decide(store, &wit_ctx)
             })
             .unwrap();
             worst = worst.max(budget - instance.store.get_fuel().unwrap());
         }
         assert!(worst > 0, "fuel is metered");
-        assert!(worst * 100 < budget, "a decision used {worst} of {budget} fuel");
+        assert!(
+            worst * 100 < budget,
+            "a decision used {worst} of {budget} fuel"
+        );
     }
 }

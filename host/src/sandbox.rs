@@ -66,7 +66,10 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            return Err(wasmtime::Error::new(MemoryLimitHit { desired, limit: self.memory_bytes }));
+            return Err(wasmtime::Error::new(MemoryLimitHit {
+                desired,
+                limit: self.memory_bytes,
+            }));
         }
         Ok(true)
     }
@@ -97,7 +100,10 @@ pub(crate) struct Sandbox {
 
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -108,10 +114,19 @@ impl Sandbox {
         module: &str,
         limits: &crate::Limits,
     ) -> Store<Sandbox> {
-        let log = Arc::new(Mutex::new(ModuleLog::new(module, limits.log_bytes_per_call)));
+        let log = Arc::new(Mutex::new(ModuleLog::new(
+            module,
+            limits.log_bytes_per_call,
+        )));
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream { log: log.clone(), stream: Stream::Stdout })
-            .stderr(LogStream { log: log.clone(), stream: Stream::Stderr })
+            .stdout(LogStream {
+                log: log.clone(),
+                stream: Stream::Stdout,
+            })
+            .stderr(LogStream {
+                log: log.clone(),
+                stream: Stream::Stderr,
+            })
             // Language runtimes seed hash tables from here; fixed bytes keep decisions pure.
             .secure_random(Deterministic::new(vec![0x42; 32]))
             .insecure_random(Deterministic::new(vec![0x17; 32]))
@@ -163,7 +178,12 @@ struct ModuleLog {
 
 impl ModuleLog {
     fn new(module: &str, budget: usize) -> ModuleLog {
-        ModuleLog { module: module.into(), pending: [Vec::new(), Vec::new()], budget, remaining: budget }
+        ModuleLog {
+            module: module.into(),
+            pending: [Vec::new(), Vec::new()],
+            budget,
+            remaining: budget,
+        }
     }
 
     /// Accepts up to the call's remaining budget; the rest is refused so a chatty or hostile
@@ -193,8 +213,12 @@ impl ModuleLog {
 fn emit(module: &str, stream: Stream, line: &[u8]) {
     let line = String::from_utf8_lossy(line);
     match stream {
-        Stream::Stdout => tracing::info!(target: "backstop::policy_output", %module, stream = %"stdout", "{line}"),
-        Stream::Stderr => tracing::warn!(target: "backstop::policy_output", %module, stream = %"stderr", "{line}"),
+        Stream::Stdout => {
+            tracing::info!(target: "backstop::policy_output", %module, stream = %"stdout", "{line}")
+        }
+        Stream::Stderr => {
+            tracing::warn!(target: "backstop::policy_output", %module, stream = %"stderr", "{line}")
+        }
     }
 }
 
@@ -212,11 +236,17 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LogStream { log: self.log.clone(), stream: self.stream })
+        Box::new(LogStream {
+            log: self.log.clone(),
+            stream: self.stream,
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LogStream { log: self.log.clone(), stream: self.stream })
+        Box::new(LogStream {
+            log: self.log.clone(),
+            stream: self.stream,
+        })
     }
 }
 

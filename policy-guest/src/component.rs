@@ -46,7 +46,11 @@ unsafe extern "C" fn cabi_realloc(
             }
             alloc(Layout::from_size_align_unchecked(new_len, align))
         } else {
-            realloc(old_ptr, Layout::from_size_align_unchecked(old_len, align), new_len)
+            realloc(
+                old_ptr,
+                Layout::from_size_align_unchecked(old_len, align),
+                new_len,
+            )
         }
     };
     if ptr.is_null() {
@@ -161,17 +165,19 @@ fn to_wit(decision: c::Decision) -> wit::Decision {
         c::Decision::SwitchModel { model, delay_ms } => {
             wit::Decision::SwitchModel(wit::SwitchModel { model, delay_ms })
         }
-        c::Decision::BreakCircuit { model, open_ms, then } => {
-            wit::Decision::BreakCircuit(wit::CircuitBreak {
-                model,
-                open_ms,
-                then: match then {
-                    c::AfterBreak::Fallback { model } => wit::AfterBreak::Fallback(model),
-                    c::AfterBreak::Queue => wit::AfterBreak::Queue,
-                    c::AfterBreak::GiveUp => wit::AfterBreak::GiveUp,
-                },
-            })
-        }
+        c::Decision::BreakCircuit {
+            model,
+            open_ms,
+            then,
+        } => wit::Decision::BreakCircuit(wit::CircuitBreak {
+            model,
+            open_ms,
+            then: match then {
+                c::AfterBreak::Fallback { model } => wit::AfterBreak::Fallback(model),
+                c::AfterBreak::Queue => wit::AfterBreak::Queue,
+                c::AfterBreak::GiveUp => wit::AfterBreak::GiveUp,
+            },
+        }),
         c::Decision::Queue { not_before_ms } => wit::Decision::Queue(not_before_ms),
         c::Decision::GiveUp { reason } => wit::Decision::GiveUp(match reason {
             c::GiveUpReason::NotRetryable => wit::GiveUpReason::NotRetryable,

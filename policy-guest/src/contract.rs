@@ -309,11 +309,24 @@ pub enum GiveUpReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Decision {
-    Retry { delay_ms: u64 },
-    SwitchModel { model: u32, delay_ms: u64 },
-    BreakCircuit { model: u32, open_ms: u64, then: AfterBreak },
-    Queue { not_before_ms: u64 },
-    GiveUp { reason: GiveUpReason },
+    Retry {
+        delay_ms: u64,
+    },
+    SwitchModel {
+        model: u32,
+        delay_ms: u64,
+    },
+    BreakCircuit {
+        model: u32,
+        open_ms: u64,
+        then: AfterBreak,
+    },
+    Queue {
+        not_before_ms: u64,
+    },
+    GiveUp {
+        reason: GiveUpReason,
+    },
 }
 
 impl Decision {
@@ -331,8 +344,15 @@ impl Decision {
         match *self {
             Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } => Some(delay_ms),
             Decision::Queue { not_before_ms } => Some(not_before_ms),
-            Decision::BreakCircuit { then: AfterBreak::Fallback { .. }, .. } => Some(0),
-            Decision::BreakCircuit { then: AfterBreak::Queue, open_ms, .. } => Some(open_ms),
+            Decision::BreakCircuit {
+                then: AfterBreak::Fallback { .. },
+                ..
+            } => Some(0),
+            Decision::BreakCircuit {
+                then: AfterBreak::Queue,
+                open_ms,
+                ..
+            } => Some(open_ms),
             _ => None,
         }
     }

@@ -14,9 +14,7 @@
 //!
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
-use crate::contract::{
-    AfterBreak, AttemptContext, BreakerState, Decision, GiveUpReason, Workload,
-};
+use crate::contract::{AfterBreak, AttemptContext, BreakerState, Decision, GiveUpReason, Workload};
 use alloc::format;
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
@@ -102,7 +100,9 @@ impl Params {
 /// Full jitter (AWS Architecture blog): uniform over `[0, min(cap, base * 2^exponent)]`, drawn
 /// from `entropy` so the same inputs give the same delay.
 pub fn full_jitter(base_ms: u64, cap_ms: u64, exponent: u32, entropy: u64) -> u64 {
-    let window = base_ms.checked_shl(exponent.min(63)).filter(|w| w >> exponent.min(63) == base_ms);
+    let window = base_ms
+        .checked_shl(exponent.min(63))
+        .filter(|w| w >> exponent.min(63) == base_ms);
     let window = window.unwrap_or(u64::MAX).min(cap_ms);
     uniform_inclusive(window, entropy)
 }
@@ -141,7 +141,11 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
             None if ctx.workload == Workload::Batch => AfterBreak::Queue,
             None => AfterBreak::GiveUp,
         };
-        return Decision::BreakCircuit { model: ctx.model, open_ms: params.breaker_open_ms, then };
+        return Decision::BreakCircuit {
+            model: ctx.model,
+            open_ms: params.breaker_open_ms,
+            then,
+        };
     }
 
     if kind.is_blip()
@@ -162,7 +166,9 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
         }
         if spent {
             return match ctx.workload {
-                Workload::Batch => Decision::Queue { not_before_ms: backoff(params, ctx) },
+                Workload::Batch => Decision::Queue {
+                    not_before_ms: backoff(params, ctx),
+                },
                 Workload::Interactive => give_up(GiveUpReason::AttemptsExhausted),
             };
         }
@@ -193,14 +199,23 @@ pub fn safe_decision(ctx: &AttemptContext) -> Decision {
     if ctx.attempts_on_model >= params.max_attempts_per_model {
         return give_up(GiveUpReason::AttemptsExhausted);
     }
-    Decision::Retry { delay_ms: backoff(&params, ctx) }
+    Decision::Retry {
+        delay_ms: backoff(&params, ctx),
+    }
 }
 
 /// Full jitter for this attempt, never shorter than the server's wait hint, never above the cap.
 fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
     let exponent = ctx.attempts_on_model.saturating_sub(1);
-    let jitter = full_jitter(params.base_delay_ms, params.max_delay_ms, exponent, ctx.entropy);
-    jitter.max(ctx.error.retry_after_ms.unwrap_or(0)).min(params.max_delay_ms)
+    let jitter = full_jitter(
+        params.base_delay_ms,
+        params.max_delay_ms,
+        exponent,
+        ctx.entropy,
+    );
+    jitter
+        .max(ctx.error.retry_after_ms.unwrap_or(0))
+        .min(params.max_delay_ms)
 }
 
 /// The first model after the current one in the chain whose breaker is not open.

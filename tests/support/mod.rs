@@ -97,7 +97,9 @@ pub fn core_wat(parts: &CoreParts, version: &str) -> String {
 pub fn component(core: &str, wit: &str, world: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
     let package = resolve.push_str("test.wit", wit).expect("test WIT parses");
-    let world = resolve.select_world(&[package], Some(world)).expect("world exists");
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .expect("world exists");
     let mut module = wat::parse_str(core).expect("core wat parses");
     wit_component::embed_component_metadata(
         &mut module,
@@ -130,7 +132,10 @@ pub fn capture_logs() -> CapturedLogs {
 impl CapturedLogs {
     pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
         let sink = self.clone();
-        tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish()
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish()
     }
 
     pub fn text(&self) -> String {

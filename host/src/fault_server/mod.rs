@@ -66,12 +66,19 @@ impl FaultServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!(error = %e, "fault server stopped");
             }
         });
         tracing::info!(%addr, "fault server listening");
-        Ok(FaultServer { addr, state, stop: Some(stop) })
+        Ok(FaultServer {
+            addr,
+            state,
+            stop: Some(stop),
+        })
     }
 
     /// The URL to give the SDK as its endpoint.
@@ -119,8 +126,16 @@ struct ServerState {
 
 /// What one request gets.
 enum Outcome {
-    Ok { latency: Duration, stream_error_after: Option<u32>, stream_error: ErrorKind },
-    Error { kind: ErrorKind, latency: Duration, retry_after_ms: Option<u64> },
+    Ok {
+        latency: Duration,
+        stream_error_after: Option<u32>,
+        stream_error: ErrorKind,
+    },
+    Error {
+        kind: ErrorKind,
+        latency: Duration,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl ServerState {
@@ -137,11 +152,17 @@ impl ServerState {
 
     fn stats(&self) -> Stats {
         let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        models.iter().map(|(id, m)| (id.clone(), m.stats.clone())).collect()
+        models
+            .iter()
+            .map(|(id, m)| (id.clone(), m.stats.clone()))
+            .collect()
     }
 
     fn request_id(&self) -> String {
-        format!("backstop-fault-{:08}", self.request_ids.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "backstop-fault-{:08}",
+            self.request_ids.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Counts the request and decides its fate.
@@ -169,9 +190,19 @@ impl ServerState {
         };
         match error {
             Some(kind) => {
-                *state.stats.errors.entry(kind.code().to_string()).or_default() += 1;
-                let retry_after_ms = faults.retry_after_ms.filter(|_| kind == ErrorKind::Throttling);
-                Outcome::Error { kind, latency, retry_after_ms }
+                *state
+                    .stats
+                    .errors
+                    .entry(kind.code().to_string())
+                    .or_default() += 1;
+                let retry_after_ms = faults
+                    .retry_after_ms
+                    .filter(|_| kind == ErrorKind::Throttling);
+                Outcome::Error {
+                    kind,
+                    latency,
+                    retry_after_ms,
+                }
             }
             None => {
                 state.stats.ok += 1;
@@ -196,7 +227,11 @@ impl ServerState {
         let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         let state = model_state(&mut models, model, self.scenario.faults(model));
         state.stats.requests += 1;
-        *state.stats.errors.entry(kind.code().to_string()).or_default() += 1;
+        *state
+            .stats
+            .errors
+            .entry(kind.code().to_string())
+            .or_default() += 1;
     }
 }
 
@@ -206,11 +241,15 @@ fn model_state<'a>(
     model: &str,
     faults: &ModelFaults,
 ) -> &'a mut ModelState {
-    models.entry(model.to_string()).or_insert_with(|| ModelState {
-        script: faults.script.iter().copied().collect(),
-        bucket: faults.rpm.map(|rpm| TokenBucket::new(rpm, faults.burst.unwrap_or(1))),
-        stats: ModelStats::default(),
-    })
+    models
+        .entry(model.to_string())
+        .or_insert_with(|| ModelState {
+            script: faults.script.iter().copied().collect(),
+            bucket: faults
+                .rpm
+                .map(|rpm| TokenBucket::new(rpm, faults.burst.unwrap_or(1))),
+            stats: ModelStats::default(),
+        })
 }
 
 /// Picks an error by its rate from one uniform draw in `[0, 1)`.
@@ -240,7 +279,12 @@ fn check_request(
     if !signed {
         state.refuse(model, ErrorKind::AccessDenied);
         let message = "Missing Authentication Token: requests must be signed with SigV4.";
-        return Err(wire::error_response(ErrorKind::AccessDenied, message, &state.request_id(), None));
+        return Err(wire::error_response(
+            ErrorKind::AccessDenied,
+            message,
+            &state.request_id(),
+            None,
+        ));
     }
     let invalid = |state: &ServerState, why: &str| {
         state.refuse(model, ErrorKind::Validation);
@@ -251,7 +295,10 @@ fn check_request(
     if needs_messages {
         let messages = json.get("messages").and_then(|m| m.as_array());
         if messages.is_none_or(|m| m.is_empty()) {
-            return Err(invalid(state, "Malformed input request: `messages` must be a non-empty list."));
+            return Err(invalid(
+                state,
+                "Malformed input request: `messages` must be a non-empty list.",
+            ));
         }
     }
     Ok(json)
@@ -281,19 +328,49 @@ async fn accept(
 ) -> Result<Accepted, Response> {
     let request = check_request(state, model, headers, body, needs_messages)?;
     match state.admit(model) {
-        Outcome::Error { kind, latency, retry_after_ms } => {
+        Outcome::Error {
+            kind,
+            latency,
+            retry_after_ms,
+        } => {
             tokio::time::sleep(latency).await;
-            Err(wire::error_response(kind, wire::error_message(kind), &state.request_id(), retry_after_ms))
+            Err(wire::error_response(
+                kind,
+                wire::error_message(kind),
+                &state.request_id(),
+                retry_after_ms,
+            ))
         }
-        Outcome::Ok { latency, stream_error_after, stream_error } => {
+        Outcome::Ok {
+            latency,
+            stream_error_after,
+            stream_error,
+        } => {
             tokio::time::sleep(latency).await;
-            Ok(Accepted { request, latency, stream_error_after, stream_error })
+            Ok(Accepted {
+                request,
+                latency,
+                stream_error_after,
+                stream_error,
+            })
         }
     }
 }
 
-fn ok_response(state: &ServerState, content_type: &'static str, body: impl IntoResponse) -> Response {
-    (StatusCode::OK, [("content-type", content_type), ("x-amzn-RequestId", &state.request_id())], body).into_response()
+fn ok_response(
+    state: &ServerState,
+    content_type: &'static str,
+    body: impl IntoResponse,
+) -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", content_type),
+            ("x-amzn-RequestId", &state.request_id()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn converse(
@@ -340,17 +417,25 @@ async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Accepted { request, latency, stream_error_after: cut_after, stream_error: cut_with } =
-        match accept(&state, &model, &headers, &body, true).await {
-            Ok(accepted) => accepted,
-            Err(response) => return response,
-        };
+    let Accepted {
+        request,
+        latency,
+        stream_error_after: cut_after,
+        stream_error: cut_with,
+    } = match accept(&state, &model, &headers, &body, true).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
     let mut frames = Vec::new();
     if cut_after == Some(0) {
         // The stream fails before any output: an error the client may still retry.
         wire::exception_frame(&mut frames, cut_with);
     } else {
-        wire::event_frame(&mut frames, "messageStart", serde_json::json!({ "role": "assistant" }));
+        wire::event_frame(
+            &mut frames,
+            "messageStart",
+            serde_json::json!({ "role": "assistant" }),
+        );
         let deltas = cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS);
         for i in 0..deltas {
             let text = format!("{model} part {i}. ");
@@ -364,8 +449,16 @@ async fn converse_stream(
             state.stream_cut(&model);
             wire::exception_frame(&mut frames, cut_with);
         } else {
-            wire::event_frame(&mut frames, "contentBlockStop", serde_json::json!({ "contentBlockIndex": 0 }));
-            wire::event_frame(&mut frames, "messageStop", serde_json::json!({ "stopReason": "end_turn" }));
+            wire::event_frame(
+                &mut frames,
+                "contentBlockStop",
+                serde_json::json!({ "contentBlockIndex": 0 }),
+            );
+            wire::event_frame(
+                &mut frames,
+                "messageStop",
+                serde_json::json!({ "stopReason": "end_turn" }),
+            );
             let input = estimate_tokens(&request);
             wire::event_frame(
                 &mut frames,

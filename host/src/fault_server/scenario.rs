@@ -41,7 +41,9 @@ impl Scenario {
         for (name, faults) in std::iter::once(("default", &scenario.default))
             .chain(scenario.models.iter().map(|(k, v)| (k.as_str(), v)))
         {
-            faults.validate().map_err(|e| format!("invalid scenario: model `{name}`: {e}"))?;
+            faults
+                .validate()
+                .map_err(|e| format!("invalid scenario: model `{name}`: {e}"))?;
         }
         Ok(scenario)
     }
@@ -86,7 +88,10 @@ impl ModelFaults {
             return Err("`error_rates` must be probabilities adding up to at most 1".into());
         }
         if let Some(outage) = self.outages.iter().find(|o| o.end_ms <= o.start_ms) {
-            return Err(format!("outage {}..{} ends before it starts", outage.start_ms, outage.end_ms));
+            return Err(format!(
+                "outage {}..{} ends before it starts",
+                outage.start_ms, outage.end_ms
+            ));
         }
         if self.latency_ms.max < self.latency_ms.min {
             return Err("`latency_ms.max` is below `latency_ms.min`".into());
@@ -147,7 +152,12 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     pub(crate) fn new(rpm: u32, burst: u32) -> TokenBucket {
         let capacity = f64::from(burst.max(1));
-        TokenBucket { capacity, tokens: capacity, per_ms: f64::from(rpm) / 60_000.0, last_ms: 0 }
+        TokenBucket {
+            capacity,
+            tokens: capacity,
+            per_ms: f64::from(rpm) / 60_000.0,
+            last_ms: 0,
+        }
     }
 
     /// Takes a token at `now_ms` if one is left.

@@ -11,8 +11,14 @@ use axum::response::{IntoResponse, Response};
 const ERROR_TYPE_SUFFIX: &str = ":http://internal.amazon.com/coral/com.amazon.bedrock/";
 
 /// A Bedrock error response for `kind`.
-pub(crate) fn error_response(kind: ErrorKind, message: &str, request_id: &str, retry_after_ms: Option<u64>) -> Response {
-    let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+pub(crate) fn error_response(
+    kind: ErrorKind,
+    message: &str,
+    request_id: &str,
+    retry_after_ms: Option<u64>,
+) -> Response {
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = HeaderMap::new();
     if let Ok(value) = HttpValue::from_str(&format!("{}{ERROR_TYPE_SUFFIX}", kind.code())) {
         headers.insert("x-amzn-ErrorType", value);
@@ -38,9 +44,13 @@ pub(crate) fn error_message(kind: ErrorKind) -> &'static str {
         ErrorKind::ModelTimeout => "Model has timed out in processing the request.",
         ErrorKind::ModelError => "The model returned an error.",
         ErrorKind::ModelStreamError => "The model stream failed.",
-        ErrorKind::ServiceQuotaExceeded => "Your request exceeds the service quota. Resubmit your request later.",
+        ErrorKind::ServiceQuotaExceeded => {
+            "Your request exceeds the service quota. Resubmit your request later."
+        }
         ErrorKind::Validation => "The input fails to satisfy the constraints.",
-        ErrorKind::AccessDenied => "You don't have access to the model with the specified model ID.",
+        ErrorKind::AccessDenied => {
+            "You don't have access to the model with the specified model ID."
+        }
         ErrorKind::ResourceNotFound => "The specified model was not found.",
         ErrorKind::Conflict => "The request conflicts with the current state.",
         ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Unknown => "Unknown error.",
@@ -50,9 +60,18 @@ pub(crate) fn error_message(kind: ErrorKind) -> &'static str {
 /// Appends one event-stream frame carrying an event.
 pub(crate) fn event_frame(out: &mut Vec<u8>, event_type: &'static str, payload: serde_json::Value) {
     let message = Message::new(payload.to_string().into_bytes())
-        .add_header(Header::new(":message-type", HeaderValue::String("event".into())))
-        .add_header(Header::new(":event-type", HeaderValue::String(event_type.into())))
-        .add_header(Header::new(":content-type", HeaderValue::String("application/json".into())));
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String(event_type.into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
     // Writing into a Vec cannot fail for lack of space; headers and payload are well-formed.
     let _ = write_message_to(&message, out);
 }
@@ -64,9 +83,22 @@ pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
     if let Some(first) = name.get_mut(..1) {
         first.make_ascii_lowercase();
     }
-    let message = Message::new(serde_json::json!({ "message": error_message(kind) }).to_string().into_bytes())
-        .add_header(Header::new(":message-type", HeaderValue::String("exception".into())))
-        .add_header(Header::new(":exception-type", HeaderValue::String(name.into())))
-        .add_header(Header::new(":content-type", HeaderValue::String("application/json".into())));
+    let message = Message::new(
+        serde_json::json!({ "message": error_message(kind) })
+            .to_string()
+            .into_bytes(),
+    )
+    .add_header(Header::new(
+        ":message-type",
+        HeaderValue::String("exception".into()),
+    ))
+    .add_header(Header::new(
+        ":exception-type",
+        HeaderValue::String(name.into()),
+    ))
+    .add_header(Header::new(
+        ":content-type",
+        HeaderValue::String("application/json".into()),
+    ));
     let _ = write_message_to(&message, out);
 }
