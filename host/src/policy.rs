@@ -212,7 +212,9 @@ fn classify(error: &wasmtime::Error, fuel: u64) -> PolicyFault {
     }
 }
 
-fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
+/// A fresh, unconfigured instance in its own sandboxed store. A start function that faults
+/// (fuel, memory, stack) is a probe fault; any other failure is an instantiation error.
+fn new_instance(module: &PolicyModule) -> Result<Instance, LoadError> {
     let origin = module.origin();
     let limits = module.engine.limits();
     let mut store = Sandbox::store(module.engine.wasmtime(), origin, limits);
@@ -232,42 +234,47 @@ fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadErro
             fault => probe(fault),
         }
     })?;
-    let configured = call(&mut store, limits.fuel_per_call, |store| {
-        bindings
-            .backstop_policy_decider()
-            .call_configure(store, config)
-    })
-    .map_err(probe)?;
+    Ok(Instance { store, bindings })
+}
+
+/// A new instance, configured: ready to decide.
+fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
+    let mut instance = new_instance(module)?;
+    let origin = module.origin();
+    let bindings = &instance.bindings;
+    let configured = call(
+        &mut instance.store,
+        module.engine.limits().fuel_per_call,
+        |store| {
+            bindings
+                .backstop_policy_decider()
+                .call_configure(store, config)
+        },
+    )
+    .map_err(|fault| LoadError::Probe {
+        origin: origin.to_string(),
+        fault,
+    })?;
     configured.map_err(|reason| LoadError::Config {
         origin: origin.to_string(),
         reason,
     })?;
-    Ok(Instance { store, bindings })
+    Ok(instance)
 }
 
 /// Asks a freshly loaded module who it is, in a throw-away instance.
 pub(crate) fn probe_info(module: &PolicyModule) -> Result<PolicyInfo, LoadError> {
-    let origin = module.origin();
-    let limits = module.engine.limits();
-    let mut store = Sandbox::store(module.engine.wasmtime(), origin, limits);
-    let probe = |fault| LoadError::Probe {
-        origin: origin.to_string(),
+    let mut instance = new_instance(module)?;
+    let bindings = &instance.bindings;
+    let info = call(
+        &mut instance.store,
+        module.engine.limits().fuel_per_call,
+        |store| bindings.backstop_policy_decider().call_info(store),
+    )
+    .map_err(|fault| LoadError::Probe {
+        origin: module.origin().to_string(),
         fault,
-    };
-    store
-        .set_fuel(limits.fuel_per_call)
-        .map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
-    let bindings = module
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| LoadError::Instantiate {
-            origin: origin.to_string(),
-            reason: format!("{e:#}"),
-        })?;
-    let info = call(&mut store, limits.fuel_per_call, |store| {
-        bindings.backstop_policy_decider().call_info(store)
-    })
-    .map_err(probe)?;
+    })?;
     Ok(PolicyInfo {
         name: info.name,
         version: info.version,
