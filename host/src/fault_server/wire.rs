@@ -59,46 +59,46 @@ pub(crate) fn error_message(kind: ErrorKind) -> &'static str {
 
 /// Appends one event-stream frame carrying an event.
 pub(crate) fn event_frame(out: &mut Vec<u8>, event_type: &'static str, payload: serde_json::Value) {
+    frame(
+        out,
+        "event",
+        (":event-type", event_type.to_string()),
+        payload,
+    );
+}
+
+/// Appends one event-stream frame carrying a modeled exception (e.g. `throttlingException`).
+pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
+    let mut name = kind.code().to_string();
+    if let Some(first) = name.get_mut(..1) {
+        first.make_ascii_lowercase();
+    }
+    let payload = serde_json::json!({ "message": error_message(kind) });
+    frame(out, "exception", (":exception-type", name), payload);
+}
+
+/// One frame with the three headers the SDK's unmarshaller reads: the message type, the
+/// event or exception type, and the content type.
+fn frame(
+    out: &mut Vec<u8>,
+    message_type: &'static str,
+    kind: (&'static str, String),
+    payload: serde_json::Value,
+) {
+    let (kind_header, kind_name) = kind;
     let message = Message::new(payload.to_string().into_bytes())
         .add_header(Header::new(
             ":message-type",
-            HeaderValue::String("event".into()),
+            HeaderValue::String(message_type.into()),
         ))
         .add_header(Header::new(
-            ":event-type",
-            HeaderValue::String(event_type.into()),
+            kind_header,
+            HeaderValue::String(kind_name.into()),
         ))
         .add_header(Header::new(
             ":content-type",
             HeaderValue::String("application/json".into()),
         ));
     // Writing into a Vec cannot fail for lack of space; headers and payload are well-formed.
-    let _ = write_message_to(&message, out);
-}
-
-/// Appends one event-stream frame carrying a modeled exception (e.g. `throttlingException`).
-pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
-    let code = kind.code();
-    let mut name = code.to_string();
-    if let Some(first) = name.get_mut(..1) {
-        first.make_ascii_lowercase();
-    }
-    let message = Message::new(
-        serde_json::json!({ "message": error_message(kind) })
-            .to_string()
-            .into_bytes(),
-    )
-    .add_header(Header::new(
-        ":message-type",
-        HeaderValue::String("exception".into()),
-    ))
-    .add_header(Header::new(
-        ":exception-type",
-        HeaderValue::String(name.into()),
-    ))
-    .add_header(Header::new(
-        ":content-type",
-        HeaderValue::String("application/json".into()),
-    ));
     let _ = write_message_to(&message, out);
 }
