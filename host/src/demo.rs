@@ -95,7 +95,6 @@ pub struct DemoReport {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DemoProgress {
     pub elapsed: Duration,
-    pub sent: usize,
     pub total: usize,
     pub done: usize,
     pub metrics: MetricsSnapshot,
@@ -160,7 +159,6 @@ pub async fn run(
             Some(outcome) = done_rx.recv() => outcomes.push(outcome),
             _ = ticker.tick() => progress(&DemoProgress {
                 elapsed: started.elapsed(),
-                sent: client.metrics().snapshot().requests as usize,
                 total,
                 done: outcomes.len(),
                 metrics: client.metrics().snapshot(),
@@ -171,7 +169,6 @@ pub async fn run(
     let metrics = client.metrics().snapshot();
     progress(&DemoProgress {
         elapsed: started.elapsed(),
-        sent: total,
         total,
         done: total,
         metrics,

@@ -213,7 +213,7 @@ async fn demo(policy: PolicyArgs, requests: usize, batch: usize, json: bool) -> 
         let m = &p.metrics;
         eprint!(
             "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3} ",
-            p.elapsed.as_secs_f64(), p.sent, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed
+            p.elapsed.as_secs_f64(), m.requests, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed
         );
         let _ = std::io::stderr().flush();
     })
@@ -303,9 +303,7 @@ fn config_text(config: &str) -> Result<String> {
 
 fn decide(args: DecideArgs) -> Result<()> {
     let ctx = context(&args)?;
-    let engine = Engine::new(Limits::default())?;
-    let module = load(&engine, &args.policy)?;
-    let policy = module.configure(&config_text(&args.policy.config)?)?;
+    let policy = configured(&args.policy)?;
     let mut guard = Guardrails::default();
     if let Some(limit) = args.max_attempts {
         guard.max_total_attempts = limit;
@@ -318,7 +316,7 @@ fn decide(args: DecideArgs) -> Result<()> {
         "decision": verdict.decision,
         "fault": verdict.fault,
         "clamps": verdict.clamps,
-        "policy": policy_json(&module),
+        "policy": policy_json(policy.module()),
         "context": ctx,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -396,10 +394,12 @@ fn policy_json(module: &PolicyModule) -> serde_json::Value {
 }
 
 fn info(args: PolicyArgs) -> Result<()> {
-    let engine = Engine::new(Limits::default())?;
-    let module = load(&engine, &args)?;
-    module.configure(&config_text(&args.config)?)?;
-    println!("{}", serde_json::to_string_pretty(&policy_json(&module))?);
+    // Configuring checks the module accepts the operator's config, not just that it loads.
+    let policy = configured(&args)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&policy_json(policy.module()))?
+    );
     Ok(())
 }
 
