@@ -126,6 +126,15 @@ pub fn policy_component(parts: &CoreParts) -> Vec<u8> {
 pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 pub fn capture_logs() -> CapturedLogs {
+    // tracing caches per call site whether anyone listens. Tests run in parallel threads; a
+    // call site first hit by a test with no subscriber could be cached as "nobody" and then
+    // skip a capturing test's scoped subscriber. A global subscriber (writing nowhere) that
+    // listens at INFO keeps every call site live.
+    static GLOBAL: OnceLock<()> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let sink = tracing_subscriber::fmt().with_writer(std::io::sink).finish();
+        let _ = tracing::subscriber::set_global_default(sink);
+    });
     CapturedLogs::default()
 }
 
