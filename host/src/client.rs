@@ -131,6 +131,8 @@ pub struct Served<T> {
     pub attempts: u32,
     /// Whether the request waited in the batch queue.
     pub queued: bool,
+    /// The host's id for the request, as in its log lines and traces.
+    pub request_id: String,
 }
 
 /// One chat request for Converse / ConverseStream.
@@ -358,6 +360,7 @@ impl ResilientClient {
             receiver,
             pending: first,
             model_index: served.model_index,
+            request_id: served.request_id,
             attempts: served.attempts,
             workload: request.workload,
             finished: false,
@@ -446,6 +449,7 @@ impl ResilientClient {
                             model_index: p.model,
                             attempts: p.total,
                             queued: p.queued,
+                            request_id: p.request_id.clone(),
                         });
                     }
                     Ok(Err(failure)) => failure,
@@ -638,6 +642,7 @@ pub struct ResilientStream {
     receiver: EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>,
     pending: Option<ConverseStreamOutput>,
     model_index: usize,
+    request_id: String,
     attempts: u32,
     workload: Workload,
     finished: bool,
@@ -668,7 +673,8 @@ impl ResilientStream {
                 let (info, source) = stream_failure(error);
                 let now = Instant::now();
                 let p = Progress {
-                    request_id: "stream".to_string(),
+                    // A mid-stream failure is logged under the request it belongs to.
+                    request_id: self.request_id.clone(),
                     workload: self.workload,
                     started: now,
                     deadline: now,
