@@ -10,7 +10,6 @@ use backstop::{
     CallError, ChatRequest, ClientOptions, ErrorKind, FaultServer, GiveUpReason, ResilientClient,
     Scenario, Workload, sdk_client_for_endpoint,
 };
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Policy time runs 100x faster than real time: a 1 s backoff sleeps 10 ms.
@@ -43,14 +42,14 @@ async fn connect(server: &FaultServer, models: &[&str], config: &str) -> Resilie
     client_with(server, models, backstop_policy(config), |_| {}).await
 }
 
-fn backstop_policy(config: &str) -> Arc<backstop::Policy> {
-    Arc::new(support::default_policy(config))
+fn backstop_policy(config: &str) -> backstop::Policy {
+    support::default_policy(config)
 }
 
 async fn client_with(
     server: &FaultServer,
     models: &[&str],
-    policy: Arc<backstop::Policy>,
+    policy: backstop::Policy,
     tweak: impl FnOnce(&mut ClientOptions),
 ) -> ResilientClient {
     let mut options = ClientOptions::new(models.iter().copied());
@@ -302,7 +301,7 @@ async fn the_deadline_holds_even_when_the_policy_asks_for_a_long_sleep() {
     let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling"; 10]))]), 0)
         .await
         .unwrap();
-    let client = client_with(&server, &["primary"], Arc::new(policy), |o| {
+    let client = client_with(&server, &["primary"], policy, |o| {
         o.deadline = Duration::from_secs(20)
     })
     .await;

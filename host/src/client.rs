@@ -10,7 +10,7 @@ use crate::contract::{
 };
 use crate::health::HealthBoard;
 use crate::metrics::Metrics;
-use crate::{Guardrails, Policy, Verdict};
+use crate::{Guardrails, PolicyHandle, Verdict};
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
@@ -231,7 +231,7 @@ pub struct ResilientClient {
 
 struct Inner {
     sdk: Client,
-    policy: Arc<Policy>,
+    policy: PolicyHandle,
     options: ClientOptions,
     health: HealthBoard,
     metrics: Metrics,
@@ -252,12 +252,15 @@ struct Progress {
 }
 
 impl ResilientClient {
-    /// A client over `sdk` (see [`sdk_client_for_endpoint`] and [`sdk_client_from_env`]).
+    /// A client over `sdk` (see [`sdk_client_for_endpoint`] and [`sdk_client_from_env`]),
+    /// deciding with `policy`: a [`Policy`](crate::Policy), or a [`PolicyHandle`] to swap
+    /// modules while the client runs.
     pub fn new(
         sdk: Client,
-        policy: Arc<Policy>,
+        policy: impl Into<PolicyHandle>,
         options: ClientOptions,
     ) -> Result<ResilientClient, ClientError> {
+        let policy = policy.into();
         if options.models.is_empty() {
             return Err(ClientError::NoModels);
         }
@@ -268,9 +271,9 @@ impl ResilientClient {
         Ok(ResilientClient {
             inner: Arc::new(Inner {
                 sdk,
-                policy,
                 health: HealthBoard::new(options.models.len(), window),
-                metrics: Metrics::new(),
+                metrics: Metrics::new(&policy),
+                policy,
                 queue: Semaphore::new(options.queue_capacity),
                 next_id: AtomicU64::new(1),
                 options,
@@ -281,6 +284,11 @@ impl ResilientClient {
     /// The client's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The policy handle: swap modules through it while requests run.
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.inner.policy
     }
 
     /// The model chain.
@@ -528,10 +536,8 @@ impl ResilientClient {
             health: inner.health.snapshot(now, |d| self.policy_ms(d)),
             entropy: fastrand::u64(..),
         };
-        let verdict = inner
-            .options
-            .guardrails
-            .enforce(&ctx, inner.policy.decide(&ctx));
+        let (verdict, policy) = inner.policy.decide_traced(&ctx);
+        let verdict = inner.options.guardrails.enforce(&ctx, verdict);
         if verdict.fault.is_some() {
             inner.metrics.policy_faults.inc();
         }
@@ -541,6 +547,7 @@ impl ResilientClient {
         tracing::info!(
             model = %ctx.models[p.model], attempt = p.total, error = %error.kind.kebab(), code = %error.code,
             decision = ?verdict.decision, delay_ms = ?verdict.decision.delay_ms(),
+            policy = %policy.module().digest(),
             fault = ?verdict.fault, clamps = ?verdict.clamps, "attempt failed"
         );
         verdict

@@ -7,11 +7,10 @@
 
 use crate::fault_server::{Latency, ModelFaults, Outage, Scenario};
 use crate::{
-    CallError, ChatRequest, ClientOptions, FaultServer, MetricsSnapshot, Policy, ResilientClient,
-    sdk_client_for_endpoint,
+    CallError, ChatRequest, ClientOptions, FaultServer, MetricsSnapshot, PolicyHandle,
+    ResilientClient, sdk_client_for_endpoint,
 };
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The demo's primary and fallback models.
@@ -29,6 +28,8 @@ pub struct DemoOptions {
     pub spread: Duration,
     /// Real seconds per policy second.
     pub time_scale: f64,
+    /// The host's caps.
+    pub guardrails: crate::Guardrails,
 }
 
 impl Default for DemoOptions {
@@ -38,6 +39,7 @@ impl Default for DemoOptions {
             batch: 60,
             spread: Duration::from_secs(6),
             time_scale: 0.02,
+            guardrails: crate::Guardrails::default(),
         }
     }
 }
@@ -107,13 +109,14 @@ struct Outcome {
 
 /// Runs the demo; `progress` is called about four times a second.
 pub async fn run(
-    policy: Arc<Policy>,
+    policy: impl Into<PolicyHandle>,
     options: DemoOptions,
     mut progress: impl FnMut(&DemoProgress),
 ) -> std::io::Result<DemoReport> {
     let server = FaultServer::start(monday_spike(), 0).await?;
     let mut client_options = ClientOptions::new([PRIMARY, FALLBACK]);
     client_options.time_scale = options.time_scale;
+    client_options.guardrails = options.guardrails.clone();
     client_options.deadline = Duration::from_secs(300);
     client_options.attempt_timeout = Duration::from_secs(60);
     let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(10));

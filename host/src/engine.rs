@@ -108,6 +108,17 @@ impl Engine {
     /// [`Engine::precompile`] or `backstop compile` from a trusted source.
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<PolicyModule, LoadError> {
         let component = self.compile(bytes, origin)?;
+        self.validate(component, origin, sha256_hex(bytes))
+    }
+
+    /// Checks a compiled component against the contract and the sandbox, and probes `info()`.
+    /// `digest` names the module: the sha256 of the bytes an operator deployed.
+    pub(crate) fn validate(
+        &self,
+        component: Component,
+        origin: &str,
+        digest: String,
+    ) -> Result<PolicyModule, LoadError> {
         self.check_exports(&component, origin)?;
         self.check_imports(&component, origin)?;
         let instantiate = |e: wasmtime::Error| LoadError::Instantiate {
@@ -124,23 +135,38 @@ impl Engine {
             expected: DECIDER_EXPORT.to_string(),
             exports: format!("an incompatible {DECIDER_EXPORT}: {e:#}"),
         })?;
-        let mut module = PolicyModule {
+        let info = crate::policy::probe_info(self, &pre, origin)?;
+        tracing::info!(
+            module = %origin, %digest, name = %info.name, version = %info.version,
+            "policy module loaded"
+        );
+        Ok(PolicyModule {
             engine: self.clone(),
             pre,
             origin: origin.to_string(),
-            digest: sha256_hex(bytes),
-            info: PolicyInfo {
-                name: String::new(),
-                version: String::new(),
-                wit_version: String::new(),
-            },
-        };
-        module.info = crate::policy::probe_info(&module)?;
-        tracing::info!(
-            module = %module.origin, digest = %module.digest, name = %module.info.name,
-            version = %module.info.version, "policy module loaded"
+            digest,
+            info,
+        })
+    }
+
+    /// A key that changes whenever this engine could not load another's `.cwasm`: the
+    /// wasmtime version and every compilation setting (fuel metering included).
+    pub(crate) fn compatibility_key(&self) -> String {
+        struct Sha(Sha256);
+        impl std::hash::Hasher for Sha {
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+            fn finish(&self) -> u64 {
+                0
+            }
+        }
+        let mut hasher = Sha(Sha256::new());
+        std::hash::Hash::hash(
+            &self.inner.engine.precompile_compatibility_hash(),
+            &mut hasher,
         );
-        Ok(module)
+        hex(&hasher.0.finalize())
     }
 
     /// Compiles a component to this engine's native code (`.cwasm`), for fast loading later.
@@ -155,7 +181,8 @@ impl Engine {
             })
     }
 
-    fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
+    /// A component from `.wasm` (compiled here) or `.cwasm` (deserialized) bytes.
+    pub(crate) fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
         match wasmtime::Engine::detect_precompiled(bytes) {
             Some(Precompiled::Component) => {
                 // SAFETY: precompiled artifacts are trusted input by contract (see `load_bytes`);
@@ -244,11 +271,14 @@ fn check_header(bytes: &[u8], origin: &str) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The sha256 of `bytes` in lowercase hex: how modules are named in logs, metrics and
+/// allow-lists.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A compiled, validated policy component: exports the contract, imports only what is granted,

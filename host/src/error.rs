@@ -55,6 +55,21 @@ pub enum LoadError {
         origin: String,
         fault: crate::PolicyFault,
     },
+    #[error(
+        "{origin} answered info() with a {field} of {bytes} bytes; at most {limit} are accepted"
+    )]
+    Oversized {
+        origin: String,
+        field: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("cannot use the module cache at {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
 }

@@ -19,30 +19,42 @@
 
 mod bindings;
 pub mod breaker;
+pub mod cache;
 pub mod classify;
 pub mod client;
+pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod fault_server;
 pub mod guard;
+pub mod handle;
 pub mod health;
 pub mod metrics;
 pub mod policy;
 mod sandbox;
+pub mod smoke;
+pub mod watch;
 
+pub use cache::{CacheUse, ModuleCache};
 pub use client::{
     CallError, ChatRequest, ClientError, ClientOptions, ResilientClient, ResilientStream, Served,
     sdk_client_for_endpoint, sdk_client_from_env,
 };
-pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule};
+pub use config::HostConfig;
+pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule, sha256_hex};
 pub use error::LoadError;
 pub use fault_server::{FaultServer, Scenario};
 pub use guard::{Clamp, Guardrails};
+pub use handle::{
+    PolicyHandle, PolicyRef, PolicyStatus, RollbackRule, SwapError, SwapEvent, SwapOptions, Swapped,
+};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use policy::{Policy, PolicyFault, Verdict};
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
 pub use policy_guest::contract::{self, *};
+pub use smoke::SmokeFailure;
+pub use watch::PolicyWatcher;
 
 /// The default policy component (`policy-guest` built for `wasm32-wasip2`), embedded so the
 /// binary works with no file at hand.

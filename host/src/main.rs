@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use backstop::{
-    AttemptContext, Engine, ErrorInfo, ErrorKind, Guardrails, Limits, ModelHealth, PolicyModule,
-    Workload,
+    AttemptContext, Engine, ErrorInfo, ErrorKind, Guardrails, HostConfig, Limits, ModelHealth,
+    PolicyHandle, PolicyModule, Workload,
 };
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,6 +25,12 @@ enum Command {
     Decide(DecideArgs),
     /// Load a policy, check it against the contract, and print what it says about itself.
     Info(PolicyArgs),
+    /// Vet a policy exactly as a swap would (allow-list, contract, configuration, smoke
+    /// table) without running it; exits non-zero with the reason if it would be refused.
+    Check {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// The main job on the embedded default: a "Monday 9 a.m." spike through the resilient
     /// client against the local fault server (no AWS account needed).
     Demo {
@@ -36,6 +42,13 @@ enum Command {
         /// Batch requests sent alongside.
         #[arg(long, default_value_t = 60)]
         batch: usize,
+        /// Real seconds over which the requests arrive (longer runs leave time to swap).
+        #[arg(long, default_value_t = 6.0)]
+        spread_secs: f64,
+        /// Swap in each new version of the --policy file (or directory) while running;
+        /// SIGHUP reloads it in any case.
+        #[arg(long, requires = "policy")]
+        watch: bool,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -74,8 +87,11 @@ enum Command {
         /// The `.wasm` component.
         policy: PathBuf,
         /// Where to write the `.cwasm` (default: beside the input).
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "cache_dir")]
         output: Option<PathBuf>,
+        /// Write it into this module cache instead, where swaps of the `.wasm` will find it.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -87,6 +103,9 @@ struct PolicyArgs {
     /// The policy's JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     config: String,
+    /// The host's JSON configuration file: guardrails, allowed_digests, rollback, cache_dir.
+    #[arg(long)]
+    host_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -159,13 +178,29 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Decide(args) => decide(args),
         Command::Info(args) => info(args),
-        Command::Compile { policy, output } => compile(policy, output),
+        Command::Check { policy } => check(policy),
+        Command::Compile {
+            policy,
+            output,
+            cache_dir,
+        } => compile(policy, output, cache_dir),
         Command::Demo {
             policy,
             requests,
             batch,
+            spread_secs,
+            watch,
             json,
-        } => runtime()?.block_on(demo(policy, requests, batch, json)),
+        } => {
+            let options = backstop::demo::DemoOptions {
+                interactive: requests,
+                batch,
+                spread: std::time::Duration::try_from_secs_f64(spread_secs)
+                    .context("--spread-secs must be a non-negative number of seconds")?,
+                ..Default::default()
+            };
+            runtime()?.block_on(demo(policy, options, watch, json))
+        }
         Command::Invoke {
             policy,
             model,
@@ -187,42 +222,102 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn configured(args: &PolicyArgs) -> Result<std::sync::Arc<backstop::Policy>> {
+fn configured(args: &PolicyArgs) -> Result<backstop::Policy> {
     let engine = Engine::new(Limits::default())?;
     let module = load(&engine, args)?;
-    Ok(std::sync::Arc::new(
-        module.configure(&config_text(&args.config)?)?,
-    ))
+    Ok(module.configure(&config_text(&args.config)?)?)
 }
 
-async fn demo(policy: PolicyArgs, requests: usize, batch: usize, json: bool) -> Result<()> {
-    use std::io::Write;
-    let policy = configured(&policy)?;
-    let options = backstop::demo::DemoOptions {
-        interactive: requests,
-        batch,
-        ..Default::default()
+fn host_config(args: &PolicyArgs) -> Result<HostConfig> {
+    match &args.host_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading host config {}", path.display()))?;
+            HostConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
+        }
+        None => Ok(HostConfig::default()),
+    }
+}
+
+/// The policy as a swappable handle, vetted like any module that goes live later.
+fn handle(args: &PolicyArgs, host: &HostConfig) -> Result<PolicyHandle> {
+    let engine = Engine::new(Limits::default())?;
+    let options = host.swap_options(&engine, &config_text(&args.config)?)?;
+    let module = match (&args.policy, &options.cache) {
+        (Some(path), Some(cache)) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            cache.load(&engine, &bytes, &path.display().to_string())?.0
+        }
+        _ => load(&engine, args)?,
     };
+    Ok(PolicyHandle::new(module, options)?)
+}
+
+async fn demo(
+    policy: PolicyArgs,
+    mut options: backstop::demo::DemoOptions,
+    watch: bool,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let host = host_config(&policy)?;
+    options.guardrails = host.guardrails.clone();
+    let handle = handle(&policy, &host)?;
+    let _watcher = match (&policy.policy, watch) {
+        (Some(path), true) => Some(backstop::PolicyWatcher::start(handle.clone(), path)?),
+        _ => None,
+    };
+    #[cfg(unix)]
+    if let Some(path) = &policy.policy {
+        tokio::spawn(backstop::watch::reload_on_sighup(
+            handle.clone(),
+            path.clone(),
+        ));
+    }
+    let live = handle.status();
     eprintln!(
-        "Monday 9 a.m.: {} requests against {} (tight quota, 2 s outage) with fallback {}",
-        requests + batch,
+        "policy {} {} ({}) from {}",
+        live.name,
+        live.version,
+        &live.digest[..12],
+        live.origin
+    );
+    let requests = options.interactive + options.batch;
+    eprintln!(
+        "Monday 9 a.m.: {requests} requests against {} (tight quota, 2 s outage) with fallback {}",
         backstop::demo::PRIMARY,
         backstop::demo::FALLBACK
     );
-    let report = backstop::demo::run(policy, options, |p| {
+    let status = handle.clone();
+    let report = backstop::demo::run(handle.clone(), options, |p| {
         let m = &p.metrics;
+        let live = status.status();
         eprint!(
-            "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3} ",
-            p.elapsed.as_secs_f64(), m.requests, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed
+            "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3}  policy {} ({})  swaps {} ",
+            p.elapsed.as_secs_f64(), m.requests, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed,
+            live.version, &live.digest[..12], live.swaps
         );
         let _ = std::io::stderr().flush();
     })
     .await?;
     eprintln!();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["policy"] = serde_json::to_value(handle.status())?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{}", report.table());
+        let live = handle.status();
+        println!(
+            "policy at the end: {} {} ({}); swaps {}, rejected {}, rolled back {}",
+            live.name,
+            live.version,
+            &live.digest[..12],
+            live.swaps,
+            live.rejections,
+            live.rollbacks
+        );
     }
     Ok(())
 }
@@ -235,8 +330,10 @@ async fn invoke(
     batch: bool,
     prompt: String,
 ) -> Result<()> {
-    let policy = configured(&policy)?;
-    let options = backstop::ClientOptions::new(std::iter::once(model).chain(fallback));
+    let host = host_config(&policy)?;
+    let policy = handle(&policy, &host)?;
+    let mut options = backstop::ClientOptions::new(std::iter::once(model).chain(fallback));
+    options.guardrails = host.guardrails.clone();
     let sdk = match &endpoint_url {
         Some(url) => backstop::sdk_client_for_endpoint(url, options.attempt_timeout),
         None => backstop::sdk_client_from_env(options.attempt_timeout).await,
@@ -403,17 +500,56 @@ fn info(args: PolicyArgs) -> Result<()> {
     Ok(())
 }
 
-fn compile(policy: PathBuf, output: Option<PathBuf>) -> Result<()> {
+fn check(args: PolicyArgs) -> Result<()> {
+    let host = host_config(&args)?;
+    let path = args
+        .policy
+        .clone()
+        .context("name the module to check with --policy FILE")?;
+    let engine = Engine::new(Limits::default())?;
+    let options = host.swap_options(&engine, &config_text(&args.config)?)?;
+    // A handle on the built-in default, then the real swap path: exactly what a running host
+    // would do with the file, minus going live anywhere.
+    let default = engine.load_default()?.configure(&options.config)?;
+    let probe = PolicyHandle::unchecked(default, options);
+    probe.swap_file(&path)?;
+    let status = probe.status();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "verdict": "would go live",
+            "origin": status.origin,
+            "digest": status.digest,
+            "name": status.name,
+            "version": status.version,
+            "wit_version": status.wit_version,
+            "smoke_decisions": status.decisions,
+        }))?
+    );
+    Ok(())
+}
+
+fn compile(policy: PathBuf, output: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<()> {
     let engine = Engine::new(Limits::default())?;
     let wasm = std::fs::read(&policy).with_context(|| format!("reading {}", policy.display()))?;
-    let cwasm = engine.precompile(&wasm, &policy.display().to_string())?;
+    let origin = policy.display().to_string();
+    if let Some(dir) = cache_dir {
+        let cache = backstop::ModuleCache::new(&engine, dir)?;
+        let (module, _) = cache.load(&engine, &wasm, &origin)?;
+        let entry = cache.entry(module.digest());
+        if !entry.is_file() {
+            bail!("{} could not be written (see the log)", entry.display());
+        }
+        eprintln!("cached {} as {}", policy.display(), entry.display());
+        return Ok(());
+    }
+    let cwasm = engine.precompile(&wasm, &origin)?;
     // Check the result loads (exports, imports, info) before anyone relies on it.
-    engine.load_bytes(&cwasm, &policy.display().to_string())?;
+    engine.load_bytes(&cwasm, &origin)?;
     let output = output.unwrap_or_else(|| policy.with_extension("cwasm"));
-    let partial = output.with_extension("cwasm.partial");
-    std::fs::write(&partial, &cwasm).with_context(|| format!("writing {}", partial.display()))?;
-    // Rename, never overwrite in place: a host may have the old file mapped.
-    std::fs::rename(&partial, &output).with_context(|| format!("writing {}", output.display()))?;
+    // Rename, never overwrite in place: a host may still be reading the old file.
+    backstop::cache::write_atomically(&output, &cwasm)
+        .with_context(|| format!("writing {}", output.display()))?;
     eprintln!("wrote {} ({} bytes)", output.display(), cwasm.len());
     Ok(())
 }

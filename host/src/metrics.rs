@@ -21,8 +21,10 @@ macro_rules! counters {
         }
 
         impl Metrics {
-            pub(crate) fn new() -> Metrics {
+            /// Counters for a client deciding with `policy`, whose own metrics join them.
+            pub(crate) fn new(policy: &crate::PolicyHandle) -> Metrics {
                 let mut registry = Registry::with_prefix("backstop");
+                policy.register_metrics(&mut registry);
                 $(
                     let $field = Counter::default();
                     registry.register($name, $help, $field.clone());
@@ -86,7 +88,9 @@ mod tests {
 
     #[test]
     fn exports_the_same_counts_as_prometheus_text_and_emf() {
-        let metrics = Metrics::new();
+        let engine = crate::Engine::new(crate::Limits::default()).unwrap();
+        let policy = engine.load_default().unwrap().configure("{}").unwrap();
+        let metrics = Metrics::new(&policy.into());
         metrics.fallback_invocations.inc();
         metrics.attempts.inc_by(3);
         let text = metrics.prometheus_text();
@@ -95,6 +99,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("backstop_attempts_total 3"), "{text}");
+        assert!(
+            text.contains("backstop_policy_info{digest=\"")
+                && text.contains("backstop_policy_swaps_total 0"),
+            "{text}"
+        );
 
         let emf: serde_json::Value =
             serde_json::from_str(&metrics.emf_json("Backstop", 1_700_000_000_000)).unwrap();

@@ -3,6 +3,7 @@
 //! returns a usable [`Verdict`]: the module's decision, or the built-in safe decision flagged
 //! with the [`PolicyFault`].
 
+use crate::bindings::PolicyPre;
 use crate::bindings::{self, wit};
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, PolicyInfo,
@@ -10,7 +11,7 @@ use crate::contract::{
 };
 use crate::error::LoadError;
 use crate::sandbox::{MemoryLimitHit, Sandbox};
-use crate::{Clamp, PolicyModule};
+use crate::{Clamp, Engine, PolicyModule};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -214,10 +215,13 @@ fn classify(error: &wasmtime::Error, fuel: u64) -> PolicyFault {
 
 /// A fresh, unconfigured instance in its own sandboxed store. A start function that faults
 /// (fuel, memory, stack) is a probe fault; any other failure is an instantiation error.
-fn new_instance(module: &PolicyModule) -> Result<Instance, LoadError> {
-    let origin = module.origin();
-    let limits = module.engine.limits();
-    let mut store = Sandbox::store(module.engine.wasmtime(), origin, limits);
+fn new_instance(
+    engine: &Engine,
+    pre: &PolicyPre<Sandbox>,
+    origin: &str,
+) -> Result<Instance, LoadError> {
+    let limits = engine.limits();
+    let mut store = Sandbox::store(engine.wasmtime(), origin, limits);
     let probe = |fault| LoadError::Probe {
         origin: origin.to_string(),
         fault,
@@ -225,22 +229,22 @@ fn new_instance(module: &PolicyModule) -> Result<Instance, LoadError> {
     store
         .set_fuel(limits.fuel_per_call)
         .map_err(|e| probe(PolicyFault::Trap(e.to_string())))?;
-    let bindings = module.pre.instantiate(&mut store).map_err(|e| {
-        match classify(&e, limits.fuel_per_call) {
-            PolicyFault::Trap(_) => LoadError::Instantiate {
-                origin: origin.to_string(),
-                reason: format!("{e:#}"),
-            },
-            fault => probe(fault),
-        }
-    })?;
+    let bindings =
+        pre.instantiate(&mut store)
+            .map_err(|e| match classify(&e, limits.fuel_per_call) {
+                PolicyFault::Trap(_) => LoadError::Instantiate {
+                    origin: origin.to_string(),
+                    reason: format!("{e:#}"),
+                },
+                fault => probe(fault),
+            })?;
     Ok(Instance { store, bindings })
 }
 
 /// A new instance, configured: ready to decide.
 fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
-    let mut instance = new_instance(module)?;
     let origin = module.origin();
+    let mut instance = new_instance(&module.engine, &module.pre, origin)?;
     let bindings = &instance.bindings;
     let configured = call(
         &mut instance.store,
@@ -257,24 +261,60 @@ fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadErro
     })?;
     configured.map_err(|reason| LoadError::Config {
         origin: origin.to_string(),
-        reason,
+        reason: truncated(reason),
     })?;
     Ok(instance)
 }
 
-/// Asks a freshly loaded module who it is, in a throw-away instance.
-pub(crate) fn probe_info(module: &PolicyModule) -> Result<PolicyInfo, LoadError> {
-    let mut instance = new_instance(module)?;
+/// The longest name, version or rejection reason a module may hand the host; more is a
+/// module trying to flood logs and metric labels.
+pub(crate) const MAX_TEXT_BYTES: usize = 1024;
+
+/// Cuts a module's text to [`MAX_TEXT_BYTES`] on a character boundary, saying so.
+fn truncated(mut text: String) -> String {
+    if text.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("… ({total} bytes in all)"));
+    }
+    text
+}
+
+/// Asks a freshly compiled module who it is, in a throw-away instance.
+pub(crate) fn probe_info(
+    engine: &Engine,
+    pre: &PolicyPre<Sandbox>,
+    origin: &str,
+) -> Result<PolicyInfo, LoadError> {
+    let mut instance = new_instance(engine, pre, origin)?;
     let bindings = &instance.bindings;
     let info = call(
         &mut instance.store,
-        module.engine.limits().fuel_per_call,
+        engine.limits().fuel_per_call,
         |store| bindings.backstop_policy_decider().call_info(store),
     )
     .map_err(|fault| LoadError::Probe {
-        origin: module.origin().to_string(),
+        origin: origin.to_string(),
         fault,
     })?;
+    for (field, text) in [
+        ("name", &info.name),
+        ("version", &info.version),
+        ("wit-version", &info.wit_version),
+    ] {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(LoadError::Oversized {
+                origin: origin.to_string(),
+                field,
+                bytes: text.len(),
+                limit: MAX_TEXT_BYTES,
+            });
+        }
+    }
     Ok(PolicyInfo {
         name: info.name,
         version: info.version,
@@ -389,7 +429,7 @@ fn from_wit(decision: wit::Decision, ctx: &AttemptContext) -> Result<Decision, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Engine, ErrorInfo, Limits};
+    use crate::{ErrorInfo, Limits};
 
     /// The per-call limits must never bite the default policy: across every error class and a
     /// long chain with full health, a decision burns under 1% of the fuel budget.

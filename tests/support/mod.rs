@@ -132,7 +132,9 @@ pub fn capture_logs() -> CapturedLogs {
     // listens at INFO keeps every call site live.
     static GLOBAL: OnceLock<()> = OnceLock::new();
     GLOBAL.get_or_init(|| {
-        let sink = tracing_subscriber::fmt().with_writer(std::io::sink).finish();
+        let sink = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .finish();
         let _ = tracing::subscriber::set_global_default(sink);
     });
     CapturedLogs::default()

@@ -1,0 +1,90 @@
+//! The host's own configuration (as opposed to the policy's): the caps, which modules may run,
+//! when to roll back, and where compiled modules are cached. One JSON document, strict: an
+//! unknown key or a malformed digest is an error naming it, never silently ignored.
+
+use crate::{Engine, Guardrails, LoadError, ModuleCache, RollbackRule, SwapOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// The host configuration file.
+///
+/// ```
+/// let config = backstop::HostConfig::from_json(r#"{
+///     "guardrails": { "max_total_attempts": 6 },
+///     "rollback": { "faults": 3, "window_ms": 30000 },
+///     "allowed_digests": ["a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"]
+/// }"#)?;
+/// assert_eq!(config.guardrails.max_total_attempts, 6);
+/// assert!(backstop::HostConfig::from_json(r#"{ "allowed_digests": ["abc"] }"#).is_err());
+/// # Ok::<(), backstop::config::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's hard caps on every decision.
+    pub guardrails: Guardrails,
+    /// When set, only modules with one of these sha256 digests (hex) may go live.
+    pub allowed_digests: Option<Vec<String>>,
+    /// When a faulting live module is rolled back.
+    pub rollback: RollbackRule,
+    /// Where `.cwasm` files of swapped-in modules are kept.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A host configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("host configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "host configuration: allowed_digests[{index}] = {digest:?} is not a sha256 in hex (64 characters 0-9a-f)"
+    )]
+    Digest { index: usize, digest: String },
+    #[error("host configuration: rollback.window_ms must be at least 1")]
+    Window,
+    #[error(transparent)]
+    Cache(#[from] LoadError),
+}
+
+impl HostConfig {
+    /// Parses and checks a configuration.
+    pub fn from_json(text: &str) -> Result<HostConfig, ConfigError> {
+        let config: HostConfig = serde_json::from_str(text)?;
+        for (index, digest) in config.allowed_digests.iter().flatten().enumerate() {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Digest {
+                    index,
+                    digest: digest.clone(),
+                });
+            }
+        }
+        if config.rollback.window.is_zero() {
+            return Err(ConfigError::Window);
+        }
+        Ok(config)
+    }
+
+    /// Swap options for `engine` with the policy's own configuration `policy_config`.
+    pub fn swap_options(
+        &self,
+        engine: &Engine,
+        policy_config: &str,
+    ) -> Result<SwapOptions, ConfigError> {
+        Ok(SwapOptions {
+            config: policy_config.to_string(),
+            guardrails: self.guardrails.clone(),
+            allowed_digests: self.allowed_digests.as_ref().map(|digests| {
+                digests
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect::<BTreeSet<_>>()
+            }),
+            rollback: self.rollback,
+            cache: match &self.cache_dir {
+                Some(dir) => Some(ModuleCache::new(engine, dir)?),
+                None => None,
+            },
+        })
+    }
+}
