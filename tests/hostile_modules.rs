@@ -372,3 +372,99 @@ fn precompiled_modules_load_only_into_a_matching_engine() {
         "the error says how to fix it: {err}"
     );
 }
+
+#[test]
+fn gigantic_strings_from_a_module_are_refused_or_cut_never_carried_whole() {
+    // info() names itself with 100,000 NUL bytes: refused, with the size in the error.
+    let started = Instant::now();
+    let err = load(&CoreParts {
+        info: "(i32.store (i32.const 3000) (i32.const 4096)) (i32.store (i32.const 3004) (i32.const 100000)) i32.const 3000",
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Oversized {
+                field: "name",
+                bytes: 100_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A length far past the end of its memory (2 GiB): a trap at the boundary, not a read.
+    let err = load(&CoreParts {
+        info: "(i32.store (i32.const 3000) (i32.const 4096)) (i32.store (i32.const 3004) (i32.const 0x7fffffff)) i32.const 3000",
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(err, LoadError::Probe { .. }), "{err}");
+
+    // configure() refuses with a 100,000-byte reason: the error keeps the first KiB.
+    let refusing = load(&CoreParts {
+        configure: "(i32.store8 (i32.const 64) (i32.const 1)) (i32.store (i32.const 68) (i32.const 4096)) \
+                    (i32.store (i32.const 72) (i32.const 100000)) i32.const 64",
+        ..Default::default()
+    })
+    .unwrap();
+    let err = refusing.configure("{}").unwrap_err();
+    let LoadError::Config { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.len() < 1_200, "{} bytes kept", reason.len());
+    assert!(reason.ends_with("(100000 bytes in all)"), "{reason:?}");
+    assert!(started.elapsed() < BOUND);
+}
+
+#[test]
+fn hostile_modules_running_beside_a_good_policy_do_not_disturb_it() {
+    let hostile: Vec<Policy> = [
+        CoreParts {
+            decide: "(loop $l (br $l)) unreachable",
+            ..Default::default()
+        },
+        CoreParts {
+            decide: "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable",
+            ..Default::default()
+        },
+        CoreParts {
+            decide: "(call $deep (i32.const 0))",
+            extra: "(func $deep (param i32) (result i32) (call $deep (i32.add (local.get 0) (i32.const 1))))",
+            ..Default::default()
+        },
+        CoreParts {
+            decide: "unreachable",
+            ..Default::default()
+        },
+    ]
+    .iter()
+    .map(configured)
+    .collect();
+    let good = support::default_policy("{}");
+    let c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    let expected = good.decide(&c);
+    assert_eq!(expected.fault, None);
+
+    std::thread::scope(|scope| {
+        for policy in &hostile {
+            let c = c.clone();
+            scope.spawn(move || {
+                for _ in 0..5 {
+                    assert!(policy.decide(&c).fault.is_some());
+                }
+            });
+        }
+        for _ in 0..2 {
+            let (good, c, expected) = (&good, c.clone(), expected.clone());
+            scope.spawn(move || {
+                for _ in 0..500 {
+                    assert_eq!(good.decide(&c), expected);
+                }
+            });
+        }
+    });
+    assert_eq!(good.faults(), 0);
+    assert!(hostile.iter().all(|p| p.faults() == 5));
+}

@@ -273,7 +273,7 @@ async fn demo(
         tokio::spawn(backstop::watch::reload_on_sighup(
             handle.clone(),
             path.clone(),
-        ));
+        )?);
     }
     let live = handle.status();
     eprintln!(

@@ -167,16 +167,21 @@ pub fn reload(handle: &PolicyHandle, path: &Path) -> Result<Swapped, SwapError> 
     handle.swap_file(file)
 }
 
-/// Reloads `path` on every `SIGHUP` until the process ends. Compiling runs on a blocking
-/// thread, never on the async workers.
+/// Listens for `SIGHUP` from now on (the handler is installed before this returns, so a signal
+/// right after cannot kill the process) and returns the future that reloads `path` on each
+/// one; spawn it. Compiling runs on a blocking thread, never on the async workers.
 #[cfg(unix)]
-pub async fn reload_on_sighup(handle: PolicyHandle, path: PathBuf) -> std::io::Result<()> {
+pub fn reload_on_sighup(
+    handle: PolicyHandle,
+    path: PathBuf,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
-    while hangups.recv().await.is_some() {
-        tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
-        let (handle, path) = (handle.clone(), path.clone());
-        let _ = tokio::task::spawn_blocking(move || reload(&handle, &path)).await;
-    }
-    Ok(())
+    Ok(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the policy");
+            let (handle, path) = (handle.clone(), path.clone());
+            let _ = tokio::task::spawn_blocking(move || reload(&handle, &path)).await;
+        }
+    })
 }

@@ -163,3 +163,88 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// A `decide` body that behaves: gives up (output-committed) once output was delivered, gives
+/// up (not-retryable) on the four errors that cannot heal, and retries after 1 ms otherwise.
+/// Offsets follow the canonical ABI layout of `attempt-context`: the error kind is the byte at
+/// 8, `output-delivered` the byte at 89.
+pub const SANE_DECIDE: &str = r#"
+    (if (i32.load8_u offset=89 (local.get 0))
+      (then (i32.store8 (i32.const 2048) (i32.const 4))
+            (i32.store8 (i32.const 2056) (i32.const 3))
+            (return (i32.const 2048))))
+    (if (i32.le_u (i32.sub (i32.load8_u offset=8 (local.get 0)) (i32.const 8)) (i32.const 3))
+      (then (i32.store8 (i32.const 2048) (i32.const 4))
+            (i32.store8 (i32.const 2056) (i32.const 0))
+            (return (i32.const 2048))))
+    (i32.store8 (i32.const 2048) (i32.const 0))
+    (i64.store (i32.const 2056) (i64.const 1))
+    (i32.const 2048)"#;
+
+/// An `info` body answering `name`, `version` and the contract version, with the data segment
+/// it needs (to go in `extra`).
+pub fn info_parts(name: &str, version: &str) -> (String, String) {
+    let strings = [name, version, "0.1.0"];
+    let mut body = String::new();
+    let mut at = 3100;
+    for (i, s) in strings.iter().enumerate() {
+        body += &format!(
+            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {}))",
+            3000 + 8 * i,
+            3004 + 8 * i,
+            s.len()
+        );
+        at += s.len();
+    }
+    body += " i32.const 3000";
+    let data = format!("(data (i32.const 3100) \"{}\")", strings.concat());
+    (body, data)
+}
+
+/// A well-behaved policy that is not the default: `retry-1` at `version`.
+pub fn sane_component(version: &str) -> Vec<u8> {
+    let (info, data) = info_parts("retry-1", version);
+    policy_component(&CoreParts {
+        decide: SANE_DECIDE,
+        info: &info,
+        extra: &data,
+        ..Default::default()
+    })
+}
+
+/// [`sane_component`], except that each instance traps on every call after its first `calls`.
+pub fn trap_after_component(calls: u32) -> Vec<u8> {
+    let (info, data) = info_parts("trap-later", "1.0.0");
+    let decide = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+         (if (i32.gt_u (global.get $calls) (i32.const {calls})) (then unreachable))
+         {SANE_DECIDE}"
+    );
+    let extra = format!("(global $calls (mut i32) (i32.const 0)) {data}");
+    policy_component(&CoreParts {
+        decide: &decide,
+        info: &info,
+        extra: &extra,
+        ..Default::default()
+    })
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and `name`.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("backstop-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Polls `done` every 20 ms for up to `limit`; whether it became true.
+pub fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
