@@ -1,0 +1,167 @@
+//! The policy engine's costs, each next to the thing it should be compared with, in one run:
+//!
+//! - `decide/*`: one decision on a full context (3-model chain and health snapshot) — natively
+//!   compiled logic, the wasm component, the same call through a [`PolicyHandle`], and the
+//!   floor: a component of the same signature that returns a constant.
+//! - `load/*`: compiling a `.wasm` vs loading its `.cwasm`, and instantiating from either.
+//! - `swap/*`: a full vetted swap (load, configure, smoke table, publish) from `.wasm`, from
+//!   the `.cwasm` cache, and from `.cwasm` bytes.
+//!
+//! `cargo bench --bench policy`; figures and ratios are recorded in BENCHMARKS.md.
+
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use backstop::{
+    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelHealth,
+    ModuleCache, PolicyHandle, SwapOptions, Swapped,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+/// A throttle on the primary, third attempt, realistic ids and a full health snapshot.
+fn full_context() -> AttemptContext {
+    let mut error = ErrorInfo::of(ErrorKind::Throttling);
+    error.message = "Too many requests, please wait before trying again.".into();
+    let models = [
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "us.amazon.nova-pro-v1:0",
+    ];
+    let mut ctx = AttemptContext::first_failure(error, models);
+    ctx.request_id = "req-123456".into();
+    ctx.attempts_on_model = 3;
+    ctx.attempts_total = 3;
+    ctx.elapsed_ms = 2_400;
+    ctx.remaining_ms = 57_600;
+    ctx.entropy = 0x9e37_79b9_7f4a_7c15;
+    ctx.health = vec![
+        ModelHealth {
+            requests: 120,
+            throttles: 40,
+            errors: 2,
+            consecutive_failures: 3,
+            breaker: BreakerState::Closed,
+            in_state_ms: 600_000,
+        },
+        ModelHealth {
+            requests: 30,
+            throttles: 1,
+            errors: 0,
+            consecutive_failures: 0,
+            breaker: BreakerState::Closed,
+            in_state_ms: 600_000,
+        },
+        ModelHealth {
+            requests: 0,
+            throttles: 0,
+            errors: 0,
+            consecutive_failures: 0,
+            breaker: BreakerState::Closed,
+            in_state_ms: 600_000,
+        },
+    ];
+    ctx
+}
+
+fn decide(c: &mut Criterion) {
+    let engine = Engine::new(Limits::default()).expect("engine");
+    let ctx = full_context();
+    let params = backstop::native_default::Params::default();
+    let policy = engine.load_default().unwrap().configure("{}").unwrap();
+    let floor = engine
+        .load_bytes(&support::policy_component(&Default::default()), "floor")
+        .unwrap()
+        .configure("{}")
+        .unwrap();
+    let handle = PolicyHandle::from(engine.load_default().unwrap().configure("{}").unwrap());
+    // Same answer natively and in wasm: the comparison is like for like.
+    assert_eq!(
+        backstop::native_default::decide(&params, &ctx),
+        policy.decide(&ctx).decision
+    );
+
+    let mut group = c.benchmark_group("decide");
+    group.bench_function("native", |b| {
+        b.iter(|| backstop::native_default::decide(&params, black_box(&ctx)))
+    });
+    group.bench_function("wasm", |b| b.iter(|| policy.decide(black_box(&ctx))));
+    group.bench_function("wasm-via-handle", |b| {
+        b.iter(|| handle.decide(black_box(&ctx)))
+    });
+    group.bench_function("floor", |b| b.iter(|| floor.decide(black_box(&ctx))));
+    group.finish();
+}
+
+fn load(c: &mut Criterion) {
+    let engine = Engine::new(Limits::default()).expect("engine");
+    let wasm = backstop::DEFAULT_POLICY_WASM;
+    let cwasm = engine.precompile(wasm, "default").unwrap();
+    let module = engine.load_bytes(&cwasm, "default.cwasm").unwrap();
+
+    let mut group = c.benchmark_group("load");
+    group.sample_size(20);
+    group.bench_function("compile-wasm", |b| {
+        b.iter(|| engine.load_bytes(black_box(wasm), "default.wasm").unwrap())
+    });
+    group.sample_size(100);
+    group.bench_function("load-cwasm", |b| {
+        b.iter(|| engine.load_bytes(black_box(&cwasm), "default.cwasm").unwrap())
+    });
+    group.bench_function("instantiate-and-configure", |b| {
+        b.iter(|| module.configure("{}").unwrap())
+    });
+    group.finish();
+}
+
+fn swap(c: &mut Criterion) {
+    let engine = Engine::new(Limits::default()).expect("engine");
+    let a = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let b = support::sane_component("2.0.0");
+    let dir = support::scratch_dir("bench-swap");
+    let cached = PolicyHandle::new(
+        engine.load_default().unwrap(),
+        SwapOptions {
+            cache: Some(ModuleCache::new(&engine, &dir).unwrap()),
+            ..SwapOptions::default()
+        },
+    )
+    .unwrap();
+    let uncached = PolicyHandle::new(engine.load_default().unwrap(), SwapOptions::default())
+        .unwrap();
+    let cwasm = [
+        engine.precompile(&a, "a").unwrap(),
+        engine.precompile(&b, "b").unwrap(),
+    ];
+    let wasm = [a, b];
+
+    let mut group = c.benchmark_group("swap");
+    group.sample_size(20);
+    group.bench_function("from-wasm", |bench| {
+        bench.iter(alternately(&uncached, &wasm))
+    });
+    group.sample_size(100);
+    group.bench_function("from-cache", |bench| {
+        bench.iter(alternately(&cached, &wasm))
+    });
+    group.bench_function("from-cwasm-bytes", |bench| {
+        bench.iter(alternately(&uncached, &cwasm))
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Swaps `handle` to whichever of two modules is not live, each call: every swap is real.
+fn alternately<'a>(handle: &'a PolicyHandle, modules: &'a [Vec<u8>; 2]) -> impl FnMut() + 'a {
+    let live = handle.status().digest;
+    let mut next = usize::from(backstop::sha256_hex(&modules[0]) == live);
+    move || {
+        let swapped = handle.swap_bytes(&modules[next], "bench").unwrap();
+        assert!(matches!(swapped, Swapped::Live { .. }));
+        next = 1 - next;
+    }
+}
+
+criterion_group!(benches, decide, load, swap);
+criterion_main!(benches);
