@@ -14,8 +14,8 @@
 mod support;
 
 use backstop::{
-    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelHealth,
-    ModuleCache, PolicyHandle, SwapOptions, Swapped,
+    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelHealth, ModuleCache,
+    PolicyHandle, SwapOptions, Swapped,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -107,7 +107,11 @@ fn load(c: &mut Criterion) {
     });
     group.sample_size(100);
     group.bench_function("load-cwasm", |b| {
-        b.iter(|| engine.load_bytes(black_box(&cwasm), "default.cwasm").unwrap())
+        b.iter(|| {
+            engine
+                .load_bytes(black_box(&cwasm), "default.cwasm")
+                .unwrap()
+        })
     });
     group.bench_function("instantiate-and-configure", |b| {
         b.iter(|| module.configure("{}").unwrap())
@@ -128,8 +132,8 @@ fn swap(c: &mut Criterion) {
         },
     )
     .unwrap();
-    let uncached = PolicyHandle::new(engine.load_default().unwrap(), SwapOptions::default())
-        .unwrap();
+    let uncached =
+        PolicyHandle::new(engine.load_default().unwrap(), SwapOptions::default()).unwrap();
     let cwasm = [
         engine.precompile(&a, "a").unwrap(),
         engine.precompile(&b, "b").unwrap(),

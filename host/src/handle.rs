@@ -176,6 +176,8 @@ struct ReasonLabels {
 struct Live {
     policy: Policy,
     labels: ModuleLabels,
+    /// This module's series of `policy_decisions` (shared with the family).
+    decisions: Counter,
     /// Times of recent faults, for the rollback rule.
     faults: Mutex<VecDeque<Instant>>,
 }
@@ -228,7 +230,8 @@ impl PolicyHandle {
     /// and hosts that deliberately run a module the table would refuse). Swaps are vetted.
     pub fn unchecked(policy: Policy, options: SwapOptions) -> PolicyHandle {
         let engine = policy.module().engine.clone();
-        let live = Arc::new(Live::new(policy));
+        let decisions = Family::default();
+        let live = Arc::new(Live::new(policy, &decisions));
         let shared = Shared {
             live: ArcSwap::new(live.clone()),
             previous: Mutex::new(Vec::new()),
@@ -239,7 +242,7 @@ impl PolicyHandle {
             swaps: Counter::default(),
             rollbacks: Counter::default(),
             rejections: Family::default(),
-            decisions: Family::default(),
+            decisions,
             info: Family::default(),
         };
         shared.info.get_or_create(&live.labels).set(1);
@@ -255,18 +258,22 @@ impl PolicyHandle {
     /// Asks the live module about one failed attempt; see [`Policy::decide`]. A fault counts
     /// towards the [`RollbackRule`] and may roll the module back before this returns.
     pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
-        self.decide_traced(ctx).0
+        self.decide_on(&self.shared.live.load(), ctx)
     }
 
     /// [`decide`](Self::decide), and the module that decided.
     pub(crate) fn decide_traced(&self, ctx: &AttemptContext) -> (Verdict, PolicyRef) {
         let live = self.live();
+        (self.decide_on(&live, ctx), PolicyRef(live))
+    }
+
+    fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
         let verdict = live.policy.decide(ctx);
-        self.shared.decisions.get_or_create(&live.labels).inc();
+        live.decisions.inc();
         if let Some(fault) = &verdict.fault {
-            self.note_fault(&live, fault);
+            self.note_fault(live, fault);
         }
-        (verdict, PolicyRef(live))
+        verdict
     }
 
     /// The live policy.
@@ -304,7 +311,7 @@ impl PolicyHandle {
         match self.prepare(bytes, origin, &digest) {
             Ok((policy, cache)) => {
                 let version = policy.module().info().version.clone();
-                self.publish(Arc::new(Live::new(policy)));
+                self.publish(Arc::new(Live::new(policy, &self.shared.decisions)));
                 Ok(Swapped::Live {
                     digest,
                     version,
@@ -531,7 +538,7 @@ impl std::ops::Deref for PolicyRef {
 }
 
 impl Live {
-    fn new(policy: Policy) -> Live {
+    fn new(policy: Policy, decisions: &Family<ModuleLabels, Counter>) -> Live {
         let module = policy.module();
         let labels = ModuleLabels {
             digest: module.digest().to_string(),
@@ -540,6 +547,7 @@ impl Live {
         };
         Live {
             policy,
+            decisions: decisions.get_or_create_owned(&labels),
             labels,
             faults: Mutex::new(VecDeque::new()),
         }

@@ -154,10 +154,12 @@ impl Policy {
         };
         let fuel = self.module.engine.limits().fuel_per_call;
         let answer = call(&mut instance.store, fuel, |store| {
-            instance
-                .bindings
-                .backstop_policy_decider()
-                .call_decide(store, &to_wit(ctx))
+            with_wit(ctx, |wit_ctx| {
+                instance
+                    .bindings
+                    .backstop_policy_decider()
+                    .call_decide(store, wit_ctx)
+            })
         });
         match answer {
             Ok(decision) => {
@@ -322,17 +324,62 @@ pub(crate) fn probe_info(
     })
 }
 
-fn to_wit(ctx: &AttemptContext) -> wit::AttemptContext {
-    wit::AttemptContext {
-        request_id: ctx.request_id.clone(),
+/// Chains up to this long are lowered from stack buffers; longer ones allocate.
+const INLINE_MODELS: usize = 8;
+
+/// Runs `f` on the wit view of `ctx`, which borrows its strings: nothing is cloned per call,
+/// and for usual chains nothing is allocated either.
+fn with_wit<R>(ctx: &AttemptContext, f: impl FnOnce(wit::AttemptContext<'_>) -> R) -> R {
+    let health = |h: &crate::contract::ModelHealth| wit::ModelHealth {
+        requests: h.requests,
+        throttles: h.throttles,
+        errors: h.errors,
+        consecutive_failures: h.consecutive_failures,
+        breaker: match h.breaker {
+            BreakerState::Closed => wit::BreakerState::Closed,
+            BreakerState::Open => wit::BreakerState::Open,
+            BreakerState::HalfOpen => wit::BreakerState::HalfOpen,
+        },
+        in_state_ms: h.in_state_ms,
+    };
+    let idle = wit::ModelHealth {
+        requests: 0,
+        throttles: 0,
+        errors: 0,
+        consecutive_failures: 0,
+        breaker: wit::BreakerState::Closed,
+        in_state_ms: 0,
+    };
+    let (mut model_buf, mut health_buf) = ([""; INLINE_MODELS], [idle; INLINE_MODELS]);
+    let (model_vec, health_vec): (Vec<&str>, Vec<wit::ModelHealth>);
+    let models: &[&str] = if ctx.models.len() <= INLINE_MODELS {
+        for (slot, model) in model_buf.iter_mut().zip(&ctx.models) {
+            *slot = model;
+        }
+        &model_buf[..ctx.models.len()]
+    } else {
+        model_vec = ctx.models.iter().map(String::as_str).collect();
+        &model_vec
+    };
+    let healths: &[wit::ModelHealth] = if ctx.health.len() <= INLINE_MODELS {
+        for (slot, h) in health_buf.iter_mut().zip(&ctx.health) {
+            *slot = health(h);
+        }
+        &health_buf[..ctx.health.len()]
+    } else {
+        health_vec = ctx.health.iter().map(health).collect();
+        &health_vec
+    };
+    f(wit::AttemptContext {
+        request_id: &ctx.request_id,
         error: wit::ErrorInfo {
             kind: kind_to_wit(ctx.error.kind),
-            code: ctx.error.code.clone(),
+            code: &ctx.error.code,
             http_status: ctx.error.http_status,
-            message: ctx.error.message.clone(),
+            message: &ctx.error.message,
             retry_after_ms: ctx.error.retry_after_ms,
         },
-        models: ctx.models.clone(),
+        models,
         model: ctx.model,
         attempts_on_model: ctx.attempts_on_model,
         attempts_total: ctx.attempts_total,
@@ -343,24 +390,9 @@ fn to_wit(ctx: &AttemptContext) -> wit::AttemptContext {
             Workload::Batch => wit::Workload::Batch,
         },
         output_delivered: ctx.output_delivered,
-        health: ctx
-            .health
-            .iter()
-            .map(|h| wit::ModelHealth {
-                requests: h.requests,
-                throttles: h.throttles,
-                errors: h.errors,
-                consecutive_failures: h.consecutive_failures,
-                breaker: match h.breaker {
-                    BreakerState::Closed => wit::BreakerState::Closed,
-                    BreakerState::Open => wit::BreakerState::Open,
-                    BreakerState::HalfOpen => wit::BreakerState::HalfOpen,
-                },
-                in_state_ms: h.in_state_ms,
-            })
-            .collect(),
+        health: healths,
         entropy: ctx.entropy,
-    }
+    })
 }
 
 fn kind_to_wit(kind: ErrorKind) -> wit::ErrorKind {
@@ -431,6 +463,29 @@ mod tests {
     use super::*;
     use crate::{ErrorInfo, Limits};
 
+    /// The default component's arena allocator rewinds after every call: ten thousand decisions
+    /// on one instance, each lowering a 4 KiB message, would need 40 MiB if anything stayed
+    /// behind (the limit is 16 MiB), and not one faults.
+    #[test]
+    fn the_default_policy_does_not_accumulate_memory_across_calls() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        let policy = engine.load_default().unwrap().configure("{}").unwrap();
+        let mut ctx = AttemptContext::first_failure(
+            ErrorInfo::of(crate::ErrorKind::Throttling),
+            ["primary", "fallback", "third"],
+        );
+        ctx.error.message = "m".repeat(4096);
+        for i in 0..10_000u64 {
+            ctx.entropy = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(policy.decide(&ctx).fault, None, "call {i}");
+        }
+        assert_eq!(
+            policy.idle.lock().unwrap().len(),
+            1,
+            "one instance did it all"
+        );
+    }
+
     /// The per-call limits must never bite the default policy: across every error class and a
     /// long chain with full health, a decision burns under 1% of the fuel budget.
     #[test]
@@ -447,12 +502,13 @@ mod tests {
             let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), models.clone());
             ctx.error.message = "m".repeat(2_000);
             ctx.attempts_on_model = 3;
-            let wit_ctx = to_wit(&ctx);
             call(&mut instance.store, budget, |store| {
-                instance
-                    .bindings
-                    .backstop_policy_decider()
-                    .call_decide(store, &wit_ctx)
+                with_wit(&ctx, |wit_ctx| {
+                    instance
+                        .bindings
+                        .backstop_policy_decider()
+                        .call_decide(store, wit_ctx)
+                })
             })
             .unwrap();
             worst = worst.max(budget - instance.store.get_fuel().unwrap());

@@ -15,7 +15,7 @@ use exports::backstop::policy::decider as wit;
 
 // No std: a small allocator, and a panic that becomes a trap the host contains.
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: crate::arena::Arena = crate::arena::Arena;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

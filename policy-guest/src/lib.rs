@@ -16,6 +16,8 @@ pub mod contract;
 pub mod policy;
 
 #[cfg(target_arch = "wasm32")]
+mod arena;
+#[cfg(target_arch = "wasm32")]
 mod component;
 
 /// The name the default policy reports in `info()`.
