@@ -6,7 +6,8 @@
 //! Bedrock.
 
 use crate::contract::BreakerState;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Whether a request may be sent to the model now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,16 +1,12 @@
-//! [`ResilientClient`]: the real `aws-sdk-bedrockruntime` client with its own retries off, and
-//! a loop around each call that asks the policy what to do after every failed attempt and
-//! carries it out — sleeping, switching model, opening breakers, queueing batch work — under the
-//! host's guardrails and a total deadline.
+//! [`ResilientClient`]: the real `aws-sdk-bedrockruntime` client with its own retries off,
+//! each call run through the [attempt loop](crate::resilience) that asks the policy what to do
+//! after every failed attempt.
 
-use crate::breaker::Admission;
 use crate::classify::classify;
-use crate::contract::{
-    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
-};
-use crate::health::HealthBoard;
+use crate::contract::{Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload};
 use crate::metrics::Metrics;
-use crate::{Guardrails, PolicyHandle, Verdict};
+use crate::resilience::{Progress, Resilience};
+use crate::{Guardrails, PolicyHandle};
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
@@ -23,12 +19,9 @@ use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{
     ContentBlock, ConversationRole, ConverseStreamOutput, Message, SystemContentBlock,
 };
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
-use tracing::Instrument;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The original error of a failed attempt, for callers who want the SDK's typed error
 /// (downcast to `SdkError<ConverseError>` and so on).
@@ -53,6 +46,9 @@ pub struct ClientOptions {
     pub health_window: Duration,
     /// Real seconds per policy second (1.0 in production).
     pub time_scale: f64,
+    /// Seeds the randomness handed to the policy (`entropy`); `None` draws a fresh seed.
+    /// A seed makes a run replayable, as `backstop simulate` needs.
+    pub seed: Option<u64>,
 }
 
 impl ClientOptions {
@@ -71,6 +67,7 @@ impl ClientOptions {
             queue_capacity: 1024,
             health_window: Duration::from_secs(60),
             time_scale: 1.0,
+            seed: None,
         }
     }
 }
@@ -232,23 +229,7 @@ pub struct ResilientClient {
 struct Inner {
     sdk: Client,
     policy: PolicyHandle,
-    options: ClientOptions,
-    health: HealthBoard,
-    metrics: Metrics,
-    queue: Semaphore,
-    next_id: AtomicU64,
-}
-
-/// Where a request stands between attempts.
-struct Progress {
-    request_id: String,
-    workload: Workload,
-    started: Instant,
-    deadline: Instant,
-    model: usize,
-    on_model: u32,
-    total: u32,
-    queued: bool,
+    core: Resilience,
 }
 
 impl ResilientClient {
@@ -261,29 +242,15 @@ impl ResilientClient {
         options: ClientOptions,
     ) -> Result<ResilientClient, ClientError> {
         let policy = policy.into();
-        if options.models.is_empty() {
-            return Err(ClientError::NoModels);
-        }
-        if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
-            return Err(ClientError::TimeScale(options.time_scale));
-        }
-        let window = scale(options.health_window, options.time_scale);
+        let core = Resilience::new(Arc::new(policy.clone()), options)?;
         Ok(ResilientClient {
-            inner: Arc::new(Inner {
-                sdk,
-                health: HealthBoard::new(options.models.len(), window),
-                metrics: Metrics::new(&policy),
-                policy,
-                queue: Semaphore::new(options.queue_capacity),
-                next_id: AtomicU64::new(1),
-                options,
-            }),
+            inner: Arc::new(Inner { sdk, policy, core }),
         })
     }
 
     /// The client's counters.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        self.inner.core.metrics()
     }
 
     /// The policy handle: swap modules through it while requests run.
@@ -293,7 +260,7 @@ impl ResilientClient {
 
     /// The model chain.
     pub fn models(&self) -> &[String] {
-        &self.inner.options.models
+        self.inner.core.models()
     }
 
     /// Converse, with the policy deciding after each failed attempt.
@@ -302,19 +269,21 @@ impl ResilientClient {
         request: &ChatRequest,
     ) -> Result<Served<ConverseOutput>, CallError> {
         let sdk = &self.inner.sdk;
-        self.run(
-            request.workload,
-            request.estimated_input_tokens(),
-            |model| {
-                let call = sdk
-                    .converse()
-                    .model_id(model)
-                    .set_messages(Some(request.messages.clone()))
-                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
-                async move { call.send().await.map_err(sdk_failure) }
-            },
-        )
-        .await
+        self.inner
+            .core
+            .call(
+                request.workload,
+                request.estimated_input_tokens(),
+                |model| {
+                    let call = sdk
+                        .converse()
+                        .model_id(model)
+                        .set_messages(Some(request.messages.clone()))
+                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
+                    async move { call.send().await.map_err(sdk_failure) }
+                },
+            )
+            .await
     }
 
     /// InvokeModel with a model-specific JSON body.
@@ -324,16 +293,18 @@ impl ResilientClient {
         workload: Workload,
     ) -> Result<Served<InvokeModelOutput>, CallError> {
         let sdk = &self.inner.sdk;
-        self.run(workload, (body.len() as u64).div_ceil(4), |model| {
-            let call = sdk
-                .invoke_model()
-                .model_id(model)
-                .content_type("application/json")
-                .accept("application/json")
-                .body(Blob::new(body.to_vec()));
-            async move { call.send().await.map_err(sdk_failure) }
-        })
-        .await
+        self.inner
+            .core
+            .call(workload, (body.len() as u64).div_ceil(4), |model| {
+                let call = sdk
+                    .invoke_model()
+                    .model_id(model)
+                    .content_type("application/json")
+                    .accept("application/json")
+                    .body(Blob::new(body.to_vec()));
+                async move { call.send().await.map_err(sdk_failure) }
+            })
+            .await
     }
 
     /// ConverseStream. An error before the first event is handled like any failed attempt
@@ -345,7 +316,9 @@ impl ResilientClient {
     ) -> Result<ResilientStream, CallError> {
         let sdk = &self.inner.sdk;
         let served = self
-            .run(
+            .inner
+            .core
+            .call(
                 request.workload,
                 request.estimated_input_tokens(),
                 |model| {
@@ -373,232 +346,6 @@ impl ResilientClient {
             workload: request.workload,
             finished: false,
         })
-    }
-
-    fn real(&self, policy_ms: u64) -> Duration {
-        scale(
-            Duration::from_millis(policy_ms),
-            self.inner.options.time_scale,
-        )
-    }
-
-    fn policy_ms(&self, real: Duration) -> u64 {
-        (real.as_secs_f64() * 1000.0 / self.inner.options.time_scale) as u64
-    }
-
-    /// The attempt loop shared by every operation.
-    async fn run<T, F, Fut>(
-        &self,
-        workload: Workload,
-        input_tokens: u64,
-        mut attempt: F,
-    ) -> Result<Served<T>, CallError>
-    where
-        F: FnMut(&str) -> Fut,
-        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
-    {
-        let inner = &*self.inner;
-        inner.metrics.requests.inc();
-        let started = Instant::now();
-        let mut p = Progress {
-            request_id: format!("req-{}", inner.next_id.fetch_add(1, Ordering::Relaxed)),
-            workload,
-            started,
-            deadline: started + scale(inner.options.deadline, inner.options.time_scale),
-            model: 0,
-            on_model: 0,
-            total: 0,
-            queued: false,
-        };
-        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
-        let result = async {
-            let mut last: Option<(ErrorInfo, BoxError)> = None;
-            loop {
-                let now = Instant::now();
-                if now >= p.deadline {
-                    return Err(gave_up(GiveUpReason::Deadline, last, p.total));
-                }
-                if let Admission::Refused { retry_in } = inner.health.admit(p.model, now) {
-                    inner.metrics.breaker_refusals.inc();
-                    if p.model + 1 < inner.options.models.len() {
-                        let next = p.model + 1;
-                        self.switch(&mut p, next);
-                        continue;
-                    }
-                    if workload == Workload::Batch {
-                        self.park(&mut p, retry_in).await?;
-                        continue;
-                    }
-                    return Err(CallError::CircuitOpen {
-                        attempts: p.total,
-                        last: last.map(|(info, _)| info),
-                    });
-                }
-                p.on_model += 1;
-                p.total += 1;
-                inner.metrics.attempts.inc();
-                let model = inner.options.models[p.model].as_str();
-                let limit = scale(inner.options.attempt_timeout, inner.options.time_scale)
-                    .min(p.deadline - now);
-                let span = tracing::info_span!("attempt", model, attempt = p.total);
-                let outcome = tokio::time::timeout(limit, attempt(model))
-                    .instrument(span)
-                    .await;
-                let failure = match outcome {
-                    Ok(Ok(output)) => {
-                        if inner.health.record_success(p.model, Instant::now()) {
-                            inner.metrics.breaker_closes.inc();
-                        }
-                        inner.metrics.succeeded.inc();
-                        tracing::info!(model, attempts = p.total, "served");
-                        return Ok(Served {
-                            output,
-                            model: model.to_string(),
-                            model_index: p.model,
-                            attempts: p.total,
-                            queued: p.queued,
-                            request_id: p.request_id.clone(),
-                        });
-                    }
-                    Ok(Err(failure)) => failure,
-                    Err(_) => (
-                        ErrorInfo {
-                            message: "the attempt timed out".into(),
-                            ..ErrorInfo::of(ErrorKind::Timeout)
-                        },
-                        Box::<dyn std::error::Error + Send + Sync>::from("attempt timed out"),
-                    ),
-                };
-                let verdict = self.ask(&p, &failure.0, false);
-                last = Some(failure);
-                match verdict.decision {
-                    Decision::Retry { delay_ms } => {
-                        inner.metrics.retries.inc();
-                        tokio::time::sleep(self.real(delay_ms)).await;
-                    }
-                    Decision::SwitchModel { model, delay_ms } => {
-                        tokio::time::sleep(self.real(delay_ms)).await;
-                        self.switch(&mut p, model as usize);
-                    }
-                    Decision::BreakCircuit {
-                        model,
-                        open_ms,
-                        then,
-                    } => {
-                        if inner
-                            .health
-                            .open(model as usize, Instant::now(), self.real(open_ms))
-                        {
-                            inner.metrics.breaker_opens.inc();
-                        }
-                        match then {
-                            AfterBreak::Fallback { model } => self.switch(&mut p, model as usize),
-                            AfterBreak::Queue => self.park(&mut p, self.real(open_ms)).await?,
-                            AfterBreak::GiveUp => {
-                                return Err(gave_up(GiveUpReason::NoModelAvailable, last, p.total));
-                            }
-                        }
-                    }
-                    Decision::Queue { not_before_ms } => {
-                        self.park(&mut p, self.real(not_before_ms)).await?
-                    }
-                    Decision::GiveUp { reason } => return Err(gave_up(reason, last, p.total)),
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-        if let Err(error) = &result {
-            inner.metrics.failed.inc();
-            tracing::warn!(request_id = %p.request_id, %error, "request failed");
-        }
-        result
-    }
-
-    /// Records a failed attempt and asks the policy, under the guardrails, what to do.
-    fn ask(&self, p: &Progress, error: &ErrorInfo, output_delivered: bool) -> Verdict {
-        let inner = &*self.inner;
-        let now = Instant::now();
-        if inner.health.record_failure(p.model, now, error.kind) {
-            inner.metrics.breaker_opens.inc();
-        }
-        let ctx = AttemptContext {
-            request_id: p.request_id.clone(),
-            error: error.clone(),
-            models: inner.options.models.clone(),
-            model: p.model as u32,
-            attempts_on_model: p.on_model,
-            attempts_total: p.total,
-            elapsed_ms: self.policy_ms(now - p.started),
-            remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
-            workload: p.workload,
-            output_delivered,
-            health: inner.health.snapshot(now, |d| self.policy_ms(d)),
-            entropy: fastrand::u64(..),
-        };
-        let (verdict, policy) = inner.policy.decide_traced(&ctx);
-        let verdict = inner.options.guardrails.enforce(&ctx, verdict);
-        if verdict.fault.is_some() {
-            inner.metrics.policy_faults.inc();
-        }
-        if !verdict.clamps.is_empty() {
-            inner.metrics.guard_clamps.inc();
-        }
-        tracing::info!(
-            model = %ctx.models[p.model], attempt = p.total, error = %error.kind.kebab(), code = %error.code,
-            decision = ?verdict.decision, delay_ms = ?verdict.decision.delay_ms(),
-            policy = %policy.module().digest(),
-            fault = ?verdict.fault, clamps = ?verdict.clamps, "attempt failed"
-        );
-        verdict
-    }
-
-    fn switch(&self, p: &mut Progress, model: usize) {
-        if model != p.model {
-            self.inner.metrics.fallback_invocations.inc();
-            tracing::info!(from = %self.inner.options.models[p.model], to = %self.inner.options.models[model], "fallback");
-        }
-        p.model = model;
-        p.on_model = 0;
-    }
-
-    /// Waits in the bounded batch queue for `wait` (at most until the deadline).
-    async fn park(&self, p: &mut Progress, wait: Duration) -> Result<(), CallError> {
-        let inner = &*self.inner;
-        let _place = inner
-            .queue
-            .try_acquire()
-            .map_err(|_| CallError::QueueFull {
-                capacity: inner.options.queue_capacity,
-            })?;
-        if !p.queued {
-            p.queued = true;
-            inner.metrics.queued.inc();
-        }
-        let wait = wait.min(p.deadline.saturating_duration_since(Instant::now()));
-        tracing::info!(wait_ms = self.policy_ms(wait), "queued");
-        tokio::time::sleep(wait).await;
-        // Capacity may be back on the primary: start over from it.
-        p.model = 0;
-        p.on_model = 0;
-        Ok(())
-    }
-}
-
-fn scale(duration: Duration, time_scale: f64) -> Duration {
-    Duration::from_secs_f64(duration.as_secs_f64() * time_scale)
-}
-
-fn gave_up(reason: GiveUpReason, last: Option<(ErrorInfo, BoxError)>, attempts: u32) -> CallError {
-    let (last, source) = match last {
-        Some((info, source)) => (info, Some(source)),
-        None => (ErrorInfo::of(ErrorKind::Unknown), None),
-    };
-    CallError::GaveUp {
-        reason,
-        last,
-        attempts,
-        source,
     }
 }
 
@@ -658,7 +405,7 @@ pub struct ResilientStream {
 impl ResilientStream {
     /// The model serving the stream.
     pub fn model(&self) -> &str {
-        &self.client.inner.options.models[self.model_index]
+        &self.client.inner.core.options.models[self.model_index]
     }
 
     /// The next event, `None` at the end. An error after output was delivered is surfaced as
@@ -691,8 +438,8 @@ impl ResilientStream {
                     queued: false,
                 };
                 // The policy sees `output-delivered`; the guardrails turn any resend into a give-up.
-                let verdict = self.client.ask(&p, &info, true);
-                self.client.inner.metrics.failed.inc();
+                let verdict = self.client.inner.core.ask(&p, &info, true);
+                self.client.inner.core.metrics.failed.inc();
                 let reason = match verdict.decision {
                     Decision::GiveUp { reason } => reason,
                     _ => GiveUpReason::OutputCommitted,

@@ -5,7 +5,8 @@ use crate::breaker::{Admission, Breaker};
 use crate::contract::{ErrorKind, ModelHealth};
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Clone, Copy)]
 enum Outcome {

@@ -32,6 +32,7 @@ pub mod handle;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+pub mod resilience;
 mod sandbox;
 pub mod smoke;
 pub mod watch;
@@ -53,6 +54,7 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use policy::{Policy, PolicyFault, Verdict};
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
 pub use policy_guest::contract::{self, *};
+pub use resilience::{Decider, Resilience};
 pub use smoke::SmokeFailure;
 pub use watch::PolicyWatcher;
 

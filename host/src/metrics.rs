@@ -22,7 +22,7 @@ macro_rules! counters {
 
         impl Metrics {
             /// Counters for a client deciding with `policy`, whose own metrics join them.
-            pub(crate) fn new(policy: &crate::PolicyHandle) -> Metrics {
+            pub(crate) fn new(policy: &dyn crate::Decider) -> Metrics {
                 let mut registry = Registry::with_prefix("backstop");
                 policy.register_metrics(&mut registry);
                 $(
@@ -90,7 +90,8 @@ mod tests {
     fn exports_the_same_counts_as_prometheus_text_and_emf() {
         let engine = crate::Engine::new(crate::Limits::default()).unwrap();
         let policy = engine.load_default().unwrap().configure("{}").unwrap();
-        let metrics = Metrics::new(&policy.into());
+        let handle: crate::PolicyHandle = policy.into();
+        let metrics = Metrics::new(&handle);
         metrics.fallback_invocations.inc();
         metrics.attempts.inc_by(3);
         let text = metrics.prometheus_text();
