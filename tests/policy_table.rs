@@ -204,13 +204,42 @@ fn spent_attempts_without_fallback_give_up_interactive_and_queue_batch() {
     (c.attempts_on_model, c.attempts_total, c.entropy) = (5, 5, HALF);
     assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
     c.workload = Workload::Batch;
-    let expected = expected_jitter(1_000, 60_000, 4, HALF);
+    let expected = expected_jitter(10_000, 60_000, 4, HALF);
     assert_eq!(
         decide(&c),
         Decision::Queue {
             not_before_ms: expected
         }
     );
+}
+
+#[test]
+fn throttled_batch_work_queues_at_once_with_a_doubling_window_unless_a_fallback_has_room() {
+    for attempt in 1..=4u32 {
+        let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+        c.workload = Workload::Batch;
+        (c.attempts_on_model, c.attempts_total, c.entropy) = (attempt, attempt, u64::MAX);
+        let window = (10_000u64 << (attempt - 1)).min(60_000);
+        assert_eq!(
+            decide(&c),
+            Decision::Queue {
+                not_before_ms: window
+            },
+            "attempt {attempt}"
+        );
+    }
+    // A fallback with headroom takes the work instead; a saturated one does not.
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    c.workload = Workload::Batch;
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+    (c.health[1].requests, c.health[1].throttles) = (20, 15);
+    assert!(matches!(decide(&c), Decision::Queue { .. }));
 }
 
 #[test]

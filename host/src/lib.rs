@@ -17,6 +17,7 @@
 //! # Ok::<(), backstop::LoadError>(())
 //! ```
 
+pub mod baseline;
 mod bindings;
 pub mod breaker;
 pub mod cache;
@@ -31,9 +32,11 @@ pub mod guard;
 pub mod handle;
 pub mod health;
 pub mod metrics;
+pub mod plot;
 pub mod policy;
 pub mod resilience;
 mod sandbox;
+pub mod simulate;
 pub mod smoke;
 pub mod watch;
 

@@ -82,6 +82,39 @@ enum Command {
         #[arg(long, default_value_t = 4566)]
         port: u16,
     },
+    /// Compare policies on a scenario in virtual time: the real modules through the real host
+    /// loop against a modelled Bedrock, next to built-in baselines. Same seed, same numbers.
+    Simulate {
+        /// A shipped scenario (monday-spike, regional-outage, brownout, batch-backlog) or a
+        /// scenario JSON file with a `traffic` section.
+        #[arg(long)]
+        scenario: String,
+        /// A policy to compare (repeat the flag); the built-in default when none is given.
+        #[arg(long)]
+        policy: Vec<PathBuf>,
+        /// The policies' JSON configuration, inline or as `@FILE`.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// A baseline to run alongside: naive, sdk-standard, no-retries (repeat the flag);
+        /// all three when none is given.
+        #[arg(long)]
+        baseline: Vec<String>,
+        /// Run no baselines.
+        #[arg(long, conflicts_with = "baseline")]
+        no_baselines: bool,
+        /// Replace the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The host's JSON configuration file (its guardrails apply to every contender).
+        #[arg(long)]
+        host_config: Option<PathBuf>,
+        /// Print the reports as JSON (per-minute series included).
+        #[arg(long)]
+        json: bool,
+        /// Write per-minute charts (offered load, served, throttles, fallbacks) to this SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Precompile a policy component to a `.cwasm` for this host's engine.
     Compile {
         /// The `.wasm` component.
@@ -179,6 +212,27 @@ fn main() -> Result<()> {
         Command::Decide(args) => decide(args),
         Command::Info(args) => info(args),
         Command::Check { policy } => check(policy),
+        Command::Simulate {
+            scenario,
+            policy,
+            config,
+            baseline,
+            no_baselines,
+            seed,
+            host_config,
+            json,
+            plot,
+        } => simulate(SimulateArgs {
+            scenario,
+            policies: policy,
+            config,
+            baselines: baseline,
+            no_baselines,
+            seed,
+            host_config,
+            json,
+            plot,
+        }),
         Command::Compile {
             policy,
             output,
@@ -551,5 +605,106 @@ fn compile(policy: PathBuf, output: Option<PathBuf>, cache_dir: Option<PathBuf>)
     backstop::cache::write_atomically(&output, &cwasm)
         .with_context(|| format!("writing {}", output.display()))?;
     eprintln!("wrote {} ({} bytes)", output.display(), cwasm.len());
+    Ok(())
+}
+
+struct SimulateArgs {
+    scenario: String,
+    policies: Vec<PathBuf>,
+    config: String,
+    baselines: Vec<String>,
+    no_baselines: bool,
+    seed: Option<u64>,
+    host_config: Option<PathBuf>,
+    json: bool,
+    plot: Option<PathBuf>,
+}
+
+fn simulate(args: SimulateArgs) -> Result<()> {
+    use backstop::baseline::Baseline;
+    use backstop::simulate::{self, Contender};
+    let mut scenario = match simulate::shipped(&args.scenario) {
+        Some(parsed) => parsed.map_err(anyhow::Error::msg)?,
+        None => {
+            let text = std::fs::read_to_string(&args.scenario).with_context(|| {
+                let names: Vec<&str> = simulate::SHIPPED.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "`{}` is neither a shipped scenario ({}) nor a readable file",
+                    args.scenario,
+                    names.join(", ")
+                )
+            })?;
+            backstop::Scenario::from_json(&text).map_err(anyhow::Error::msg)?
+        }
+    };
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    let host = host_config(&PolicyArgs {
+        policy: None,
+        config: String::new(),
+        host_config: args.host_config.clone(),
+    })?;
+    let config = config_text(&args.config)?;
+    let engine = Engine::new(Limits::default())?;
+    let mut contenders = Vec::new();
+    if args.policies.is_empty() {
+        contenders.push(Contender::Module {
+            module: engine.load_default()?,
+            config: config.clone(),
+        });
+    }
+    for path in &args.policies {
+        contenders.push(Contender::Module {
+            module: engine.load_file(path)?,
+            config: config.clone(),
+        });
+    }
+    let baselines: Vec<Baseline> = if args.no_baselines {
+        Vec::new()
+    } else if args.baselines.is_empty() {
+        Baseline::ALL.to_vec()
+    } else {
+        args.baselines
+            .iter()
+            .map(|name| {
+                Baseline::from_name(name).with_context(|| {
+                    format!("unknown baseline `{name}`; expected naive, sdk-standard or no-retries")
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    contenders.extend(baselines.into_iter().map(Contender::Baseline));
+
+    let duration = scenario.traffic.as_ref().map_or(0, |t| t.duration_s);
+    let mut reports = Vec::new();
+    for contender in &contenders {
+        let name = contender.name();
+        let started = std::time::Instant::now();
+        let mut shown = started;
+        let report = simulate::run(&scenario, contender, &host.guardrails, |simulated| {
+            if shown.elapsed() >= std::time::Duration::from_millis(200) {
+                shown = std::time::Instant::now();
+                eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
+            }
+        })?;
+        eprintln!(
+            "\r{name:<24} simulated {duration} s in {:.1} s real time{:>12}",
+            started.elapsed().as_secs_f64(),
+            ""
+        );
+        reports.push(report);
+    }
+    if let Some(path) = &args.plot {
+        backstop::plot::per_minute_svg(&reports, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        println!("scenario {} (seed {})", args.scenario, scenario.seed);
+        print!("{}", simulate::table(&reports));
+    }
     Ok(())
 }

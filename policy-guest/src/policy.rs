@@ -7,10 +7,11 @@
 //! 4. a sustained outage of this model (consecutive failures ≥ threshold) → open its breaker and
 //!    continue on the next healthy model, queue (batch) or give up;
 //! 5. the first blip of a transient 503/500/connection error → retry immediately;
-//! 6. extended throttling (attempts on this model spent, or the health window mostly throttled)
-//!    → switch to the next healthy model of the chain; with none left, batch work queues and
-//!    interactive work gives up;
-//! 7. otherwise → exponential backoff with full jitter, honouring a server wait hint.
+//! 6. batch work that is throttled → the next model of the chain if its window is not mostly
+//!    throttled, else the queue, for a jittered window that doubles each time it comes back;
+//! 7. extended throttling (attempts on this model spent, or the health window mostly throttled)
+//!    → switch to the next healthy model of the chain; with none left, interactive work gives up;
+//! 8. otherwise → exponential backoff with full jitter, honouring a server wait hint.
 //!
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
@@ -41,6 +42,10 @@ pub struct Params {
     pub breaker_failure_threshold: u32,
     /// How long a breaker this policy opens stays open.
     pub breaker_open_ms: u64,
+    /// Batch work that finds every model throttled waits in the queue for a jittered window
+    /// that starts here and doubles each time it comes back throttled (capped at
+    /// `max_delay_ms`).
+    pub batch_queue_ms: u64,
 }
 
 impl Default for Params {
@@ -55,6 +60,7 @@ impl Default for Params {
             sustained_min_requests: 10,
             breaker_failure_threshold: 5,
             breaker_open_ms: 30_000,
+            batch_queue_ms: 10_000,
         }
     }
 }
@@ -92,6 +98,9 @@ impl Params {
         }
         if self.breaker_failure_threshold == 0 {
             return fail("breaker_failure_threshold", "must be at least 1");
+        }
+        if self.batch_queue_ms == 0 {
+            return fail("batch_queue_ms", "must be at least 1");
         }
         Ok(())
     }
@@ -155,11 +164,24 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
         return Decision::Retry { delay_ms: 0 };
     }
 
+    if kind.is_throttle() && ctx.workload == Workload::Batch {
+        // Batch work does not fight interactive traffic for a throttled quota: it moves to a
+        // fallback that has headroom, or waits in the queue, longer each time it returns.
+        if let Some(model) = next.filter(|&m| !saturated(params, &ctx.health_of(m))) {
+            return Decision::SwitchModel { model, delay_ms: 0 };
+        }
+        let exponent = ctx.attempts_total.saturating_sub(1);
+        let base = params.batch_queue_ms.min(params.max_delay_ms);
+        let wait = full_jitter(base, params.max_delay_ms, exponent, ctx.entropy);
+        return Decision::Queue {
+            not_before_ms: wait
+                .max(ctx.error.retry_after_ms.unwrap_or(0))
+                .min(params.max_delay_ms),
+        };
+    }
+
     let spent = ctx.attempts_on_model >= params.max_attempts_per_model;
-    let sustained = kind.is_throttle()
-        && health.requests >= params.sustained_min_requests
-        && u64::from(health.throttles) * 100
-            >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent);
+    let sustained = kind.is_throttle() && saturated(params, &health);
     if spent || sustained {
         if let Some(model) = next {
             return Decision::SwitchModel { model, delay_ms: 0 };
@@ -216,6 +238,13 @@ fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
     jitter
         .max(ctx.error.retry_after_ms.unwrap_or(0))
         .min(params.max_delay_ms)
+}
+
+/// Whether most of a model's recent requests were throttled (enough of them to tell).
+fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
+    health.requests >= params.sustained_min_requests
+        && u64::from(health.throttles) * 100
+            >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent)
 }
 
 /// The first model after the current one in the chain whose breaker is not open.

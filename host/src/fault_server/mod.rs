@@ -5,10 +5,14 @@
 //! It counts every request per model and outcome ([`FaultServer::stats`], and `GET
 //! /_backstop/stats`), so a test can assert exactly what reached "Bedrock".
 
+mod model;
 mod scenario;
 mod wire;
 
-pub use scenario::{Latency, ModelFaults, OkWord, Outage, Scenario, Scripted};
+pub use model::{BedrockModel, Outcome};
+pub use scenario::{
+    Burst, Latency, ModelFaults, OkWord, Outage, Phase, Scenario, Scripted, Traffic,
+};
 
 use crate::contract::ErrorKind;
 use axum::Router;
@@ -17,9 +21,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use scenario::TokenBucket;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -110,52 +113,27 @@ impl Drop for FaultServer {
     }
 }
 
-struct ModelState {
-    script: VecDeque<Scripted>,
-    bucket: Option<TokenBucket>,
-    stats: ModelStats,
-}
-
 struct ServerState {
-    scenario: Scenario,
     started: Instant,
-    models: Mutex<HashMap<String, ModelState>>,
-    rng: Mutex<fastrand::Rng>,
+    bedrock: Mutex<BedrockModel>,
     request_ids: AtomicU64,
-}
-
-/// What one request gets.
-enum Outcome {
-    Ok {
-        latency: Duration,
-        stream_error_after: Option<u32>,
-        stream_error: ErrorKind,
-    },
-    Error {
-        kind: ErrorKind,
-        latency: Duration,
-        retry_after_ms: Option<u64>,
-    },
 }
 
 impl ServerState {
     fn new(scenario: Scenario) -> ServerState {
-        let rng = fastrand::Rng::with_seed(scenario.seed);
         ServerState {
-            scenario,
             started: Instant::now(),
-            models: Mutex::new(HashMap::new()),
-            rng: Mutex::new(rng),
+            bedrock: Mutex::new(BedrockModel::new(scenario)),
             request_ids: AtomicU64::new(1),
         }
     }
 
+    fn bedrock(&self) -> std::sync::MutexGuard<'_, BedrockModel> {
+        self.bedrock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn stats(&self) -> Stats {
-        let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        models
-            .iter()
-            .map(|(id, m)| (id.clone(), m.stats.clone()))
-            .collect()
+        self.bedrock().stats()
     }
 
     fn request_id(&self) -> String {
@@ -165,102 +143,19 @@ impl ServerState {
         )
     }
 
-    /// Counts the request and decides its fate.
-    fn admit(&self, model: &str) -> Outcome {
-        let faults = self.scenario.faults(model);
+    /// Counts the request and decides its fate on the wall clock.
+    fn admit(&self, model: &str, tokens: u64) -> Outcome {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        let latency = Duration::from_millis(rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
-        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = model_state(&mut models, model, faults);
-        state.stats.requests += 1;
-        let error = match state.script.pop_front() {
-            Some(Scripted::Ok(_)) => None,
-            Some(Scripted::Error(kind)) => Some(kind),
-            None => faults
-                .outages
-                .iter()
-                .find(|o| (o.start_ms..o.end_ms).contains(&now_ms))
-                .map(|o| o.error)
-                .or_else(|| {
-                    let bucket = state.bucket.as_mut()?;
-                    (!bucket.take(now_ms)).then_some(ErrorKind::Throttling)
-                })
-                .or_else(|| draw(&faults.error_rates, rng.f64())),
-        };
-        match error {
-            Some(kind) => {
-                *state
-                    .stats
-                    .errors
-                    .entry(kind.code().to_string())
-                    .or_default() += 1;
-                let retry_after_ms = faults
-                    .retry_after_ms
-                    .filter(|_| kind == ErrorKind::Throttling);
-                Outcome::Error {
-                    kind,
-                    latency,
-                    retry_after_ms,
-                }
-            }
-            None => {
-                state.stats.ok += 1;
-                Outcome::Ok {
-                    latency,
-                    stream_error_after: faults.stream_error_after,
-                    stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
-                }
-            }
-        }
+        self.bedrock().admit(model, now_ms, tokens)
     }
 
     fn stream_cut(&self, model: &str) {
-        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(state) = models.get_mut(model) {
-            state.stats.streams_cut += 1;
-        }
+        self.bedrock().stream_cut(model);
     }
 
-    /// Counts a request refused before any fault applies (unsigned or malformed).
     fn refuse(&self, model: &str, kind: ErrorKind) {
-        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = model_state(&mut models, model, self.scenario.faults(model));
-        state.stats.requests += 1;
-        *state
-            .stats
-            .errors
-            .entry(kind.code().to_string())
-            .or_default() += 1;
+        self.bedrock().refuse(model, kind);
     }
-}
-
-/// The state of `model`, created from its faults on first use.
-fn model_state<'a>(
-    models: &'a mut HashMap<String, ModelState>,
-    model: &str,
-    faults: &ModelFaults,
-) -> &'a mut ModelState {
-    models
-        .entry(model.to_string())
-        .or_insert_with(|| ModelState {
-            script: faults.script.iter().copied().collect(),
-            bucket: faults
-                .rpm
-                .map(|rpm| TokenBucket::new(rpm, faults.burst.unwrap_or(1))),
-            stats: ModelStats::default(),
-        })
-}
-
-/// Picks an error by its rate from one uniform draw in `[0, 1)`.
-fn draw(rates: &BTreeMap<ErrorKind, f64>, mut roll: f64) -> Option<ErrorKind> {
-    for (&kind, &rate) in rates {
-        if roll < rate {
-            return Some(kind);
-        }
-        roll -= rate;
-    }
-    None
 }
 
 /// Checks what every Bedrock request must carry: a SigV4 signature and a JSON body. Returns the
@@ -327,7 +222,7 @@ async fn accept(
     needs_messages: bool,
 ) -> Result<Accepted, Response> {
     let request = check_request(state, model, headers, body, needs_messages)?;
-    match state.admit(model) {
+    match state.admit(model, estimate_tokens(&request)) {
         Outcome::Error {
             kind,
             latency,

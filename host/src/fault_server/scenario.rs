@@ -31,6 +31,111 @@ pub struct Scenario {
     pub default: ModelFaults,
     /// Per model id.
     pub models: BTreeMap<String, ModelFaults>,
+    /// The clients, for `backstop simulate` (the fault server ignores it: its clients are real).
+    pub traffic: Option<Traffic>,
+}
+
+/// Who sends what, when: arrivals are Poisson at a rate that follows `phases`, plus `bursts`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// How long requests keep arriving, in seconds (the run continues until all finish).
+    pub duration_s: u64,
+    /// The model chain the clients use: the primary first.
+    pub models: Vec<String>,
+    /// The arrival rate over time; each phase holds from `from_s` until the next.
+    pub phases: Vec<Phase>,
+    /// Blocks of requests that all arrive at once (a nightly batch, a retry storm).
+    #[serde(default)]
+    pub bursts: Vec<Burst>,
+    /// The share of Poisson arrivals that are batch work (0 to 1).
+    #[serde(default)]
+    pub batch_share: f64,
+    /// Tokens of input and of expected output per request (the TPM quota counts both).
+    #[serde(default = "input_tokens")]
+    pub input_tokens: u64,
+    #[serde(default = "output_tokens")]
+    pub output_tokens: u64,
+    /// Each request's total deadline, in seconds.
+    #[serde(default = "deadline_s")]
+    pub deadline_s: u64,
+}
+
+/// A constant arrival rate from `from_s` on; with `ramp_s`, reached linearly from the
+/// previous phase's rate over that many seconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub from_s: f64,
+    /// Requests per second.
+    pub rps: f64,
+    #[serde(default)]
+    pub ramp_s: f64,
+}
+
+/// `count` requests arriving at `at_s`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Burst {
+    pub at_s: f64,
+    pub count: u32,
+    /// Batch work (may queue) rather than interactive.
+    #[serde(default)]
+    pub batch: bool,
+}
+
+fn input_tokens() -> u64 {
+    500
+}
+
+fn output_tokens() -> u64 {
+    300
+}
+
+fn deadline_s() -> u64 {
+    60
+}
+
+impl Traffic {
+    /// The arrival rate at `t` seconds.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let mut rate = 0.0;
+        for phase in self.phases.iter().take_while(|p| p.from_s <= t) {
+            let previous = rate;
+            rate = phase.rps;
+            let into = t - phase.from_s;
+            if phase.ramp_s > 0.0 && into < phase.ramp_s {
+                rate = previous + (phase.rps - previous) * into / phase.ramp_s;
+            }
+        }
+        rate
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.models.is_empty() {
+            return Err("`traffic.models` must name at least the primary".into());
+        }
+        if self.phases.is_empty() && self.bursts.is_empty() {
+            return Err("`traffic` needs `phases` or `bursts`".into());
+        }
+        if self
+            .phases
+            .iter()
+            .any(|p| !(p.rps.is_finite() && p.rps >= 0.0 && p.ramp_s >= 0.0 && p.from_s >= 0.0))
+        {
+            return Err("`traffic.phases`: rates, starts and ramps must be non-negative".into());
+        }
+        if self.phases.windows(2).any(|w| w[1].from_s < w[0].from_s) {
+            return Err("`traffic.phases` must be in order of `from_s`".into());
+        }
+        if !(0.0..=1.0).contains(&self.batch_share) {
+            return Err("`traffic.batch_share` must be between 0 and 1".into());
+        }
+        if self.deadline_s == 0 {
+            return Err("`traffic.deadline_s` must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Scenario {
@@ -44,6 +149,11 @@ impl Scenario {
             faults
                 .validate()
                 .map_err(|e| format!("invalid scenario: model `{name}`: {e}"))?;
+        }
+        if let Some(traffic) = &scenario.traffic {
+            traffic
+                .validate()
+                .map_err(|e| format!("invalid scenario: {e}"))?;
         }
         Ok(scenario)
     }
@@ -64,6 +174,9 @@ pub struct ModelFaults {
     pub rpm: Option<u32>,
     /// The bucket's size: how many requests may arrive at once (default: 1).
     pub burst: Option<u32>,
+    /// Tokens per minute the model accepts (input + expected output of each request, a token
+    /// bucket holding one minute's worth); unlimited when absent.
+    pub tpm: Option<u32>,
     /// Probability of each error per request, e.g. `{"service-unavailable": 0.3}`.
     pub error_rates: BTreeMap<ErrorKind, f64>,
     /// Windows during which every request fails.
@@ -82,6 +195,9 @@ impl ModelFaults {
     fn validate(&self) -> Result<(), String> {
         if self.rpm == Some(0) {
             return Err("`rpm` must be at least 1 (leave it out for no quota)".into());
+        }
+        if self.tpm == Some(0) {
+            return Err("`tpm` must be at least 1 (leave it out for no quota)".into());
         }
         let total: f64 = self.error_rates.values().sum();
         if self.error_rates.values().any(|r| !(0.0..=1.0).contains(r)) || total > 1.0 {
@@ -160,13 +276,14 @@ impl TokenBucket {
         }
     }
 
-    /// Takes a token at `now_ms` if one is left.
-    pub(crate) fn take(&mut self, now_ms: u64) -> bool {
+    /// Takes `amount` tokens at `now_ms` if that many are left.
+    pub(crate) fn take(&mut self, now_ms: u64, amount: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
         self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
         self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let amount = amount as f64;
+        if self.tokens >= amount {
+            self.tokens -= amount;
             true
         } else {
             false
