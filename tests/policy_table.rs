@@ -270,6 +270,19 @@ fn a_sustained_outage_opens_the_breaker() {
     c.health[0].consecutive_failures = 9;
     assert!(!matches!(decide(&c), Decision::BreakCircuit { .. }));
 
+    // Nor is a busy model whose run of failures was mostly throttles ending in one 503: its
+    // breaker would push all of its traffic onto the fallback.
+    let mut c = ctx(ErrorKind::ServiceUnavailable, &["p", "f"]);
+    let h = &mut c.health[0];
+    (h.consecutive_failures, h.requests, h.throttles, h.errors) = (6, 40, 30, 4);
+    assert!(
+        !matches!(decide(&c), Decision::BreakCircuit { .. }),
+        "{:?}",
+        decide(&c)
+    );
+    c.health[0].errors = 20;
+    assert!(matches!(decide(&c), Decision::BreakCircuit { .. }));
+
     // Configurable threshold and period.
     let config = r#"{"breaker_failure_threshold": 2, "breaker_open_ms": 5000}"#;
     let mut c = ctx(ErrorKind::InternalServer, &["p"]);

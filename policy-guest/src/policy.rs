@@ -4,8 +4,9 @@
 //! 1. output already delivered → give up (a retry would duplicate what the caller saw);
 //! 2. an error that cannot heal → give up at once;
 //! 3. no time left → give up;
-//! 4. a sustained outage of this model (consecutive failures ≥ threshold) → open its breaker and
-//!    continue on the next healthy model, queue (batch) or give up;
+//! 4. a sustained outage of this model (consecutive failures ≥ threshold, and outage errors are
+//!    at least `breaker_error_percent` of its recent requests) → open its breaker and continue on
+//!    the next healthy model, queue (batch) or give up;
 //! 5. the first blip of a transient 503/500/connection error → retry immediately;
 //! 6. batch work that is throttled → the next model of the chain if its window is not mostly
 //!    throttled, else the queue, for a jittered window that doubles each time it comes back;
@@ -38,8 +39,12 @@ pub struct Params {
     pub sustained_throttle_percent: u32,
     /// Requests the window must hold before its throttled share means anything.
     pub sustained_min_requests: u32,
-    /// Consecutive outage failures of a model that open its breaker.
+    /// Consecutive failures of a model that, ending in an outage error, open its breaker.
     pub breaker_failure_threshold: u32,
+    /// ... provided at least this share (percent) of the model's recent requests failed with
+    /// an outage error: a busy model that throttles and blips is not a broken one, and opening
+    /// its breaker would push all its traffic onto the fallback.
+    pub breaker_error_percent: u32,
     /// How long a breaker this policy opens stays open.
     pub breaker_open_ms: u64,
     /// Batch work that finds every model throttled waits in the queue for a jittered window
@@ -60,6 +65,7 @@ impl Default for Params {
             sustained_min_requests: 10,
             breaker_failure_threshold: 5,
             breaker_open_ms: 30_000,
+            breaker_error_percent: 50,
             batch_queue_ms: 10_000,
         }
     }
@@ -92,6 +98,9 @@ impl Params {
         }
         if self.max_total_attempts == 0 {
             return fail("max_total_attempts", "must be at least 1");
+        }
+        if self.breaker_error_percent > 100 {
+            return fail("breaker_error_percent", "must be at most 100");
         }
         if self.sustained_throttle_percent > 100 {
             return fail("sustained_throttle_percent", "must be at most 100");
@@ -143,6 +152,8 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
 
     if kind.is_outage()
         && health.consecutive_failures >= params.breaker_failure_threshold
+        && u64::from(health.errors) * 100
+            >= u64::from(health.requests) * u64::from(params.breaker_error_percent)
         && health.breaker != BreakerState::Open
     {
         let then = match next {
