@@ -20,12 +20,25 @@ fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
     let rows: Vec<&str> = table.lines().collect();
-    assert!(rows[0].starts_with("scenario regional-outage (seed 21)"), "{table}");
-    assert!(rows[1].starts_with("policy") && rows[1].contains("ampl."), "{table}");
-    for (row, name) in rows[2..].iter().zip(["backstop-default", "naive", "sdk-standard", "no-retries"]) {
+    assert!(
+        rows[0].starts_with("scenario regional-outage (seed 21)"),
+        "{table}"
+    );
+    assert!(
+        rows[1].starts_with("policy") && rows[1].contains("ampl."),
+        "{table}"
+    );
+    for (row, name) in
+        rows[2..]
+            .iter()
+            .zip(["backstop-default", "naive", "sdk-standard", "no-retries"])
+    {
         assert!(row.starts_with(name), "{table}");
     }
-    assert!(text(&out.stderr).contains("simulated 1500 s in"), "progress is shown");
+    assert!(
+        text(&out.stderr).contains("simulated 1500 s in"),
+        "progress is shown"
+    );
 }
 
 #[test]
@@ -54,10 +67,18 @@ fn json_and_plot_carry_the_per_minute_series() {
     assert_eq!(offered, reports[0]["requests"].as_u64().unwrap());
 
     let svg = std::fs::read_to_string(&svg).unwrap();
-    for title in ["offered load", "served per minute", "throttling answers", "fallback model"] {
+    for title in [
+        "offered load",
+        "served per minute",
+        "throttling answers",
+        "fallback model",
+    ] {
         assert!(svg.contains(title), "panel {title}");
     }
-    assert!(svg.contains("naive") && svg.contains("backstop-default"), "a legend per policy");
+    assert!(
+        svg.contains("naive") && svg.contains("backstop-default"),
+        "a legend per policy"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -66,7 +87,10 @@ fn bad_input_names_what_is_wrong() {
     let out = backstop(&["simulate", "--scenario", "tuesday-lull"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("tuesday-lull") && stderr.contains("monday-spike"), "{stderr}");
+    assert!(
+        stderr.contains("tuesday-lull") && stderr.contains("monday-spike"),
+        "{stderr}"
+    );
 
     let out = backstop(&["simulate", "--scenario", "brownout", "--baseline", "yolo"]);
     assert!(!out.status.success());
@@ -78,10 +102,22 @@ fn bad_input_names_what_is_wrong() {
     std::fs::write(&file, r#"{"seed": 1, "models": {}}"#).unwrap();
     let out = backstop(&["simulate", "--scenario", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no `traffic` section"), "{}", text(&out.stderr));
-    std::fs::write(&file, r#"{"traffic": {"duration_s": 10, "models": [], "phases": []}}"#).unwrap();
+    assert!(
+        text(&out.stderr).contains("no `traffic` section"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(
+        &file,
+        r#"{"traffic": {"duration_s": 10, "models": [], "phases": []}}"#,
+    )
+    .unwrap();
     let out = backstop(&["simulate", "--scenario", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("traffic.models"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("traffic.models"),
+        "{}",
+        text(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -63,7 +63,8 @@ fn a_vetted_module_goes_live_and_every_bad_one_leaves_the_live_one_in_place() {
         }
     );
 
-    let refusals: [(Vec<u8>, &str, fn(&SwapError) -> bool); 4] = [
+    type Expected = fn(&SwapError) -> bool;
+    let refusals: [(Vec<u8>, &str, Expected); 4] = [
         (b"garbage".to_vec(), "load-failed", |e| {
             matches!(e, SwapError::Load(LoadError::NotWasm { .. }))
         }),

@@ -5,11 +5,12 @@
 //! `cargo bench --bench client`; the ratio is recorded in BENCHMARKS.md.
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
-use backstop::{ChatRequest, ClientOptions, FaultServer, ResilientClient, Scenario, sdk_client_for_endpoint};
+use backstop::{
+    ChatRequest, ClientOptions, FaultServer, ResilientClient, Scenario, sdk_client_for_endpoint,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 
@@ -44,12 +45,21 @@ fn success_path(c: &mut Criterion) {
     group.bench_function("raw-sdk", |b| {
         b.iter(|| {
             runtime
-                .block_on(raw.converse().model_id(MODEL).messages(message.clone()).send())
+                .block_on(
+                    raw.converse()
+                        .model_id(MODEL)
+                        .messages(message.clone())
+                        .send(),
+                )
                 .expect("served")
         })
     });
     group.bench_function("resilient-client", |b| {
-        b.iter(|| runtime.block_on(resilient.converse(&request)).expect("served"))
+        b.iter(|| {
+            runtime
+                .block_on(resilient.converse(&request))
+                .expect("served")
+        })
     });
     group.finish();
 }

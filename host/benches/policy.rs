@@ -10,7 +10,6 @@
 //! `cargo bench --bench policy`; figures and ratios are recorded in BENCHMARKS.md.
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use backstop::{

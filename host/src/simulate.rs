@@ -45,7 +45,8 @@ pub fn shipped(name: &str) -> Option<Result<Scenario, String>> {
         .map(|(_, json)| Scenario::from_json(json))
 }
 
-/// What is being compared.
+/// What is being compared. (A handful exist per run; their size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Contender {
     /// A policy module, configured with `config`.
     Module {
