@@ -53,7 +53,7 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     /// Options for a chain of models with the defaults: 60 s deadline, 30 s per attempt,
-    /// a queue of 1024, a 60 s health window, real time.
+    /// a batch queue of 4096, a 60 s health window, real time.
     pub fn new<I, S>(models: I) -> ClientOptions
     where
         I: IntoIterator<Item = S>,
@@ -64,7 +64,7 @@ impl ClientOptions {
             guardrails: Guardrails::default(),
             deadline: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(30),
-            queue_capacity: 1024,
+            queue_capacity: 4096,
             health_window: Duration::from_secs(60),
             time_scale: 1.0,
             seed: None,

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 /// assert!(backstop::HostConfig::from_json(r#"{ "allowed_digests": ["abc"] }"#).is_err());
 /// # Ok::<(), backstop::config::ConfigError>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostConfig {
     /// The host's hard caps on every decision.
@@ -30,6 +30,20 @@ pub struct HostConfig {
     pub rollback: RollbackRule,
     /// Where `.cwasm` files of swapped-in modules are kept.
     pub cache_dir: Option<PathBuf>,
+    /// Batch requests that may wait in the queue at once; one more is refused (`queue-full`).
+    pub queue_capacity: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            guardrails: Guardrails::default(),
+            allowed_digests: None,
+            rollback: RollbackRule::default(),
+            cache_dir: None,
+            queue_capacity: 4096,
+        }
+    }
 }
 
 /// A host configuration that cannot be used.

@@ -388,6 +388,7 @@ async fn invoke(
     let policy = handle(&policy, &host)?;
     let mut options = backstop::ClientOptions::new(std::iter::once(model).chain(fallback));
     options.guardrails = host.guardrails.clone();
+    options.queue_capacity = host.queue_capacity;
     let sdk = match &endpoint_url {
         Some(url) => backstop::sdk_client_for_endpoint(url, options.attempt_timeout),
         None => backstop::sdk_client_from_env(options.attempt_timeout).await,
@@ -682,7 +683,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         let name = contender.name();
         let started = std::time::Instant::now();
         let mut shown = started;
-        let report = simulate::run(&scenario, contender, &host.guardrails, |simulated| {
+        let report = simulate::run(&scenario, contender, &host, |simulated| {
             if shown.elapsed() >= std::time::Duration::from_millis(200) {
                 shown = std::time::Instant::now();
                 eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");

@@ -15,7 +15,7 @@ use crate::health::HealthBoard;
 use crate::metrics::Metrics;
 use crate::{PolicyHandle, Verdict};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -52,8 +52,50 @@ pub struct Resilience {
     health: HealthBoard,
     pub(crate) metrics: Metrics,
     queue: Semaphore,
+    releases: Releases,
     next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
+}
+
+/// Paces parked batch work: one release per success, handed to waiters in arrival order (the
+/// semaphore is fair).
+struct Releases {
+    credits: Semaphore,
+    waiting: AtomicUsize,
+    /// When capacity was last shown (a success) or a probe last went.
+    last: Mutex<Instant>,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Releases {
+            credits: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Releases {
+    /// A request was served: capacity exists, so one parked request may go.
+    fn on_success(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        if self.waiting.load(Ordering::Relaxed) > self.credits.available_permits() {
+            self.credits.add_permits(1);
+        }
+    }
+
+    /// Whether a waiter may probe now: nothing succeeded and nobody probed for `patience`.
+    fn probe_due(&self, patience: Duration) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if now.duration_since(*last) >= patience {
+            *last = now;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Where a request stands between attempts.
@@ -90,6 +132,7 @@ impl Resilience {
             metrics: Metrics::new(policy.as_ref()),
             policy,
             queue: Semaphore::new(options.queue_capacity),
+            releases: Releases::default(),
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             options,
@@ -188,6 +231,7 @@ impl Resilience {
                             inner.metrics.breaker_closes.inc();
                         }
                         inner.metrics.succeeded.inc();
+                        inner.releases.on_success();
                         inner.policy.on_success(&p.request_id, p.total);
                         tracing::info!(model, attempts = p.total, "served");
                         return Ok(Served {
@@ -317,6 +361,27 @@ impl Resilience {
         let wait = wait.min(p.deadline.saturating_duration_since(Instant::now()));
         tracing::info!(wait_ms = self.policy_ms(wait), "queued");
         tokio::time::sleep(wait).await;
+        // The policy's wait is over; now hold until the chain shows capacity. Each success
+        // anywhere releases the longest waiter, so parked work re-enters at the pace the models
+        // serve instead of all at once. While nothing succeeds, one waiter per `patience` (the
+        // policy's wait, a second at least) goes anyway: the probe that finds a recovery.
+        let patience = wait.max(scale(Duration::from_secs(1), self.options.time_scale));
+        self.releases.waiting.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let left = p.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(patience.min(left), self.releases.credits.acquire()).await {
+                Ok(Ok(permit)) => {
+                    permit.forget();
+                    break;
+                }
+                _ if self.releases.probe_due(patience) => break,
+                _ => {}
+            }
+        }
+        self.releases.waiting.fetch_sub(1, Ordering::Relaxed);
         // Capacity may be back on the primary: start over from it.
         p.model = 0;
         p.on_model = 0;

@@ -14,8 +14,9 @@ use crate::client::{BoxError, CallError, ClientOptions};
 use crate::contract::{ErrorInfo, ErrorKind, Workload};
 use crate::fault_server::{BedrockModel, Outcome, Scenario, Traffic};
 use crate::resilience::{Decider, Resilience};
-use crate::{Guardrails, PolicyModule};
+use crate::{HostConfig, PolicyModule};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -114,6 +115,9 @@ pub struct SimReport {
     pub served: u64,
     pub served_by_fallback: u64,
     pub failed: u64,
+    /// Failed requests by cause: a give-up reason (`attempts-exhausted`, `deadline`, …),
+    /// `circuit-open` or `queue-full`.
+    pub failures: BTreeMap<String, u64>,
     pub queued_then_served: u64,
     /// Calls that reached the modelled Bedrock.
     pub calls_sent: u64,
@@ -139,6 +143,7 @@ struct Tally {
     by_fallback: u64,
     queued_then_served: u64,
     failed: u64,
+    failures: BTreeMap<String, u64>,
     calls: u64,
 }
 
@@ -199,18 +204,19 @@ fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
     list
 }
 
-/// Runs `scenario` under `contender` with the host's `guardrails`. `progress` hears the
+/// Runs `scenario` under `contender` with the host's guardrails and queue capacity. `progress` hears the
 /// virtual seconds simulated so far, about every simulated ten seconds.
 pub fn run(
     scenario: &Scenario,
     contender: &Contender,
-    guardrails: &Guardrails,
+    host: &HostConfig,
     mut progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
     let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
     let decider = contender.decider()?;
     let mut options = ClientOptions::new(traffic.models.iter().cloned());
-    options.guardrails = guardrails.clone();
+    options.guardrails = host.guardrails.clone();
+    options.queue_capacity = host.queue_capacity;
     options.deadline = Duration::from_secs(traffic.deadline_s);
     options.attempt_timeout = options.deadline;
     options.seed = Some(scenario.seed);
@@ -266,6 +272,7 @@ pub fn run(
                 served: tally.served,
                 served_by_fallback: tally.by_fallback,
                 failed: tally.failed,
+                failures: tally.failures.clone(),
                 queued_then_served: tally.queued_then_served,
                 calls_sent: tally.calls,
                 amplification: if requests == 0 {
@@ -340,11 +347,22 @@ async fn request(
                 .push((finished - arrival.at).as_millis() as u64);
             tally.minute(finished).served += 1;
         }
-        Err(
-            CallError::GaveUp { .. } | CallError::CircuitOpen { .. } | CallError::QueueFull { .. },
-        ) => {
+        Err(error) => {
             tally.failed += 1;
+            *tally.failures.entry(failure_kind(&error)).or_default() += 1;
         }
+    }
+}
+
+/// A failed request's cause, as named in reports.
+fn failure_kind(error: &CallError) -> String {
+    match error {
+        CallError::GaveUp { reason, .. } => serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{reason:?}")),
+        CallError::CircuitOpen { .. } => "circuit-open".to_string(),
+        CallError::QueueFull { .. } => "queue-full".to_string(),
     }
 }
 
@@ -396,6 +414,10 @@ pub fn table(reports: &[SimReport]) -> String {
             r.max_ms,
             r.breaker_opens
         );
+    }
+    for r in reports.iter().filter(|r| !r.failures.is_empty()) {
+        let causes: Vec<String> = r.failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        out += &format!("failed under {}: {}\n", r.policy, causes.join(", "));
     }
     out
 }
