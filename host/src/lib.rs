@@ -16,6 +16,12 @@
 //! assert!(matches!(verdict.decision, Decision::GiveUp { .. }));
 //! # Ok::<(), backstop::LoadError>(())
 //! ```
+//!
+//! Around that core: [`ResilientClient`] runs Bedrock calls through the attempt loop
+//! ([`resilience`]); [`PolicyHandle`] swaps modules while requests run (vetted by the
+//! [`smoke`] table, rolled back on faults, cached as `.cwasm`, watched on disk by
+//! [`PolicyWatcher`]); [`simulate`] runs the same loop in virtual time against the fault
+//! server's model of Bedrock to compare policies before they go live.
 
 pub mod baseline;
 mod bindings;
