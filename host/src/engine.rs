@@ -1,6 +1,6 @@
 //! The wasmtime side of Backstop, set up once: the engine, the linker with the sandbox's WASI
 //! grants, and loading + validating policy components. Call sites never touch wasmtime; they
-//! get a [`PolicyModule`] and, from it, a [`Policy`](crate::Policy).
+//! get a [`PolicyModule`] and, from it, a [`Policy`].
 
 use crate::bindings::PolicyPre;
 use crate::error::LoadError;
