@@ -1,14 +1,9 @@
 //! `backstop decide`, `info` and `compile` as an operator runs them.
 
-use serde_json::Value;
-use std::process::{Command, Output};
+mod support;
 
-fn backstop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args(args)
-        .output()
-        .expect("backstop runs")
-}
+use serde_json::Value;
+use support::backstop;
 
 fn decide(args: &[&str]) -> Value {
     let mut all = vec!["decide"];

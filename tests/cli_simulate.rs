@@ -1,18 +1,9 @@
 //! `backstop simulate` as an operator runs it: a table, JSON, a plot, and clear errors.
 
+mod support;
+
 use serde_json::Value;
-use std::process::{Command, Output};
-
-fn backstop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args(args)
-        .output()
-        .expect("backstop runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{backstop, text};
 
 #[test]
 fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {

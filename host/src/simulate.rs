@@ -318,19 +318,14 @@ async fn request(
                 }
             }
             async move {
+                tokio::time::sleep(outcome.latency()).await;
                 match outcome {
-                    Outcome::Ok { latency, .. } => {
-                        tokio::time::sleep(latency).await;
-                        Ok(())
-                    }
+                    Outcome::Ok { .. } => Ok(()),
                     Outcome::Error {
                         kind,
-                        latency,
                         retry_after_ms,
-                    } => {
-                        tokio::time::sleep(latency).await;
-                        Err(failure(kind, retry_after_ms))
-                    }
+                        ..
+                    } => Err(failure(kind, retry_after_ms)),
                 }
             }
         })

@@ -248,3 +248,16 @@ pub fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) ->
     }
     done()
 }
+
+/// Runs the `backstop` binary with `args`, as an operator would.
+pub fn backstop(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .output()
+        .expect("backstop runs")
+}
+
+/// Command output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -222,33 +222,29 @@ async fn accept(
     needs_messages: bool,
 ) -> Result<Accepted, Response> {
     let request = check_request(state, model, headers, body, needs_messages)?;
-    match state.admit(model, estimate_tokens(&request)) {
+    let outcome = state.admit(model, estimate_tokens(&request));
+    tokio::time::sleep(outcome.latency()).await;
+    match outcome {
         Outcome::Error {
             kind,
-            latency,
             retry_after_ms,
-        } => {
-            tokio::time::sleep(latency).await;
-            Err(wire::error_response(
-                kind,
-                wire::error_message(kind),
-                &state.request_id(),
-                retry_after_ms,
-            ))
-        }
+            ..
+        } => Err(wire::error_response(
+            kind,
+            wire::error_message(kind),
+            &state.request_id(),
+            retry_after_ms,
+        )),
         Outcome::Ok {
             latency,
             stream_error_after,
             stream_error,
-        } => {
-            tokio::time::sleep(latency).await;
-            Ok(Accepted {
-                request,
-                latency,
-                stream_error_after,
-                stream_error,
-            })
-        }
+        } => Ok(Accepted {
+            request,
+            latency,
+            stream_error_after,
+            stream_error,
+        }),
     }
 }
 

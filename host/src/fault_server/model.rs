@@ -24,6 +24,15 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How long the answer takes.
+    pub fn latency(&self) -> Duration {
+        match *self {
+            Outcome::Ok { latency, .. } | Outcome::Error { latency, .. } => latency,
+        }
+    }
+}
+
 struct ModelState {
     script: VecDeque<Scripted>,
     rpm: Option<TokenBucket>,
