@@ -1,7 +1,7 @@
-//! The default policy component, unchanged, under another runtime: jco transpiles it for Node,
-//! and on a table of contexts Node's answers must equal wasmtime's, decision for decision.
-//! CI installs jco (`.ci/run`); elsewhere the test says it was skipped, and under CI a missing
-//! jco is a failure, never a silent pass.
+//! The default policy component, unchanged, under other runtimes: jco (transpiled for Node) and
+//! wasmtime-py. On a table of contexts each must answer exactly as the host's wasmtime does,
+//! decision for decision. CI installs both (`.ci/run`); elsewhere a test says it was skipped,
+//! and under CI a missing runtime is a failure, never a silent pass.
 
 mod support;
 
@@ -117,17 +117,69 @@ fn table() -> Vec<AttemptContext> {
     contexts
 }
 
+/// The table's input for the runtime scripts: the configuration and the contexts.
+const CONFIG: &str = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
+
+/// Feeds the table to a runtime script and checks its answers against the host's.
+fn agrees_with_wasmtime(mut runtime: Command) {
+    let contexts = table();
+    let input = json!({
+        "config": CONFIG,
+        "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
+    });
+    let mut child = runtime
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the runtime starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let answered = child.wait_with_output().unwrap();
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    let answers: Vec<Value> = serde_json::from_slice(&answered.stdout).unwrap();
+
+    let policy = support::default_policy(CONFIG);
+    assert_eq!(answers.len(), contexts.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for (c, theirs) in contexts.iter().zip(&answers) {
+        let verdict = policy.decide(c);
+        assert_eq!(verdict.fault, None);
+        let expected = js_decision(&verdict.decision);
+        assert_eq!(theirs, &expected, "context {}", c.request_id);
+        kinds.insert(expected["tag"].as_str().unwrap().to_string());
+    }
+    // The table reaches every kind of decision, so the comparison covers every shape.
+    assert_eq!(kinds.len(), 5, "decisions seen: {kinds:?}");
+}
+
+fn skip(runtime: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {runtime} (see .ci/run)"
+    );
+    eprintln!("SKIPPED: {runtime} is not installed ({install})");
+}
+
+fn script(name: &str) -> String {
+    format!("{}/../tests/conformance/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 #[test]
-fn node_and_wasmtime_decide_the_same_on_every_context() {
+fn node_via_jco_decides_as_wasmtime_does() {
     let Some(jco) = jco() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have jco (see .ci/run)"
+        return skip(
+            "jco",
+            "npm install --prefix target/jco @bytecodealliance/jco",
         );
-        eprintln!(
-            "SKIPPED: jco is not installed (npm install --prefix target/jco @bytecodealliance/jco)"
-        );
-        return;
     };
     let dir = support::scratch_dir("jco");
     let wasm = dir.join("policy_guest.wasm");
@@ -146,49 +198,26 @@ fn node_and_wasmtime_decide_the_same_on_every_context() {
         String::from_utf8_lossy(&transpiled.stderr)
     );
     std::fs::write(out.join("package.json"), r#"{"type": "module"}"#).unwrap();
+    let mut node = Command::new("node");
+    node.arg(script("jco_decide.mjs")).arg(&out);
+    agrees_with_wasmtime(node);
+    let _ = std::fs::remove_dir_all(dir);
+}
 
-    let config = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
-    let contexts = table();
-    let input = json!({
-        "config": config,
-        "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
-    });
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/conformance/jco_decide.mjs"
-    );
-    let mut node = Command::new("node")
-        .arg(script)
-        .arg(&out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    node.stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let answered = node.wait_with_output().unwrap();
-    assert!(
-        answered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&answered.stderr)
-    );
-    let node_answers: Vec<Value> = serde_json::from_slice(&answered.stdout).unwrap();
-
-    let policy = support::default_policy(config);
-    assert_eq!(node_answers.len(), contexts.len());
-    let mut kinds = std::collections::BTreeSet::new();
-    for (c, from_node) in contexts.iter().zip(&node_answers) {
-        let verdict = policy.decide(c);
-        assert_eq!(verdict.fault, None);
-        let expected = js_decision(&verdict.decision);
-        assert_eq!(from_node, &expected, "context {}", c.request_id);
-        kinds.insert(expected["tag"].as_str().unwrap().to_string());
+#[test]
+fn wasmtime_py_decides_as_wasmtime_does() {
+    let has_wasmtime_py = Command::new("python3")
+        .args(["-c", "import wasmtime.component"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_wasmtime_py {
+        return skip("wasmtime-py", "pip install wasmtime");
     }
-    // The table reaches every kind of decision, so the comparison covers every shape.
-    assert_eq!(kinds.len(), 5, "decisions seen: {kinds:?}");
+    let dir = support::scratch_dir("wasmtime-py");
+    let wasm = dir.join("policy_guest.wasm");
+    std::fs::write(&wasm, backstop::DEFAULT_POLICY_WASM).unwrap();
+    let mut python = Command::new("python3");
+    python.arg(script("wasmtime_py_decide.py")).arg(&wasm);
+    agrees_with_wasmtime(python);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,68 @@
+"""Runs the default policy component under wasmtime-py: reads the same JSON as jco_decide.mjs on
+stdin (camelCase fields, 64-bit numbers as decimal strings) and answers in the same shape.
+Usage: python3 wasmtime_py_decide.py <policy.wasm>"""
+import json
+import re
+import sys
+
+from wasmtime import Engine, Store
+from wasmtime import component as c
+
+U64_FIELDS = {"elapsed-ms", "remaining-ms", "entropy", "in-state-ms", "retry-after-ms"}
+
+
+def kebab(name):
+    return re.sub(r"[A-Z]", lambda m: "-" + m.group(0).lower(), name)
+
+
+def camel(name):
+    return re.sub(r"-([a-z])", lambda m: m.group(1).upper(), name)
+
+
+def to_wasm(value, name=None):
+    if isinstance(value, dict):
+        record = c.Record()
+        for key, item in value.items():
+            field = kebab(key)
+            setattr(record, field, to_wasm(item, field))
+        return record
+    if isinstance(value, list):
+        return [to_wasm(item) for item in value]
+    if name in U64_FIELDS and value is not None:
+        return int(value)
+    return value
+
+
+def from_wasm(value):
+    if isinstance(value, c.Variant):
+        out = {"tag": value.tag}
+        if value.payload is not None:
+            payload = from_wasm(value.payload)
+            out["val"] = str(payload) if value.tag in ("retry", "queue") else payload
+        return out
+    if isinstance(value, c.Record):
+        return {
+            camel(key): str(item) if key in ("delay-ms", "open-ms") else from_wasm(item)
+            for key, item in vars(value).items()
+        }
+    return value
+
+
+def main():
+    engine = Engine()
+    store = Store(engine)
+    component = c.Component.from_file(engine, sys.argv[1])
+    instance = c.Linker(engine).instantiate(store, component)
+    decider = instance.get_export_index(store, "backstop:policy/decider@0.1.0")
+
+    def func(name):
+        return instance.get_func(store, instance.get_export_index(store, name, decider))
+
+    request = json.load(sys.stdin)
+    configure, decide = func("configure"), func("decide")
+    configure(store, request["config"])
+    answers = [from_wasm(decide(store, to_wasm(ctx))) for ctx in request["contexts"]]
+    json.dump(answers, sys.stdout)
+
+
+main()
