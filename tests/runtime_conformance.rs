@@ -101,15 +101,15 @@ fn table() -> Vec<AttemptContext> {
                 c.workload = workload;
                 c.entropy = seed;
                 c.remaining_ms = 5_000 + seed % 60_000;
-                c.error.retry_after_ms = (seed % 3 == 0).then_some(seed % 4_000);
+                c.error.retry_after_ms = seed.is_multiple_of(3).then_some(seed % 4_000);
                 c.health[0].consecutive_failures = attempt;
                 c.health[0].requests = 20;
                 c.health[0].throttles = (seed % 21) as u32;
                 c.health[0].errors = (seed % 17) as u32;
-                if chain.len() > 1 && seed % 4 == 0 {
+                if chain.len() > 1 && seed.is_multiple_of(4) {
                     c.health[1].breaker = BreakerState::Open;
                 }
-                c.output_delivered = seed % 11 == 0;
+                c.output_delivered = seed.is_multiple_of(11);
                 contexts.push(c);
             }
         }

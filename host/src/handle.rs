@@ -261,10 +261,10 @@ impl PolicyHandle {
         self.decide_on(&self.shared.live.load(), ctx)
     }
 
-    /// [`decide`](Self::decide), and the module that decided.
-    pub(crate) fn decide_traced(&self, ctx: &AttemptContext) -> (Verdict, PolicyRef) {
-        let live = self.live();
-        (self.decide_on(&live, ctx), PolicyRef(live))
+    /// [`decide`](Self::decide), and the digest of the module that decided.
+    pub(crate) fn decide_traced(&self, ctx: &AttemptContext) -> (Verdict, String) {
+        let live = self.shared.live.load();
+        (self.decide_on(&live, ctx), live.labels.digest.clone())
     }
 
     fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
@@ -427,9 +427,8 @@ impl PolicyHandle {
             from = %faulty.labels.digest, to = %good.labels.digest, version = %good.labels.version,
             %reason, "policy rolled back"
         );
-        let mut event = SwapEvent::of("rolled-back", &good);
-        event.reason = Some(format!("{} faulted: {reason}", faulty.labels.digest));
-        self.push_event(event);
+        let reason = format!("{} faulted: {reason}", faulty.labels.digest);
+        self.record("rolled-back", &good, Some(reason));
     }
 
     fn record(&self, event: &'static str, live: &Live, reason: Option<String>) {

@@ -35,8 +35,8 @@ pub trait Decider: Send + Sync {
 
 impl Decider for PolicyHandle {
     fn decide(&self, ctx: &AttemptContext) -> (Verdict, Option<String>) {
-        let (verdict, module) = self.decide_traced(ctx);
-        (verdict, Some(module.module().digest().to_string()))
+        let (verdict, digest) = self.decide_traced(ctx);
+        (verdict, Some(digest))
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
@@ -79,8 +79,14 @@ impl Default for Releases {
 impl Releases {
     /// A request was served: capacity exists, so one parked request may go.
     fn on_success(&self) {
+        // Nobody parked (the usual case): nothing to release, and no lock on the success path.
+        // `last` only matters to waiters, who count themselves before they wait.
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if waiting == 0 {
+            return;
+        }
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-        if self.waiting.load(Ordering::Relaxed) > self.credits.available_permits() {
+        if waiting > self.credits.available_permits() {
             self.credits.add_permits(1);
         }
     }
