@@ -9,8 +9,7 @@
 //!
 //! `cargo bench --bench policy`; figures and ratios are recorded in BENCHMARKS.md.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use backstop_test_support as support;
 
 use backstop::{
     AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelHealth, ModuleCache,

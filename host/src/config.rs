@@ -1,8 +1,15 @@
 //! The host's own configuration (as opposed to the policy's): the caps, which modules may run,
 //! when to roll back, and where compiled modules are cached. One JSON document, strict: an
-//! unknown key or a malformed digest is an error naming it, never silently ignored.
+//! unknown key or a malformed digest is an error naming it, never silently ignored. It is the
+//! one source of both the loop's [`ClientOptions`] and the handle's [`SwapOptions`], so the
+//! guardrails a module is vetted against are the ones the loop enforces.
 
-use crate::{Engine, Guardrails, LoadError, ModuleCache, RollbackRule, SwapOptions};
+use crate::decision::Guardrails;
+use crate::resilience::options::ClientOptions;
+use crate::wasm::cache::ModuleCache;
+use crate::wasm::engine::Engine;
+use crate::wasm::error::LoadError;
+use crate::wasm::vetting::{RollbackRule, SwapOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -49,14 +56,23 @@ impl Default for HostConfig {
 /// A host configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not JSON, an unknown key, or a value of the wrong type.
     #[error("host configuration: {0}")]
     Json(#[from] serde_json::Error),
+    /// An allow-list entry that is not a sha256.
     #[error(
         "host configuration: allowed_digests[{index}] = {digest:?} is not a sha256 in hex (64 characters 0-9a-f)"
     )]
-    Digest { index: usize, digest: String },
+    Digest {
+        /// Its position in the list.
+        index: usize,
+        /// The entry.
+        digest: String,
+    },
+    /// A rollback window of zero.
     #[error("host configuration: rollback.window_ms must be at least 1")]
     Window,
+    /// The cache directory cannot be used.
     #[error(transparent)]
     Cache(#[from] LoadError),
 }
@@ -77,6 +93,19 @@ impl HostConfig {
             return Err(ConfigError::Window);
         }
         Ok(config)
+    }
+
+    /// The loop's options for a chain of `models`: the defaults of [`ClientOptions::new`] with
+    /// this configuration's guardrails and queue capacity.
+    pub fn client_options<I, S>(&self, models: I) -> ClientOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut options = ClientOptions::new(models);
+        options.guardrails = self.guardrails.clone();
+        options.queue_capacity = self.queue_capacity;
+        options
     }
 
     /// Swap options for `engine` with the policy's own configuration `policy_config`.

@@ -1,9 +1,9 @@
 //! Backstop: what to do when a Bedrock call fails, decided by a sandboxed WebAssembly policy.
 //!
 //! The policy decides; the host acts. A policy is a component exporting
-//! `backstop:policy/decider@0.1.0` (see `wit/policy.wit`). On each failed attempt the host builds
-//! an [`AttemptContext`], asks [`Policy::decide`], applies its [`Guardrails`], and carries out
-//! the [`Decision`]: sleep and retry, switch model, open a breaker, queue, or give up.
+//! [`DECIDER_EXPORT`] (see `wit/policy.wit`). On each failed attempt the host builds an
+//! [`AttemptContext`], asks the policy, applies its [`Guardrails`], and carries out the
+//! [`Decision`]: sleep and retry, switch model, open a breaker, queue, or give up.
 //!
 //! ```
 //! use backstop::{AttemptContext, Decision, Engine, ErrorInfo, ErrorKind, Guardrails, Limits};
@@ -17,61 +17,59 @@
 //! # Ok::<(), backstop::LoadError>(())
 //! ```
 //!
-//! Around that core: [`ResilientClient`] runs Bedrock calls through the attempt loop
-//! ([`resilience`]); [`PolicyHandle`] swaps modules while requests run (vetted by the
-//! [`smoke`] table, rolled back on faults, cached as `.cwasm`, watched on disk by
-//! [`PolicyWatcher`]); [`simulate`] runs the same loop in virtual time against the fault
-//! server's model of Bedrock to compare policies before they go live.
+//! The crate reads as its architecture (see `ARCHITECTURE.md`), each layer using only the ones
+//! below it:
+//!
+//! - the contract types (the `backstop-contract` crate, re-exported here) and [`decision`]: what
+//!   a verdict is, the guardrails, the [`Decider`] trait — no wasm, no SDK;
+//! - two sides that do not know each other: [`wasm`] (engine, sandbox, policy pool, vetting,
+//!   the swappable [`PolicyHandle`], the `.cwasm` cache, file watching behind the `watch`
+//!   feature) and [`resilience`] (the attempt loop, health, breakers, the batch queue, metrics);
+//! - on top, [`bedrock`]: [`ResilientClient`] over the real AWS SDK, and [`config`], the host
+//!   configuration that builds the options of both sides.
+//!
+//! The fault server, the simulator and the demo live in the `backstop-lab` crate; the command
+//! line in `backstop-cli`.
+#![deny(missing_docs)]
 
-pub mod baseline;
-mod bindings;
-pub mod breaker;
-pub mod cache;
-pub mod classify;
-pub mod client;
+pub mod bedrock;
 pub mod config;
-pub mod demo;
-pub mod engine;
-pub mod error;
-pub mod fault_server;
-pub mod guard;
-pub mod handle;
-pub mod health;
-pub mod metrics;
-pub mod plot;
-pub mod policy;
+pub mod decision;
 pub mod resilience;
-mod sandbox;
-pub mod simulate;
-pub mod smoke;
-pub mod watch;
+pub mod wasm;
 
-pub use cache::{CacheUse, ModuleCache};
-pub use client::{
-    CallError, ChatRequest, ClientError, ClientOptions, ResilientClient, ResilientStream, Served,
-    sdk_client_for_endpoint, sdk_client_from_env,
-};
-pub use config::HostConfig;
-pub use engine::{DECIDER_EXPORT, Engine, Limits, PolicyModule, sha256_hex};
-pub use error::LoadError;
-pub use fault_server::{FaultServer, Scenario};
-pub use guard::{Clamp, Guardrails};
-pub use handle::{
-    PolicyHandle, PolicyRef, PolicyStatus, RollbackRule, SwapError, SwapEvent, SwapOptions, Swapped,
-};
-pub use metrics::{Metrics, MetricsSnapshot};
-pub use policy::{Policy, PolicyFault, Verdict};
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
-pub use policy_guest::contract::{self, *};
-pub use resilience::{Decider, Resilience};
-pub use smoke::SmokeFailure;
-pub use watch::PolicyWatcher;
-
-/// The default policy component (`policy-guest` built for `wasm32-wasip2`), embedded so the
-/// binary works with no file at hand.
-pub const DEFAULT_POLICY_WASM: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
+pub use backstop_contract as contract;
+pub use backstop_contract::*;
+pub use bedrock::client::{
+    ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
+};
+pub use config::{ConfigError, HostConfig};
+pub use decision::{Clamp, Decided, Decider, Guardrails, PolicyFault, Verdict};
+pub use resilience::Resilience;
+pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
+pub use resilience::metrics::{Metrics, MetricsSnapshot};
+pub use resilience::options::{ClientOptions, OptionsError, RequestOptions};
+pub use wasm::cache::{CacheUse, ModuleCache};
+pub use wasm::engine::{Engine, sha256_hex};
+pub use wasm::error::LoadError;
+pub use wasm::handle::{PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped};
+pub use wasm::module::{DEFAULT_POLICY_WASM, PolicyModule};
+pub use wasm::policy::Policy;
+pub use wasm::sandbox::Limits;
+pub use wasm::smoke::SmokeFailure;
+pub use wasm::vetting::{
+    RollbackRule, SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module,
+};
+#[cfg(feature = "watch")]
+pub use wasm::watch::PolicyWatcher;
 
 /// The default policy's logic compiled natively: the same code as [`DEFAULT_POLICY_WASM`], for
 /// comparison and benchmarks. Hosts should call the component, which can be swapped.
 pub use policy_guest::policy as native_default;
+
+/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doc-tests so they
+/// cannot rot. Its swap example uses the `watch` feature, which the workspace's tests enable.
+#[cfg(all(doctest, feature = "watch"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -3,7 +3,7 @@
 //! The decision logic ([`policy`]) is plain `no_std` Rust over the contract types ([`contract`]),
 //! so it compiles natively as well as to WebAssembly: the host uses the native build for its
 //! built-in safe decision and the benchmarks compare the two. Built for `wasm32-wasip2`, the crate
-//! is a component exporting `backstop:policy/decider@0.1.0` that imports nothing at all; the
+//! is a component exporting `backstop:policy/decider` (at [`contract::WIT_VERSION`]) that imports nothing at all; the
 //! wit-bindgen glue lives in `component.rs` and only converts types.
 #![no_std]
 
@@ -12,7 +12,8 @@ extern crate alloc;
 #[cfg(not(target_arch = "wasm32"))]
 extern crate std;
 
-pub mod contract;
+/// The contract types, from their own crate: the host's public API uses the same ones.
+pub use backstop_contract as contract;
 pub mod policy;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,4 +1,4 @@
-//! The default policy: the seed's hierarchy, every level driven by [`Params`].
+//! The default policy: the retry hierarchy of the README, every level driven by [`Params`].
 //!
 //! In order of precedence, for one failed attempt:
 //! 1. output already delivered → give up (a retry would duplicate what the caller saw);
@@ -217,7 +217,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     Decision::Retry { delay_ms }
 }
 
-/// The decision the host falls back to when a policy module faults: the seed's capped
+/// The decision the host falls back to when a policy module faults: the textbook capped
 /// full-jitter backoff (base 1 s, cap 60 s, 5 attempts) that never retries a non-healing error
 /// and never repeats delivered output. It ignores every other field, so it is safe whatever the
 /// module did.

@@ -1,0 +1,49 @@
+//! `backstop compile`: precompile a component to this host's native code.
+
+use anyhow::{Context, Result, bail};
+use backstop::wasm::cache::write_atomically;
+use backstop::{Engine, Limits, ModuleCache};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The component, and where its `.cwasm` goes.
+#[derive(Args)]
+pub struct CompileArgs {
+    /// The `.wasm` component.
+    policy: PathBuf,
+    /// Where to write the `.cwasm` (default: beside the input).
+    #[arg(short, long, conflicts_with = "cache_dir")]
+    output: Option<PathBuf>,
+    /// Write it into this module cache instead, where swaps of the `.wasm` will find it.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+pub fn run(args: CompileArgs) -> Result<()> {
+    let CompileArgs {
+        policy,
+        output,
+        cache_dir,
+    } = args;
+    let engine = Engine::new(Limits::default())?;
+    let wasm = std::fs::read(&policy).with_context(|| format!("reading {}", policy.display()))?;
+    let origin = policy.display().to_string();
+    if let Some(dir) = cache_dir {
+        let cache = ModuleCache::new(&engine, dir)?;
+        let (module, _) = cache.load(&engine, &wasm, &origin)?;
+        let entry = cache.entry(module.digest());
+        if !entry.is_file() {
+            bail!("{} could not be written (see the log)", entry.display());
+        }
+        eprintln!("cached {} as {}", policy.display(), entry.display());
+        return Ok(());
+    }
+    let cwasm = engine.precompile(&wasm, &origin)?;
+    // Check the result loads (exports, imports, info) before anyone relies on it.
+    engine.load_bytes(&cwasm, &origin)?;
+    let output = output.unwrap_or_else(|| policy.with_extension("cwasm"));
+    // Rename, never overwrite in place: a host may still be reading the old file.
+    write_atomically(&output, &cwasm).with_context(|| format!("writing {}", output.display()))?;
+    eprintln!("wrote {} ({} bytes)", output.display(), cwasm.len());
+    Ok(())
+}

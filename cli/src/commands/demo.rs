@@ -1,0 +1,102 @@
+//! `backstop demo`: the main job, end to end, on one machine.
+
+use super::runtime;
+use crate::output;
+use crate::policy_args::PolicyArgs;
+use anyhow::{Context, Result};
+use backstop::wasm::watch::{PolicyWatcher, reload_on_sighup};
+use backstop_lab::demo::{self as lab_demo, DemoOptions};
+use clap::Args;
+use std::io::Write;
+
+/// How much traffic, which policy, and how to report.
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Interactive requests in the spike.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Batch requests sent alongside.
+    #[arg(long, default_value_t = 60)]
+    batch: usize,
+    /// Real seconds over which the requests arrive (longer runs leave time to swap).
+    #[arg(long, default_value_t = 6.0)]
+    spread_secs: f64,
+    /// Swap in each new version of the --policy file (or directory) while running;
+    /// SIGHUP reloads it in any case.
+    #[arg(long, requires = "policy")]
+    watch: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let options = DemoOptions {
+        interactive: args.requests,
+        batch: args.batch,
+        spread: std::time::Duration::try_from_secs_f64(args.spread_secs)
+            .context("--spread-secs must be a non-negative number of seconds")?,
+        ..Default::default()
+    };
+    runtime()?.block_on(demo(args.policy, options, args.watch, args.json))
+}
+
+async fn demo(policy: PolicyArgs, mut options: DemoOptions, watch: bool, json: bool) -> Result<()> {
+    options.host = policy.host_config()?;
+    let handle = policy.handle(&options.host)?;
+    let _watcher = match (&policy.policy, watch) {
+        (Some(path), true) => Some(PolicyWatcher::start(handle.clone(), path)?),
+        _ => None,
+    };
+    #[cfg(unix)]
+    if let Some(path) = &policy.policy {
+        tokio::spawn(reload_on_sighup(handle.clone(), path.clone())?);
+    }
+    let live = handle.status();
+    eprintln!(
+        "policy {} {} ({}) from {}",
+        live.name,
+        live.version,
+        &live.digest[..12],
+        live.origin
+    );
+    let requests = options.interactive + options.batch;
+    eprintln!(
+        "Monday 9 a.m.: {requests} requests against {} (tight quota, 2 s outage) with fallback {}",
+        lab_demo::PRIMARY,
+        lab_demo::FALLBACK
+    );
+    let status = handle.clone();
+    let report = lab_demo::run(handle.clone(), options, |p| {
+        let m = &p.metrics;
+        let live = status.status();
+        eprint!(
+            "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3}  policy {} ({})  swaps {} ",
+            p.elapsed.as_secs_f64(), m.requests, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed,
+            live.version, &live.digest[..12], live.swaps
+        );
+        let _ = std::io::stderr().flush();
+    })
+    .await?;
+    eprintln!();
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["policy"] = serde_json::to_value(handle.status())?;
+        output::json(&value)?;
+    } else {
+        output::println(report.table())?;
+        let live = handle.status();
+        output::println(format_args!(
+            "policy at the end: {} {} ({}); swaps {}, rejected {}, rolled back {}",
+            live.name,
+            live.version,
+            &live.digest[..12],
+            live.swaps,
+            live.rejections,
+            live.rollbacks
+        ))?;
+    }
+    Ok(())
+}

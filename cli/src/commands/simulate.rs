@@ -1,0 +1,131 @@
+//! `backstop simulate`: policies and baselines on a scenario, in virtual time.
+
+use crate::output;
+use crate::policy_args::{config_text, host_config};
+use anyhow::{Context, Result};
+use backstop::{Engine, Limits};
+use backstop_lab::baseline::Baseline;
+use backstop_lab::simulate::{self, Contender};
+use backstop_lab::{Scenario, plot};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The scenario, the contenders, and how to report.
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// A shipped scenario (monday-spike, regional-outage, brownout, batch-backlog) or a
+    /// scenario JSON file with a `traffic` section.
+    #[arg(long)]
+    scenario: String,
+    /// A policy to compare (repeat the flag); the built-in default when none is given.
+    #[arg(long)]
+    policy: Vec<PathBuf>,
+    /// The policies' JSON configuration, inline or as `@FILE`.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// A baseline to run alongside: naive, sdk-standard, no-retries (repeat the flag);
+    /// all three when none is given.
+    #[arg(long)]
+    baseline: Vec<String>,
+    /// Run no baselines.
+    #[arg(long, conflicts_with = "baseline")]
+    no_baselines: bool,
+    /// Replace the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The host's JSON configuration file (its guardrails apply to every contender).
+    #[arg(long)]
+    host_config: Option<PathBuf>,
+    /// Print the reports as JSON (per-minute series included).
+    #[arg(long)]
+    json: bool,
+    /// Write per-minute charts (offered load, served, throttles, fallbacks) to this SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub fn run(args: SimulateArgs) -> Result<()> {
+    let mut scenario = match simulate::shipped(&args.scenario) {
+        Some(parsed) => parsed.map_err(anyhow::Error::msg)?,
+        None => {
+            let text = std::fs::read_to_string(&args.scenario).with_context(|| {
+                let names: Vec<&str> = simulate::SHIPPED.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "`{}` is neither a shipped scenario ({}) nor a readable file",
+                    args.scenario,
+                    names.join(", ")
+                )
+            })?;
+            Scenario::from_json(&text).map_err(anyhow::Error::msg)?
+        }
+    };
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    let host = host_config(args.host_config.as_ref())?;
+    let config = config_text(&args.config)?;
+    let engine = Engine::new(Limits::default())?;
+    let mut contenders = Vec::new();
+    if args.policy.is_empty() {
+        contenders.push(Contender::Module {
+            module: engine.load_default()?,
+            config: config.clone(),
+        });
+    }
+    for path in &args.policy {
+        contenders.push(Contender::Module {
+            module: engine.load_file(path)?,
+            config: config.clone(),
+        });
+    }
+    let baselines: Vec<Baseline> = if args.no_baselines {
+        Vec::new()
+    } else if args.baseline.is_empty() {
+        Baseline::ALL.to_vec()
+    } else {
+        args.baseline
+            .iter()
+            .map(|name| {
+                Baseline::from_name(name).with_context(|| {
+                    format!("unknown baseline `{name}`; expected naive, sdk-standard or no-retries")
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    contenders.extend(baselines.into_iter().map(Contender::Baseline));
+
+    let duration = scenario.traffic.as_ref().map_or(0, |t| t.duration_s);
+    let mut reports = Vec::new();
+    for contender in &contenders {
+        let name = contender.name();
+        let started = std::time::Instant::now();
+        let mut shown = started;
+        let report = simulate::run(&scenario, contender, &host, |simulated| {
+            if shown.elapsed() >= std::time::Duration::from_millis(200) {
+                shown = std::time::Instant::now();
+                eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
+            }
+        })?;
+        eprintln!(
+            "\r{name:<24} simulated {duration} s in {:.1} s real time{:>12}",
+            started.elapsed().as_secs_f64(),
+            ""
+        );
+        reports.push(report);
+    }
+    if let Some(path) = &args.plot {
+        plot::per_minute_svg(&reports, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.json {
+        output::json(&reports)
+    } else {
+        output::println(format_args!(
+            "scenario {} (seed {})\n{}",
+            args.scenario,
+            scenario.seed,
+            simulate::table(&reports).trim_end()
+        ))
+    }
+}

@@ -1,0 +1,65 @@
+//! The `backstop` command line. Each subcommand is one file under `commands/`, with one
+//! `#[derive(Args)]` struct; the work is the library's and the lab's.
+
+mod commands;
+mod output;
+mod policy_args;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "backstop",
+    version,
+    about = "Bedrock retries, fallbacks and circuit breaks, decided by a WebAssembly policy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask a policy what it would do about one failed attempt; prints the decision as JSON.
+    Decide(commands::decide::DecideArgs),
+    /// Load a policy, check it against the contract, and print what it says about itself.
+    Info(commands::info::InfoArgs),
+    /// Vet a policy exactly as a swap would (allow-list, contract, configuration, smoke
+    /// table) without running it; exits non-zero with the reason if it would be refused.
+    Check(commands::check::CheckArgs),
+    /// The main job on the embedded default: a "Monday 9 a.m." spike through the resilient
+    /// client against the local fault server (no AWS account needed).
+    Demo(commands::demo::DemoArgs),
+    /// One Converse call through the resilient client: real Bedrock (the normal AWS credential
+    /// chain and region), or `--endpoint-url` (e.g. a `backstop fault-server`).
+    Invoke(commands::invoke::InvokeArgs),
+    /// Run the Bedrock-compatible fault server on loopback until interrupted.
+    FaultServer(commands::fault_server::FaultServerArgs),
+    /// Compare policies on a scenario in virtual time: the real modules through the real host
+    /// loop against a modelled Bedrock, next to built-in baselines. Same seed, same numbers.
+    Simulate(commands::simulate::SimulateArgs),
+    /// Precompile a policy component to a `.cwasm` for this host's engine.
+    Compile(commands::compile::CompileArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Decide(args) => commands::decide::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::Invoke(args) => commands::invoke::run(args),
+        Command::FaultServer(args) => commands::fault_server::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
+        Command::Compile(args) => commands::compile::run(args),
+    };
+    output::exit(result)
+}

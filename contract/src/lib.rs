@@ -1,0 +1,470 @@
+//! The policy contract (`wit/policy.wit`, `backstop:policy`) as plain `no_std` Rust.
+//!
+//! The default policy decides on these types and the host's public API speaks them, so an
+//! embedder, the native benchmarks and the component share one vocabulary. The WIT is the
+//! normative text; this crate adds what Rust needs (serde names, helpers) and names the
+//! contract's version once, in [`WIT_VERSION`].
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// The contract version as a literal, for `concat!`: the one place it is written in Rust.
+/// `wit/policy.wit` declares the same version (checked by the host's tests).
+#[macro_export]
+macro_rules! wit_version {
+    () => {
+        "0.1.0"
+    };
+}
+
+/// The version of the contract this crate mirrors.
+pub const WIT_VERSION: &str = wit_version!();
+
+/// The WIT package, without version.
+pub const WIT_PACKAGE: &str = "backstop:policy";
+
+/// The export a policy component must provide: the `decider` interface at [`WIT_VERSION`].
+pub const DECIDER_EXPORT: &str = concat!("backstop:policy/decider@", wit_version!());
+
+/// What went wrong with an attempt (`error-kind` in the WIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// HTTP 429 `ThrottlingException`: a requests- or tokens-per-minute quota.
+    Throttling,
+    /// HTTP 503 `ServiceUnavailableException`: no capacity right now.
+    ServiceUnavailable,
+    /// HTTP 500 `InternalServerException`.
+    InternalServer,
+    /// HTTP 429 `ModelNotReadyException`: the model is loading.
+    ModelNotReady,
+    /// HTTP 408 `ModelTimeoutException`: the model took too long.
+    ModelTimeout,
+    /// HTTP 424 `ModelErrorException`: the model failed on this request.
+    ModelError,
+    /// `ModelStreamErrorException`: a stream failed part-way.
+    ModelStreamError,
+    /// HTTP 400 `ServiceQuotaExceededException`: an account quota.
+    ServiceQuotaExceeded,
+    /// HTTP 400 `ValidationException`: the request is wrong; it cannot heal.
+    Validation,
+    /// HTTP 403 `AccessDeniedException`: it cannot heal.
+    AccessDenied,
+    /// HTTP 404 `ResourceNotFoundException`: it cannot heal.
+    ResourceNotFound,
+    /// HTTP 409/400 `ConflictException`: it cannot heal.
+    Conflict,
+    /// The attempt timed out before an answer (client side).
+    Timeout,
+    /// The connection failed or was reset before an answer.
+    Connection,
+    /// Anything not classified above.
+    Unknown,
+}
+
+impl ErrorKind {
+    /// Every case, in WIT order.
+    pub const ALL: [ErrorKind; 15] = [
+        ErrorKind::Throttling,
+        ErrorKind::ServiceUnavailable,
+        ErrorKind::InternalServer,
+        ErrorKind::ModelNotReady,
+        ErrorKind::ModelTimeout,
+        ErrorKind::ModelError,
+        ErrorKind::ModelStreamError,
+        ErrorKind::ServiceQuotaExceeded,
+        ErrorKind::Validation,
+        ErrorKind::AccessDenied,
+        ErrorKind::ResourceNotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::Unknown,
+    ];
+
+    /// Whether waiting or trying again can ever help. The four client-side errors cannot:
+    /// retrying them only spends quota and time.
+    pub fn heals(self) -> bool {
+        !matches!(
+            self,
+            ErrorKind::Validation
+                | ErrorKind::AccessDenied
+                | ErrorKind::ResourceNotFound
+                | ErrorKind::Conflict
+        )
+    }
+
+    /// Quota and capacity errors: the model is up but will not take more work right now.
+    pub fn is_throttle(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Throttling | ErrorKind::ModelNotReady | ErrorKind::ServiceQuotaExceeded
+        )
+    }
+
+    /// Errors that say the model (or the way to it) is failing, not merely busy. A run of these
+    /// is what a circuit breaker is for.
+    pub fn is_outage(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ServiceUnavailable
+                | ErrorKind::InternalServer
+                | ErrorKind::ModelTimeout
+                | ErrorKind::ModelError
+                | ErrorKind::Timeout
+                | ErrorKind::Connection
+        )
+    }
+
+    /// Errors where one immediate retry usually succeeds (a blip on one server or connection).
+    pub fn is_blip(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ServiceUnavailable
+                | ErrorKind::InternalServer
+                | ErrorKind::ModelStreamError
+                | ErrorKind::Connection
+        )
+    }
+
+    /// The Bedrock exception name (the `x-amzn-ErrorType` value), or the transport kind's name.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Throttling => "ThrottlingException",
+            ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
+            ErrorKind::InternalServer => "InternalServerException",
+            ErrorKind::ModelNotReady => "ModelNotReadyException",
+            ErrorKind::ModelTimeout => "ModelTimeoutException",
+            ErrorKind::ModelError => "ModelErrorException",
+            ErrorKind::ModelStreamError => "ModelStreamErrorException",
+            ErrorKind::ServiceQuotaExceeded => "ServiceQuotaExceededException",
+            ErrorKind::Validation => "ValidationException",
+            ErrorKind::AccessDenied => "AccessDeniedException",
+            ErrorKind::ResourceNotFound => "ResourceNotFoundException",
+            ErrorKind::Conflict => "ConflictException",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+
+    /// The HTTP status Bedrock sends with this error; 0 for transport failures.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Throttling | ErrorKind::ModelNotReady => 429,
+            ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::InternalServer => 500,
+            ErrorKind::ModelTimeout => 408,
+            ErrorKind::ModelError | ErrorKind::ModelStreamError => 424,
+            ErrorKind::ServiceQuotaExceeded | ErrorKind::Validation | ErrorKind::Conflict => 400,
+            ErrorKind::AccessDenied => 403,
+            ErrorKind::ResourceNotFound => 404,
+            ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Unknown => 0,
+        }
+    }
+
+    /// Classifies a Bedrock error code as it arrives on the wire. Accepts the bare name, the
+    /// name with a `:uri` suffix, a `#`-qualified shape id, and the kebab-case case names;
+    /// anything else is `Unknown`.
+    pub fn from_code(code: &str) -> ErrorKind {
+        let code = code.split(':').next().unwrap_or(code);
+        let code = code.rsplit('#').next().unwrap_or(code).trim();
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| {
+                let name = kind.code();
+                code.eq_ignore_ascii_case(name)
+                    || code.eq_ignore_ascii_case(name.trim_end_matches("Exception"))
+                    || code.eq_ignore_ascii_case(kind.kebab())
+            })
+            .unwrap_or(ErrorKind::Unknown)
+    }
+
+    /// The WIT case name.
+    pub fn kebab(self) -> &'static str {
+        match self {
+            ErrorKind::Throttling => "throttling",
+            ErrorKind::ServiceUnavailable => "service-unavailable",
+            ErrorKind::InternalServer => "internal-server",
+            ErrorKind::ModelNotReady => "model-not-ready",
+            ErrorKind::ModelTimeout => "model-timeout",
+            ErrorKind::ModelError => "model-error",
+            ErrorKind::ModelStreamError => "model-stream-error",
+            ErrorKind::ServiceQuotaExceeded => "service-quota-exceeded",
+            ErrorKind::Validation => "validation",
+            ErrorKind::AccessDenied => "access-denied",
+            ErrorKind::ResourceNotFound => "resource-not-found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// One failed attempt (`error-info`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The class of the failure.
+    pub kind: ErrorKind,
+    /// The error code as it arrived (e.g. `ThrottlingException`); empty for transport failures.
+    pub code: String,
+    /// The HTTP status; 0 when no response arrived.
+    pub http_status: u16,
+    /// The error message as it arrived (the host cuts very long ones).
+    pub message: String,
+    /// A wait the server asked for, in milliseconds.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorInfo {
+    /// An error as Bedrock would send it for `kind`, with an empty message.
+    pub fn of(kind: ErrorKind) -> ErrorInfo {
+        ErrorInfo {
+            kind,
+            code: String::from(kind.code()),
+            http_status: kind.http_status(),
+            message: String::new(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Interactive or batch (`workload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// A person is waiting: fail fast rather than queue.
+    #[default]
+    Interactive,
+    /// Work that may wait in the queue.
+    Batch,
+}
+
+/// A model's circuit breaker state (`breaker-state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    /// Requests flow.
+    #[default]
+    Closed,
+    /// Requests are refused without being sent.
+    Open,
+    /// One probe may go to test recovery.
+    HalfOpen,
+}
+
+/// The host's rolling view of one model (`model-health`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelHealth {
+    /// Attempts on the model within the host's window.
+    pub requests: u32,
+    /// Of those, how many were throttled.
+    pub throttles: u32,
+    /// Of those, how many failed otherwise.
+    pub errors: u32,
+    /// Failures in a row, ended by a success.
+    pub consecutive_failures: u32,
+    /// The model's breaker.
+    pub breaker: BreakerState,
+    /// How long the breaker has been in that state.
+    pub in_state_ms: u64,
+}
+
+/// Everything a decision may depend on (`attempt-context`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptContext {
+    /// The host's id for the request, for logs.
+    pub request_id: String,
+    /// What went wrong with this attempt.
+    pub error: ErrorInfo,
+    /// The model chain: 0 is the primary, then fallbacks in order.
+    pub models: Vec<String>,
+    /// The index of the model that failed.
+    pub model: u32,
+    /// Attempts on that model, this one included.
+    pub attempts_on_model: u32,
+    /// Attempts on all models, this one included.
+    pub attempts_total: u32,
+    /// Time since the request started.
+    pub elapsed_ms: u64,
+    /// Time left before the request's deadline.
+    pub remaining_ms: u64,
+    /// Interactive or batch.
+    pub workload: Workload,
+    /// A stream has already delivered output to the caller.
+    pub output_delivered: bool,
+    /// The host's view of every model of the chain, by index.
+    pub health: Vec<ModelHealth>,
+    /// 64 random bits from the host: the only randomness a policy may use.
+    pub entropy: u64,
+}
+
+impl AttemptContext {
+    /// The context of a request's first failed attempt on the first of `models`: one attempt,
+    /// a minute left, interactive, every model healthy but the failing one (one failure in a
+    /// row), no entropy. Callers set what differs.
+    pub fn first_failure<I, S>(error: ErrorInfo, models: I) -> AttemptContext
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let models: Vec<String> = models.into_iter().map(Into::into).collect();
+        let mut health = alloc::vec![ModelHealth::default(); models.len()];
+        if let Some(first) = health.first_mut() {
+            first.requests = 1;
+            first.consecutive_failures = 1;
+            if error.kind.is_throttle() {
+                first.throttles = 1;
+            } else {
+                first.errors = 1;
+            }
+        }
+        AttemptContext {
+            request_id: String::new(),
+            error,
+            models,
+            model: 0,
+            attempts_on_model: 1,
+            attempts_total: 1,
+            elapsed_ms: 0,
+            remaining_ms: 60_000,
+            workload: Workload::Interactive,
+            output_delivered: false,
+            health,
+            entropy: 0,
+        }
+    }
+
+    /// The health entry of the model at `index`, or a healthy default when the host sent none.
+    pub fn health_of(&self, index: u32) -> ModelHealth {
+        self.health.get(index as usize).copied().unwrap_or_default()
+    }
+}
+
+/// What a request does after its model's breaker opened (`after-break`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "next", rename_all = "kebab-case")]
+pub enum AfterBreak {
+    /// Continue on the model at this index.
+    Fallback {
+        /// The index of the model to continue on.
+        model: u32,
+    },
+    /// Park the request (batch) until the breaker may half-open.
+    Queue,
+    /// Fail the request.
+    GiveUp,
+}
+
+/// Why a policy stops trying (`give-up-reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GiveUpReason {
+    /// The error cannot heal.
+    NotRetryable,
+    /// The attempt budget is spent.
+    AttemptsExhausted,
+    /// No time is left.
+    Deadline,
+    /// A stream already delivered output; a resend would repeat it.
+    OutputCommitted,
+    /// Every usable model is broken or saturated.
+    NoModelAvailable,
+}
+
+/// What the host does next (`decision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Decision {
+    /// Send again to the same model after a wait.
+    Retry {
+        /// The wait, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Send to another model of the chain after a wait.
+    SwitchModel {
+        /// The index of the model to send to.
+        model: u32,
+        /// The wait, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Open a model's circuit breaker, then carry on as `then` says.
+    BreakCircuit {
+        /// The index of the model whose breaker opens.
+        model: u32,
+        /// How long it stays open before one probe may go.
+        open_ms: u64,
+        /// What this request does next.
+        then: AfterBreak,
+    },
+    /// Park the request in the batch queue.
+    Queue {
+        /// The shortest wait before it is sent again, in milliseconds.
+        not_before_ms: u64,
+    },
+    /// Stop trying.
+    GiveUp {
+        /// Why.
+        reason: GiveUpReason,
+    },
+}
+
+impl GiveUpReason {
+    /// The WIT case name (`attempts-exhausted`, …), as reports and metrics name it.
+    pub fn kebab(self) -> &'static str {
+        match self {
+            GiveUpReason::NotRetryable => "not-retryable",
+            GiveUpReason::AttemptsExhausted => "attempts-exhausted",
+            GiveUpReason::Deadline => "deadline",
+            GiveUpReason::OutputCommitted => "output-committed",
+            GiveUpReason::NoModelAvailable => "no-model-available",
+        }
+    }
+}
+
+impl Decision {
+    /// Whether the request will be sent again (now, later, or on another model).
+    pub fn sends_again(&self) -> bool {
+        match self {
+            Decision::Retry { .. } | Decision::SwitchModel { .. } | Decision::Queue { .. } => true,
+            Decision::BreakCircuit { then, .. } => !matches!(then, AfterBreak::GiveUp),
+            Decision::GiveUp { .. } => false,
+        }
+    }
+
+    /// How long the request waits before its next attempt, if it has one.
+    pub fn delay_ms(&self) -> Option<u64> {
+        match *self {
+            Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } => Some(delay_ms),
+            Decision::Queue { not_before_ms } => Some(not_before_ms),
+            Decision::BreakCircuit {
+                then: AfterBreak::Fallback { .. },
+                ..
+            } => Some(0),
+            Decision::BreakCircuit {
+                then: AfterBreak::Queue,
+                open_ms,
+                ..
+            } => Some(open_ms),
+            _ => None,
+        }
+    }
+}
+
+/// Who a policy is (`policy-info`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// The policy's name.
+    pub name: String,
+    /// The policy's own version.
+    pub version: String,
+    /// The contract version it was built against.
+    pub wit_version: String,
+}

@@ -1,0 +1,161 @@
+//! Turns whatever the AWS SDK returned into the contract's [`ErrorInfo`]: the modeled code when
+//! Bedrock sent one, the HTTP status when it did not (a bare 503 from a load balancer), and the
+//! transport failures (timeouts, refused connections) the SDK reports without a response.
+
+use crate::contract::{ErrorInfo, ErrorKind};
+use crate::resilience::error::BoxError;
+use aws_sdk_bedrockruntime::config::http::HttpResponse;
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
+use aws_smithy_types::event_stream::RawMessage;
+
+/// The HTTP status of a raw response, where there is one.
+pub trait RawStatus {
+    /// The HTTP status, if the error came with a response.
+    fn status(&self) -> Option<u16>;
+    /// The server's wait hint in milliseconds, if it sent one.
+    fn retry_after_ms(&self) -> Option<u64>;
+}
+
+impl RawStatus for HttpResponse {
+    fn status(&self) -> Option<u16> {
+        Some(self.status().as_u16())
+    }
+
+    fn retry_after_ms(&self) -> Option<u64> {
+        self.headers()
+            .get("x-amz-retry-after")
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Errors inside an event stream carry no HTTP status of their own.
+impl RawStatus for RawMessage {
+    fn status(&self) -> Option<u16> {
+        None
+    }
+
+    fn retry_after_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The class Bedrock's HTTP status implies when no error code came with it.
+pub fn kind_from_status(status: u16) -> ErrorKind {
+    match status {
+        429 => ErrorKind::Throttling,
+        502..=504 => ErrorKind::ServiceUnavailable,
+        500 => ErrorKind::InternalServer,
+        408 => ErrorKind::ModelTimeout,
+        424 => ErrorKind::ModelError,
+        403 | 401 => ErrorKind::AccessDenied,
+        404 => ErrorKind::ResourceNotFound,
+        409 => ErrorKind::Conflict,
+        400 | 413 | 422 => ErrorKind::Validation,
+        _ => ErrorKind::Unknown,
+    }
+}
+
+/// Classifies one SDK error.
+pub fn classify<E, R>(error: &SdkError<E, R>) -> ErrorInfo
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: RawStatus + std::fmt::Debug,
+{
+    let transport = |kind: ErrorKind, message: String| ErrorInfo {
+        kind,
+        code: String::new(),
+        http_status: 0,
+        message,
+        retry_after_ms: None,
+    };
+    match error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default().to_string();
+            let status = service.raw().status();
+            let mut kind = ErrorKind::from_code(&code);
+            if kind == ErrorKind::Unknown {
+                kind = status.map_or(ErrorKind::Unknown, kind_from_status);
+            }
+            ErrorInfo {
+                kind,
+                code,
+                http_status: status.unwrap_or(kind.http_status()),
+                message: service.err().message().unwrap_or_default().to_string(),
+                retry_after_ms: service.raw().retry_after_ms(),
+            }
+        }
+        SdkError::ResponseError(response) => {
+            let status = response.raw().status();
+            ErrorInfo {
+                kind: status.map_or(ErrorKind::Unknown, kind_from_status),
+                code: String::new(),
+                http_status: status.unwrap_or(0),
+                message: "the response could not be parsed".to_string(),
+                retry_after_ms: response.raw().retry_after_ms(),
+            }
+        }
+        SdkError::TimeoutError(_) => transport(ErrorKind::Timeout, "the attempt timed out".into()),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => transport(
+            ErrorKind::Timeout,
+            format!("{:?}", failure.as_connector_error()),
+        ),
+        SdkError::DispatchFailure(failure) => {
+            let detail = failure
+                .as_connector_error()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            transport(ErrorKind::Connection, detail)
+        }
+        // The request could not even be built: no retry can fix it.
+        SdkError::ConstructionFailure(_) => transport(
+            ErrorKind::Validation,
+            "the request could not be constructed".into(),
+        ),
+        other => transport(ErrorKind::Unknown, other.to_string()),
+    }
+}
+
+/// An SDK error as the loop takes it: its class, and the error itself.
+pub fn sdk_failure<E, R>(
+    error: aws_sdk_bedrockruntime::error::SdkError<E, R>,
+) -> (ErrorInfo, BoxError)
+where
+    E: aws_sdk_bedrockruntime::error::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+    R: RawStatus + std::fmt::Debug + Send + Sync + 'static,
+{
+    (classify(&error), Box::new(error))
+}
+
+/// Errors inside an event stream name their type only in the `:exception-type` frame header,
+/// which the SDK turns into the error's variant, not into its code: classify by the variant.
+pub fn stream_failure(
+    error: aws_sdk_bedrockruntime::error::SdkError<
+        ConverseStreamOutputError,
+        aws_smithy_types::event_stream::RawMessage,
+    >,
+) -> (ErrorInfo, BoxError) {
+    let modeled = error.as_service_error().and_then(|e| match e {
+        ConverseStreamOutputError::InternalServerException(_) => Some(ErrorKind::InternalServer),
+        ConverseStreamOutputError::ModelStreamErrorException(_) => {
+            Some(ErrorKind::ModelStreamError)
+        }
+        ConverseStreamOutputError::ServiceUnavailableException(_) => {
+            Some(ErrorKind::ServiceUnavailable)
+        }
+        ConverseStreamOutputError::ThrottlingException(_) => Some(ErrorKind::Throttling),
+        ConverseStreamOutputError::ValidationException(_) => Some(ErrorKind::Validation),
+        _ => None,
+    });
+    let (mut info, source) = sdk_failure(error);
+    if let Some(kind) = modeled.filter(|_| info.kind == ErrorKind::Unknown) {
+        info.kind = kind;
+        info.code = kind.code().to_string();
+        info.http_status = kind.http_status();
+    }
+    (info, source)
+}

@@ -1,0 +1,5 @@
+//! The Bedrock side, on top of both: the real `aws-sdk-bedrockruntime` client run through the
+//! attempt loop with a policy handle deciding, and the classification of what the SDK returns.
+
+pub mod classify;
+pub mod client;

@@ -1,0 +1,26 @@
+//! The one question the attempt loop asks, whoever answers it: a policy module through its
+//! handle, or a built-in baseline in the simulator.
+
+use crate::contract::AttemptContext;
+use crate::decision::verdict::Verdict;
+
+/// A verdict and who gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The answer, before the host's guardrails.
+    pub verdict: Verdict,
+    /// The sha256 of the policy module that answered; `None` for a built-in decider.
+    pub module_digest: Option<String>,
+}
+
+/// What the attempt loop asks after a failed attempt. Implementations only answer: the loop
+/// owns the state, the clock and every wait (as smithy-rs's retry strategies answer and its
+/// orchestrator acts).
+pub trait Decider: Send + Sync {
+    /// The verdict for one failed attempt.
+    fn decide(&self, ctx: &AttemptContext) -> Decided;
+    /// A request was served after `attempts` attempts (baselines with retry budgets refill).
+    fn on_success(&self, _request_id: &str, _attempts: u32) {}
+    /// Adds the decider's own metrics to the loop's registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}

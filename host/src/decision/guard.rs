@@ -1,0 +1,97 @@
+//! The host's hard caps. They apply to every decision whatever the module said, so a buggy or
+//! hostile policy can waste at most a bounded number of attempts, never sleep past the request's
+//! deadline, and never resend what cannot heal.
+
+use crate::contract::{AfterBreak, AttemptContext, Decision, GiveUpReason};
+use crate::decision::{Clamp, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// The caps. The request's total deadline arrives with each context (`remaining_ms`); the
+/// allowed models are the chain in the context, which `Policy::decide` already enforces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guardrails {
+    /// Attempts on all models for one request, including the first.
+    pub max_total_attempts: u32,
+    /// The longest single wait before a retry or a switch.
+    pub max_delay_ms: u64,
+    /// The longest a breaker may be opened for by one decision.
+    pub max_open_ms: u64,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Guardrails {
+            max_total_attempts: 10,
+            max_delay_ms: 60_000,
+            max_open_ms: 300_000,
+        }
+    }
+}
+
+impl Guardrails {
+    /// Applies the caps to a verdict (from the module or the safe fallback alike).
+    pub fn enforce(&self, ctx: &AttemptContext, mut verdict: Verdict) -> Verdict {
+        let clamps = &mut verdict.clamps;
+        let decision = &mut verdict.decision;
+
+        if let Decision::BreakCircuit { open_ms, .. } = decision
+            && *open_ms > self.max_open_ms
+        {
+            clamps.push(Clamp::MaxOpen {
+                asked_ms: *open_ms,
+                limit_ms: self.max_open_ms,
+            });
+            *open_ms = self.max_open_ms;
+        }
+        if !decision.sends_again() {
+            return verdict;
+        }
+        let stop = if ctx.output_delivered {
+            Some((Clamp::OutputCommitted, GiveUpReason::OutputCommitted))
+        } else if !ctx.error.kind.heals() {
+            Some((Clamp::NotRetryable, GiveUpReason::NotRetryable))
+        } else if ctx.attempts_total >= self.max_total_attempts {
+            Some((
+                Clamp::MaxAttempts {
+                    limit: self.max_total_attempts,
+                },
+                GiveUpReason::AttemptsExhausted,
+            ))
+        } else {
+            None
+        };
+        if let Some((clamp, reason)) = stop {
+            clamps.push(clamp);
+            give_up(decision, reason);
+            return verdict;
+        }
+        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } = decision
+            && *delay_ms > self.max_delay_ms
+        {
+            clamps.push(Clamp::MaxDelay {
+                asked_ms: *delay_ms,
+                limit_ms: self.max_delay_ms,
+            });
+            *delay_ms = self.max_delay_ms;
+        }
+        if decision
+            .delay_ms()
+            .is_some_and(|delay| delay >= ctx.remaining_ms)
+        {
+            clamps.push(Clamp::Deadline {
+                remaining_ms: ctx.remaining_ms,
+            });
+            give_up(decision, GiveUpReason::Deadline);
+        }
+        verdict
+    }
+}
+
+/// Turns a resend into a give-up; a breaker that was being opened stays opened.
+fn give_up(decision: &mut Decision, reason: GiveUpReason) {
+    match decision {
+        Decision::BreakCircuit { then, .. } => *then = AfterBreak::GiveUp,
+        other => *other = Decision::GiveUp { reason },
+    }
+}

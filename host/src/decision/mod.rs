@@ -1,0 +1,14 @@
+//! The wasm-free decision layer: what a decision *is* to the host, whoever made it.
+//!
+//! A [`Decider`] answers one failed attempt with a [`Verdict`]; the host's [`Guardrails`] then
+//! correct it, each correction a [`Clamp`]. A policy module that fails to answer is a
+//! [`PolicyFault`], and its verdict is the built-in safe decision. Both sides of the library
+//! build on this: the wasm side produces verdicts, the attempt loop consumes them.
+
+mod decider;
+mod guard;
+mod verdict;
+
+pub use decider::{Decided, Decider};
+pub use guard::Guardrails;
+pub use verdict::{Clamp, PolicyFault, Verdict};

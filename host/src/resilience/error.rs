@@ -1,0 +1,183 @@
+//! What the attempt loop hands back: a served request, or why it failed with every attempt
+//! that led there.
+
+use crate::contract::{Decision, ErrorInfo, GiveUpReason, Workload};
+
+/// The original error of a failed attempt, for callers who want the SDK's typed error
+/// (downcast to `SdkError<ConverseError>` and so on).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One failed attempt of a request, and what the host did about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The model's index in the chain (0 = primary).
+    pub model_index: usize,
+    /// The model id.
+    pub model: String,
+    /// What went wrong.
+    pub error: ErrorInfo,
+    /// What the host did next, after its guardrails.
+    pub decision: Decision,
+    /// Whether the policy module faulted and the safe decision was used.
+    pub policy_fault: bool,
+}
+
+/// Why a request failed. The last Bedrock error is kept as it arrived, and every failed attempt
+/// is in [`CallError::history`].
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The policy (or the guardrails) gave up.
+    #[error("gave up after {attempts} attempt(s) ({}): {} {} {}", reason.kebab(), last.code, last.http_status, last.message)]
+    GaveUp {
+        /// Why.
+        reason: GiveUpReason,
+        /// The last error.
+        last: ErrorInfo,
+        /// Attempts sent.
+        attempts: u32,
+        /// Every failed attempt, oldest first.
+        history: Vec<AttemptRecord>,
+        /// The last attempt's original error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Every model the request could use has an open breaker; nothing more was sent.
+    #[error("every usable model's circuit breaker is open ({attempts} attempt(s) made)")]
+    CircuitOpen {
+        /// Attempts sent.
+        attempts: u32,
+        /// The last error, if an attempt was sent.
+        last: Option<ErrorInfo>,
+        /// Every failed attempt, oldest first.
+        history: Vec<AttemptRecord>,
+    },
+    /// The batch queue was full: the request was refused, not dropped silently.
+    #[error("the batch queue is full ({capacity} requests waiting)")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+        /// Attempts sent before the request asked to wait.
+        attempts: u32,
+        /// Every failed attempt, oldest first.
+        history: Vec<AttemptRecord>,
+    },
+}
+
+/// What a failed request came to, as reports and metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureCause {
+    /// The policy or the guardrails gave up, for this reason.
+    GaveUp(GiveUpReason),
+    /// Every usable breaker was open.
+    CircuitOpen,
+    /// The batch queue was full.
+    QueueFull,
+}
+
+impl FailureCause {
+    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::GaveUp(reason) => reason.kebab(),
+            FailureCause::CircuitOpen => "circuit-open",
+            FailureCause::QueueFull => "queue-full",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl CallError {
+    /// The last Bedrock error, if an attempt was made.
+    pub fn last_error(&self) -> Option<&ErrorInfo> {
+        match self {
+            CallError::GaveUp { last, .. } => Some(last),
+            CallError::CircuitOpen { last, .. } => last.as_ref(),
+            CallError::QueueFull { history, .. } => history.last().map(|a| &a.error),
+        }
+    }
+
+    /// What the request came to.
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            CallError::GaveUp { reason, .. } => FailureCause::GaveUp(*reason),
+            CallError::CircuitOpen { .. } => FailureCause::CircuitOpen,
+            CallError::QueueFull { .. } => FailureCause::QueueFull,
+        }
+    }
+
+    /// The give-up reason, when the policy or the guardrails gave up.
+    pub fn give_up_reason(&self) -> Option<GiveUpReason> {
+        match self {
+            CallError::GaveUp { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// Attempts sent to Bedrock.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            CallError::GaveUp { attempts, .. }
+            | CallError::CircuitOpen { attempts, .. }
+            | CallError::QueueFull { attempts, .. } => *attempts,
+        }
+    }
+
+    /// Every failed attempt, oldest first, with what the host did about it.
+    pub fn history(&self) -> &[AttemptRecord] {
+        match self {
+            CallError::GaveUp { history, .. }
+            | CallError::CircuitOpen { history, .. }
+            | CallError::QueueFull { history, .. } => history,
+        }
+    }
+}
+
+/// A successful call and how it was served.
+#[derive(Debug)]
+pub struct Served<T> {
+    /// The operation's output.
+    pub output: T,
+    /// The model that answered.
+    pub model: String,
+    /// Its index in the chain (0 = primary).
+    pub model_index: usize,
+    /// HTTP attempts made, the successful one included.
+    pub attempts: u32,
+    /// Whether the request waited in the batch queue.
+    pub queued: bool,
+    /// The host's id for the request, as in its log lines and traces.
+    pub request_id: String,
+    /// The request's workload.
+    pub workload: Workload,
+}
+
+impl<T> Served<T> {
+    /// The output, and the rest of the record without it (what a stream keeps to report a
+    /// failure after output with [`Resilience::fail_after_output`](crate::Resilience::fail_after_output)).
+    pub fn split(self) -> (T, Served<()>) {
+        let Served {
+            output,
+            model,
+            model_index,
+            attempts,
+            queued,
+            request_id,
+            workload,
+        } = self;
+        let rest = Served {
+            output: (),
+            model,
+            model_index,
+            attempts,
+            queued,
+            request_id,
+            workload,
+        };
+        (output, rest)
+    }
+}

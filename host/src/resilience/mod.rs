@@ -1,0 +1,386 @@
+//! The loop side: one logical request, many attempts. After every failed attempt the loop
+//! records the failure in its health board, asks the [`Decider`] (under the guardrails) what to
+//! do, and carries it out — sleeping, switching model, opening breakers, queueing batch work —
+//! within the request's deadline. It knows the decision layer and nothing of wasm or the SDK.
+//!
+//! All waiting goes through tokio's clock, so the same loop runs in real time behind
+//! [`ResilientClient`](crate::ResilientClient) and in virtual time in `backstop simulate`.
+
+pub mod breaker;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod options;
+mod queue;
+
+use crate::contract::{
+    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
+};
+use crate::decision::{Decider, Verdict};
+use breaker::Admission;
+use error::{AttemptRecord, BoxError, CallError, Served};
+use health::HealthBoard;
+use metrics::Metrics;
+use options::{ClientOptions, OptionsError, RequestOptions};
+use queue::BatchQueue;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The loop's state: health, breakers, the batch queue and the counters, shared by every
+/// request of one client.
+pub struct Resilience {
+    policy: Arc<dyn Decider>,
+    options: ClientOptions,
+    health: HealthBoard,
+    metrics: Metrics,
+    queue: BatchQueue,
+    next_id: AtomicU64,
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// Where a request stands between attempts.
+struct Progress {
+    request_id: String,
+    workload: Workload,
+    started: Instant,
+    deadline: Instant,
+    model: usize,
+    on_model: u32,
+    total: u32,
+    queued: bool,
+    history: Vec<AttemptRecord>,
+}
+
+impl Progress {
+    fn gave_up(&mut self, reason: GiveUpReason, last: Option<(ErrorInfo, BoxError)>) -> CallError {
+        let (last, source) = match last {
+            Some((info, source)) => (info, Some(source)),
+            None => (ErrorInfo::of(ErrorKind::Unknown), None),
+        };
+        CallError::GaveUp {
+            reason,
+            last,
+            attempts: self.total,
+            history: std::mem::take(&mut self.history),
+            source,
+        }
+    }
+}
+
+impl Resilience {
+    /// The loop for `options`, deciding with `policy`.
+    pub fn new(
+        policy: Arc<dyn Decider>,
+        options: ClientOptions,
+    ) -> Result<Resilience, OptionsError> {
+        if options.models.is_empty() {
+            return Err(OptionsError::NoModels);
+        }
+        if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
+            return Err(OptionsError::TimeScale(options.time_scale));
+        }
+        let window = scale(options.health_window, options.time_scale);
+        let rng = match options.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        Ok(Resilience {
+            health: HealthBoard::new(options.models.len(), window),
+            metrics: Metrics::new(policy.as_ref()),
+            policy,
+            queue: BatchQueue::new(options.queue_capacity),
+            next_id: AtomicU64::new(1),
+            rng: Mutex::new(rng),
+            options,
+        })
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The options the loop runs with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The model chain.
+    pub fn models(&self) -> &[String] {
+        &self.options.models
+    }
+
+    fn entropy(&self) -> u64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .u64(..)
+    }
+
+    fn real(&self, policy_ms: u64) -> Duration {
+        scale(Duration::from_millis(policy_ms), self.options.time_scale)
+    }
+
+    fn policy_ms(&self, real: Duration) -> u64 {
+        (real.as_secs_f64() * 1000.0 / self.options.time_scale) as u64
+    }
+
+    /// Runs one logical request: `attempt(model)` is called for each attempt with the model id
+    /// to use, and after each failure the policy decides what happens next. Any operation fits:
+    /// [`ResilientClient`](crate::ResilientClient) passes SDK calls, `backstop simulate` a
+    /// modelled Bedrock in virtual time.
+    pub async fn call<T, F, Fut>(
+        &self,
+        request: RequestOptions,
+        input_tokens: u64,
+        mut attempt: F,
+    ) -> Result<Served<T>, CallError>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        self.metrics.requests.inc();
+        let started = Instant::now();
+        let workload = request.workload;
+        let deadline = request.deadline.unwrap_or(self.options.deadline);
+        let mut p = Progress {
+            request_id: format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+            workload,
+            started,
+            deadline: started + scale(deadline, self.options.time_scale),
+            model: 0,
+            on_model: 0,
+            total: 0,
+            queued: false,
+            history: Vec::new(),
+        };
+        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
+        let result = async {
+            let mut last: Option<(ErrorInfo, BoxError)> = None;
+            loop {
+                let now = Instant::now();
+                if now >= p.deadline {
+                    return Err(p.gave_up(GiveUpReason::Deadline, last));
+                }
+                if let Admission::Refused { retry_in } = self.health.admit(p.model, now) {
+                    self.metrics.breaker_refusals.inc();
+                    if p.model + 1 < self.options.models.len() {
+                        let next = p.model + 1;
+                        self.switch(&mut p, next);
+                        continue;
+                    }
+                    if workload == Workload::Batch {
+                        self.park(&mut p, retry_in).await?;
+                        continue;
+                    }
+                    return Err(CallError::CircuitOpen {
+                        attempts: p.total,
+                        last: last.map(|(info, _)| info),
+                        history: std::mem::take(&mut p.history),
+                    });
+                }
+                p.on_model += 1;
+                p.total += 1;
+                self.metrics.attempts.inc();
+                let model = self.options.models[p.model].as_str();
+                let limit = scale(self.options.attempt_timeout, self.options.time_scale)
+                    .min(p.deadline - now);
+                let span = tracing::info_span!("attempt", model, attempt = p.total);
+                let outcome = tokio::time::timeout(limit, attempt(model))
+                    .instrument(span)
+                    .await;
+                let failure = match outcome {
+                    Ok(Ok(output)) => {
+                        if self.health.record_success(p.model, Instant::now()) {
+                            self.metrics.breaker_closes.inc();
+                        }
+                        self.metrics.succeeded.inc();
+                        self.queue.on_success();
+                        self.policy.on_success(&p.request_id, p.total);
+                        tracing::info!(model, attempts = p.total, "served");
+                        return Ok(Served {
+                            output,
+                            model: model.to_string(),
+                            model_index: p.model,
+                            attempts: p.total,
+                            queued: p.queued,
+                            request_id: p.request_id.clone(),
+                            workload,
+                        });
+                    }
+                    Ok(Err(failure)) => failure,
+                    Err(_) => (
+                        ErrorInfo {
+                            message: "the attempt timed out".into(),
+                            ..ErrorInfo::of(ErrorKind::Timeout)
+                        },
+                        BoxError::from("attempt timed out"),
+                    ),
+                };
+                let verdict = self.ask(&mut p, &failure.0, false);
+                last = Some(failure);
+                match verdict.decision {
+                    Decision::Retry { delay_ms } => {
+                        self.metrics.retries.inc();
+                        tokio::time::sleep(self.real(delay_ms)).await;
+                    }
+                    Decision::SwitchModel { model, delay_ms } => {
+                        tokio::time::sleep(self.real(delay_ms)).await;
+                        self.switch(&mut p, model as usize);
+                    }
+                    Decision::BreakCircuit {
+                        model,
+                        open_ms,
+                        then,
+                    } => {
+                        if self
+                            .health
+                            .open(model as usize, Instant::now(), self.real(open_ms))
+                        {
+                            self.metrics.breaker_opens.inc();
+                        }
+                        match then {
+                            AfterBreak::Fallback { model } => self.switch(&mut p, model as usize),
+                            AfterBreak::Queue => self.park(&mut p, self.real(open_ms)).await?,
+                            AfterBreak::GiveUp => {
+                                return Err(p.gave_up(GiveUpReason::NoModelAvailable, last));
+                            }
+                        }
+                    }
+                    Decision::Queue { not_before_ms } => {
+                        self.park(&mut p, self.real(not_before_ms)).await?
+                    }
+                    Decision::GiveUp { reason } => return Err(p.gave_up(reason, last)),
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        if let Err(error) = &result {
+            self.metrics.failed.inc();
+            tracing::warn!(request_id = %p.request_id, %error, "request failed");
+        }
+        result
+    }
+
+    /// A request that was served failed after its output reached the caller (a stream cut
+    /// part-way). The failure is recorded in the model's health, the policy sees it with
+    /// `output-delivered` (the guardrails turn any resend into a give-up), the request counts
+    /// as failed, and the error to hand the caller is returned: nothing is ever resent.
+    pub fn fail_after_output(
+        &self,
+        served: &Served<()>,
+        error: ErrorInfo,
+        source: BoxError,
+    ) -> CallError {
+        let now = Instant::now();
+        let mut p = Progress {
+            // A mid-stream failure is logged under the request it belongs to.
+            request_id: served.request_id.clone(),
+            workload: served.workload,
+            started: now,
+            deadline: now,
+            model: served.model_index,
+            on_model: served.attempts,
+            total: served.attempts,
+            queued: served.queued,
+            history: Vec::new(),
+        };
+        let verdict = self.ask(&mut p, &error, true);
+        self.metrics.failed.inc();
+        let reason = match verdict.decision {
+            Decision::GiveUp { reason } => reason,
+            _ => GiveUpReason::OutputCommitted,
+        };
+        p.gave_up(reason, Some((error, source)))
+    }
+
+    /// Records a failed attempt, asks the policy under the guardrails what to do, and keeps
+    /// the attempt in the request's history.
+    fn ask(&self, p: &mut Progress, error: &ErrorInfo, output_delivered: bool) -> Verdict {
+        let now = Instant::now();
+        if self.health.record_failure(p.model, now, error.kind) {
+            self.metrics.breaker_opens.inc();
+        }
+        let ctx = AttemptContext {
+            request_id: p.request_id.clone(),
+            error: error.clone(),
+            models: self.options.models.clone(),
+            model: p.model as u32,
+            attempts_on_model: p.on_model,
+            attempts_total: p.total,
+            elapsed_ms: self.policy_ms(now - p.started),
+            remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
+            workload: p.workload,
+            output_delivered,
+            health: self.health.snapshot(now, |d| self.policy_ms(d)),
+            entropy: self.entropy(),
+        };
+        let decided = self.policy.decide(&ctx);
+        let verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
+        if verdict.fault.is_some() {
+            self.metrics.policy_faults.inc();
+        }
+        if !verdict.clamps.is_empty() {
+            self.metrics.guard_clamps.inc();
+        }
+        tracing::info!(
+            model = %ctx.models[p.model], attempt = p.total, error = %error.kind.kebab(), code = %error.code,
+            decision = ?verdict.decision, delay_ms = ?verdict.decision.delay_ms(),
+            policy = %decided.module_digest.as_deref().unwrap_or("-"),
+            fault = ?verdict.fault, clamps = ?verdict.clamps, "attempt failed"
+        );
+        p.history.push(AttemptRecord {
+            model_index: p.model,
+            model: self.options.models[p.model].clone(),
+            error: ctx.error,
+            decision: verdict.decision,
+            policy_fault: verdict.fault.is_some(),
+        });
+        verdict
+    }
+
+    fn switch(&self, p: &mut Progress, model: usize) {
+        if model != p.model {
+            self.metrics.fallback_invocations.inc();
+            tracing::info!(from = %self.options.models[p.model], to = %self.options.models[model], "fallback");
+        }
+        p.model = model;
+        p.on_model = 0;
+    }
+
+    /// Waits in the bounded batch queue for `wait` (at most until the deadline), then for a
+    /// release (see [`queue`]).
+    async fn park(&self, p: &mut Progress, wait: Duration) -> Result<(), CallError> {
+        let Some(_place) = self.queue.enter() else {
+            return Err(CallError::QueueFull {
+                capacity: self.queue.capacity(),
+                attempts: p.total,
+                history: std::mem::take(&mut p.history),
+            });
+        };
+        if !p.queued {
+            p.queued = true;
+            self.metrics.queued.inc();
+        }
+        let wait = wait.min(p.deadline.saturating_duration_since(Instant::now()));
+        tracing::info!(wait_ms = self.policy_ms(wait), "queued");
+        tokio::time::sleep(wait).await;
+        // The policy's wait is over; now hold until the chain shows capacity. While nothing
+        // succeeds, one waiter per `patience` (the policy's wait, a second at least) goes anyway.
+        let patience = wait.max(scale(Duration::from_secs(1), self.options.time_scale));
+        self.queue.await_release(p.deadline, patience).await;
+        // Capacity may be back on the primary: start over from it.
+        p.model = 0;
+        p.on_model = 0;
+        Ok(())
+    }
+}
+
+fn scale(duration: Duration, time_scale: f64) -> Duration {
+    Duration::from_secs_f64(duration.as_secs_f64() * time_scale)
+}

@@ -1,0 +1,113 @@
+//! How the attempt loop behaves, for a whole client and for one request.
+
+use crate::contract::Workload;
+use crate::decision::Guardrails;
+use std::time::Duration;
+
+/// How a client's attempt loop behaves. Durations are in the policy's time; `time_scale`
+/// shrinks every real wait (the demo runs minutes of traffic in seconds). Build it from the
+/// host configuration with [`HostConfig::client_options`](crate::HostConfig::client_options),
+/// so the guardrails are the ones swaps are vetted against.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The model chain: the primary first, then fallbacks in order (other tiers, regions or
+    /// cross-Region inference profiles).
+    pub models: Vec<String>,
+    /// The host's hard caps on every decision.
+    pub guardrails: Guardrails,
+    /// Total time one request may take, all attempts and waits included, unless the request
+    /// sets its own ([`RequestOptions::deadline`]).
+    pub deadline: Duration,
+    /// Time one attempt may take.
+    pub attempt_timeout: Duration,
+    /// Batch requests that may wait in the queue at once; one more is refused.
+    pub queue_capacity: usize,
+    /// How far back the health window reaches.
+    pub health_window: Duration,
+    /// Real seconds per policy second (1.0 in production).
+    pub time_scale: f64,
+    /// Seeds the randomness handed to the policy (`entropy`); `None` draws a fresh seed.
+    /// A seed makes a run replayable, as `backstop simulate` needs.
+    pub seed: Option<u64>,
+}
+
+impl ClientOptions {
+    /// Options for a chain of models with the defaults: 60 s deadline, 30 s per attempt,
+    /// a batch queue of 4096, a 60 s health window, real time.
+    pub fn new<I, S>(models: I) -> ClientOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientOptions {
+            models: models.into_iter().map(Into::into).collect(),
+            guardrails: Guardrails::default(),
+            deadline: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(30),
+            queue_capacity: 4096,
+            health_window: Duration::from_secs(60),
+            time_scale: 1.0,
+            seed: None,
+        }
+    }
+}
+
+/// Options that cannot run a loop.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    /// No model to send to.
+    #[error("the model chain is empty; name at least the primary model")]
+    NoModels,
+    /// A time scale of zero, below zero, or not a number.
+    #[error("time_scale must be a positive number, got {0}")]
+    TimeScale(f64),
+}
+
+/// What one request asks of the loop besides how to send it.
+///
+/// ```
+/// use backstop::{RequestOptions, Workload};
+/// use std::time::Duration;
+///
+/// let options = RequestOptions::batch().with_deadline(Duration::from_secs(600));
+/// assert_eq!(options.workload, Workload::Batch);
+/// assert_eq!(RequestOptions::default().deadline, None);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Interactive (a person waits) or batch (may be queued).
+    pub workload: Workload,
+    /// This request's total time, all attempts and waits included; `None` takes the client's
+    /// [`ClientOptions::deadline`].
+    pub deadline: Option<Duration>,
+}
+
+impl RequestOptions {
+    /// Interactive work with the client's deadline.
+    pub fn interactive() -> RequestOptions {
+        RequestOptions::default()
+    }
+
+    /// Batch work with the client's deadline.
+    pub fn batch() -> RequestOptions {
+        RequestOptions {
+            workload: Workload::Batch,
+            deadline: None,
+        }
+    }
+
+    /// The same, with a deadline of its own.
+    pub fn with_deadline(mut self, deadline: Duration) -> RequestOptions {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+impl From<Workload> for RequestOptions {
+    fn from(workload: Workload) -> RequestOptions {
+        RequestOptions {
+            workload,
+            deadline: None,
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The wasmtime engine, set up once: fuel metering, the stack limit, and the linker with the
+//! sandbox's WASI grants; and turning bytes into a compiled component. What a component must be
+//! to become a policy is [`module`](super::module)'s business.
+
+use crate::wasm::error::LoadError;
+use crate::wasm::sandbox::{Limits, Sandbox};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Precompiled};
+
+/// A configured wasmtime engine and linker. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: wasmtime::Engine,
+    linker: Linker<Sandbox>,
+    limits: Limits,
+}
+
+impl Engine {
+    /// An engine with fuel metering and the sandbox's WASI grants linked.
+    pub fn new(limits: Limits) -> Result<Engine, LoadError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        config.max_wasm_stack(limits.max_wasm_stack);
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        // Everything of WASI p2 is linked, and `check_imports` refuses what is not granted, so
+        // the refusal names the import instead of failing deep inside instantiation.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits,
+            }),
+        })
+    }
+
+    /// The limits every instance of this engine runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<Sandbox> {
+        &self.inner.linker
+    }
+
+    /// A key that changes whenever this engine could not load another's `.cwasm`: the
+    /// wasmtime version and every compilation setting (fuel metering included).
+    pub(crate) fn compatibility_key(&self) -> String {
+        struct Sha(Sha256);
+        impl std::hash::Hasher for Sha {
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+            fn finish(&self) -> u64 {
+                0
+            }
+        }
+        let mut hasher = Sha(Sha256::new());
+        std::hash::Hash::hash(
+            &self.inner.engine.precompile_compatibility_hash(),
+            &mut hasher,
+        );
+        hex(&hasher.0.finalize())
+    }
+
+    /// Compiles a component to this engine's native code (`.cwasm`), for fast loading later.
+    pub fn precompile(&self, wasm: &[u8], origin: &str) -> Result<Vec<u8>, LoadError> {
+        check_header(wasm, origin)?;
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Invalid {
+                origin: origin.to_string(),
+                reason: format!("{e:#}"),
+            })
+    }
+
+    /// A component from `.wasm` (compiled here) or `.cwasm` (deserialized) bytes.
+    pub(crate) fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
+        match wasmtime::Engine::detect_precompiled(bytes) {
+            Some(Precompiled::Component) => {
+                // SAFETY: precompiled artifacts are trusted input by contract (see
+                // `Engine::load_bytes`);
+                // wasmtime still checks the engine version and configuration they were made for.
+                unsafe { Component::deserialize(&self.inner.engine, bytes) }.map_err(|e| {
+                    LoadError::IncompatiblePrecompiled {
+                        origin: origin.to_string(),
+                        reason: format!("{e:#}"),
+                    }
+                })
+            }
+            Some(Precompiled::Module) => Err(LoadError::NotComponent {
+                origin: origin.to_string(),
+            }),
+            None => {
+                check_header(bytes, origin)?;
+                Component::from_binary(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+                    origin: origin.to_string(),
+                    reason: format!("{e:#}"),
+                })
+            }
+        }
+    }
+}
+
+/// Tells apart "not wasm at all" and "a core module" before wasmtime's generic parse error.
+fn check_header(bytes: &[u8], origin: &str) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_LAYER: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Err(LoadError::NotWasm {
+            origin: origin.to_string(),
+        });
+    }
+    if bytes.get(4..8) == Some(&CORE_LAYER[..]) {
+        return Err(LoadError::NotComponent {
+            origin: origin.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The sha256 of `bytes` in lowercase hex: how modules are named in logs, metrics and
+/// allow-lists.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,526 @@
+//! [`PolicyHandle`]: the live policy behind an atomic pointer, and the only way it changes.
+//!
+//! Every decision loads the pointer once and decides with what it found, so a swap never waits
+//! for requests and a request never waits for a swap. A request in flight keeps going across a
+//! swap, and its *next* decision is made by the new module: the host owns all per-request state
+//! (attempts, elapsed time, health), so nothing is lost or mixed up when the module changes.
+//!
+//! A new module goes live only after it compiled (or its `.cwasm` loaded), matched the
+//! contract, accepted the operator's configuration and passed the [smoke table](super::smoke)
+//! ([`vetting`](super::vetting)). If it then faults more than the
+//! [`RollbackRule`](super::vetting::RollbackRule) allows, the handle puts the previous module
+//! back by itself.
+
+use crate::contract::AttemptContext;
+use crate::decision::{Decided, Decider, PolicyFault, Verdict};
+use crate::wasm::cache::CacheUse;
+use crate::wasm::engine::{Engine, sha256_hex};
+use crate::wasm::error::LoadError;
+use crate::wasm::module::PolicyModule;
+use crate::wasm::policy::Policy;
+use crate::wasm::vetting::{SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module};
+use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Modules kept to roll back to, newest last.
+const KEPT_FOR_ROLLBACK: usize = 4;
+/// Swap events kept for [`PolicyHandle::status`].
+const EVENTS_KEPT: usize = 32;
+
+/// What a successful [`PolicyHandle::swap_bytes`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Swapped {
+    /// The module went live.
+    Live {
+        /// The module's sha256.
+        digest: String,
+        /// Its own version.
+        version: String,
+        /// Where its native code came from, when a cache is set.
+        cache: Option<CacheUse>,
+    },
+    /// The bytes are the live module already; nothing changed.
+    Unchanged {
+        /// The module's sha256.
+        digest: String,
+    },
+}
+
+/// What happened to a module, in the swap log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapEventKind {
+    /// It went live.
+    Swapped,
+    /// It was refused; the live module stayed.
+    Rejected,
+    /// It went live again because the module after it faulted.
+    RolledBack,
+}
+
+/// One entry of the swap log.
+#[derive(Clone, Debug, Serialize)]
+pub struct SwapEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub event: SwapEventKind,
+    /// Where the module came from.
+    pub origin: String,
+    /// Its sha256 (empty when the bytes could not be read).
+    pub digest: String,
+    /// Its own version (empty for a refused module).
+    pub version: String,
+    /// Why, for rejections and rollbacks.
+    pub reason: Option<String>,
+}
+
+/// The live module and the handle's history, for operators.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyStatus {
+    /// Where the live module came from.
+    pub origin: String,
+    /// Its sha256.
+    pub digest: String,
+    /// Its name, from `info()`.
+    pub name: String,
+    /// Its own version.
+    pub version: String,
+    /// The contract version it was built against.
+    pub wit_version: String,
+    /// Decisions of the live module since it went live.
+    pub decisions: u64,
+    /// Of those, faults answered by the safe decision.
+    pub faults: u64,
+    /// Modules that went live through this handle.
+    pub swaps: u64,
+    /// Modules refused.
+    pub rejections: u64,
+    /// Rollbacks.
+    pub rollbacks: u64,
+    /// The latest events, oldest first.
+    pub recent: Vec<SwapEvent>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabels {
+    digest: String,
+    name: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// A module that is or was live.
+struct Live {
+    policy: Policy,
+    labels: ModuleLabels,
+    /// This module's series of `policy_decisions` (shared with the family).
+    decisions: Counter,
+    /// Times of recent faults, for the rollback rule.
+    faults: Mutex<VecDeque<Instant>>,
+}
+
+/// The live policy, swappable while requests run. Cheap to clone; clones share everything.
+///
+/// ```
+/// use backstop::{Engine, Limits, PolicyHandle, SwapOptions};
+///
+/// let engine = Engine::new(Limits::default())?;
+/// let handle = PolicyHandle::new(engine.load_default()?, SwapOptions::default())?;
+/// // Later, from an operator's upload (garbage is refused; the old module stays live):
+/// assert!(handle.swap_bytes(b"not a module", "upload").is_err());
+/// assert_eq!(handle.status().rejections, 1);
+/// # Ok::<(), backstop::SwapError>(())
+/// ```
+#[derive(Clone)]
+pub struct PolicyHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    live: ArcSwap<Live>,
+    /// Modules to roll back to, newest last.
+    previous: Mutex<Vec<Arc<Live>>>,
+    /// Serialises going live and rolling back; decisions never take it.
+    publishing: Mutex<()>,
+    engine: Engine,
+    options: SwapOptions,
+    events: Mutex<VecDeque<SwapEvent>>,
+    swaps: Counter,
+    rollbacks: Counter,
+    rejections: Family<ReasonLabels, Counter>,
+    decisions: Family<ModuleLabels, Counter>,
+    info: Family<ModuleLabels, Gauge>,
+}
+
+impl PolicyHandle {
+    /// A handle whose first live module is `module`, configured and smoke-tested like any
+    /// module swapped in later.
+    pub fn new(module: PolicyModule, options: SwapOptions) -> Result<PolicyHandle, SwapError> {
+        let policy = vet_module(module, &options)?;
+        let handle = PolicyHandle::unchecked(policy, options);
+        handle.record(SwapEventKind::Swapped, &handle.live(), None);
+        Ok(handle)
+    }
+
+    /// A handle whose first live module passed [`vet_bytes`](crate::vet_bytes) with these
+    /// `options`.
+    pub fn vetted(vetted: Vetted, options: SwapOptions) -> PolicyHandle {
+        let handle = PolicyHandle::unchecked(vetted.policy, options);
+        handle.record(SwapEventKind::Swapped, &handle.live(), None);
+        handle
+    }
+
+    /// A handle around a policy as it is, without the allow-list or the smoke table (tests,
+    /// and hosts that deliberately run a module the table would refuse). Swaps are vetted.
+    pub fn unchecked(policy: Policy, options: SwapOptions) -> PolicyHandle {
+        let engine = policy.module().engine.clone();
+        let decisions = Family::default();
+        let live = Arc::new(Live::new(policy, &decisions));
+        let shared = Shared {
+            live: ArcSwap::new(live.clone()),
+            previous: Mutex::new(Vec::new()),
+            publishing: Mutex::new(()),
+            engine,
+            options,
+            events: Mutex::new(VecDeque::new()),
+            swaps: Counter::default(),
+            rollbacks: Counter::default(),
+            rejections: Family::default(),
+            decisions,
+            info: Family::default(),
+        };
+        shared.info.get_or_create(&live.labels).set(1);
+        tracing::info!(
+            module = %live.policy.module().origin(), digest = %live.labels.digest,
+            name = %live.labels.name, version = %live.labels.version, "policy live"
+        );
+        PolicyHandle {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Asks the live module about one failed attempt; see [`Policy::decide`]. A fault counts
+    /// towards the [`RollbackRule`] and may roll the module back before this returns.
+    pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
+        self.decide_on(&self.shared.live.load(), ctx)
+    }
+
+    fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
+        let verdict = live.policy.decide(ctx);
+        live.decisions.inc();
+        if let Some(fault) = &verdict.fault {
+            self.note_fault(live, fault);
+        }
+        verdict
+    }
+
+    /// The live policy.
+    pub fn policy(&self) -> PolicyRef {
+        PolicyRef(self.live())
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.shared.live.load_full()
+    }
+
+    /// Reads a `.wasm` or `.cwasm` file and swaps it in; see [`swap_bytes`](Self::swap_bytes).
+    pub fn swap_file(&self, path: impl AsRef<Path>) -> Result<Swapped, SwapError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => self.swap_bytes(&bytes, &origin),
+            Err(source) => {
+                let error = LoadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                Err(self.refuse(&origin, "", error.into()))
+            }
+        }
+    }
+
+    /// Vets a module and, if it passes, makes it live. Compiling a `.wasm` takes tens of
+    /// milliseconds of CPU: in async code call this from `spawn_blocking`.
+    pub fn swap_bytes(&self, bytes: &[u8], origin: &str) -> Result<Swapped, SwapError> {
+        let digest = sha256_hex(bytes);
+        if digest == self.live().labels.digest {
+            return Ok(Swapped::Unchanged { digest });
+        }
+        match vet_bytes(&self.shared.engine, bytes, origin, &self.shared.options) {
+            Ok(vetted) => {
+                let version = vetted.policy.module().info().version.clone();
+                self.publish(Arc::new(Live::new(vetted.policy, &self.shared.decisions)));
+                Ok(Swapped::Live {
+                    digest,
+                    version,
+                    cache: vetted.cache,
+                })
+            }
+            Err(e) => Err(self.refuse(origin, &digest, e)),
+        }
+    }
+
+    fn publish(&self, next: Arc<Live>) {
+        let _publishing = lock(&self.shared.publishing);
+        let old = self.shared.live.swap(next.clone());
+        let mut previous = lock(&self.shared.previous);
+        previous.push(old.clone());
+        if previous.len() > KEPT_FOR_ROLLBACK {
+            previous.remove(0);
+        }
+        drop(previous);
+        self.shared.info.remove(&old.labels);
+        self.shared.info.get_or_create(&next.labels).set(1);
+        self.shared.swaps.inc();
+        tracing::info!(
+            module = %next.policy.module().origin(), digest = %next.labels.digest,
+            version = %next.labels.version, replaced = %old.labels.digest, "policy swapped"
+        );
+        self.record(SwapEventKind::Swapped, &next, None);
+    }
+
+    /// Logs, counts and records a module that did not go live, and hands the error back.
+    pub(crate) fn refuse(&self, origin: &str, digest: &str, error: SwapError) -> SwapError {
+        self.shared
+            .rejections
+            .get_or_create(&ReasonLabels {
+                reason: error.kind().as_str().to_string(),
+            })
+            .inc();
+        tracing::warn!(module = %origin, %digest, reason = %error, "policy swap rejected; the live module stays");
+        self.push_event(SwapEvent {
+            at_ms: now_ms(),
+            event: SwapEventKind::Rejected,
+            origin: origin.to_string(),
+            digest: digest.to_string(),
+            version: String::new(),
+            reason: Some(error.to_string()),
+        });
+        error
+    }
+
+    fn note_fault(&self, live: &Arc<Live>, fault: &PolicyFault) {
+        let rule = self.shared.options.rollback;
+        let now = Instant::now();
+        let mut faults = lock(&live.faults);
+        faults.push_back(now);
+        while faults
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > rule.window)
+        {
+            faults.pop_front();
+        }
+        if (faults.len() as u64) < u64::from(rule.faults.max(1)) {
+            return;
+        }
+        // Judged once: the next verdict on this module needs a fresh run of faults.
+        faults.clear();
+        drop(faults);
+        let reason = format!(
+            "{} faults within {} ms (latest: {fault})",
+            rule.faults.max(1),
+            rule.window.as_millis()
+        );
+        self.roll_back(live, &reason);
+    }
+
+    /// Puts the previous module back if `faulty` is still live.
+    fn roll_back(&self, faulty: &Arc<Live>, reason: &str) {
+        let _publishing = lock(&self.shared.publishing);
+        if !Arc::ptr_eq(&self.shared.live.load(), faulty) {
+            return; // Already replaced (a swap or another caller's rollback).
+        }
+        let Some(good) = lock(&self.shared.previous).pop() else {
+            tracing::error!(
+                digest = %faulty.labels.digest, %reason,
+                "the live policy keeps faulting and there is no earlier module to roll back to; \
+                 every fault is answered by the safe built-in decision"
+            );
+            return;
+        };
+        self.shared.live.store(good.clone());
+        self.shared.info.remove(&faulty.labels);
+        self.shared.info.get_or_create(&good.labels).set(1);
+        self.shared.rollbacks.inc();
+        tracing::warn!(
+            from = %faulty.labels.digest, to = %good.labels.digest, version = %good.labels.version,
+            %reason, "policy rolled back"
+        );
+        let reason = format!("{} faulted: {reason}", faulty.labels.digest);
+        self.record(SwapEventKind::RolledBack, &good, Some(reason));
+    }
+
+    fn record(&self, event: SwapEventKind, live: &Live, reason: Option<String>) {
+        let mut event = SwapEvent::of(event, live);
+        event.reason = reason;
+        self.push_event(event);
+    }
+
+    fn push_event(&self, event: SwapEvent) {
+        let mut events = lock(&self.shared.events);
+        events.push_back(event);
+        if events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+
+    /// The live module, the counters and the latest events.
+    pub fn status(&self) -> PolicyStatus {
+        let live = self.live();
+        let module = live.policy.module();
+        let info = module.info();
+        PolicyStatus {
+            origin: module.origin().to_string(),
+            digest: module.digest().to_string(),
+            name: info.name.clone(),
+            version: info.version.clone(),
+            wit_version: info.wit_version.clone(),
+            decisions: live.policy.decisions(),
+            faults: live.policy.faults(),
+            swaps: self.shared.swaps.get(),
+            rejections: self.rejections(),
+            rollbacks: self.shared.rollbacks.get(),
+            recent: lock(&self.shared.events).iter().cloned().collect(),
+        }
+    }
+
+    fn rejections(&self) -> u64 {
+        SwapErrorKind::ALL
+            .into_iter()
+            .map(|reason| {
+                self.shared
+                    .rejections
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.as_str().to_string(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Adds the handle's metrics to `registry`: `policy_info{digest,name,version}` (1 for the
+    /// live module), decisions per module, swaps, rejections per reason, rollbacks.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let shared = &self.shared;
+        registry.register(
+            "policy_info",
+            "The live policy module (value 1)",
+            shared.info.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Decisions made, per policy module",
+            shared.decisions.clone(),
+        );
+        registry.register(
+            "policy_swaps",
+            "Modules that went live",
+            shared.swaps.clone(),
+        );
+        registry.register(
+            "policy_swap_rejections",
+            "Modules refused before going live, per reason",
+            shared.rejections.clone(),
+        );
+        registry.register(
+            "policy_rollbacks",
+            "Live modules rolled back for faulting",
+            shared.rollbacks.clone(),
+        );
+    }
+}
+
+/// The attempt loop asks the live module, and learns which module answered.
+impl Decider for PolicyHandle {
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        let live = self.shared.live.load();
+        Decided {
+            verdict: self.decide_on(&live, ctx),
+            module_digest: Some(live.labels.digest.clone()),
+        }
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        PolicyHandle::register_metrics(self, registry);
+    }
+}
+
+impl From<Policy> for PolicyHandle {
+    /// [`PolicyHandle::unchecked`] with default options.
+    fn from(policy: Policy) -> PolicyHandle {
+        PolicyHandle::unchecked(policy, SwapOptions::default())
+    }
+}
+
+impl std::fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHandle")
+            .field("live", &self.live().labels)
+            .finish()
+    }
+}
+
+/// The policy that was live when [`PolicyHandle::policy`] was called; stays usable after a swap.
+pub struct PolicyRef(Arc<Live>);
+
+impl std::ops::Deref for PolicyRef {
+    type Target = Policy;
+    fn deref(&self) -> &Policy {
+        &self.0.policy
+    }
+}
+
+impl Live {
+    fn new(policy: Policy, decisions: &Family<ModuleLabels, Counter>) -> Live {
+        let module = policy.module();
+        let labels = ModuleLabels {
+            digest: module.digest().to_string(),
+            name: module.info().name.clone(),
+            version: module.info().version.clone(),
+        };
+        Live {
+            policy,
+            decisions: decisions.get_or_create_owned(&labels),
+            labels,
+            faults: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl SwapEvent {
+    fn of(event: SwapEventKind, live: &Live) -> SwapEvent {
+        SwapEvent {
+            at_ms: now_ms(),
+            event,
+            origin: live.policy.module().origin().to_string(),
+            digest: live.labels.digest.clone(),
+            version: live.labels.version.clone(),
+            reason: None,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

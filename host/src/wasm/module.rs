@@ -1,0 +1,171 @@
+//! What makes a component a policy: it exports the contract's `decider` at this host's version,
+//! imports only what the sandbox grants, and answers `info()` with short strings. Loading
+//! checks all of it and yields a [`PolicyModule`].
+
+use crate::contract::{DECIDER_EXPORT, PolicyInfo};
+use crate::wasm::engine::{Engine, sha256_hex};
+use crate::wasm::error::LoadError;
+use crate::wasm::instance;
+use crate::wasm::sandbox::{Sandbox, is_granted};
+use crate::wasm::v0_1_0::PolicyPre;
+use std::path::Path;
+use wasmtime::component::Component;
+
+/// The default policy component (`policy-guest` built for `wasm32-wasip2`), embedded so a host
+/// works with no file at hand. It is committed as `host/default-policy/policy_guest.wasm` and
+/// rebuilt by `host/build.rs` only when the guest's sources change.
+pub const DEFAULT_POLICY_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
+
+impl Engine {
+    /// Loads the default policy that is compiled into this binary.
+    pub fn load_default(&self) -> Result<PolicyModule, LoadError> {
+        self.load_bytes(DEFAULT_POLICY_WASM, "the built-in default policy")
+    }
+
+    /// Loads a policy from a `.wasm` component or a `.cwasm` made by [`Engine::precompile`].
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<PolicyModule, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Loads a policy from bytes; `origin` names it in errors and logs.
+    ///
+    /// Precompiled (`.cwasm`) bytes are native code for this engine: load only files written by
+    /// [`Engine::precompile`] or `backstop compile` from a trusted source.
+    pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<PolicyModule, LoadError> {
+        let component = self.compile(bytes, origin)?;
+        self.validate(component, origin, sha256_hex(bytes))
+    }
+
+    /// Checks a compiled component against the contract and the sandbox, and probes `info()`.
+    /// `digest` names the module: the sha256 of the bytes an operator deployed.
+    pub(crate) fn validate(
+        &self,
+        component: Component,
+        origin: &str,
+        digest: String,
+    ) -> Result<PolicyModule, LoadError> {
+        check_exports(self, &component, origin)?;
+        check_imports(self, &component, origin)?;
+        let instantiate = |e: wasmtime::Error| LoadError::Instantiate {
+            origin: origin.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(instantiate)?;
+        let pre = PolicyPre::new(pre).map_err(|e| LoadError::WrongWorld {
+            origin: origin.to_string(),
+            expected: DECIDER_EXPORT.to_string(),
+            exports: format!("an incompatible {DECIDER_EXPORT}: {e:#}"),
+        })?;
+        let info = instance::probe_info(self, &pre, origin)?;
+        tracing::info!(
+            module = %origin, %digest, name = %info.name, version = %info.version,
+            "policy module loaded"
+        );
+        Ok(PolicyModule {
+            engine: self.clone(),
+            pre,
+            origin: origin.to_string(),
+            digest,
+            info,
+        })
+    }
+}
+
+fn check_exports(engine: &Engine, component: &Component, origin: &str) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(engine.wasmtime())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if exports.iter().any(|name| name == DECIDER_EXPORT) {
+        return Ok(());
+    }
+    let unversioned = DECIDER_EXPORT.split('@').next().unwrap_or(DECIDER_EXPORT);
+    if let Some(found) = exports
+        .iter()
+        .find(|name| name.split('@').next() == Some(unversioned))
+    {
+        return Err(LoadError::WrongVersion {
+            origin: origin.to_string(),
+            found: found.clone(),
+            expected: DECIDER_EXPORT.to_string(),
+        });
+    }
+    Err(LoadError::WrongWorld {
+        origin: origin.to_string(),
+        expected: DECIDER_EXPORT.to_string(),
+        exports: if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        },
+    })
+}
+
+fn check_imports(engine: &Engine, component: &Component, origin: &str) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let refused = ty
+        .imports(engine.wasmtime())
+        .map(|(name, _)| name)
+        .find(|name| !is_granted(name));
+    match refused {
+        Some(import) => Err(LoadError::UngrantedImport {
+            origin: origin.to_string(),
+            import: import.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A compiled, validated policy component: exports the contract, imports only what is granted,
+/// and answered `info()`. Turn it into a running
+/// [`Policy`](crate::Policy) with [`PolicyModule::configure`].
+#[derive(Clone)]
+pub struct PolicyModule {
+    pub(crate) engine: Engine,
+    pub(crate) pre: PolicyPre<Sandbox>,
+    origin: String,
+    digest: String,
+    info: PolicyInfo,
+}
+
+impl PolicyModule {
+    /// Where the module came from (a path, or a description).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The sha256 of the bytes it was loaded from, in hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// What the module says about itself.
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    /// The engine it was compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::fmt::Debug for PolicyModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyModule")
+            .field("origin", &self.origin)
+            .field("digest", &self.digest)
+            .field("info", &self.info)
+            .finish()
+    }
+}

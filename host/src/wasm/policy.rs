@@ -1,0 +1,199 @@
+//! A running policy: a pool of configured instances of one [`PolicyModule`]. Whatever the
+//! module does — trap, loop, grow, answer nonsense — [`Policy::decide`] returns a usable
+//! [`Verdict`]: the module's decision, or the built-in safe decision flagged with the
+//! [`PolicyFault`].
+
+use crate::contract::AttemptContext;
+use crate::decision::{PolicyFault, Verdict};
+use crate::wasm::error::LoadError;
+use crate::wasm::instance::{self, Instance};
+use crate::wasm::module::PolicyModule;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// Idle instances kept for reuse; more concurrent callers instantiate extra ones and drop them.
+const MAX_IDLE_INSTANCES: usize = 64;
+
+impl PolicyModule {
+    /// Configures the module with the operator's JSON (`""` or `"{}"` for its defaults) and
+    /// returns a policy ready to decide. A rejected configuration is an error naming the reason.
+    pub fn configure(&self, config: &str) -> Result<Policy, LoadError> {
+        Policy::new(self.clone(), config)
+    }
+}
+
+/// A new instance of `module`, configured with `config`.
+fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
+    instance::configured(module.engine(), &module.pre, module.origin(), config)
+}
+
+/// A configured policy module, ready to decide. Thread-safe: concurrent callers each get an
+/// instance of their own from the pool, so one caller's trap never touches another's call.
+pub struct Policy {
+    module: PolicyModule,
+    config: String,
+    idle: Mutex<Vec<Instance>>,
+    decisions: AtomicU64,
+    faults: AtomicU64,
+}
+
+impl Policy {
+    fn new(module: PolicyModule, config: &str) -> Result<Policy, LoadError> {
+        let first = instantiate(&module, config)?;
+        Ok(Policy {
+            module,
+            config: config.to_string(),
+            idle: Mutex::new(vec![first]),
+            decisions: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
+        })
+    }
+
+    /// The module this policy runs.
+    pub fn module(&self) -> &PolicyModule {
+        &self.module
+    }
+
+    /// The configuration every instance was given.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// Decisions asked of this policy so far.
+    pub fn decisions(&self) -> u64 {
+        self.decisions.load(Ordering::Relaxed)
+    }
+
+    /// Of those, how many faulted and were answered by the safe decision.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Asks the module what to do about one failed attempt. Never panics and never hangs: a
+    /// fault yields the safe decision, flagged. The host's caps are applied separately by
+    /// [`Guardrails::enforce`](crate::Guardrails::enforce).
+    pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        let verdict = self.call_decide(ctx);
+        if let Some(fault) = &verdict.fault {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                module = %self.module.origin(), request_id = %ctx.request_id, %fault,
+                "policy fault; using the safe built-in decision"
+            );
+        }
+        verdict
+    }
+
+    fn call_decide(&self, ctx: &AttemptContext) -> Verdict {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => match instantiate(&self.module, &self.config) {
+                Ok(instance) => instance,
+                Err(e) => return Verdict::safe(ctx, PolicyFault::Instantiate(e.to_string())),
+            },
+        };
+        let fuel = self.module.engine().limits().fuel_per_call;
+        match instance.decide(fuel, ctx) {
+            Ok(decision) => {
+                self.keep(instance);
+                Verdict::of_policy(decision)
+            }
+            // A nonsense answer is the module's logic, not a broken instance: keep it.
+            Err(fault @ PolicyFault::InvalidDecision(_)) => {
+                self.keep(instance);
+                Verdict::safe(ctx, fault)
+            }
+            // After a trap an instance may hold broken state: it is dropped, never reused.
+            Err(fault) => Verdict::safe(ctx, fault),
+        }
+    }
+
+    fn keep(&self, instance: Instance) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(instance);
+        }
+    }
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("module", &self.module)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{ErrorInfo, ErrorKind};
+    use crate::wasm::engine::Engine;
+    use crate::wasm::instance::call;
+    use crate::wasm::sandbox::Limits;
+    use crate::wasm::v0_1_0::with_wit;
+
+    /// The default component's arena allocator rewinds after every call: ten thousand decisions
+    /// on one instance, each lowering a 4 KiB message, would need 40 MiB if anything stayed
+    /// behind (the limit is 16 MiB), and not one faults.
+    #[test]
+    fn the_default_policy_does_not_accumulate_memory_across_calls() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        let policy = engine.load_default().unwrap().configure("{}").unwrap();
+        let mut ctx = AttemptContext::first_failure(
+            ErrorInfo::of(ErrorKind::Throttling),
+            ["primary", "fallback", "third"],
+        );
+        ctx.error.message = "m".repeat(4096);
+        for i in 0..10_000u64 {
+            ctx.entropy = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(policy.decide(&ctx).fault, None, "call {i}");
+        }
+        assert_eq!(
+            policy.idle.lock().unwrap().len(),
+            1,
+            "one instance did it all"
+        );
+    }
+
+    /// The per-call limits must never bite the default policy: across every error class and a
+    /// long chain with full health, a decision burns under 1% of the fuel budget.
+    #[test]
+    fn the_default_policy_stays_far_below_the_fuel_budget() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        let policy = engine.load_default().unwrap().configure("{}").unwrap();
+        let mut instance = policy.idle.lock().unwrap().pop().unwrap();
+        let budget = engine.limits().fuel_per_call;
+        let models: Vec<String> = (0..8)
+            .map(|i| format!("model-{i}-{}", "x".repeat(60)))
+            .collect();
+        let mut worst = 0;
+        for kind in ErrorKind::ALL {
+            let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), models.clone());
+            ctx.error.message = "m".repeat(2_000);
+            ctx.attempts_on_model = 3;
+            call(&mut instance.store, budget, |store| {
+                with_wit(&ctx, |wit_ctx| {
+                    instance
+                        .bindings
+                        .backstop_policy_decider()
+                        .call_decide(store, wit_ctx)
+                })
+            })
+            .unwrap();
+            worst = worst.max(budget - instance.store.get_fuel().unwrap());
+        }
+        assert!(worst > 0, "fuel is metered");
+        assert!(
+            worst * 100 < budget,
+            "a decision used {worst} of {budget} fuel"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! What a policy instance is given: its store state, a memory limiter, and a deny-by-default
+//! WASI context whose only outputs are log lines.
+//!
+//! A policy that imports WASI (written in Python or JavaScript, say) gets working stdio, an empty
+//! environment and stdin, a filesystem with no directories, and deterministic "random" bytes, so
+//! its decisions stay a pure function of the context. Clocks, sockets and HTTP are not granted:
+//! the engine refuses such modules at load (see [`GRANTED_INTERFACES`]).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::random::Deterministic;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// WASI interfaces (without version) a policy may import. Anything else is refused at load.
+pub(crate) const GRANTED_INTERFACES: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+];
+
+/// Per-instance and per-call cost limits. The defaults leave the default policy a wide margin
+/// (it uses well under 1% of the fuel) while stopping a runaway module within milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel (roughly wasm instructions) one `decide` or `configure` call may burn.
+    pub fuel_per_call: u64,
+    /// Linear memory one instance may hold.
+    pub memory_bytes: usize,
+    /// Table elements one instance may hold.
+    pub table_elements: usize,
+    /// Native stack the guest may use; deeper recursion traps.
+    pub max_wasm_stack: usize,
+    /// Bytes of stdout + stderr one call may write before further output is refused.
+    pub log_bytes_per_call: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_per_call: 10_000_000,
+            memory_bytes: 16 << 20,
+            table_elements: 10_000,
+            max_wasm_stack: 512 << 10,
+            log_bytes_per_call: 16 << 10,
+        }
+    }
+}
+
+/// Whether an import name such as `wasi:cli/stdout@0.2.6` is granted.
+pub(crate) fn is_granted(import: &str) -> bool {
+    let interface = import.split('@').next().unwrap_or(import);
+    GRANTED_INTERFACES.contains(&interface)
+}
+
+/// The memory a policy instance tried to take beyond its limit. Returned as the trap's error so
+/// the engine can tell a memory fault from any other trap.
+#[derive(Debug, thiserror::Error)]
+#[error("policy tried to grow memory to {desired} bytes; the limit is {limit}")]
+pub(crate) struct MemoryLimitHit {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+/// Caps linear memory and tables; a denied growth traps at once instead of letting the guest
+/// see `-1` and spin.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryLimitHit {
+                desired,
+                limit: self.memory_bytes,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(wasmtime::Error::msg(format!(
+                "policy tried to grow a table to {desired} elements; the limit is {}",
+                self.table_elements
+            )));
+        }
+        Ok(true)
+    }
+}
+
+/// Per-instance state of a policy store.
+pub(crate) struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    log: Arc<Mutex<ModuleLog>>,
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Sandbox {
+    /// A fresh store for one instance of the module called `module`.
+    pub(crate) fn store(
+        engine: &wasmtime::Engine,
+        module: &str,
+        limits: &Limits,
+    ) -> Store<Sandbox> {
+        let log = Arc::new(Mutex::new(ModuleLog::new(
+            module,
+            limits.log_bytes_per_call,
+        )));
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogStream {
+                log: log.clone(),
+                stream: Stream::Stdout,
+            })
+            .stderr(LogStream {
+                log: log.clone(),
+                stream: Stream::Stderr,
+            })
+            // Language runtimes seed hash tables from here; fixed bytes keep decisions pure.
+            .secure_random(Deterministic::new(vec![0x42; 32]))
+            .insecure_random(Deterministic::new(vec![0x17; 32]))
+            .insecure_random_seed(0)
+            .build();
+        let sandbox = Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: limits.table_elements,
+            },
+            log,
+        };
+        let mut store = Store::new(engine, sandbox);
+        store.limiter(|sandbox| &mut sandbox.limiter);
+        store
+    }
+
+    /// Starts a call: the module's output budget is renewed.
+    pub(crate) fn begin_call(&self) {
+        let mut log = lock(&self.log);
+        log.remaining = log.budget;
+    }
+
+    /// Ends a call: a partial last line is logged, not held for the next call.
+    pub(crate) fn end_call(&self) {
+        lock(&self.log).flush_partial();
+    }
+}
+
+fn lock(log: &Mutex<ModuleLog>) -> std::sync::MutexGuard<'_, ModuleLog> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A module's stdout and stderr, turned into `tracing` lines tagged with the module.
+struct ModuleLog {
+    module: Arc<str>,
+    pending: [Vec<u8>; 2],
+    budget: usize,
+    remaining: usize,
+}
+
+impl ModuleLog {
+    fn new(module: &str, budget: usize) -> ModuleLog {
+        ModuleLog {
+            module: module.into(),
+            pending: [Vec::new(), Vec::new()],
+            budget,
+            remaining: budget,
+        }
+    }
+
+    /// Accepts up to the call's remaining budget; the rest is refused so a chatty or hostile
+    /// module cannot fill the host's memory or logs.
+    fn write(&mut self, stream: Stream, bytes: &[u8]) -> usize {
+        let taken = bytes.len().min(self.remaining);
+        self.remaining -= taken;
+        let pending = &mut self.pending[stream as usize];
+        pending.extend_from_slice(&bytes[..taken]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            emit(&self.module, stream, &line[..line.len() - 1]);
+        }
+        taken
+    }
+
+    fn flush_partial(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let pending = std::mem::take(&mut self.pending[stream as usize]);
+            if !pending.is_empty() {
+                emit(&self.module, stream, &pending);
+            }
+        }
+    }
+}
+
+fn emit(module: &str, stream: Stream, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    match stream {
+        Stream::Stdout => {
+            tracing::info!(target: "backstop::policy_output", %module, stream = %"stdout", "{line}")
+        }
+        Stream::Stderr => {
+            tracing::warn!(target: "backstop::policy_output", %module, stream = %"stderr", "{line}")
+        }
+    }
+}
+
+/// The `StdoutStream` a policy's WASI context writes to.
+struct LogStream {
+    log: Arc<Mutex<ModuleLog>>,
+    stream: Stream,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LogStream {
+            log: self.log.clone(),
+            stream: self.stream,
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LogStream {
+            log: self.log.clone(),
+            stream: self.stream,
+        })
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        if lock(&self.log).write(self.stream, &bytes) < bytes.len() {
+            return Err(StreamError::Closed);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        match lock(&self.log).remaining {
+            0 => Err(StreamError::Closed),
+            n => Ok(n),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(lock(&self.log).write(self.stream, buf)))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,194 @@
+//! What a module must pass to go live, and when a live one is taken back: the one vetting path
+//! that every swap, the first module of a handle and `backstop check` share.
+//!
+//! In order: the digest allow-list (if one is set), loading (compile, or the cache's `.cwasm`),
+//! the contract and sandbox checks, the operator's configuration, and the
+//! [smoke table](super::smoke).
+
+use crate::decision::Guardrails;
+use crate::wasm::cache::{CacheUse, ModuleCache};
+use crate::wasm::engine::{Engine, sha256_hex};
+use crate::wasm::error::LoadError;
+use crate::wasm::module::PolicyModule;
+use crate::wasm::policy::Policy;
+use crate::wasm::smoke::{SmokeFailure, smoke_test};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// When a live module is judged broken: `faults` faults (traps, fuel or memory exhaustion,
+/// invalid answers) within `window`. A correct module never faults, so the default is strict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollbackRule {
+    /// Faults that roll a module back.
+    pub faults: u32,
+    /// Within how long (`window_ms` in JSON).
+    #[serde(with = "millis", rename = "window_ms")]
+    pub window: Duration,
+}
+
+impl Default for RollbackRule {
+    fn default() -> Self {
+        RollbackRule {
+            faults: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// How modules are vetted and run. Build it with
+/// [`HostConfig::swap_options`](crate::HostConfig::swap_options), which also builds the
+/// client's options from the same guardrails.
+#[derive(Clone, Debug, Default)]
+pub struct SwapOptions {
+    /// The operator's JSON configuration, given to every module that goes live.
+    pub config: String,
+    /// The caps the smoke table holds answers to.
+    pub guardrails: Guardrails,
+    /// When set, only modules whose sha256 (hex, of the deployed bytes) is listed may go live.
+    pub allowed_digests: Option<BTreeSet<String>>,
+    /// When a live module is rolled back.
+    pub rollback: RollbackRule,
+    /// Where compiled modules are kept; `None` compiles every `.wasm` on each swap.
+    pub cache: Option<ModuleCache>,
+}
+
+/// Why a module did not go live. The previous module stays live in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The digest is not on the allow-list.
+    #[error("module {digest} is not on the allow-list of module digests")]
+    NotAllowed {
+        /// The module's sha256.
+        digest: String,
+    },
+    /// The module did not load, or refused its configuration.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The module answered a smoke case wrongly.
+    #[error("{origin} failed the smoke table: {failure}")]
+    Smoke {
+        /// Where the module came from.
+        origin: String,
+        /// The first case it got wrong.
+        failure: SmokeFailure,
+    },
+}
+
+/// The kind of a [`SwapError`], as metrics and status name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapErrorKind {
+    /// Not on the allow-list.
+    NotAllowed,
+    /// The module refused the operator's configuration.
+    ConfigRejected,
+    /// The module did not load.
+    LoadFailed,
+    /// The module failed the smoke table.
+    SmokeFailed,
+}
+
+impl SwapErrorKind {
+    /// Every kind.
+    pub const ALL: [SwapErrorKind; 4] = [
+        SwapErrorKind::NotAllowed,
+        SwapErrorKind::ConfigRejected,
+        SwapErrorKind::LoadFailed,
+        SwapErrorKind::SmokeFailed,
+    ];
+
+    /// The kebab-case name (`smoke-failed`, …), the `reason` label of the rejection metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwapErrorKind::NotAllowed => "not-allowed",
+            SwapErrorKind::ConfigRejected => "config-rejected",
+            SwapErrorKind::LoadFailed => "load-failed",
+            SwapErrorKind::SmokeFailed => "smoke-failed",
+        }
+    }
+}
+
+impl std::fmt::Display for SwapErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SwapError {
+    /// What kind of refusal this is.
+    pub fn kind(&self) -> SwapErrorKind {
+        match self {
+            SwapError::NotAllowed { .. } => SwapErrorKind::NotAllowed,
+            SwapError::Load(LoadError::Config { .. }) => SwapErrorKind::ConfigRejected,
+            SwapError::Load(_) => SwapErrorKind::LoadFailed,
+            SwapError::Smoke { .. } => SwapErrorKind::SmokeFailed,
+        }
+    }
+}
+
+/// A module that passed vetting, configured and ready to go live.
+#[derive(Debug)]
+pub struct Vetted {
+    /// The configured policy.
+    pub policy: Policy,
+    /// Where its native code came from, when a cache is set.
+    pub cache: Option<CacheUse>,
+}
+
+/// Vets module bytes (`.wasm`, or `.cwasm` for this engine) exactly as a swap does, without
+/// making them live anywhere: what `backstop check` runs and what every swap runs.
+pub fn vet_bytes(
+    engine: &Engine,
+    bytes: &[u8],
+    origin: &str,
+    options: &SwapOptions,
+) -> Result<Vetted, SwapError> {
+    check_allowed(options, &sha256_hex(bytes))?;
+    let (module, cache) = match &options.cache {
+        Some(cache) => {
+            let (module, used) = cache.load(engine, bytes, origin)?;
+            (module, Some(used))
+        }
+        None => (engine.load_bytes(bytes, origin)?, None),
+    };
+    Ok(Vetted {
+        policy: vet_module(module, options)?,
+        cache,
+    })
+}
+
+/// Vets a module that is already loaded: the allow-list, its configuration and the smoke table.
+pub fn vet_module(module: PolicyModule, options: &SwapOptions) -> Result<Policy, SwapError> {
+    check_allowed(options, module.digest())?;
+    let origin = module.origin().to_string();
+    let policy = module.configure(&options.config)?;
+    smoke_test(&policy, &options.guardrails)
+        .map_err(|failure| SwapError::Smoke { origin, failure })?;
+    Ok(policy)
+}
+
+fn check_allowed(options: &SwapOptions, digest: &str) -> Result<(), SwapError> {
+    match &options.allowed_digests {
+        Some(allowed) if !allowed.contains(&digest.to_ascii_lowercase()) => {
+            Err(SwapError::NotAllowed {
+                digest: digest.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,180 @@
+//! The modelled Bedrock: what a scenario does to each request, as a plain state machine over
+//! "milliseconds since start". The fault server drives it with the wall clock behind real HTTP;
+//! `backstop simulate` drives the very same machine with a virtual clock, so a scenario means
+//! the same thing both ways.
+
+use crate::scenario::{ModelFaults, Scenario, Scripted, TokenBucket};
+use backstop::contract::ErrorKind;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// What reached the server for one model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ModelStats {
+    /// Every request, valid or not.
+    pub requests: u64,
+    /// Requests answered with success (for streams: the stream started).
+    pub ok: u64,
+    /// Error answers by Bedrock error code.
+    pub errors: BTreeMap<String, u64>,
+    /// Streams that failed after delivering output.
+    pub streams_cut: u64,
+}
+
+/// Per-model counters, by model id.
+pub type Stats = BTreeMap<String, ModelStats>;
+
+/// What one request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok {
+        latency: Duration,
+        stream_error_after: Option<u32>,
+        stream_error: ErrorKind,
+    },
+    Error {
+        kind: ErrorKind,
+        latency: Duration,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl Outcome {
+    /// How long the answer takes.
+    pub fn latency(&self) -> Duration {
+        match *self {
+            Outcome::Ok { latency, .. } | Outcome::Error { latency, .. } => latency,
+        }
+    }
+}
+
+struct ModelState {
+    script: VecDeque<Scripted>,
+    rpm: Option<TokenBucket>,
+    tpm: Option<TokenBucket>,
+    stats: ModelStats,
+}
+
+/// Every model's quota buckets, script position and counters, and the seeded random draws.
+pub struct BedrockModel {
+    scenario: Scenario,
+    models: HashMap<String, ModelState>,
+    rng: fastrand::Rng,
+}
+
+impl BedrockModel {
+    /// A fresh model of `scenario` (its seed fixes every draw).
+    pub fn new(scenario: Scenario) -> BedrockModel {
+        BedrockModel {
+            rng: fastrand::Rng::with_seed(scenario.seed),
+            scenario,
+            models: HashMap::new(),
+        }
+    }
+
+    /// Counts a request for `model` that arrives `now_ms` after the start and asks for
+    /// `tokens` tokens (input plus expected output), and decides its fate.
+    pub fn admit(&mut self, model: &str, now_ms: u64, tokens: u64) -> Outcome {
+        let faults = self.scenario.faults(model);
+        let latency =
+            Duration::from_millis(self.rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
+        let roll = self.rng.f64();
+        let state = model_state(&mut self.models, model, faults);
+        state.stats.requests += 1;
+        let error = match state.script.pop_front() {
+            Some(Scripted::Ok(_)) => None,
+            Some(Scripted::Error(kind)) => Some(kind),
+            None => faults
+                .outages
+                .iter()
+                .find(|o| (o.start_ms..o.end_ms).contains(&now_ms))
+                .map(|o| o.error)
+                .or_else(|| {
+                    let rpm = state.rpm.as_mut().is_some_and(|b| !b.take(now_ms, 1));
+                    let tpm = !rpm && state.tpm.as_mut().is_some_and(|b| !b.take(now_ms, tokens));
+                    (rpm || tpm).then_some(ErrorKind::Throttling)
+                })
+                .or_else(|| draw(&faults.error_rates, roll)),
+        };
+        match error {
+            Some(kind) => {
+                *state
+                    .stats
+                    .errors
+                    .entry(kind.code().to_string())
+                    .or_default() += 1;
+                Outcome::Error {
+                    kind,
+                    latency,
+                    retry_after_ms: faults
+                        .retry_after_ms
+                        .filter(|_| kind == ErrorKind::Throttling),
+                }
+            }
+            None => {
+                state.stats.ok += 1;
+                Outcome::Ok {
+                    latency,
+                    stream_error_after: faults.stream_error_after,
+                    stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
+                }
+            }
+        }
+    }
+
+    /// Counts a request refused before any fault applies (unsigned or malformed).
+    pub fn refuse(&mut self, model: &str, kind: ErrorKind) {
+        let state = model_state(&mut self.models, model, self.scenario.faults(model));
+        state.stats.requests += 1;
+        *state
+            .stats
+            .errors
+            .entry(kind.code().to_string())
+            .or_default() += 1;
+    }
+
+    /// Counts a stream that failed after delivering output.
+    pub fn stream_cut(&mut self, model: &str) {
+        if let Some(state) = self.models.get_mut(model) {
+            state.stats.streams_cut += 1;
+        }
+    }
+
+    /// Counters so far, per model id.
+    pub fn stats(&self) -> BTreeMap<String, ModelStats> {
+        self.models
+            .iter()
+            .map(|(id, m)| (id.clone(), m.stats.clone()))
+            .collect()
+    }
+}
+
+/// The state of `model`, created from its faults on first use.
+fn model_state<'a>(
+    models: &'a mut HashMap<String, ModelState>,
+    model: &str,
+    faults: &ModelFaults,
+) -> &'a mut ModelState {
+    models
+        .entry(model.to_string())
+        .or_insert_with(|| ModelState {
+            script: faults.script.iter().copied().collect(),
+            rpm: faults
+                .rpm
+                .map(|rpm| TokenBucket::new(rpm, faults.burst.unwrap_or(1))),
+            tpm: faults.tpm.map(|tpm| TokenBucket::new(tpm, tpm)),
+            stats: ModelStats::default(),
+        })
+}
+
+/// Picks an error by its rate from one uniform draw in `[0, 1)`.
+fn draw(rates: &BTreeMap<ErrorKind, f64>, mut roll: f64) -> Option<ErrorKind> {
+    for (&kind, &rate) in rates {
+        if roll < rate {
+            return Some(kind);
+        }
+        roll -= rate;
+    }
+    None
+}

@@ -1,0 +1,346 @@
+//! A local, Bedrock-compatible fault server: real HTTP on loopback, Bedrock Runtime's wire
+//! format, faults scripted per model from a [`Scenario`]. Tests and the demo point the real
+//! AWS SDK at it, so what they prove holds for the SDK's own parsing, not for a mock.
+//!
+//! It counts every request per model and outcome ([`FaultServer::stats`], and `GET
+//! /_backstop/stats`), so a test can assert exactly what reached "Bedrock".
+
+mod wire;
+
+use crate::bedrock_model::{BedrockModel, Outcome, Stats};
+use crate::scenario::Scenario;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use backstop::contract::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A running fault server. Dropping it stops the server.
+pub struct FaultServer {
+    addr: SocketAddr,
+    state: Arc<ServerState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FaultServer {
+    /// Starts a server on `127.0.0.1:port` (0 picks a free port) inside the current tokio runtime.
+    pub async fn start(scenario: Scenario, port: u16) -> std::io::Result<FaultServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ServerState::new(scenario));
+        let app = Router::new()
+            .route("/model/{model_id}/converse", post(converse))
+            .route("/model/{model_id}/converse-stream", post(converse_stream))
+            .route("/model/{model_id}/invoke", post(invoke))
+            .route("/_backstop/stats", get(stats))
+            .with_state(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "fault server stopped");
+            }
+        });
+        tracing::info!(%addr, "fault server listening");
+        Ok(FaultServer {
+            addr,
+            state,
+            stop: Some(stop),
+        })
+    }
+
+    /// The URL to give the SDK as its endpoint.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters so far, per model.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Requests received for `model` so far (0 if none).
+    pub fn requests(&self, model: &str) -> u64 {
+        self.stats().get(model).map_or(0, |s| s.requests)
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct ServerState {
+    started: Instant,
+    bedrock: Mutex<BedrockModel>,
+    request_ids: AtomicU64,
+}
+
+impl ServerState {
+    fn new(scenario: Scenario) -> ServerState {
+        ServerState {
+            started: Instant::now(),
+            bedrock: Mutex::new(BedrockModel::new(scenario)),
+            request_ids: AtomicU64::new(1),
+        }
+    }
+
+    fn bedrock(&self) -> std::sync::MutexGuard<'_, BedrockModel> {
+        self.bedrock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats(&self) -> Stats {
+        self.bedrock().stats()
+    }
+
+    fn request_id(&self) -> String {
+        format!(
+            "backstop-fault-{:08}",
+            self.request_ids.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Counts the request and decides its fate on the wall clock.
+    fn admit(&self, model: &str, tokens: u64) -> Outcome {
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.bedrock().admit(model, now_ms, tokens)
+    }
+
+    fn stream_cut(&self, model: &str) {
+        self.bedrock().stream_cut(model);
+    }
+
+    fn refuse(&self, model: &str, kind: ErrorKind) {
+        self.bedrock().refuse(model, kind);
+    }
+}
+
+/// Checks what every Bedrock request must carry: a SigV4 signature and a JSON body. Returns the
+/// parsed body, or the error Bedrock would send.
+fn check_request(
+    state: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    needs_messages: bool,
+) -> Result<serde_json::Value, Response> {
+    let signed = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 "));
+    if !signed {
+        state.refuse(model, ErrorKind::AccessDenied);
+        let message = "Missing Authentication Token: requests must be signed with SigV4.";
+        return Err(wire::error_response(
+            ErrorKind::AccessDenied,
+            message,
+            &state.request_id(),
+            None,
+        ));
+    }
+    let invalid = |state: &ServerState, why: &str| {
+        state.refuse(model, ErrorKind::Validation);
+        wire::error_response(ErrorKind::Validation, why, &state.request_id(), None)
+    };
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(state, &format!("Malformed input request: {e}")))?;
+    if needs_messages {
+        let messages = json.get("messages").and_then(|m| m.as_array());
+        if messages.is_none_or(|m| m.is_empty()) {
+            return Err(invalid(
+                state,
+                "Malformed input request: `messages` must be a non-empty list.",
+            ));
+        }
+    }
+    Ok(json)
+}
+
+/// A rough token count (4 characters a token), for usage figures.
+fn estimate_tokens(body: &serde_json::Value) -> u64 {
+    (body.to_string().len() as u64).div_ceil(4)
+}
+
+/// A request the scenario let through, after its latency.
+struct Accepted {
+    request: serde_json::Value,
+    latency: Duration,
+    stream_error_after: Option<u32>,
+    stream_error: ErrorKind,
+}
+
+/// What every operation does first: check the request, apply the scenario, wait the latency.
+/// `Err` is the complete error response.
+async fn accept(
+    state: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    needs_messages: bool,
+) -> Result<Accepted, Response> {
+    let request = check_request(state, model, headers, body, needs_messages)?;
+    let outcome = state.admit(model, estimate_tokens(&request));
+    tokio::time::sleep(outcome.latency()).await;
+    match outcome {
+        Outcome::Error {
+            kind,
+            retry_after_ms,
+            ..
+        } => Err(wire::error_response(
+            kind,
+            wire::error_message(kind),
+            &state.request_id(),
+            retry_after_ms,
+        )),
+        Outcome::Ok {
+            latency,
+            stream_error_after,
+            stream_error,
+        } => Ok(Accepted {
+            request,
+            latency,
+            stream_error_after,
+            stream_error,
+        }),
+    }
+}
+
+fn ok_response(
+    state: &ServerState,
+    content_type: &'static str,
+    body: impl IntoResponse,
+) -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", content_type),
+            ("x-amzn-RequestId", &state.request_id()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn converse(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let accepted = match accept(&state, &model, &headers, &body, true).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    let input = estimate_tokens(&accepted.request);
+    let answer = format!("{model} answered.");
+    let output = (answer.len() as u64).div_ceil(4);
+    let body = serde_json::json!({
+        "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
+        "stopReason": "end_turn",
+        "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
+        "metrics": { "latencyMs": accepted.latency.as_millis() as u64 },
+    });
+    ok_response(&state, "application/json", body.to_string())
+}
+
+async fn invoke(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = accept(&state, &model, &headers, &body, false).await {
+        return response;
+    }
+    let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
+    ok_response(&state, "application/json", body.to_string())
+}
+
+/// Text deltas a successful stream sends.
+const STREAM_DELTAS: u32 = 4;
+
+async fn converse_stream(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Accepted {
+        request,
+        latency,
+        stream_error_after: cut_after,
+        stream_error: cut_with,
+    } = match accept(&state, &model, &headers, &body, true).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    let mut frames = Vec::new();
+    if cut_after == Some(0) {
+        // The stream fails before any output: an error the client may still retry.
+        wire::exception_frame(&mut frames, cut_with);
+    } else {
+        wire::event_frame(
+            &mut frames,
+            "messageStart",
+            serde_json::json!({ "role": "assistant" }),
+        );
+        let deltas = cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS);
+        for i in 0..deltas {
+            let text = format!("{model} part {i}. ");
+            wire::event_frame(
+                &mut frames,
+                "contentBlockDelta",
+                serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
+            );
+        }
+        if cut_after.is_some() {
+            state.stream_cut(&model);
+            wire::exception_frame(&mut frames, cut_with);
+        } else {
+            wire::event_frame(
+                &mut frames,
+                "contentBlockStop",
+                serde_json::json!({ "contentBlockIndex": 0 }),
+            );
+            wire::event_frame(
+                &mut frames,
+                "messageStop",
+                serde_json::json!({ "stopReason": "end_turn" }),
+            );
+            let input = estimate_tokens(&request);
+            wire::event_frame(
+                &mut frames,
+                "metadata",
+                serde_json::json!({
+                    "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
+                    "metrics": { "latencyMs": latency.as_millis() as u64 },
+                }),
+            );
+        }
+    }
+    ok_response(&state, "application/vnd.amazon.eventstream", frames)
+}
+
+async fn stats(State(state): State<Arc<ServerState>>) -> Response {
+    axum::Json(state.stats()).into_response()
+}

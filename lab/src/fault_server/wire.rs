@@ -1,0 +1,104 @@
+//! Bedrock Runtime's wire format, as the fault server writes it: REST-JSON errors
+//! (`x-amzn-ErrorType`, JSON `message`) and ConverseStream's AWS event-stream frames.
+
+use aws_smithy_eventstream::frame::write_message_to;
+use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+use axum::http::{HeaderMap, HeaderValue as HttpValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use backstop::contract::ErrorKind;
+
+/// The suffix Bedrock appends to `x-amzn-ErrorType`; clients must strip it.
+const ERROR_TYPE_SUFFIX: &str = ":http://internal.amazon.com/coral/com.amazon.bedrock/";
+
+/// A Bedrock error response for `kind`.
+pub(crate) fn error_response(
+    kind: ErrorKind,
+    message: &str,
+    request_id: &str,
+    retry_after_ms: Option<u64>,
+) -> Response {
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HttpValue::from_str(&format!("{}{ERROR_TYPE_SUFFIX}", kind.code())) {
+        headers.insert("x-amzn-ErrorType", value);
+    }
+    if let Ok(value) = HttpValue::from_str(request_id) {
+        headers.insert("x-amzn-RequestId", value);
+    }
+    if let Some(ms) = retry_after_ms {
+        headers.insert("x-amz-retry-after", HttpValue::from(ms));
+    }
+    headers.insert("content-type", HttpValue::from_static("application/json"));
+    let body = serde_json::json!({ "message": message }).to_string();
+    (status, headers, body).into_response()
+}
+
+/// The message Bedrock sends with each error.
+pub(crate) fn error_message(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Throttling => "Too many requests, please wait before trying again.",
+        ErrorKind::ServiceUnavailable => "Bedrock is unable to process your request.",
+        ErrorKind::InternalServer => "The server encountered an internal error.",
+        ErrorKind::ModelNotReady => "The model is not ready to serve inference requests.",
+        ErrorKind::ModelTimeout => "Model has timed out in processing the request.",
+        ErrorKind::ModelError => "The model returned an error.",
+        ErrorKind::ModelStreamError => "The model stream failed.",
+        ErrorKind::ServiceQuotaExceeded => {
+            "Your request exceeds the service quota. Resubmit your request later."
+        }
+        ErrorKind::Validation => "The input fails to satisfy the constraints.",
+        ErrorKind::AccessDenied => {
+            "You don't have access to the model with the specified model ID."
+        }
+        ErrorKind::ResourceNotFound => "The specified model was not found.",
+        ErrorKind::Conflict => "The request conflicts with the current state.",
+        ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Unknown => "Unknown error.",
+    }
+}
+
+/// Appends one event-stream frame carrying an event.
+pub(crate) fn event_frame(out: &mut Vec<u8>, event_type: &'static str, payload: serde_json::Value) {
+    frame(
+        out,
+        "event",
+        (":event-type", event_type.to_string()),
+        payload,
+    );
+}
+
+/// Appends one event-stream frame carrying a modeled exception (e.g. `throttlingException`).
+pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
+    let mut name = kind.code().to_string();
+    if let Some(first) = name.get_mut(..1) {
+        first.make_ascii_lowercase();
+    }
+    let payload = serde_json::json!({ "message": error_message(kind) });
+    frame(out, "exception", (":exception-type", name), payload);
+}
+
+/// One frame with the three headers the SDK's unmarshaller reads: the message type, the
+/// event or exception type, and the content type.
+fn frame(
+    out: &mut Vec<u8>,
+    message_type: &'static str,
+    kind: (&'static str, String),
+    payload: serde_json::Value,
+) {
+    let (kind_header, kind_name) = kind;
+    let message = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String(message_type.into()),
+        ))
+        .add_header(Header::new(
+            kind_header,
+            HeaderValue::String(kind_name.into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    // Writing into a Vec cannot fail for lack of space; headers and payload are well-formed.
+    let _ = write_message_to(&message, out);
+}

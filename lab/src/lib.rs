@@ -1,0 +1,24 @@
+//! Backstop's lab: what we test and compare the library with. Not for embedding.
+//!
+//! - [`scenario`]: a scripted Bedrock (per-model quotas, error mixes, outages, latency) and the
+//!   traffic a simulation sends;
+//! - [`bedrock_model`]: the modelled Bedrock itself, one state machine over "milliseconds since
+//!   start", shared by the fault server (wall clock, real HTTP) and the simulator (virtual
+//!   clock), so a scenario means the same thing both ways;
+//! - [`fault_server`]: that model behind Bedrock Runtime's real wire format on loopback, for the
+//!   real AWS SDK, boto3 and the demo;
+//! - [`simulate`], [`baseline`] and [`plot`]: the library's own attempt loop in virtual time
+//!   against the model, beside built-in baselines;
+//! - [`demo`]: the main job end to end through the real SDK against the fault server.
+
+pub mod baseline;
+pub mod bedrock_model;
+pub mod demo;
+pub mod fault_server;
+pub mod plot;
+pub mod scenario;
+pub mod simulate;
+
+pub use bedrock_model::{BedrockModel, ModelStats, Outcome, Stats};
+pub use fault_server::FaultServer;
+pub use scenario::Scenario;

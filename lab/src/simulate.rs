@@ -1,0 +1,408 @@
+//! `backstop simulate`: what a policy would do to real traffic, before it goes live.
+//!
+//! A deterministic discrete-event simulation in **virtual time**. Requests arrive as the
+//! scenario's [`Traffic`] says; each runs through the production attempt loop
+//! ([`Resilience`]: guardrails, health, breakers, the batch queue) asking the policy under test
+//! — a real wasm module through the real engine, or a built-in [`Baseline`] — and each attempt
+//! goes to the [`BedrockModel`] the fault server also uses. Only the clock and the network are
+//! simulated: the loop runs on a single-threaded tokio runtime whose clock is paused and jumps
+//! to the next timer whenever every task waits, so a simulated hour takes seconds and the same
+//! seed always gives the same numbers.
+
+use crate::baseline::Baseline;
+use crate::bedrock_model::{BedrockModel, Outcome};
+use crate::scenario::{Scenario, Traffic};
+use backstop::contract::{ErrorInfo, ErrorKind, Workload};
+use backstop::{
+    BoxError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle, PolicyModule, Resilience,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The scenarios that ship with Backstop, by name (also in the repository's `scenarios/`).
+pub const SHIPPED: [(&str, &str); 4] = [
+    (
+        "monday-spike",
+        include_str!("../../scenarios/monday-spike.json"),
+    ),
+    (
+        "regional-outage",
+        include_str!("../../scenarios/regional-outage.json"),
+    ),
+    ("brownout", include_str!("../../scenarios/brownout.json")),
+    (
+        "batch-backlog",
+        include_str!("../../scenarios/batch-backlog.json"),
+    ),
+];
+
+/// A shipped scenario by name, parsed.
+pub fn shipped(name: &str) -> Option<Result<Scenario, String>> {
+    SHIPPED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, json)| Scenario::from_json(json))
+}
+
+/// What is being compared. (A handful exist per run; their size does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub enum Contender {
+    /// A policy module, configured with `config`.
+    Module {
+        module: PolicyModule,
+        config: String,
+    },
+    /// A built-in baseline.
+    Baseline(Baseline),
+}
+
+impl Contender {
+    /// The name in reports: the module's `name version`, or the baseline's name.
+    pub fn name(&self) -> String {
+        match self {
+            Contender::Module { module, .. } => {
+                let info = module.info();
+                format!("{} {}", info.name, info.version)
+            }
+            Contender::Baseline(baseline) => baseline.name().to_string(),
+        }
+    }
+
+    fn decider(&self) -> Result<Arc<dyn Decider>, SimError> {
+        Ok(match self {
+            Contender::Module { module, config } => {
+                let policy = module.configure(config).map_err(SimError::Policy)?;
+                Arc::new(PolicyHandle::from(policy))
+            }
+            Contender::Baseline(baseline) => baseline.decider(),
+        })
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the scenario has no `traffic` section: a simulation needs to know who sends what")]
+    NoTraffic,
+    #[error(transparent)]
+    Policy(LoadError),
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error("cannot start the simulation runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// One minute of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Minute {
+    /// Requests that arrived.
+    pub offered: u64,
+    /// Requests served (counted in the minute they finished).
+    pub served: u64,
+    /// Throttling answers from the modelled Bedrock.
+    pub throttles: u64,
+    /// Attempts sent to a fallback model.
+    pub fallbacks: u64,
+}
+
+/// What happened under one contender.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimReport {
+    pub policy: String,
+    pub requests: u64,
+    pub served: u64,
+    pub served_by_fallback: u64,
+    pub failed: u64,
+    /// Failed requests by cause: a give-up reason (`attempts-exhausted`, `deadline`, …),
+    /// `circuit-open` or `queue-full`.
+    pub failures: BTreeMap<String, u64>,
+    pub queued_then_served: u64,
+    /// Calls that reached the modelled Bedrock.
+    pub calls_sent: u64,
+    /// Calls sent per request: the load the policy adds on top of the traffic.
+    pub amplification: f64,
+    /// Latency of served requests, arrival to answer, in milliseconds.
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    pub breaker_opens: u64,
+    /// Policy faults answered by the safe decision.
+    pub policy_faults: u64,
+    pub per_minute: Vec<Minute>,
+}
+
+/// Shared between the request tasks of one run.
+#[derive(Default)]
+struct Tally {
+    minutes: Vec<Minute>,
+    latencies: Vec<u64>,
+    served: u64,
+    by_fallback: u64,
+    queued_then_served: u64,
+    failed: u64,
+    failures: BTreeMap<String, u64>,
+    calls: u64,
+}
+
+impl Tally {
+    fn minute(&mut self, at: Duration) -> &mut Minute {
+        let index = (at.as_secs() / 60) as usize;
+        if self.minutes.len() <= index {
+            self.minutes.resize(index + 1, Minute::default());
+        }
+        &mut self.minutes[index]
+    }
+}
+
+/// One arrival.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    at: Duration,
+    workload: Workload,
+}
+
+/// The arrivals of `traffic`, the same for every contender of a seed.
+fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_a881_7a15);
+    let mut list = Vec::new();
+    let peak = traffic.phases.iter().map(|p| p.rps).fold(0.0_f64, f64::max);
+    let end = traffic.duration_s as f64;
+    if peak > 0.0 {
+        // Poisson at the peak rate, thinned to the rate at each moment.
+        let mut t = 0.0;
+        loop {
+            t += -(1.0 - rng.f64()).ln() / peak;
+            if t >= end {
+                break;
+            }
+            if rng.f64() * peak < traffic.rate_at(t) {
+                let workload = if rng.f64() < traffic.batch_share {
+                    Workload::Batch
+                } else {
+                    Workload::Interactive
+                };
+                list.push(Arrival {
+                    at: Duration::from_secs_f64(t),
+                    workload,
+                });
+            }
+        }
+    }
+    for burst in &traffic.bursts {
+        let workload = if burst.batch {
+            Workload::Batch
+        } else {
+            Workload::Interactive
+        };
+        let at = Duration::from_secs_f64(burst.at_s.max(0.0));
+        list.extend((0..burst.count).map(|_| Arrival { at, workload }));
+    }
+    list.sort_by_key(|a| a.at);
+    list
+}
+
+/// Runs `scenario` under `contender` with the host's guardrails and queue capacity. `progress` hears the
+/// virtual seconds simulated so far, about every simulated ten seconds.
+pub fn run(
+    scenario: &Scenario,
+    contender: &Contender,
+    host: &HostConfig,
+    mut progress: impl FnMut(u64),
+) -> Result<SimReport, SimError> {
+    let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
+    let decider = contender.decider()?;
+    let mut options = host.client_options(traffic.models.iter().cloned());
+    options.deadline = Duration::from_secs(traffic.deadline_s);
+    options.attempt_timeout = options.deadline;
+    options.seed = Some(scenario.seed);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    let arrivals = arrivals(traffic, scenario.seed);
+    let tokens = traffic.input_tokens + traffic.output_tokens;
+
+    // Failed requests are the report's business here, not thousands of log lines.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    tracing::subscriber::with_default(quiet, || {
+        runtime.block_on(async move {
+            let core = Arc::new(Resilience::new(decider, options)?);
+            let bedrock = Arc::new(Mutex::new(BedrockModel::new(scenario.clone())));
+            let tally = Arc::new(Mutex::new(Tally::default()));
+            let start = Instant::now();
+            let mut tasks = Vec::with_capacity(arrivals.len());
+            let mut reported = 0;
+            for arrival in &arrivals {
+                tokio::time::sleep_until(start + arrival.at).await;
+                let simulated = arrival.at.as_secs();
+                if simulated >= reported + 10 {
+                    reported = simulated;
+                    progress(simulated);
+                }
+                let (core, bedrock, tally) = (core.clone(), bedrock.clone(), tally.clone());
+                let arrival = *arrival;
+                tasks.push(tokio::spawn(async move {
+                    request(&core, &bedrock, &tally, start, arrival, tokens).await;
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+            progress(start.elapsed().as_secs());
+
+            let metrics = core.metrics().snapshot();
+            let mut tally = std::mem::take(&mut *lock(&tally));
+            tally.latencies.sort_unstable();
+            let percentile = |p: f64| {
+                let n = tally.latencies.len();
+                if n == 0 {
+                    return 0;
+                }
+                tally.latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
+            };
+            let requests = arrivals.len() as u64;
+            Ok(SimReport {
+                policy: contender.name(),
+                requests,
+                served: tally.served,
+                served_by_fallback: tally.by_fallback,
+                failed: tally.failed,
+                failures: tally.failures.clone(),
+                queued_then_served: tally.queued_then_served,
+                calls_sent: tally.calls,
+                amplification: if requests == 0 {
+                    0.0
+                } else {
+                    tally.calls as f64 / requests as f64
+                },
+                p50_ms: percentile(0.50),
+                p95_ms: percentile(0.95),
+                p99_ms: percentile(0.99),
+                max_ms: tally.latencies.last().copied().unwrap_or(0),
+                breaker_opens: metrics.breaker_opens,
+                policy_faults: metrics.policy_faults,
+                per_minute: tally.minutes,
+            })
+        })
+    })
+}
+
+/// One request through the production loop against the modelled Bedrock.
+async fn request(
+    core: &Resilience,
+    bedrock: &Mutex<BedrockModel>,
+    tally: &Mutex<Tally>,
+    start: Instant,
+    arrival: Arrival,
+    tokens: u64,
+) {
+    lock(tally).minute(arrival.at).offered += 1;
+    let chain = core.models();
+    let result = core
+        .call(arrival.workload.into(), tokens, |model| {
+            let now = start.elapsed();
+            let fallback = chain.first().is_some_and(|primary| primary != model);
+            let outcome = lock(bedrock).admit(model, now.as_millis() as u64, tokens);
+            {
+                let mut tally = lock(tally);
+                tally.calls += 1;
+                let minute = tally.minute(now);
+                minute.fallbacks += u64::from(fallback);
+                if matches!(outcome, Outcome::Error { kind, .. } if kind.is_throttle()) {
+                    minute.throttles += 1;
+                }
+            }
+            async move {
+                tokio::time::sleep(outcome.latency()).await;
+                match outcome {
+                    Outcome::Ok { .. } => Ok(()),
+                    Outcome::Error {
+                        kind,
+                        retry_after_ms,
+                        ..
+                    } => Err(failure(kind, retry_after_ms)),
+                }
+            }
+        })
+        .await;
+    let finished = start.elapsed();
+    let mut tally = lock(tally);
+    match result {
+        Ok(served) => {
+            tally.served += 1;
+            tally.by_fallback += u64::from(served.model_index > 0);
+            tally.queued_then_served += u64::from(served.queued);
+            tally
+                .latencies
+                .push((finished - arrival.at).as_millis() as u64);
+            tally.minute(finished).served += 1;
+        }
+        Err(error) => {
+            tally.failed += 1;
+            *tally
+                .failures
+                .entry(error.cause().as_str().to_string())
+                .or_default() += 1;
+        }
+    }
+}
+
+fn failure(kind: ErrorKind, retry_after_ms: Option<u64>) -> (ErrorInfo, BoxError) {
+    let info = ErrorInfo {
+        retry_after_ms,
+        ..ErrorInfo::of(kind)
+    };
+    let source = BoxError::from(kind.code());
+    (info, source)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reports as a table, one row per contender.
+pub fn table(reports: &[SimReport]) -> String {
+    let mut out = format!(
+        "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+        "policy",
+        "requests",
+        "served",
+        "fallback",
+        "failed",
+        "queued",
+        "calls",
+        "ampl.",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "breaker"
+    );
+    for r in reports {
+        out += &format!(
+            "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            r.policy,
+            r.requests,
+            r.served,
+            r.served_by_fallback,
+            r.failed,
+            r.queued_then_served,
+            r.calls_sent,
+            r.amplification,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.breaker_opens
+        );
+    }
+    for r in reports.iter().filter(|r| !r.failures.is_empty()) {
+        let causes: Vec<String> = r.failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        out += &format!("failed under {}: {}\n", r.policy, causes.join(", "));
+    }
+    out
+}

@@ -1,0 +1,443 @@
+//! Hot swap: what goes live, what never does, rollback, the `.cwasm` cache, the file watcher,
+//! and 64 concurrent requests through the real SDK while the module changes 1,000 times.
+
+use backstop_test_support as support;
+
+use backstop::wasm::cache::write_atomically;
+use backstop::{
+    CacheUse, ChatRequest, ClientOptions, Decision, ErrorKind, LoadError, ModuleCache,
+    PolicyHandle, ResilientClient, RollbackRule, SwapError, SwapEventKind, SwapOptions, Swapped,
+    sdk_client_for_endpoint, sha256_hex,
+};
+use backstop_lab::scenario::ModelFaults;
+use backstop_lab::{FaultServer, Scenario};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+fn default_handle(options: SwapOptions) -> PolicyHandle {
+    PolicyHandle::new(support::default_module().clone(), options).expect("default goes live")
+}
+
+fn throttle(handle: &PolicyHandle) -> Decision {
+    handle
+        .decide(&support::ctx(ErrorKind::Throttling, &["a", "b"]))
+        .decision
+}
+
+/// A module built against another contract version.
+fn other_version() -> Vec<u8> {
+    let wit = support::WIT.replace("backstop:policy@0.1.0", "backstop:policy@9.0.0");
+    support::component(
+        &support::core_wat(&support::CoreParts::default(), "9.0.0"),
+        &wit,
+        "policy",
+    )
+}
+
+/// Retries everything, including what cannot heal: loads fine, fails the smoke table.
+fn always_retry() -> Vec<u8> {
+    support::policy_component(&support::CoreParts::default())
+}
+
+#[test]
+fn a_vetted_module_goes_live_and_every_bad_one_leaves_the_live_one_in_place() {
+    let handle = default_handle(SwapOptions::default());
+    let default_digest = handle.status().digest;
+    assert!(matches!(throttle(&handle), Decision::Retry { delay_ms } if delay_ms <= 1_000));
+
+    let sane = support::sane_component("2.0.0");
+    let swapped = handle.swap_bytes(&sane, "sane.wasm").expect("goes live");
+    assert_eq!(
+        swapped,
+        Swapped::Live {
+            digest: sha256_hex(&sane),
+            version: "2.0.0".into(),
+            cache: None
+        }
+    );
+    // The new module decides now (it answers retry(1) where the default backs off).
+    assert_eq!(throttle(&handle), Decision::Retry { delay_ms: 1 });
+    assert_eq!(
+        handle.swap_bytes(&sane, "again").unwrap(),
+        Swapped::Unchanged {
+            digest: sha256_hex(&sane)
+        }
+    );
+
+    type Expected = fn(&SwapError) -> bool;
+    let refusals: [(Vec<u8>, &str, Expected); 4] = [
+        (b"garbage".to_vec(), "load-failed", |e| {
+            matches!(e, SwapError::Load(LoadError::NotWasm { .. }))
+        }),
+        (sane[..sane.len() / 2].to_vec(), "load-failed", |e| {
+            matches!(e, SwapError::Load(LoadError::Invalid { .. }))
+        }),
+        (other_version(), "load-failed", |e| {
+            matches!(e, SwapError::Load(LoadError::WrongVersion { .. }))
+        }),
+        (
+            always_retry(),
+            "smoke-failed",
+            |e| matches!(e, SwapError::Smoke { failure, .. } if failure.problem.contains("resends")),
+        ),
+    ];
+    for (bytes, kind, expected) in &refusals {
+        let error = handle.swap_bytes(bytes, "bad.wasm").unwrap_err();
+        assert!(expected(&error), "{error}");
+        assert_eq!(error.kind().as_str(), *kind);
+        assert_eq!(handle.status().digest, sha256_hex(&sane), "after {error}");
+        assert_eq!(throttle(&handle), Decision::Retry { delay_ms: 1 });
+    }
+
+    let status = handle.status();
+    assert_eq!((status.swaps, status.rejections), (1, 4));
+    let events: Vec<SwapEventKind> = status.recent.iter().map(|e| e.event).collect();
+    use SwapEventKind::{Rejected, Swapped as Live};
+    assert_eq!(events, [Live, Live, Rejected, Rejected, Rejected, Rejected]);
+    assert_eq!(status.recent[0].digest, default_digest);
+    assert!(
+        status.recent[5]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("smoke table"),
+        "{:?}",
+        status.recent[5]
+    );
+}
+
+#[test]
+fn the_operators_config_goes_to_every_new_module() {
+    // The sane module accepts any config; the default refuses an unknown key.
+    let sane = support::engine()
+        .load_bytes(&support::sane_component("2.0.0"), "sane.wasm")
+        .unwrap();
+    let options = SwapOptions {
+        config: r#"{"no_such_knob": 1}"#.into(),
+        ..SwapOptions::default()
+    };
+    let handle = PolicyHandle::new(sane, options).unwrap();
+    let error = handle
+        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "default")
+        .unwrap_err();
+    assert_eq!(error.kind().as_str(), "config-rejected");
+    assert!(error.to_string().contains("no_such_knob"), "{error}");
+}
+
+#[test]
+fn only_allow_listed_digests_go_live() {
+    let default_digest = sha256_hex(backstop::DEFAULT_POLICY_WASM);
+    let options = SwapOptions {
+        allowed_digests: Some([default_digest.clone()].into()),
+        ..SwapOptions::default()
+    };
+    let handle = default_handle(options.clone());
+    let sane = support::sane_component("2.0.0");
+    let error = handle.swap_bytes(&sane, "sane.wasm").unwrap_err();
+    assert!(
+        matches!(&error, SwapError::NotAllowed { digest } if *digest == sha256_hex(&sane)),
+        "{error}"
+    );
+    assert_eq!(handle.status().digest, default_digest);
+
+    let module = support::engine().load_bytes(&sane, "sane.wasm").unwrap();
+    assert!(matches!(
+        PolicyHandle::new(module, options),
+        Err(SwapError::NotAllowed { .. })
+    ));
+}
+
+#[test]
+fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
+    let rule = RollbackRule {
+        faults: 3,
+        window: Duration::from_secs(60),
+    };
+    let handle = default_handle(SwapOptions {
+        rollback: rule,
+        ..SwapOptions::default()
+    });
+    let good = handle.status().digest;
+    // Each instance of this module answers 200 calls, then traps; the smoke table uses 135.
+    let flaky = support::trap_after_component(200);
+    handle
+        .swap_bytes(&flaky, "flaky.wasm")
+        .expect("passes the smoke table");
+    assert_eq!(handle.status().digest, sha256_hex(&flaky));
+
+    let ctx = support::ctx(ErrorKind::Throttling, &["a", "b"]);
+    let mut faults = 0;
+    let mut calls = 0;
+    while handle.status().rollbacks == 0 && calls < 2_000 {
+        let verdict = handle.decide(&ctx);
+        calls += 1;
+        if verdict.fault.is_some() {
+            faults += 1;
+            // Every faulted call still got a usable (safe) decision.
+            assert!(matches!(verdict.decision, Decision::Retry { .. }));
+        }
+    }
+    let status = handle.status();
+    assert_eq!(
+        status.rollbacks, 1,
+        "after {calls} calls and {faults} faults"
+    );
+    assert_eq!(faults, 3, "rolled back at the rule's threshold");
+    assert_eq!(status.digest, good);
+    let last = status.recent.last().unwrap();
+    assert_eq!(last.event, SwapEventKind::RolledBack);
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap()
+            .contains(&sha256_hex(&flaky))
+    );
+    // The good module decides again, without faults.
+    for _ in 0..300 {
+        assert_eq!(handle.decide(&ctx).fault, None);
+    }
+}
+
+#[test]
+fn swaps_load_compiled_modules_from_the_cache() {
+    let engine = support::engine();
+    let dir = support::scratch_dir("cache");
+    let cache = ModuleCache::new(engine, &dir).unwrap();
+    let sane = support::sane_component("2.0.0");
+
+    let (first, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    assert_eq!(used, CacheUse::Miss);
+    let entry = cache.entry(&sha256_hex(&sane));
+    assert!(entry.is_file(), "{} written", entry.display());
+    let (second, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    assert_eq!(used, CacheUse::Hit);
+    assert_eq!(
+        first.digest(),
+        second.digest(),
+        "named by the .wasm either way"
+    );
+
+    // A damaged entry costs a compile, never a failed load.
+    std::fs::write(&entry, b"\0asm but not really").unwrap();
+    let (_, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    assert_eq!(used, CacheUse::Miss);
+    let (_, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    assert_eq!(used, CacheUse::Hit);
+
+    // Through a handle: the first swap to a module compiles it, later swaps hit.
+    let handle = default_handle(SwapOptions {
+        cache: Some(cache),
+        ..SwapOptions::default()
+    });
+    let cached = |swapped: Swapped| match swapped {
+        Swapped::Live { cache, .. } => cache,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        cached(handle.swap_bytes(&sane, "sane").unwrap()),
+        Some(CacheUse::Hit)
+    );
+    let default = backstop::DEFAULT_POLICY_WASM;
+    assert_eq!(
+        cached(handle.swap_bytes(default, "default").unwrap()),
+        Some(CacheUse::Miss)
+    );
+    assert_eq!(
+        cached(handle.swap_bytes(&sane, "sane").unwrap()),
+        Some(CacheUse::Hit)
+    );
+    assert_eq!(
+        cached(handle.swap_bytes(default, "default").unwrap()),
+        Some(CacheUse::Hit)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(feature = "watch")]
+#[test]
+fn a_watched_file_swaps_on_change_and_ignores_garbage() {
+    let dir = support::scratch_dir("watch-file");
+    let path = dir.join("policy.wasm");
+    std::fs::write(&path, backstop::DEFAULT_POLICY_WASM).unwrap();
+    let handle = default_handle(SwapOptions::default());
+    let _watcher = backstop::PolicyWatcher::start(handle.clone(), &path).unwrap();
+    let live = || handle.status().digest;
+    let wait = Duration::from_secs(10);
+
+    // Written the way deploy tools do it: a temporary file renamed over the old one.
+    let sane = support::sane_component("2.0.0");
+    write_atomically(&path, &sane).unwrap();
+    assert!(support::eventually(wait, || live() == sha256_hex(&sane)));
+
+    // Garbage written in place is refused; the live module stays.
+    std::fs::write(&path, b"this is not a policy").unwrap();
+    assert!(support::eventually(wait, || handle.status().rejections >= 1));
+    assert_eq!(live(), sha256_hex(&sane));
+    assert_eq!(throttle(&handle), Decision::Retry { delay_ms: 1 });
+
+    // A good module written in place goes live.
+    std::fs::write(&path, backstop::DEFAULT_POLICY_WASM).unwrap();
+    assert!(support::eventually(wait, || live() == sha256_hex(backstop::DEFAULT_POLICY_WASM)));
+    assert_eq!(handle.status().swaps, 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(feature = "watch")]
+#[test]
+fn a_watched_directory_runs_its_newest_module() {
+    let dir = support::scratch_dir("watch-dir");
+    let handle = default_handle(SwapOptions::default());
+    let _watcher = backstop::PolicyWatcher::start(handle.clone(), &dir).unwrap();
+    let sane = support::sane_component("3.1.0");
+    write_atomically(&dir.join("policy-v3.1.0.wasm"), &sane).unwrap();
+    assert!(support::eventually(Duration::from_secs(10), || handle
+        .status()
+        .version
+        == "3.1.0"));
+    // Files that are not modules are not looked at.
+    std::fs::write(dir.join("NOTES.txt"), "v3.1.0 rolled out").unwrap();
+    std::thread::sleep(backstop::wasm::watch::SETTLE * 3);
+    assert_eq!(handle.status().rejections, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Pulls `backstop_policy_decisions_total{digest="…",…} N` lines out of the Prometheus text.
+fn decisions_by_digest(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter(|line| line.starts_with("backstop_policy_decisions_total{"))
+        .map(|line| {
+            let digest = line.split("digest=\"").nth(1).unwrap();
+            let digest = digest[..digest.find('"').unwrap()].to_string();
+            let count = line.rsplit(' ').next().unwrap().parse().unwrap();
+            (digest, count)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
+    // Every fifth request is throttled; both modules retry throttles, so every request can be
+    // served and any failure would be the swap's fault.
+    let flaky = ModelFaults {
+        error_rates: [(ErrorKind::Throttling, 0.2)].into(),
+        ..ModelFaults::default()
+    };
+    let scenario = Scenario {
+        seed: 4,
+        models: [
+            ("primary".to_string(), flaky.clone()),
+            ("fallback".to_string(), flaky),
+        ]
+        .into(),
+        ..Scenario::default()
+    };
+    let server = FaultServer::start(scenario, 0).await.unwrap();
+    let dir = support::scratch_dir("load");
+    let engine = support::engine();
+    let handle = default_handle(SwapOptions {
+        cache: Some(ModuleCache::new(engine, &dir).unwrap()),
+        ..SwapOptions::default()
+    });
+    let mut options = ClientOptions::new(["primary", "fallback"]);
+    // Backoffs of policy seconds take real milliseconds; the deadline and the attempt timeout
+    // stay generous in real time (10 s, 5 s) so only a swap could make a request fail.
+    options.time_scale = 0.001;
+    options.deadline = Duration::from_secs(10_000);
+    options.attempt_timeout = Duration::from_secs(5_000);
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let client = ResilientClient::new(sdk, handle.clone(), options).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..64)
+        .map(|worker| {
+            let (client, stop) = (client.clone(), stop.clone());
+            let (served, failed) = (served.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut sent = 0;
+                while sent == 0 || !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    let request = ChatRequest::user(format!("worker {worker} request {sent}"));
+                    match client.converse(&request).await {
+                        Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => {
+                            eprintln!("worker {worker}: {error}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let default = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let sane = support::sane_component("2.0.0");
+    let valid = [sha256_hex(&default), sha256_hex(&sane)];
+    let invalid = [
+        b"not wasm".to_vec(),
+        sane[..sane.len() - 9].to_vec(),
+        other_version(),
+        always_retry(),
+    ];
+    let swapper = {
+        let handle = handle.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut went_live, mut refused) = (0u64, 0u64);
+            for i in 0..1_000usize {
+                if i % 5 == 4 {
+                    let bad = &invalid[(i / 5) % invalid.len()];
+                    assert!(handle.swap_bytes(bad, "bad").is_err(), "swap {i} refused");
+                    refused += 1;
+                } else {
+                    let next = if went_live % 2 == 0 { &sane } else { &default };
+                    assert!(matches!(
+                        handle.swap_bytes(next, "good"),
+                        Ok(Swapped::Live { .. })
+                    ));
+                    went_live += 1;
+                }
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            (went_live, refused)
+        })
+    };
+    let (went_live, refused) = swapper.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let (served, failed) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    eprintln!("{served} requests served across the swaps");
+    assert_eq!(failed, 0, "{served} served");
+    assert!(served >= 64, "{served} served");
+    let status = handle.status();
+    assert_eq!((status.swaps, status.rejections), (went_live, refused));
+    assert_eq!((went_live, refused), (800, 200));
+
+    // Every decision was made by one of the two valid modules, and both made some.
+    let metrics = client.metrics().snapshot();
+    let by_digest = decisions_by_digest(&client.metrics().prometheus_text());
+    assert!(
+        by_digest.iter().all(|(digest, _)| valid.contains(digest)),
+        "{by_digest:?}"
+    );
+    let decided: u64 = by_digest.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        decided,
+        metrics.attempts - metrics.succeeded,
+        "one decision per failed attempt"
+    );
+    assert!(
+        by_digest.iter().filter(|(_, n)| *n > 0).count() == 2,
+        "both modules decided: {by_digest:?}"
+    );
+    assert_eq!(metrics.policy_faults, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

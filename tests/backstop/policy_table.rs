@@ -1,0 +1,485 @@
+//! The default policy, through the wasm component: a table over every error class and every
+//! level of the hierarchy, its configuration, and property tests of its invariants. Each
+//! answer is also compared with the same logic compiled natively (they must agree).
+
+use backstop_test_support as support;
+
+use backstop::native_default::{self, Params};
+use backstop::{
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, LoadError,
+    ModelHealth, Policy, Workload,
+};
+use proptest::prelude::*;
+use std::sync::OnceLock;
+use support::{ctx, default_policy, expected_jitter};
+
+const HALF: u64 = u64::MAX / 2;
+
+fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| default_policy("{}"))
+}
+
+/// Asks the component, checks it did not fault and agrees with the native build.
+fn decide_with(policy: &Policy, params: &Params, ctx: &AttemptContext) -> Decision {
+    let verdict = policy.decide(ctx);
+    assert_eq!(verdict.fault, None, "the default policy faulted on {ctx:?}");
+    assert_eq!(
+        verdict.decision,
+        native_default::decide(params, ctx),
+        "wasm and native disagree on {ctx:?}"
+    );
+    verdict.decision
+}
+
+fn decide(ctx: &AttemptContext) -> Decision {
+    decide_with(policy(), &Params::default(), ctx)
+}
+
+fn give_up(reason: GiveUpReason) -> Decision {
+    Decision::GiveUp { reason }
+}
+
+#[test]
+fn first_failure_of_every_error_class() {
+    use ErrorKind::*;
+    let backoff = Decision::Retry {
+        delay_ms: expected_jitter(1_000, 60_000, 0, HALF),
+    };
+    let immediate = Decision::Retry { delay_ms: 0 };
+    let never = give_up(GiveUpReason::NotRetryable);
+    let table = [
+        (Throttling, backoff),
+        (ServiceUnavailable, immediate),
+        (InternalServer, immediate),
+        (ModelNotReady, backoff),
+        (ModelTimeout, backoff),
+        (ModelError, backoff),
+        (ModelStreamError, immediate),
+        (ServiceQuotaExceeded, backoff),
+        (Validation, never),
+        (AccessDenied, never),
+        (ResourceNotFound, never),
+        (Conflict, never),
+        (Timeout, backoff),
+        (Connection, immediate),
+        (Unknown, backoff),
+    ];
+    assert_eq!(table.len(), ErrorKind::ALL.len(), "every class has a row");
+    for (kind, expected) in table {
+        let mut c = ctx(kind, &["primary"]);
+        c.entropy = HALF;
+        assert_eq!(decide(&c), expected, "{kind:?}");
+    }
+}
+
+#[test]
+fn errors_that_cannot_heal_are_never_retried_nor_failed_over_nor_queued() {
+    for kind in [
+        ErrorKind::Validation,
+        ErrorKind::AccessDenied,
+        ErrorKind::ResourceNotFound,
+        ErrorKind::Conflict,
+    ] {
+        for workload in [Workload::Interactive, Workload::Batch] {
+            let mut c = ctx(kind, &["primary", "fallback"]);
+            c.workload = workload;
+            c.health[0].consecutive_failures = 50;
+            assert_eq!(
+                decide(&c),
+                give_up(GiveUpReason::NotRetryable),
+                "{kind:?} {workload:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn throttling_backs_off_exponentially_with_full_jitter() {
+    for attempt in 1..=4u32 {
+        for entropy in [0, 1 << 40, HALF, u64::MAX] {
+            let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+            c.attempts_on_model = attempt;
+            c.attempts_total = attempt;
+            c.entropy = entropy;
+            let expected = expected_jitter(1_000, 60_000, attempt - 1, entropy);
+            assert_eq!(
+                decide(&c),
+                Decision::Retry { delay_ms: expected },
+                "attempt {attempt}"
+            );
+        }
+    }
+    // The window stops growing at the cap.
+    let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+    (c.attempts_on_model, c.attempts_total, c.entropy) = (4, 4, u64::MAX);
+    let policy = default_policy(r#"{"base_delay_ms": 100, "max_delay_ms": 300}"#);
+    let params = Params::from_json(r#"{"base_delay_ms": 100, "max_delay_ms": 300}"#).unwrap();
+    assert_eq!(
+        decide_with(&policy, &params, &c),
+        Decision::Retry { delay_ms: 300 }
+    );
+}
+
+#[test]
+fn a_second_blip_is_no_longer_immediate() {
+    let mut c = ctx(ErrorKind::ServiceUnavailable, &["primary"]);
+    (c.attempts_on_model, c.attempts_total, c.entropy) = (2, 2, HALF);
+    c.health[0].consecutive_failures = 2;
+    let expected = expected_jitter(1_000, 60_000, 1, HALF);
+    assert!(expected > 0);
+    assert_eq!(decide(&c), Decision::Retry { delay_ms: expected });
+}
+
+#[test]
+fn a_server_wait_hint_is_honoured_up_to_the_cap() {
+    let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+    c.error.retry_after_ms = Some(5_000);
+    assert_eq!(decide(&c), Decision::Retry { delay_ms: 5_000 });
+    c.error.retry_after_ms = Some(600_000);
+    c.remaining_ms = 3_600_000;
+    assert_eq!(decide(&c), Decision::Retry { delay_ms: 60_000 });
+}
+
+#[test]
+fn extended_throttling_switches_to_the_next_model() {
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    (c.attempts_on_model, c.attempts_total) = (5, 5);
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+
+    // Sustained throttling in the health window switches before the attempts are spent.
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    c.health[0] = ModelHealth {
+        requests: 20,
+        throttles: 12,
+        ..ModelHealth::default()
+    };
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+
+    // ... but not when the window is too small to mean anything.
+    c.health[0] = ModelHealth {
+        requests: 4,
+        throttles: 4,
+        ..ModelHealth::default()
+    };
+    assert!(matches!(decide(&c), Decision::Retry { .. }));
+}
+
+#[test]
+fn fallback_skips_models_whose_breaker_is_open() {
+    let mut c = ctx(
+        ErrorKind::Throttling,
+        &["primary", "tier-2", "other-region"],
+    );
+    (c.attempts_on_model, c.attempts_total) = (5, 5);
+    c.health[1].breaker = BreakerState::Open;
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 2,
+            delay_ms: 0
+        }
+    );
+
+    // From the last model there is nowhere left to go.
+    c.model = 2;
+    assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
+}
+
+#[test]
+fn spent_attempts_without_fallback_give_up_interactive_and_queue_batch() {
+    let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+    (c.attempts_on_model, c.attempts_total, c.entropy) = (5, 5, HALF);
+    assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
+    c.workload = Workload::Batch;
+    let expected = expected_jitter(10_000, 60_000, 4, HALF);
+    assert_eq!(
+        decide(&c),
+        Decision::Queue {
+            not_before_ms: expected
+        }
+    );
+}
+
+#[test]
+fn throttled_batch_work_queues_at_once_with_a_doubling_window_unless_a_fallback_has_room() {
+    for attempt in 1..=4u32 {
+        let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+        c.workload = Workload::Batch;
+        (c.attempts_on_model, c.attempts_total, c.entropy) = (attempt, attempt, u64::MAX);
+        let window = (10_000u64 << (attempt - 1)).min(60_000);
+        assert_eq!(
+            decide(&c),
+            Decision::Queue {
+                not_before_ms: window
+            },
+            "attempt {attempt}"
+        );
+    }
+    // A fallback with headroom takes the work instead; a saturated one does not.
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    c.workload = Workload::Batch;
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+    (c.health[1].requests, c.health[1].throttles) = (20, 15);
+    assert!(matches!(decide(&c), Decision::Queue { .. }));
+}
+
+#[test]
+fn a_sustained_outage_opens_the_breaker() {
+    let outage = |models: &[&str], workload| {
+        let mut c = ctx(ErrorKind::ServiceUnavailable, models);
+        c.health[0].consecutive_failures = 5;
+        c.workload = workload;
+        decide(&c)
+    };
+    let open = |then| Decision::BreakCircuit {
+        model: 0,
+        open_ms: 30_000,
+        then,
+    };
+    assert_eq!(
+        outage(&["p", "f"], Workload::Interactive),
+        open(AfterBreak::Fallback { model: 1 })
+    );
+    assert_eq!(
+        outage(&["p"], Workload::Interactive),
+        open(AfterBreak::GiveUp)
+    );
+    assert_eq!(outage(&["p"], Workload::Batch), open(AfterBreak::Queue));
+
+    // Throttling is a busy model, not a broken one: no breaker.
+    let mut c = ctx(ErrorKind::Throttling, &["p", "f"]);
+    c.health[0].consecutive_failures = 9;
+    assert!(!matches!(decide(&c), Decision::BreakCircuit { .. }));
+
+    // Nor is a busy model whose run of failures was mostly throttles ending in one 503: its
+    // breaker would push all of its traffic onto the fallback.
+    let mut c = ctx(ErrorKind::ServiceUnavailable, &["p", "f"]);
+    let h = &mut c.health[0];
+    (h.consecutive_failures, h.requests, h.throttles, h.errors) = (6, 40, 30, 4);
+    assert!(
+        !matches!(decide(&c), Decision::BreakCircuit { .. }),
+        "{:?}",
+        decide(&c)
+    );
+    c.health[0].errors = 20;
+    assert!(matches!(decide(&c), Decision::BreakCircuit { .. }));
+
+    // Configurable threshold and period.
+    let config = r#"{"breaker_failure_threshold": 2, "breaker_open_ms": 5000}"#;
+    let mut c = ctx(ErrorKind::InternalServer, &["p"]);
+    c.health[0].consecutive_failures = 2;
+    let decision = decide_with(
+        &default_policy(config),
+        &Params::from_json(config).unwrap(),
+        &c,
+    );
+    assert_eq!(
+        decision,
+        Decision::BreakCircuit {
+            model: 0,
+            open_ms: 5_000,
+            then: AfterBreak::GiveUp
+        }
+    );
+}
+
+#[test]
+fn the_deadline_and_the_attempt_budget_stop_retries() {
+    let mut c = ctx(ErrorKind::Throttling, &["primary"]);
+    c.remaining_ms = 0;
+    assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
+
+    // A backoff longer than what is left: fail over if possible, else give up.
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    (c.entropy, c.remaining_ms) = (u64::MAX, 10);
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+    c.models.truncate(1);
+    c.health.truncate(1);
+    assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
+
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    (c.model, c.attempts_on_model, c.attempts_total) = (1, 1, 10);
+    assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
+}
+
+#[test]
+fn delivered_stream_output_is_never_retried() {
+    let mut c = ctx(ErrorKind::ModelStreamError, &["primary", "fallback"]);
+    c.output_delivered = true;
+    assert_eq!(decide(&c), give_up(GiveUpReason::OutputCommitted));
+}
+
+#[test]
+fn configuration_drives_every_level() {
+    let config = r#"{"max_attempts_per_model": 2, "immediate_retries": 0}"#;
+    let (policy, params) = (default_policy(config), Params::from_json(config).unwrap());
+    let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
+    (c.attempts_on_model, c.attempts_total) = (2, 2);
+    assert_eq!(
+        decide_with(&policy, &params, &c),
+        Decision::SwitchModel {
+            model: 1,
+            delay_ms: 0
+        }
+    );
+
+    let mut c = ctx(ErrorKind::ServiceUnavailable, &["primary"]);
+    c.entropy = HALF;
+    assert_eq!(
+        decide_with(&policy, &params, &c),
+        Decision::Retry {
+            delay_ms: expected_jitter(1_000, 60_000, 0, HALF)
+        }
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_field_named() {
+    let module = support::engine().load_default().unwrap();
+    for (config, mentions) in [
+        (r#"{"base_delay_ms": 0}"#, "base_delay_ms"),
+        (
+            r#"{"max_delay_ms": 10, "base_delay_ms": 100}"#,
+            "max_delay_ms",
+        ),
+        (r#"{"max_attemps_per_model": 3}"#, "max_attemps_per_model"),
+        (
+            r#"{"sustained_throttle_percent": 150}"#,
+            "sustained_throttle_percent",
+        ),
+        ("not json", "invalid policy config"),
+    ] {
+        match module.configure(config) {
+            Err(LoadError::Config { reason, .. }) => assert!(reason.contains(mentions), "{reason}"),
+            other => panic!("{config} was not refused: {other:?}"),
+        }
+    }
+}
+
+fn arb_kind() -> impl Strategy<Value = ErrorKind> {
+    proptest::sample::select(ErrorKind::ALL.to_vec())
+}
+
+fn arb_health() -> impl Strategy<Value = ModelHealth> {
+    (
+        0u32..40,
+        0u32..40,
+        0u32..40,
+        0u32..12,
+        0u8..3,
+        0u64..100_000,
+    )
+        .prop_map(
+            |(requests, throttles, errors, consecutive_failures, breaker, in_state_ms)| {
+                ModelHealth {
+                    requests,
+                    throttles: throttles.min(requests),
+                    errors: errors.min(requests),
+                    consecutive_failures,
+                    breaker: [
+                        BreakerState::Closed,
+                        BreakerState::Open,
+                        BreakerState::HalfOpen,
+                    ][breaker as usize],
+                    in_state_ms,
+                }
+            },
+        )
+}
+
+fn arb_context() -> impl Strategy<Value = AttemptContext> {
+    (
+        arb_kind(),
+        proptest::collection::vec(arb_health(), 1..4),
+        any::<u32>(),
+        1u32..12,
+        0u32..12,
+        0u64..200_000,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(0u64..200_000),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(kind, health, model, attempts, extra, remaining, batch, delivered, hint, entropy)| {
+                let models: Vec<String> = (0..health.len()).map(|i| format!("model-{i}")).collect();
+                let mut c = AttemptContext::first_failure(backstop::ErrorInfo::of(kind), models);
+                c.health = health;
+                c.model = model % c.models.len() as u32;
+                c.attempts_on_model = attempts;
+                c.attempts_total = attempts + extra;
+                c.remaining_ms = remaining;
+                c.workload = if batch {
+                    Workload::Batch
+                } else {
+                    Workload::Interactive
+                };
+                c.output_delivered = delivered;
+                c.error.retry_after_ms = hint;
+                c.entropy = entropy;
+                c
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold_for_any_context(c in arb_context()) {
+        let decision = decide(&c);
+        // Same input, same output: no hidden state, clock or randomness.
+        prop_assert_eq!(decide(&c), decision);
+        let params = Params::default();
+        match decision {
+            Decision::Retry { delay_ms } => {
+                prop_assert!(delay_ms <= params.max_delay_ms);
+                prop_assert!(delay_ms < c.remaining_ms, "sleeps past the deadline");
+            }
+            Decision::SwitchModel { model, delay_ms } => {
+                prop_assert!(model > c.model && (model as usize) < c.models.len());
+                prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
+                prop_assert!(delay_ms <= params.max_delay_ms);
+            }
+            Decision::Queue { not_before_ms } => {
+                prop_assert_eq!(c.workload, Workload::Batch);
+                prop_assert!(not_before_ms <= params.max_delay_ms);
+            }
+            Decision::BreakCircuit { model, then, .. } => {
+                prop_assert_eq!(model, c.model);
+                if let AfterBreak::Fallback { model } = then {
+                    prop_assert!((model as usize) < c.models.len() && model != c.model);
+                }
+            }
+            Decision::GiveUp { .. } => {}
+        }
+        if !c.error.kind.heals() || c.output_delivered || c.attempts_total >= params.max_total_attempts {
+            prop_assert!(!decision.sends_again(), "{:?} resends", decision);
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! End to end: `ResilientClient` over the real AWS SDK against the local fault server. The
+//! server counts what reached "Bedrock", so each test asserts the calls actually sent.
+
+use backstop_test_support as support;
+
+use aws_sdk_bedrockruntime::error::SdkError;
+use aws_sdk_bedrockruntime::operation::converse::ConverseError;
+use backstop::{
+    CallError, ChatRequest, ClientOptions, ErrorKind, GiveUpReason, ResilientClient, Workload,
+    sdk_client_for_endpoint,
+};
+use backstop_lab::scenario::{ModelFaults, Outage, Scripted};
+use backstop_lab::{FaultServer, Scenario};
+use std::time::{Duration, Instant};
+
+/// Policy time runs 100x faster than real time: a 1 s backoff sleeps 10 ms.
+const SCALE: f64 = 0.01;
+
+fn faults(script: &[&str]) -> ModelFaults {
+    let script = script
+        .iter()
+        .map(|s| {
+            serde_json::from_value::<Scripted>(serde_json::Value::String(s.to_string())).unwrap()
+        })
+        .collect();
+    ModelFaults {
+        script,
+        ..ModelFaults::default()
+    }
+}
+
+fn scenario(models: Vec<(&str, ModelFaults)>) -> Scenario {
+    Scenario {
+        models: models
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ..Scenario::default()
+    }
+}
+
+async fn connect(server: &FaultServer, models: &[&str], config: &str) -> ResilientClient {
+    client_with(server, models, backstop_policy(config), |_| {}).await
+}
+
+fn backstop_policy(config: &str) -> backstop::Policy {
+    support::default_policy(config)
+}
+
+async fn client_with(
+    server: &FaultServer,
+    models: &[&str],
+    policy: backstop::Policy,
+    tweak: impl FnOnce(&mut ClientOptions),
+) -> ResilientClient {
+    let mut options = ClientOptions::new(models.iter().copied());
+    options.time_scale = SCALE;
+    options.attempt_timeout = Duration::from_secs(500);
+    tweak(&mut options);
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    ResilientClient::new(sdk, policy, options).unwrap()
+}
+
+#[tokio::test]
+async fn a_throttle_then_success_is_retried_with_one_http_call_per_attempt() {
+    let server = FaultServer::start(
+        scenario(vec![("primary", faults(&["throttling", "ok"]))]),
+        0,
+    )
+    .await
+    .unwrap();
+    let client = connect(&server, &["primary"], "{}").await;
+    let captured = support::capture_logs();
+    let served = {
+        let _guard = tracing::subscriber::set_default(captured.subscriber());
+        client
+            .converse(&ChatRequest::user("hello"))
+            .await
+            .expect("served")
+    };
+    assert_eq!((served.model.as_str(), served.attempts), ("primary", 2));
+    // The policy chose a full-jitter delay within the first window, [0, 1000] ms.
+    let log = captured.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("attempt failed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let delay: u64 = line
+        .split("decision=Retry { delay_ms: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(delay <= 1_000, "{line}");
+    assert!(
+        line.contains("error=throttling") && line.contains("model=primary"),
+        "{line}"
+    );
+    let text = served
+        .output
+        .output()
+        .unwrap()
+        .as_message()
+        .unwrap()
+        .content()[0]
+        .as_text()
+        .unwrap()
+        .clone();
+    assert!(text.contains("primary"), "{text}");
+    assert_eq!(
+        server.requests("primary"),
+        2,
+        "exactly one HTTP request per attempt"
+    );
+    let m = client.metrics().snapshot();
+    assert_eq!(
+        (m.requests, m.attempts, m.retries, m.succeeded, m.failed),
+        (1, 2, 1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn errors_that_cannot_heal_reach_the_server_once_and_surface_unchanged() {
+    let server = FaultServer::start(
+        scenario(vec![
+            ("primary", faults(&["validation"])),
+            ("secured", faults(&["access-denied"])),
+        ]),
+        0,
+    )
+    .await
+    .unwrap();
+    let client = connect(&server, &["primary", "fallback"], "{}").await;
+    let error = client
+        .converse(&ChatRequest::user("hello"))
+        .await
+        .unwrap_err();
+    let CallError::GaveUp {
+        reason,
+        last,
+        attempts,
+        source,
+        ..
+    } = &error
+    else {
+        panic!("{error}")
+    };
+    assert_eq!((*reason, *attempts), (GiveUpReason::NotRetryable, 1));
+    assert_eq!(
+        (last.code.as_str(), last.http_status),
+        ("ValidationException", 400)
+    );
+    assert_eq!(last.message, "The input fails to satisfy the constraints.");
+    let sdk_error = source
+        .as_ref()
+        .unwrap()
+        .downcast_ref::<SdkError<ConverseError>>()
+        .expect("the SDK's own error");
+    assert!(
+        sdk_error
+            .as_service_error()
+            .is_some_and(ConverseError::is_validation_exception)
+    );
+    assert_eq!(server.requests("primary"), 1);
+    assert_eq!(
+        server.requests("fallback"),
+        0,
+        "no fallback for a request that cannot heal"
+    );
+
+    let client = client_for(&server, "secured").await;
+    let error = client
+        .invoke_model(br#"{"prompt": "hi"}"#, Workload::Batch)
+        .await
+        .unwrap_err();
+    assert_eq!(error.last_error().unwrap().kind, ErrorKind::AccessDenied);
+    assert_eq!(server.requests("secured"), 1);
+}
+
+async fn client_for(server: &FaultServer, model: &str) -> ResilientClient {
+    connect(server, &[model], "{}").await
+}
+
+#[tokio::test]
+async fn extended_throttling_is_served_by_the_fallback_and_counted() {
+    let server = FaultServer::start(
+        scenario(vec![
+            ("primary", faults(&["throttling"; 5])),
+            ("fallback", faults(&["ok"])),
+        ]),
+        0,
+    )
+    .await
+    .unwrap();
+    let client = connect(&server, &["primary", "fallback"], "{}").await;
+
+    let captured = support::capture_logs();
+    let served = {
+        let _guard = tracing::subscriber::set_default(captured.subscriber());
+        client
+            .converse(&ChatRequest::user("hello"))
+            .await
+            .expect("served")
+    };
+    assert_eq!(
+        (served.model.as_str(), served.model_index, served.attempts),
+        ("fallback", 1, 6)
+    );
+    assert_eq!(
+        (server.requests("primary"), server.requests("fallback")),
+        (5, 1)
+    );
+    assert_eq!(client.metrics().snapshot().fallback_invocations, 1);
+    assert!(
+        client
+            .metrics()
+            .prometheus_text()
+            .contains("backstop_fallback_model_invocations_total 1")
+    );
+    let log = captured.text();
+    assert!(
+        log.lines().any(|l| l.contains("fallback")
+            && l.contains("from=primary")
+            && l.contains("to=fallback")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_sustained_outage_opens_the_breaker_fails_fast_and_a_probe_closes_it() {
+    let outage = ModelFaults {
+        outages: vec![Outage {
+            start_ms: 0,
+            end_ms: 600,
+            error: ErrorKind::ServiceUnavailable,
+        }],
+        ..ModelFaults::default()
+    };
+    // The policy is ready before the server starts, so the outage window covers the requests.
+    let policy = backstop_policy(r#"{"breaker_failure_threshold": 3, "breaker_open_ms": 80000}"#);
+    let server = FaultServer::start(scenario(vec![("primary", outage)]), 0)
+        .await
+        .unwrap();
+    let client = client_with(&server, &["primary"], policy, |_| {}).await;
+
+    let first = client.converse(&ChatRequest::user("a")).await.unwrap_err();
+    assert!(
+        matches!(
+            first,
+            CallError::GaveUp {
+                reason: GiveUpReason::NoModelAvailable,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{first}"
+    );
+    assert_eq!(server.requests("primary"), 3);
+    assert_eq!(client.metrics().snapshot().breaker_opens, 1);
+
+    // While open: refused without reaching the server.
+    for _ in 0..5 {
+        let error = client.converse(&ChatRequest::user("b")).await.unwrap_err();
+        assert!(
+            matches!(error, CallError::CircuitOpen { attempts: 0, .. }),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        server.requests("primary"),
+        3,
+        "an open breaker sends nothing"
+    );
+
+    // After the outage (600 ms) and the open period (800 ms real), one probe closes it.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let served = client
+        .converse(&ChatRequest::user("c"))
+        .await
+        .expect("the probe is served");
+    assert_eq!(served.attempts, 1);
+    assert_eq!(server.requests("primary"), 4);
+    let m = client.metrics().snapshot();
+    assert_eq!((m.breaker_closes, m.breaker_refusals), (1, 5));
+    client
+        .converse(&ChatRequest::user("d"))
+        .await
+        .expect("closed again");
+}
+
+#[tokio::test]
+async fn the_deadline_holds_even_when_the_policy_asks_for_a_long_sleep() {
+    // A module that always answers retry(u64::MAX).
+    let parts = support::CoreParts {
+        decide: "(i32.store8 (i32.const 2048) (i32.const 0)) (i64.store (i32.const 2056) (i64.const -1)) i32.const 2048",
+        ..Default::default()
+    };
+    let policy = support::engine()
+        .load_bytes(&support::policy_component(&parts), "sleepy")
+        .unwrap()
+        .configure("{}")
+        .unwrap();
+    let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling"; 10]))]), 0)
+        .await
+        .unwrap();
+    let client = client_with(&server, &["primary"], policy, |o| {
+        o.deadline = Duration::from_secs(20)
+    })
+    .await;
+    let started = Instant::now();
+    let error = client
+        .converse(&ChatRequest::user("hello"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            error,
+            CallError::GaveUp {
+                reason: GiveUpReason::Deadline,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(server.requests("primary"), 1);
+    assert_eq!(client.metrics().snapshot().guard_clamps, 1);
+}
+
+#[tokio::test]
+async fn batch_work_is_queued_through_an_outage_and_none_is_lost() {
+    let outage = ModelFaults {
+        outages: vec![Outage {
+            start_ms: 0,
+            end_ms: 600,
+            error: ErrorKind::ServiceUnavailable,
+        }],
+        ..ModelFaults::default()
+    };
+    let config = r#"{"breaker_failure_threshold": 2, "breaker_open_ms": 20000}"#;
+    let policy = backstop_policy(config);
+    let server = FaultServer::start(scenario(vec![("primary", outage)]), 0)
+        .await
+        .unwrap();
+    let client = client_with(&server, &["primary"], policy, |o| {
+        o.deadline = Duration::from_secs(600)
+    })
+    .await;
+    let requests = (0..20).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .converse(&ChatRequest::user(format!("job {i}")).batch())
+                .await
+        })
+    });
+    let mut queued = 0;
+    for request in requests {
+        let served = request
+            .await
+            .unwrap()
+            .expect("every batch request is served");
+        queued += usize::from(served.queued);
+    }
+    let m = client.metrics().snapshot();
+    assert_eq!((m.succeeded, m.failed), (20, 0));
+    assert!(
+        queued > 0 && m.queued as usize == queued,
+        "queued {queued}, counted {}",
+        m.queued
+    );
+    assert!(m.breaker_opens >= 1);
+
+    // A full queue is an error, never a silent drop.
+    let server = FaultServer::start(
+        scenario(vec![(
+            "primary",
+            ModelFaults {
+                outages: vec![Outage {
+                    start_ms: 0,
+                    end_ms: 60_000,
+                    error: ErrorKind::ServiceUnavailable,
+                }],
+                ..ModelFaults::default()
+            },
+        )]),
+        0,
+    )
+    .await
+    .unwrap();
+    let client = client_with(&server, &["primary"], backstop_policy(config), |o| {
+        o.queue_capacity = 0;
+        o.deadline = Duration::from_secs(600);
+    })
+    .await;
+    let error = client
+        .converse(&ChatRequest::user("job").batch())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, CallError::QueueFull { capacity: 0, .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_failing_before_output_falls_back_and_one_failing_after_is_surfaced() {
+    let broken = ModelFaults {
+        stream_error_after: Some(0),
+        stream_error: Some(ErrorKind::Throttling),
+        ..ModelFaults::default()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", broken)]), 0)
+        .await
+        .unwrap();
+    let client = connect(
+        &server,
+        &["primary", "fallback"],
+        r#"{"max_attempts_per_model": 2}"#,
+    )
+    .await;
+    let mut stream = client
+        .converse_stream(&ChatRequest::user("hello"))
+        .await
+        .expect("falls back");
+    assert_eq!(stream.model(), "fallback");
+    let mut events = 0;
+    while let Some(_event) = stream.recv().await.expect("the fallback streams cleanly") {
+        events += 1;
+    }
+    assert!(events >= 4, "{events} events");
+    assert_eq!(
+        (server.requests("primary"), server.requests("fallback")),
+        (2, 1)
+    );
+
+    let cut = ModelFaults {
+        stream_error_after: Some(2),
+        ..ModelFaults::default()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", cut)]), 0)
+        .await
+        .unwrap();
+    let client = connect(&server, &["primary", "fallback"], "{}").await;
+    let mut stream = client
+        .converse_stream(&ChatRequest::user("hello"))
+        .await
+        .expect("starts");
+    let mut delivered = 0;
+    let error = loop {
+        match stream.recv().await {
+            Ok(Some(_)) => delivered += 1,
+            Ok(None) => panic!("the stream should fail"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(
+        delivered, 3,
+        "message start and two deltas reached the caller"
+    );
+    assert!(
+        matches!(
+            &error,
+            CallError::GaveUp {
+                reason: GiveUpReason::OutputCommitted,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        error.last_error().unwrap().kind,
+        ErrorKind::ModelStreamError
+    );
+    let stats = server.stats();
+    assert_eq!(
+        (stats["primary"].requests, stats["primary"].streams_cut),
+        (1, 1),
+        "not retried"
+    );
+    assert_eq!(server.requests("fallback"), 0);
+}
+
+#[tokio::test]
+async fn the_fault_server_speaks_bedrock_wire_format_and_refuses_unsigned_or_malformed_requests() {
+    let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling"]))]), 0)
+        .await
+        .unwrap();
+    let http = reqwest_like_post(
+        &server,
+        "/model/primary/converse",
+        None,
+        r#"{"messages":[{"role":"user","content":[{"text":"x"}]}]}"#,
+    )
+    .await;
+    assert!(http.starts_with("HTTP/1.1 403"), "{http}");
+    assert!(
+        http.to_lowercase()
+            .contains("x-amzn-errortype: accessdeniedexception"),
+        "{http}"
+    );
+
+    let signed = Some(
+        "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00",
+    );
+    let http = reqwest_like_post(&server, "/model/primary/converse", signed, "{not json").await;
+    assert!(
+        http.starts_with("HTTP/1.1 400") && http.contains("ValidationException"),
+        "{http}"
+    );
+    assert!(
+        http.contains(r#""message":"Malformed input request"#),
+        "{http}"
+    );
+
+    let http = reqwest_like_post(
+        &server,
+        "/model/primary/converse",
+        signed,
+        r#"{"messages":[{"role":"user","content":[{"text":"x"}]}]}"#,
+    )
+    .await;
+    assert!(http.starts_with("HTTP/1.1 429"), "{http}");
+    assert!(
+        http.contains("ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+        "{http}"
+    );
+    let stats = server.stats();
+    assert_eq!(stats["primary"].requests, 3);
+    assert_eq!(stats["primary"].errors["ThrottlingException"], 1);
+}
+
+/// A raw HTTP/1.1 POST, so the test sees the bytes on the wire and no client library's view.
+async fn reqwest_like_post(
+    server: &FaultServer,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let auth = auth
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}

@@ -1,0 +1,226 @@
+//! The default policy component, unchanged, under other runtimes: jco (transpiled for Node) and
+//! wasmtime-py. On a table of contexts each must answer exactly as the host's wasmtime does,
+//! decision for decision. CI installs both (`.ci/run`); elsewhere a test says it was skipped,
+//! and under CI a missing runtime is a failure, never a silent pass.
+
+use backstop_test_support as support;
+
+use backstop::{AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Workload};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn jco() -> Option<PathBuf> {
+    let jco = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/jco/node_modules/.bin/jco");
+    jco.is_file().then_some(jco)
+}
+
+fn kebab<T: serde::Serialize>(value: T) -> Value {
+    serde_json::to_value(value).expect("serialises")
+}
+
+/// A context in the shape jco's bindings take (camelCase, 64-bit numbers as strings).
+fn js_context(c: &AttemptContext) -> Value {
+    json!({
+        "requestId": c.request_id,
+        "error": {
+            "kind": kebab(c.error.kind),
+            "code": c.error.code,
+            "httpStatus": c.error.http_status,
+            "message": c.error.message,
+            "retryAfterMs": c.error.retry_after_ms.map(|v| v.to_string()),
+        },
+        "models": c.models,
+        "model": c.model,
+        "attemptsOnModel": c.attempts_on_model,
+        "attemptsTotal": c.attempts_total,
+        "elapsedMs": c.elapsed_ms.to_string(),
+        "remainingMs": c.remaining_ms.to_string(),
+        "workload": kebab(c.workload),
+        "outputDelivered": c.output_delivered,
+        "health": c.health.iter().map(|h| json!({
+            "requests": h.requests,
+            "throttles": h.throttles,
+            "errors": h.errors,
+            "consecutiveFailures": h.consecutive_failures,
+            "breaker": kebab(h.breaker),
+            "inStateMs": h.in_state_ms.to_string(),
+        })).collect::<Vec<_>>(),
+        "entropy": c.entropy.to_string(),
+    })
+}
+
+/// A decision in the shape jco's bindings return.
+fn js_decision(d: &Decision) -> Value {
+    match *d {
+        Decision::Retry { delay_ms } => json!({"tag": "retry", "val": delay_ms.to_string()}),
+        Decision::SwitchModel { model, delay_ms } => json!({
+            "tag": "switch-model", "val": {"model": model, "delayMs": delay_ms.to_string()}
+        }),
+        Decision::BreakCircuit {
+            model,
+            open_ms,
+            then,
+        } => json!({
+            "tag": "break-circuit",
+            "val": {
+                "model": model,
+                "openMs": open_ms.to_string(),
+                "then": match then {
+                    AfterBreak::Fallback { model } => json!({"tag": "fallback", "val": model}),
+                    AfterBreak::Queue => json!({"tag": "queue"}),
+                    AfterBreak::GiveUp => json!({"tag": "give-up"}),
+                },
+            }
+        }),
+        Decision::Queue { not_before_ms } => {
+            json!({"tag": "queue", "val": not_before_ms.to_string()})
+        }
+        Decision::GiveUp { reason } => json!({"tag": "give-up", "val": kebab(reason)}),
+    }
+}
+
+/// Every error class across attempts, workloads, chains, breaker states and jitter draws.
+fn table() -> Vec<AttemptContext> {
+    let mut contexts = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for kind in ErrorKind::ALL {
+        for attempt in [1u32, 2, 5, 9] {
+            for (workload, chain) in [
+                (Workload::Interactive, &["primary"][..]),
+                (Workload::Batch, &["primary"][..]),
+                (Workload::Batch, &["primary", "fallback"][..]),
+                (Workload::Interactive, &["primary", "fallback", "last"][..]),
+            ] {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let mut c = support::ctx(kind, chain);
+                c.request_id = format!("conf-{}", contexts.len());
+                c.attempts_on_model = attempt;
+                c.attempts_total = attempt + 1;
+                c.workload = workload;
+                c.entropy = seed;
+                c.remaining_ms = 5_000 + seed % 60_000;
+                c.error.retry_after_ms = seed.is_multiple_of(3).then_some(seed % 4_000);
+                c.health[0].consecutive_failures = attempt;
+                c.health[0].requests = 20;
+                c.health[0].throttles = (seed % 21) as u32;
+                c.health[0].errors = (seed % 17) as u32;
+                if chain.len() > 1 && seed.is_multiple_of(4) {
+                    c.health[1].breaker = BreakerState::Open;
+                }
+                c.output_delivered = seed.is_multiple_of(11);
+                contexts.push(c);
+            }
+        }
+    }
+    contexts
+}
+
+/// The table's input for the runtime scripts: the configuration and the contexts.
+const CONFIG: &str = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
+
+/// Feeds the table to a runtime script and checks its answers against the host's.
+fn agrees_with_wasmtime(mut runtime: Command) {
+    let contexts = table();
+    let input = json!({
+        "config": CONFIG,
+        "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
+    });
+    let mut child = runtime
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the runtime starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let answered = child.wait_with_output().unwrap();
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    let answers: Vec<Value> = serde_json::from_slice(&answered.stdout).unwrap();
+
+    let policy = support::default_policy(CONFIG);
+    assert_eq!(answers.len(), contexts.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for (c, theirs) in contexts.iter().zip(&answers) {
+        let verdict = policy.decide(c);
+        assert_eq!(verdict.fault, None);
+        let expected = js_decision(&verdict.decision);
+        assert_eq!(theirs, &expected, "context {}", c.request_id);
+        kinds.insert(expected["tag"].as_str().unwrap().to_string());
+    }
+    // The table reaches every kind of decision, so the comparison covers every shape.
+    assert_eq!(kinds.len(), 5, "decisions seen: {kinds:?}");
+}
+
+fn skip(runtime: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {runtime} (see .ci/run)"
+    );
+    eprintln!("SKIPPED: {runtime} is not installed ({install})");
+}
+
+fn script(name: &str) -> String {
+    format!(
+        "{}/../tests/backstop/conformance/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn node_via_jco_decides_as_wasmtime_does() {
+    let Some(jco) = jco() else {
+        return skip(
+            "jco",
+            "npm install --prefix target/jco @bytecodealliance/jco",
+        );
+    };
+    let dir = support::scratch_dir("jco");
+    let wasm = dir.join("policy_guest.wasm");
+    std::fs::write(&wasm, backstop::DEFAULT_POLICY_WASM).unwrap();
+    let out = dir.join("out");
+    let transpiled = Command::new(&jco)
+        .arg("transpile")
+        .arg(&wasm)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("jco runs");
+    assert!(
+        transpiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&transpiled.stderr)
+    );
+    std::fs::write(out.join("package.json"), r#"{"type": "module"}"#).unwrap();
+    let mut node = Command::new("node");
+    node.arg(script("jco_decide.mjs")).arg(&out);
+    agrees_with_wasmtime(node);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn wasmtime_py_decides_as_wasmtime_does() {
+    let has_wasmtime_py = Command::new("python3")
+        .args(["-c", "import wasmtime.component"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_wasmtime_py {
+        return skip("wasmtime-py", "pip install wasmtime");
+    }
+    let dir = support::scratch_dir("wasmtime-py");
+    let wasm = dir.join("policy_guest.wasm");
+    std::fs::write(&wasm, backstop::DEFAULT_POLICY_WASM).unwrap();
+    let mut python = Command::new("python3");
+    python.arg(script("wasmtime_py_decide.py")).arg(&wasm);
+    agrees_with_wasmtime(python);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,13 @@
+//! The command line's integration tests, one binary: `backstop` run as an operator runs it.
+
+mod decide;
+mod simulate;
+mod swap;
+
+/// Runs the `backstop` binary with `args`, as an operator would.
+pub fn backstop(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(args)
+        .output()
+        .expect("backstop runs")
+}

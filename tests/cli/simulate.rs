@@ -1,0 +1,115 @@
+//! `backstop simulate` as an operator runs it: a table, JSON, a plot, and clear errors.
+
+use backstop_test_support as support;
+
+use crate::backstop;
+use serde_json::Value;
+use support::text;
+
+#[test]
+fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
+    let out = backstop(&["simulate", "--scenario", "regional-outage"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].starts_with("scenario regional-outage (seed 21)"),
+        "{table}"
+    );
+    assert!(
+        rows[1].starts_with("policy") && rows[1].contains("ampl."),
+        "{table}"
+    );
+    for (row, name) in
+        rows[2..]
+            .iter()
+            .zip(["backstop-default", "naive", "sdk-standard", "no-retries"])
+    {
+        assert!(row.starts_with(name), "{table}");
+    }
+    assert!(
+        text(&out.stderr).contains("simulated 1500 s in"),
+        "progress is shown"
+    );
+}
+
+#[test]
+fn json_and_plot_carry_the_per_minute_series() {
+    let dir = std::env::temp_dir().join(format!("backstop-cli-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("brownout.svg");
+    let out = backstop(&[
+        "simulate",
+        "--scenario",
+        "brownout",
+        "--baseline",
+        "naive",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[1]["policy"], "naive");
+    let minutes = reports[0]["per_minute"].as_array().unwrap();
+    assert!(minutes.len() >= 20, "20 simulated minutes");
+    let offered: u64 = minutes.iter().map(|m| m["offered"].as_u64().unwrap()).sum();
+    assert_eq!(offered, reports[0]["requests"].as_u64().unwrap());
+
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    for title in [
+        "offered load",
+        "served per minute",
+        "throttling answers",
+        "fallback model",
+    ] {
+        assert!(svg.contains(title), "panel {title}");
+    }
+    assert!(
+        svg.contains("naive") && svg.contains("backstop-default"),
+        "a legend per policy"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_input_names_what_is_wrong() {
+    let out = backstop(&["simulate", "--scenario", "tuesday-lull"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tuesday-lull") && stderr.contains("monday-spike"),
+        "{stderr}"
+    );
+
+    let out = backstop(&["simulate", "--scenario", "brownout", "--baseline", "yolo"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown baseline `yolo`"));
+
+    let dir = std::env::temp_dir().join(format!("backstop-cli-sim-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("no-traffic.json");
+    std::fs::write(&file, r#"{"seed": 1, "models": {}}"#).unwrap();
+    let out = backstop(&["simulate", "--scenario", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no `traffic` section"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(
+        &file,
+        r#"{"traffic": {"duration_s": 10, "models": [], "phases": []}}"#,
+    )
+    .unwrap();
+    let out = backstop(&["simulate", "--scenario", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("traffic.models"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

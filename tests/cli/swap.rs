@@ -1,0 +1,178 @@
+//! Swapping from the command line: `backstop check`, `compile --cache-dir`, the host config,
+//! and a running `backstop demo` that takes a new module on SIGHUP or from `--watch`.
+
+use backstop_test_support as support;
+
+use crate::backstop;
+use backstop::{CacheUse, ModuleCache, sha256_hex};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::text;
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
+    let dir = support::scratch_dir("cli-check");
+    let sane = dir.join("sane.wasm");
+    std::fs::write(&sane, support::sane_component("2.0.0")).unwrap();
+    let out = backstop(&["check", "--policy", path(&sane)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "would go live");
+    assert_eq!(report["version"], "2.0.0");
+    assert!(report["smoke_decisions"].as_u64().unwrap() > 100);
+
+    let reckless = dir.join("reckless.wasm");
+    std::fs::write(&reckless, support::policy_component(&Default::default())).unwrap();
+    let out = backstop(&["check", "--policy", path(&reckless)]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("failed the smoke table") && stderr.contains("resends"),
+        "{stderr}"
+    );
+
+    // An allow-list that does not name the module.
+    let host = dir.join("host.json");
+    let other = sha256_hex(b"some other module");
+    std::fs::write(&host, format!(r#"{{"allowed_digests": ["{other}"]}}"#)).unwrap();
+    let out = backstop(&[
+        "check",
+        "--policy",
+        path(&sane),
+        "--host-config",
+        path(&host),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not on the allow-list"), "{stderr}");
+    assert!(
+        stderr.contains(&sha256_hex(&std::fs::read(&sane).unwrap())),
+        "{stderr}"
+    );
+
+    // Bad host configs name what is wrong.
+    for (config, expected) in [
+        (r#"{"allowed_digests": ["abc"]}"#, "allowed_digests[0]"),
+        (r#"{"rollbak": {}}"#, "unknown field `rollbak`"),
+        (r#"{"rollback": {"window_ms": 0}}"#, "window_ms"),
+    ] {
+        std::fs::write(&host, config).unwrap();
+        let out = backstop(&[
+            "check",
+            "--policy",
+            path(&sane),
+            "--host-config",
+            path(&host),
+        ]);
+        assert!(!out.status.success(), "{config}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{config}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn compile_into_the_cache_makes_the_first_swap_a_hit() {
+    let dir = support::scratch_dir("cli-compile");
+    let sane_bytes = support::sane_component("2.0.0");
+    let sane = dir.join("sane.wasm");
+    std::fs::write(&sane, &sane_bytes).unwrap();
+    let cache_dir = dir.join("cache");
+    let out = backstop(&["compile", path(&sane), "--cache-dir", path(&cache_dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let engine = support::engine();
+    let cache = ModuleCache::new(engine, &cache_dir).unwrap();
+    assert!(cache.entry(&sha256_hex(&sane_bytes)).is_file());
+    let (_, used) = cache.load(engine, &sane_bytes, "sane.wasm").unwrap();
+    assert_eq!(used, CacheUse::Hit);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs `backstop demo` on a copy of the default policy; once it has printed its policy line,
+/// calls `swap` with the policy path and the child's pid. Returns stdout.
+fn demo_swapped(name: &str, extra: &[&str], swap: impl FnOnce(&Path, u32)) -> String {
+    let dir = support::scratch_dir(name);
+    let policy = dir.join("policy.wasm");
+    std::fs::write(&policy, backstop::DEFAULT_POLICY_WASM).unwrap();
+    let mut args = vec![
+        "demo",
+        "--policy",
+        path(&policy),
+        "--requests",
+        "40",
+        "--batch",
+        "0",
+        "--spread-secs",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("policy backstop-default"), "{line}");
+    // Keep draining the progress output so the child never blocks on a full pipe.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    swap(&policy, child.id());
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let stderr = drain.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+    stdout
+}
+
+#[test]
+fn sighup_swaps_the_policy_of_a_running_demo() {
+    let stdout = demo_swapped("cli-sighup", &[], |policy, pid| {
+        backstop::wasm::cache::write_atomically(policy, &support::sane_component("2.0.0")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    });
+    assert!(
+        stdout.contains("policy at the end: retry-1 2.0.0") && stdout.contains("swaps 1,"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn watch_swaps_the_policy_of_a_running_demo_and_keeps_it_through_garbage() {
+    let stdout = demo_swapped("cli-watch", &["--watch"], |policy, _| {
+        std::fs::write(policy, support::sane_component("2.0.0")).unwrap();
+        std::thread::sleep(Duration::from_millis(1_000));
+        std::fs::write(policy, b"garbage").unwrap();
+    });
+    assert!(
+        stdout.contains("policy at the end: retry-1 2.0.0")
+            && stdout.contains("swaps 1,")
+            && stdout.contains("rejected 1,"),
+        "{stdout}"
+    );
+}

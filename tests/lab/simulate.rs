@@ -1,0 +1,214 @@
+//! `backstop simulate`: the production loop in virtual time, the real modules, the baselines,
+//! and scenarios that mean the same on the fault server.
+
+use backstop_test_support as support;
+
+use backstop::{
+    ChatRequest, ClientOptions, ErrorKind, HostConfig, ResilientClient, sdk_client_for_endpoint,
+};
+use backstop_lab::baseline::Baseline;
+use backstop_lab::scenario::{Latency, ModelFaults, Phase, Traffic};
+use backstop_lab::simulate::{self, Contender, SimReport};
+use backstop_lab::{FaultServer, Scenario};
+use std::time::Duration;
+
+/// Five minutes of 5 requests a second against a flaky primary and a tight fallback.
+fn small_scenario(seed: u64) -> Scenario {
+    let primary = ModelFaults {
+        rpm: Some(240),
+        burst: Some(10),
+        error_rates: [
+            (ErrorKind::ServiceUnavailable, 0.1),
+            (ErrorKind::Throttling, 0.1),
+        ]
+        .into(),
+        latency_ms: Latency { min: 200, max: 800 },
+        ..ModelFaults::default()
+    };
+    let fallback = ModelFaults {
+        rpm: Some(120),
+        burst: Some(5),
+        latency_ms: Latency { min: 300, max: 900 },
+        ..ModelFaults::default()
+    };
+    Scenario {
+        seed,
+        models: [
+            ("primary".to_string(), primary),
+            ("fallback".to_string(), fallback),
+        ]
+        .into(),
+        traffic: Some(Traffic {
+            duration_s: 300,
+            models: vec!["primary".into(), "fallback".into()],
+            phases: vec![Phase {
+                from_s: 0.0,
+                rps: 5.0,
+                ramp_s: 0.0,
+            }],
+            bursts: Vec::new(),
+            batch_share: 0.2,
+            input_tokens: 500,
+            output_tokens: 300,
+            deadline_s: 60,
+        }),
+        ..Scenario::default()
+    }
+}
+
+fn default_policy() -> Contender {
+    Contender::Module {
+        module: support::default_module().clone(),
+        config: "{}".into(),
+    }
+}
+
+fn run(scenario: &Scenario, contender: &Contender) -> SimReport {
+    simulate::run(scenario, contender, &HostConfig::default(), |_| {}).expect("runs")
+}
+
+#[test]
+fn the_same_seed_gives_the_same_numbers_and_another_seed_other_ones() {
+    let first = run(&small_scenario(7), &default_policy());
+    let again = run(&small_scenario(7), &default_policy());
+    assert_eq!(first, again, "deterministic down to every minute");
+    let other = run(&small_scenario(8), &default_policy());
+    assert_ne!(first.per_minute, other.per_minute);
+
+    // The books balance: every request was served or failed, minute by minute too.
+    assert_eq!(first.served + first.failed, first.requests);
+    let offered: u64 = first.per_minute.iter().map(|m| m.offered).sum();
+    let served: u64 = first.per_minute.iter().map(|m| m.served).sum();
+    assert_eq!((offered, served), (first.requests, first.served));
+    assert!(
+        first.requests > 1_200,
+        "{} requests in 5 minutes at 5/s",
+        first.requests
+    );
+}
+
+#[test]
+fn baselines_do_what_they_are_named_for() {
+    let scenario = small_scenario(3);
+    let none = run(&scenario, &Contender::Baseline(Baseline::NoRetries));
+    assert_eq!(
+        none.calls_sent, none.requests,
+        "exactly one call per request"
+    );
+    assert!(none.failed > 0);
+
+    let sdk = run(&scenario, &Contender::Baseline(Baseline::SdkStandard));
+    assert!(sdk.calls_sent <= 3 * sdk.requests);
+    assert!(sdk.calls_sent > none.calls_sent, "it retries");
+    assert_eq!(sdk.served_by_fallback, 0, "the SDK knows no fallback model");
+
+    let naive = run(&scenario, &Contender::Baseline(Baseline::Naive));
+    assert!(naive.calls_sent <= 6 * naive.requests);
+    assert!(naive.served > none.served);
+
+    // The default policy serves as many (within 1 %) with far less load and waiting.
+    let backstop = run(&scenario, &default_policy());
+    assert!(
+        backstop.served * 100 >= naive.served * 99,
+        "{backstop:?}\n{naive:?}"
+    );
+    assert!(backstop.p50_ms < naive.p50_ms);
+    assert!(
+        backstop.amplification < naive.amplification,
+        "less load on a struggling service: {} vs {}",
+        backstop.amplification,
+        naive.amplification
+    );
+}
+
+#[test]
+fn the_modules_under_test_run_for_real_faults_included() {
+    let scenario = small_scenario(5);
+    // Retries every healing error after 1 ms: a different module, a different run.
+    let eager = Contender::Module {
+        module: support::engine()
+            .load_bytes(&support::sane_component("2.0.0"), "eager.wasm")
+            .unwrap(),
+        config: "{}".into(),
+    };
+    assert_eq!(eager.name(), "retry-1 2.0.0");
+    let eager = run(&scenario, &eager);
+    let default = run(&scenario, &default_policy());
+    assert_ne!(eager.calls_sent, default.calls_sent);
+    assert_eq!(eager.served_by_fallback, 0, "it never switches model");
+
+    // A module that traps after a few calls per instance: the safe decision steps in, counted.
+    let flaky = Contender::Module {
+        module: support::engine()
+            .load_bytes(&support::trap_after_component(3), "flaky.wasm")
+            .unwrap(),
+        config: "{}".into(),
+    };
+    let flaky = run(&scenario, &flaky);
+    assert!(flaky.policy_faults > 0);
+    assert!(flaky.served > 0);
+    assert_eq!(flaky.served + flaky.failed, flaky.requests);
+}
+
+#[test]
+fn a_scenario_without_traffic_is_a_clear_error() {
+    let mut scenario = small_scenario(1);
+    scenario.traffic = None;
+    let error =
+        simulate::run(&scenario, &default_policy(), &HostConfig::default(), |_| {}).unwrap_err();
+    assert!(
+        error.to_string().contains("no `traffic` section"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn shipped_scenarios_simulate_and_serve_on_the_fault_server() {
+    for (name, json) in simulate::SHIPPED {
+        let scenario = Scenario::from_json(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let traffic = scenario
+            .traffic
+            .clone()
+            .expect("shipped scenarios have traffic");
+        let report = tokio::task::spawn_blocking({
+            let scenario = scenario.clone();
+            move || run(&scenario, &Contender::Baseline(Baseline::NoRetries))
+        })
+        .await
+        .unwrap();
+        assert!(report.requests > 1_000, "{name}: {report:?}");
+        assert_eq!(report.calls_sent, report.requests, "{name}");
+
+        // The same file drives the fault server: the SDK is served by each model of the chain.
+        let server = FaultServer::start(scenario, 0).await.unwrap();
+        for model in &traffic.models {
+            let options = ClientOptions::new([model.as_str()]);
+            let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+            let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
+            let served = client.converse(&ChatRequest::user("hello")).await;
+            assert!(served.is_ok(), "{name} {model}: {:?}", served.err());
+        }
+    }
+}
+
+#[test]
+fn a_batch_backlog_drains_through_the_paced_queue_and_an_overflow_is_refused() {
+    let scenario = simulate::shipped("batch-backlog").unwrap().unwrap();
+    let report = run(&scenario, &default_policy());
+    // 3,000 batch requests at once against 600 requests a minute: parked work re-enters at the
+    // pace the models serve, so nearly all of it is served without hammering the quota.
+    assert!(report.served * 100 >= report.requests * 99, "{report:?}");
+    assert!(report.queued_then_served > 2_500, "{report:?}");
+    assert!(report.amplification < 3.0, "{report:?}");
+
+    // A queue too small for the backlog refuses the rest, and says so.
+    let host = HostConfig {
+        queue_capacity: 1_000,
+        ..HostConfig::default()
+    };
+    let small = simulate::run(&scenario, &default_policy(), &host, |_| {}).unwrap();
+    assert!(
+        small.failures.get("queue-full").copied().unwrap_or(0) > 1_000,
+        "{small:?}"
+    );
+}

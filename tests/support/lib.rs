@@ -1,0 +1,256 @@
+//! Shared helpers of the integration tests and benchmarks: the default policy, contexts, and
+//! hostile components assembled from a few lines of core-wasm text plus the real WIT contract.
+//! A crate of its own (not a `mod` copied into each test binary), so every helper is compiled
+//! once and none is dead code in a binary that does not use it.
+
+use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy, PolicyModule};
+use std::sync::OnceLock;
+
+pub const WIT: &str = include_str!("../../wit/policy.wit");
+
+/// One engine for the whole test binary, as a host would have.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(Limits::default()).expect("engine"))
+}
+
+/// The embedded default policy, compiled once per test binary.
+pub fn default_module() -> &'static PolicyModule {
+    static MODULE: OnceLock<PolicyModule> = OnceLock::new();
+    MODULE.get_or_init(|| engine().load_default().expect("default policy loads"))
+}
+
+/// The embedded default policy, configured with `config`.
+pub fn default_policy(config: &str) -> Policy {
+    default_module().configure(config).expect("configures")
+}
+
+/// A first-failure context for `kind` on a chain of `models`.
+pub fn ctx(kind: ErrorKind, models: &[&str]) -> AttemptContext {
+    AttemptContext::first_failure(ErrorInfo::of(kind), models.iter().copied())
+}
+
+/// Full jitter as the README specifies it: uniform over `[0, min(base * 2^exp, cap)]`, the
+/// uniform draw being `floor(entropy * (window + 1) / 2^64)`.
+pub fn expected_jitter(base: u64, cap: u64, exponent: u32, entropy: u64) -> u64 {
+    let window = base.saturating_mul(1u64 << exponent).min(cap);
+    ((u128::from(entropy) * (u128::from(window) + 1)) >> 64) as u64
+}
+
+/// Core-wasm bodies for the three functions of `backstop:policy/decider`, wrapped into a
+/// component with the WIT contract embedded as metadata (what wit-bindgen does for Rust).
+pub struct CoreParts<'a> {
+    pub configure: &'a str,
+    pub decide: &'a str,
+    pub info: &'a str,
+    /// Extra module fields (functions, data, imports go in `imports`).
+    pub extra: &'a str,
+    pub imports: &'a str,
+}
+
+impl Default for CoreParts<'_> {
+    fn default() -> Self {
+        CoreParts {
+            // result<_, string> at address 0: zeroed memory is `ok`.
+            configure: "i32.const 0",
+            // retry(1): discriminant 0, payload u64 at offset 8.
+            decide: "(i64.store (i32.const 2056) (i64.const 1)) (i32.store8 (i32.const 2048) (i32.const 0)) i32.const 2048",
+            // Three empty strings.
+            info: "i32.const 0",
+            extra: "",
+            imports: "",
+        }
+    }
+}
+
+/// The core module text for a policy at `version` with the given bodies.
+pub fn core_wat(parts: &CoreParts, version: &str) -> String {
+    let export = format!("backstop:policy/decider@{version}");
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  ;; A bump allocator that wraps around: enough for a few thousand calls of a test.
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (i32.and
+      (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+      (i32.xor (i32.sub (local.get 2) (i32.const 1)) (i32.const -1))))
+    (if (i32.gt_u (i32.add (local.get $ptr) (local.get 3)) (i32.const 120000))
+      (then (local.set $ptr (i32.const 4096))))
+    (global.set $heap (i32.add (local.get $ptr) (local.get 3)))
+    (local.get $ptr))
+  (func (export "{export}#configure") (param i32 i32) (result i32) {configure})
+  (func (export "{export}#decide") (param i32) (result i32) {decide})
+  (func (export "{export}#info") (result i32) {info})
+  {extra}
+)"#,
+        imports = parts.imports,
+        configure = parts.configure,
+        decide = parts.decide,
+        info = parts.info,
+        extra = parts.extra,
+    )
+}
+
+/// Builds a component from core text and WIT text, selecting `world` of the package `main`.
+pub fn component(core: &str, wit: &str, world: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("test.wit", wit).expect("test WIT parses");
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .expect("world exists");
+    let mut module = wat::parse_str(core).expect("core wat parses");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("metadata embeds");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("module accepted")
+        .validate(true)
+        .encode()
+        .expect("component encodes")
+}
+
+/// A policy component with the given bodies against the real contract.
+pub fn policy_component(parts: &CoreParts) -> Vec<u8> {
+    component(&core_wat(parts, backstop::WIT_VERSION), WIT, "policy")
+}
+
+/// Log lines captured from a `tracing` subscriber, for asserting what an operator would see.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+pub fn capture_logs() -> CapturedLogs {
+    // tracing caches per call site whether anyone listens. Tests run in parallel threads; a
+    // call site first hit by a test with no subscriber could be cached as "nobody" and then
+    // skip a capturing test's scoped subscriber. A global subscriber (writing nowhere) that
+    // listens at INFO keeps every call site live.
+    static GLOBAL: OnceLock<()> = OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let sink = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sink);
+    });
+    CapturedLogs::default()
+}
+
+impl CapturedLogs {
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `decide` body that behaves: gives up (output-committed) once output was delivered, gives
+/// up (not-retryable) on the four errors that cannot heal, and retries after 1 ms otherwise.
+/// Offsets follow the canonical ABI layout of `attempt-context`: the error kind is the byte at
+/// 8, `output-delivered` the byte at 89.
+pub const SANE_DECIDE: &str = r#"
+    (if (i32.load8_u offset=89 (local.get 0))
+      (then (i32.store8 (i32.const 2048) (i32.const 4))
+            (i32.store8 (i32.const 2056) (i32.const 3))
+            (return (i32.const 2048))))
+    (if (i32.le_u (i32.sub (i32.load8_u offset=8 (local.get 0)) (i32.const 8)) (i32.const 3))
+      (then (i32.store8 (i32.const 2048) (i32.const 4))
+            (i32.store8 (i32.const 2056) (i32.const 0))
+            (return (i32.const 2048))))
+    (i32.store8 (i32.const 2048) (i32.const 0))
+    (i64.store (i32.const 2056) (i64.const 1))
+    (i32.const 2048)"#;
+
+/// An `info` body answering `name`, `version` and the contract version, with the data segment
+/// it needs (to go in `extra`).
+pub fn info_parts(name: &str, version: &str) -> (String, String) {
+    let strings = [name, version, backstop::WIT_VERSION];
+    let mut body = String::new();
+    let mut at = 3100;
+    for (i, s) in strings.iter().enumerate() {
+        body += &format!(
+            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {}))",
+            3000 + 8 * i,
+            3004 + 8 * i,
+            s.len()
+        );
+        at += s.len();
+    }
+    body += " i32.const 3000";
+    let data = format!("(data (i32.const 3100) \"{}\")", strings.concat());
+    (body, data)
+}
+
+/// A well-behaved policy that is not the default: `retry-1` at `version`.
+pub fn sane_component(version: &str) -> Vec<u8> {
+    let (info, data) = info_parts("retry-1", version);
+    policy_component(&CoreParts {
+        decide: SANE_DECIDE,
+        info: &info,
+        extra: &data,
+        ..Default::default()
+    })
+}
+
+/// [`sane_component`], except that each instance traps on every call after its first `calls`.
+pub fn trap_after_component(calls: u32) -> Vec<u8> {
+    let (info, data) = info_parts("trap-later", "1.0.0");
+    let decide = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+         (if (i32.gt_u (global.get $calls) (i32.const {calls})) (then unreachable))
+         {SANE_DECIDE}"
+    );
+    let extra = format!("(global $calls (mut i32) (i32.const 0)) {data}");
+    policy_component(&CoreParts {
+        decide: &decide,
+        info: &info,
+        extra: &extra,
+        ..Default::default()
+    })
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and `name`.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("backstop-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Polls `done` every 20 ms for up to `limit`; whether it became true.
+pub fn eventually(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Command output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
