@@ -24,7 +24,14 @@ use std::path::PathBuf;
 /// }"#)?;
 /// assert_eq!(config.guardrails.max_total_attempts, 6);
 /// assert!(backstop::HostConfig::from_json(r#"{ "allowed_digests": ["abc"] }"#).is_err());
-/// # Ok::<(), backstop::config::ConfigError>(())
+///
+/// // One source: the loop enforces the very guardrails swaps are vetted against.
+/// let engine = backstop::Engine::new(backstop::Limits::default())?;
+/// let client = config.client_options(["primary", "fallback"]);
+/// let swaps = config.swap_options(&engine, "{}")?;
+/// assert_eq!(client.guardrails, swaps.guardrails);
+/// assert_eq!(client.guardrails.max_total_attempts, 6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

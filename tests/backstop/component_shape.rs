@@ -1,7 +1,7 @@
 //! The default policy component as other runtimes see it: exactly the contract's export, and
 //! no imports at all, so it runs unchanged under jco on Node or wasmtime-py with no WASI shim.
 
-use backstop::{DECIDER_EXPORT, DEFAULT_POLICY_WASM};
+use backstop::{DECIDER_EXPORT, DEFAULT_POLICY_WASM, WIT_VERSION};
 use wasmtime::component::{Component, types::ComponentItem};
 
 fn inspect() -> (wasmtime::Engine, Component) {
@@ -48,4 +48,23 @@ fn the_default_policy_reports_the_contract_version_it_targets() {
     assert_eq!(module.info().name, "backstop-default");
     assert_eq!(module.info().wit_version, "0.1.0");
     assert!(DECIDER_EXPORT.ends_with(&format!("@{}", module.info().wit_version)));
+}
+
+/// The contract's version is written once in Rust (`backstop_contract::wit_version!`); the WIT
+/// file, the export the host demands and what the default policy reports all agree with it.
+#[test]
+fn the_contract_version_is_one_constant() {
+    let wit = include_str!("../../wit/policy.wit");
+    let package = wit
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("package backstop:policy@"))
+        .expect("the WIT declares its package");
+    assert_eq!(package.trim_end_matches(';'), WIT_VERSION);
+    assert_eq!(
+        DECIDER_EXPORT,
+        format!("backstop:policy/decider@{WIT_VERSION}")
+    );
+    let engine = backstop::Engine::new(backstop::Limits::default()).unwrap();
+    let module = engine.load_default().unwrap();
+    assert_eq!(module.info().wit_version, WIT_VERSION);
 }

@@ -6,8 +6,8 @@ use backstop_test_support as support;
 use aws_sdk_bedrockruntime::error::SdkError;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
 use backstop::{
-    CallError, ChatRequest, ClientOptions, ErrorKind, GiveUpReason, ResilientClient, Workload,
-    sdk_client_for_endpoint,
+    CallError, ChatRequest, ClientOptions, Decision, ErrorKind, FailureCause, GiveUpReason,
+    RequestOptions, ResilientClient, Workload, sdk_client_for_endpoint,
 };
 use backstop_lab::scenario::{ModelFaults, Outage, Scripted};
 use backstop_lab::{FaultServer, Scenario};
@@ -211,11 +211,18 @@ async fn extended_throttling_is_served_by_the_fallback_and_counted() {
         (5, 1)
     );
     assert_eq!(client.metrics().snapshot().fallback_invocations, 1);
+    let text = client.metrics().prometheus_text();
     assert!(
-        client
-            .metrics()
-            .prometheus_text()
-            .contains("backstop_fallback_model_invocations_total 1")
+        text.contains("backstop_fallback_model_invocations_total 1"),
+        "{text}"
+    );
+    // The policy handle's own families join the client's exposition.
+    let digest = client.policy().status().digest;
+    assert!(
+        text.contains(&format!(
+            "backstop_policy_info{{digest=\"{digest}\",name=\"backstop-default\""
+        )) && text.contains("backstop_policy_swaps_total 0"),
+        "{text}"
     );
     let log = captured.text();
     assert!(
@@ -555,4 +562,100 @@ async fn reqwest_like_post(
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// A module that always answers `retry(u64::MAX)`: only a deadline stops it early.
+fn sleepy_policy() -> backstop::Policy {
+    let parts = support::CoreParts {
+        decide: "(i32.store8 (i32.const 2048) (i32.const 0)) (i64.store (i32.const 2056) (i64.const -1)) i32.const 2048",
+        ..Default::default()
+    };
+    support::engine()
+        .load_bytes(&support::policy_component(&parts), "sleepy")
+        .unwrap()
+        .configure("{}")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_request_with_its_own_deadline_stops_at_it_whatever_the_clients_deadline() {
+    let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling"; 20]))]), 0)
+        .await
+        .unwrap();
+    // The client allows 600 s: the sleepy module's waits, clamped to 60 s, would fit many times.
+    let client = client_with(&server, &["primary"], sleepy_policy(), |o| {
+        o.deadline = Duration::from_secs(600)
+    })
+    .await;
+
+    let started = Instant::now();
+    let request = ChatRequest::user("hello").with_deadline(Duration::from_secs(20));
+    let error = client.converse(&request).await.unwrap_err();
+    assert_eq!(
+        error.give_up_reason(),
+        Some(GiveUpReason::Deadline),
+        "{error}"
+    );
+    assert_eq!(error.attempts(), 1, "{error}");
+
+    let options = RequestOptions::interactive().with_deadline(Duration::from_secs(20));
+    let error = client.invoke_model(b"{}", options).await.unwrap_err();
+    assert_eq!(
+        error.give_up_reason(),
+        Some(GiveUpReason::Deadline),
+        "{error}"
+    );
+    assert_eq!(error.attempts(), 1, "{error}");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests("primary"), 2);
+}
+
+#[tokio::test]
+async fn a_failed_request_tells_its_cause_and_every_attempt_without_serialising() {
+    let server = FaultServer::start(
+        scenario(vec![("primary", faults(&["throttling", "validation"]))]),
+        0,
+    )
+    .await
+    .unwrap();
+    let client = connect(&server, &["primary", "fallback"], "{}").await;
+    let error = client
+        .converse(&ChatRequest::user("hello"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        error.cause(),
+        FailureCause::GaveUp(GiveUpReason::NotRetryable)
+    );
+    assert_eq!(error.cause().as_str(), "not-retryable");
+    assert_eq!(error.attempts(), 2);
+    let history = error.history();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(
+        (
+            history[0].model.as_str(),
+            history[0].model_index,
+            history[0].error.kind
+        ),
+        ("primary", 0, ErrorKind::Throttling)
+    );
+    assert!(
+        matches!(history[0].decision, Decision::Retry { .. }),
+        "a first throttle backs off: {:?}",
+        history[0].decision
+    );
+    assert_eq!(history[1].error.kind, ErrorKind::Validation);
+    assert_eq!(
+        history[1].decision,
+        Decision::GiveUp {
+            reason: GiveUpReason::NotRetryable
+        }
+    );
+    assert!(history.iter().all(|attempt| !attempt.policy_fault));
 }

@@ -200,3 +200,47 @@ fn the_demo_serves_every_request_and_reports_a_table() {
     );
     assert!(text.contains("latency p50 / p95 / p99"), "{text}");
 }
+
+/// `backstop decide | head -1`: the reader goes away before the output is written; the command
+/// ends quietly and successfully instead of panicking on the broken pipe.
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_command_quietly() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["decide", "--error", "ThrottlingException", "--entropy", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backstop runs");
+    // Close our end at once: every write the command makes meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("backstop ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// An error is one line with its causes; a backtrace only when `RUST_BACKTRACE` asks for it.
+#[test]
+fn an_error_is_one_message_with_a_backtrace_only_on_request() {
+    let run = |backtrace: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backstop"));
+        command.args(["info", "--policy", "/nonexistent/policy.wasm"]);
+        command
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
+        if let Some(value) = backtrace {
+            command.env("RUST_BACKTRACE", value);
+        }
+        let out = command.output().expect("backstop runs");
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = run(None);
+    assert!(
+        plain.starts_with("error: ") && plain.contains("/nonexistent/policy.wasm"),
+        "{plain}"
+    );
+    assert_eq!(plain.trim_end().lines().count(), 1, "{plain}");
+    let traced = run(Some("1"));
+    assert!(traced.lines().count() > 1, "{traced}");
+}
