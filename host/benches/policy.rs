@@ -7,7 +7,7 @@
 //! - `swap/*`: a full vetted swap (load, configure, smoke table, publish) from `.wasm`, from
 //!   the `.cwasm` cache, and from `.cwasm` bytes.
 //!
-//! `cargo bench --bench policy`; figures and ratios are recorded in BENCHMARKS.md.
+//! `cargo bench -p backstop --bench policy`; figures and ratios are recorded in BENCHMARKS.md.
 
 use backstop_test_support as support;
 

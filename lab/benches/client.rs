@@ -2,7 +2,7 @@
 //! with the raw SDK client (same configuration, retries off), against the local fault server
 //! with zero latency, so what differs is Backstop's own work per call.
 //!
-//! `cargo bench --bench client`; the ratio is recorded in BENCHMARKS.md.
+//! `cargo bench -p backstop-lab --bench client`; the ratio is recorded in BENCHMARKS.md.
 
 use backstop_test_support as support;
 

@@ -297,16 +297,7 @@ async fn a_sustained_outage_opens_the_breaker_fails_fast_and_a_probe_closes_it()
 
 #[tokio::test]
 async fn the_deadline_holds_even_when_the_policy_asks_for_a_long_sleep() {
-    // A module that always answers retry(u64::MAX).
-    let parts = support::CoreParts {
-        decide: "(i32.store8 (i32.const 2048) (i32.const 0)) (i64.store (i32.const 2056) (i64.const -1)) i32.const 2048",
-        ..Default::default()
-    };
-    let policy = support::engine()
-        .load_bytes(&support::policy_component(&parts), "sleepy")
-        .unwrap()
-        .configure("{}")
-        .unwrap();
+    let policy = sleepy_policy();
     let server = FaultServer::start(scenario(vec![("primary", faults(&["throttling"; 10]))]), 0)
         .await
         .unwrap();
