@@ -2,7 +2,10 @@
 
 use anyhow::{Context, Result};
 use backstop::wasm::watch::policy_file;
-use backstop::{Engine, HostConfig, Limits, Policy, PolicyHandle, PolicyModule, vet_bytes};
+use backstop::{
+    DEFAULT_POLICY_WASM, Engine, HostConfig, Limits, Policy, PolicyHandle, PolicyModule,
+    SwapOptions, load_allowed, read_module_file, vet_bytes,
+};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -32,12 +35,33 @@ impl PolicyArgs {
         config_text(&self.config)
     }
 
-    /// The module, loaded and checked against the contract (not yet configured).
-    pub fn module(&self, engine: &Engine) -> Result<PolicyModule> {
+    /// The module's bytes and the name they go by: the file, or the built-in default.
+    fn bytes(&self) -> Result<(Vec<u8>, String)> {
         Ok(match &self.policy {
-            Some(path) => engine.load_file(policy_file(path)?)?,
-            None => engine.load_default()?,
+            Some(path) => {
+                let file = policy_file(path)?;
+                (read_module_file(&file)?, file.display().to_string())
+            }
+            None => (
+                DEFAULT_POLICY_WASM.to_vec(),
+                "the built-in default policy".to_string(),
+            ),
         })
+    }
+
+    /// The swap options of the host configuration with this policy configuration.
+    fn swap_options(&self, engine: &Engine) -> Result<SwapOptions> {
+        Ok(self
+            .host_config()?
+            .swap_options(engine, &self.config_text()?)?)
+    }
+
+    /// The module, loaded under the host configuration's allow-list (checked before a byte is
+    /// compiled) and checked against the contract, not yet configured.
+    pub fn module(&self, engine: &Engine) -> Result<PolicyModule> {
+        let options = self.swap_options(engine)?;
+        let (bytes, origin) = self.bytes()?;
+        Ok(load_allowed(engine, &bytes, &origin, &options)?.module)
     }
 
     /// The module, configured.
@@ -47,19 +71,12 @@ impl PolicyArgs {
     }
 
     /// The policy as a swappable handle, vetted exactly like any module that goes live later.
-    pub fn handle(&self, host: &HostConfig) -> Result<PolicyHandle> {
+    pub fn handle(&self) -> Result<PolicyHandle> {
         let engine = Engine::new(Limits::default())?;
-        let options = host.swap_options(&engine, &self.config_text()?)?;
-        match &self.policy {
-            Some(path) => {
-                let file = policy_file(path)?;
-                let bytes =
-                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-                let vetted = vet_bytes(&engine, &bytes, &file.display().to_string(), &options)?;
-                Ok(PolicyHandle::vetted(vetted, options))
-            }
-            None => Ok(PolicyHandle::new(engine.load_default()?, options)?),
-        }
+        let options = self.swap_options(&engine)?;
+        let (bytes, origin) = self.bytes()?;
+        let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;
+        Ok(PolicyHandle::vetted(vetted, options))
     }
 }
 

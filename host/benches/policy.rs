@@ -96,7 +96,8 @@ fn load(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
     let wasm = backstop::DEFAULT_POLICY_WASM;
     let cwasm = engine.precompile(wasm, "default").unwrap();
-    let module = engine.load_bytes(&cwasm, "default.cwasm").unwrap();
+    // SAFETY: precompiled just above by this engine.
+    let module = unsafe { engine.load_trusted_precompiled(&cwasm, "default.cwasm") }.unwrap();
 
     let mut group = c.benchmark_group("load");
     group.sample_size(20);
@@ -105,10 +106,9 @@ fn load(c: &mut Criterion) {
     });
     group.sample_size(100);
     group.bench_function("load-cwasm", |b| {
+        // SAFETY: precompiled above by this engine.
         b.iter(|| {
-            engine
-                .load_bytes(black_box(&cwasm), "default.cwasm")
-                .unwrap()
+            unsafe { engine.load_trusted_precompiled(black_box(&cwasm), "default.cwasm") }.unwrap()
         })
     });
     group.bench_function("instantiate-and-configure", |b| {
@@ -136,6 +136,20 @@ fn swap(c: &mut Criterion) {
         engine.precompile(&a, "a").unwrap(),
         engine.precompile(&b, "b").unwrap(),
     ];
+    // A .cwasm goes live only when its digest is allow-listed (and then so must the rest be).
+    let allowed = cwasm
+        .iter()
+        .chain([&a, &b])
+        .map(|bytes| backstop::sha256_hex(bytes))
+        .collect();
+    let allow_listed = PolicyHandle::new(
+        engine.load_default().unwrap(),
+        SwapOptions {
+            allowed_digests: Some(allowed),
+            ..SwapOptions::default()
+        },
+    )
+    .unwrap();
     let wasm = [a, b];
 
     let mut group = c.benchmark_group("swap");
@@ -148,7 +162,7 @@ fn swap(c: &mut Criterion) {
         bench.iter(alternately(&cached, &wasm))
     });
     group.bench_function("from-cwasm-bytes", |bench| {
-        bench.iter(alternately(&uncached, &cwasm))
+        bench.iter(alternately(&allow_listed, &cwasm))
     });
     group.finish();
     let _ = std::fs::remove_dir_all(dir);

@@ -50,16 +50,17 @@ pub use resilience::Resilience;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
 pub use resilience::options::{ClientOptions, OptionsError, RequestOptions};
-pub use wasm::cache::{CacheUse, ModuleCache};
-pub use wasm::engine::{Engine, sha256_hex};
+pub use wasm::cache::{CacheUse, Cached, ModuleCache};
+pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
 pub use wasm::error::LoadError;
 pub use wasm::handle::{PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped};
-pub use wasm::module::{DEFAULT_POLICY_WASM, PolicyModule};
+pub use wasm::module::{DEFAULT_POLICY_WASM, MAX_MODULE_BYTES, PolicyModule, read_module_file};
 pub use wasm::policy::Policy;
 pub use wasm::sandbox::Limits;
 pub use wasm::smoke::SmokeFailure;
 pub use wasm::vetting::{
-    RollbackRule, SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module,
+    Admitted, RollbackRule, SwapError, SwapErrorKind, SwapOptions, Vetted, load_allowed, vet_bytes,
+    vet_module,
 };
 #[cfg(feature = "watch")]
 pub use wasm::watch::PolicyWatcher;

@@ -213,7 +213,10 @@ fn an_info_that_loops_fails_the_load() {
 
 #[test]
 fn a_module_for_another_contract_version_is_refused_by_name() {
-    let wit = support::WIT.replace("backstop:policy@0.1.0", "backstop:policy@0.2.0");
+    let wit = support::WIT.replace(
+        &format!("backstop:policy@{}", backstop::WIT_VERSION),
+        "backstop:policy@0.2.0",
+    );
     let bytes = component(&core_wat(&CoreParts::default(), "0.2.0"), &wit, "policy");
     let err = engine().load_bytes(&bytes, "v2.wasm").unwrap_err();
     match &err {
@@ -256,7 +259,7 @@ fn an_ungranted_wasi_import_is_refused_at_load_by_name() {
         imports: r#"(import "wasi:clocks/monotonic-clock@0.2.0" "now" (func (result i64)))"#,
         ..Default::default()
     };
-    let bytes = component(&core_wat(&parts, "0.1.0"), &wit, "timed");
+    let bytes = component(&core_wat(&parts, backstop::WIT_VERSION), &wit, "timed");
     let err = engine().load_bytes(&bytes, "timed.wasm").unwrap_err();
     assert!(
         matches!(&err, LoadError::UngrantedImport { import, .. } if import == "wasi:clocks/monotonic-clock@0.2.0"),
@@ -290,7 +293,7 @@ fn granted_wasi_stdout_becomes_log_lines_tagged_with_the_module() {
         extra: r#"(data (i32.const 3000) "hello from a policy\n")"#,
         ..Default::default()
     };
-    let bytes = component(&core_wat(&parts, "0.1.0"), &wit, "loud");
+    let bytes = component(&core_wat(&parts, backstop::WIT_VERSION), &wit, "loud");
     let policy = engine()
         .load_bytes(&bytes, "loud.wasm")
         .expect("stdout is granted")
@@ -342,8 +345,14 @@ fn precompiled_modules_load_only_into_a_matching_engine() {
     let cwasm = engine()
         .precompile(backstop::DEFAULT_POLICY_WASM, "default")
         .unwrap();
-    let module = engine()
-        .load_bytes(&cwasm, "default.cwasm")
+    // Native code is refused unless the caller vouches for it.
+    let refused = engine().load_bytes(&cwasm, "default.cwasm").unwrap_err();
+    assert!(
+        matches!(refused, LoadError::UntrustedNative { .. }),
+        "{refused}"
+    );
+    // SAFETY: these bytes were precompiled just above by this very engine.
+    let module = unsafe { engine().load_trusted_precompiled(&cwasm, "default.cwasm") }
         .expect("same engine loads it");
     assert_eq!(module.info().name, "backstop-default");
     let c = ctx(ErrorKind::Validation, &["primary"]);
@@ -362,7 +371,8 @@ fn precompiled_modules_load_only_into_a_matching_engine() {
     let foreign = unmetered
         .precompile_component(backstop::DEFAULT_POLICY_WASM)
         .unwrap();
-    let err = engine().load_bytes(&foreign, "foreign.cwasm").unwrap_err();
+    // SAFETY: precompiled just above from the default policy (by an engine with other settings).
+    let err = unsafe { engine().load_trusted_precompiled(&foreign, "foreign.cwasm") }.unwrap_err();
     assert!(
         matches!(err, LoadError::IncompatiblePrecompiled { .. }),
         "{err}"

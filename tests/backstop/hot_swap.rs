@@ -27,7 +27,10 @@ fn throttle(handle: &PolicyHandle) -> Decision {
 
 /// A module built against another contract version.
 fn other_version() -> Vec<u8> {
-    let wit = support::WIT.replace("backstop:policy@0.1.0", "backstop:policy@9.0.0");
+    let wit = support::WIT.replace(
+        &format!("backstop:policy@{}", backstop::WIT_VERSION),
+        "backstop:policy@9.0.0",
+    );
     support::component(
         &support::core_wat(&support::CoreParts::default(), "9.0.0"),
         &wit,
@@ -206,11 +209,17 @@ fn swaps_load_compiled_modules_from_the_cache() {
     let cache = ModuleCache::new(engine, &dir).unwrap();
     let sane = support::sane_component("2.0.0");
 
-    let (first, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    let backstop::Cached {
+        module: first,
+        used,
+    } = cache.load(engine, &sane, "sane.wasm").unwrap();
     assert_eq!(used, CacheUse::Miss);
     let entry = cache.entry(&sha256_hex(&sane));
     assert!(entry.is_file(), "{} written", entry.display());
-    let (second, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    let backstop::Cached {
+        module: second,
+        used,
+    } = cache.load(engine, &sane, "sane.wasm").unwrap();
     assert_eq!(used, CacheUse::Hit);
     assert_eq!(
         first.digest(),
@@ -220,9 +229,9 @@ fn swaps_load_compiled_modules_from_the_cache() {
 
     // A damaged entry costs a compile, never a failed load.
     std::fs::write(&entry, b"\0asm but not really").unwrap();
-    let (_, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    let used = cache.load(engine, &sane, "sane.wasm").unwrap().used;
     assert_eq!(used, CacheUse::Miss);
-    let (_, used) = cache.load(engine, &sane, "sane.wasm").unwrap();
+    let used = cache.load(engine, &sane, "sane.wasm").unwrap().used;
     assert_eq!(used, CacheUse::Hit);
 
     // Through a handle: the first swap to a module compiles it, later swaps hit.

@@ -140,18 +140,42 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
         String::from_utf8_lossy(&out.stderr)
     );
     let cwasm = dir.join("policy.cwasm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let digest = backstop::sha256_hex(&std::fs::read(&cwasm).unwrap());
+    assert!(
+        stderr.contains(&digest),
+        "the digest to allow-list is printed: {stderr}"
+    );
+
+    // Native code runs only once its digest is allow-listed, and then like the wasm.
+    let host = dir.join("host.json");
+    let allowed = [digest, backstop::sha256_hex(backstop::DEFAULT_POLICY_WASM)];
+    std::fs::write(
+        &host,
+        serde_json::json!({ "allowed_digests": allowed }).to_string(),
+    )
+    .unwrap();
+    let decision = [
+        "--error",
+        "ServiceUnavailableException",
+        "--attempt",
+        "2",
+        "--entropy",
+        "42",
+    ];
     let args = |policy: &str| {
-        decide(&[
-            "--policy",
-            policy,
-            "--error",
-            "ServiceUnavailableException",
-            "--attempt",
-            "2",
-            "--entropy",
-            "42",
-        ])
+        let mut all = vec!["--policy", policy, "--host-config", host.to_str().unwrap()];
+        all.extend_from_slice(&decision);
+        decide(&all)
     };
+    let mut refused = vec!["decide", "--policy", cwasm.to_str().unwrap()];
+    refused.extend_from_slice(&decision);
+    let out = backstop(&refused);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("allowed_digests"),
+        "a .cwasm that nobody allow-listed is refused: {stderr}"
+    );
     let from_cwasm = args(cwasm.to_str().unwrap());
     assert_eq!(
         from_cwasm["decision"],

@@ -91,7 +91,7 @@ fn compile_into_the_cache_makes_the_first_swap_a_hit() {
     let engine = support::engine();
     let cache = ModuleCache::new(engine, &cache_dir).unwrap();
     assert!(cache.entry(&sha256_hex(&sane_bytes)).is_file());
-    let (_, used) = cache.load(engine, &sane_bytes, "sane.wasm").unwrap();
+    let used = cache.load(engine, &sane_bytes, "sane.wasm").unwrap().used;
     assert_eq!(used, CacheUse::Hit);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -55,17 +55,41 @@ impl Default for CoreParts<'_> {
             configure: "i32.const 0",
             // retry(1): discriminant 0, payload u64 at offset 8.
             decide: "(i64.store (i32.const 2056) (i64.const 1)) (i32.store8 (i32.const 2048) (i32.const 0)) i32.const 2048",
-            // Three empty strings.
-            info: "i32.const 0",
+            // A valid identity: `test-policy 0.0.0` at the contract's version (see `core_wat`).
+            info: DEFAULT_INFO,
             extra: "",
             imports: "",
         }
     }
 }
 
+/// The `info` body of [`CoreParts::default`]: `core_wat` answers `test-policy`, `0.0.0` and the
+/// contract's version from a data segment of its own.
+pub const DEFAULT_INFO: &str = "DEFAULT_INFO";
+
 /// The core module text for a policy at `version` with the given bodies.
 pub fn core_wat(parts: &CoreParts, version: &str) -> String {
     let export = format!("backstop:policy/decider@{version}");
+    // The default identity lives at 3600.., clear of `info_parts` (3000..) and the heap (4096..).
+    let identity = ["test-policy", "0.0.0", version];
+    let mut default_info = String::new();
+    let mut at = 3600;
+    for (i, text) in identity.iter().enumerate() {
+        default_info += &format!(
+            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {})) ",
+            3500 + 8 * i,
+            3504 + 8 * i,
+            text.len()
+        );
+        at += text.len();
+    }
+    default_info += "i32.const 3500";
+    let info = if parts.info == DEFAULT_INFO {
+        default_info.as_str()
+    } else {
+        parts.info
+    };
+    let identity_data = format!("(data (i32.const 3600) \"{}\")", identity.concat());
     format!(
         r#"(module
   {imports}
@@ -84,12 +108,12 @@ pub fn core_wat(parts: &CoreParts, version: &str) -> String {
   (func (export "{export}#configure") (param i32 i32) (result i32) {configure})
   (func (export "{export}#decide") (param i32) (result i32) {decide})
   (func (export "{export}#info") (result i32) {info})
+  {identity_data}
   {extra}
 )"#,
         imports = parts.imports,
         configure = parts.configure,
         decide = parts.decide,
-        info = parts.info,
         extra = parts.extra,
     )
 }

@@ -4,7 +4,7 @@ use crate::output;
 use crate::policy_args::PolicyArgs;
 use anyhow::{Context, Result};
 use backstop::wasm::watch::policy_file;
-use backstop::{Engine, Limits, vet_bytes};
+use backstop::{Engine, Limits, read_module_file, vet_bytes};
 use clap::Args;
 
 /// The module to vet, and the configurations it is vetted under.
@@ -24,7 +24,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let engine = Engine::new(Limits::default())?;
     let options = host.swap_options(&engine, &args.config_text()?)?;
     let file = policy_file(path)?;
-    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = read_module_file(&file)?;
     let vetted = vet_bytes(&engine, &bytes, &file.display().to_string(), &options)?;
     let module = vetted.policy.module();
     output::json(&serde_json::json!({

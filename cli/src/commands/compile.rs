@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use backstop::wasm::cache::write_atomically;
-use backstop::{Engine, Limits, ModuleCache};
+use backstop::{Engine, Limits, ModuleCache, read_module_file, sha256_hex};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -26,11 +26,11 @@ pub fn run(args: CompileArgs) -> Result<()> {
         cache_dir,
     } = args;
     let engine = Engine::new(Limits::default())?;
-    let wasm = std::fs::read(&policy).with_context(|| format!("reading {}", policy.display()))?;
+    let wasm = read_module_file(&policy)?;
     let origin = policy.display().to_string();
     if let Some(dir) = cache_dir {
         let cache = ModuleCache::new(&engine, dir)?;
-        let (module, _) = cache.load(&engine, &wasm, &origin)?;
+        let module = cache.load(&engine, &wasm, &origin)?.module;
         let entry = cache.entry(module.digest());
         if !entry.is_file() {
             bail!("{} could not be written (see the log)", entry.display());
@@ -38,12 +38,18 @@ pub fn run(args: CompileArgs) -> Result<()> {
         eprintln!("cached {} as {}", policy.display(), entry.display());
         return Ok(());
     }
+    // Check the component is a policy (exports, imports, info) before anyone relies on it.
+    engine.load_bytes(&wasm, &origin)?;
     let cwasm = engine.precompile(&wasm, &origin)?;
-    // Check the result loads (exports, imports, info) before anyone relies on it.
-    engine.load_bytes(&cwasm, &origin)?;
     let output = output.unwrap_or_else(|| policy.with_extension("cwasm"));
     // Rename, never overwrite in place: a host may still be reading the old file.
     write_atomically(&output, &cwasm).with_context(|| format!("writing {}", output.display()))?;
-    eprintln!("wrote {} ({} bytes)", output.display(), cwasm.len());
+    // A .cwasm is native code: a host runs it only if its digest is allow-listed.
+    eprintln!(
+        "wrote {} ({} bytes, sha256 {}); a host runs it only with this digest in allowed_digests",
+        output.display(),
+        cwasm.len(),
+        sha256_hex(&cwasm)
+    );
     Ok(())
 }

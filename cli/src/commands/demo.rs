@@ -45,7 +45,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
 async fn demo(policy: PolicyArgs, mut options: DemoOptions, watch: bool, json: bool) -> Result<()> {
     options.host = policy.host_config()?;
-    let handle = policy.handle(&options.host)?;
+    let handle = policy.handle()?;
     let _watcher = match (&policy.policy, watch) {
         (Some(path), true) => Some(PolicyWatcher::start(handle.clone(), path)?),
         _ => None,

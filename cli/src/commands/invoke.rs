@@ -47,7 +47,7 @@ async fn invoke(
     prompt: String,
 ) -> Result<()> {
     let host = policy.host_config()?;
-    let policy = policy.handle(&host)?;
+    let policy = policy.handle()?;
     let options = host.client_options(std::iter::once(model).chain(fallback));
     let sdk = match &endpoint_url {
         Some(url) => backstop::sdk_client_for_endpoint(url, options.attempt_timeout),

@@ -3,7 +3,8 @@
 use crate::output;
 use crate::policy_args::{config_text, host_config};
 use anyhow::{Context, Result};
-use backstop::{Engine, Limits};
+use backstop::wasm::watch::policy_file;
+use backstop::{DEFAULT_POLICY_WASM, Engine, Limits, load_allowed, read_module_file};
 use backstop_lab::baseline::Baseline;
 use backstop_lab::simulate::{self, Contender};
 use backstop_lab::{Scenario, plot};
@@ -65,16 +66,23 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     let host = host_config(args.host_config.as_ref())?;
     let config = config_text(&args.config)?;
     let engine = Engine::new(Limits::default())?;
-    let mut contenders = Vec::new();
+    // The host configuration's allow-list holds here too: checked before a byte is compiled.
+    let options = host.swap_options(&engine, &config)?;
+    let mut modules = Vec::new();
     if args.policy.is_empty() {
-        contenders.push(Contender::Module {
-            module: engine.load_default()?,
-            config: config.clone(),
-        });
+        modules.push((
+            DEFAULT_POLICY_WASM.to_vec(),
+            "the built-in default policy".to_string(),
+        ));
     }
     for path in &args.policy {
+        let file = policy_file(path)?;
+        modules.push((read_module_file(&file)?, file.display().to_string()));
+    }
+    let mut contenders = Vec::new();
+    for (bytes, origin) in &modules {
         contenders.push(Contender::Module {
-            module: engine.load_file(path)?,
+            module: load_allowed(&engine, bytes, origin, &options)?.module,
             config: config.clone(),
         });
     }

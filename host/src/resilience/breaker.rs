@@ -43,9 +43,14 @@ impl Breaker {
         }
     }
 
-    /// The state and when it began.
-    pub fn state(&self) -> (BreakerState, Instant) {
-        (self.state, self.since)
+    /// The state.
+    pub fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    /// When the state began.
+    pub fn since(&self) -> Instant {
+        self.since
     }
 
     /// Asks to send one request at `now`.
@@ -132,7 +137,7 @@ mod tests {
 
         // A failed probe opens it again for the same period.
         assert!(breaker.on_failure(t1));
-        assert_eq!(breaker.state().0, BreakerState::Open);
+        assert_eq!(breaker.state(), BreakerState::Open);
         assert!(matches!(
             breaker.admit(t1 + Duration::from_secs(9)),
             Admission::Refused { .. }

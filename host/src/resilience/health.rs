@@ -109,7 +109,7 @@ impl HealthBoard {
                         Outcome::Failed => errors += 1,
                     }
                 }
-                let (breaker, since) = model.breaker.state();
+                let (breaker, since) = (model.breaker.state(), model.breaker.since());
                 ModelHealth {
                     requests,
                     throttles,

@@ -49,6 +49,18 @@ pub enum LoadError {
         /// What was wrong.
         reason: String,
     },
+    /// Precompiled native code the host did not produce and nobody allow-listed.
+    #[error(
+        "{origin} is a precompiled .cwasm ({digest}): native code that this host runs only from \
+         its own verified cache or when its sha256 is in allowed_digests; deploy the .wasm, or \
+         allow-list this digest"
+    )]
+    UntrustedNative {
+        /// Where the module came from.
+        origin: String,
+        /// The sha256 of the `.cwasm` bytes.
+        digest: String,
+    },
     /// The component speaks another contract version.
     #[error(
         "{origin} targets {found}, but this host speaks {expected}; rebuild the policy against \
@@ -120,6 +132,18 @@ pub enum LoadError {
         bytes: usize,
         /// The longest accepted.
         limit: usize,
+    },
+    /// `info()` named the module with something that is not a name or a semantic version.
+    #[error("{origin} answered info() with {field} {value:?}, which is not {rule}")]
+    BadIdentity {
+        /// Where the module came from.
+        origin: String,
+        /// The `info()` field.
+        field: &'static str,
+        /// What it said (control characters escaped).
+        value: String,
+        /// What the field must be.
+        rule: &'static str,
     },
     /// The module cache could not be used.
     #[error("cannot use the module cache at {path}: {source}")]

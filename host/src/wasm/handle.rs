@@ -15,8 +15,7 @@ use crate::contract::AttemptContext;
 use crate::decision::{Decided, Decider, PolicyFault, Verdict};
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
-use crate::wasm::error::LoadError;
-use crate::wasm::module::PolicyModule;
+use crate::wasm::module::{PolicyModule, read_module_file};
 use crate::wasm::policy::Policy;
 use crate::wasm::vetting::{SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module};
 use arc_swap::ArcSwap;
@@ -26,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -108,6 +107,8 @@ pub struct PolicyStatus {
     pub rejections: u64,
     /// Rollbacks.
     pub rollbacks: u64,
+    /// Digests kept from going live again, oldest first.
+    pub quarantined: Vec<Quarantined>,
     /// The latest events, oldest first.
     pub recent: Vec<SwapEvent>,
 }
@@ -165,6 +166,21 @@ struct Shared {
     rejections: Family<ReasonLabels, Counter>,
     decisions: Family<ModuleLabels, Counter>,
     info: Family<ModuleLabels, Gauge>,
+    /// Digests refused or rolled back: not swapped in again until an operator releases them.
+    quarantine: Mutex<BTreeMap<String, Quarantined>>,
+}
+
+/// A module kept from going live again: it was refused, or rolled back. Swapping the same
+/// bytes in (a SIGHUP, a watch event, a retry) is refused until an operator releases the digest
+/// ([`PolicyHandle::release`]); a module with other bytes is vetted as usual.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    /// The module's sha256.
+    pub digest: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Why.
+    pub reason: String,
 }
 
 impl PolicyHandle {
@@ -203,6 +219,7 @@ impl PolicyHandle {
             rejections: Family::default(),
             decisions,
             info: Family::default(),
+            quarantine: Mutex::new(BTreeMap::new()),
         };
         shared.info.get_or_create(&live.labels).set(1);
         tracing::info!(
@@ -242,15 +259,9 @@ impl PolicyHandle {
     pub fn swap_file(&self, path: impl AsRef<Path>) -> Result<Swapped, SwapError> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        match std::fs::read(path) {
+        match read_module_file(path) {
             Ok(bytes) => self.swap_bytes(&bytes, &origin),
-            Err(source) => {
-                let error = LoadError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                };
-                Err(self.refuse(&origin, "", error.into()))
-            }
+            Err(error) => Err(self.refuse(&origin, "", error.into())),
         }
     }
 
@@ -260,6 +271,13 @@ impl PolicyHandle {
         let digest = sha256_hex(bytes);
         if digest == self.live().labels.digest {
             return Ok(Swapped::Unchanged { digest });
+        }
+        if let Some(held) = lock(&self.shared.quarantine).get(&digest).cloned() {
+            let error = SwapError::Quarantined {
+                digest: digest.clone(),
+                reason: held.reason,
+            };
+            return Err(self.refuse(origin, &digest, error));
         }
         match vet_bytes(&self.shared.engine, bytes, origin, &self.shared.options) {
             Ok(vetted) => {
@@ -303,6 +321,9 @@ impl PolicyHandle {
             })
             .inc();
         tracing::warn!(module = %origin, %digest, reason = %error, "policy swap rejected; the live module stays");
+        if !digest.is_empty() && !matches!(error, SwapError::Quarantined { .. }) {
+            self.hold(digest, error.to_string());
+        }
         self.push_event(SwapEvent {
             at_ms: now_ms(),
             event: SwapEventKind::Rejected,
@@ -312,6 +333,36 @@ impl PolicyHandle {
             reason: Some(error.to_string()),
         });
         error
+    }
+
+    fn hold(&self, digest: &str, reason: String) {
+        lock(&self.shared.quarantine).insert(
+            digest.to_string(),
+            Quarantined {
+                digest: digest.to_string(),
+                at_ms: now_ms(),
+                reason,
+            },
+        );
+    }
+
+    /// The digests kept from going live, oldest first.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        let mut held: Vec<Quarantined> = lock(&self.shared.quarantine).values().cloned().collect();
+        held.sort_by_key(|q| q.at_ms);
+        held
+    }
+
+    /// Lets a quarantined digest be swapped in again (it is vetted again like any module);
+    /// whether it was held.
+    pub fn release(&self, digest: &str) -> bool {
+        let released = lock(&self.shared.quarantine)
+            .remove(&digest.to_ascii_lowercase())
+            .is_some();
+        if released {
+            tracing::info!(%digest, "policy released from quarantine");
+        }
+        released
     }
 
     fn note_fault(&self, live: &Arc<Live>, fault: &PolicyFault) {
@@ -345,11 +396,13 @@ impl PolicyHandle {
         if !Arc::ptr_eq(&self.shared.live.load(), faulty) {
             return; // Already replaced (a swap or another caller's rollback).
         }
-        let Some(good) = lock(&self.shared.previous).pop() else {
+        self.hold(&faulty.labels.digest, format!("rolled back: {reason}"));
+        let earlier = lock(&self.shared.previous).pop();
+        let Some(good) = earlier.or_else(|| self.last_resort(faulty)) else {
             tracing::error!(
                 digest = %faulty.labels.digest, %reason,
-                "the live policy keeps faulting and there is no earlier module to roll back to; \
-                 every fault is answered by the safe built-in decision"
+                "the built-in default policy keeps faulting; every fault is answered by the safe \
+                 built-in decision"
             );
             return;
         };
@@ -363,6 +416,30 @@ impl PolicyHandle {
         );
         let reason = format!("{} faulted: {reason}", faulty.labels.digest);
         self.record(SwapEventKind::RolledBack, &good, Some(reason));
+    }
+
+    /// The rollback target when no earlier module is kept: the built-in default policy, with
+    /// the operator's configuration if it takes it, else its own defaults. `None` when the
+    /// faulting module is the default itself.
+    fn last_resort(&self, faulty: &Live) -> Option<Arc<Live>> {
+        let engine = &self.shared.engine;
+        let module = engine
+            .load_default()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot load the built-in default"))
+            .ok()?;
+        if module.digest() == faulty.labels.digest {
+            return None;
+        }
+        let policy = module
+            .configure(&self.shared.options.config)
+            .or_else(|_| module.configure("{}"))
+            .inspect_err(|e| tracing::error!(error = %e, "cannot configure the built-in default"))
+            .ok()?;
+        tracing::warn!(
+            from = %faulty.labels.digest,
+            "no earlier module to roll back to: the built-in default policy goes live"
+        );
+        Some(Arc::new(Live::new(policy, &self.shared.decisions)))
     }
 
     fn record(&self, event: SwapEventKind, live: &Live, reason: Option<String>) {
@@ -395,6 +472,7 @@ impl PolicyHandle {
             swaps: self.shared.swaps.get(),
             rejections: self.rejections(),
             rollbacks: self.shared.rollbacks.get(),
+            quarantined: self.quarantined(),
             recent: lock(&self.shared.events).iter().cloned().collect(),
         }
     }

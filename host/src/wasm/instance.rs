@@ -6,7 +6,7 @@ use crate::contract::{AttemptContext, Decision, PolicyInfo};
 use crate::decision::PolicyFault;
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
-use crate::wasm::sandbox::{MemoryLimitHit, Sandbox};
+use crate::wasm::sandbox::{MemoryLimitHit, Sandbox, escape_controls};
 use crate::wasm::v0_1_0::{Policy, PolicyPre, from_wit, with_wit};
 use wasmtime::{Store, Trap};
 
@@ -124,18 +124,60 @@ pub(crate) fn configured(
 /// module trying to flood logs and metric labels.
 pub(crate) const MAX_TEXT_BYTES: usize = 1024;
 
-/// Cuts a module's text to [`MAX_TEXT_BYTES`] on a character boundary, saying so.
-pub(crate) fn truncated(mut text: String) -> String {
-    if text.len() > MAX_TEXT_BYTES {
-        let mut end = MAX_TEXT_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let total = text.len();
-        text.truncate(end);
-        text.push_str(&format!("… ({total} bytes in all)"));
+/// Cuts a module's text to [`MAX_TEXT_BYTES`] on a character boundary, saying so, with every
+/// control character escaped: a module's words reach logs and error messages as data, never as
+/// line breaks or terminal escapes.
+pub(crate) fn truncated(text: String) -> String {
+    let total = text.len();
+    let mut out = escape_controls(&text[..text.floor_char_boundary(MAX_TEXT_BYTES)]);
+    // Escapes are longer than what they stand for: the kept text is cut once more.
+    let kept = out.floor_char_boundary(MAX_TEXT_BYTES);
+    if kept < out.len() || total > MAX_TEXT_BYTES {
+        out.truncate(kept);
+        out.push_str(&format!("… ({total} bytes in all)"));
     }
-    text
+    out
+}
+
+/// Whether `name` is a policy name: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or
+/// digit. Names become metric labels and log fields, so they are data, not markup.
+fn is_policy_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `version` is a semantic version (`1.2.3`, `1.2.3-rc.1`, `1.2.3+build.5`) of at most
+/// 64 characters.
+fn is_semver(version: &str) -> bool {
+    let identifiers = |part: &str| {
+        !part.is_empty()
+            && part.split('.').all(|id| {
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if version.len() > 64 {
+        return false;
+    }
+    let (rest, build) = match version.split_once('+') {
+        Some((rest, build)) => (rest, Some(build)),
+        None => (version, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (rest, None),
+    };
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        })
+        && pre.is_none_or(identifiers)
+        && build.is_none_or(identifiers)
 }
 
 /// Asks a freshly compiled module who it is, in a throw-away instance.
@@ -169,9 +211,89 @@ pub(crate) fn probe_info(
             });
         }
     }
+    let checks: [(&'static str, &str, fn(&str) -> bool, &'static str); 3] = [
+        (
+            "name",
+            &info.name,
+            is_policy_name,
+            "1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        ),
+        (
+            "version",
+            &info.version,
+            is_semver,
+            "a semantic version such as 1.2.0",
+        ),
+        (
+            "wit-version",
+            &info.wit_version,
+            is_semver,
+            "a semantic version such as 0.1.0",
+        ),
+    ];
+    for (field, value, valid, rule) in checks {
+        if !valid(value) {
+            return Err(LoadError::BadIdentity {
+                origin: origin.to_string(),
+                field,
+                value: escape_controls(value),
+                rule,
+            });
+        }
+    }
     Ok(PolicyInfo {
         name: info.name,
         version: info.version,
         wit_version: info.wit_version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_names_and_semantic_versions() {
+        for good in ["backstop-default", "a", "retry_1.v2", "X9"] {
+            assert!(is_policy_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-lead",
+            "has space",
+            "quote\"}",
+            "new\nline",
+            "\u{1b}[31m",
+            &"n".repeat(65),
+        ] {
+            assert!(!is_policy_name(bad), "{bad:?}");
+        }
+        for good in ["0.1.0", "1.2.3-rc.1", "10.0.0+build.5", "1.0.0-alpha-1+x"] {
+            assert!(is_semver(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1",
+            "1.2",
+            "1.2.3.4",
+            "01.2.3",
+            "1.2.x",
+            "1.2.3-",
+            "1.2.3+",
+            "1.2.3-a..b",
+            "v1.2.3",
+            "1.2.3 ",
+        ] {
+            assert!(!is_semver(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_modules_text_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(truncated("fine".into()), "fine");
+        assert_eq!(truncated("a\nb\u{1b}[2J".into()), "a\\nb\\u{1b}[2J");
+        let long = truncated("é".repeat(1000));
+        assert!(long.ends_with("… (2000 bytes in all)"), "{long}");
+        assert!(long.len() < 1100);
+    }
 }

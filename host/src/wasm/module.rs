@@ -17,28 +17,90 @@ use wasmtime::component::Component;
 pub const DEFAULT_POLICY_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
 
+/// The largest policy file the host reads. The default policy is about 100 KB; a policy in a
+/// language with a runtime (Python, JavaScript) can be a few MB. More is refused before it is
+/// read, so `--policy /dev/zero` or a huge file dropped into a watched directory cannot grow the
+/// process.
+pub const MAX_MODULE_BYTES: u64 = 32 << 20;
+
+/// Reads a policy file: a regular file (a device, a FIFO or a directory is refused) of at most
+/// [`MAX_MODULE_BYTES`].
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let refuse = |reason: String| LoadError::Read {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+    };
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let metadata = file.metadata().map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !metadata.is_file() {
+        return Err(refuse("not a regular file".to_string()));
+    }
+    if metadata.len() > MAX_MODULE_BYTES {
+        return Err(refuse(format!(
+            "{} bytes; a policy module may have at most {MAX_MODULE_BYTES}",
+            metadata.len()
+        )));
+    }
+    // The file may grow between the check and the read: read one byte past the limit at most.
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(refuse(format!(
+            "it grew past {MAX_MODULE_BYTES} bytes while being read"
+        )));
+    }
+    Ok(bytes)
+}
+
 impl Engine {
     /// Loads the default policy that is compiled into this binary.
     pub fn load_default(&self) -> Result<PolicyModule, LoadError> {
         self.load_bytes(DEFAULT_POLICY_WASM, "the built-in default policy")
     }
 
-    /// Loads a policy from a `.wasm` component or a `.cwasm` made by [`Engine::precompile`].
+    /// Loads a policy from a `.wasm` component file (see [`read_module_file`] for what is read).
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<PolicyModule, LoadError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_module_file(path)?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
-    /// Loads a policy from bytes; `origin` names it in errors and logs.
-    ///
-    /// Precompiled (`.cwasm`) bytes are native code for this engine: load only files written by
-    /// [`Engine::precompile`] or `backstop compile` from a trusted source.
+    /// Loads a policy from `.wasm` component bytes; `origin` names it in errors and logs.
+    /// Precompiled `.cwasm` bytes are refused ([`LoadError::UntrustedNative`]): they are native
+    /// code, which the host runs only from its verified cache, when allow-listed (see
+    /// [`vet_bytes`](crate::vet_bytes)), or through [`Engine::load_trusted_precompiled`].
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<PolicyModule, LoadError> {
         let component = self.compile(bytes, origin)?;
+        self.validate(component, origin, sha256_hex(bytes))
+    }
+
+    /// Loads a policy from `.cwasm` bytes made by [`Engine::precompile`] for this engine (or
+    /// from `.wasm` bytes, compiled as usual).
+    ///
+    /// # Safety
+    ///
+    /// A `.cwasm` is native code that runs in this process as it is: the caller must know the
+    /// bytes are what [`Engine::precompile`] wrote, unchanged (for example, because their sha256
+    /// is one the caller recorded when it compiled them).
+    pub unsafe fn load_trusted_precompiled(
+        &self,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<PolicyModule, LoadError> {
+        // SAFETY: the caller vouches for the bytes.
+        let component = unsafe { self.deserialize_trusted(bytes, origin)? };
         self.validate(component, origin, sha256_hex(bytes))
     }
 

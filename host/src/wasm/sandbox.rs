@@ -238,8 +238,22 @@ impl ModuleLog {
     }
 }
 
+/// `text` with control characters (newlines, ANSI escapes, …) written as `\n`, `\u{1b}`.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn emit(module: &str, stream: Stream, line: &[u8]) {
-    let line = String::from_utf8_lossy(line);
+    // A module's output is data: a newline or a terminal escape in it cannot forge log lines.
+    let line = escape_controls(&String::from_utf8_lossy(line));
     match stream {
         Stream::Stdout => {
             tracing::info!(target: "backstop::policy_output", %module, stream = %"stdout", "{line}")

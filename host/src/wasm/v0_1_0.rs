@@ -17,6 +17,16 @@ wasmtime::component::bindgen!({
 
 pub(crate) use exports::backstop::policy::decider as wit;
 
+/// The most of an error's code or message lowered into a module. Bedrock's messages are a few
+/// hundred bytes; a proxy's error page or a hostile upstream can send megabytes, which would
+/// fault a good module (its memory is bounded) and cost time on every decision.
+pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
+
+/// `text` cut to [`MAX_ERROR_TEXT_BYTES`] on a character boundary: a borrow, never a copy.
+fn capped(text: &str) -> &str {
+    &text[..text.floor_char_boundary(MAX_ERROR_TEXT_BYTES)]
+}
+
 /// Chains up to this long are lowered from stack buffers; longer ones allocate.
 const INLINE_MODELS: usize = 8;
 
@@ -67,9 +77,9 @@ pub(crate) fn with_wit<R>(ctx: &AttemptContext, f: impl FnOnce(wit::AttemptConte
         request_id: &ctx.request_id,
         error: wit::ErrorInfo {
             kind: kind_to_wit(ctx.error.kind),
-            code: &ctx.error.code,
+            code: capped(&ctx.error.code),
             http_status: ctx.error.http_status,
-            message: &ctx.error.message,
+            message: capped(&ctx.error.message),
             retry_after_ms: ctx.error.retry_after_ms,
         },
         models,

@@ -7,7 +7,7 @@
 
 use crate::decision::Guardrails;
 use crate::wasm::cache::{CacheUse, ModuleCache};
-use crate::wasm::engine::{Engine, sha256_hex};
+use crate::wasm::engine::{Engine, is_precompiled, sha256_hex};
 use crate::wasm::error::LoadError;
 use crate::wasm::module::PolicyModule;
 use crate::wasm::policy::Policy;
@@ -79,6 +79,16 @@ pub enum SwapError {
     /// The module did not load, or refused its configuration.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The same bytes were refused or rolled back before and are quarantined.
+    #[error(
+        "module {digest} is quarantined ({reason}); release it to vet it again, or deploy other bytes"
+    )]
+    Quarantined {
+        /// The module's sha256.
+        digest: String,
+        /// Why it was quarantined.
+        reason: String,
+    },
     /// The module answered a smoke case wrongly.
     #[error("{origin} failed the smoke table: {failure}")]
     Smoke {
@@ -101,15 +111,18 @@ pub enum SwapErrorKind {
     LoadFailed,
     /// The module failed the smoke table.
     SmokeFailed,
+    /// The bytes are quarantined.
+    Quarantined,
 }
 
 impl SwapErrorKind {
     /// Every kind.
-    pub const ALL: [SwapErrorKind; 4] = [
+    pub const ALL: [SwapErrorKind; 5] = [
         SwapErrorKind::NotAllowed,
         SwapErrorKind::ConfigRejected,
         SwapErrorKind::LoadFailed,
         SwapErrorKind::SmokeFailed,
+        SwapErrorKind::Quarantined,
     ];
 
     /// The kebab-case name (`smoke-failed`, …), the `reason` label of the rejection metric.
@@ -119,6 +132,7 @@ impl SwapErrorKind {
             SwapErrorKind::ConfigRejected => "config-rejected",
             SwapErrorKind::LoadFailed => "load-failed",
             SwapErrorKind::SmokeFailed => "smoke-failed",
+            SwapErrorKind::Quarantined => "quarantined",
         }
     }
 }
@@ -137,6 +151,7 @@ impl SwapError {
             SwapError::Load(LoadError::Config { .. }) => SwapErrorKind::ConfigRejected,
             SwapError::Load(_) => SwapErrorKind::LoadFailed,
             SwapError::Smoke { .. } => SwapErrorKind::SmokeFailed,
+            SwapError::Quarantined { .. } => SwapErrorKind::Quarantined,
         }
     }
 }
@@ -150,25 +165,74 @@ pub struct Vetted {
     pub cache: Option<CacheUse>,
 }
 
-/// Vets module bytes (`.wasm`, or `.cwasm` for this engine) exactly as a swap does, without
-/// making them live anywhere: what `backstop check` runs and what every swap runs.
+/// A module loaded under the allow-list.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The loaded, validated module (not yet configured).
+    pub module: PolicyModule,
+    /// Where its native code came from, when a cache is set.
+    pub cache: Option<CacheUse>,
+}
+
+/// Loads module bytes under `options`' allow-list: the digest is checked before a single byte
+/// is compiled or deserialized. A `.cwasm` is native code and is loaded only when its own
+/// sha256 is allow-listed ([`LoadError::UntrustedNative`] otherwise); a `.wasm` goes through the
+/// verified cache when one is set.
+pub fn load_allowed(
+    engine: &Engine,
+    bytes: &[u8],
+    origin: &str,
+    options: &SwapOptions,
+) -> Result<Admitted, SwapError> {
+    let digest = sha256_hex(bytes);
+    check_allowed(options, &digest)?;
+    if is_precompiled(bytes) {
+        let vouched = options
+            .allowed_digests
+            .as_ref()
+            .is_some_and(|allowed| allowed.contains(&digest));
+        if !vouched {
+            return Err(LoadError::UntrustedNative {
+                origin: origin.to_string(),
+                digest,
+            }
+            .into());
+        }
+        // SAFETY: the operator allow-listed these exact bytes (their sha256) as code to run.
+        let module = unsafe { engine.load_trusted_precompiled(bytes, origin)? };
+        return Ok(Admitted {
+            module,
+            cache: options.cache.as_ref().map(|_| CacheUse::Precompiled),
+        });
+    }
+    Ok(match &options.cache {
+        Some(cache) => {
+            let cached = cache.load(engine, bytes, origin)?;
+            Admitted {
+                module: cached.module,
+                cache: Some(cached.used),
+            }
+        }
+        None => Admitted {
+            module: engine.load_bytes(bytes, origin)?,
+            cache: None,
+        },
+    })
+}
+
+/// Vets module bytes (`.wasm`, or an allow-listed `.cwasm` for this engine) exactly as a swap
+/// does, without making them live anywhere: what `backstop check` runs and what every swap
+/// runs.
 pub fn vet_bytes(
     engine: &Engine,
     bytes: &[u8],
     origin: &str,
     options: &SwapOptions,
 ) -> Result<Vetted, SwapError> {
-    check_allowed(options, &sha256_hex(bytes))?;
-    let (module, cache) = match &options.cache {
-        Some(cache) => {
-            let (module, used) = cache.load(engine, bytes, origin)?;
-            (module, Some(used))
-        }
-        None => (engine.load_bytes(bytes, origin)?, None),
-    };
+    let admitted = load_allowed(engine, bytes, origin, options)?;
     Ok(Vetted {
-        policy: vet_module(module, options)?,
-        cache,
+        policy: vet_module(admitted.module, options)?,
+        cache: admitted.cache,
     })
 }
 
