@@ -9,3 +9,4 @@ mod hot_swap;
 mod policy_table;
 mod resilient_client;
 mod runtime_conformance;
+mod trust;

@@ -176,3 +176,103 @@ fn watch_swaps_the_policy_of_a_running_demo_and_keeps_it_through_garbage() {
         "{stdout}"
     );
 }
+
+/// A `.cwasm` is native code: with one byte of its code changed it would run arbitrary
+/// instructions. Every command that takes a policy refuses it unless its digest is allow-listed,
+/// and every one of them honours `--host-config`'s allow-list before loading anything.
+#[test]
+fn every_command_refuses_unlisted_native_code_and_honours_the_allow_list() {
+    let dir = support::scratch_dir("cli-native");
+    let engine = support::engine();
+    let mut cwasm = engine
+        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .unwrap();
+    let middle = cwasm.len() / 2;
+    cwasm[middle] ^= 0xff;
+    let tampered = dir.join("tampered.cwasm");
+    std::fs::write(&tampered, &cwasm).unwrap();
+    let sane = dir.join("sane.wasm");
+    std::fs::write(&sane, support::sane_component("2.0.0")).unwrap();
+    let host = dir.join("host.json");
+    let other = sha256_hex(b"some other module");
+    std::fs::write(&host, format!(r#"{{"allowed_digests": ["{other}"]}}"#)).unwrap();
+
+    let commands: [&[&str]; 5] = [
+        &["decide", "--error", "ThrottlingException"],
+        &["info"],
+        &["check"],
+        &["simulate", "--scenario", "monday-spike", "--no-baselines"],
+        &[
+            "demo",
+            "--requests",
+            "2",
+            "--batch",
+            "0",
+            "--spread-secs",
+            "0.1",
+        ],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--policy", path(&tampered)]);
+        let out = backstop(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("allowed_digests"), "{args:?}: {stderr}");
+
+        let mut args = command.to_vec();
+        args.extend(["--policy", path(&sane), "--host-config", path(&host)]);
+        let out = backstop(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not on the allow-list"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_gives_a_custom_policy_its_own_configuration() {
+    let dir = support::scratch_dir("cli-check-config");
+    let sane = dir.join("sane.wasm");
+    std::fs::write(&sane, support::sane_component("2.0.0")).unwrap();
+    // The default policy would refuse this key; the module under check accepts it.
+    let out = backstop(&[
+        "check",
+        "--policy",
+        path(&sane),
+        "--config",
+        r#"{"custom_knob": 3}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_demo_runs_the_newest_module_of_a_watched_directory() {
+    let dir = support::scratch_dir("cli-demo-dir");
+    std::fs::write(
+        dir.join("policy-2.0.0.wasm"),
+        support::sane_component("2.0.0"),
+    )
+    .unwrap();
+    let out = backstop(&[
+        "demo",
+        "--policy",
+        path(&dir),
+        "--watch",
+        "--requests",
+        "4",
+        "--batch",
+        "0",
+        "--spread-secs",
+        "0.1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["policy"]["version"], "2.0.0");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -222,7 +222,13 @@ pub fn info_parts(name: &str, version: &str) -> (String, String) {
         at += s.len();
     }
     body += " i32.const 3000";
-    let data = format!("(data (i32.const 3100) \"{}\")", strings.concat());
+    // Every byte as a `\hh` escape: any name, quotes and control characters included.
+    let escaped: String = strings
+        .concat()
+        .bytes()
+        .map(|b| format!("\\{b:02x}"))
+        .collect();
+    let data = format!("(data (i32.const 3100) \"{escaped}\")");
     (body, data)
 }
 

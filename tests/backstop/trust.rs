@@ -1,0 +1,303 @@
+//! Trust by effect and by origin: what an attacker or a careless author hands the host, and what
+//! the host does with it. Each test is the attack.
+
+use backstop_test_support as support;
+
+use backstop::{
+    AttemptContext, CacheUse, Cached, ErrorInfo, ErrorKind, LoadError, ModuleCache, PolicyHandle,
+    RollbackRule, SwapError, SwapEventKind, SwapOptions, sha256_hex,
+};
+use std::time::Duration;
+
+fn engine() -> &'static backstop::Engine {
+    support::engine()
+}
+
+/// The default policy, precompiled, with one byte of its native code changed.
+fn tampered_cwasm() -> Vec<u8> {
+    let mut cwasm = engine()
+        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .unwrap();
+    let middle = cwasm.len() / 2;
+    cwasm[middle] ^= 0xff;
+    cwasm
+}
+
+#[test]
+fn a_cwasm_nobody_allow_listed_never_runs_by_any_path() {
+    let tampered = tampered_cwasm();
+    let err = engine().load_bytes(&tampered, "evil.cwasm").unwrap_err();
+    assert!(
+        matches!(&err, LoadError::UntrustedNative { digest, .. } if *digest == sha256_hex(&tampered)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allowed_digests"), "{err}");
+
+    let dir = support::scratch_dir("trust-file");
+    let file = dir.join("evil.cwasm");
+    std::fs::write(&file, &tampered).unwrap();
+    assert!(matches!(
+        engine().load_file(&file),
+        Err(LoadError::UntrustedNative { .. })
+    ));
+
+    // Through a swap (the path of SIGHUP and the file watcher), with or without a cache.
+    let cache = ModuleCache::new(engine(), dir.join("cache")).unwrap();
+    for options in [
+        SwapOptions::default(),
+        SwapOptions {
+            cache: Some(cache),
+            ..SwapOptions::default()
+        },
+    ] {
+        let handle = PolicyHandle::new(engine().load_default().unwrap(), options).unwrap();
+        let live = handle.status().digest;
+        let err = handle.swap_file(&file).unwrap_err();
+        assert!(
+            matches!(err, SwapError::Load(LoadError::UntrustedNative { .. })),
+            "{err}"
+        );
+        assert_eq!(handle.status().digest, live);
+    }
+}
+
+#[test]
+fn an_allow_listed_cwasm_runs_and_a_tampered_one_is_not_on_the_list() {
+    let cwasm = engine()
+        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .unwrap();
+    let options = SwapOptions {
+        allowed_digests: Some(
+            [
+                sha256_hex(&cwasm),
+                sha256_hex(backstop::DEFAULT_POLICY_WASM),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        ..SwapOptions::default()
+    };
+    let admitted = backstop::load_allowed(engine(), &cwasm, "ok.cwasm", &options).unwrap();
+    assert_eq!(admitted.module.info().name, "backstop-default");
+    let err =
+        backstop::load_allowed(engine(), &tampered_cwasm(), "evil.cwasm", &options).unwrap_err();
+    assert!(matches!(err, SwapError::NotAllowed { .. }), "{err}");
+}
+
+#[test]
+fn a_poisoned_cache_entry_is_recompiled_never_run() {
+    let dir = support::scratch_dir("trust-cache");
+    let cache = ModuleCache::new(engine(), &dir).unwrap();
+    let sane = support::sane_component("1.0.0");
+    let evil = support::policy_component(&support::CoreParts::default());
+    assert_eq!(
+        cache.load(engine(), &sane, "sane.wasm").unwrap().used,
+        CacheUse::Miss
+    );
+    let entry = cache.entry(&sha256_hex(&sane));
+
+    // 1. The entry replaced by another module's native code, compiled by this very engine
+    //    (wasmtime would accept it): before, it ran under the allow-listed name.
+    let foreign = engine().precompile(&evil, "evil").unwrap();
+    // 2. The entry replaced by another module's signed entry (copied within the cache).
+    cache.load(engine(), &evil, "evil.wasm").unwrap();
+    let signed_evil = std::fs::read(cache.entry(&sha256_hex(&evil))).unwrap();
+    // 3. The real entry with one byte of code changed.
+    let mut edited = std::fs::read(&entry).unwrap();
+    let last = edited.len() - 100;
+    edited[last] ^= 0xff;
+
+    for (attack, bytes) in [
+        ("foreign code", foreign),
+        ("another digest's entry", signed_evil),
+        ("edited code", edited),
+    ] {
+        std::fs::write(&entry, &bytes).unwrap();
+        let Cached { module, used } = cache.load(engine(), &sane, "sane.wasm").unwrap();
+        assert_eq!(used, CacheUse::Miss, "{attack}: recompiled, not run");
+        assert_eq!(module.info().name, "retry-1", "{attack}");
+        assert_eq!(module.digest(), sha256_hex(&sane), "{attack}");
+        assert_eq!(
+            cache.load(engine(), &sane, "sane.wasm").unwrap().used,
+            CacheUse::Hit,
+            "{attack}: the rewritten entry verifies"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_cache_others_may_write_to_is_refused_and_the_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::scratch_dir("trust-perms");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = ModuleCache::new(engine(), &shared).unwrap_err();
+    assert!(
+        err.to_string().contains("writable by group or others"),
+        "{err}"
+    );
+
+    let private = dir.join("private");
+    ModuleCache::new(engine(), &private).unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&private), 0o700);
+    assert_eq!(mode(&private.join(backstop::wasm::cache::KEY_FILE)), 0o600);
+}
+
+#[test]
+fn the_allow_list_is_consulted_before_a_byte_is_parsed() {
+    let options = SwapOptions {
+        allowed_digests: Some([sha256_hex(b"something else")].into_iter().collect()),
+        ..SwapOptions::default()
+    };
+    // Garbage: refused as not allow-listed, not as "not WebAssembly" (nothing was parsed).
+    let err = backstop::vet_bytes(engine(), b"garbage", "junk", &options).unwrap_err();
+    assert!(matches!(err, SwapError::NotAllowed { .. }), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn device_files_and_oversized_files_are_refused_before_they_are_read() {
+    let started = std::time::Instant::now();
+    let err = engine().load_file("/dev/zero").unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
+    let dir = support::scratch_dir("trust-size");
+    let huge = dir.join("huge.wasm");
+    let file = std::fs::File::create(&huge).unwrap();
+    file.set_len(backstop::MAX_MODULE_BYTES + 1).unwrap(); // sparse: no disk used
+    let err = engine().load_file(&huge).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_module_that_names_itself_with_markup_is_refused() {
+    for (name, version) in [
+        ("forged\"} backstop_policy_info{digest=\"x", "1.0.0"),
+        ("two\nlines", "1.0.0"),
+        ("\u{1b}[2Jclear", "1.0.0"),
+        ("fine", "not-a-version"),
+    ] {
+        let (info, data) = support::info_parts(name, version);
+        let bytes = support::policy_component(&support::CoreParts {
+            info: &info,
+            extra: &data,
+            ..Default::default()
+        });
+        let err = engine().load_bytes(&bytes, "forger.wasm").unwrap_err();
+        assert!(
+            matches!(err, LoadError::BadIdentity { .. }),
+            "{name:?}: {err}"
+        );
+        assert!(
+            !err.to_string().contains('\n') && !err.to_string().contains('\u{1b}'),
+            "the error itself carries no raw control characters: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn an_error_message_of_many_megabytes_does_not_fault_a_good_module() {
+    let policy = support::default_policy("{}");
+    let mut ctx = AttemptContext::first_failure(ErrorInfo::of(ErrorKind::Throttling), ["a", "b"]);
+    // More than the module's whole memory (16 MiB): lowered whole, it could only fault.
+    ctx.error.message = "x".repeat(20 << 20);
+    ctx.error.code = "y".repeat(1 << 20);
+    let verdict = policy.decide(&ctx);
+    assert_eq!(verdict.fault, None);
+}
+
+fn flaky_handle(first: Option<&[u8]>) -> (PolicyHandle, Vec<u8>) {
+    let options = SwapOptions {
+        rollback: RollbackRule {
+            faults: 3,
+            window: Duration::from_secs(60),
+        },
+        ..SwapOptions::default()
+    };
+    // Each instance answers 200 calls, then traps; the smoke table uses 135.
+    let flaky = support::trap_after_component(200);
+    let handle = match first {
+        Some(bytes) => {
+            let module = engine().load_bytes(bytes, "first.wasm").unwrap();
+            PolicyHandle::new(module, options).unwrap()
+        }
+        None => {
+            let handle = PolicyHandle::new(engine().load_default().unwrap(), options).unwrap();
+            handle.swap_bytes(&flaky, "flaky.wasm").unwrap();
+            handle
+        }
+    };
+    (handle, flaky)
+}
+
+fn decide_until_rolled_back(handle: &PolicyHandle) {
+    let ctx = support::ctx(ErrorKind::Throttling, &["a", "b"]);
+    for _ in 0..2_000 {
+        if handle.status().rollbacks > 0 {
+            return;
+        }
+        handle.decide(&ctx);
+    }
+    panic!("never rolled back: {:?}", handle.status());
+}
+
+#[test]
+fn a_rolled_back_module_stays_out_until_released() {
+    let (handle, flaky) = flaky_handle(None);
+    decide_until_rolled_back(&handle);
+    let digest = sha256_hex(&flaky);
+    assert_ne!(handle.status().digest, digest);
+
+    // The next SIGHUP or watch event re-reads the same bytes: refused, the good module stays.
+    let err = handle.swap_bytes(&flaky, "flaky.wasm").unwrap_err();
+    assert!(matches!(err, SwapError::Quarantined { .. }), "{err}");
+    let status = handle.status();
+    assert_eq!(status.quarantined.len(), 1);
+    assert_eq!(status.quarantined[0].digest, digest);
+    assert_eq!(status.recent.last().unwrap().event, SwapEventKind::Rejected);
+
+    // Other bytes are vetted as usual; the released digest is vetted again.
+    handle
+        .swap_bytes(&support::sane_component("2.0.0"), "sane.wasm")
+        .expect("a different module goes live");
+    assert!(handle.release(&digest));
+    assert!(handle.status().quarantined.is_empty());
+    handle
+        .swap_bytes(&flaky, "flaky.wasm")
+        .expect("released: vetted and live again");
+}
+
+#[test]
+fn a_refused_module_is_quarantined_too() {
+    let handle =
+        PolicyHandle::new(engine().load_default().unwrap(), SwapOptions::default()).unwrap();
+    let bad = support::policy_component(&support::CoreParts::default()); // retries everything
+    let first = handle.swap_bytes(&bad, "bad.wasm").unwrap_err();
+    assert!(matches!(first, SwapError::Smoke { .. }), "{first}");
+    let again = handle.swap_bytes(&bad, "bad.wasm").unwrap_err();
+    assert!(matches!(again, SwapError::Quarantined { .. }), "{again}");
+}
+
+#[test]
+fn a_first_module_that_faults_is_rolled_back_to_the_built_in_default() {
+    let flaky = support::trap_after_component(200);
+    let (handle, _) = flaky_handle(Some(&flaky));
+    assert_eq!(handle.status().name, "trap-later");
+    decide_until_rolled_back(&handle);
+    let status = handle.status();
+    assert_eq!(status.name, "backstop-default");
+    assert_eq!(status.rollbacks, 1);
+    let last = status.recent.last().unwrap();
+    assert_eq!(last.event, SwapEventKind::RolledBack);
+    // The default decides from now on, without faults (it fails over, which the safe decision
+    // never does).
+    let ctx = support::ctx(ErrorKind::Throttling, &["a", "b"]);
+    for _ in 0..300 {
+        assert_eq!(handle.decide(&ctx).fault, None);
+    }
+}
