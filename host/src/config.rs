@@ -5,7 +5,7 @@
 //! guardrails a module is vetted against are the ones the loop enforces.
 
 use crate::decision::Guardrails;
-use crate::resilience::options::ClientOptions;
+use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
 use crate::wasm::cache::ModuleCache;
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
@@ -13,6 +13,13 @@ use crate::wasm::vetting::{RollbackRule, SwapOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+
+const CEILING_ATTEMPTS: u64 = Guardrails::CEILING_ATTEMPTS as u64;
+const CEILING_DELAY_MS: u64 = Guardrails::CEILING_DELAY_MS;
+const CEILING_OPEN_MS: u64 = Guardrails::CEILING_OPEN_MS;
+const CEILING_QUEUE: u64 = MAX_QUEUE_CAPACITY as u64;
+const CEILING_FAULTS: u64 = 1_000_000;
+const CEILING_WINDOW_MS: u64 = 86_400_000;
 
 /// The host configuration file.
 ///
@@ -79,6 +86,25 @@ pub enum ConfigError {
     /// A rollback window of zero.
     #[error("host configuration: rollback.window_ms must be at least 1")]
     Window,
+    /// A value past the host's ceiling: no configuration, however written, lifts the bounds a
+    /// module's effect is held to.
+    #[error("host configuration: {field} is {value}; at most {limit} is accepted")]
+    Ceiling {
+        /// The key.
+        field: &'static str,
+        /// What it said.
+        value: u64,
+        /// The ceiling.
+        limit: u64,
+    },
+    /// A value below the floor.
+    #[error("host configuration: {field} must be at least {floor}")]
+    Floor {
+        /// The key.
+        field: &'static str,
+        /// The least accepted.
+        floor: u64,
+    },
     /// The cache directory cannot be used.
     #[error(transparent)]
     Cache(#[from] LoadError),
@@ -98,6 +124,56 @@ impl HostConfig {
         }
         if config.rollback.window.is_zero() {
             return Err(ConfigError::Window);
+        }
+        let guard = &config.guardrails;
+        for (field, value, floor, limit) in [
+            (
+                "guardrails.max_total_attempts",
+                u64::from(guard.max_total_attempts),
+                1,
+                CEILING_ATTEMPTS,
+            ),
+            (
+                "guardrails.max_delay_ms",
+                guard.max_delay_ms,
+                0,
+                CEILING_DELAY_MS,
+            ),
+            (
+                "guardrails.max_open_ms",
+                guard.max_open_ms,
+                0,
+                CEILING_OPEN_MS,
+            ),
+            (
+                "queue_capacity",
+                config.queue_capacity as u64,
+                0,
+                CEILING_QUEUE,
+            ),
+            (
+                "rollback.faults",
+                u64::from(config.rollback.faults),
+                1,
+                CEILING_FAULTS,
+            ),
+            (
+                "rollback.window_ms",
+                config.rollback.window.as_millis() as u64,
+                1,
+                CEILING_WINDOW_MS,
+            ),
+        ] {
+            if value > limit {
+                return Err(ConfigError::Ceiling {
+                    field,
+                    value,
+                    limit,
+                });
+            }
+            if value < floor {
+                return Err(ConfigError::Floor { field, floor });
+            }
         }
         Ok(config)
     }

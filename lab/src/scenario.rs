@@ -84,6 +84,17 @@ pub struct Burst {
     pub batch: bool,
 }
 
+/// The bounds of a scenario: a simulation's memory and time grow with its requests, and times
+/// past these overflow the clocks they are added to.
+const MAX_DURATION_S: u64 = 7 * 24 * 3600;
+const MAX_RPS: f64 = 10_000.0;
+const MAX_REQUESTS: u64 = 5_000_000;
+const MAX_DEADLINE_S: u64 = 24 * 3600;
+const MAX_TOKENS: u64 = 10_000_000;
+const MAX_CHAIN: usize = 16;
+const MAX_LATENCY_MS: u64 = 600_000;
+const MAX_SCRIPT: usize = 100_000;
+
 fn input_tokens() -> u64 {
     500
 }
@@ -115,6 +126,49 @@ impl Traffic {
         if self.models.is_empty() {
             return Err("`traffic.models` must name at least the primary".into());
         }
+        if self.models.len() > MAX_CHAIN {
+            return Err(format!(
+                "`traffic.models` names more than {MAX_CHAIN} models"
+            ));
+        }
+        if !(1..=MAX_DURATION_S).contains(&self.duration_s) {
+            return Err(format!(
+                "`traffic.duration_s` must be 1 to {MAX_DURATION_S} (a week of simulated time)"
+            ));
+        }
+        if self.phases.iter().any(|p| {
+            p.rps > MAX_RPS || p.from_s > self.duration_s as f64 || p.ramp_s > MAX_DURATION_S as f64
+        }) {
+            return Err(format!(
+                "`traffic.phases`: at most {MAX_RPS} requests a second, starting within `duration_s`"
+            ));
+        }
+        if self
+            .bursts
+            .iter()
+            .any(|b| !(b.at_s.is_finite() && (0.0..=self.duration_s as f64).contains(&b.at_s)))
+        {
+            return Err("`traffic.bursts`: `at_s` must be within 0..`duration_s`".into());
+        }
+        let burst_requests: u64 = self.bursts.iter().map(|b| u64::from(b.count)).sum();
+        let peak = self.phases.iter().map(|p| p.rps).fold(0.0_f64, f64::max);
+        let expected = peak * self.duration_s as f64 + burst_requests as f64;
+        if expected > MAX_REQUESTS as f64 {
+            return Err(format!(
+                "`traffic` would send up to {expected:.0} requests; a simulation takes at most \
+                 {MAX_REQUESTS} (shorten it or lower the rates)"
+            ));
+        }
+        if !(1..=MAX_DEADLINE_S).contains(&self.deadline_s) {
+            return Err(format!(
+                "`traffic.deadline_s` must be 1 to {MAX_DEADLINE_S} (a day)"
+            ));
+        }
+        if self.input_tokens > MAX_TOKENS || self.output_tokens > MAX_TOKENS {
+            return Err(format!(
+                "`traffic.input_tokens` and `output_tokens` are at most {MAX_TOKENS} each"
+            ));
+        }
         if self.phases.is_empty() && self.bursts.is_empty() {
             return Err("`traffic` needs `phases` or `bursts`".into());
         }
@@ -130,9 +184,6 @@ impl Traffic {
         }
         if !(0.0..=1.0).contains(&self.batch_share) {
             return Err("`traffic.batch_share` must be between 0 and 1".into());
-        }
-        if self.deadline_s == 0 {
-            return Err("`traffic.deadline_s` must be at least 1".into());
         }
         Ok(())
     }
@@ -211,6 +262,20 @@ impl ModelFaults {
         }
         if self.latency_ms.max < self.latency_ms.min {
             return Err("`latency_ms.max` is below `latency_ms.min`".into());
+        }
+        if self.latency_ms.max > MAX_LATENCY_MS {
+            return Err(format!(
+                "`latency_ms` is at most {MAX_LATENCY_MS} (ten minutes)"
+            ));
+        }
+        if self.script.len() > MAX_SCRIPT {
+            return Err(format!("`script` has more than {MAX_SCRIPT} entries"));
+        }
+        if self
+            .retry_after_ms
+            .is_some_and(|ms| ms > MAX_DEADLINE_S * 1000)
+        {
+            return Err("`retry_after_ms` is at most a day".into());
         }
         Ok(())
     }

@@ -132,6 +132,10 @@ pub struct SimReport {
     pub breaker_opens: u64,
     /// Policy faults answered by the safe decision.
     pub policy_faults: u64,
+    /// Request tasks that panicked (counted in `failed` too), and the first panic's message:
+    /// a run with any is not a result to trust, and the CLI exits non-zero.
+    pub panicked: u64,
+    pub first_panic: Option<String>,
     pub per_minute: Vec<Minute>,
 }
 
@@ -249,13 +253,23 @@ pub fn run(
                     request(&core, &bedrock, &tally, start, arrival, tokens).await;
                 }));
             }
+            // A request task that panics is a failed request, counted and named, never lost.
+            let mut panicked = 0u64;
+            let mut first_panic = None;
             for task in tasks {
-                let _ = task.await;
+                if let Err(error) = task.await {
+                    panicked += 1;
+                    first_panic.get_or_insert_with(|| error.to_string());
+                }
             }
             progress(start.elapsed().as_secs());
 
             let metrics = core.metrics().snapshot();
             let mut tally = std::mem::take(&mut *lock(&tally));
+            if panicked > 0 {
+                tally.failed += panicked;
+                tally.failures.insert("panicked".to_string(), panicked);
+            }
             tally.latencies.sort_unstable();
             let percentile = |p: f64| {
                 let n = tally.latencies.len();
@@ -285,6 +299,8 @@ pub fn run(
                 max_ms: tally.latencies.last().copied().unwrap_or(0),
                 breaker_opens: metrics.breaker_opens,
                 policy_faults: metrics.policy_faults,
+                panicked,
+                first_panic,
                 per_minute: tally.minutes,
             })
         })

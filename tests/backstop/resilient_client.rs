@@ -650,3 +650,24 @@ async fn a_failed_request_tells_its_cause_and_every_attempt_without_serialising(
     );
     assert!(history.iter().all(|attempt| !attempt.policy_fault));
 }
+
+#[tokio::test]
+async fn options_past_the_ceilings_are_refused_not_a_panic() {
+    let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let mut options = ClientOptions::new(["primary"]);
+    options.queue_capacity = usize::MAX;
+    let err = ResilientClient::new(sdk.clone(), backstop_policy("{}"), options)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, backstop::OptionsError::QueueCapacity(_)),
+        "{err}"
+    );
+    let mut options = ClientOptions::new(["primary"]);
+    options.guardrails.max_total_attempts = u32::MAX;
+    let err = ResilientClient::new(sdk, backstop_policy("{}"), options)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("100 attempts"), "{err}");
+}

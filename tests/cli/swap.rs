@@ -62,6 +62,20 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
         (r#"{"allowed_digests": ["abc"]}"#, "allowed_digests[0]"),
         (r#"{"rollbak": {}}"#, "unknown field `rollbak`"),
         (r#"{"rollback": {"window_ms": 0}}"#, "window_ms"),
+        // Ceilings no configuration lifts: a module's effect stays bounded.
+        (
+            r#"{"guardrails": {"max_total_attempts": 4294967295}}"#,
+            "guardrails.max_total_attempts is 4294967295; at most 100",
+        ),
+        (r#"{"guardrails": {"max_total_attempts": 0}}"#, "at least 1"),
+        (
+            r#"{"queue_capacity": 18446744073709551615}"#,
+            "queue_capacity is 18446744073709551615",
+        ),
+        (
+            r#"{"guardrails": {"max_delay_ms": 99999999999}}"#,
+            "max_delay_ms",
+        ),
     ] {
         std::fs::write(&host, config).unwrap();
         let out = backstop(&[

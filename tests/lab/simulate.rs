@@ -212,3 +212,42 @@ fn a_batch_backlog_drains_through_the_paced_queue_and_an_overflow_is_refused() {
         "{small:?}"
     );
 }
+
+/// Scenario numbers are bounded before anything runs: huge rates or durations would grow memory
+/// without bound, a huge `at_s` or `deadline_s` would overflow the clock inside request tasks.
+#[test]
+fn scenario_values_past_their_bounds_are_refused_with_the_field_named() {
+    let traffic = |patch: &str| {
+        format!(
+            r#"{{"traffic": {{"duration_s": 60, "models": ["a"], "phases": [{{"from_s": 0, "rps": 1}}]{patch}}}}}"#
+        )
+    };
+    for (json, says) in [
+        (
+            r#"{"traffic": {"duration_s": 1000000000000, "models": ["a"], "phases": []}}"#
+                .to_string(),
+            "duration_s",
+        ),
+        (
+            r#"{"traffic": {"duration_s": 60, "models": ["a"], "phases": [{"from_s": 0, "rps": 1e12}]}}"#.to_string(),
+            "requests a second",
+        ),
+        (
+            traffic(r#", "bursts": [{"at_s": 1e300, "count": 1}]"#),
+            "at_s",
+        ),
+        (
+            traffic(r#", "bursts": [{"at_s": 1, "count": 4294967295}]"#),
+            "at most 5000000",
+        ),
+        (traffic(r#", "deadline_s": 1000000000000000"#), "deadline_s"),
+        (traffic(r#", "input_tokens": 1000000000000"#), "input_tokens"),
+        (
+            r#"{"default": {"latency_ms": {"min": 0, "max": 99999999999}}}"#.to_string(),
+            "latency_ms",
+        ),
+    ] {
+        let err = Scenario::from_json(&json).unwrap_err();
+        assert!(err.contains(says), "{json}: {err}");
+    }
+}

@@ -127,13 +127,22 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if args.json {
-        output::json(&reports)
+        output::json(&reports)?;
     } else {
         output::println(format_args!(
             "scenario {} (seed {})\n{}",
             args.scenario,
             scenario.seed,
             simulate::table(&reports).trim_end()
-        ))
+        ))?;
     }
+    if let Some(report) = reports.iter().find(|r| r.panicked > 0) {
+        anyhow::bail!(
+            "{} request task(s) panicked under {} (first: {}); the numbers above are not a result",
+            report.panicked,
+            report.policy,
+            report.first_panic.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
 }

@@ -30,6 +30,13 @@ impl Default for Guardrails {
 }
 
 impl Guardrails {
+    /// The most attempts any configuration may allow one request.
+    pub const CEILING_ATTEMPTS: u32 = 100;
+    /// The longest single wait any configuration may allow (an hour).
+    pub const CEILING_DELAY_MS: u64 = 3_600_000;
+    /// The longest breaker opening any configuration may allow (a day).
+    pub const CEILING_OPEN_MS: u64 = 86_400_000;
+
     /// Applies the caps to a verdict (from the module or the safe fallback alike).
     pub fn enforce(&self, ctx: &AttemptContext, mut verdict: Verdict) -> Verdict {
         let clamps = &mut verdict.clamps;

@@ -16,12 +16,12 @@ mod queue;
 use crate::contract::{
     AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
 };
-use crate::decision::{Decider, Verdict};
+use crate::decision::{Decider, Guardrails, Verdict};
 use breaker::Admission;
 use error::{AttemptRecord, BoxError, CallError, Served};
 use health::HealthBoard;
 use metrics::Metrics;
-use options::{ClientOptions, OptionsError, RequestOptions};
+use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions};
 use queue::BatchQueue;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +82,18 @@ impl Resilience {
         }
         if !(options.time_scale.is_finite() && options.time_scale > 0.0) {
             return Err(OptionsError::TimeScale(options.time_scale));
+        }
+        if options.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(OptionsError::QueueCapacity(options.queue_capacity));
+        }
+        let guard = &options.guardrails;
+        if guard.max_total_attempts > Guardrails::CEILING_ATTEMPTS
+            || guard.max_delay_ms > Guardrails::CEILING_DELAY_MS
+            || guard.max_open_ms > Guardrails::CEILING_OPEN_MS
+        {
+            return Err(OptionsError::Guardrails {
+                guardrails: guard.clone(),
+            });
         }
         let window = scale(options.health_window, options.time_scale);
         let rng = match options.seed {

@@ -52,6 +52,9 @@ impl ClientOptions {
     }
 }
 
+/// The most batch requests any client may let wait at once.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+
 /// Options that cannot run a loop.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
@@ -61,6 +64,21 @@ pub enum OptionsError {
     /// A time scale of zero, below zero, or not a number.
     #[error("time_scale must be a positive number, got {0}")]
     TimeScale(f64),
+    /// A queue larger than [`MAX_QUEUE_CAPACITY`].
+    #[error("queue_capacity is {0}; at most {MAX_QUEUE_CAPACITY} is accepted")]
+    QueueCapacity(usize),
+    /// Guardrails past their ceilings ([`Guardrails::CEILING_ATTEMPTS`] and the others).
+    #[error(
+        "guardrails allow {guardrails:?}; the ceilings are {attempts} attempts, {delay_ms} ms per \
+         wait, {open_ms} ms per opening",
+        attempts = Guardrails::CEILING_ATTEMPTS,
+        delay_ms = Guardrails::CEILING_DELAY_MS,
+        open_ms = Guardrails::CEILING_OPEN_MS
+    )]
+    Guardrails {
+        /// The guardrails given.
+        guardrails: Guardrails,
+    },
 }
 
 /// What one request asks of the loop besides how to send it.
