@@ -5,6 +5,7 @@
 //! guardrails a module is vetted against are the ones the loop enforces.
 
 use crate::decision::Guardrails;
+use crate::resilience::budget::RetryBudget;
 use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
 use crate::wasm::cache::ModuleCache;
 use crate::wasm::engine::Engine;
@@ -53,6 +54,9 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Batch requests that may wait in the queue at once; one more is refused (`queue-full`).
     pub queue_capacity: usize,
+    /// How much resending the client allows whatever the policy decides; `null` turns the
+    /// budget off.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl Default for HostConfig {
@@ -63,6 +67,7 @@ impl Default for HostConfig {
             rollback: RollbackRule::default(),
             cache_dir: None,
             queue_capacity: 4096,
+            retry_budget: Some(RetryBudget::default()),
         }
     }
 }
@@ -126,7 +131,16 @@ impl HostConfig {
             return Err(ConfigError::Window);
         }
         let guard = &config.guardrails;
+        let budget = config.retry_budget.unwrap_or_default();
         for (field, value, floor, limit) in [
+            ("retry_budget.percent", u64::from(budget.percent), 0, 1_000),
+            (
+                "retry_budget.min_per_second",
+                u64::from(budget.min_per_second),
+                0,
+                10_000,
+            ),
+            ("retry_budget.window_ms", budget.window_ms, 1_000, 3_600_000),
             (
                 "guardrails.max_total_attempts",
                 u64::from(guard.max_total_attempts),
@@ -188,6 +202,7 @@ impl HostConfig {
         let mut options = ClientOptions::new(models);
         options.guardrails = self.guardrails.clone();
         options.queue_capacity = self.queue_capacity;
+        options.retry_budget = self.retry_budget;
         options
     }
 

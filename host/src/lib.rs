@@ -47,6 +47,7 @@ pub use bedrock::client::{
 pub use config::{ConfigError, HostConfig};
 pub use decision::{Clamp, Decided, Decider, Guardrails, PolicyFault, Verdict};
 pub use resilience::Resilience;
+pub use resilience::budget::RetryBudget;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
 pub use resilience::options::{ClientOptions, OptionsError, RequestOptions};

@@ -60,8 +60,18 @@ struct ModelState {
 pub struct BedrockModel {
     scenario: Scenario,
     models: HashMap<String, ModelState>,
+    /// What was refused for model ids the model keeps no state for: one bounded bucket.
+    unlisted: ModelStats,
     rng: fastrand::Rng,
 }
+
+/// Distinct model ids the model keeps state for beyond those its scenario names: a client that
+/// invents a new id per request must not grow the server.
+pub const MAX_UNLISTED_MODELS: usize = 256;
+
+/// The stats key of requests refused for model ids beyond [`MAX_UNLISTED_MODELS`], or refused
+/// (unsigned, malformed) for ids the scenario does not name.
+pub const UNLISTED: &str = "(unlisted models)";
 
 impl BedrockModel {
     /// A fresh model of `scenario` (its seed fixes every draw).
@@ -70,12 +80,22 @@ impl BedrockModel {
             rng: fastrand::Rng::with_seed(scenario.seed),
             scenario,
             models: HashMap::new(),
+            unlisted: ModelStats::default(),
         }
     }
 
     /// Counts a request for `model` that arrives `now_ms` after the start and asks for
     /// `tokens` tokens (input plus expected output), and decides its fate.
     pub fn admit(&mut self, model: &str, now_ms: u64, tokens: u64) -> Outcome {
+        if !self.keeps(model) {
+            let latency = Duration::ZERO;
+            self.count_unlisted(ErrorKind::ResourceNotFound);
+            return Outcome::Error {
+                kind: ErrorKind::ResourceNotFound,
+                latency,
+                retry_after_ms: None,
+            };
+        }
         let faults = self.scenario.faults(model);
         let latency =
             Duration::from_millis(self.rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
@@ -123,12 +143,42 @@ impl BedrockModel {
         }
     }
 
-    /// Counts a request refused before any fault applies (unsigned or malformed).
+    /// Counts a request refused before any fault applies (unsigned or malformed). It creates
+    /// no state: it counts under its model when the model is named or already known, else in
+    /// the one [`UNLISTED`] bucket.
     pub fn refuse(&mut self, model: &str, kind: ErrorKind) {
+        let known = self.scenario.models.contains_key(model) || self.models.contains_key(model);
+        if !known {
+            self.count_unlisted(kind);
+            return;
+        }
         let state = model_state(&mut self.models, model, self.scenario.faults(model));
         state.stats.requests += 1;
         *state
             .stats
+            .errors
+            .entry(kind.code().to_string())
+            .or_default() += 1;
+    }
+
+    /// Whether `model` has, or may get, state of its own: named by the scenario, already
+    /// known, or one of the first [`MAX_UNLISTED_MODELS`] others.
+    fn keeps(&self, model: &str) -> bool {
+        if self.scenario.models.contains_key(model) || self.models.contains_key(model) {
+            return true;
+        }
+        let unlisted = self
+            .models
+            .keys()
+            .filter(|id| !self.scenario.models.contains_key(*id))
+            .count();
+        unlisted < MAX_UNLISTED_MODELS
+    }
+
+    fn count_unlisted(&mut self, kind: ErrorKind) {
+        self.unlisted.requests += 1;
+        *self
+            .unlisted
             .errors
             .entry(kind.code().to_string())
             .or_default() += 1;
@@ -143,10 +193,15 @@ impl BedrockModel {
 
     /// Counters so far, per model id.
     pub fn stats(&self) -> BTreeMap<String, ModelStats> {
-        self.models
+        let mut stats: BTreeMap<String, ModelStats> = self
+            .models
             .iter()
             .map(|(id, m)| (id.clone(), m.stats.clone()))
-            .collect()
+            .collect();
+        if self.unlisted.requests > 0 {
+            stats.insert(UNLISTED.to_string(), self.unlisted.clone());
+        }
+        stats
     }
 }
 

@@ -132,6 +132,8 @@ pub struct SimReport {
     pub breaker_opens: u64,
     /// Policy faults answered by the safe decision.
     pub policy_faults: u64,
+    /// Resends the client's retry budget refused.
+    pub retry_budget_refusals: u64,
     /// Request tasks that panicked (counted in `failed` too), and the first panic's message:
     /// a run with any is not a result to trust, and the CLI exits non-zero.
     pub panicked: u64,
@@ -299,6 +301,7 @@ pub fn run(
                 max_ms: tally.latencies.last().copied().unwrap_or(0),
                 breaker_opens: metrics.breaker_opens,
                 policy_faults: metrics.policy_faults,
+                retry_budget_refusals: metrics.retry_budget_refusals,
                 panicked,
                 first_panic,
                 per_minute: tally.minutes,

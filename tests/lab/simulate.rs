@@ -251,3 +251,53 @@ fn scenario_values_past_their_bounds_are_refused_with_the_field_named() {
         assert!(err.contains(says), "{json}: {err}");
     }
 }
+
+/// A module that passes `backstop check` and retries every healing error after 1 ms multiplies
+/// the calls Bedrock gets; the client's retry budget (by default as many resends as requests
+/// over a minute) holds it to two calls per request, while the default policy on the shipped
+/// spike never meets the budget.
+#[test]
+fn the_retry_budget_bounds_a_retry_storm_and_leaves_the_default_alone() {
+    let storm = Contender::Module {
+        module: support::engine()
+            .load_bytes(&support::sane_component("1.0.0"), "retry-storm.wasm")
+            .unwrap(),
+        config: "{}".into(),
+    };
+    let budget = HostConfig::default();
+    let unbounded = HostConfig {
+        retry_budget: None,
+        ..HostConfig::default()
+    };
+    let run = |scenario: &Scenario, contender: &Contender, host: &HostConfig| {
+        simulate::run(scenario, contender, host, |_| {}).unwrap()
+    };
+    // Busy enough (1,200 requests a minute) that the budget's floor (600 a minute) is not it.
+    let mut busy = small_scenario(11);
+    let traffic = busy.traffic.as_mut().unwrap();
+    traffic.duration_s = 120;
+    traffic.phases[0].rps = 20.0;
+    let storm_unbounded = run(&busy, &storm, &unbounded);
+    let storm_bounded = run(&busy, &storm, &budget);
+    assert!(storm_bounded.retry_budget_refusals > 0);
+    assert!(
+        storm_bounded.amplification <= 2.05,
+        "at most one resend per request over the window: {}",
+        storm_bounded.amplification
+    );
+    assert!(
+        storm_unbounded.amplification > 1.5 * storm_bounded.amplification,
+        "without the budget the storm multiplies calls: {} vs {}",
+        storm_unbounded.amplification,
+        storm_bounded.amplification
+    );
+
+    let spike = simulate::shipped("monday-spike").unwrap().unwrap();
+    let default = run(&spike, &default_policy(), &budget);
+    assert_eq!(default.retry_budget_refusals, 0);
+    assert_eq!(
+        default,
+        run(&spike, &default_policy(), &unbounded),
+        "the budget changes nothing for the default policy"
+    );
+}

@@ -2,8 +2,8 @@
 //! hostile policy can waste at most a bounded number of attempts, never sleep past the request's
 //! deadline, and never resend what cannot heal.
 
-use crate::contract::{AfterBreak, AttemptContext, Decision, GiveUpReason};
-use crate::decision::{Clamp, Verdict};
+use crate::contract::{AttemptContext, Decision, GiveUpReason};
+use crate::decision::verdict::{Clamp, Verdict, give_up};
 use serde::{Deserialize, Serialize};
 
 /// The caps. The request's total deadline arrives with each context (`remaining_ms`); the
@@ -92,13 +92,5 @@ impl Guardrails {
             give_up(decision, GiveUpReason::Deadline);
         }
         verdict
-    }
-}
-
-/// Turns a resend into a give-up; a breaker that was being opened stays opened.
-fn give_up(decision: &mut Decision, reason: GiveUpReason) {
-    match decision {
-        Decision::BreakCircuit { then, .. } => *then = AfterBreak::GiveUp,
-        other => *other = Decision::GiveUp { reason },
     }
 }

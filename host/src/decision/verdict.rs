@@ -1,7 +1,7 @@
 //! A verdict: the decision the host carries out, the fault that replaced a module's answer, and
 //! the corrections the guardrails made.
 
-use crate::contract::{AttemptContext, Decision};
+use crate::contract::{AfterBreak, AttemptContext, Decision, GiveUpReason};
 use serde::Serialize;
 
 /// Why a module's answer was not used.
@@ -51,6 +51,16 @@ impl Verdict {
         }
     }
 
+    /// Stops a resend: the decision becomes a give-up for `reason` (a breaker that was being
+    /// opened stays opened), and `clamp` says who stopped it. A decision that sends nothing is
+    /// left alone.
+    pub fn stop_resend(&mut self, clamp: Clamp, reason: GiveUpReason) {
+        if self.decision.sends_again() {
+            self.clamps.push(clamp);
+            give_up(&mut self.decision, reason);
+        }
+    }
+
     /// The built-in safe decision for `ctx`, flagged with the fault that called for it.
     pub fn safe(ctx: &AttemptContext, fault: PolicyFault) -> Verdict {
         Verdict {
@@ -86,6 +96,13 @@ pub enum Clamp {
         /// The cap.
         limit_ms: u64,
     },
+    /// The client's retry budget was spent: a resend became a give-up.
+    RetryBudget {
+        /// Resends within the budget's window.
+        resends: u64,
+        /// What the budget allows in that window.
+        allowed: u64,
+    },
     /// The breaker's open period was shortened to the cap.
     MaxOpen {
         /// What the policy asked for.
@@ -93,4 +110,12 @@ pub enum Clamp {
         /// The cap.
         limit_ms: u64,
     },
+}
+
+/// Turns a resend into a give-up; a breaker that was being opened stays opened.
+pub(crate) fn give_up(decision: &mut Decision, reason: GiveUpReason) {
+    match decision {
+        Decision::BreakCircuit { then, .. } => *then = AfterBreak::GiveUp,
+        other => *other = Decision::GiveUp { reason },
+    }
 }

@@ -71,6 +71,7 @@ counters! {
     queued => "queued", "Batch requests parked in the queue";
     policy_faults => "policy_faults", "Decisions where the policy module faulted and the safe decision was used";
     guard_clamps => "guard_clamps", "Decisions the host's guardrails corrected";
+    retry_budget_refusals => "retry_budget_refusals", "Resends refused because the client's retry budget was spent";
 }
 
 impl Metrics {

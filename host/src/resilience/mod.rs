@@ -7,6 +7,7 @@
 //! [`ResilientClient`](crate::ResilientClient) and in virtual time in `backstop simulate`.
 
 pub mod breaker;
+pub mod budget;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -16,8 +17,9 @@ mod queue;
 use crate::contract::{
     AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
 };
-use crate::decision::{Decider, Guardrails, Verdict};
+use crate::decision::{Clamp, Decider, Guardrails, Verdict};
 use breaker::Admission;
+use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served};
 use health::HealthBoard;
 use metrics::Metrics;
@@ -38,6 +40,7 @@ pub struct Resilience {
     health: HealthBoard,
     metrics: Metrics,
     queue: BatchQueue,
+    budget: Option<Budget>,
     next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
 }
@@ -105,6 +108,9 @@ impl Resilience {
             metrics: Metrics::new(policy.as_ref()),
             policy,
             queue: BatchQueue::new(options.queue_capacity),
+            budget: options
+                .retry_budget
+                .map(|rule| Budget::new(rule, options.time_scale)),
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             options,
@@ -157,6 +163,9 @@ impl Resilience {
     {
         self.metrics.requests.inc();
         let started = Instant::now();
+        if let Some(budget) = &self.budget {
+            budget.on_request(started);
+        }
         let workload = request.workload;
         let deadline = request.deadline.unwrap_or(self.options.deadline);
         let mut p = Progress {
@@ -333,7 +342,29 @@ impl Resilience {
             entropy: self.entropy(),
         };
         let decided = self.policy.decide(&ctx);
-        let verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
+        let mut verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
+        // Queued work is paced by the queue (one release per success): only direct resends
+        // are charged.
+        let queued = matches!(
+            verdict.decision,
+            Decision::Queue { .. }
+                | Decision::BreakCircuit {
+                    then: AfterBreak::Queue,
+                    ..
+                }
+        );
+        if let Some(budget) = &self.budget
+            && verdict.decision.sends_again()
+            && !queued
+            && let Err(refused) = budget.try_resend(now)
+        {
+            self.metrics.retry_budget_refusals.inc();
+            let clamp = Clamp::RetryBudget {
+                resends: refused.resends,
+                allowed: refused.allowed,
+            };
+            verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted);
+        }
         if verdict.fault.is_some() {
             self.metrics.policy_faults.inc();
         }

@@ -2,6 +2,7 @@
 
 use crate::contract::Workload;
 use crate::decision::Guardrails;
+use crate::resilience::budget::RetryBudget;
 use std::time::Duration;
 
 /// How a client's attempt loop behaves. Durations are in the policy's time; `time_scale`
@@ -29,11 +30,14 @@ pub struct ClientOptions {
     /// Seeds the randomness handed to the policy (`entropy`); `None` draws a fresh seed.
     /// A seed makes a run replayable, as `backstop simulate` needs.
     pub seed: Option<u64>,
+    /// How much resending the whole client allows, whatever the policy decides; `None` for no
+    /// budget (the guardrails' attempt cap is then the only bound).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl ClientOptions {
     /// Options for a chain of models with the defaults: 60 s deadline, 30 s per attempt,
-    /// a batch queue of 4096, a 60 s health window, real time.
+    /// a batch queue of 4096, a 60 s health window, the default retry budget, real time.
     pub fn new<I, S>(models: I) -> ClientOptions
     where
         I: IntoIterator<Item = S>,
@@ -48,6 +52,7 @@ impl ClientOptions {
             health_window: Duration::from_secs(60),
             time_scale: 1.0,
             seed: None,
+            retry_budget: Some(RetryBudget::default()),
         }
     }
 }

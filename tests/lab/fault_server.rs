@@ -1,0 +1,68 @@
+//! The fault server under input an attacker or a broken client sends: bounded whatever comes.
+
+use backstop_lab::{FaultServer, Scenario};
+
+/// One unsigned HTTP request, as a scanner would send it; the status line of the answer.
+async fn unsigned_post(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A flood of refused (unsigned) requests, each for a new model id, and a flood of signed ones
+/// inventing ids: the server's per-model state and `/_backstop/stats` stay bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_model_ids_do_not_grow_the_fault_server() {
+    let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
+    for i in 0..500 {
+        let status = unsigned_post(server.addr(), &format!("/model/scan-{i}/converse")).await;
+        assert!(status.contains(" 403 "), "{status}");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.len(), 1, "{:?}", stats.keys().collect::<Vec<_>>());
+    assert_eq!(stats[backstop_lab::bedrock_model::UNLISTED].requests, 500);
+
+    let sdk = backstop::sdk_client_for_endpoint(
+        &server.endpoint_url(),
+        std::time::Duration::from_secs(5),
+    );
+    let limit = backstop_lab::bedrock_model::MAX_UNLISTED_MODELS;
+    let mut not_found = 0;
+    for i in 0..limit + 50 {
+        let result = sdk
+            .converse()
+            .model_id(format!("made-up-{i}"))
+            .messages(
+                aws_sdk_bedrockruntime::types::Message::builder()
+                    .role(aws_sdk_bedrockruntime::types::ConversationRole::User)
+                    .content(aws_sdk_bedrockruntime::types::ContentBlock::Text(
+                        "hi".into(),
+                    ))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await;
+        if let Err(error) = result {
+            let service = error.into_service_error();
+            assert!(service.is_resource_not_found_exception(), "{service:?}");
+            not_found += 1;
+        }
+    }
+    assert_eq!(
+        not_found, 50,
+        "ids past the cap are answered as unknown models"
+    );
+    assert_eq!(server.stats().len(), limit + 1);
+}
