@@ -226,6 +226,8 @@ impl HostConfig {
                 Some(dir) => Some(ModuleCache::new(engine, dir)?),
                 None => None,
             },
+            // Filled in by the handle from the clients it serves.
+            models: Vec::new(),
         })
     }
 }

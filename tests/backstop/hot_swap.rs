@@ -162,8 +162,9 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
         ..SwapOptions::default()
     });
     let good = handle.status().digest;
-    // Each instance of this module answers 200 calls, then traps; the smoke table uses 135.
-    let flaky = support::trap_after_component(200);
+    // Each instance of this module answers 400 calls, then traps; the smoke table asks the live
+    // instance 270 times (each of its 135 contexts twice).
+    let flaky = support::trap_after_component(400);
     handle
         .swap_bytes(&flaky, "flaky.wasm")
         .expect("passes the smoke table");

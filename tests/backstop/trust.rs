@@ -219,8 +219,8 @@ fn flaky_handle(first: Option<&[u8]>) -> (PolicyHandle, Vec<u8>) {
         },
         ..SwapOptions::default()
     };
-    // Each instance answers 200 calls, then traps; the smoke table uses 135.
-    let flaky = support::trap_after_component(200);
+    // Each instance answers 400 calls, then traps; the smoke table asks the live instance 270.
+    let flaky = support::trap_after_component(400);
     let handle = match first {
         Some(bytes) => {
             let module = engine().load_bytes(bytes, "first.wasm").unwrap();
@@ -285,7 +285,7 @@ fn a_refused_module_is_quarantined_too() {
 
 #[test]
 fn a_first_module_that_faults_is_rolled_back_to_the_built_in_default() {
-    let flaky = support::trap_after_component(200);
+    let flaky = support::trap_after_component(400);
     let (handle, _) = flaky_handle(Some(&flaky));
     assert_eq!(handle.status().name, "trap-later");
     decide_until_rolled_back(&handle);
@@ -300,4 +300,112 @@ fn a_first_module_that_faults_is_rolled_back_to_the_built_in_default() {
     for _ in 0..300 {
         assert_eq!(handle.decide(&ctx).fault, None);
     }
+}
+
+/// A module vetted by `backstop check` and then swapped in, as an operator would.
+fn vet(decide: &str, extra: &str) -> Result<(), SwapError> {
+    let (info, data) = support::info_parts("cheat", "1.0.0");
+    let extra = format!("{data} {extra}");
+    let bytes = support::policy_component(&support::CoreParts {
+        decide,
+        info: &info,
+        extra: &extra,
+        ..Default::default()
+    });
+    backstop::vet_bytes(engine(), &bytes, "cheat.wasm", &SwapOptions::default()).map(|_| ())
+}
+
+/// Behaves only when the request id is five bytes long — as the old, fixed smoke id `smoke`
+/// was — and otherwise retries everything, even what cannot heal.
+#[test]
+fn a_module_that_behaves_only_for_a_recognisable_table_is_refused() {
+    let sane_function = format!(
+        "(func $sane (param i32) (result i32) {})",
+        support::SANE_DECIDE
+    );
+    let err = vet(
+        "(if (i32.eq (i32.load offset=4 (local.get 0)) (i32.const 5))
+           (then (return (call $sane (local.get 0)))))
+         (i32.store8 (i32.const 2048) (i32.const 0))
+         (i64.store (i32.const 2056) (i64.const 1))
+         (i32.const 2048)",
+        &sane_function,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, SwapError::Smoke { failure, .. } if failure.problem.contains("resends")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_module_whose_answers_differ_for_the_same_context_is_refused() {
+    // Sane, except that its retry waits 1 or 2 ms by the parity of a call counter.
+    let decide = format!(
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) {}",
+        support::SANE_DECIDE.replace(
+            "(i64.store (i32.const 2056) (i64.const 1))\n    (i32.const 2048)",
+            "(i64.store (i32.const 2056) (i64.extend_i32_u (i32.add (i32.const 1) \
+             (i32.and (global.get $calls) (i32.const 1)))))\n    (i32.const 2048)"
+        )
+    );
+    let err = vet(&decide, "(global $calls (mut i32) (i32.const 0))").unwrap_err();
+    assert!(
+        matches!(&err, SwapError::Smoke { failure, .. } if failure.problem.contains("pure function")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_module_that_burns_much_of_its_fuel_per_decision_is_refused() {
+    // About 1.5 M instructions of busy work (15 % of the budget), then a sane answer.
+    let decide = format!(
+        "(local $i i32)
+         (loop $spin
+           (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br_if $spin (i32.lt_u (local.get $i) (i32.const 300000))))
+         {}",
+        support::SANE_DECIDE
+    );
+    let err = vet(&decide, "").unwrap_err();
+    assert!(
+        matches!(&err, SwapError::Smoke { failure, .. } if failure.problem.contains("fuel")),
+        "{err}"
+    );
+    // The same module without the busy work passes.
+    vet(support::SANE_DECIDE, "").expect("a sane module passes");
+}
+
+/// Misbehaves only when the primary's id is seven bytes long, like the client's real `primary`:
+/// a module that behaves for any test but the traffic it will serve. The smoke table meets it
+/// with the chain the handle's client serves.
+#[test]
+fn the_smoke_table_uses_the_chain_the_client_serves() {
+    let sane_function = format!(
+        "(func $sane (param i32) (result i32) {})",
+        support::SANE_DECIDE
+    );
+    let (info, data) = support::info_parts("two-faced", "1.0.0");
+    let extra = format!("{data} {sane_function}");
+    let bytes = support::policy_component(&support::CoreParts {
+        // models is the list at offset 48 of the context; its first string's length at +4.
+        decide: "(if (i32.ne (i32.load offset=4 (i32.load offset=48 (local.get 0))) (i32.const 7))
+                   (then (return (call $sane (local.get 0)))))
+                 (i32.store8 (i32.const 2048) (i32.const 0))
+                 (i64.store (i32.const 2056) (i64.const 1))
+                 (i32.const 2048)",
+        info: &info,
+        extra: &extra,
+        ..Default::default()
+    });
+    let unaware =
+        PolicyHandle::new(engine().load_default().unwrap(), SwapOptions::default()).unwrap();
+    unaware
+        .swap_bytes(&bytes, "two-faced.wasm")
+        .expect("made-up ids: the module behaves");
+    let serving =
+        PolicyHandle::new(engine().load_default().unwrap(), SwapOptions::default()).unwrap();
+    serving.serve_chain(&["primary".to_string(), "fallback".to_string()]);
+    let err = serving.swap_bytes(&bytes, "two-faced.wasm").unwrap_err();
+    assert!(matches!(err, SwapError::Smoke { .. }), "{err}");
 }

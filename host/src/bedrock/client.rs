@@ -154,6 +154,7 @@ impl ResilientClient {
         options: ClientOptions,
     ) -> Result<ResilientClient, OptionsError> {
         let policy = policy.into();
+        policy.serve_chain(&options.models);
         let core = Resilience::new(Arc::new(policy.clone()), options)?;
         Ok(ResilientClient {
             inner: Arc::new(Inner { sdk, policy, core }),

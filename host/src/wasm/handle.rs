@@ -168,6 +168,8 @@ struct Shared {
     info: Family<ModuleLabels, Gauge>,
     /// Digests refused or rolled back: not swapped in again until an operator releases them.
     quarantine: Mutex<BTreeMap<String, Quarantined>>,
+    /// The model chain of the clients served, for the smoke table (empty until one says).
+    chain: Mutex<Vec<String>>,
 }
 
 /// A module kept from going live again: it was refused, or rolled back. Swapping the same
@@ -220,6 +222,7 @@ impl PolicyHandle {
             decisions,
             info: Family::default(),
             quarantine: Mutex::new(BTreeMap::new()),
+            chain: Mutex::new(Vec::new()),
         };
         shared.info.get_or_create(&live.labels).set(1);
         tracing::info!(
@@ -279,7 +282,12 @@ impl PolicyHandle {
             };
             return Err(self.refuse(origin, &digest, error));
         }
-        match vet_bytes(&self.shared.engine, bytes, origin, &self.shared.options) {
+        let mut options = self.shared.options.clone();
+        let chain = lock(&self.shared.chain).clone();
+        if !chain.is_empty() {
+            options.models = chain;
+        }
+        match vet_bytes(&self.shared.engine, bytes, origin, &options) {
             Ok(vetted) => {
                 let version = vetted.policy.module().info().version.clone();
                 self.publish(Arc::new(Live::new(vetted.policy, &self.shared.decisions)));
@@ -344,6 +352,13 @@ impl PolicyHandle {
                 reason,
             },
         );
+    }
+
+    /// Tells the handle the model chain a client serves with it: later swaps draw their smoke
+    /// contexts from it, so a module meets the model ids it will see, not a fixed exam.
+    /// [`ResilientClient::new`](crate::ResilientClient::new) calls it.
+    pub fn serve_chain(&self, models: &[String]) {
+        *lock(&self.shared.chain) = models.to_vec();
     }
 
     /// The digests kept from going live, oldest first.

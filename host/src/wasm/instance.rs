@@ -17,6 +17,11 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
+    /// Fuel the last call burned, out of `budget`.
+    pub(crate) fn fuel_used(&self, budget: u64) -> u64 {
+        budget.saturating_sub(self.store.get_fuel().unwrap_or(0))
+    }
+
     /// Asks this instance about one failed attempt, with `fuel` to spend. A fault leaves the
     /// instance in an unknown state: the caller must drop it.
     pub(crate) fn decide(

@@ -35,6 +35,8 @@ pub struct Policy {
     idle: Mutex<Vec<Instance>>,
     decisions: AtomicU64,
     faults: AtomicU64,
+    /// The most fuel one decision burned so far.
+    peak_fuel: AtomicU64,
 }
 
 impl Policy {
@@ -46,6 +48,7 @@ impl Policy {
             idle: Mutex::new(vec![first]),
             decisions: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            peak_fuel: AtomicU64::new(0),
         })
     }
 
@@ -67,6 +70,12 @@ impl Policy {
     /// Of those, how many faulted and were answered by the safe decision.
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
+    }
+
+    /// The most fuel one of its decisions has burned (out of
+    /// [`Limits::fuel_per_call`](crate::Limits::fuel_per_call)).
+    pub fn peak_fuel_per_decision(&self) -> u64 {
+        self.peak_fuel.load(Ordering::Relaxed)
     }
 
     /// Asks the module what to do about one failed attempt. Never panics and never hangs: a
@@ -99,7 +108,10 @@ impl Policy {
             },
         };
         let fuel = self.module.engine().limits().fuel_per_call;
-        match instance.decide(fuel, ctx) {
+        let answer = instance.decide(fuel, ctx);
+        self.peak_fuel
+            .fetch_max(instance.fuel_used(fuel), Ordering::Relaxed);
+        match answer {
             Ok(decision) => {
                 self.keep(instance);
                 Verdict::of_policy(decision)

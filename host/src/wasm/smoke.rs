@@ -2,13 +2,21 @@
 //! error class, early and late in a request, with extreme jitter draws, on both workloads, and
 //! checks the answers are ones a sane policy gives *on its own* — before any guardrail clamps
 //! them. A module that fails here would be relying on the host to save it from itself.
+//!
+//! The table is judged by effect, and it is not a fixed exam: each run draws its request ids,
+//! attempt counts, elapsed and remaining times afresh, and uses the model chain the module will
+//! serve (when the host knows it), so a module cannot recognise the table and behave only for
+//! it. Each context is asked twice of the same instance and once of a fresh one: a module whose
+//! answers differ for the same context is refused (a decision must be a pure function of its
+//! context), and so is a module that burns more than a small share of its fuel per decision.
 
 use crate::contract::{AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, Workload};
 use crate::decision::Guardrails;
 use crate::wasm::policy::Policy;
 
-/// The chain the smoke table offers: a primary and two fallbacks.
-const CHAIN: [&str; 3] = ["smoke-primary", "smoke-fallback", "smoke-last-resort"];
+/// The share of a call's fuel one decision may burn, in percent. The default policy uses under
+/// 1 %; a module near its budget would make every decision slow, inline on the request path.
+pub const MAX_FUEL_PERCENT: u64 = 5;
 
 /// The first smoke case a module got wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -20,11 +28,33 @@ pub struct SmokeFailure {
     pub problem: String,
 }
 
-/// Runs the table; `Ok` holds the number of decisions checked.
-pub fn smoke_test(policy: &Policy, guard: &Guardrails) -> Result<usize, SmokeFailure> {
+/// Runs the table with contexts over `chain` (made-up model ids when it is empty); `Ok` holds
+/// the number of contexts checked.
+pub fn smoke_test(
+    policy: &Policy,
+    guard: &Guardrails,
+    chain: &[String],
+) -> Result<usize, SmokeFailure> {
+    let fresh = policy
+        .module()
+        .configure(policy.config())
+        .map_err(|e| SmokeFailure {
+            case: "a second instance".to_string(),
+            problem: format!("could not be configured: {e}"),
+        })?;
+    let mut rng = fastrand::Rng::new();
+    let chain: Vec<String> = if chain.is_empty() {
+        (0..3)
+            .map(|i| format!("model-{i}-{:08x}", rng.u32(..)))
+            .collect()
+    } else {
+        chain.to_vec()
+    };
     let mut checked = 0;
-    for ctx in cases() {
+    for ctx in cases(&chain, guard, rng.u64(..)) {
         let verdict = policy.decide(&ctx);
+        let again = policy.decide(&ctx);
+        let elsewhere = fresh.decide(&ctx);
         let fail = |problem: String| SmokeFailure {
             case: format!(
                 "{} on attempt {} ({:?}, entropy {:#x}{})",
@@ -43,8 +73,29 @@ pub fn smoke_test(policy: &Policy, guard: &Guardrails) -> Result<usize, SmokeFai
         if let Some(fault) = verdict.fault {
             return Err(fail(format!("the module faulted: {fault}")));
         }
+        if again.decision != verdict.decision || elsewhere.decision != verdict.decision {
+            return Err(fail(format!(
+                "answered {:?}, then {:?}, and {:?} on a fresh instance: a decision must be a \
+                 pure function of its context",
+                verdict.decision, again.decision, elsewhere.decision
+            )));
+        }
         check(&ctx, &verdict.decision, guard).map_err(fail)?;
         checked += 1;
+    }
+    let budget = policy.module().engine().limits().fuel_per_call;
+    let peak = policy
+        .peak_fuel_per_decision()
+        .max(fresh.peak_fuel_per_decision());
+    if peak * 100 > budget * MAX_FUEL_PERCENT {
+        return Err(SmokeFailure {
+            case: "every case".to_string(),
+            problem: format!(
+                "a decision burned {peak} fuel, {:.1} % of its budget of {budget}; at most \
+                 {MAX_FUEL_PERCENT} % is accepted, so decisions stay fast on the request path",
+                peak as f64 * 100.0 / budget as f64
+            ),
+        });
     }
     Ok(checked)
 }
@@ -88,35 +139,42 @@ fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Resul
     }
 }
 
-/// Every error class × first and third attempt × lowest and highest jitter draw × both
-/// workloads, plus a mid-stream failure per class.
-fn cases() -> impl Iterator<Item = AttemptContext> {
-    let attempts = [1u32, 3];
+/// Every error class × a first and a later attempt × lowest and highest jitter draw × both
+/// workloads, plus a mid-stream failure per class; ids, later attempts and times drawn from
+/// `seed`.
+fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> impl Iterator<Item = AttemptContext> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let later = rng.u32(2..guard.max_total_attempts.max(3));
+    let attempts = [1u32, later];
     let entropies = [0u64, u64::MAX];
     let workloads = [Workload::Interactive, Workload::Batch];
-    ErrorKind::ALL.into_iter().flat_map(move |kind| {
-        let sent = attempts.into_iter().flat_map(move |attempt| {
-            entropies.into_iter().flat_map(move |entropy| {
-                workloads.into_iter().map(move |workload| {
-                    let mut ctx = base(kind);
+    let chain = chain.to_vec();
+    let base = move |kind: ErrorKind, rng: &mut fastrand::Rng| {
+        let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), chain.iter().cloned());
+        ctx.request_id = format!("req-{:x}", rng.u64(..));
+        ctx.elapsed_ms = rng.u64(0..30_000);
+        ctx.remaining_ms = rng.u64(20_000..120_000);
+        ctx
+    };
+    let mut list = Vec::new();
+    for kind in ErrorKind::ALL {
+        for attempt in attempts {
+            for entropy in entropies {
+                for workload in workloads {
+                    let mut ctx = base(kind, &mut rng);
                     ctx.attempts_on_model = attempt;
                     ctx.attempts_total = attempt;
                     ctx.health[0].consecutive_failures = attempt;
                     ctx.health[0].requests = attempt;
                     ctx.entropy = entropy;
                     ctx.workload = workload;
-                    ctx
-                })
-            })
-        });
-        let mut streamed = base(kind);
+                    list.push(ctx);
+                }
+            }
+        }
+        let mut streamed = base(kind, &mut rng);
         streamed.output_delivered = true;
-        sent.chain(std::iter::once(streamed))
-    })
-}
-
-fn base(kind: ErrorKind) -> AttemptContext {
-    let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), CHAIN);
-    ctx.request_id = "smoke".to_string();
-    ctx
+        list.push(streamed);
+    }
+    list.into_iter()
 }

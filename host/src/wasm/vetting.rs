@@ -65,6 +65,9 @@ pub struct SwapOptions {
     pub rollback: RollbackRule,
     /// Where compiled modules are kept; `None` compiles every `.wasm` on each swap.
     pub cache: Option<ModuleCache>,
+    /// The model chain the module will serve, which the smoke table's contexts use; empty for
+    /// made-up ids. A [`PolicyHandle`](crate::PolicyHandle) fills it from the clients it serves.
+    pub models: Vec<String>,
 }
 
 /// Why a module did not go live. The previous module stays live in every case.
@@ -241,7 +244,7 @@ pub fn vet_module(module: PolicyModule, options: &SwapOptions) -> Result<Policy,
     check_allowed(options, module.digest())?;
     let origin = module.origin().to_string();
     let policy = module.configure(&options.config)?;
-    smoke_test(&policy, &options.guardrails)
+    smoke_test(&policy, &options.guardrails, &options.models)
         .map_err(|failure| SwapError::Smoke { origin, failure })?;
     Ok(policy)
 }
