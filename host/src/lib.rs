@@ -56,7 +56,7 @@ pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
 pub use wasm::error::LoadError;
 pub use wasm::handle::{PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped};
 pub use wasm::module::{DEFAULT_POLICY_WASM, MAX_MODULE_BYTES, PolicyModule, read_module_file};
-pub use wasm::policy::Policy;
+pub use wasm::policy::{IdlePool, Policy};
 pub use wasm::sandbox::Limits;
 pub use wasm::smoke::SmokeFailure;
 pub use wasm::vetting::{

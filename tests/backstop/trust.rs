@@ -409,3 +409,60 @@ fn the_smoke_table_uses_the_chain_the_client_serves() {
     let err = serving.swap_bytes(&bytes, "two-faced.wasm").unwrap_err();
     assert!(matches!(err, SwapError::Smoke { .. }), "{err}");
 }
+
+/// Each instance of this module keeps 8 MiB; many concurrent callers create many instances. The
+/// idle pool keeps at most its memory budget of them, and shrinks back once they go unused.
+#[test]
+fn instances_that_keep_memory_are_not_all_kept_and_the_idle_pool_shrinks() {
+    let limits = backstop::Limits {
+        idle_memory_bytes: 16 << 20,
+        idle_ttl: Duration::from_millis(200),
+        ..backstop::Limits::default()
+    };
+    let engine = backstop::Engine::new(limits).unwrap();
+    let decide = format!(
+        "(local $i i32)
+         (if (i32.lt_u (memory.size) (i32.const 130)) (then (drop (memory.grow (i32.const 128)))))
+         (loop $spin
+           (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br_if $spin (i32.lt_u (local.get $i) (i32.const 50000))))
+         {}",
+        support::SANE_DECIDE
+    );
+    let bytes = support::policy_component(&support::CoreParts {
+        decide: &decide,
+        ..Default::default()
+    });
+    let policy = engine
+        .load_bytes(&bytes, "hoarder.wasm")
+        .unwrap()
+        .configure("{}")
+        .unwrap();
+    let ctx = support::ctx(ErrorKind::Throttling, &["a", "b"]);
+    let start = std::sync::Barrier::new(8);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                start.wait();
+                for _ in 0..30 {
+                    assert_eq!(policy.decide(&ctx).fault, None);
+                }
+            });
+        }
+    });
+    let idle = policy.idle();
+    assert!(idle.instances >= 1);
+    assert!(
+        idle.memory_bytes <= 16 << 20,
+        "{} bytes kept idle in {} instances",
+        idle.memory_bytes,
+        idle.instances
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(policy.decide(&ctx).fault, None);
+    assert_eq!(
+        policy.idle().instances,
+        1,
+        "the pool shrank to the instance just used"
+    );
+}

@@ -17,6 +17,11 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
+    /// The linear memory the instance holds.
+    pub(crate) fn memory_held(&self) -> usize {
+        self.store.data().memory_held()
+    }
+
     /// Fuel the last call burned, out of `budget`.
     pub(crate) fn fuel_used(&self, budget: u64) -> u64 {
         budget.saturating_sub(self.store.get_fuel().unwrap_or(0))

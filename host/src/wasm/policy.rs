@@ -10,9 +10,19 @@ use crate::wasm::instance::{self, Instance};
 use crate::wasm::module::PolicyModule;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 /// Idle instances kept for reuse; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 64;
+
+/// What a policy's idle pool holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePool {
+    /// Instances kept for reuse.
+    pub instances: usize,
+    /// Their linear memory, together.
+    pub memory_bytes: usize,
+}
 
 impl PolicyModule {
     /// Configures the module with the operator's JSON (`""` or `"{}"` for its defaults) and
@@ -32,7 +42,8 @@ fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadErro
 pub struct Policy {
     module: PolicyModule,
     config: String,
-    idle: Mutex<Vec<Instance>>,
+    /// Instances kept for reuse, with when each was last used; newest last.
+    idle: Mutex<Vec<(Instance, Instant)>>,
     decisions: AtomicU64,
     faults: AtomicU64,
     /// The most fuel one decision burned so far.
@@ -45,7 +56,7 @@ impl Policy {
         Ok(Policy {
             module,
             config: config.to_string(),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![(first, Instant::now())]),
             decisions: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             peak_fuel: AtomicU64::new(0),
@@ -99,7 +110,8 @@ impl Policy {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+            .pop()
+            .map(|(instance, _)| instance);
         let mut instance = match pooled {
             Some(instance) => instance,
             None => match instantiate(&self.module, &self.config) {
@@ -126,10 +138,28 @@ impl Policy {
         }
     }
 
+    /// Returns an instance to the pool, within the pool's bounds: at most
+    /// [`MAX_IDLE_INSTANCES`], at most `idle_memory_bytes` of linear memory in all, none idle
+    /// for longer than `idle_ttl` (the pool shrinks back after a burst of concurrency).
     fn keep(&self, instance: Instance) {
+        let limits = self.module.engine().limits();
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_INSTANCES {
-            idle.push(instance);
+        idle.retain(|(_, used)| now.duration_since(*used) <= limits.idle_ttl);
+        let held: usize = idle.iter().map(|(i, _)| i.memory_held()).sum();
+        if idle.len() < MAX_IDLE_INSTANCES
+            && held + instance.memory_held() <= limits.idle_memory_bytes
+        {
+            idle.push((instance, now));
+        }
+    }
+
+    /// Instances kept for reuse now, and the linear memory they hold together.
+    pub fn idle(&self) -> IdlePool {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        IdlePool {
+            instances: idle.len(),
+            memory_bytes: idle.iter().map(|(i, _)| i.memory_held()).sum(),
         }
     }
 }
@@ -181,7 +211,7 @@ mod tests {
     fn the_default_policy_stays_far_below_the_fuel_budget() {
         let engine = Engine::new(Limits::default()).unwrap();
         let policy = engine.load_default().unwrap().configure("{}").unwrap();
-        let mut instance = policy.idle.lock().unwrap().pop().unwrap();
+        let (mut instance, _) = policy.idle.lock().unwrap().pop().unwrap();
         let budget = engine.limits().fuel_per_call;
         let models: Vec<String> = (0..8)
             .map(|i| format!("model-{i}-{}", "x".repeat(60)))

@@ -50,6 +50,11 @@ pub struct Limits {
     pub max_wasm_stack: usize,
     /// Bytes of stdout + stderr one call may write before further output is refused.
     pub log_bytes_per_call: usize,
+    /// Linear memory a policy's idle instances may hold together; an instance that would pass
+    /// it is dropped after its call instead of being kept for reuse.
+    pub idle_memory_bytes: usize,
+    /// How long an idle instance is kept without being used.
+    pub idle_ttl: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +65,8 @@ impl Default for Limits {
             table_elements: 10_000,
             max_wasm_stack: 512 << 10,
             log_bytes_per_call: 16 << 10,
+            idle_memory_bytes: 64 << 20,
+            idle_ttl: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +91,8 @@ pub(crate) struct MemoryLimitHit {
 pub(crate) struct Limiter {
     memory_bytes: usize,
     table_elements: usize,
+    /// The linear memory the instance holds now (its largest memory's size).
+    held: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -99,6 +108,7 @@ impl ResourceLimiter for Limiter {
                 limit: self.memory_bytes,
             }));
         }
+        self.held = self.held.max(desired);
         Ok(true)
     }
 
@@ -166,12 +176,18 @@ impl Sandbox {
             limiter: Limiter {
                 memory_bytes: limits.memory_bytes,
                 table_elements: limits.table_elements,
+                held: 0,
             },
             log,
         };
         let mut store = Store::new(engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         store
+    }
+
+    /// The linear memory the instance holds.
+    pub(crate) fn memory_held(&self) -> usize {
+        self.limiter.held
     }
 
     /// Starts a call: the module's output budget is renewed.
