@@ -163,7 +163,7 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
     });
     let good = handle.status().digest;
     // Each instance of this module answers 400 calls, then traps; the smoke table asks the live
-    // instance 270 times (each of its 135 contexts twice).
+    // instance 135 times (and a fresh one 135 more).
     let flaky = support::trap_after_component(400);
     handle
         .swap_bytes(&flaky, "flaky.wasm")

@@ -219,7 +219,7 @@ fn flaky_handle(first: Option<&[u8]>) -> (PolicyHandle, Vec<u8>) {
         },
         ..SwapOptions::default()
     };
-    // Each instance answers 400 calls, then traps; the smoke table asks the live instance 270.
+    // Each instance answers 400 calls, then traps; the smoke table asks the live instance 135.
     let flaky = support::trap_after_component(400);
     let handle = match first {
         Some(bytes) => {

@@ -70,26 +70,13 @@ pub const DEFAULT_INFO: &str = "DEFAULT_INFO";
 /// The core module text for a policy at `version` with the given bodies.
 pub fn core_wat(parts: &CoreParts, version: &str) -> String {
     let export = format!("backstop:policy/decider@{version}");
-    // The default identity lives at 3600.., clear of `info_parts` (3000..) and the heap (4096..).
-    let identity = ["test-policy", "0.0.0", version];
-    let mut default_info = String::new();
-    let mut at = 3600;
-    for (i, text) in identity.iter().enumerate() {
-        default_info += &format!(
-            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {})) ",
-            3500 + 8 * i,
-            3504 + 8 * i,
-            text.len()
-        );
-        at += text.len();
-    }
-    default_info += "i32.const 3500";
+    // The default identity lives at 3500.., clear of `info_parts` (3000..) and the heap (4096..).
+    let (default_info, identity_data) = identity(["test-policy", "0.0.0", version], 3500);
     let info = if parts.info == DEFAULT_INFO {
         default_info.as_str()
     } else {
         parts.info
     };
-    let identity_data = format!("(data (i32.const 3600) \"{}\")", identity.concat());
     format!(
         r#"(module
   {imports}
@@ -209,26 +196,31 @@ pub const SANE_DECIDE: &str = r#"
 /// An `info` body answering `name`, `version` and the contract version, with the data segment
 /// it needs (to go in `extra`).
 pub fn info_parts(name: &str, version: &str) -> (String, String) {
-    let strings = [name, version, backstop::WIT_VERSION];
+    identity([name, version, backstop::WIT_VERSION], 3000)
+}
+
+/// An `info` body answering `strings`, which writes its record at `record` and reads the
+/// strings from a data segment 100 bytes further on, and that data segment. Every byte is a
+/// `\hh` escape, so any text fits: quotes and control characters included.
+fn identity(strings: [&str; 3], record: usize) -> (String, String) {
     let mut body = String::new();
-    let mut at = 3100;
+    let mut at = record + 100;
     for (i, s) in strings.iter().enumerate() {
         body += &format!(
-            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {}))",
-            3000 + 8 * i,
-            3004 + 8 * i,
+            "(i32.store (i32.const {}) (i32.const {at})) (i32.store (i32.const {}) (i32.const {})) ",
+            record + 8 * i,
+            record + 4 + 8 * i,
             s.len()
         );
         at += s.len();
     }
-    body += " i32.const 3000";
-    // Every byte as a `\hh` escape: any name, quotes and control characters included.
+    body += &format!("i32.const {record}");
     let escaped: String = strings
         .concat()
         .bytes()
         .map(|b| format!("\\{b:02x}"))
         .collect();
-    let data = format!("(data (i32.const 3100) \"{escaped}\")");
+    let data = format!("(data (i32.const {}) \"{escaped}\")", record + 100);
     (body, data)
 }
 

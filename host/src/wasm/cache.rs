@@ -184,23 +184,31 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Refuses a directory (or key) that others may write to: they could plant native code.
+/// Refuses a directory that others may write to: they could plant native code.
 fn check_private(path: &Path) -> std::io::Result<()> {
+    refuse_mode(
+        path,
+        0o022,
+        "writable by group or others; a cache of native code must be writable by this host \
+         alone: chmod go-w it",
+    )
+}
+
+/// Refuses `path` when any of the permission bits in `mask` are set, saying `why`.
+fn refuse_mode(path: &Path, mask: u32, why: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)?.permissions().mode();
-        if mode & 0o022 != 0 {
+        if mode & mask != 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "it is writable by group or others (mode {:o}); a cache of native code must be \
-                     writable by this host alone: chmod go-w it",
-                    mode & 0o777
-                ),
+                format!("{} is {why} (mode {:o})", path.display(), mode & 0o777),
             ));
         }
     }
+    #[cfg(not(unix))]
+    let _ = (path, mask, why);
     Ok(())
 }
 
@@ -208,21 +216,11 @@ fn check_private(path: &Path) -> std::io::Result<()> {
 fn mac_key(path: &Path) -> std::io::Result<MacKey> {
     use std::io::Write;
     let read = |path: &Path| -> std::io::Result<MacKey> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} is readable or writable by others (mode {:o}); it must be 0600",
-                        path.display(),
-                        mode & 0o777
-                    ),
-                ));
-            }
-        }
+        refuse_mode(
+            path,
+            0o077,
+            "readable or writable by others; it must be 0600",
+        )?;
         let bytes = std::fs::read(path)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| {
             std::io::Error::new(

@@ -149,6 +149,9 @@ pub(crate) fn truncated(text: String) -> String {
     out
 }
 
+/// An `info()` field, its value, its check, and the rule in words.
+type IdentityRule<'a> = (&'static str, &'a str, fn(&str) -> bool, &'static str);
+
 /// Whether `name` is a policy name: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or
 /// digit. Names become metric labels and log fields, so they are data, not markup.
 fn is_policy_name(name: &str) -> bool {
@@ -221,7 +224,7 @@ pub(crate) fn probe_info(
             });
         }
     }
-    let checks: [(&'static str, &str, fn(&str) -> bool, &'static str); 3] = [
+    let checks: [IdentityRule<'_>; 3] = [
         (
             "name",
             &info.name,

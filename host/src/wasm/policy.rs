@@ -15,6 +15,27 @@ use std::time::Instant;
 /// Idle instances kept for reuse; more concurrent callers instantiate extra ones and drop them.
 const MAX_IDLE_INSTANCES: usize = 64;
 
+/// The idle pool and a coarse clock for it.
+struct Idle {
+    instances: Vec<(Instance, Instant)>,
+    /// The last time read; good enough for a TTL of seconds.
+    clock: Instant,
+    keeps: u32,
+}
+
+impl Idle {
+    /// The time, read afresh when other instances wait (a burst is being absorbed) or every
+    /// 64th return, and otherwise the last reading: the clock costs more than the rest of
+    /// returning an instance, and this runs on every decision.
+    fn now(&mut self) -> Instant {
+        self.keeps = self.keeps.wrapping_add(1);
+        if !self.instances.is_empty() || self.keeps.is_multiple_of(64) {
+            self.clock = Instant::now();
+        }
+        self.clock
+    }
+}
+
 /// What a policy's idle pool holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdlePool {
@@ -43,7 +64,7 @@ pub struct Policy {
     module: PolicyModule,
     config: String,
     /// Instances kept for reuse, with when each was last used; newest last.
-    idle: Mutex<Vec<(Instance, Instant)>>,
+    idle: Mutex<Idle>,
     decisions: AtomicU64,
     faults: AtomicU64,
     /// The most fuel one decision burned so far.
@@ -56,7 +77,11 @@ impl Policy {
         Ok(Policy {
             module,
             config: config.to_string(),
-            idle: Mutex::new(vec![(first, Instant::now())]),
+            idle: Mutex::new(Idle {
+                instances: vec![(first, Instant::now())],
+                clock: Instant::now(),
+                keeps: 0,
+            }),
             decisions: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             peak_fuel: AtomicU64::new(0),
@@ -110,6 +135,7 @@ impl Policy {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .instances
             .pop()
             .map(|(instance, _)| instance);
         let mut instance = match pooled {
@@ -121,8 +147,11 @@ impl Policy {
         };
         let fuel = self.module.engine().limits().fuel_per_call;
         let answer = instance.decide(fuel, ctx);
-        self.peak_fuel
-            .fetch_max(instance.fuel_used(fuel), Ordering::Relaxed);
+        // A plain load on the usual path; the read-modify-write only when a new peak is set.
+        let used = instance.fuel_used(fuel);
+        if used > self.peak_fuel.load(Ordering::Relaxed) {
+            self.peak_fuel.fetch_max(used, Ordering::Relaxed);
+        }
         match answer {
             Ok(decision) => {
                 self.keep(instance);
@@ -143,14 +172,16 @@ impl Policy {
     /// for longer than `idle_ttl` (the pool shrinks back after a burst of concurrency).
     fn keep(&self, instance: Instance) {
         let limits = self.module.engine().limits();
-        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|(_, used)| now.duration_since(*used) <= limits.idle_ttl);
-        let held: usize = idle.iter().map(|(i, _)| i.memory_held()).sum();
-        if idle.len() < MAX_IDLE_INSTANCES
+        let now = idle.now();
+        let ttl = limits.idle_ttl;
+        idle.instances
+            .retain(|(_, used)| now.duration_since(*used) <= ttl);
+        let held: usize = idle.instances.iter().map(|(i, _)| i.memory_held()).sum();
+        if idle.instances.len() < MAX_IDLE_INSTANCES
             && held + instance.memory_held() <= limits.idle_memory_bytes
         {
-            idle.push((instance, now));
+            idle.instances.push((instance, now));
         }
     }
 
@@ -158,8 +189,8 @@ impl Policy {
     pub fn idle(&self) -> IdlePool {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         IdlePool {
-            instances: idle.len(),
-            memory_bytes: idle.iter().map(|(i, _)| i.memory_held()).sum(),
+            instances: idle.instances.len(),
+            memory_bytes: idle.instances.iter().map(|(i, _)| i.memory_held()).sum(),
         }
     }
 }
@@ -199,7 +230,7 @@ mod tests {
             assert_eq!(policy.decide(&ctx).fault, None, "call {i}");
         }
         assert_eq!(
-            policy.idle.lock().unwrap().len(),
+            policy.idle.lock().unwrap().instances.len(),
             1,
             "one instance did it all"
         );
@@ -211,7 +242,7 @@ mod tests {
     fn the_default_policy_stays_far_below_the_fuel_budget() {
         let engine = Engine::new(Limits::default()).unwrap();
         let policy = engine.load_default().unwrap().configure("{}").unwrap();
-        let (mut instance, _) = policy.idle.lock().unwrap().pop().unwrap();
+        let (mut instance, _) = policy.idle.lock().unwrap().instances.pop().unwrap();
         let budget = engine.limits().fuel_per_call;
         let models: Vec<String> = (0..8)
             .map(|i| format!("model-{i}-{}", "x".repeat(60)))
