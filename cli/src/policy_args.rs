@@ -7,7 +7,7 @@ use backstop::{
     SwapOptions, load_allowed, read_module_file, vet_bytes,
 };
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which policy, configured how, under which host configuration.
 #[derive(Args)]
@@ -37,16 +37,7 @@ impl PolicyArgs {
 
     /// The module's bytes and the name they go by: the file, or the built-in default.
     fn bytes(&self) -> Result<(Vec<u8>, String)> {
-        Ok(match &self.policy {
-            Some(path) => {
-                let file = policy_file(path)?;
-                (read_module_file(&file)?, file.display().to_string())
-            }
-            None => (
-                DEFAULT_POLICY_WASM.to_vec(),
-                "the built-in default policy".to_string(),
-            ),
-        })
+        policy_bytes(self.policy.as_deref())
     }
 
     /// The swap options of the host configuration with this policy configuration.
@@ -78,6 +69,21 @@ impl PolicyArgs {
         let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;
         Ok(PolicyHandle::vetted(vetted, options))
     }
+}
+
+/// A policy's bytes and the name they go by: `path` (a file, or a directory's newest module),
+/// or the built-in default when there is none.
+pub fn policy_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
+    Ok(match path {
+        Some(path) => {
+            let file = policy_file(path)?;
+            (read_module_file(&file)?, file.display().to_string())
+        }
+        None => (
+            DEFAULT_POLICY_WASM.to_vec(),
+            "the built-in default policy".to_string(),
+        ),
+    })
 }
 
 /// The host configuration in `path`, or the defaults.

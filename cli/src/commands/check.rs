@@ -1,10 +1,11 @@
 //! `backstop check`: the vetting a swap runs, without a running host.
 
+use super::info::policy_json;
 use crate::output;
 use crate::policy_args::PolicyArgs;
+use crate::policy_args::policy_bytes;
 use anyhow::{Context, Result};
-use backstop::wasm::watch::policy_file;
-use backstop::{Engine, Limits, read_module_file, vet_bytes};
+use backstop::{Engine, Limits, vet_bytes};
 use clap::Args;
 
 /// The module to vet, and the configurations it is vetted under.
@@ -23,17 +24,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
         .context("name the module to check with --policy FILE")?;
     let engine = Engine::new(Limits::default())?;
     let options = host.swap_options(&engine, &args.config_text()?)?;
-    let file = policy_file(path)?;
-    let bytes = read_module_file(&file)?;
-    let vetted = vet_bytes(&engine, &bytes, &file.display().to_string(), &options)?;
-    let module = vetted.policy.module();
-    output::json(&serde_json::json!({
-        "verdict": "would go live",
-        "origin": module.origin(),
-        "digest": module.digest(),
-        "name": module.info().name,
-        "version": module.info().version,
-        "wit_version": module.info().wit_version,
-        "smoke_decisions": vetted.policy.decisions(),
-    }))
+    let (bytes, origin) = policy_bytes(Some(path))?;
+    let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;
+    let mut report = policy_json(vetted.policy.module());
+    report["verdict"] = "would go live".into();
+    report["smoke_decisions"] = vetted.policy.decisions().into();
+    output::json(&report)
 }

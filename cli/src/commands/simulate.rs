@@ -1,10 +1,9 @@
 //! `backstop simulate`: policies and baselines on a scenario, in virtual time.
 
 use crate::output;
-use crate::policy_args::{config_text, host_config};
+use crate::policy_args::{config_text, host_config, policy_bytes};
 use anyhow::{Context, Result};
-use backstop::wasm::watch::policy_file;
-use backstop::{DEFAULT_POLICY_WASM, Engine, Limits, load_allowed, read_module_file};
+use backstop::{Engine, Limits, load_allowed};
 use backstop_lab::baseline::Baseline;
 use backstop_lab::simulate::{self, Contender};
 use backstop_lab::{Scenario, plot};
@@ -68,17 +67,14 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     let engine = Engine::new(Limits::default())?;
     // The host configuration's allow-list holds here too: checked before a byte is compiled.
     let options = host.swap_options(&engine, &config)?;
-    let mut modules = Vec::new();
-    if args.policy.is_empty() {
-        modules.push((
-            DEFAULT_POLICY_WASM.to_vec(),
-            "the built-in default policy".to_string(),
-        ));
-    }
-    for path in &args.policy {
-        let file = policy_file(path)?;
-        modules.push((read_module_file(&file)?, file.display().to_string()));
-    }
+    let modules = if args.policy.is_empty() {
+        vec![policy_bytes(None)?]
+    } else {
+        args.policy
+            .iter()
+            .map(|path| policy_bytes(Some(path)))
+            .collect::<Result<Vec<_>>>()?
+    };
     let mut contenders = Vec::new();
     for (bytes, origin) in &modules {
         contenders.push(Contender::Module {

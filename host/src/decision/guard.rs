@@ -3,7 +3,7 @@
 //! deadline, and never resend what cannot heal.
 
 use crate::contract::{AttemptContext, Decision, GiveUpReason};
-use crate::decision::verdict::{Clamp, Verdict, give_up};
+use crate::decision::verdict::{Clamp, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// The caps. The request's total deadline arrives with each context (`remaining_ms`); the
@@ -39,19 +39,16 @@ impl Guardrails {
 
     /// Applies the caps to a verdict (from the module or the safe fallback alike).
     pub fn enforce(&self, ctx: &AttemptContext, mut verdict: Verdict) -> Verdict {
-        let clamps = &mut verdict.clamps;
-        let decision = &mut verdict.decision;
-
-        if let Decision::BreakCircuit { open_ms, .. } = decision
+        if let Decision::BreakCircuit { open_ms, .. } = &mut verdict.decision
             && *open_ms > self.max_open_ms
         {
-            clamps.push(Clamp::MaxOpen {
+            verdict.clamps.push(Clamp::MaxOpen {
                 asked_ms: *open_ms,
                 limit_ms: self.max_open_ms,
             });
             *open_ms = self.max_open_ms;
         }
-        if !decision.sends_again() {
+        if !verdict.decision.sends_again() {
             return verdict;
         }
         let stop = if ctx.output_delivered {
@@ -69,27 +66,28 @@ impl Guardrails {
             None
         };
         if let Some((clamp, reason)) = stop {
-            clamps.push(clamp);
-            give_up(decision, reason);
+            verdict.stop_resend(clamp, reason);
             return verdict;
         }
-        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } = decision
+        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } =
+            &mut verdict.decision
             && *delay_ms > self.max_delay_ms
         {
-            clamps.push(Clamp::MaxDelay {
+            verdict.clamps.push(Clamp::MaxDelay {
                 asked_ms: *delay_ms,
                 limit_ms: self.max_delay_ms,
             });
             *delay_ms = self.max_delay_ms;
         }
-        if decision
+        if verdict
+            .decision
             .delay_ms()
             .is_some_and(|delay| delay >= ctx.remaining_ms)
         {
-            clamps.push(Clamp::Deadline {
+            let clamp = Clamp::Deadline {
                 remaining_ms: ctx.remaining_ms,
-            });
-            give_up(decision, GiveUpReason::Deadline);
+            };
+            verdict.stop_resend(clamp, GiveUpReason::Deadline);
         }
         verdict
     }

@@ -55,9 +55,13 @@ impl Verdict {
     /// opened stays opened), and `clamp` says who stopped it. A decision that sends nothing is
     /// left alone.
     pub fn stop_resend(&mut self, clamp: Clamp, reason: GiveUpReason) {
-        if self.decision.sends_again() {
-            self.clamps.push(clamp);
-            give_up(&mut self.decision, reason);
+        if !self.decision.sends_again() {
+            return;
+        }
+        self.clamps.push(clamp);
+        match &mut self.decision {
+            Decision::BreakCircuit { then, .. } => *then = AfterBreak::GiveUp,
+            other => *other = Decision::GiveUp { reason },
         }
     }
 
@@ -110,12 +114,4 @@ pub enum Clamp {
         /// The cap.
         limit_ms: u64,
     },
-}
-
-/// Turns a resend into a give-up; a breaker that was being opened stays opened.
-pub(crate) fn give_up(decision: &mut Decision, reason: GiveUpReason) {
-    match decision {
-        Decision::BreakCircuit { then, .. } => *then = AfterBreak::GiveUp,
-        other => *other = Decision::GiveUp { reason },
-    }
 }

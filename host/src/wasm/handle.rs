@@ -190,9 +190,11 @@ impl PolicyHandle {
     /// module swapped in later.
     pub fn new(module: PolicyModule, options: SwapOptions) -> Result<PolicyHandle, SwapError> {
         let policy = vet_module(module, &options)?;
-        let handle = PolicyHandle::unchecked(policy, options);
-        handle.record(SwapEventKind::Swapped, &handle.live(), None);
-        Ok(handle)
+        let vetted = Vetted {
+            policy,
+            cache: None,
+        };
+        Ok(PolicyHandle::vetted(vetted, options))
     }
 
     /// A handle whose first live module passed [`vet_bytes`](crate::vet_bytes) with these
