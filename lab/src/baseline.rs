@@ -5,7 +5,7 @@
 
 use backstop::contract::{AttemptContext, Decision, ErrorKind, GiveUpReason};
 use backstop::native_default::full_jitter;
-use backstop::{Decided, Decider, Verdict};
+use backstop::{Decided, Decider, Finished, Verdict};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -161,10 +161,15 @@ impl Decider for SdkStandard {
         verdict(Decision::Retry { delay_ms })
     }
 
-    fn on_success(&self, request_id: &str, attempts: u32) {
+    fn on_finished(&self, finished: &Finished) {
         let mut quota = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let refund = match quota.spent.remove(request_id) {
-            Some(cost) if attempts > 1 => cost,
+        let spent = quota.spent.remove(finished.request_id);
+        if !finished.served {
+            // What a failed request spent stays spent; only its entry goes.
+            return;
+        }
+        let refund = match spent {
+            Some(cost) if finished.attempts > 1 => cost,
             _ => 1,
         };
         quota.tokens = (quota.tokens + refund).min(QUOTA);
@@ -250,7 +255,13 @@ mod tests {
             Decision::GiveUp { .. }
         ));
         // A retried success refunds its cost: one more retry is possible.
-        sdk.on_success("q0", 2);
+        sdk.on_finished(&Finished {
+            request_id: "q0",
+            served: true,
+            attempts: 2,
+            breaker_opens: 0,
+            last_decided_by: None,
+        });
         assert!(matches!(
             decision(&sdk, &ctx(ErrorKind::ServiceUnavailable, 1)),
             Decision::Retry { .. }

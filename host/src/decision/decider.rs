@@ -2,6 +2,7 @@
 //! handle, or a built-in baseline in the simulator.
 
 use crate::contract::AttemptContext;
+use crate::decision::outcome::Finished;
 use crate::decision::verdict::Verdict;
 
 /// A verdict and who gave it.
@@ -19,8 +20,9 @@ pub struct Decided {
 pub trait Decider: Send + Sync {
     /// The verdict for one failed attempt.
     fn decide(&self, ctx: &AttemptContext) -> Decided;
-    /// A request was served after `attempts` attempts (baselines with retry budgets refill).
-    fn on_success(&self, _request_id: &str, _attempts: u32) {}
+    /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
+    /// handle judges a new module by these outcomes.
+    fn on_finished(&self, _finished: &Finished) {}
     /// Adds the decider's own metrics to the loop's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

@@ -17,7 +17,7 @@ mod queue;
 use crate::contract::{
     AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
 };
-use crate::decision::{Clamp, Decider, Guardrails, Verdict};
+use crate::decision::{Clamp, Decider, Finished, Guardrails, Verdict};
 use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served};
@@ -56,6 +56,9 @@ struct Progress {
     total: u32,
     queued: bool,
     history: Vec<AttemptRecord>,
+    breaker_opens: u32,
+    /// The module that made the latest decision, for [`Finished`].
+    last_decided_by: Option<String>,
 }
 
 impl Progress {
@@ -178,6 +181,8 @@ impl Resilience {
             total: 0,
             queued: false,
             history: Vec::new(),
+            breaker_opens: 0,
+            last_decided_by: None,
         };
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
         let result = async {
@@ -221,7 +226,6 @@ impl Resilience {
                         }
                         self.metrics.succeeded.inc();
                         self.queue.on_success();
-                        self.policy.on_success(&p.request_id, p.total);
                         tracing::info!(model, attempts = p.total, "served");
                         return Ok(Served {
                             output,
@@ -263,6 +267,7 @@ impl Resilience {
                             .open(model as usize, Instant::now(), self.real(open_ms))
                         {
                             self.metrics.breaker_opens.inc();
+                            p.breaker_opens += 1;
                         }
                         match then {
                             AfterBreak::Fallback { model } => self.switch(&mut p, model as usize),
@@ -281,6 +286,13 @@ impl Resilience {
         }
         .instrument(span)
         .await;
+        self.policy.on_finished(&Finished {
+            request_id: &p.request_id,
+            served: result.is_ok(),
+            attempts: p.total,
+            breaker_opens: p.breaker_opens,
+            last_decided_by: p.last_decided_by.as_deref(),
+        });
         if let Err(error) = &result {
             self.metrics.failed.inc();
             tracing::warn!(request_id = %p.request_id, %error, "request failed");
@@ -310,6 +322,8 @@ impl Resilience {
             total: served.attempts,
             queued: served.queued,
             history: Vec::new(),
+            breaker_opens: 0,
+            last_decided_by: None,
         };
         let verdict = self.ask(&mut p, &error, true);
         self.metrics.failed.inc();
@@ -326,6 +340,7 @@ impl Resilience {
         let now = Instant::now();
         if self.health.record_failure(p.model, now, error.kind) {
             self.metrics.breaker_opens.inc();
+            p.breaker_opens += 1;
         }
         let ctx = AttemptContext {
             request_id: p.request_id.clone(),
@@ -342,6 +357,7 @@ impl Resilience {
             entropy: self.entropy(),
         };
         let decided = self.policy.decide(&ctx);
+        p.last_decided_by = decided.module_digest.clone();
         let mut verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
         // Queued work is paced by the queue (one release per success): only direct resends
         // are charged.

@@ -1,0 +1,192 @@
+//! A live module's outcomes: the recent ones (the baseline its successor is judged against)
+//! and, after it was swapped in, its probation under the [`OutcomeRule`].
+
+use crate::decision::{Breach, Finished, OutcomeRule, Tally};
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+/// Outcomes kept for the baseline: enough for a few judged batches, a bounded memory.
+const RECENT_KEPT: usize = 4096;
+
+/// One module's outcomes.
+pub(crate) struct Outcomes {
+    recent: Mutex<VecDeque<(Instant, Tally)>>,
+    probation: Option<Probation>,
+}
+
+struct Probation {
+    /// The predecessor's outcomes just before the swap.
+    baseline: Tally,
+    until: Instant,
+    /// The batch being filled.
+    batch: Mutex<Tally>,
+}
+
+impl Outcomes {
+    /// Outcomes of a module that is not on probation (the first one, or one rolled back to).
+    pub(crate) fn trusted() -> Outcomes {
+        Outcomes {
+            recent: Mutex::new(VecDeque::new()),
+            probation: None,
+        }
+    }
+
+    /// Outcomes of a module swapped in after `predecessor`: judged under `rule` from `now`.
+    /// With too little baseline the new module is not judged by outcomes (said in the log).
+    pub(crate) fn on_probation(
+        predecessor: &Outcomes,
+        rule: &OutcomeRule,
+        now: Instant,
+    ) -> Outcomes {
+        let baseline = predecessor.baseline(rule, now);
+        let probation = if !rule.enabled() {
+            None
+        } else if baseline.requests < u64::from(rule.min_requests) {
+            tracing::info!(
+                requests = baseline.requests,
+                needed = rule.min_requests,
+                "too few recent requests to judge the new policy by its outcomes; faults still roll it back"
+            );
+            None
+        } else {
+            Some(Probation {
+                baseline,
+                until: now + rule.probation,
+                batch: Mutex::new(Tally::default()),
+            })
+        };
+        Outcomes {
+            recent: Mutex::new(VecDeque::new()),
+            probation,
+        }
+    }
+
+    /// The outcomes of the last `rule.probation` (at most [`RECENT_KEPT`] requests).
+    fn baseline(&self, rule: &OutcomeRule, now: Instant) -> Tally {
+        lock(&self.recent)
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) <= rule.probation)
+            .fold(Tally::default(), |sum, (_, one)| sum.plus(*one))
+    }
+
+    /// Records one request; a breach when it completes a batch that is worse than the baseline.
+    pub(crate) fn record(
+        &self,
+        finished: &Finished,
+        rule: &OutcomeRule,
+        now: Instant,
+    ) -> Option<Breach> {
+        let mut one = Tally::default();
+        one.add(finished);
+        {
+            let mut recent = lock(&self.recent);
+            recent.push_back((now, one));
+            if recent.len() > RECENT_KEPT {
+                recent.pop_front();
+            }
+        }
+        let probation = self.probation.as_ref()?;
+        if now > probation.until {
+            return None;
+        }
+        let mut batch = lock(&probation.batch);
+        *batch = batch.plus(one);
+        if batch.requests < u64::from(rule.min_requests) {
+            return None;
+        }
+        let judged = std::mem::take(&mut *batch);
+        rule.judge(&probation.baseline, &judged)
+    }
+
+    /// Whether the module is still on probation.
+    pub(crate) fn on_trial(&self, now: Instant) -> bool {
+        self.probation.as_ref().is_some_and(|p| now <= p.until)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn finish(
+        outcomes: &Outcomes,
+        served: bool,
+        attempts: u32,
+        rule: &OutcomeRule,
+        now: Instant,
+    ) -> Option<Breach> {
+        outcomes.record(
+            &Finished {
+                request_id: "r",
+                served,
+                attempts,
+                breaker_opens: 0,
+                last_decided_by: None,
+            },
+            rule,
+            now,
+        )
+    }
+
+    #[test]
+    fn a_successor_that_fails_more_is_caught_at_its_first_full_batch_and_only_on_probation() {
+        let rule = OutcomeRule {
+            min_requests: 10,
+            probation: Duration::from_secs(60),
+            ..OutcomeRule::default()
+        };
+        let t0 = Instant::now();
+        let old = Outcomes::trusted();
+        for _ in 0..20 {
+            assert_eq!(
+                finish(&old, true, 1, &rule, t0),
+                None,
+                "the first module is not judged"
+            );
+        }
+        let new = Outcomes::on_probation(&old, &rule, t0);
+        assert!(new.on_trial(t0));
+        for i in 0..9 {
+            assert_eq!(
+                finish(&new, false, 1, &rule, t0),
+                None,
+                "request {i}: batch not full"
+            );
+        }
+        let breach =
+            finish(&new, false, 1, &rule, t0).expect("the tenth failure completes a bad batch");
+        assert_eq!(breach.measure, "failure rate");
+
+        // The same behaviour after probation is not judged.
+        let later = t0 + Duration::from_secs(61);
+        let newer = Outcomes::on_probation(&old, &rule, t0);
+        assert!(!newer.on_trial(later));
+        for _ in 0..20 {
+            assert_eq!(finish(&newer, false, 1, &rule, later), None);
+        }
+    }
+
+    #[test]
+    fn without_enough_baseline_a_successor_is_not_judged() {
+        let rule = OutcomeRule {
+            min_requests: 10,
+            ..OutcomeRule::default()
+        };
+        let t0 = Instant::now();
+        let old = Outcomes::trusted();
+        for _ in 0..9 {
+            finish(&old, true, 1, &rule, t0);
+        }
+        let new = Outcomes::on_probation(&old, &rule, t0);
+        assert!(!new.on_trial(t0));
+        for _ in 0..30 {
+            assert_eq!(finish(&new, false, 1, &rule, t0), None);
+        }
+    }
+}
