@@ -41,9 +41,24 @@ enum Command {
     Simulate(commands::simulate::SimulateArgs),
     /// Precompile a policy component to a `.cwasm` for this host's engine.
     Compile(commands::compile::CompileArgs),
+    /// List the modules a host keeps from going live again, or release one.
+    Quarantine(commands::quarantine::QuarantineArgs),
+    /// The compiling child: reads a component on stdin, writes its `.cwasm` on stdout, under
+    /// the limits it is given. Started by this program itself; not for people.
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    if let Command::CompileWorker { args } = &command {
+        // Nothing else of the CLI runs in the child: no logging, no runtime.
+        let code = backstop::wasm::compile_worker::serve_compile_request(args);
+        return ExitCode::from(code as u8);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,7 +66,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let result = match command {
         Command::Decide(args) => commands::decide::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Check(args) => commands::check::run(args),
@@ -60,6 +75,8 @@ fn main() -> ExitCode {
         Command::FaultServer(args) => commands::fault_server::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Compile(args) => commands::compile::run(args),
+        Command::Quarantine(args) => commands::quarantine::run(args),
+        Command::CompileWorker { .. } => Ok(()), // Served above, before logging started.
     };
     output::exit(result)
 }

@@ -39,12 +39,46 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<ClosedPipe>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             let wanted = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
             if wanted {
                 eprintln!("\n{}", e.backtrace());
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, one after the other; a cause the message before it already ends
+/// with (a library error that says its source in its own words) is not said twice.
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.ends_with(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text += ": ";
+        }
+        text += &said;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::other("not a regular file");
+        let read = backstop::LoadError::Read {
+            path: "/dev/null".into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(read).context("loading the shadow");
+        assert_eq!(
+            super::message(&error),
+            "loading the shadow: cannot read policy module /dev/null: not a regular file"
+        );
     }
 }

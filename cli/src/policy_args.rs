@@ -3,8 +3,8 @@
 use anyhow::{Context, Result};
 use backstop::wasm::watch::policy_file;
 use backstop::{
-    DEFAULT_POLICY_WASM, Engine, HostConfig, Limits, Policy, PolicyHandle, PolicyModule,
-    SwapOptions, load_allowed, read_module_file, vet_bytes,
+    DEFAULT_POLICY_WASM, Engine, HostConfig, Policy, PolicyHandle, PolicyModule, SwapOptions,
+    load_allowed, read_module_file, vet_bytes,
 };
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -57,13 +57,13 @@ impl PolicyArgs {
 
     /// The module, configured.
     pub fn configured(&self) -> Result<Policy> {
-        let engine = Engine::new(Limits::default())?;
+        let engine = engine(&self.host_config()?)?;
         Ok(self.module(&engine)?.configure(&self.config_text()?)?)
     }
 
     /// The policy as a swappable handle, vetted exactly like any module that goes live later.
     pub fn handle(&self) -> Result<PolicyHandle> {
-        let engine = Engine::new(Limits::default())?;
+        let engine = engine(&self.host_config()?)?;
         let options = self.swap_options(&engine)?;
         let (bytes, origin) = self.bytes()?;
         let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;
@@ -84,6 +84,13 @@ pub fn policy_bytes(path: Option<&Path>) -> Result<(Vec<u8>, String)> {
             "the built-in default policy".to_string(),
         ),
     })
+}
+
+/// The engine for `host`: modules from outside compile in a child process of this very binary
+/// (`backstop compile-worker`) under the configuration's time and memory bounds.
+pub fn engine(host: &HostConfig) -> Result<Engine> {
+    let worker = std::env::current_exe().context("finding this program to compile in a child")?;
+    Ok(host.engine(Some(&worker))?)
 }
 
 /// The host configuration in `path`, or the defaults.

@@ -10,10 +10,13 @@ use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
 use crate::wasm::cache::ModuleCache;
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
+use crate::wasm::isolation::CompileChild;
+use crate::wasm::sandbox::Limits;
 use crate::wasm::vetting::{RollbackRule, SwapOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const CEILING_ATTEMPTS: u64 = Guardrails::CEILING_ATTEMPTS as u64;
 const CEILING_DELAY_MS: u64 = Guardrails::CEILING_DELAY_MS;
@@ -41,14 +44,15 @@ const CEILING_WINDOW_MS: u64 = 86_400_000;
 /// assert_eq!(client.guardrails.max_total_attempts, 6);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostConfig {
     /// The host's hard caps on every decision.
     pub guardrails: Guardrails,
     /// When set, only modules with one of these sha256 digests (hex) may go live.
     pub allowed_digests: Option<Vec<String>>,
-    /// When a faulting live module is rolled back.
+    /// When a live module is rolled back: for faulting, or (after a swap) for outcomes worse
+    /// than its predecessor's.
     pub rollback: RollbackRule,
     /// Where `.cwasm` files of swapped-in modules are kept.
     pub cache_dir: Option<PathBuf>,
@@ -57,6 +61,34 @@ pub struct HostConfig {
     /// How much resending the client allows whatever the policy decides; `null` turns the
     /// budget off.
     pub retry_budget: Option<RetryBudget>,
+    /// How modules from outside are compiled.
+    pub compile: CompileBounds,
+    /// Where quarantined digests are kept (across restarts; `backstop quarantine` edits it).
+    pub quarantine_file: Option<PathBuf>,
+}
+
+/// Compiling a module from outside: in a child process (when the host has a worker to run)
+/// with a time and memory bound, so a module that is costly to compile costs the serving
+/// process nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompileBounds {
+    /// Compile in a child process; `false` compiles in the host process after the pre-scan.
+    pub isolated: bool,
+    /// Wall-clock time one compile may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Address space the compiling child may map, in MiB.
+    pub memory_mib: u64,
+}
+
+impl Default for CompileBounds {
+    fn default() -> Self {
+        CompileBounds {
+            isolated: true,
+            timeout_ms: 20_000,
+            memory_mib: 2_048,
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -68,6 +100,8 @@ impl Default for HostConfig {
             cache_dir: None,
             queue_capacity: 4096,
             retry_budget: Some(RetryBudget::default()),
+            compile: CompileBounds::default(),
+            quarantine_file: None,
         }
     }
 }
@@ -109,6 +143,18 @@ pub enum ConfigError {
         field: &'static str,
         /// The least accepted.
         floor: u64,
+    },
+    /// A ratio outside its range (or not a number).
+    #[error("host configuration: {field} is {value}; it must be between {min} and {max}")]
+    Range {
+        /// The key.
+        field: &'static str,
+        /// What it said.
+        value: f64,
+        /// The least accepted.
+        min: f64,
+        /// The most accepted.
+        max: f64,
     },
     /// The cache directory cannot be used.
     #[error(transparent)]
@@ -177,6 +223,25 @@ impl HostConfig {
                 1,
                 CEILING_WINDOW_MS,
             ),
+            (
+                "compile.timeout_ms",
+                config.compile.timeout_ms,
+                100,
+                600_000,
+            ),
+            ("compile.memory_mib", config.compile.memory_mib, 256, 65_536),
+            (
+                "rollback.outcomes.min_requests",
+                u64::from(config.rollback.outcomes.min_requests),
+                0,
+                CEILING_FAULTS,
+            ),
+            (
+                "rollback.outcomes.probation_ms",
+                config.rollback.outcomes.probation.as_millis() as u64,
+                0,
+                CEILING_WINDOW_MS,
+            ),
         ] {
             if value > limit {
                 return Err(ConfigError::Ceiling {
@@ -189,7 +254,56 @@ impl HostConfig {
                 return Err(ConfigError::Floor { field, floor });
             }
         }
+        let outcomes = &config.rollback.outcomes;
+        for (field, value, min, max) in [
+            ("rollback.outcomes.worse_by", outcomes.worse_by, 1.0, 100.0),
+            (
+                "rollback.outcomes.failure_slack",
+                outcomes.failure_slack,
+                0.0,
+                1.0,
+            ),
+            (
+                "rollback.outcomes.calls_slack",
+                outcomes.calls_slack,
+                0.0,
+                100.0,
+            ),
+            (
+                "rollback.outcomes.opens_slack",
+                outcomes.opens_slack,
+                0.0,
+                100.0,
+            ),
+        ] {
+            // NaN fails both comparisons, so it is refused too.
+            if !(value >= min && value <= max) {
+                return Err(ConfigError::Range {
+                    field,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
         Ok(config)
+    }
+
+    /// The engine for this configuration: compiles isolated in `worker` (a program with the
+    /// `compile-worker` subcommand, such as the `backstop` CLI or the host's own binary) when
+    /// `compile.isolated` is set and a worker is given, in process otherwise.
+    pub fn engine(&self, worker: Option<&Path>) -> Result<Engine, LoadError> {
+        match worker {
+            Some(program) if self.compile.isolated => Engine::with_isolated_compiles(
+                Limits::default(),
+                CompileChild {
+                    timeout: Duration::from_millis(self.compile.timeout_ms),
+                    memory_bytes: self.compile.memory_mib << 20,
+                    ..CompileChild::backstop(program)
+                },
+            ),
+            _ => Engine::new(Limits::default()),
+        }
     }
 
     /// The loop's options for a chain of `models`: the defaults of [`ClientOptions::new`] with
@@ -228,6 +342,7 @@ impl HostConfig {
             },
             // Filled in by the handle from the clients it serves.
             models: Vec::new(),
+            quarantine_file: self.quarantine_file.clone(),
         })
     }
 }

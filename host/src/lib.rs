@@ -44,8 +44,11 @@ pub use backstop_contract::*;
 pub use bedrock::client::{
     ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
 };
-pub use config::{ConfigError, HostConfig};
-pub use decision::{Clamp, Decided, Decider, Guardrails, PolicyFault, Verdict};
+pub use config::{CompileBounds, ConfigError, HostConfig};
+pub use decision::{
+    Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
+    Tally, Verdict,
+};
 pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
@@ -55,9 +58,12 @@ pub use wasm::cache::{CacheUse, Cached, ModuleCache};
 pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
 pub use wasm::error::LoadError;
 pub use wasm::handle::{PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped};
+pub use wasm::isolation::CompileChild;
 pub use wasm::module::{DEFAULT_POLICY_WASM, MAX_MODULE_BYTES, PolicyModule, read_module_file};
 pub use wasm::policy::{IdlePool, Policy};
+pub use wasm::quarantine::{QuarantineError, Quarantined};
 pub use wasm::sandbox::Limits;
+pub use wasm::shadow::{ShadowSample, ShadowStatus};
 pub use wasm::smoke::SmokeFailure;
 pub use wasm::vetting::{
     Admitted, RollbackRule, SwapError, SwapErrorKind, SwapOptions, Vetted, load_allowed, vet_bytes,

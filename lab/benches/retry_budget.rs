@@ -42,6 +42,7 @@ fn main() {
                 let contender = Contender::Module {
                     module: module.clone(),
                     config: "{}".to_string(),
+                    shadow: None,
                 };
                 let report: SimReport = simulate::run(&scenario, &contender, host, |_| {})
                     .expect("the simulation runs");

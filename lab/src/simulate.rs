@@ -14,7 +14,8 @@ use crate::bedrock_model::{BedrockModel, Outcome};
 use crate::scenario::{Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::{
-    BoxError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle, PolicyModule, Resilience,
+    BoxError, ConfigError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
+    PolicyModule, Resilience, ShadowStatus, SwapError,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -50,10 +51,12 @@ pub fn shipped(name: &str) -> Option<Result<Scenario, String>> {
 /// What is being compared. (A handful exist per run; their size does not matter.)
 #[allow(clippy::large_enum_variant)]
 pub enum Contender {
-    /// A policy module, configured with `config`.
+    /// A policy module, configured with `config`; with `shadow`, a candidate module's bytes
+    /// (and their origin) asked beside it, whose disagreements the report counts.
     Module {
         module: PolicyModule,
         config: String,
+        shadow: Option<(Vec<u8>, String)>,
     },
     /// A built-in baseline.
     Baseline(Baseline),
@@ -71,13 +74,27 @@ impl Contender {
         }
     }
 
-    fn decider(&self) -> Result<Arc<dyn Decider>, SimError> {
+    /// The decider, and the policy handle behind it when there is one (for its shadow).
+    fn decider(
+        &self,
+        host: &HostConfig,
+    ) -> Result<(Arc<dyn Decider>, Option<PolicyHandle>), SimError> {
         Ok(match self {
-            Contender::Module { module, config } => {
+            Contender::Module {
+                module,
+                config,
+                shadow,
+            } => {
                 let policy = module.configure(config).map_err(SimError::Policy)?;
-                Arc::new(PolicyHandle::from(policy))
+                let engine = module.engine();
+                let options = host.swap_options(engine, config)?;
+                let handle = PolicyHandle::unchecked(policy, options);
+                if let Some((bytes, origin)) = shadow {
+                    handle.shadow_bytes(bytes, origin)?;
+                }
+                (Arc::new(handle.clone()), Some(handle))
             }
-            Contender::Baseline(baseline) => baseline.decider(),
+            Contender::Baseline(baseline) => (baseline.decider(), None),
         })
     }
 }
@@ -91,6 +108,10 @@ pub enum SimError {
     Policy(LoadError),
     #[error(transparent)]
     Options(#[from] OptionsError),
+    #[error("the shadow candidate: {0}")]
+    Shadow(#[from] SwapError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot start the simulation runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -139,6 +160,8 @@ pub struct SimReport {
     pub panicked: u64,
     pub first_panic: Option<String>,
     pub per_minute: Vec<Minute>,
+    /// The shadow candidate's record, when one ran beside the policy.
+    pub shadow: Option<ShadowStatus>,
 }
 
 /// Shared between the request tasks of one run.
@@ -220,7 +243,7 @@ pub fn run(
     mut progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
     let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
-    let decider = contender.decider()?;
+    let (decider, handle) = contender.decider(host)?;
     let mut options = host.client_options(traffic.models.iter().cloned());
     options.deadline = Duration::from_secs(traffic.deadline_s);
     options.attempt_timeout = options.deadline;
@@ -305,6 +328,7 @@ pub fn run(
                 panicked,
                 first_panic,
                 per_minute: tally.minutes,
+                shadow: handle.and_then(|h| h.end_shadow()),
             })
         })
     })
@@ -422,6 +446,37 @@ pub fn table(reports: &[SimReport]) -> String {
     for r in reports.iter().filter(|r| !r.failures.is_empty()) {
         let causes: Vec<String> = r.failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
         out += &format!("failed under {}: {}\n", r.policy, causes.join(", "));
+    }
+    for r in reports {
+        if let Some(shadow) = &r.shadow {
+            out += &shadow_table(&r.policy, shadow);
+        }
+    }
+    out
+}
+
+/// How a shadow candidate would have decided, beside the policy that did.
+pub fn shadow_table(live: &str, shadow: &ShadowStatus) -> String {
+    let mut out = format!(
+        "\nshadow {} {} ({}) beside {live}: asked {}, agreed {}, faulted {}\n",
+        shadow.name,
+        shadow.version,
+        &shadow.digest[..12.min(shadow.digest.len())],
+        shadow.decisions,
+        shadow.agreed,
+        shadow.faults
+    );
+    let differed: Vec<_> = shadow
+        .disagreements
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .collect();
+    if differed.is_empty() {
+        out += "  no disagreement\n";
+    }
+    for (kind, n) in differed {
+        let share = *n as f64 * 100.0 / shadow.decisions.max(1) as f64;
+        out += &format!("  {kind:<14} {n:>8} {share:>6.1} %\n");
     }
     out
 }

@@ -5,9 +5,9 @@ use backstop_test_support as support;
 
 use backstop::wasm::cache::write_atomically;
 use backstop::{
-    CacheUse, ChatRequest, ClientOptions, Decision, ErrorKind, LoadError, ModuleCache,
-    PolicyHandle, ResilientClient, RollbackRule, SwapError, SwapEventKind, SwapOptions, Swapped,
-    sdk_client_for_endpoint, sha256_hex,
+    CacheUse, ChatRequest, ClientOptions, Decider, Decision, ErrorKind, LoadError, ModuleCache,
+    OutcomeRule, PolicyHandle, ResilientClient, RollbackRule, SwapError, SwapEventKind,
+    SwapOptions, Swapped, sdk_client_for_endpoint, sha256_hex,
 };
 use backstop_lab::scenario::ModelFaults;
 use backstop_lab::{FaultServer, Scenario};
@@ -156,6 +156,7 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
     let rule = RollbackRule {
         faults: 3,
         window: Duration::from_secs(60),
+        ..RollbackRule::default()
     };
     let handle = default_handle(SwapOptions {
         rollback: rule,
@@ -450,4 +451,181 @@ async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
     );
     assert_eq!(metrics.policy_faults, 0);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client of `handle` against a fault server whose two models throttle 30 % of calls, with
+/// backoffs shrunk to real milliseconds.
+async fn throttled_client(handle: &PolicyHandle, seed: u64) -> (FaultServer, ResilientClient) {
+    let flaky = ModelFaults {
+        error_rates: [(ErrorKind::Throttling, 0.3)].into(),
+        ..ModelFaults::default()
+    };
+    let scenario = Scenario {
+        seed,
+        models: [
+            ("primary".to_string(), flaky.clone()),
+            ("fallback".to_string(), flaky),
+        ]
+        .into(),
+        ..Scenario::default()
+    };
+    let server = FaultServer::start(scenario, 0).await.unwrap();
+    let mut options = ClientOptions::new(["primary", "fallback"]);
+    options.time_scale = 0.001;
+    options.deadline = Duration::from_secs(10_000);
+    options.attempt_timeout = Duration::from_secs(5_000);
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let client = ResilientClient::new(sdk, handle.clone(), options).unwrap();
+    (server, client)
+}
+
+/// Sends `n` requests, eight at a time; how many failed.
+async fn send(client: &ResilientClient, n: usize) -> usize {
+    let mut failed = 0;
+    for wave in 0..n.div_ceil(8) {
+        let calls: Vec<_> = (0..8.min(n - wave * 8))
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .converse(&ChatRequest::user(format!("wave {wave} request {i}")))
+                        .await
+                        .is_err()
+                })
+            })
+            .collect();
+        for call in calls {
+            failed += usize::from(call.await.unwrap());
+        }
+    }
+    failed
+}
+
+fn judged_after(requests: u32) -> SwapOptions {
+    SwapOptions {
+        rollback: RollbackRule {
+            outcomes: OutcomeRule {
+                min_requests: requests,
+                ..OutcomeRule::default()
+            },
+            ..RollbackRule::default()
+        },
+        ..SwapOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_never_faults_but_fails_requests_is_rolled_back_by_its_outcomes() {
+    let handle = default_handle(judged_after(40));
+    let default = handle.status().digest;
+    let (_server, client) = throttled_client(&handle, 11).await;
+    assert_eq!(
+        send(&client, 48).await,
+        0,
+        "the default serves every request"
+    );
+
+    let give_up = support::give_up_component();
+    handle
+        .swap_bytes(&give_up, "give-up.wasm")
+        .expect("passes the smoke table");
+    assert!(handle.status().on_probation);
+    let failed = send(&client, 96).await;
+
+    let status = handle.status();
+    assert_eq!(
+        status.rollbacks,
+        1,
+        "{failed} of 96 failed; {:?}",
+        status.recent.last()
+    );
+    assert_eq!(status.digest, default, "the predecessor is live again");
+    assert_eq!(status.faults, 0);
+    let reason = status.recent.last().unwrap().reason.clone().unwrap();
+    assert!(reason.contains("failure rate"), "{reason}");
+    assert!(reason.contains(&sha256_hex(&give_up)), "{reason}");
+    // Judged on its first batch of 40, then the default served the rest.
+    assert!((10..=40).contains(&failed), "{failed} failed");
+    // Rolled back means quarantined: the same bytes do not come back.
+    assert!(matches!(
+        handle.swap_bytes(&give_up, "give-up.wasm"),
+        Err(SwapError::Quarantined { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_serves_as_well_as_its_predecessor_stays_live() {
+    let handle = default_handle(judged_after(40));
+    let (_server, client) = throttled_client(&handle, 12).await;
+    assert_eq!(send(&client, 48).await, 0);
+    let sane = support::sane_component("2.0.0");
+    handle.swap_bytes(&sane, "sane.wasm").unwrap();
+    assert_eq!(send(&client, 96).await, 0);
+    let status = handle.status();
+    assert_eq!(status.rollbacks, 0, "{:?}", status.recent.last());
+    assert_eq!(status.digest, sha256_hex(&sane));
+}
+
+#[test]
+fn a_shadow_candidate_is_asked_every_context_and_changes_nothing_until_promoted() {
+    let handle = default_handle(SwapOptions::default());
+    let without_shadow: Vec<Decision> = [ErrorKind::Throttling, ErrorKind::Validation]
+        .map(|kind| {
+            Decider::decide(&handle, &support::ctx(kind, &["a", "b"]))
+                .verdict
+                .decision
+        })
+        .to_vec();
+    let give_up = support::give_up_component();
+    let started = handle.shadow_bytes(&give_up, "candidate.wasm").unwrap();
+    assert_eq!(started.digest, sha256_hex(&give_up));
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    handle.register_metrics(&mut registry);
+    for _ in 0..10 {
+        for (kind, live) in [ErrorKind::Throttling, ErrorKind::Validation]
+            .into_iter()
+            .zip(&without_shadow)
+        {
+            let decided = Decider::decide(&handle, &support::ctx(kind, &["a", "b"]));
+            assert_eq!(
+                &decided.verdict.decision, live,
+                "the shadow changes no answer"
+            );
+        }
+    }
+    let status = handle.status();
+    let shadow = status.shadow.as_ref().expect("a shadow runs");
+    assert_eq!(shadow.decisions, 20);
+    // It would give up on the throttles the default retries, and agrees on what cannot heal.
+    assert_eq!(shadow.disagreements["would-give-up"], 10);
+    assert_eq!(shadow.agreed, 10);
+    assert_eq!(shadow.recent.len(), 10);
+    assert_eq!(shadow.recent[0].error, "throttling");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series = format!(
+        "policy_shadow_disagreements_total{{digest=\"{}\",kind=\"would-give-up\"}} 10",
+        sha256_hex(&give_up)
+    );
+    assert!(text.contains(&series), "{text}");
+
+    // Promotion is an explicit swap.
+    assert_eq!(status.digest, sha256_hex(backstop::DEFAULT_POLICY_WASM));
+    assert!(matches!(
+        handle.promote_shadow(),
+        Ok(Some(Swapped::Live { .. }))
+    ));
+    let status = handle.status();
+    assert_eq!(status.digest, sha256_hex(&give_up));
+    assert!(status.shadow.is_none());
+    assert!(matches!(handle.promote_shadow(), Ok(None)));
+}
+
+#[test]
+fn a_candidate_that_fails_vetting_never_runs_in_shadow() {
+    let handle = default_handle(SwapOptions::default());
+    assert!(handle.shadow_bytes(&always_retry(), "bad.wasm").is_err());
+    assert!(handle.status().shadow.is_none());
+    assert_eq!(handle.status().rejections, 1);
 }

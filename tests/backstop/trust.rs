@@ -59,6 +59,7 @@ fn a_cwasm_nobody_allow_listed_never_runs_by_any_path() {
         );
         assert_eq!(handle.status().digest, live);
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -123,6 +124,7 @@ fn a_poisoned_cache_entry_is_recompiled_never_run() {
             "{attack}: the rewritten entry verifies"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[cfg(unix)]
@@ -145,6 +147,7 @@ fn a_cache_others_may_write_to_is_refused_and_the_key_is_private() {
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&private), 0o700);
     assert_eq!(mode(&private.join(backstop::wasm::cache::KEY_FILE)), 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -172,6 +175,7 @@ fn device_files_and_oversized_files_are_refused_before_they_are_read() {
     let err = engine().load_file(&huge).unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -216,6 +220,7 @@ fn flaky_handle(first: Option<&[u8]>) -> (PolicyHandle, Vec<u8>) {
         rollback: RollbackRule {
             faults: 3,
             window: Duration::from_secs(60),
+            ..RollbackRule::default()
         },
         ..SwapOptions::default()
     };

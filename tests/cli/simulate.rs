@@ -113,3 +113,48 @@ fn bad_input_names_what_is_wrong() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_shadow_candidate_is_weighed_on_the_replayed_traffic() {
+    let dir = support::scratch_dir("cli-sim-shadow");
+    let candidate = dir.join("give-up.wasm");
+    std::fs::write(&candidate, support::give_up_component()).unwrap();
+    let out = backstop(&[
+        "simulate",
+        "--scenario",
+        "regional-outage",
+        "--no-baselines",
+        "--shadow",
+        candidate.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &reports[0];
+    let shadow = &report["shadow"];
+    assert_eq!(shadow["name"], "give-up");
+    let asked = shadow["decisions"].as_u64().unwrap();
+    // Asked once per decision of the live policy, which is one per failed call.
+    let calls = report["calls_sent"].as_u64().unwrap();
+    let served = report["served"].as_u64().unwrap();
+    assert_eq!(asked, calls - served, "{shadow}");
+    // The default rides out the outage; the candidate would have given up instead.
+    assert!(
+        shadow["disagreements"]["would-give-up"].as_u64().unwrap() > 0,
+        "{shadow}"
+    );
+
+    // The table says it in words.
+    let out = backstop(&[
+        "simulate",
+        "--scenario",
+        "regional-outage",
+        "--no-baselines",
+        "--shadow",
+        candidate.to_str().unwrap(),
+    ]);
+    let table = text(&out.stdout);
+    assert!(table.contains("shadow give-up 1.0.0"), "{table}");
+    assert!(table.contains("would-give-up"), "{table}");
+    let _ = std::fs::remove_dir_all(dir);
+}

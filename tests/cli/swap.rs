@@ -76,6 +76,14 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
             r#"{"guardrails": {"max_delay_ms": 99999999999}}"#,
             "max_delay_ms",
         ),
+        (
+            r#"{"rollback": {"outcomes": {"worse_by": 0.5}}}"#,
+            "rollback.outcomes.worse_by is 0.5; it must be between 1 and 100",
+        ),
+        (
+            r#"{"rollback": {"outcomes": {"probation_ms": 99999999999}}}"#,
+            "rollback.outcomes.probation_ms",
+        ),
     ] {
         std::fs::write(&host, config).unwrap();
         let out = backstop(&[
@@ -288,5 +296,167 @@ fn the_demo_runs_the_newest_module_of_a_watched_directory() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["policy"]["version"], "2.0.0");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_module_too_costly_to_compile_is_refused_with_the_bound_it_passed() {
+    let dir = support::scratch_dir("cli-costly");
+    let host = dir.join("host.json");
+    std::fs::write(&host, r#"{"compile": {"timeout_ms": 300}}"#).unwrap();
+    // Bulk: 500 functions compile for about 2 s in a debug build; the child is stopped at 300 ms.
+    let heavy = dir.join("heavy.wasm");
+    std::fs::write(&heavy, support::heavy_component(500)).unwrap();
+    // Depth: a function nesting 2,000 blocks is refused before anything compiles.
+    let (info, data) = support::info_parts("deep", "1.0.0");
+    let extra = format!(
+        "{data} (func $deep {}{})",
+        "(block ".repeat(2_000),
+        ")".repeat(2_000)
+    );
+    let deep = dir.join("deep.wasm");
+    std::fs::write(
+        &deep,
+        support::policy_component(&support::CoreParts {
+            decide: support::SANE_DECIDE,
+            info: &info,
+            extra: &extra,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    for (module, expected) in [
+        (&heavy, "compiling took longer than 300 ms and was stopped"),
+        (&deep, "nests blocks more than 1000 deep"),
+    ] {
+        let out = backstop(&[
+            "check",
+            "--policy",
+            path(module),
+            "--host-config",
+            path(&host),
+        ]);
+        assert!(!out.status.success());
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("is too costly to compile"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The compiling children of `parent` still alive.
+fn compile_workers_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        // Field 4 of /proc/PID/stat (after the parenthesised name) is the parent's pid.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("compile-worker") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_demo_ends_on_time_while_a_watched_compile_bomb_is_still_compiling() {
+    let dir = support::scratch_dir("cli-bomb-config");
+    let host = dir.join("host.json");
+    // A minute allowed: without cancellation the demo would wait for the whole compile.
+    std::fs::write(&host, r#"{"compile": {"timeout_ms": 60000}}"#).unwrap();
+    let started = std::time::Instant::now();
+    let mut seen_compiling = false;
+    let stdout = demo_swapped(
+        "cli-bomb",
+        &["--watch", "--host-config", path(&host)],
+        |policy, pid| {
+            // 5,000 functions: about 20 s to compile in a debug build, longer than the demo.
+            std::fs::write(policy, support::heavy_component(5_000)).unwrap();
+            seen_compiling = support::eventually(Duration::from_secs(4), || {
+                !compile_workers_of(pid).is_empty()
+            });
+            assert!(seen_compiling, "the watcher compiles in a child");
+        },
+    );
+    let took = started.elapsed();
+    assert!(
+        stdout.contains("policy at the end: backstop-default") && stdout.contains("swaps 0,"),
+        "{stdout}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the demo waited for the compile: {took:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_quarantine_outlives_the_host_and_the_operator_releases_it_from_the_command_line() {
+    use backstop::{Engine, HostConfig, Limits, PolicyHandle, SwapError};
+    let dir = support::scratch_dir("cli-quarantine");
+    let host = dir.join("host.json");
+    let file = dir.join("quarantine.json");
+    std::fs::write(
+        &host,
+        format!(r#"{{"quarantine_file": {:?}}}"#, file.to_str().unwrap()),
+    )
+    .unwrap();
+    let config = HostConfig::from_json(&std::fs::read_to_string(&host).unwrap()).unwrap();
+    let engine = Engine::new(Limits::default()).unwrap();
+    let start = || {
+        let options = config.swap_options(&engine, "{}").unwrap();
+        PolicyHandle::new(engine.load_default().unwrap(), options).unwrap()
+    };
+    // Retries what cannot heal: refused by the smoke table, and quarantined.
+    let bad = support::policy_component(&support::CoreParts::default());
+    let digest = sha256_hex(&bad);
+    assert!(matches!(
+        start().swap_bytes(&bad, "bad.wasm"),
+        Err(SwapError::Smoke { .. })
+    ));
+
+    // A restarted host still refuses the same bytes without running them.
+    let restarted = start();
+    assert!(matches!(
+        restarted.swap_bytes(&bad, "bad.wasm"),
+        Err(SwapError::Quarantined { .. })
+    ));
+    let listed = backstop(&["quarantine", "--host-config", path(&host), "list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let list: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(list[0]["digest"], digest.as_str(), "{list}");
+
+    // Released from the command line: the running host vets the bytes again at its next swap.
+    let released = backstop(&[
+        "quarantine",
+        "--host-config",
+        path(&host),
+        "release",
+        &digest,
+    ]);
+    assert!(released.status.success(), "{}", text(&released.stderr));
+    assert!(matches!(
+        restarted.swap_bytes(&bad, "bad.wasm"),
+        Err(SwapError::Smoke { .. })
+    ));
+    // Releasing what is not held says so.
+    let again = backstop(&[
+        "quarantine",
+        "--host-config",
+        path(&host),
+        "release",
+        &"0".repeat(64),
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("is not quarantined"));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -60,6 +60,7 @@ fn default_policy() -> Contender {
     Contender::Module {
         module: support::default_module().clone(),
         config: "{}".into(),
+        shadow: None,
     }
 }
 
@@ -130,6 +131,7 @@ fn the_modules_under_test_run_for_real_faults_included() {
             .load_bytes(&support::sane_component("2.0.0"), "eager.wasm")
             .unwrap(),
         config: "{}".into(),
+        shadow: None,
     };
     assert_eq!(eager.name(), "retry-1 2.0.0");
     let eager = run(&scenario, &eager);
@@ -143,6 +145,7 @@ fn the_modules_under_test_run_for_real_faults_included() {
             .load_bytes(&support::trap_after_component(3), "flaky.wasm")
             .unwrap(),
         config: "{}".into(),
+        shadow: None,
     };
     let flaky = run(&scenario, &flaky);
     assert!(flaky.policy_faults > 0);
@@ -263,6 +266,7 @@ fn the_retry_budget_bounds_a_retry_storm_and_leaves_the_default_alone() {
             .load_bytes(&support::sane_component("1.0.0"), "retry-storm.wasm")
             .unwrap(),
         config: "{}".into(),
+        shadow: None,
     };
     let budget = HostConfig::default();
     let unbounded = HostConfig {

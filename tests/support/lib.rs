@@ -252,6 +252,43 @@ pub fn trap_after_component(calls: u32) -> Vec<u8> {
     })
 }
 
+/// A module that gives up on every error (`not-retryable`): it resends nothing that cannot
+/// heal, so it passes the smoke table, and it never faults, yet it fails every request that
+/// meets an error.
+pub fn give_up_component() -> Vec<u8> {
+    let (info, data) = info_parts("give-up", "1.0.0");
+    policy_component(&CoreParts {
+        decide: "(i32.store8 (i32.const 2048) (i32.const 4)) (i32.store8 (i32.const 2056) (i32.const 0)) i32.const 2048",
+        info: &info,
+        extra: &data,
+        ..Default::default()
+    })
+}
+
+/// [`sane_component`] carrying `functions` extra functions of ~600 bytes of code each:
+/// harmless, and slow to compile when there are thousands (a compile bomb by bulk).
+pub fn heavy_component(functions: usize) -> Vec<u8> {
+    let (info, data) = info_parts("heavy", "1.0.0");
+    let body: String = (0..40)
+        .map(|i| {
+            format!(
+                "local.get 0 i64.const {} i64.mul i64.const 7 i64.xor local.set 0 ",
+                i + 3
+            )
+        })
+        .collect();
+    let mut extra = data;
+    for i in 0..functions {
+        extra += &format!("(func $heavy{i} (param i64) (result i64) {body} local.get 0)\n");
+    }
+    policy_component(&CoreParts {
+        decide: SANE_DECIDE,
+        info: &info,
+        extra: &extra,
+        ..Default::default()
+    })
+}
+
 /// A fresh, empty directory under the system temp dir, unique to this process and `name`.
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("backstop-{}-{name}", std::process::id()));

@@ -3,9 +3,9 @@
 use super::info::policy_json;
 use crate::output;
 use crate::policy_args::PolicyArgs;
-use crate::policy_args::policy_bytes;
+use crate::policy_args::{engine, policy_bytes};
 use anyhow::{Context, Result};
-use backstop::{Engine, Limits, vet_bytes};
+use backstop::vet_bytes;
 use clap::Args;
 
 /// The module to vet, and the configurations it is vetted under.
@@ -22,7 +22,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
         .policy
         .as_ref()
         .context("name the module to check with --policy FILE")?;
-    let engine = Engine::new(Limits::default())?;
+    let engine = engine(&host)?;
     let options = host.swap_options(&engine, &args.config_text()?)?;
     let (bytes, origin) = policy_bytes(Some(path))?;
     let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;

@@ -1,8 +1,9 @@
 //! `backstop compile`: precompile a component to this host's native code.
 
+use crate::policy_args::engine;
 use anyhow::{Context, Result, bail};
 use backstop::wasm::cache::write_atomically;
-use backstop::{Engine, Limits, ModuleCache, read_module_file, sha256_hex};
+use backstop::{HostConfig, ModuleCache, read_module_file, sha256_hex};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
         output,
         cache_dir,
     } = args;
-    let engine = Engine::new(Limits::default())?;
+    let engine = engine(&HostConfig::default())?;
     let wasm = read_module_file(&policy)?;
     let origin = policy.display().to_string();
     if let Some(dir) = cache_dir {

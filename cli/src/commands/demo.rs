@@ -6,6 +6,7 @@ use crate::policy_args::PolicyArgs;
 use anyhow::{Context, Result};
 use backstop::wasm::watch::{PolicyWatcher, reload_on_sighup};
 use backstop_lab::demo::{self as lab_demo, DemoOptions};
+use backstop_lab::simulate::shadow_table;
 use clap::Args;
 use std::io::Write;
 
@@ -27,6 +28,10 @@ pub struct DemoArgs {
     /// SIGHUP reloads it in any case.
     #[arg(long, requires = "policy")]
     watch: bool,
+    /// Run this candidate module in shadow beside the live policy: asked every context,
+    /// changing nothing; the report counts how its decisions would differ.
+    #[arg(long)]
+    shadow: Option<std::path::PathBuf>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -40,12 +45,31 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .context("--spread-secs must be a non-negative number of seconds")?,
         ..Default::default()
     };
-    runtime()?.block_on(demo(args.policy, options, args.watch, args.json))
+    runtime()?.block_on(demo(args, options))
 }
 
-async fn demo(policy: PolicyArgs, mut options: DemoOptions, watch: bool, json: bool) -> Result<()> {
+async fn demo(args: DemoArgs, mut options: DemoOptions) -> Result<()> {
+    let DemoArgs {
+        policy,
+        watch,
+        json,
+        shadow,
+        ..
+    } = args;
     options.host = policy.host_config()?;
     let handle = policy.handle()?;
+    if let Some(path) = &shadow {
+        let started = handle
+            .shadow_file(path)
+            .with_context(|| format!("the shadow candidate {}", path.display()))?;
+        eprintln!(
+            "shadow {} {} ({}) from {}",
+            started.name,
+            started.version,
+            &started.digest[..12],
+            started.origin
+        );
+    }
     let _watcher = match (&policy.policy, watch) {
         (Some(path), true) => Some(PolicyWatcher::start(handle.clone(), path)?),
         _ => None,
@@ -97,6 +121,10 @@ async fn demo(policy: PolicyArgs, mut options: DemoOptions, watch: bool, json: b
             live.rejections,
             live.rollbacks
         ))?;
+        if let Some(shadow) = &live.shadow {
+            let name = format!("{} {}", live.name, live.version);
+            output::println(shadow_table(&name, shadow).trim_end())?;
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod fault_server;
 pub mod info;
 pub mod invoke;
+pub mod quarantine;
 pub mod simulate;
 
 /// A multi-threaded runtime for the subcommands that talk to servers.

@@ -1,9 +1,9 @@
 //! `backstop simulate`: policies and baselines on a scenario, in virtual time.
 
 use crate::output;
-use crate::policy_args::{config_text, host_config, policy_bytes};
+use crate::policy_args::{config_text, engine, host_config, policy_bytes};
 use anyhow::{Context, Result};
-use backstop::{Engine, Limits, load_allowed};
+use backstop::load_allowed;
 use backstop_lab::baseline::Baseline;
 use backstop_lab::simulate::{self, Contender};
 use backstop_lab::{Scenario, plot};
@@ -20,6 +20,10 @@ pub struct SimulateArgs {
     /// A policy to compare (repeat the flag); the built-in default when none is given.
     #[arg(long)]
     policy: Vec<PathBuf>,
+    /// A candidate module to run in shadow beside the first policy: asked every context that
+    /// policy is asked, changing nothing; the report counts how its decisions would differ.
+    #[arg(long)]
+    shadow: Option<PathBuf>,
     /// The policies' JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     config: String,
@@ -64,7 +68,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     }
     let host = host_config(args.host_config.as_ref())?;
     let config = config_text(&args.config)?;
-    let engine = Engine::new(Limits::default())?;
+    let engine = engine(&host)?;
     // The host configuration's allow-list holds here too: checked before a byte is compiled.
     let options = host.swap_options(&engine, &config)?;
     let modules = if args.policy.is_empty() {
@@ -75,11 +79,16 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             .map(|path| policy_bytes(Some(path)))
             .collect::<Result<Vec<_>>>()?
     };
+    let mut shadow = match &args.shadow {
+        Some(path) => Some(policy_bytes(Some(path))?),
+        None => None,
+    };
     let mut contenders = Vec::new();
     for (bytes, origin) in &modules {
         contenders.push(Contender::Module {
             module: load_allowed(&engine, bytes, origin, &options)?.module,
             config: config.clone(),
+            shadow: shadow.take(),
         });
     }
     let baselines: Vec<Baseline> = if args.no_baselines {

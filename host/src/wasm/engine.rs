@@ -3,6 +3,8 @@
 //! to become a policy is [`module`](super::module)'s business.
 
 use crate::wasm::error::LoadError;
+use crate::wasm::isolation::{CompileChild, compile_in_child};
+use crate::wasm::prescan::prescan;
 use crate::wasm::sandbox::{Limits, Sandbox};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -19,11 +21,28 @@ struct EngineInner {
     engine: wasmtime::Engine,
     linker: Linker<Sandbox>,
     limits: Limits,
+    /// Where modules from outside are compiled; `None`: in this process.
+    child: Option<CompileChild>,
 }
 
 impl Engine {
-    /// An engine with fuel metering and the sandbox's WASI grants linked.
+    /// An engine with fuel metering and the sandbox's WASI grants linked, which compiles in
+    /// this process (after the [pre-scan](super::prescan)).
     pub fn new(limits: Limits) -> Result<Engine, LoadError> {
+        Engine::build(limits, None)
+    }
+
+    /// An engine that compiles every module it is given in a child process under `child`'s
+    /// time and memory bounds (see [`isolation`](super::isolation)); the built-in default
+    /// policy, which this binary carries, is still compiled here.
+    pub fn with_isolated_compiles(
+        limits: Limits,
+        child: CompileChild,
+    ) -> Result<Engine, LoadError> {
+        Engine::build(limits, Some(child))
+    }
+
+    fn build(limits: Limits, child: Option<CompileChild>) -> Result<Engine, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
@@ -40,6 +59,7 @@ impl Engine {
                 engine,
                 linker,
                 limits,
+                child,
             }),
         })
     }
@@ -77,9 +97,22 @@ impl Engine {
         hex(&hasher.0.finalize())
     }
 
-    /// Compiles a component to this engine's native code (`.cwasm`), for fast loading later.
+    /// Compiles a component to this engine's native code (`.cwasm`), for fast loading later:
+    /// in the child process when compiles are isolated.
     pub fn precompile(&self, wasm: &[u8], origin: &str) -> Result<Vec<u8>, LoadError> {
         check_header(wasm, origin)?;
+        prescan(wasm, origin)?;
+        match &self.inner.child {
+            Some(child) => compile_in_child(child, wasm, self.inner.limits.max_wasm_stack, origin),
+            None => self.precompile_here(wasm, origin),
+        }
+    }
+
+    /// [`precompile`](Self::precompile) in this process, whatever the engine's setting (the
+    /// compiling child's own work).
+    pub(crate) fn precompile_here(&self, wasm: &[u8], origin: &str) -> Result<Vec<u8>, LoadError> {
+        check_header(wasm, origin)?;
+        prescan(wasm, origin)?;
         self.inner
             .engine
             .precompile_component(wasm)
@@ -89,25 +122,30 @@ impl Engine {
             })
     }
 
-    /// A component compiled here from `.wasm` bytes. Precompiled `.cwasm` bytes are native
-    /// code and are refused: they load only through [`Engine::deserialize_trusted`].
+    /// A component compiled from `.wasm` bytes, in the child process when compiles are
+    /// isolated. Precompiled `.cwasm` bytes are native code and are refused: they load only
+    /// through [`Engine::deserialize_trusted`].
     pub(crate) fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
-        match wasmtime::Engine::detect_precompiled(bytes) {
-            Some(Precompiled::Component) => Err(LoadError::UntrustedNative {
-                origin: origin.to_string(),
-                digest: sha256_hex(bytes),
-            }),
-            Some(Precompiled::Module) => Err(LoadError::NotComponent {
-                origin: origin.to_string(),
-            }),
-            None => {
-                check_header(bytes, origin)?;
-                Component::from_binary(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-                    origin: origin.to_string(),
-                    reason: format!("{e:#}"),
-                })
-            }
-        }
+        let Some(child) = &self.inner.child else {
+            return self.compile_here(bytes, origin);
+        };
+        check_wasm(bytes, origin)?;
+        prescan(bytes, origin)?;
+        let cwasm = compile_in_child(child, bytes, self.inner.limits.max_wasm_stack, origin)?;
+        // SAFETY: the child is this program, compiling for this engine's settings; its output
+        // went through a private pipe (the allow-list and cache rules concern bytes from
+        // outside, and these bytes were checked against them before they were compiled).
+        unsafe { self.deserialize_trusted(&cwasm, origin) }
+    }
+
+    /// A component compiled in this process (the pre-scan first).
+    pub(crate) fn compile_here(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
+        check_wasm(bytes, origin)?;
+        prescan(bytes, origin)?;
+        Component::from_binary(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+            origin: origin.to_string(),
+            reason: format!("{e:#}"),
+        })
     }
 
     /// A component from `.cwasm` bytes: native code, run as is.
@@ -133,6 +171,20 @@ impl Engine {
                 reason: format!("{e:#}"),
             }
         })
+    }
+}
+
+/// Refuses `.cwasm` bytes (native code) and what is not a component.
+fn check_wasm(bytes: &[u8], origin: &str) -> Result<(), LoadError> {
+    match wasmtime::Engine::detect_precompiled(bytes) {
+        Some(Precompiled::Component) => Err(LoadError::UntrustedNative {
+            origin: origin.to_string(),
+            digest: sha256_hex(bytes),
+        }),
+        Some(Precompiled::Module) => Err(LoadError::NotComponent {
+            origin: origin.to_string(),
+        }),
+        None => check_header(bytes, origin),
     }
 }
 

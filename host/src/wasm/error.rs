@@ -38,6 +38,29 @@ pub enum LoadError {
         /// What was wrong.
         reason: String,
     },
+    /// The module's code is past what the host compiles (too big, too deeply nested), or
+    /// compiling it ran out of its time or memory.
+    #[error("{origin} is too costly to compile: {reason}")]
+    TooComplex {
+        /// Where the module came from.
+        origin: String,
+        /// What bound it passed.
+        reason: String,
+    },
+    /// The child process that compiles could not do its work.
+    #[error("{origin} could not be compiled: {reason}")]
+    CompileFailed {
+        /// Where the module came from.
+        origin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The compile was cancelled (its watcher stopped); says nothing about the module.
+    #[error("compiling {origin} was cancelled")]
+    Cancelled {
+        /// Where the module came from.
+        origin: String,
+    },
     /// A `.cwasm` made by another engine or configuration.
     #[error(
         "{origin} was precompiled for another wasmtime version or engine configuration: {reason}; \

@@ -8,24 +8,32 @@
 //! A new module goes live only after it compiled (or its `.cwasm` loaded), matched the
 //! contract, accepted the operator's configuration and passed the [smoke table](super::smoke)
 //! ([`vetting`](super::vetting)). If it then faults more than the
-//! [`RollbackRule`](super::vetting::RollbackRule) allows, the handle puts the previous module
-//! back by itself.
+//! [`RollbackRule`](super::vetting::RollbackRule) allows, or its requests fare worse than its
+//! predecessor's did (the rule's [`OutcomeRule`](crate::decision::OutcomeRule), judged during a
+//! probation after the swap), the handle puts the previous module back by itself.
+//!
+//! A candidate can also run in [shadow](super::shadow) beside the live module: asked the same
+//! contexts, changing nothing, its disagreements counted until an operator promotes it.
 
 use crate::contract::AttemptContext;
-use crate::decision::{Decided, Decider, PolicyFault, Verdict};
+use crate::decision::{Decided, Decider, Finished, PolicyFault, Verdict};
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
+use crate::wasm::error::LoadError;
 use crate::wasm::module::{PolicyModule, read_module_file};
 use crate::wasm::policy::Policy;
+use crate::wasm::probation::Outcomes;
+use crate::wasm::quarantine::{Quarantine, Quarantined};
+use crate::wasm::shadow::{Shadow, ShadowLabels, ShadowStatus};
 use crate::wasm::vetting::{SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -107,8 +115,12 @@ pub struct PolicyStatus {
     pub rejections: u64,
     /// Rollbacks.
     pub rollbacks: u64,
+    /// Whether the live module's outcomes are still being judged against its predecessor's.
+    pub on_probation: bool,
     /// Digests kept from going live again, oldest first.
     pub quarantined: Vec<Quarantined>,
+    /// The candidate running in shadow, if any.
+    pub shadow: Option<ShadowStatus>,
     /// The latest events, oldest first.
     pub recent: Vec<SwapEvent>,
 }
@@ -133,6 +145,8 @@ struct Live {
     decisions: Counter,
     /// Times of recent faults, for the rollback rule.
     faults: Mutex<VecDeque<Instant>>,
+    /// What became of the requests it decided, for the outcome rule.
+    outcomes: Outcomes,
 }
 
 /// The live policy, swappable while requests run. Cheap to clone; clones share everything.
@@ -167,22 +181,12 @@ struct Shared {
     decisions: Family<ModuleLabels, Counter>,
     info: Family<ModuleLabels, Gauge>,
     /// Digests refused or rolled back: not swapped in again until an operator releases them.
-    quarantine: Mutex<BTreeMap<String, Quarantined>>,
+    quarantine: Quarantine,
     /// The model chain of the clients served, for the smoke table (empty until one says).
     chain: Mutex<Vec<String>>,
-}
-
-/// A module kept from going live again: it was refused, or rolled back. Swapping the same
-/// bytes in (a SIGHUP, a watch event, a retry) is refused until an operator releases the digest
-/// ([`PolicyHandle::release`]); a module with other bytes is vetted as usual.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Quarantined {
-    /// The module's sha256.
-    pub digest: String,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// Why.
-    pub reason: String,
+    /// A candidate asked beside the live module.
+    shadow: ArcSwapOption<Shadow>,
+    shadow_disagreements: Family<ShadowLabels, Counter>,
 }
 
 impl PolicyHandle {
@@ -210,7 +214,8 @@ impl PolicyHandle {
     pub fn unchecked(policy: Policy, options: SwapOptions) -> PolicyHandle {
         let engine = policy.module().engine.clone();
         let decisions = Family::default();
-        let live = Arc::new(Live::new(policy, &decisions));
+        let live = Arc::new(Live::new(policy, &decisions, Outcomes::trusted()));
+        let quarantine_file = options.quarantine_file.clone();
         let shared = Shared {
             live: ArcSwap::new(live.clone()),
             previous: Mutex::new(Vec::new()),
@@ -223,8 +228,10 @@ impl PolicyHandle {
             rejections: Family::default(),
             decisions,
             info: Family::default(),
-            quarantine: Mutex::new(BTreeMap::new()),
+            quarantine: Quarantine::new(quarantine_file),
             chain: Mutex::new(Vec::new()),
+            shadow: ArcSwapOption::empty(),
+            shadow_disagreements: Family::default(),
         };
         shared.info.get_or_create(&live.labels).set(1);
         tracing::info!(
@@ -245,6 +252,15 @@ impl PolicyHandle {
     fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
         let verdict = live.policy.decide(ctx);
         live.decisions.inc();
+        if let Some(shadow) = &*self.shared.shadow.load() {
+            let shared = &self.shared;
+            shadow.compare(
+                ctx,
+                &verdict,
+                &shared.options.guardrails,
+                &shared.shadow_disagreements,
+            );
+        }
         if let Some(fault) = &verdict.fault {
             self.note_fault(live, fault);
         }
@@ -277,34 +293,103 @@ impl PolicyHandle {
         if digest == self.live().labels.digest {
             return Ok(Swapped::Unchanged { digest });
         }
-        if let Some(held) = lock(&self.shared.quarantine).get(&digest).cloned() {
+        let vetted = self.vet(bytes, &digest, origin)?;
+        let version = vetted.policy.module().info().version.clone();
+        self.publish(vetted.policy);
+        Ok(Swapped::Live {
+            digest,
+            version,
+            cache: vetted.cache,
+        })
+    }
+
+    /// The quarantine, then [`vet_bytes`] against the served chain; a refusal is recorded.
+    fn vet(&self, bytes: &[u8], digest: &str, origin: &str) -> Result<Vetted, SwapError> {
+        self.shared.quarantine.refresh();
+        if let Some(held) = self.shared.quarantine.get(digest) {
             let error = SwapError::Quarantined {
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 reason: held.reason,
             };
-            return Err(self.refuse(origin, &digest, error));
+            return Err(self.refuse(origin, digest, error));
         }
         let mut options = self.shared.options.clone();
         let chain = lock(&self.shared.chain).clone();
         if !chain.is_empty() {
             options.models = chain;
         }
-        match vet_bytes(&self.shared.engine, bytes, origin, &options) {
-            Ok(vetted) => {
-                let version = vetted.policy.module().info().version.clone();
-                self.publish(Arc::new(Live::new(vetted.policy, &self.shared.decisions)));
-                Ok(Swapped::Live {
-                    digest,
-                    version,
-                    cache: vetted.cache,
-                })
-            }
-            Err(e) => Err(self.refuse(origin, &digest, e)),
+        vet_bytes(&self.shared.engine, bytes, origin, &options)
+            .map_err(|e| self.refuse(origin, digest, e))
+    }
+
+    /// Vets a candidate like a swap and runs it in shadow: from now on it is asked every
+    /// context the live module is asked, its answers change nothing, and how they differ is
+    /// counted (metric `policy_shadow_disagreements{digest,kind}`), logged and kept in
+    /// [`status`](Self::status). Replaces any earlier candidate. Asking two modules makes each
+    /// decision cost about twice as much while a shadow runs.
+    pub fn shadow_bytes(&self, bytes: &[u8], origin: &str) -> Result<ShadowStatus, SwapError> {
+        let digest = sha256_hex(bytes);
+        let vetted = self.vet(bytes, &digest, origin)?;
+        let shadow = Arc::new(Shadow::new(vetted.policy));
+        tracing::info!(
+            module = %origin, %digest, version = %shadow.policy().module().info().version,
+            live = %self.live().labels.digest, "shadow policy started"
+        );
+        self.shared.shadow.store(Some(shadow.clone()));
+        Ok(shadow.status())
+    }
+
+    /// Reads a `.wasm` or `.cwasm` file and runs it in shadow; see
+    /// [`shadow_bytes`](Self::shadow_bytes).
+    pub fn shadow_file(&self, path: impl AsRef<Path>) -> Result<ShadowStatus, SwapError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        match read_module_file(path) {
+            Ok(bytes) => self.shadow_bytes(&bytes, &origin),
+            Err(error) => Err(self.refuse(&origin, "", error.into())),
         }
     }
 
-    fn publish(&self, next: Arc<Live>) {
+    /// Stops the shadow; its final record, if one ran.
+    pub fn end_shadow(&self) -> Option<ShadowStatus> {
+        let ended = self.shared.shadow.swap(None)?;
+        tracing::info!(shadow = %ended.policy().module().digest(), "shadow policy ended");
+        Some(ended.status())
+    }
+
+    /// Makes the shadow candidate live (it was vetted when its shadow began, and is configured
+    /// as it ran), as a swap would, and ends the shadow; `Ok(None)` when no candidate runs.
+    pub fn promote_shadow(&self) -> Result<Option<Swapped>, SwapError> {
+        let Some(shadow) = self.shared.shadow.swap(None) else {
+            return Ok(None);
+        };
+        let candidate = shadow.policy();
+        let module = candidate.module();
+        let digest = module.digest().to_string();
+        tracing::info!(%digest, decisions = shadow.status().decisions, "shadow policy promoted");
+        if digest == self.live().labels.digest {
+            return Ok(Some(Swapped::Unchanged { digest }));
+        }
+        // A fresh pool: the shadow's instances and counters stay with its record.
+        let policy = module.configure(candidate.config())?;
+        self.publish(policy);
+        Ok(Some(Swapped::Live {
+            digest,
+            version: module.info().version.clone(),
+            cache: None,
+        }))
+    }
+
+    /// Makes a vetted policy live; the module it replaces is kept to roll back to, and the new
+    /// one goes on probation against the outcomes the old one just had.
+    fn publish(&self, policy: Policy) {
         let _publishing = lock(&self.shared.publishing);
+        let outcomes = Outcomes::on_probation(
+            &self.shared.live.load().outcomes,
+            &self.shared.options.rollback.outcomes,
+            Instant::now(),
+        );
+        let next = Arc::new(Live::new(policy, &self.shared.decisions, outcomes));
         let old = self.shared.live.swap(next.clone());
         let mut previous = lock(&self.shared.previous);
         previous.push(old.clone());
@@ -331,7 +416,14 @@ impl PolicyHandle {
             })
             .inc();
         tracing::warn!(module = %origin, %digest, reason = %error, "policy swap rejected; the live module stays");
-        if !digest.is_empty() && !matches!(error, SwapError::Quarantined { .. }) {
+        // Quarantine is for what the module is; a cancelled compile or a worker that could not
+        // start says nothing about it.
+        let about_the_module = !matches!(
+            error,
+            SwapError::Quarantined { .. }
+                | SwapError::Load(LoadError::Cancelled { .. } | LoadError::CompileFailed { .. })
+        );
+        if !digest.is_empty() && about_the_module {
             self.hold(digest, error.to_string());
         }
         self.push_event(SwapEvent {
@@ -346,14 +438,7 @@ impl PolicyHandle {
     }
 
     fn hold(&self, digest: &str, reason: String) {
-        lock(&self.shared.quarantine).insert(
-            digest.to_string(),
-            Quarantined {
-                digest: digest.to_string(),
-                at_ms: now_ms(),
-                reason,
-            },
-        );
+        self.shared.quarantine.hold(digest, reason);
     }
 
     /// Tells the handle the model chain a client serves with it: later swaps draw their smoke
@@ -365,17 +450,13 @@ impl PolicyHandle {
 
     /// The digests kept from going live, oldest first.
     pub fn quarantined(&self) -> Vec<Quarantined> {
-        let mut held: Vec<Quarantined> = lock(&self.shared.quarantine).values().cloned().collect();
-        held.sort_by_key(|q| q.at_ms);
-        held
+        self.shared.quarantine.list()
     }
 
     /// Lets a quarantined digest be swapped in again (it is vetted again like any module);
-    /// whether it was held.
+    /// whether it was held. With a quarantine file, the file is updated too.
     pub fn release(&self, digest: &str) -> bool {
-        let released = lock(&self.shared.quarantine)
-            .remove(&digest.to_ascii_lowercase())
-            .is_some();
+        let released = self.shared.quarantine.release(digest);
         if released {
             tracing::info!(%digest, "policy released from quarantine");
         }
@@ -400,11 +481,29 @@ impl PolicyHandle {
         faults.clear();
         drop(faults);
         let reason = format!(
-            "{} faults within {} ms (latest: {fault})",
+            "faulted {} times within {} ms (latest: {fault})",
             rule.faults.max(1),
             rule.window.as_millis()
         );
         self.roll_back(live, &reason);
+    }
+
+    /// Tallies how a request ended for the module that decided it, and rolls a module on
+    /// probation back when a batch of its requests fared worse than its predecessor's.
+    fn note_finished(&self, finished: &Finished) {
+        let live = self.shared.live.load_full();
+        // A request last decided by an earlier module says nothing about this one. One that no
+        // module decided (served at once) counts for the module live when it ended.
+        if finished
+            .last_decided_by
+            .is_some_and(|digest| digest != live.labels.digest)
+        {
+            return;
+        }
+        let rule = &self.shared.options.rollback.outcomes;
+        if let Some(breach) = live.outcomes.record(finished, rule, Instant::now()) {
+            self.roll_back(&live, &format!("its requests fared worse: {breach}"));
+        }
     }
 
     /// Puts the previous module back if `faulty` is still live.
@@ -431,7 +530,7 @@ impl PolicyHandle {
             from = %faulty.labels.digest, to = %good.labels.digest, version = %good.labels.version,
             %reason, "policy rolled back"
         );
-        let reason = format!("{} faulted: {reason}", faulty.labels.digest);
+        let reason = format!("{} {reason}", faulty.labels.digest);
         self.record(SwapEventKind::RolledBack, &good, Some(reason));
     }
 
@@ -456,7 +555,11 @@ impl PolicyHandle {
             from = %faulty.labels.digest,
             "no earlier module to roll back to: the built-in default policy goes live"
         );
-        Some(Arc::new(Live::new(policy, &self.shared.decisions)))
+        Some(Arc::new(Live::new(
+            policy,
+            &self.shared.decisions,
+            Outcomes::trusted(),
+        )))
     }
 
     fn record(&self, event: SwapEventKind, live: &Live, reason: Option<String>) {
@@ -489,7 +592,9 @@ impl PolicyHandle {
             swaps: self.shared.swaps.get(),
             rejections: self.rejections(),
             rollbacks: self.shared.rollbacks.get(),
+            on_probation: live.outcomes.on_trial(Instant::now()),
             quarantined: self.quarantined(),
+            shadow: self.shared.shadow.load().as_ref().map(|s| s.status()),
             recent: lock(&self.shared.events).iter().cloned().collect(),
         }
     }
@@ -534,8 +639,13 @@ impl PolicyHandle {
         );
         registry.register(
             "policy_rollbacks",
-            "Live modules rolled back for faulting",
+            "Live modules rolled back for faulting or for worse outcomes",
             shared.rollbacks.clone(),
+        );
+        registry.register(
+            "policy_shadow_disagreements",
+            "Contexts on which the shadow candidate would have done otherwise (or faulted), per kind",
+            shared.shadow_disagreements.clone(),
         );
     }
 }
@@ -548,6 +658,10 @@ impl Decider for PolicyHandle {
             verdict: self.decide_on(&live, ctx),
             module_digest: Some(live.labels.digest.clone()),
         }
+    }
+
+    fn on_finished(&self, finished: &Finished) {
+        self.note_finished(finished);
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
@@ -581,7 +695,7 @@ impl std::ops::Deref for PolicyRef {
 }
 
 impl Live {
-    fn new(policy: Policy, decisions: &Family<ModuleLabels, Counter>) -> Live {
+    fn new(policy: Policy, decisions: &Family<ModuleLabels, Counter>, outcomes: Outcomes) -> Live {
         let module = policy.module();
         let labels = ModuleLabels {
             digest: module.digest().to_string(),
@@ -593,6 +707,7 @@ impl Live {
             decisions: decisions.get_or_create_owned(&labels),
             labels,
             faults: Mutex::new(VecDeque::new()),
+            outcomes,
         }
     }
 }

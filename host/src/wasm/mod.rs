@@ -5,17 +5,25 @@
 //! (wasmtime, set up once), the frozen contract bindings (`v0_1_0`), one guest call
 //! (`instance`), [`module`] (what makes a component a policy), [`policy`] (a pool of
 //! configured instances), [`cache`] (`.cwasm` on disk), [`smoke`] and [`vetting`] (what a module
-//! must pass to go live), [`handle`] (the live policy, swaps and rollback) and, behind the
+//! must pass to go live), `probation` (a new module's outcomes against its predecessor's),
+//! [`shadow`] (a candidate asked beside the live module), [`handle`] (the live policy, swaps
+//! and rollback) and, behind the
 //! `watch` feature, [`watch`] (file watching and SIGHUP).
 
 pub mod cache;
+pub mod compile_worker;
 pub mod engine;
 pub mod error;
 pub mod handle;
 mod instance;
+pub mod isolation;
 pub mod module;
 pub mod policy;
+pub mod prescan;
+mod probation;
+pub mod quarantine;
 pub mod sandbox;
+pub mod shadow;
 pub mod smoke;
 mod v0_1_0;
 pub mod vetting;

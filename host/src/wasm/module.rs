@@ -67,7 +67,10 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 impl Engine {
     /// Loads the default policy that is compiled into this binary.
     pub fn load_default(&self) -> Result<PolicyModule, LoadError> {
-        self.load_bytes(DEFAULT_POLICY_WASM, "the built-in default policy")
+        // This binary's own bytes: compiled here even when compiles from outside are isolated.
+        let origin = "the built-in default policy";
+        let component = self.compile_here(DEFAULT_POLICY_WASM, origin)?;
+        self.validate(component, origin, sha256_hex(DEFAULT_POLICY_WASM))
     }
 
     /// Loads a policy from a `.wasm` component file (see [`read_module_file`] for what is read).

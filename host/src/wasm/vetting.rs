@@ -5,7 +5,7 @@
 //! the contract and sandbox checks, the operator's configuration, and the
 //! [smoke table](super::smoke).
 
-use crate::decision::Guardrails;
+use crate::decision::{Guardrails, OutcomeRule};
 use crate::wasm::cache::{CacheUse, ModuleCache};
 use crate::wasm::engine::{Engine, is_precompiled, sha256_hex};
 use crate::wasm::error::LoadError;
@@ -18,14 +18,18 @@ use std::time::Duration;
 
 /// When a live module is judged broken: `faults` faults (traps, fuel or memory exhaustion,
 /// invalid answers) within `window`. A correct module never faults, so the default is strict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// A module that never faults can still do harm (give up on everything, open every breaker,
+/// resend at once): `outcomes` judges a newly swapped-in module by what became of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RollbackRule {
     /// Faults that roll a module back.
     pub faults: u32,
     /// Within how long (`window_ms` in JSON).
-    #[serde(with = "millis", rename = "window_ms")]
+    #[serde(with = "crate::decision::outcome::millis", rename = "window_ms")]
     pub window: Duration,
+    /// When a new module's outcomes, compared with its predecessor's, roll it back.
+    pub outcomes: OutcomeRule,
 }
 
 impl Default for RollbackRule {
@@ -33,20 +37,8 @@ impl Default for RollbackRule {
         RollbackRule {
             faults: 5,
             window: Duration::from_secs(60),
+            outcomes: OutcomeRule::default(),
         }
-    }
-}
-
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -68,6 +60,9 @@ pub struct SwapOptions {
     /// The model chain the module will serve, which the smoke table's contexts use; empty for
     /// made-up ids. A [`PolicyHandle`](crate::PolicyHandle) fills it from the clients it serves.
     pub models: Vec<String>,
+    /// Where the handle keeps quarantined digests across restarts, and where
+    /// `backstop quarantine release` lets one go; `None` keeps them in memory.
+    pub quarantine_file: Option<std::path::PathBuf>,
 }
 
 /// Why a module did not go live. The previous module stays live in every case.

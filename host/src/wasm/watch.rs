@@ -8,10 +8,12 @@
 
 use crate::wasm::error::LoadError;
 use crate::wasm::handle::{PolicyHandle, Swapped};
+use crate::wasm::isolation::cancellable;
 use crate::wasm::vetting::SwapError;
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,13 +33,17 @@ pub enum WatchError {
     },
 }
 
-/// Watches a policy file, or a directory of them, and swaps each change in. Stops when dropped.
+/// Watches a policy file, or a directory of them, and swaps each change in. Stops when
+/// dropped; a compile running in a child process (see
+/// [`Engine::with_isolated_compiles`](crate::Engine::with_isolated_compiles)) is killed
+/// then, so dropping does not wait for it.
 ///
 /// A file: that file is the policy. A directory: the most recently modified `.wasm` or `.cwasm`
 /// in it is the policy (deploy tools can drop versioned files next to each other).
 pub struct PolicyWatcher {
     watcher: Option<notify::RecommendedWatcher>,
     worker: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl PolicyWatcher {
@@ -67,21 +73,30 @@ impl PolicyWatcher {
             .watch(&watched, RecursiveMode::NonRecursive)
             .map_err(|e| fail(e.to_string()))?;
         let target = path.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let worker = std::thread::Builder::new()
             .name("backstop-policy-watch".into())
-            .spawn(move || watch_loop(&handle, &target, directory, &received))
+            .spawn(move || {
+                cancellable(&stopping, || {
+                    watch_loop(&handle, &target, directory, &received)
+                })
+            })
             .map_err(|e| fail(e.to_string()))?;
         tracing::info!(path = %path.display(), "watching the policy for changes");
         Ok(PolicyWatcher {
             watcher: Some(watcher),
             worker: Some(worker),
+            stop,
         })
     }
 }
 
 impl Drop for PolicyWatcher {
     fn drop(&mut self) {
-        // Dropping the watcher closes the channel, which ends the worker.
+        // Dropping the watcher closes the channel, which ends the worker; the flag kills a
+        // compile it is waiting for.
+        self.stop.store(true, Ordering::Relaxed);
         drop(self.watcher.take());
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
