@@ -66,3 +66,41 @@ async fn made_up_model_ids_do_not_grow_the_fault_server() {
     );
     assert_eq!(server.stats().len(), limit + 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
+    use backstop_lab::fault_server::HEADER_READ_TIMEOUT;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
+    let addr = server.addr();
+    // A slowloris: half a request line, then silence.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /model/m/converse HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Others are served meanwhile.
+    assert!(
+        unsigned_post(addr, "/model/m/converse")
+            .await
+            .starts_with("HTTP/1.1 4")
+    );
+    // The server closes the slow connection once its headers are overdue.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_millis(100),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+}

@@ -22,6 +22,43 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// How long a client may take to send a request's headers: a client that opens connections
+/// and trickles bytes (slowloris) holds each for this long at most.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves connections until `stopped`; a connection already open finishes its requests.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait a little rather than spin.
+                    tracing::warn!(error = %e, "fault server cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "fault server connection ended");
+            }
+        });
+    }
+}
+
 /// A running fault server. Dropping it stops the server.
 pub struct FaultServer {
     addr: SocketAddr,
@@ -42,17 +79,7 @@ impl FaultServer {
             .route("/_backstop/stats", get(stats))
             .with_state(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "fault server stopped");
-            }
-        });
+        tokio::spawn(accept_loop(listener, app, stopped));
         tracing::info!(%addr, "fault server listening");
         Ok(FaultServer {
             addr,
