@@ -629,3 +629,29 @@ fn a_candidate_that_fails_vetting_never_runs_in_shadow() {
     assert!(handle.status().shadow.is_none());
     assert_eq!(handle.status().rejections, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_in_use_are_bounded_by_the_deciding_threads_not_by_requests_in_flight() {
+    let handle = default_handle(SwapOptions::default());
+    let (_server, client) = throttled_client(&handle, 13).await;
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.converse(&ChatRequest::user(format!("r{i}"))).await })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.unwrap().is_ok());
+    }
+    assert!(
+        client.metrics().snapshot().attempts > 64,
+        "some decisions were made"
+    );
+    // Every instance ever made is back in the idle pool: at most one per worker thread.
+    let idle = handle.policy().idle();
+    assert!(
+        (1..=2).contains(&idle.instances),
+        "{} instances for 64 requests in flight on 2 workers",
+        idle.instances
+    );
+}
