@@ -7,16 +7,22 @@
 //! 4. a sustained outage of this model (consecutive failures ≥ threshold, and outage errors are
 //!    at least `breaker_error_percent` of its recent requests) → open its breaker and continue on
 //!    the next healthy model, queue (batch) or give up;
-//! 5. the first blip of a transient 503/500/connection error → retry immediately;
-//! 6. batch work that is throttled → the next model of the chain if its window is not mostly
+//! 5. a silent model (the attempt timed out, or the model's own 408) with a fallback → the
+//!    fallback at once: waiting for a silent model again only multiplies the wait; once it was
+//!    silent `silence_breaker_threshold` times in a row (and failing is what it mostly does, as
+//!    for rule 4), its breaker opens so the next requests skip it;
+//! 6. the first blip of a transient 503/500/connection error → retry immediately;
+//! 7. batch work that is throttled → the next model of the chain if its window is not mostly
 //!    throttled, else the queue, for a jittered window that doubles each time it comes back;
-//! 7. extended throttling (attempts on this model spent, or the health window mostly throttled)
+//! 8. extended throttling (attempts on this model spent, or the health window mostly throttled)
 //!    → switch to the next healthy model of the chain; with none left, interactive work gives up;
-//! 8. otherwise → exponential backoff with full jitter, honouring a server wait hint.
+//! 9. otherwise → exponential backoff with full jitter, honouring a server wait hint.
 //!
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
-use crate::contract::{AfterBreak, AttemptContext, BreakerState, Decision, GiveUpReason, Workload};
+use crate::contract::{
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Workload,
+};
 use alloc::format;
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
@@ -47,6 +53,10 @@ pub struct Params {
     pub breaker_error_percent: u32,
     /// How long a breaker this policy opens stays open.
     pub breaker_open_ms: u64,
+    /// Silent attempts in a row (timeouts) after which a model's breaker opens, when there is
+    /// a fallback: each silent attempt costs a whole timeout, so fewer are tolerated than for
+    /// errors that come back at once.
+    pub silence_breaker_threshold: u32,
     /// Batch work that finds every model throttled waits in the queue for a jittered window
     /// that starts here and doubles each time it comes back throttled (capped at
     /// `max_delay_ms`).
@@ -65,6 +75,7 @@ impl Default for Params {
             sustained_min_requests: 10,
             breaker_failure_threshold: 5,
             breaker_open_ms: 30_000,
+            silence_breaker_threshold: 2,
             breaker_error_percent: 50,
             batch_queue_ms: 10_000,
         }
@@ -107,6 +118,9 @@ impl Params {
         }
         if self.breaker_failure_threshold == 0 {
             return fail("breaker_failure_threshold", "must be at least 1");
+        }
+        if self.silence_breaker_threshold == 0 {
+            return fail("silence_breaker_threshold", "must be at least 1");
         }
         if self.batch_queue_ms == 0 {
             return fail("batch_queue_ms", "must be at least 1");
@@ -165,6 +179,25 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
             model: ctx.model,
             open_ms: params.breaker_open_ms,
             then,
+        };
+    }
+
+    let silent = matches!(kind, ErrorKind::Timeout | ErrorKind::ModelTimeout);
+    if let (true, Some(fallback)) = (silent, next) {
+        if health.consecutive_failures >= params.silence_breaker_threshold
+            && u64::from(health.errors) * 100
+                >= u64::from(health.requests) * u64::from(params.breaker_error_percent)
+            && health.breaker != BreakerState::Open
+        {
+            return Decision::BreakCircuit {
+                model: ctx.model,
+                open_ms: params.breaker_open_ms,
+                then: AfterBreak::Fallback { model: fallback },
+            };
+        }
+        return Decision::SwitchModel {
+            model: fallback,
+            delay_ms: 0,
         };
     }
 

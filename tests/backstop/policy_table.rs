@@ -483,3 +483,52 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
+    for kind in [ErrorKind::Timeout, ErrorKind::ModelTimeout] {
+        // The first silence: straight to the fallback, no wait, no resend to the silent model.
+        let c = ctx(kind, &["primary", "fallback"]);
+        assert_eq!(
+            decide(&c),
+            Decision::SwitchModel {
+                model: 1,
+                delay_ms: 0
+            },
+            "{kind:?}"
+        );
+        // Silent twice in a row: its breaker opens, so the next requests skip it.
+        let mut c = ctx(kind, &["primary", "fallback"]);
+        c.health[0].consecutive_failures = 2;
+        c.health[0].requests = 2;
+        c.health[0].errors = 2;
+        assert_eq!(
+            decide(&c),
+            Decision::BreakCircuit {
+                model: 0,
+                open_ms: 30_000,
+                then: AfterBreak::Fallback { model: 1 }
+            },
+            "{kind:?}"
+        );
+        // With no fallback, a silent model is backed off like any outage.
+        let mut c = ctx(kind, &["primary"]);
+        c.entropy = HALF;
+        assert_eq!(
+            decide(&c),
+            Decision::Retry {
+                delay_ms: expected_jitter(1_000, 60_000, 0, HALF)
+            }
+        );
+    }
+    // The threshold is the operator's.
+    let params = Params::from_json(r#"{"silence_breaker_threshold": 3}"#).unwrap();
+    let policy = default_policy(r#"{"silence_breaker_threshold": 3}"#);
+    let mut c = ctx(ErrorKind::Timeout, &["primary", "fallback"]);
+    c.health[0].consecutive_failures = 2;
+    assert!(matches!(
+        decide_with(&policy, &params, &c),
+        Decision::SwitchModel { model: 1, .. }
+    ));
+    assert!(Params::from_json(r#"{"silence_breaker_threshold": 0}"#).is_err());
+}
