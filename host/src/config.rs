@@ -6,6 +6,7 @@
 
 use crate::decision::Guardrails;
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::limits::AttemptLimits;
 use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
 use crate::wasm::cache::ModuleCache;
 use crate::wasm::engine::Engine;
@@ -63,6 +64,9 @@ pub struct HostConfig {
     pub retry_budget: Option<RetryBudget>,
     /// How modules from outside are compiled.
     pub compile: CompileBounds,
+    /// Limits inside an attempt: time to headers, to the first stream event, and the longest
+    /// silence between events.
+    pub limits: AttemptLimits,
     /// Where quarantined digests are kept (across restarts; `backstop quarantine` edits it).
     pub quarantine_file: Option<PathBuf>,
 }
@@ -101,6 +105,7 @@ impl Default for HostConfig {
             queue_capacity: 4096,
             retry_budget: Some(RetryBudget::default()),
             compile: CompileBounds::default(),
+            limits: AttemptLimits::default(),
             quarantine_file: None,
         }
     }
@@ -224,6 +229,24 @@ impl HostConfig {
                 CEILING_WINDOW_MS,
             ),
             (
+                "limits.headers_ms",
+                config.limits.headers.as_millis() as u64,
+                100,
+                600_000,
+            ),
+            (
+                "limits.first_event_ms",
+                config.limits.first_event.as_millis() as u64,
+                100,
+                600_000,
+            ),
+            (
+                "limits.idle_ms",
+                config.limits.idle.as_millis() as u64,
+                100,
+                600_000,
+            ),
+            (
                 "compile.timeout_ms",
                 config.compile.timeout_ms,
                 100,
@@ -317,6 +340,7 @@ impl HostConfig {
         options.guardrails = self.guardrails.clone();
         options.queue_capacity = self.queue_capacity;
         options.retry_budget = self.retry_budget;
+        options.limits = self.limits;
         options
     }
 

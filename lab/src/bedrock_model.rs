@@ -3,7 +3,7 @@
 //! `backstop simulate` drives the very same machine with a virtual clock, so a scenario means
 //! the same thing both ways.
 
-use crate::scenario::{ModelFaults, Scenario, Scripted, TokenBucket};
+use crate::scenario::{Misbehaviour, ModelFaults, Scenario, Scripted, TokenBucket};
 use backstop::contract::ErrorKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,6 +20,8 @@ pub struct ModelStats {
     pub errors: BTreeMap<String, u64>,
     /// Streams that failed after delivering output.
     pub streams_cut: u64,
+    /// Accepted requests that misbehaved, by misbehaviour (`silent`, `stall`, …).
+    pub misbehaved: BTreeMap<String, u64>,
 }
 
 /// Per-model counters, by model id.
@@ -32,6 +34,8 @@ pub enum Outcome {
         latency: Duration,
         stream_error_after: Option<u32>,
         stream_error: ErrorKind,
+        /// How the accepted request misbehaves, if it does.
+        misbehaviour: Option<Misbehaviour>,
     },
     Error {
         kind: ErrorKind,
@@ -100,10 +104,18 @@ impl BedrockModel {
         let latency =
             Duration::from_millis(self.rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
         let roll = self.rng.f64();
+        // Drawn only when misbehaviour is configured, so seeded runs of other scenarios keep
+        // their numbers.
+        let misbehaviour_roll = if faults.misbehaviour_rates.is_empty() {
+            1.0
+        } else {
+            self.rng.f64()
+        };
         let state = model_state(&mut self.models, model, faults);
         state.stats.requests += 1;
-        let error = match state.script.pop_front() {
-            Some(Scripted::Ok(_)) => None,
+        let scripted = state.script.pop_front();
+        let error = match scripted {
+            Some(Scripted::Ok(_) | Scripted::Misbehave(_)) => None,
             Some(Scripted::Error(kind)) => Some(kind),
             None => faults
                 .outages
@@ -133,14 +145,34 @@ impl BedrockModel {
                 }
             }
             None => {
-                state.stats.ok += 1;
+                let misbehaviour = match scripted {
+                    Some(Scripted::Misbehave(how)) => Some(how),
+                    Some(_) => None,
+                    None => draw(&faults.misbehaviour_rates, misbehaviour_roll),
+                };
+                match misbehaviour {
+                    Some(how) => {
+                        let name = serde_json::to_value(how)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        *state.stats.misbehaved.entry(name).or_default() += 1;
+                    }
+                    None => state.stats.ok += 1,
+                }
                 Outcome::Ok {
                     latency,
                     stream_error_after: faults.stream_error_after,
                     stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
+                    misbehaviour,
                 }
             }
         }
+    }
+
+    /// The faults the scenario gives `model` (its defaults for a model it does not list).
+    pub fn faults(&self, model: &str) -> &ModelFaults {
+        self.scenario.faults(model)
     }
 
     /// Counts a request refused before any fault applies (unsigned or malformed). It creates
@@ -223,8 +255,8 @@ fn model_state<'a>(
         })
 }
 
-/// Picks an error by its rate from one uniform draw in `[0, 1)`.
-fn draw(rates: &BTreeMap<ErrorKind, f64>, mut roll: f64) -> Option<ErrorKind> {
+/// Picks a case by its rate from one uniform draw in `[0, 1)`.
+fn draw<K: Copy>(rates: &BTreeMap<K, f64>, mut roll: f64) -> Option<K> {
     for (&kind, &rate) in rates {
         if roll < rate {
             return Some(kind);

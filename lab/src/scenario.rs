@@ -20,6 +20,7 @@
 use backstop::contract::ErrorKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A whole scenario.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -219,7 +220,8 @@ impl Scenario {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelFaults {
-    /// Outcomes of the first requests, in order (`"ok"` or an error case name).
+    /// Outcomes of the first requests, in order (`"ok"`, an error case name, or a
+    /// misbehaviour such as `"silent"`).
     pub script: Vec<Scripted>,
     /// Requests per minute the model accepts (a token bucket); unlimited when absent.
     pub rpm: Option<u32>,
@@ -238,8 +240,68 @@ pub struct ModelFaults {
     pub stream_error_after: Option<u32>,
     /// The mid-stream error (default `model-stream-error`).
     pub stream_error: Option<ErrorKind>,
-    /// Sent as `x-amz-retry-after` (ms) with throttles.
+    /// Sent with throttles, in the header `retry_after_header` names.
     pub retry_after_ms: Option<u64>,
+    /// Which header carries the wait hint.
+    pub retry_after_header: RetryAfterHeader,
+    /// Probability of each misbehaviour per accepted request, e.g. `{"silent": 0.1}`.
+    pub misbehaviour_rates: BTreeMap<Misbehaviour, f64>,
+    /// How long a silent model or a stalled stream holds the connection before the server
+    /// gives up on it (default 120 s).
+    pub silence_ms: Option<u64>,
+    /// How long a `slow-first-event` stream waits before its first event (default 20 s).
+    pub first_event_delay_ms: Option<u64>,
+    /// Text deltas a `stall`, `cut` or `malformed` stream sends first (default 2).
+    pub events_before_fault: Option<u32>,
+}
+
+/// A way a model misbehaves on a request it accepted, as real providers and the proxies in
+/// front of them do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misbehaviour {
+    /// Takes the request and never answers (no headers).
+    Silent,
+    /// Headers at once, the first event only after `first_event_delay_ms`.
+    SlowFirstEvent,
+    /// Some events, then silence with the connection open.
+    Stall,
+    /// Some events, then a clean end without `messageStop` or `metadata`.
+    Cut,
+    /// Some events, then a frame that does not decode.
+    Malformed,
+}
+
+/// The header a throttle's wait hint travels in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryAfterHeader {
+    /// Bedrock's `x-amz-retry-after`, in milliseconds.
+    #[default]
+    XAmzRetryAfter,
+    /// `Retry-After` in whole seconds (rounded up), as HTTP proxies send it.
+    RetryAfterSeconds,
+    /// `Retry-After` as an HTTP date.
+    RetryAfterDate,
+    /// `x-amzn-RetryAfter`, in whole seconds (rounded up).
+    XAmznRetryAfter,
+}
+
+impl ModelFaults {
+    /// How long silence lasts.
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(self.silence_ms.unwrap_or(120_000))
+    }
+
+    /// How long a slow first event takes.
+    pub fn first_event_delay(&self) -> Duration {
+        Duration::from_millis(self.first_event_delay_ms.unwrap_or(20_000))
+    }
+
+    /// Text deltas before a stream fault.
+    pub fn events_before_fault(&self) -> u32 {
+        self.events_before_fault.unwrap_or(2)
+    }
 }
 
 impl ModelFaults {
@@ -277,6 +339,28 @@ impl ModelFaults {
         {
             return Err("`retry_after_ms` is at most a day".into());
         }
+        let total: f64 = self.misbehaviour_rates.values().sum();
+        if self
+            .misbehaviour_rates
+            .values()
+            .any(|r| !(0.0..=1.0).contains(r))
+            || total > 1.0
+        {
+            return Err("`misbehaviour_rates` must be probabilities adding up to at most 1".into());
+        }
+        for (name, value) in [
+            ("silence_ms", self.silence_ms),
+            ("first_event_delay_ms", self.first_event_delay_ms),
+        ] {
+            if value.is_some_and(|ms| ms > MAX_LATENCY_MS) {
+                return Err(format!(
+                    "`{name}` is at most {MAX_LATENCY_MS} (ten minutes)"
+                ));
+            }
+        }
+        if self.events_before_fault.is_some_and(|n| n > 1_000) {
+            return Err("`events_before_fault` is at most 1000".into());
+        }
         Ok(())
     }
 }
@@ -289,6 +373,8 @@ pub enum Scripted {
     Ok(OkWord),
     /// An error case name, e.g. `"throttling"`.
     Error(ErrorKind),
+    /// A misbehaviour, e.g. `"silent"`.
+    Misbehave(Misbehaviour),
 }
 
 /// The word `ok`.

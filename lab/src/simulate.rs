@@ -11,8 +11,9 @@
 
 use crate::baseline::Baseline;
 use crate::bedrock_model::{BedrockModel, Outcome};
-use crate::scenario::{Scenario, Traffic};
+use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
+use backstop::resilience::limits::{Phase, stream_incomplete, within};
 use backstop::{
     BoxError, ConfigError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
     PolicyModule, Resilience, ShadowStatus, SwapError,
@@ -345,6 +346,7 @@ async fn request(
 ) {
     lock(tally).minute(arrival.at).offered += 1;
     let chain = core.models();
+    let limits = core.limits();
     let result = core
         .call(arrival.workload.into(), tokens, |model| {
             let now = start.elapsed();
@@ -359,10 +361,32 @@ async fn request(
                     minute.throttles += 1;
                 }
             }
+            let (silence, first_event_delay) = {
+                let bedrock = lock(bedrock);
+                let faults = bedrock.faults(model);
+                (faults.silence(), faults.first_event_delay())
+            };
             async move {
                 tokio::time::sleep(outcome.latency()).await;
+                // Requests are modelled as streams: the attempt limits end a silent provider
+                // or a slow first event exactly as they do behind the real client.
                 match outcome {
-                    Outcome::Ok { .. } => Ok(()),
+                    Outcome::Ok {
+                        misbehaviour: Some(Misbehaviour::Silent),
+                        ..
+                    } => {
+                        within(limits.headers, Phase::Headers, tokio::time::sleep(silence)).await?;
+                        Err(failure(ErrorKind::ServiceUnavailable, None))
+                    }
+                    Outcome::Ok {
+                        misbehaviour: Some(Misbehaviour::SlowFirstEvent),
+                        ..
+                    } => {
+                        let first = tokio::time::sleep(first_event_delay);
+                        within(limits.first_event, Phase::FirstEvent, first).await?;
+                        Ok(None)
+                    }
+                    Outcome::Ok { misbehaviour, .. } => Ok(misbehaviour),
                     Outcome::Error {
                         kind,
                         retry_after_ms,
@@ -372,6 +396,27 @@ async fn request(
             }
         })
         .await;
+    // A stream that stalls, is cut or breaks after its output began fails as it does behind
+    // the real client: after output, never resent.
+    let result = match result {
+        Ok(served) => {
+            let (misbehaviour, served) = served.split();
+            let after_output = match misbehaviour {
+                Some(Misbehaviour::Stall) => {
+                    tokio::time::sleep(limits.idle).await;
+                    Some(Phase::Idle.failure(limits.idle))
+                }
+                Some(Misbehaviour::Cut) => Some(stream_incomplete(2, "messageStop")),
+                Some(Misbehaviour::Malformed) => Some(failure(ErrorKind::Unknown, None)),
+                _ => None,
+            };
+            match after_output {
+                Some((info, source)) => Err(core.fail_after_output(&served, info, source)),
+                None => Ok(served),
+            }
+        }
+        Err(error) => Err(error),
+    };
     let finished = start.elapsed();
     let mut tally = lock(tally);
     match result {

@@ -9,4 +9,5 @@ mod hot_swap;
 mod policy_table;
 mod resilient_client;
 mod runtime_conformance;
+mod silent_providers;
 mod trust;

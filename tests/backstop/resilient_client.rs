@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Policy time runs 100x faster than real time: a 1 s backoff sleeps 10 ms.
 const SCALE: f64 = 0.01;
 
-fn faults(script: &[&str]) -> ModelFaults {
+pub(crate) fn faults(script: &[&str]) -> ModelFaults {
     let script = script
         .iter()
         .map(|s| {
@@ -29,7 +29,7 @@ fn faults(script: &[&str]) -> ModelFaults {
     }
 }
 
-fn scenario(models: Vec<(&str, ModelFaults)>) -> Scenario {
+pub(crate) fn scenario(models: Vec<(&str, ModelFaults)>) -> Scenario {
     Scenario {
         models: models
             .into_iter()

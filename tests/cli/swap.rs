@@ -84,6 +84,14 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
             r#"{"rollback": {"outcomes": {"probation_ms": 99999999999}}}"#,
             "rollback.outcomes.probation_ms",
         ),
+        (
+            r#"{"limits": {"idle_ms": 10}}"#,
+            "limits.idle_ms must be at least 100",
+        ),
+        (
+            r#"{"compile": {"timeout_ms": 99999999}}"#,
+            "compile.timeout_ms is 99999999; at most 600000",
+        ),
     ] {
         std::fs::write(&host, config).unwrap();
         let out = backstop(&[

@@ -305,3 +305,34 @@ fn the_retry_budget_bounds_a_retry_storm_and_leaves_the_default_alone() {
         "the budget changes nothing for the default policy"
     );
 }
+
+#[test]
+fn a_silent_primary_costs_requests_the_header_limit_not_their_deadline() {
+    let mut scenario = small_scenario(5);
+    let primary = scenario.models.get_mut("primary").unwrap();
+    primary.misbehaviour_rates = [(
+        serde_json::from_value(serde_json::json!("silent")).unwrap(),
+        0.2,
+    )]
+    .into();
+    let limited = run(&scenario, &default_policy());
+    let mut unlimited = HostConfig::default();
+    unlimited.limits.headers = Duration::from_secs(600);
+    let waited = simulate::run(&scenario, &default_policy(), &unlimited, |_| {}).unwrap();
+    // With the header limit a silent attempt fails over after 10 s; without it, it holds its
+    // request until the deadline, which then fails.
+    let deadline = |r: &SimReport| r.failures.get("deadline").copied().unwrap_or(0);
+    assert!(
+        deadline(&limited) * 3 < deadline(&waited),
+        "deadline failures: {} with the limit, {} without",
+        deadline(&limited),
+        deadline(&waited)
+    );
+    assert!(
+        limited.served > waited.served,
+        "{} vs {}",
+        limited.served,
+        waited.served
+    );
+    assert!(limited.served_by_fallback > waited.served_by_fallback);
+}

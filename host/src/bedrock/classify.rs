@@ -23,10 +23,45 @@ impl RawStatus for HttpResponse {
     }
 
     fn retry_after_ms(&self) -> Option<u64> {
-        self.headers()
-            .get("x-amz-retry-after")
-            .and_then(|v| v.trim().parse().ok())
+        let headers = self.headers();
+        retry_after_ms(
+            |name| headers.get(name).map(str::to_string),
+            std::time::SystemTime::now(),
+        )
     }
+}
+
+/// The longest wait hint taken from a response: a day. (The guardrails cap any wait a policy
+/// decides far below that; this only keeps the arithmetic sane.)
+const MAX_HINT_MS: u64 = 86_400_000;
+
+/// The server's wait hint in milliseconds, from every header that may carry one — Bedrock's
+/// `x-amz-retry-after` (milliseconds), and, from proxies and gateways in front of it,
+/// `Retry-After` (seconds or an HTTP date) and `x-amzn-RetryAfter` (read like `Retry-After`:
+/// taking seconds for milliseconds would resend a thousand times too early). The largest wins.
+pub fn retry_after_ms(
+    header: impl Fn(&str) -> Option<String>,
+    now: std::time::SystemTime,
+) -> Option<u64> {
+    let millis = header("x-amz-retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+    let http_style = |name: &str| {
+        let value = header(name)?;
+        let value = value.trim();
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(seconds.saturating_mul(1000));
+        }
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(at.duration_since(now).map_or(0, |d| d.as_millis() as u64))
+    };
+    [
+        millis,
+        http_style("retry-after"),
+        http_style("x-amzn-retryafter"),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .map(|ms| ms.min(MAX_HINT_MS))
 }
 
 /// Errors inside an event stream carry no HTTP status of their own.
@@ -158,4 +193,48 @@ pub fn stream_failure(
         info.http_status = kind.http_status();
     }
     (info, source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn every_wait_hint_counts_and_the_largest_wins() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let in_90_s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        let long_ago = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        type Row<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
+        let table: [Row; 9] = [
+            (&[], None),
+            (&[("x-amz-retry-after", "1500")], Some(1_500)),
+            (&[("retry-after", "3")], Some(3_000)),
+            (&[("retry-after", in_90_s.as_str())], Some(90_000)),
+            (&[("retry-after", long_ago.as_str())], Some(0)),
+            (&[("x-amzn-retryafter", "2")], Some(2_000)),
+            (
+                &[
+                    ("x-amz-retry-after", "1500"),
+                    ("retry-after", "4"),
+                    ("x-amzn-retryafter", "2"),
+                ],
+                Some(4_000),
+            ),
+            (
+                &[("retry-after", "soon"), ("x-amz-retry-after", "-5")],
+                None,
+            ),
+            (&[("retry-after", "99999999999")], Some(MAX_HINT_MS)),
+        ];
+        for (headers, expected) in table {
+            let lookup = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            };
+            assert_eq!(retry_after_ms(lookup, now), expected, "{headers:?}");
+        }
+    }
 }

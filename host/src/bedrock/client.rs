@@ -3,9 +3,11 @@
 //! after every failed attempt.
 
 use crate::bedrock::classify::{sdk_failure, stream_failure};
-use crate::contract::Workload;
+use crate::contract::GiveUpReason;
+use crate::contract::{ErrorInfo, ErrorKind, Workload};
 use crate::resilience::Resilience;
-use crate::resilience::error::{CallError, Served};
+use crate::resilience::error::{BoxError, CallError, Served};
+use crate::resilience::limits::{Phase, stream_incomplete, within};
 use crate::resilience::metrics::Metrics;
 use crate::resilience::options::{ClientOptions, OptionsError, RequestOptions};
 use crate::wasm::handle::PolicyHandle;
@@ -221,14 +223,18 @@ impl ResilientClient {
             .await
     }
 
-    /// ConverseStream. An error before the first event is handled like any failed attempt
-    /// (retry, fall back, …); once an event has been returned the request is committed, and a
-    /// later error is surfaced by [`ResilientStream::recv`], never retried.
+    /// ConverseStream. An error before the first event — a refusal, no headers or no first
+    /// event within the [limits](crate::resilience::limits), a stream that ends at once — is
+    /// handled like any failed attempt (retry, fall back, …); once an event has been returned
+    /// the request is committed, and a later error is surfaced by [`ResilientStream::recv`],
+    /// never retried. A stream that ends without `messageStop` is such an error: never a
+    /// complete answer.
     pub async fn converse_stream(
         &self,
         request: &ChatRequest,
     ) -> Result<ResilientStream, CallError> {
         let sdk = &self.inner.sdk;
+        let limits = self.inner.core.limits();
         let served = self
             .inner
             .core
@@ -242,8 +248,14 @@ impl ResilientClient {
                         .set_messages(Some(request.messages.clone()))
                         .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
                     async move {
-                        let mut output = call.send().await.map_err(sdk_failure)?;
-                        let first = output.stream.recv().await.map_err(stream_failure)?;
+                        let mut output = within(limits.headers, Phase::Headers, call.send())
+                            .await?
+                            .map_err(sdk_failure)?;
+                        let first =
+                            within(limits.first_event, Phase::FirstEvent, output.stream.recv())
+                                .await?
+                                .map_err(stream_failure)?
+                                .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
                         Ok((output.stream, first))
                     }
                 },
@@ -253,12 +265,18 @@ impl ResilientClient {
         Ok(ResilientStream {
             client: self.clone(),
             receiver,
-            pending: first,
+            pending: Some(first),
             served,
+            idle: limits.idle,
+            delivered: 0,
+            complete: false,
             finished: false,
         })
     }
 }
+
+/// The event that says a ConverseStream's answer is whole.
+const TERMINAL_EVENT: &str = "messageStop";
 
 /// A ConverseStream whose first event has arrived.
 pub struct ResilientStream {
@@ -266,6 +284,12 @@ pub struct ResilientStream {
     receiver: EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>,
     pending: Option<ConverseStreamOutput>,
     served: Served<()>,
+    /// The longest silence allowed between events.
+    idle: Duration,
+    /// Events handed to the caller.
+    delivered: u64,
+    /// Whether `messageStop` arrived.
+    complete: bool,
     finished: bool,
 }
 
@@ -280,29 +304,92 @@ impl ResilientStream {
         &self.served
     }
 
-    /// The next event, `None` at the end. An error after output was delivered is surfaced as
-    /// [`CallError::GaveUp`] with reason `output-committed`: retrying would repeat output.
+    /// Events handed to the caller so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// The next event; `None` only after a complete answer (`messageStop` arrived). After
+    /// output was delivered every failure is a [`CallError::GaveUp`] that says so, never
+    /// retried (a resend would repeat output): an error from Bedrock (`output-committed`), a
+    /// silence longer than the idle limit (`StreamStalled`), an end without `messageStop`
+    /// (`StreamIncomplete`), or the request's deadline (`deadline`). Its message counts the
+    /// events delivered.
     pub async fn recv(&mut self) -> Result<Option<ConverseStreamOutput>, CallError> {
-        if let Some(event) = self.pending.take() {
-            return Ok(Some(event));
-        }
         if self.finished {
             return Ok(None);
         }
-        match self.receiver.recv().await {
-            Ok(event) => {
-                self.finished = event.is_none();
-                Ok(event)
+        let next = match self.pending.take() {
+            Some(event) => Ok(Some(event)),
+            None => self.next_event().await,
+        };
+        match next {
+            Ok(Some(event)) => {
+                self.delivered += 1;
+                self.complete |= matches!(event, ConverseStreamOutput::MessageStop(_));
+                Ok(Some(event))
             }
-            Err(error) => {
+            Ok(None) if self.complete => {
                 self.finished = true;
+                Ok(None)
+            }
+            Ok(None) => {
+                let (info, source) = stream_incomplete(self.delivered, TERMINAL_EVENT);
+                Err(self.fail(info, source, None))
+            }
+            Err((info, source, reason)) => Err(self.fail(info, source, reason)),
+        }
+    }
+
+    /// The next event from the wire, within the idle limit and the request's deadline.
+    async fn next_event(
+        &mut self,
+    ) -> Result<Option<ConverseStreamOutput>, (ErrorInfo, BoxError, Option<GiveUpReason>)> {
+        let now = tokio::time::Instant::now();
+        let idle_ends = now + self.idle;
+        let ends = idle_ends.min(self.served.deadline);
+        match tokio::time::timeout_at(ends, self.receiver.recv()).await {
+            Ok(Ok(event)) => Ok(event),
+            Ok(Err(error)) => {
                 let (info, source) = stream_failure(error);
-                Err(self
-                    .client
-                    .inner
-                    .core
-                    .fail_after_output(&self.served, info, source))
+                Err((info, source, None))
+            }
+            Err(_) if ends < idle_ends => {
+                let message = format!(
+                    "the request's deadline passed with the stream still open, after {} event(s)",
+                    self.delivered
+                );
+                let info = ErrorInfo {
+                    message: message.clone(),
+                    ..ErrorInfo::of(ErrorKind::Timeout)
+                };
+                Err((info, BoxError::from(message), Some(GiveUpReason::Deadline)))
+            }
+            Err(_) => {
+                let (mut info, source) = Phase::Idle.failure(self.idle);
+                info.message += &format!(", after {} event(s)", self.delivered);
+                Err((info, source, None))
             }
         }
+    }
+
+    /// Ends the stream with `info` as a failure after output (the policy hears of it, the
+    /// model's health records it); `reason` overrides the give-up reason.
+    fn fail(
+        &mut self,
+        info: ErrorInfo,
+        source: BoxError,
+        reason: Option<GiveUpReason>,
+    ) -> CallError {
+        self.finished = true;
+        let mut error = self
+            .client
+            .inner
+            .core
+            .fail_after_output(&self.served, info, source);
+        if let (Some(reason), CallError::GaveUp { reason: given, .. }) = (reason, &mut error) {
+            *given = reason;
+        }
+        error
     }
 }

@@ -154,6 +154,9 @@ pub struct Served<T> {
     pub request_id: String,
     /// The request's workload.
     pub workload: Workload,
+    /// When the request's deadline falls (tokio's clock): a stream served by this attempt
+    /// still ends there.
+    pub deadline: tokio::time::Instant,
 }
 
 impl<T> Served<T> {
@@ -168,6 +171,7 @@ impl<T> Served<T> {
             queued,
             request_id,
             workload,
+            deadline,
         } = self;
         let rest = Served {
             output: (),
@@ -177,6 +181,7 @@ impl<T> Served<T> {
             queued,
             request_id,
             workload,
+            deadline,
         };
         (output, rest)
     }

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod budget;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod options;
 mod queue;
@@ -22,6 +23,7 @@ use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served};
 use health::HealthBoard;
+use limits::AttemptLimits;
 use metrics::Metrics;
 use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions};
 use queue::BatchQueue;
@@ -142,6 +144,16 @@ impl Resilience {
             .u64(..)
     }
 
+    /// The attempt limits in real time (scaled like every other duration).
+    pub fn limits(&self) -> AttemptLimits {
+        let limits = self.options.limits;
+        AttemptLimits {
+            headers: scale(limits.headers, self.options.time_scale),
+            first_event: scale(limits.first_event, self.options.time_scale),
+            idle: scale(limits.idle, self.options.time_scale),
+        }
+    }
+
     fn real(&self, policy_ms: u64) -> Duration {
         scale(Duration::from_millis(policy_ms), self.options.time_scale)
     }
@@ -235,6 +247,7 @@ impl Resilience {
                             queued: p.queued,
                             request_id: p.request_id.clone(),
                             workload,
+                            deadline: p.deadline,
                         });
                     }
                     Ok(Err(failure)) => failure,

@@ -3,6 +3,7 @@
 use crate::contract::Workload;
 use crate::decision::Guardrails;
 use crate::resilience::budget::RetryBudget;
+use crate::resilience::limits::AttemptLimits;
 use std::time::Duration;
 
 /// How a client's attempt loop behaves. Durations are in the policy's time; `time_scale`
@@ -19,8 +20,11 @@ pub struct ClientOptions {
     /// Total time one request may take, all attempts and waits included, unless the request
     /// sets its own ([`RequestOptions::deadline`]).
     pub deadline: Duration,
-    /// Time one attempt may take.
+    /// Time one attempt may take: the outer bound of every attempt.
     pub attempt_timeout: Duration,
+    /// Limits inside an attempt for providers that go silent (headers, first event, silence
+    /// between events).
+    pub limits: AttemptLimits,
     /// Batch requests that may wait in the queue at once; one more is refused.
     pub queue_capacity: usize,
     /// How far back the health window reaches.
@@ -48,6 +52,7 @@ impl ClientOptions {
             guardrails: Guardrails::default(),
             deadline: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(30),
+            limits: AttemptLimits::default(),
             queue_capacity: 4096,
             health_window: Duration::from_secs(60),
             time_scale: 1.0,

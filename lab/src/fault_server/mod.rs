@@ -8,7 +8,7 @@
 mod wire;
 
 use crate::bedrock_model::{BedrockModel, Outcome, Stats};
-use crate::scenario::Scenario;
+use crate::scenario::{Misbehaviour, ModelFaults, Scenario};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -118,6 +118,8 @@ impl Drop for FaultServer {
 }
 
 struct ServerState {
+    /// The scenario as given (the model below keeps its own copy, with its state).
+    scenario: Scenario,
     started: Instant,
     bedrock: Mutex<BedrockModel>,
     request_ids: AtomicU64,
@@ -127,7 +129,8 @@ impl ServerState {
     fn new(scenario: Scenario) -> ServerState {
         ServerState {
             started: Instant::now(),
-            bedrock: Mutex::new(BedrockModel::new(scenario)),
+            bedrock: Mutex::new(BedrockModel::new(scenario.clone())),
+            scenario,
             request_ids: AtomicU64::new(1),
         }
     }
@@ -151,6 +154,11 @@ impl ServerState {
     fn admit(&self, model: &str, tokens: u64) -> Outcome {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.bedrock().admit(model, now_ms, tokens)
+    }
+
+    /// The faults of `model` (the scenario's defaults for a model it does not list).
+    fn faults(&self, model: &str) -> &ModelFaults {
+        self.scenario.faults(model)
     }
 
     fn stream_cut(&self, model: &str) {
@@ -209,24 +217,27 @@ fn estimate_tokens(body: &serde_json::Value) -> u64 {
 }
 
 /// A request the scenario let through, after its latency.
-struct Accepted {
+struct Accepted<'a> {
     request: serde_json::Value,
     latency: Duration,
     stream_error_after: Option<u32>,
     stream_error: ErrorKind,
+    misbehaviour: Option<Misbehaviour>,
+    faults: &'a ModelFaults,
 }
 
 /// What every operation does first: check the request, apply the scenario, wait the latency.
 /// `Err` is the complete error response.
-async fn accept(
-    state: &ServerState,
+async fn accept<'a>(
+    state: &'a ServerState,
     model: &str,
     headers: &HeaderMap,
     body: &[u8],
     needs_messages: bool,
-) -> Result<Accepted, Response> {
+) -> Result<Accepted<'a>, Response> {
     let request = check_request(state, model, headers, body, needs_messages)?;
     let outcome = state.admit(model, estimate_tokens(&request));
+    let faults = state.faults(model);
     tokio::time::sleep(outcome.latency()).await;
     match outcome {
         Outcome::Error {
@@ -237,17 +248,28 @@ async fn accept(
             kind,
             wire::error_message(kind),
             &state.request_id(),
-            retry_after_ms,
+            retry_after_ms.map(|ms| (ms, faults.retry_after_header)),
         )),
+        Outcome::Ok {
+            misbehaviour: Some(Misbehaviour::Silent),
+            ..
+        } => {
+            // Took the request, says nothing; a client still waiting gets a bare 504 at last.
+            tokio::time::sleep(faults.silence()).await;
+            Err(StatusCode::GATEWAY_TIMEOUT.into_response())
+        }
         Outcome::Ok {
             latency,
             stream_error_after,
             stream_error,
+            misbehaviour,
         } => Ok(Accepted {
             request,
             latency,
             stream_error_after,
             stream_error,
+            misbehaviour,
+            faults,
         }),
     }
 }
@@ -287,7 +309,7 @@ async fn converse(
         "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
         "metrics": { "latencyMs": accepted.latency.as_millis() as u64 },
     });
-    ok_response(&state, "application/json", body.to_string())
+    unary_answer(&state, &accepted, body.to_string()).await
 }
 
 async fn invoke(
@@ -296,15 +318,41 @@ async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = accept(&state, &model, &headers, &body, false).await {
-        return response;
-    }
+    let accepted = match accept(&state, &model, &headers, &body, false).await {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
     let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
-    ok_response(&state, "application/json", body.to_string())
+    unary_answer(&state, &accepted, body.to_string()).await
+}
+
+/// A unary answer as the request's misbehaviour has it: late (`slow-first-event` waits for
+/// the first event's delay, `stall` for the silence), or cut in half (`cut`, `malformed`).
+async fn unary_answer(state: &ServerState, accepted: &Accepted<'_>, body: String) -> Response {
+    let faults = accepted.faults;
+    let body = match accepted.misbehaviour {
+        Some(Misbehaviour::SlowFirstEvent) => {
+            tokio::time::sleep(faults.first_event_delay()).await;
+            body
+        }
+        Some(Misbehaviour::Stall) => {
+            tokio::time::sleep(faults.silence()).await;
+            body
+        }
+        Some(Misbehaviour::Cut | Misbehaviour::Malformed) => body[..body.len() / 2].to_string(),
+        Some(Misbehaviour::Silent) | None => body,
+    };
+    ok_response(state, "application/json", body)
 }
 
 /// Text deltas a successful stream sends.
 const STREAM_DELTAS: u32 = 4;
+
+/// A stream body: bytes to send, and waits between them.
+enum Piece {
+    Send(Vec<u8>),
+    Wait(Duration),
+}
 
 async fn converse_stream(
     State(state): State<Arc<ServerState>>,
@@ -312,60 +360,106 @@ async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Accepted {
-        request,
-        latency,
-        stream_error_after: cut_after,
-        stream_error: cut_with,
-    } = match accept(&state, &model, &headers, &body, true).await {
+    let accepted = match accept(&state, &model, &headers, &body, true).await {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
+    let pieces = stream_pieces(&state, &model, &accepted);
+    // Each piece goes out as its own chunk, after its wait: what a client sees of a stream
+    // that is slow to start, stalls or ends early is what it would see from a real server.
+    let chunks = futures_util::stream::unfold(pieces.into_iter(), |mut pieces| async move {
+        loop {
+            match pieces.next()? {
+                Piece::Wait(wait) => tokio::time::sleep(wait).await,
+                Piece::Send(bytes) => {
+                    let chunk = Ok::<_, std::convert::Infallible>(Bytes::from(bytes));
+                    return Some((chunk, pieces));
+                }
+            }
+        }
+    });
+    ok_response(
+        &state,
+        "application/vnd.amazon.eventstream",
+        axum::body::Body::from_stream(chunks),
+    )
+}
+
+/// The frames of one stream, and the waits between them, as the scenario and the request's
+/// misbehaviour have it.
+fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> Vec<Piece> {
+    let faults = accepted.faults;
+    let (cut_after, cut_with) = (accepted.stream_error_after, accepted.stream_error);
+    let mut pieces = Vec::new();
+    if accepted.misbehaviour == Some(Misbehaviour::SlowFirstEvent) {
+        pieces.push(Piece::Wait(faults.first_event_delay()));
+    }
     let mut frames = Vec::new();
     if cut_after == Some(0) {
         // The stream fails before any output: an error the client may still retry.
         wire::exception_frame(&mut frames, cut_with);
+        pieces.push(Piece::Send(frames));
+        return pieces;
+    }
+    wire::event_frame(
+        &mut frames,
+        "messageStart",
+        serde_json::json!({ "role": "assistant" }),
+    );
+    let faulty = matches!(
+        accepted.misbehaviour,
+        Some(Misbehaviour::Stall | Misbehaviour::Cut | Misbehaviour::Malformed)
+    );
+    let deltas = if faulty {
+        faults.events_before_fault()
+    } else {
+        cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS)
+    };
+    for i in 0..deltas {
+        let text = format!("{model} part {i}. ");
+        wire::event_frame(
+            &mut frames,
+            "contentBlockDelta",
+            serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
+        );
+    }
+    if faulty {
+        state.stream_cut(model);
+        pieces.push(Piece::Send(frames));
+        match accepted.misbehaviour {
+            // Silence with the connection open, then an end without the terminal event.
+            Some(Misbehaviour::Stall) => pieces.push(Piece::Wait(faults.silence())),
+            Some(Misbehaviour::Malformed) => pieces.push(Piece::Send(wire::malformed_frame())),
+            _ => {} // A clean cut: the body just ends.
+        }
+        return pieces;
+    }
+    if cut_after.is_some() {
+        state.stream_cut(model);
+        wire::exception_frame(&mut frames, cut_with);
     } else {
         wire::event_frame(
             &mut frames,
-            "messageStart",
-            serde_json::json!({ "role": "assistant" }),
+            "contentBlockStop",
+            serde_json::json!({ "contentBlockIndex": 0 }),
         );
-        let deltas = cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS);
-        for i in 0..deltas {
-            let text = format!("{model} part {i}. ");
-            wire::event_frame(
-                &mut frames,
-                "contentBlockDelta",
-                serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
-            );
-        }
-        if cut_after.is_some() {
-            state.stream_cut(&model);
-            wire::exception_frame(&mut frames, cut_with);
-        } else {
-            wire::event_frame(
-                &mut frames,
-                "contentBlockStop",
-                serde_json::json!({ "contentBlockIndex": 0 }),
-            );
-            wire::event_frame(
-                &mut frames,
-                "messageStop",
-                serde_json::json!({ "stopReason": "end_turn" }),
-            );
-            let input = estimate_tokens(&request);
-            wire::event_frame(
-                &mut frames,
-                "metadata",
-                serde_json::json!({
-                    "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
-                    "metrics": { "latencyMs": latency.as_millis() as u64 },
-                }),
-            );
-        }
+        wire::event_frame(
+            &mut frames,
+            "messageStop",
+            serde_json::json!({ "stopReason": "end_turn" }),
+        );
+        let input = estimate_tokens(&accepted.request);
+        wire::event_frame(
+            &mut frames,
+            "metadata",
+            serde_json::json!({
+                "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
+                "metrics": { "latencyMs": accepted.latency.as_millis() as u64 },
+            }),
+        );
     }
-    ok_response(&state, "application/vnd.amazon.eventstream", frames)
+    pieces.push(Piece::Send(frames));
+    pieces
 }
 
 async fn stats(State(state): State<Arc<ServerState>>) -> Response {

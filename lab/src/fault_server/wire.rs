@@ -1,21 +1,24 @@
 //! Bedrock Runtime's wire format, as the fault server writes it: REST-JSON errors
 //! (`x-amzn-ErrorType`, JSON `message`) and ConverseStream's AWS event-stream frames.
 
+use crate::scenario::RetryAfterHeader;
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use axum::http::{HeaderMap, HeaderValue as HttpValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::contract::ErrorKind;
+use std::time::{Duration, SystemTime};
 
 /// The suffix Bedrock appends to `x-amzn-ErrorType`; clients must strip it.
 const ERROR_TYPE_SUFFIX: &str = ":http://internal.amazon.com/coral/com.amazon.bedrock/";
 
-/// A Bedrock error response for `kind`.
+/// A Bedrock error response for `kind`, with a wait hint (milliseconds, and the header to
+/// carry it) when there is one.
 pub(crate) fn error_response(
     kind: ErrorKind,
     message: &str,
     request_id: &str,
-    retry_after_ms: Option<u64>,
+    retry_after: Option<(u64, RetryAfterHeader)>,
 ) -> Response {
     let status =
         StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -26,8 +29,20 @@ pub(crate) fn error_response(
     if let Ok(value) = HttpValue::from_str(request_id) {
         headers.insert("x-amzn-RequestId", value);
     }
-    if let Some(ms) = retry_after_ms {
-        headers.insert("x-amz-retry-after", HttpValue::from(ms));
+    if let Some((ms, header)) = retry_after {
+        let seconds = ms.div_ceil(1000);
+        let (name, value) = match header {
+            RetryAfterHeader::XAmzRetryAfter => ("x-amz-retry-after", ms.to_string()),
+            RetryAfterHeader::RetryAfterSeconds => ("retry-after", seconds.to_string()),
+            RetryAfterHeader::XAmznRetryAfter => ("x-amzn-RetryAfter", seconds.to_string()),
+            RetryAfterHeader::RetryAfterDate => (
+                "retry-after",
+                httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(seconds)),
+            ),
+        };
+        if let Ok(value) = HttpValue::from_str(&value) {
+            headers.insert(name, value);
+        }
     }
     headers.insert("content-type", HttpValue::from_static("application/json"));
     let body = serde_json::json!({ "message": message }).to_string();
@@ -101,4 +116,19 @@ fn frame(
         ));
     // Writing into a Vec cannot fail for lack of space; headers and payload are well-formed.
     let _ = write_message_to(&message, out);
+}
+
+/// Bytes that start like a frame and do not decode: a prelude whose checksum is wrong.
+pub(crate) fn malformed_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    event_frame(
+        &mut frame,
+        "contentBlockDelta",
+        serde_json::json!({ "delta": { "text": "x" } }),
+    );
+    // The prelude's CRC covers bytes 0..8 and sits at 8..12: spoil it.
+    if let Some(byte) = frame.get_mut(9) {
+        *byte ^= 0xff;
+    }
+    frame
 }
