@@ -3,6 +3,7 @@
 
 use backstop_test_support as support;
 
+#[cfg(feature = "watch")]
 use backstop::wasm::cache::write_atomically;
 use backstop::{
     CacheUse, ChatRequest, ClientOptions, Decider, Decision, ErrorKind, LoadError, ModuleCache,
@@ -330,34 +331,13 @@ fn decisions_by_digest(text: &str) -> Vec<(String, u64)> {
 async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
     // Every fifth request is throttled; both modules retry throttles, so every request can be
     // served and any failure would be the swap's fault.
-    let flaky = ModelFaults {
-        error_rates: [(ErrorKind::Throttling, 0.2)].into(),
-        ..ModelFaults::default()
-    };
-    let scenario = Scenario {
-        seed: 4,
-        models: [
-            ("primary".to_string(), flaky.clone()),
-            ("fallback".to_string(), flaky),
-        ]
-        .into(),
-        ..Scenario::default()
-    };
-    let server = FaultServer::start(scenario, 0).await.unwrap();
     let dir = support::scratch_dir("load");
     let engine = support::engine();
     let handle = default_handle(SwapOptions {
         cache: Some(ModuleCache::new(engine, &dir).unwrap()),
         ..SwapOptions::default()
     });
-    let mut options = ClientOptions::new(["primary", "fallback"]);
-    // Backoffs of policy seconds take real milliseconds; the deadline and the attempt timeout
-    // stay generous in real time (10 s, 5 s) so only a swap could make a request fail.
-    options.time_scale = 0.001;
-    options.deadline = Duration::from_secs(10_000);
-    options.attempt_timeout = Duration::from_secs(5_000);
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
-    let client = ResilientClient::new(sdk, handle.clone(), options).unwrap();
+    let (_server, client) = throttled_client(&handle, 0.2, 4).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -453,14 +433,13 @@ async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A client of `handle` against a fault server whose two models throttle 30 % of calls, with
-/// backoffs shrunk to real milliseconds.
-async fn throttled_client(handle: &PolicyHandle, seed: u64) -> (FaultServer, ResilientClient) {
+/// `primary` and `fallback`, each throttling `rate` of its calls.
+fn two_throttled_models(rate: f64, seed: u64) -> Scenario {
     let flaky = ModelFaults {
-        error_rates: [(ErrorKind::Throttling, 0.3)].into(),
+        error_rates: [(ErrorKind::Throttling, rate)].into(),
         ..ModelFaults::default()
     };
-    let scenario = Scenario {
+    Scenario {
         seed,
         models: [
             ("primary".to_string(), flaky.clone()),
@@ -468,8 +447,20 @@ async fn throttled_client(handle: &PolicyHandle, seed: u64) -> (FaultServer, Res
         ]
         .into(),
         ..Scenario::default()
-    };
-    let server = FaultServer::start(scenario, 0).await.unwrap();
+    }
+}
+
+/// A client of `handle` against a fault server whose two models throttle `rate` of calls.
+/// Backoffs of policy seconds take real milliseconds; the deadline and the attempt timeout stay
+/// generous in real time (10 s, 5 s), so only the policy could make a request fail.
+async fn throttled_client(
+    handle: &PolicyHandle,
+    rate: f64,
+    seed: u64,
+) -> (FaultServer, ResilientClient) {
+    let server = FaultServer::start(two_throttled_models(rate, seed), 0)
+        .await
+        .unwrap();
     let mut options = ClientOptions::new(["primary", "fallback"]);
     options.time_scale = 0.001;
     options.deadline = Duration::from_secs(10_000);
@@ -518,7 +509,7 @@ fn judged_after(requests: u32) -> SwapOptions {
 async fn a_module_that_never_faults_but_fails_requests_is_rolled_back_by_its_outcomes() {
     let handle = default_handle(judged_after(40));
     let default = handle.status().digest;
-    let (_server, client) = throttled_client(&handle, 11).await;
+    let (_server, client) = throttled_client(&handle, 0.3, 11).await;
     assert_eq!(
         send(&client, 48).await,
         0,
@@ -556,7 +547,7 @@ async fn a_module_that_never_faults_but_fails_requests_is_rolled_back_by_its_out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_serves_as_well_as_its_predecessor_stays_live() {
     let handle = default_handle(judged_after(40));
-    let (_server, client) = throttled_client(&handle, 12).await;
+    let (_server, client) = throttled_client(&handle, 0.3, 12).await;
     assert_eq!(send(&client, 48).await, 0);
     let sane = support::sane_component("2.0.0");
     handle.swap_bytes(&sane, "sane.wasm").unwrap();
@@ -633,7 +624,7 @@ fn a_candidate_that_fails_vetting_never_runs_in_shadow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_in_use_are_bounded_by_the_deciding_threads_not_by_requests_in_flight() {
     let handle = default_handle(SwapOptions::default());
-    let (_server, client) = throttled_client(&handle, 13).await;
+    let (_server, client) = throttled_client(&handle, 0.3, 13).await;
     let calls: Vec<_> = (0..64)
         .map(|i| {
             let client = client.clone();

@@ -60,29 +60,33 @@ async fn healthy_afterwards(client: &ResilientClient) {
 }
 
 #[tokio::test]
-async fn a_silent_primary_is_left_at_its_header_limit_for_the_fallback() {
-    let server = FaultServer::start(scenario(vec![("primary", misbehaving(&["silent"]))]), 0)
-        .await
-        .unwrap();
-    let client = client(&server, &["primary", "fallback"]).await;
-    let started = Instant::now();
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .expect("the fallback answers");
-    let took = started.elapsed();
-    assert_eq!(stream.model(), "fallback");
-    assert!(
-        took < Duration::from_secs(2),
-        "waited {took:?} for a silent model"
-    );
-    let (_, end) = drain(&mut stream).await;
-    end.expect("complete");
-    assert_eq!(
-        (server.requests("primary"), server.requests("fallback")),
-        (1, 1)
-    );
-    healthy_afterwards(&client).await;
+async fn a_silent_primary_or_a_slow_first_event_is_left_at_its_limit_for_the_fallback() {
+    for misbehaviour in ["silent", "slow-first-event"] {
+        let server =
+            FaultServer::start(scenario(vec![("primary", misbehaving(&[misbehaviour]))]), 0)
+                .await
+                .unwrap();
+        let client = client(&server, &["primary", "fallback"]).await;
+        let started = Instant::now();
+        let mut stream = client
+            .converse_stream(&ChatRequest::user("hello"))
+            .await
+            .expect("the fallback answers");
+        let took = started.elapsed();
+        assert_eq!(stream.model(), "fallback", "{misbehaviour}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{misbehaviour}: waited {took:?}"
+        );
+        let (_, end) = drain(&mut stream).await;
+        end.expect("complete");
+        assert_eq!(
+            (server.requests("primary"), server.requests("fallback")),
+            (1, 1),
+            "{misbehaviour}"
+        );
+        healthy_afterwards(&client).await;
+    }
 }
 
 #[tokio::test]
@@ -109,31 +113,6 @@ async fn a_silent_primary_of_a_unary_call_costs_one_attempt_timeout_then_the_fal
         1,
         "never resent to the silent model"
     );
-}
-
-#[tokio::test]
-async fn a_slow_first_event_is_left_at_its_limit_for_the_fallback() {
-    let server = FaultServer::start(
-        scenario(vec![("primary", misbehaving(&["slow-first-event"]))]),
-        0,
-    )
-    .await
-    .unwrap();
-    let client = client(&server, &["primary", "fallback"]).await;
-    let started = Instant::now();
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .expect("the fallback answers");
-    assert_eq!(stream.model(), "fallback");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    let (_, end) = drain(&mut stream).await;
-    end.expect("complete");
-    healthy_afterwards(&client).await;
 }
 
 /// The error a stream ended with, its delivered count and its elapsed time.

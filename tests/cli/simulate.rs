@@ -119,15 +119,15 @@ fn a_shadow_candidate_is_weighed_on_the_replayed_traffic() {
     let dir = support::scratch_dir("cli-sim-shadow");
     let candidate = dir.join("give-up.wasm");
     std::fs::write(&candidate, support::give_up_component()).unwrap();
-    let out = backstop(&[
+    let args = [
         "simulate",
         "--scenario",
         "regional-outage",
         "--no-baselines",
         "--shadow",
         candidate.to_str().unwrap(),
-        "--json",
-    ]);
+    ];
+    let out = backstop(&[&args[..], &["--json"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     let report = &reports[0];
@@ -145,14 +145,7 @@ fn a_shadow_candidate_is_weighed_on_the_replayed_traffic() {
     );
 
     // The table says it in words.
-    let out = backstop(&[
-        "simulate",
-        "--scenario",
-        "regional-outage",
-        "--no-baselines",
-        "--shadow",
-        candidate.to_str().unwrap(),
-    ]);
+    let out = backstop(&args);
     let table = text(&out.stdout);
     assert!(table.contains("shadow give-up 1.0.0"), "{table}");
     assert!(table.contains("would-give-up"), "{table}");

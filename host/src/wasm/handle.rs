@@ -278,10 +278,21 @@ impl PolicyHandle {
 
     /// Reads a `.wasm` or `.cwasm` file and swaps it in; see [`swap_bytes`](Self::swap_bytes).
     pub fn swap_file(&self, path: impl AsRef<Path>) -> Result<Swapped, SwapError> {
-        let path = path.as_ref();
+        self.with_file(path.as_ref(), |bytes, origin| {
+            self.swap_bytes(bytes, origin)
+        })
+    }
+
+    /// Reads a module file and hands its bytes to `use_bytes`; a file that cannot be read is
+    /// a refusal like any other.
+    fn with_file<T>(
+        &self,
+        path: &Path,
+        use_bytes: impl FnOnce(&[u8], &str) -> Result<T, SwapError>,
+    ) -> Result<T, SwapError> {
         let origin = path.display().to_string();
         match read_module_file(path) {
-            Ok(bytes) => self.swap_bytes(&bytes, &origin),
+            Ok(bytes) => use_bytes(&bytes, &origin),
             Err(error) => Err(self.refuse(&origin, "", error.into())),
         }
     }
@@ -342,12 +353,9 @@ impl PolicyHandle {
     /// Reads a `.wasm` or `.cwasm` file and runs it in shadow; see
     /// [`shadow_bytes`](Self::shadow_bytes).
     pub fn shadow_file(&self, path: impl AsRef<Path>) -> Result<ShadowStatus, SwapError> {
-        let path = path.as_ref();
-        let origin = path.display().to_string();
-        match read_module_file(path) {
-            Ok(bytes) => self.shadow_bytes(&bytes, &origin),
-            Err(error) => Err(self.refuse(&origin, "", error.into())),
-        }
+        self.with_file(path.as_ref(), |bytes, origin| {
+            self.shadow_bytes(bytes, origin)
+        })
     }
 
     /// Stops the shadow; its final record, if one ran.
