@@ -251,7 +251,8 @@ pub struct ModelFaults {
     pub silence_ms: Option<u64>,
     /// How long a `slow-first-event` stream waits before its first event (default 20 s).
     pub first_event_delay_ms: Option<u64>,
-    /// Text deltas a `stall`, `cut` or `malformed` stream sends first (default 2).
+    /// Text deltas a `stall`, `cut` or `malformed` stream sends first (default 2); with 0, a
+    /// `cut` stream ends before its first event (headers, then nothing).
     pub events_before_fault: Option<u32>,
 }
 

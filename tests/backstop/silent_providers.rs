@@ -161,6 +161,26 @@ async fn a_stream_cut_without_its_terminal_event_is_an_error_that_says_so() {
 }
 
 #[tokio::test]
+async fn a_stream_that_ends_before_its_first_event_is_retried_not_served_empty() {
+    let empty = ModelFaults {
+        events_before_fault: Some(0),
+        ..misbehaving(&["cut", "ok"])
+    };
+    let server = FaultServer::start(scenario(vec![("primary", empty)]), 0)
+        .await
+        .unwrap();
+    let client = client(&server, &["primary"]).await;
+    let mut stream = client
+        .converse_stream(&ChatRequest::user("hello"))
+        .await
+        .expect("the second attempt answers");
+    assert_eq!(stream.served().attempts, 2);
+    let (events, end) = drain(&mut stream).await;
+    end.expect("complete");
+    assert!(events >= 4, "{events} events");
+}
+
+#[tokio::test]
 async fn a_stalled_stream_ends_at_its_idle_limit() {
     let (events, error, took) = broken_stream("stall", None).await;
     assert_eq!(events, 3);

@@ -401,6 +401,11 @@ fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> V
         pieces.push(Piece::Send(frames));
         return pieces;
     }
+    if accepted.misbehaviour == Some(Misbehaviour::Cut) && faults.events_before_fault() == 0 {
+        // Headers, then an empty body: a stream that ends before its first event.
+        state.stream_cut(model);
+        return pieces;
+    }
     wire::event_frame(
         &mut frames,
         "messageStart",
