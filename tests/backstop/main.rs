@@ -8,6 +8,7 @@ mod hostile_modules;
 mod hot_swap;
 mod policy_table;
 mod resilient_client;
+mod routing;
 mod runtime_conformance;
 mod silent_providers;
 mod trust;

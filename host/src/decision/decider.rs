@@ -3,6 +3,7 @@
 
 use crate::contract::AttemptContext;
 use crate::decision::outcome::Finished;
+use crate::decision::route::{Route, RouteContext};
 use crate::decision::verdict::Verdict;
 
 /// A verdict and who gave it.
@@ -20,6 +21,19 @@ pub struct Decided {
 pub trait Decider: Send + Sync {
     /// The verdict for one failed attempt.
     fn decide(&self, ctx: &AttemptContext) -> Decided;
+    /// Whether the loop should ask [`route`](Self::route) before each attempt; deciders that
+    /// do not route cost the loop nothing for it.
+    fn routes(&self) -> bool {
+        false
+    }
+    /// Where the next attempt goes. The default is the host's own choice: the model the
+    /// request is on (the first of the chain, or where the last decision moved it).
+    fn route(&self, ctx: &RouteContext) -> Route {
+        Route::Send {
+            model: ctx.current,
+            delay_ms: 0,
+        }
+    }
     /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
     /// handle judges a new module by these outcomes.
     fn on_finished(&self, _finished: &Finished) {}

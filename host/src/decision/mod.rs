@@ -11,10 +11,12 @@ mod decider;
 mod disagreement;
 mod guard;
 pub(crate) mod outcome;
+mod route;
 mod verdict;
 
 pub use decider::{Decided, Decider};
 pub use disagreement::Disagreement;
 pub use guard::Guardrails;
 pub use outcome::{Breach, Finished, OutcomeRule, Tally};
+pub use route::{ModelCapacity, Route, RouteContext};
 pub use verdict::{Clamp, PolicyFault, Verdict};

@@ -1,8 +1,11 @@
-//! The host's per-model view: a rolling window of outcomes, consecutive failures, and the
-//! breaker. It is what the policy sees as `model-health`, and it outlives any policy module.
+//! The host's per-model view: a rolling window of outcomes, consecutive failures, the breaker,
+//! and the learned [capacity](super::capacity). It is what the policy sees as `model-health`,
+//! and it outlives any policy module.
 
 use crate::contract::{ErrorKind, ModelHealth};
+use crate::decision::ModelCapacity;
 use crate::resilience::breaker::{Admission, Breaker};
+use crate::resilience::capacity::Capacity;
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +22,7 @@ struct Model {
     window: VecDeque<(Instant, Outcome)>,
     consecutive_failures: u32,
     breaker: Breaker,
+    capacity: Capacity,
 }
 
 /// Health of every model of a client's chain, by index.
@@ -37,6 +41,7 @@ impl HealthBoard {
                     window: VecDeque::new(),
                     consecutive_failures: 0,
                     breaker: Breaker::new(now),
+                    capacity: Capacity::new(0.0),
                 })
             })
             .collect();
@@ -73,6 +78,23 @@ impl HealthBoard {
         };
         self.push(&mut model, now, outcome);
         model.breaker.on_failure(now)
+    }
+
+    /// An attempt of `tokens` went to model `index` at `clock_s` (policy seconds).
+    pub fn sent(&self, index: usize, clock_s: f64, tokens: u64) {
+        self.model(index).capacity.sent(clock_s, tokens);
+    }
+
+    /// The attempt came back from model `index` at `clock_s`: throttled or not.
+    pub fn returned(&self, index: usize, clock_s: f64, throttled: bool) {
+        self.model(index).capacity.returned(clock_s, throttled);
+    }
+
+    /// Every model's learned capacity at `clock_s`.
+    pub fn capacity(&self, clock_s: f64) -> Vec<ModelCapacity> {
+        (0..self.models.len())
+            .map(|index| self.model(index).capacity.view(clock_s))
+            .collect()
     }
 
     /// Opens model `index`'s breaker; returns whether it was closed or half-open before.

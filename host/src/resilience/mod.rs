@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod capacity;
 pub mod error;
 pub mod health;
 pub mod limits;
@@ -16,9 +17,12 @@ pub mod options;
 mod queue;
 
 use crate::contract::{
-    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, Workload,
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
+    Workload,
 };
-use crate::decision::{Clamp, Decider, Finished, Guardrails, Verdict};
+use crate::decision::{
+    Clamp, Decider, Finished, Guardrails, ModelCapacity, Route, RouteContext, Verdict,
+};
 use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served};
@@ -45,6 +49,8 @@ pub struct Resilience {
     budget: Option<Budget>,
     next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
+    /// When the loop started: the capacity estimates' clock.
+    started: Instant,
 }
 
 /// Where a request stands between attempts.
@@ -118,6 +124,7 @@ impl Resilience {
                 .map(|rule| Budget::new(rule, options.time_scale)),
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
+            started: Instant::now(),
             options,
         })
     }
@@ -142,6 +149,16 @@ impl Resilience {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .u64(..)
+    }
+
+    /// Every model's learned capacity now, by index of the chain.
+    pub fn capacity(&self) -> Vec<ModelCapacity> {
+        self.health.capacity(self.clock_s(Instant::now()))
+    }
+
+    /// Policy seconds since the loop started.
+    fn clock_s(&self, now: Instant) -> f64 {
+        (now - self.started).as_secs_f64() / self.options.time_scale
     }
 
     /// The attempt limits in real time (scaled like every other duration).
@@ -204,6 +221,25 @@ impl Resilience {
                 if now >= p.deadline {
                     return Err(p.gave_up(GiveUpReason::Deadline, last));
                 }
+                if self.policy.routes() {
+                    // Routing comes before the breaker's admission, so a probe slot is only
+                    // taken by the attempt that will use it.
+                    match self.route(&mut p, input_tokens, now) {
+                        Route::Send { model, delay_ms } => {
+                            self.switch(&mut p, model as usize);
+                            if delay_ms > 0 {
+                                let wait = self.real(delay_ms);
+                                tokio::time::sleep(wait.min(p.deadline - now)).await;
+                                continue; // Time passed: the deadline first, then again.
+                            }
+                        }
+                        Route::Queue { not_before_ms } => {
+                            self.park(&mut p, self.real(not_before_ms)).await?;
+                            continue;
+                        }
+                        Route::GiveUp { reason } => return Err(p.gave_up(reason, last)),
+                    }
+                }
                 if let Admission::Refused { retry_in } = self.health.admit(p.model, now) {
                     self.metrics.breaker_refusals.inc();
                     if p.model + 1 < self.options.models.len() {
@@ -228,9 +264,13 @@ impl Resilience {
                 let limit = scale(self.options.attempt_timeout, self.options.time_scale)
                     .min(p.deadline - now);
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
+                self.health.sent(p.model, self.clock_s(now), input_tokens);
                 let outcome = tokio::time::timeout(limit, attempt(model))
                     .instrument(span)
                     .await;
+                let throttled = matches!(&outcome, Ok(Err((info, _))) if info.kind.is_throttle());
+                self.health
+                    .returned(p.model, self.clock_s(Instant::now()), throttled);
                 let failure = match outcome {
                     Ok(Ok(output)) => {
                         if self.health.record_success(p.model, Instant::now()) {
@@ -414,6 +454,47 @@ impl Resilience {
             policy_fault: verdict.fault.is_some(),
         });
         verdict
+    }
+
+    /// Asks the decider where the next attempt goes, under the guardrails: a model of the
+    /// chain whose breaker is closed (otherwise the current model), a wait no longer than the
+    /// longest the guardrails allow, the queue only for batch work.
+    fn route(&self, p: &mut Progress, tokens: u64, now: Instant) -> Route {
+        let health = self.health.snapshot(now, |d| self.policy_ms(d));
+        let capacity = self.health.capacity(self.clock_s(now));
+        let ctx = RouteContext {
+            request_id: &p.request_id,
+            workload: p.workload,
+            tokens,
+            attempts_total: p.total,
+            current: p.model as u32,
+            elapsed_ms: self.policy_ms(now - p.started),
+            remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
+            clock_ms: self.policy_ms(now - self.started),
+            models: &self.options.models,
+            health: &health,
+            capacity: &capacity,
+        };
+        let guard = &self.options.guardrails;
+        match self.policy.route(&ctx) {
+            // Another model only when it exists and its breaker is closed: an open or probing
+            // breaker is the admission's business, and routing must not loop around it.
+            Route::Send { model, delay_ms } => Route::Send {
+                model: match health.get(model as usize) {
+                    Some(h) if h.breaker == BreakerState::Closed => model,
+                    _ => p.model as u32,
+                },
+                delay_ms: delay_ms.min(guard.max_delay_ms),
+            },
+            Route::Queue { not_before_ms } if p.workload == Workload::Batch => Route::Queue {
+                not_before_ms: not_before_ms.min(guard.max_open_ms),
+            },
+            Route::Queue { .. } => Route::Send {
+                model: p.model as u32,
+                delay_ms: 0,
+            },
+            give_up @ Route::GiveUp { .. } => give_up,
+        }
     }
 
     fn switch(&self, p: &mut Progress, model: usize) {

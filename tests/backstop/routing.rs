@@ -1,0 +1,136 @@
+//! The routing step of the attempt loop: a decider that routes is asked before each attempt,
+//! and the host carries its answer out under the guardrails.
+
+use backstop::contract::{AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason};
+use backstop::{
+    BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteContext,
+    Verdict,
+};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Routes every attempt to `to` after `delay_ms`, and records what it was shown.
+struct Router {
+    to: u32,
+    delay_ms: u64,
+    seen: Mutex<Vec<(u32, u32)>>,
+}
+
+impl Decider for Router {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, ctx: &RouteContext) -> Route {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((ctx.attempts_total, ctx.current));
+        Route::Send {
+            model: self.to,
+            delay_ms: self.delay_ms,
+        }
+    }
+
+    fn decide(&self, _ctx: &AttemptContext) -> Decided {
+        Decided {
+            verdict: Verdict::of_policy(Decision::Retry { delay_ms: 0 }),
+            module_digest: None,
+        }
+    }
+}
+
+fn loop_with(router: Router) -> (std::sync::Arc<Router>, Resilience) {
+    let router = std::sync::Arc::new(router);
+    let options = ClientOptions::new(["primary", "fallback", "spare"]);
+    let core = Resilience::new(router.clone(), options).unwrap();
+    (router, core)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_goes_where_the_router_says_before_it_is_sent() {
+    let (router, core) = loop_with(Router {
+        to: 2,
+        delay_ms: 0,
+        seen: Mutex::new(Vec::new()),
+    });
+    let sent = Mutex::new(Vec::new());
+    let served = core
+        .call(RequestOptions::default(), 100, |model| {
+            sent.lock().unwrap().push(model.to_string());
+            let fail = sent.lock().unwrap().len() < 3;
+            async move {
+                if fail {
+                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.model, "spare");
+    assert_eq!(*sent.lock().unwrap(), ["spare", "spare", "spare"]);
+    // Asked before each of the three attempts, the first time on the primary.
+    let seen = router.seen.lock().unwrap().clone();
+    assert_eq!(seen, [(0, 0), (1, 2), (2, 2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_is_held_to_the_guardrails_and_to_the_deadline() {
+    // A model that does not exist is the current one; a wait past the longest allowed (60 s
+    // by default) is cut to it, and the deadline still ends the request.
+    let (_router, core) = loop_with(Router {
+        to: 9,
+        delay_ms: u64::MAX,
+        seen: Mutex::new(Vec::new()),
+    });
+    let started = tokio::time::Instant::now();
+    let request = RequestOptions::default().with_deadline(Duration::from_secs(90));
+    let error = core
+        .call(request, 100, |_model| async {
+            Ok::<(), (ErrorInfo, BoxError)>(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.give_up_reason(), Some(GiveUpReason::Deadline));
+    assert_eq!(started.elapsed(), Duration::from_secs(90));
+    assert_eq!(
+        error.attempts(),
+        0,
+        "nothing was sent while the router kept waiting"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_learns_each_models_capacity_from_its_throttles() {
+    let (_router, core) = loop_with(Router {
+        to: 0,
+        delay_ms: 0,
+        seen: Mutex::new(Vec::new()),
+    });
+    assert_eq!(
+        core.capacity()[0].requests_per_minute,
+        None,
+        "nothing learned yet"
+    );
+    for i in 0..50u32 {
+        let _ = core
+            .call(RequestOptions::default(), 100, |_model| async move {
+                if i % 2 == 0 {
+                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let capacity = core.capacity();
+    assert!(capacity[0].requests_per_minute.is_some(), "{capacity:?}");
+    assert_eq!(
+        capacity[1].requests_per_minute, None,
+        "the fallback was never throttled"
+    );
+    assert_eq!(capacity[0].in_flight, 0);
+}
