@@ -5,7 +5,8 @@
 
 use backstop::contract::{AttemptContext, Decision, ErrorKind, GiveUpReason};
 use backstop::native_default::full_jitter;
-use backstop::{Decided, Decider, Finished, Verdict};
+use backstop::resilience::capacity::Cubic;
+use backstop::{Decided, Decider, Finished, Route, RouteContext, Verdict};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -16,23 +17,43 @@ pub enum Baseline {
     /// The textbook naive loop: 5 attempts on the primary with full jitter (1 s base, 60 s cap),
     /// then one attempt on the first fallback if the last failure was a throttle.
     Naive,
-    /// The AWS SDK's standard retry mode: 3 attempts, full jitter (1 s base, 20 s cap), and a
-    /// retry quota of 500 tokens per client (a retry costs 5, after a timeout or transient
-    /// error 10; a first-try success returns 1, a success after retries refunds its last cost).
+    /// The AWS SDK's standard retry mode as the current SDKs have it: 3 attempts, full jitter
+    /// capped at 20 s from a base of 1 s after a throttle and 50 ms after a transient error,
+    /// and a retry quota of 500 tokens per client (a retry costs 5 after a throttle, 14 after a
+    /// transient error or timeout; a first-try success returns 1, a success after retries
+    /// refunds its last cost).
     SdkStandard,
+    /// The AWS SDK's adaptive retry mode: standard retries plus the client-side rate limiter —
+    /// a token bucket filled at a CUBIC-learned rate, with smithy-rs's constants (the very
+    /// estimator the host keeps, [`capacity`](backstop::resilience::capacity)); a first attempt
+    /// costs 1 token, a retry 5, a retry after a timeout 10, and a short bucket delays the send.
+    SdkAdaptive,
+    /// A LiteLLM-style router: a model that fails `allowed_fails` (3) times within a minute is
+    /// cooled down for 5 s and skipped meanwhile (with every model cooling, the request fails,
+    /// as LiteLLM's router does); `num_retries` (2) retries on a model, after the server's
+    /// wait hint or at once (LiteLLM's default), then the next model of the chain.
+    RouterCooldown,
     /// One attempt, no retries.
     NoRetries,
 }
 
 impl Baseline {
     /// Every baseline.
-    pub const ALL: [Baseline; 3] = [Baseline::Naive, Baseline::SdkStandard, Baseline::NoRetries];
+    pub const ALL: [Baseline; 5] = [
+        Baseline::Naive,
+        Baseline::SdkStandard,
+        Baseline::SdkAdaptive,
+        Baseline::RouterCooldown,
+        Baseline::NoRetries,
+    ];
 
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Baseline::Naive => "naive",
             Baseline::SdkStandard => "sdk-standard",
+            Baseline::SdkAdaptive => "sdk-adaptive",
+            Baseline::RouterCooldown => "router-cooldown",
             Baseline::NoRetries => "no-retries",
         }
     }
@@ -47,6 +68,8 @@ impl Baseline {
         match self {
             Baseline::Naive => std::sync::Arc::new(Naive),
             Baseline::SdkStandard => std::sync::Arc::new(SdkStandard::default()),
+            Baseline::SdkAdaptive => std::sync::Arc::new(SdkAdaptive::default()),
+            Baseline::RouterCooldown => std::sync::Arc::new(RouterCooldown::default()),
             Baseline::NoRetries => std::sync::Arc::new(NoRetries),
         }
     }
@@ -131,9 +154,14 @@ impl SdkStandard {
             | ErrorKind::InternalServer
             | ErrorKind::ModelTimeout
             | ErrorKind::Timeout
-            | ErrorKind::Connection => Some(10),
+            | ErrorKind::Connection => Some(14),
             _ => None,
         }
+    }
+
+    /// The backoff base: 1 s after a throttle, 50 ms after a transient error.
+    fn base_ms(kind: ErrorKind) -> u64 {
+        if kind.is_throttle() { 1_000 } else { 50 }
     }
 }
 
@@ -154,7 +182,8 @@ impl Decider for SdkStandard {
         }
         quota.tokens -= cost;
         quota.spent.insert(ctx.request_id.clone(), cost);
-        let mut delay_ms = full_jitter(1_000, 20_000, ctx.attempts_total - 1, ctx.entropy);
+        let base = Self::base_ms(ctx.error.kind);
+        let mut delay_ms = full_jitter(base, 20_000, ctx.attempts_total - 1, ctx.entropy);
         if let Some(hint) = ctx.error.retry_after_ms {
             delay_ms = hint.min(20_000);
         }
@@ -173,6 +202,191 @@ impl Decider for SdkStandard {
             _ => 1,
         };
         quota.tokens = (quota.tokens + refund).min(QUOTA);
+    }
+}
+
+/// Standard retries behind the SDK's client-side rate limiter.
+#[derive(Default)]
+struct SdkAdaptive {
+    standard: SdkStandard,
+    limiter: Mutex<Limiter>,
+}
+
+#[derive(Default)]
+struct Limiter {
+    bucket: Option<Cubic>,
+    /// The latest clock seen (policy seconds): the SDK updates its limiter when a response
+    /// arrives, which the decider hears of without a clock of its own.
+    clock_s: f64,
+    /// Per request: the error of its last failed attempt, and whether the send now pending
+    /// was already delayed once (it then goes, as the SDK sends after its sleep).
+    requests: HashMap<String, (Option<ErrorKind>, bool)>,
+}
+
+impl Limiter {
+    fn bucket(&mut self) -> &mut Cubic {
+        let now = self.clock_s;
+        self.bucket.get_or_insert_with(|| Cubic::new(now))
+    }
+}
+
+impl Decider for SdkAdaptive {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, ctx: &RouteContext) -> Route {
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        limiter.clock_s = ctx.clock_ms as f64 / 1000.0;
+        let now = limiter.clock_s;
+        let (last_error, delayed) = limiter
+            .requests
+            .get(ctx.request_id)
+            .copied()
+            .unwrap_or((None, false));
+        let send = Route::Send {
+            model: ctx.current,
+            delay_ms: 0,
+        };
+        if delayed {
+            // The SDK sends after its sleep without asking again.
+            limiter
+                .requests
+                .insert(ctx.request_id.to_string(), (last_error, false));
+            limiter.bucket().measure(now, 1.0);
+            return send;
+        }
+        let amount = match last_error {
+            None => 1.0,
+            Some(ErrorKind::Timeout | ErrorKind::ModelTimeout) => 10.0,
+            Some(_) => 5.0,
+        };
+        match limiter.bucket().acquire(now, amount) {
+            None => {
+                limiter.bucket().measure(now, 1.0);
+                send
+            }
+            Some(wait_s) => {
+                limiter
+                    .requests
+                    .insert(ctx.request_id.to_string(), (last_error, true));
+                Route::Send {
+                    model: ctx.current,
+                    delay_ms: (wait_s * 1000.0).ceil() as u64,
+                }
+            }
+        }
+    }
+
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        {
+            let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = limiter.clock_s;
+            if ctx.error.kind.is_throttle() {
+                limiter.bucket().throttled(now);
+            } else {
+                limiter.bucket().answered(now);
+            }
+            limiter
+                .requests
+                .insert(ctx.request_id.clone(), (Some(ctx.error.kind), false));
+        }
+        self.standard.decide(ctx)
+    }
+
+    fn on_finished(&self, finished: &Finished) {
+        {
+            let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            limiter.requests.remove(finished.request_id);
+            if finished.served {
+                let now = limiter.clock_s;
+                limiter.bucket().answered(now);
+            }
+        }
+        self.standard.on_finished(finished);
+    }
+}
+
+/// Failures within this window count towards a cooldown.
+const COOLDOWN_WINDOW_S: f64 = 60.0;
+/// Failures within the window that cool a model down.
+const ALLOWED_FAILS: usize = 3;
+/// How long a cooled-down model is skipped.
+const COOLDOWN_S: f64 = 5.0;
+/// Retries on one model before the next.
+const NUM_RETRIES: u32 = 2;
+
+/// LiteLLM's router: cooldowns per model, retries, then fallbacks.
+#[derive(Default)]
+struct RouterCooldown {
+    state: Mutex<Cooldowns>,
+}
+
+#[derive(Default)]
+struct Cooldowns {
+    clock_s: f64,
+    /// Per model index: recent failure times, and until when it is cooled down.
+    models: HashMap<u32, (Vec<f64>, f64)>,
+}
+
+impl Cooldowns {
+    fn cooling(&self, model: u32) -> bool {
+        self.models
+            .get(&model)
+            .is_some_and(|(_, until)| *until > self.clock_s)
+    }
+}
+
+impl Decider for RouterCooldown {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, ctx: &RouteContext) -> Route {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.clock_s = ctx.clock_ms as f64 / 1000.0;
+        if !state.cooling(ctx.current) {
+            return Route::Send {
+                model: ctx.current,
+                delay_ms: 0,
+            };
+        }
+        let count = ctx.models.len() as u32;
+        match (0..count).find(|&m| !state.cooling(m)) {
+            Some(model) => Route::Send { model, delay_ms: 0 },
+            None => Route::GiveUp {
+                reason: GiveUpReason::NoModelAvailable,
+            },
+        }
+    }
+
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        if !ctx.error.kind.heals() {
+            return give_up(GiveUpReason::NotRetryable);
+        }
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = state.clock_s;
+            let (fails, until) = state.models.entry(ctx.model).or_default();
+            fails.retain(|at| now - at <= COOLDOWN_WINDOW_S);
+            fails.push(now);
+            if fails.len() >= ALLOWED_FAILS {
+                *until = now + COOLDOWN_S;
+                fails.clear();
+            }
+        }
+        if ctx.attempts_on_model <= NUM_RETRIES {
+            let delay_ms = ctx.error.retry_after_ms.unwrap_or(0);
+            return verdict(Decision::Retry { delay_ms });
+        }
+        let next = ctx.model + 1;
+        if (next as usize) < ctx.models.len() {
+            return verdict(Decision::SwitchModel {
+                model: next,
+                delay_ms: 0,
+            });
+        }
+        give_up(GiveUpReason::AttemptsExhausted)
     }
 }
 
@@ -240,9 +454,14 @@ mod tests {
             decision(&sdk, &ctx(ErrorKind::Throttling, 3)),
             Decision::GiveUp { .. }
         ));
-        // 500 tokens buy 50 transient retries (10 each), not 51.
+        // A transient error backs off from 50 ms, not 1 s.
+        assert_eq!(
+            decision(&sdk, &ctx(ErrorKind::ServiceUnavailable, 1)),
+            Decision::Retry { delay_ms: 50 }
+        );
+        // 500 tokens buy 35 transient retries (14 each), not 36.
         let sdk = SdkStandard::default();
-        for i in 0..50 {
+        for i in 0..35 {
             let mut c = ctx(ErrorKind::ServiceUnavailable, 1);
             c.request_id = format!("q{i}");
             assert!(
@@ -276,5 +495,104 @@ mod tests {
                 Decision::GiveUp { .. }
             ));
         }
+    }
+
+    fn route_ctx<'a>(
+        request_id: &'a str,
+        clock_ms: u64,
+        current: u32,
+        models: &'a [String],
+    ) -> RouteContext<'a> {
+        RouteContext {
+            request_id,
+            workload: backstop::Workload::Interactive,
+            tokens: 100,
+            attempts_total: 0,
+            current,
+            elapsed_ms: 0,
+            remaining_ms: 60_000,
+            clock_ms,
+            models,
+            health: &[],
+            capacity: &[],
+        }
+    }
+
+    #[test]
+    fn sdk_adaptive_sends_freely_until_a_throttle_then_paces_its_sends() {
+        let sdk = SdkAdaptive::default();
+        let models = ["primary".to_string()];
+        for i in 0..20 {
+            let id = format!("r{i}");
+            assert_eq!(
+                sdk.route(&route_ctx(&id, i * 10, 0, &models)),
+                Route::Send {
+                    model: 0,
+                    delay_ms: 0
+                },
+                "no limit before a throttle"
+            );
+        }
+        decision(&sdk, &ctx(ErrorKind::Throttling, 1));
+        let delays: Vec<u64> = (0..10)
+            .map(|i| {
+                let id = format!("s{i}");
+                match sdk.route(&route_ctx(&id, 200, 0, &models)) {
+                    Route::Send { delay_ms, .. } => delay_ms,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert!(
+            delays.iter().any(|d| *d > 0),
+            "a burst after a throttle waits: {delays:?}"
+        );
+        // A delayed send goes after its wait, without a second delay.
+        let delayed = delays.iter().position(|d| *d > 0).unwrap();
+        let id = format!("s{delayed}");
+        assert_eq!(
+            sdk.route(&route_ctx(&id, 5_000, 0, &models)),
+            Route::Send {
+                model: 0,
+                delay_ms: 0
+            }
+        );
+    }
+
+    #[test]
+    fn router_cooldown_skips_a_model_for_five_seconds_after_three_failures() {
+        let router = RouterCooldown::default();
+        let models = ["primary".to_string(), "fallback".to_string()];
+        router.route(&route_ctx("a", 1_000, 0, &models));
+        for attempt in 1..=2 {
+            assert_eq!(
+                decision(&router, &ctx(ErrorKind::ServiceUnavailable, attempt)),
+                Decision::Retry { delay_ms: 0 }
+            );
+        }
+        // The third failure cools the primary down; a third attempt would be past num_retries.
+        assert_eq!(
+            decision(&router, &ctx(ErrorKind::ServiceUnavailable, 3)),
+            Decision::SwitchModel {
+                model: 1,
+                delay_ms: 0
+            }
+        );
+        assert_eq!(
+            router.route(&route_ctx("b", 2_000, 0, &models)),
+            Route::Send {
+                model: 1,
+                delay_ms: 0
+            },
+            "a new request skips the cooled-down primary"
+        );
+        assert_eq!(
+            router.route(&route_ctx("c", 6_500, 0, &models)),
+            Route::Send {
+                model: 0,
+                delay_ms: 0
+            },
+            "back after 5 s"
+        );
     }
 }

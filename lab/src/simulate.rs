@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The scenarios that ship with Backstop, by name (also in the repository's `scenarios/`).
-pub const SHIPPED: [(&str, &str); 4] = [
+pub const SHIPPED: [(&str, &str); 5] = [
     (
         "monday-spike",
         include_str!("../../scenarios/monday-spike.json"),
@@ -33,6 +33,10 @@ pub const SHIPPED: [(&str, &str); 4] = [
     (
         "regional-outage",
         include_str!("../../scenarios/regional-outage.json"),
+    ),
+    (
+        "spike-outage",
+        include_str!("../../scenarios/spike-outage.json"),
     ),
     ("brownout", include_str!("../../scenarios/brownout.json")),
     (

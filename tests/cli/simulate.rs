@@ -20,11 +20,14 @@ fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
         rows[1].starts_with("policy") && rows[1].contains("ampl."),
         "{table}"
     );
-    for (row, name) in
-        rows[2..]
-            .iter()
-            .zip(["backstop-default", "naive", "sdk-standard", "no-retries"])
-    {
+    for (row, name) in rows[2..].iter().zip([
+        "backstop-default",
+        "naive",
+        "sdk-standard",
+        "sdk-adaptive",
+        "router-cooldown",
+        "no-retries",
+    ]) {
         assert!(row.starts_with(name), "{table}");
     }
     assert!(

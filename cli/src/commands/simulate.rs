@@ -13,8 +13,8 @@ use std::path::PathBuf;
 /// The scenario, the contenders, and how to report.
 #[derive(Args)]
 pub struct SimulateArgs {
-    /// A shipped scenario (monday-spike, regional-outage, brownout, batch-backlog) or a
-    /// scenario JSON file with a `traffic` section.
+    /// A shipped scenario (monday-spike, regional-outage, spike-outage, brownout,
+    /// batch-backlog) or a scenario JSON file with a `traffic` section.
     #[arg(long)]
     scenario: String,
     /// A policy to compare (repeat the flag); the built-in default when none is given.
@@ -27,8 +27,8 @@ pub struct SimulateArgs {
     /// The policies' JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     config: String,
-    /// A baseline to run alongside: naive, sdk-standard, no-retries (repeat the flag);
-    /// all three when none is given.
+    /// A baseline to run alongside: naive, sdk-standard, sdk-adaptive, router-cooldown,
+    /// no-retries (repeat the flag); all of them when none is given.
     #[arg(long)]
     baseline: Vec<String>,
     /// Run no baselines.
@@ -100,7 +100,11 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             .iter()
             .map(|name| {
                 Baseline::from_name(name).with_context(|| {
-                    format!("unknown baseline `{name}`; expected naive, sdk-standard or no-retries")
+                    let names: Vec<&str> = Baseline::ALL.iter().map(|b| b.name()).collect();
+                    format!(
+                        "unknown baseline `{name}`; expected one of {}",
+                        names.join(", ")
+                    )
                 })
             })
             .collect::<Result<_>>()?
