@@ -320,5 +320,9 @@ async fn every_form_of_wait_hint_reaches_the_policy() {
             waited >= hint.unwrap_or(0),
             "{header:?}: waited {waited} ms"
         );
+        // And the client learned that the model has a limit.
+        let capacity = client.capacity();
+        assert!(capacity[0].requests_per_minute.is_some(), "{capacity:?}");
+        assert_eq!(capacity[0].in_flight, 0);
     }
 }

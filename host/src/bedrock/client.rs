@@ -178,6 +178,12 @@ impl ResilientClient {
         self.inner.core.models()
     }
 
+    /// What the client has learned of each model's capacity, by index of the chain (see
+    /// [`capacity`](crate::resilience::capacity)).
+    pub fn capacity(&self) -> Vec<crate::decision::ModelCapacity> {
+        self.inner.core.capacity()
+    }
+
     /// Converse, with the policy deciding after each failed attempt.
     pub async fn converse(
         &self,
