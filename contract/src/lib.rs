@@ -1,4 +1,5 @@
-//! The policy contract (`wit/policy.wit`, `backstop:policy`) as plain `no_std` Rust.
+//! The policy contract (`wit/policy.wit`, `backstop:policy`) as plain `no_std` Rust: the one
+//! internal form every frozen version of the contract converts to and from.
 //!
 //! The default policy decides on these types and the host's public API speaks them, so an
 //! embedder, the native benchmarks and the component share one vocabulary. The WIT is the
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[macro_export]
 macro_rules! wit_version {
     () => {
-        "0.1.0"
+        "0.2.0"
     };
 }
 
@@ -284,7 +285,9 @@ pub struct AttemptContext {
     pub request_id: String,
     /// What went wrong with this attempt.
     pub error: ErrorInfo,
-    /// The model chain: 0 is the primary, then fallbacks in order.
+    /// The model chain: 0 is the primary, then fallbacks in order. Contract 0.1.0 lowers it
+    /// with every call; 0.2.0 gives a module the chain once, at `configure` (a module built
+    /// on it sees the ids it was configured with here, or empty names).
     pub models: Vec<String>,
     /// The index of the model that failed.
     pub model: u32,
@@ -467,4 +470,90 @@ pub struct PolicyInfo {
     pub version: String,
     /// The contract version it was built against.
     pub wit_version: String,
+}
+
+/// What the host knows of a model of the chain before any request (`model-facts`), given to
+/// a policy when it is configured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    /// The Bedrock model id or inference profile.
+    pub id: String,
+    /// The most input tokens it takes, when the operator said.
+    pub context_window: Option<u32>,
+    /// Its price relative to the primary's (1.0), when the operator said.
+    pub relative_cost: Option<f32>,
+    /// Its region, when the operator said.
+    pub region: Option<String>,
+}
+
+/// A model's learned capacity (`model-capacity`): what the host estimated from its throttles
+/// and successes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelCapacity {
+    /// Estimated sustainable requests per minute; `None` until the model first throttled.
+    pub requests_per_minute: Option<f64>,
+    /// Estimated sustainable tokens per minute; `None` until the model first throttled.
+    pub tokens_per_minute: Option<f64>,
+    /// Requests that can be sent now without expecting a throttle; `None` when unlimited.
+    pub headroom_requests: Option<f64>,
+    /// Tokens that can be sent now without expecting a throttle; `None` when unlimited.
+    pub headroom_tokens: Option<f64>,
+    /// Attempts sent and not answered yet.
+    pub in_flight: u32,
+}
+
+impl ModelCapacity {
+    /// Whether a request of `tokens` fits now (always, while no limit was seen).
+    pub fn fits(&self, tokens: u64) -> bool {
+        self.headroom_requests.is_none_or(|h| h >= 1.0)
+            && self.headroom_tokens.is_none_or(|h| h >= tokens as f64)
+    }
+}
+
+/// Everything a routing answer may depend on (`route-context`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteContext {
+    /// The host's id for the logical request.
+    pub request_id: String,
+    /// Interactive or batch.
+    pub workload: Workload,
+    /// The request's estimated tokens (input and expected output).
+    pub tokens: u64,
+    /// Attempts made so far (0 before the first).
+    pub attempts_total: u32,
+    /// Index of the model the request is on now.
+    pub current: u32,
+    /// Milliseconds since the request started.
+    pub elapsed_ms: u64,
+    /// Milliseconds left before the request's deadline.
+    pub remaining_ms: u64,
+    /// One entry per model of the chain.
+    pub health: Vec<ModelHealth>,
+    /// One entry per model of the chain.
+    pub capacity: Vec<ModelCapacity>,
+    /// 64 random bits from the host.
+    pub entropy: u64,
+}
+
+/// Where the next attempt goes (`route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Route {
+    /// Send to the model at this index, after a wait.
+    Send {
+        /// The model's index in the chain.
+        model: u32,
+        /// The wait before sending, in milliseconds.
+        delay_ms: u64,
+    },
+    /// Park the request in the batch queue first.
+    Queue {
+        /// The shortest wait, in milliseconds.
+        not_before_ms: u64,
+    },
+    /// Do not send.
+    GiveUp {
+        /// Why.
+        reason: GiveUpReason,
+    },
 }

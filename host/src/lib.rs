@@ -46,8 +46,8 @@ pub use bedrock::client::{
 };
 pub use config::{CompileBounds, ConfigError, HostConfig};
 pub use decision::{
-    Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, ModelCapacity,
-    OutcomeRule, PolicyFault, Route, RouteContext, Tally, Verdict,
+    Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
+    RouteQuery, Tally, Verdict,
 };
 pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;

@@ -6,7 +6,7 @@
 use backstop::contract::{AttemptContext, Decision, ErrorKind, GiveUpReason};
 use backstop::native_default::full_jitter;
 use backstop::resilience::capacity::Cubic;
-use backstop::{Decided, Decider, Finished, Route, RouteContext, Verdict};
+use backstop::{Decided, Decider, Finished, Route, RouteQuery, Verdict};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -235,7 +235,7 @@ impl Decider for SdkAdaptive {
         true
     }
 
-    fn route(&self, ctx: &RouteContext) -> Route {
+    fn route(&self, ctx: &RouteQuery) -> Route {
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         limiter.clock_s = ctx.clock_ms as f64 / 1000.0;
         let now = limiter.clock_s;
@@ -342,7 +342,7 @@ impl Decider for RouterCooldown {
         true
     }
 
-    fn route(&self, ctx: &RouteContext) -> Route {
+    fn route(&self, ctx: &RouteQuery) -> Route {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.clock_s = ctx.clock_ms as f64 / 1000.0;
         if !state.cooling(ctx.current) {
@@ -502,8 +502,8 @@ mod tests {
         clock_ms: u64,
         current: u32,
         models: &'a [String],
-    ) -> RouteContext<'a> {
-        RouteContext {
+    ) -> RouteQuery<'a> {
+        RouteQuery {
             request_id,
             workload: backstop::Workload::Interactive,
             tokens: 100,
@@ -515,6 +515,7 @@ mod tests {
             models,
             health: &[],
             capacity: &[],
+            entropy: 0,
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::contract as c;
 use crate::policy::{self, Params};
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 
 wit_bindgen::generate!({
@@ -75,7 +76,9 @@ fn params() -> Params {
 struct DefaultPolicy;
 
 impl wit::Guest for DefaultPolicy {
-    fn configure(config: String) -> Result<(), String> {
+    fn configure(config: String, _models: Vec<wit::ModelFacts>) -> Result<(), String> {
+        // The default policy needs the chain's length only, which every context carries (one
+        // health entry per model); the facts are for policies that route on them.
         let params = Params::from_json(&config)?;
         // SAFETY: single-threaded; no reference to the cell is alive.
         unsafe { *PARAMS.0.get() = Some(params) };
@@ -84,6 +87,38 @@ impl wit::Guest for DefaultPolicy {
 
     fn decide(context: wit::AttemptContext) -> wit::Decision {
         to_wit(policy::decide(&params(), &from_wit(context)))
+    }
+
+    fn route(context: wit::RouteContext) -> wit::Destination {
+        let ctx = c::RouteContext {
+            request_id: context.request_id,
+            workload: workload_from_wit(context.workload),
+            tokens: context.tokens,
+            attempts_total: context.attempts_total,
+            current: context.current,
+            elapsed_ms: context.elapsed_ms,
+            remaining_ms: context.remaining_ms,
+            health: context.health.into_iter().map(health_from_wit).collect(),
+            capacity: context
+                .capacity
+                .into_iter()
+                .map(|m| c::ModelCapacity {
+                    requests_per_minute: m.requests_per_minute,
+                    tokens_per_minute: m.tokens_per_minute,
+                    headroom_requests: m.headroom_requests,
+                    headroom_tokens: m.headroom_tokens,
+                    in_flight: m.in_flight,
+                })
+                .collect(),
+            entropy: context.entropy,
+        };
+        match policy::route(&params(), &ctx) {
+            c::Route::Send { model, delay_ms } => {
+                wit::Destination::Send(wit::RouteSend { model, delay_ms })
+            }
+            c::Route::Queue { not_before_ms } => wit::Destination::Queue(not_before_ms),
+            c::Route::GiveUp { reason } => wit::Destination::GiveUp(reason_to_wit(reason)),
+        }
     }
 
     fn info() -> wit::PolicyInfo {
@@ -107,34 +142,49 @@ fn from_wit(ctx: wit::AttemptContext) -> c::AttemptContext {
             message: ctx.error.message,
             retry_after_ms: ctx.error.retry_after_ms,
         },
-        models: ctx.models,
+        // 0.2.0 contexts name models by index only; the policy counts `health` for the chain.
+        models: Vec::new(),
         model: ctx.model,
         attempts_on_model: ctx.attempts_on_model,
         attempts_total: ctx.attempts_total,
         elapsed_ms: ctx.elapsed_ms,
         remaining_ms: ctx.remaining_ms,
-        workload: match ctx.workload {
-            wit::Workload::Interactive => c::Workload::Interactive,
-            wit::Workload::Batch => c::Workload::Batch,
-        },
+        workload: workload_from_wit(ctx.workload),
         output_delivered: ctx.output_delivered,
-        health: ctx
-            .health
-            .into_iter()
-            .map(|h| c::ModelHealth {
-                requests: h.requests,
-                throttles: h.throttles,
-                errors: h.errors,
-                consecutive_failures: h.consecutive_failures,
-                breaker: match h.breaker {
-                    wit::BreakerState::Closed => c::BreakerState::Closed,
-                    wit::BreakerState::Open => c::BreakerState::Open,
-                    wit::BreakerState::HalfOpen => c::BreakerState::HalfOpen,
-                },
-                in_state_ms: h.in_state_ms,
-            })
-            .collect(),
+        health: ctx.health.into_iter().map(health_from_wit).collect(),
         entropy: ctx.entropy,
+    }
+}
+
+fn workload_from_wit(workload: wit::Workload) -> c::Workload {
+    match workload {
+        wit::Workload::Interactive => c::Workload::Interactive,
+        wit::Workload::Batch => c::Workload::Batch,
+    }
+}
+
+fn health_from_wit(h: wit::ModelHealth) -> c::ModelHealth {
+    c::ModelHealth {
+        requests: h.requests,
+        throttles: h.throttles,
+        errors: h.errors,
+        consecutive_failures: h.consecutive_failures,
+        breaker: match h.breaker {
+            wit::BreakerState::Closed => c::BreakerState::Closed,
+            wit::BreakerState::Open => c::BreakerState::Open,
+            wit::BreakerState::HalfOpen => c::BreakerState::HalfOpen,
+        },
+        in_state_ms: h.in_state_ms,
+    }
+}
+
+fn reason_to_wit(reason: c::GiveUpReason) -> wit::GiveUpReason {
+    match reason {
+        c::GiveUpReason::NotRetryable => wit::GiveUpReason::NotRetryable,
+        c::GiveUpReason::AttemptsExhausted => wit::GiveUpReason::AttemptsExhausted,
+        c::GiveUpReason::Deadline => wit::GiveUpReason::Deadline,
+        c::GiveUpReason::OutputCommitted => wit::GiveUpReason::OutputCommitted,
+        c::GiveUpReason::NoModelAvailable => wit::GiveUpReason::NoModelAvailable,
     }
 }
 
@@ -179,12 +229,6 @@ fn to_wit(decision: c::Decision) -> wit::Decision {
             },
         }),
         c::Decision::Queue { not_before_ms } => wit::Decision::Queue(not_before_ms),
-        c::Decision::GiveUp { reason } => wit::Decision::GiveUp(match reason {
-            c::GiveUpReason::NotRetryable => wit::GiveUpReason::NotRetryable,
-            c::GiveUpReason::AttemptsExhausted => wit::GiveUpReason::AttemptsExhausted,
-            c::GiveUpReason::Deadline => wit::GiveUpReason::Deadline,
-            c::GiveUpReason::OutputCommitted => wit::GiveUpReason::OutputCommitted,
-            c::GiveUpReason::NoModelAvailable => wit::GiveUpReason::NoModelAvailable,
-        }),
+        c::Decision::GiveUp { reason } => wit::Decision::GiveUp(reason_to_wit(reason)),
     }
 }

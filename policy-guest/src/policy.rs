@@ -21,7 +21,8 @@
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
 use crate::contract::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Workload,
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Route,
+    RouteContext, Workload,
 };
 use alloc::format;
 use alloc::string::String;
@@ -250,6 +251,41 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     Decision::Retry { delay_ms }
 }
 
+/// Where the next attempt of a request goes, before it is sent (contract 0.2.0's `route`):
+/// from the model the request is on (a decision that moved it on is not undone), the first
+/// model whose breaker is not open and whose learned headroom takes the request — so a
+/// saturated primary is passed over *before* it throttles. When no model has room the request
+/// goes where it is: the throttle, and `decide`, say what next (batch work is queued there).
+pub fn route(_params: &Params, ctx: &RouteContext) -> Route {
+    if ctx.remaining_ms == 0 {
+        return Route::GiveUp {
+            reason: GiveUpReason::Deadline,
+        };
+    }
+    let count = ctx.health.len();
+    let usable = |i: usize| ctx.health[i].breaker != BreakerState::Open;
+    let fits = |i: usize| {
+        usable(i)
+            && ctx
+                .capacity
+                .get(i)
+                .is_none_or(|capacity| capacity.fits(ctx.tokens))
+    };
+    let from = (ctx.current as usize).min(count);
+    if let Some(model) = (from..count).find(|&i| fits(i)) {
+        return Route::Send {
+            model: model as u32,
+            delay_ms: 0,
+        };
+    }
+    // No model has room: stay (the throttle, and `decide`, say what next; batch work is
+    // queued there, where the queue paces it by what the models actually serve).
+    Route::Send {
+        model: ctx.current,
+        delay_ms: 0,
+    }
+}
+
 /// The decision the host falls back to when a policy module faults: the textbook capped
 /// full-jitter backoff (base 1 s, cap 60 s, 5 attempts) that never retries a non-healing error
 /// and never repeats delivered output. It ignores every other field, so it is safe whatever the
@@ -291,9 +327,10 @@ fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
             >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent)
 }
 
-/// The first model after the current one in the chain whose breaker is not open.
+/// The first model after the current one in the chain whose breaker is not open. The chain's
+/// length is that of `health` (one entry per model), which every contract version carries.
 fn next_model(ctx: &AttemptContext) -> Option<u32> {
-    let count = u32::try_from(ctx.models.len()).unwrap_or(u32::MAX);
+    let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
     (ctx.model.saturating_add(1)..count).find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
 }
 

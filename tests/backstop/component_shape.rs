@@ -38,7 +38,7 @@ fn the_default_policy_exports_exactly_the_decider_interface() {
         .map(|(name, _)| name)
         .collect();
     functions.sort_unstable();
-    assert_eq!(functions, ["configure", "decide", "info"]);
+    assert_eq!(functions, ["configure", "decide", "info", "route"]);
 }
 
 #[test]
@@ -46,7 +46,8 @@ fn the_default_policy_reports_the_contract_version_it_targets() {
     let engine = backstop::Engine::new(backstop::Limits::default()).unwrap();
     let module = engine.load_default().unwrap();
     assert_eq!(module.info().name, "backstop-default");
-    assert_eq!(module.info().wit_version, "0.1.0");
+    assert_eq!(module.info().wit_version, WIT_VERSION);
+    assert_eq!(module.contract_version(), WIT_VERSION);
     assert!(DECIDER_EXPORT.ends_with(&format!("@{}", module.info().wit_version)));
 }
 

@@ -29,7 +29,7 @@ fn throttle(handle: &PolicyHandle) -> Decision {
 /// A module built against another contract version.
 fn other_version() -> Vec<u8> {
     let wit = support::WIT.replace(
-        &format!("backstop:policy@{}", backstop::WIT_VERSION),
+        &format!("backstop:policy@{}", support::WIT_VERSION),
         "backstop:policy@9.0.0",
     );
     support::component(

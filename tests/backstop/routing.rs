@@ -3,7 +3,7 @@
 
 use backstop::contract::{AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason};
 use backstop::{
-    BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteContext,
+    BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
     Verdict,
 };
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ impl Decider for Router {
         true
     }
 
-    fn route(&self, ctx: &RouteContext) -> Route {
+    fn route(&self, ctx: &RouteQuery) -> Route {
         self.seen
             .lock()
             .unwrap()

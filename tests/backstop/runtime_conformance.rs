@@ -31,7 +31,6 @@ fn js_context(c: &AttemptContext) -> Value {
             "message": c.error.message,
             "retryAfterMs": c.error.retry_after_ms.map(|v| v.to_string()),
         },
-        "models": c.models,
         "model": c.model,
         "attemptsOnModel": c.attempts_on_model,
         "attemptsTotal": c.attempts_total,
@@ -124,7 +123,10 @@ const CONFIG: &str = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
 fn agrees_with_wasmtime(mut runtime: Command) {
     let contexts = table();
     let input = json!({
+        "export": backstop::DECIDER_EXPORT,
         "config": CONFIG,
+        // The chain's facts: the default policy reads the chain's length from `health`.
+        "models": [],
         "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
     });
     let mut child = runtime

@@ -129,6 +129,16 @@ fn compile_into_the_cache_makes_the_first_swap_a_hit() {
 /// Runs `backstop demo` on a copy of the default policy; once it has printed its policy line,
 /// calls `swap` with the policy path and the child's pid. Returns stdout.
 fn demo_swapped(name: &str, extra: &[&str], swap: impl FnOnce(&Path, u32)) -> String {
+    demo_swapped_over(name, "5", extra, swap)
+}
+
+/// [`demo_swapped`] with requests spread over `spread_secs` seconds.
+fn demo_swapped_over(
+    name: &str,
+    spread_secs: &str,
+    extra: &[&str],
+    swap: impl FnOnce(&Path, u32),
+) -> String {
     let dir = support::scratch_dir(name);
     let policy = dir.join("policy.wasm");
     std::fs::write(&policy, backstop::DEFAULT_POLICY_WASM).unwrap();
@@ -141,7 +151,7 @@ fn demo_swapped(name: &str, extra: &[&str], swap: impl FnOnce(&Path, u32)) -> St
         "--batch",
         "0",
         "--spread-secs",
-        "5",
+        spread_secs,
     ];
     args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
@@ -381,18 +391,19 @@ fn a_demo_ends_on_time_while_a_watched_compile_bomb_is_still_compiling() {
     let host = dir.join("host.json");
     // A minute allowed: without cancellation the demo would wait for the whole compile.
     std::fs::write(&host, r#"{"compile": {"timeout_ms": 60000}}"#).unwrap();
+    // 10,000 functions: about 40 s to compile in a debug build, far longer than the demo's 12 s.
+    let bomb = support::heavy_component(10_000);
     let started = std::time::Instant::now();
-    let mut seen_compiling = false;
-    let stdout = demo_swapped(
+    let stdout = demo_swapped_over(
         "cli-bomb",
+        "12",
         &["--watch", "--host-config", path(&host)],
         |policy, pid| {
-            // 5,000 functions: about 20 s to compile in a debug build, longer than the demo.
-            std::fs::write(policy, support::heavy_component(5_000)).unwrap();
-            seen_compiling = support::eventually(Duration::from_secs(4), || {
+            std::fs::write(policy, &bomb).unwrap();
+            let compiling = support::eventually(Duration::from_secs(8), || {
                 !compile_workers_of(pid).is_empty()
             });
-            assert!(seen_compiling, "the watcher compiles in a child");
+            assert!(compiling, "the watcher compiles in a child");
         },
     );
     let took = started.elapsed();
@@ -401,7 +412,7 @@ fn a_demo_ends_on_time_while_a_watched_compile_bomb_is_still_compiling() {
         "{stdout}"
     );
     assert!(
-        took < Duration::from_secs(15),
+        took < Duration::from_secs(22),
         "the demo waited for the compile: {took:?}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -6,7 +6,26 @@
 use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy, PolicyModule};
 use std::sync::OnceLock;
 
-pub const WIT: &str = include_str!("../../wit/policy.wit");
+/// The frozen contract 0.1.0 that the hand-written test modules are built against: their
+/// core-wasm bodies read `attempt-context` at its canonical-ABI offsets. The host keeps loading
+/// 0.1.0 modules, so every such module still exercises the host as it did.
+pub const WIT: &str = include_str!("../../wit/v0.1.0/policy.wit");
+
+/// The version of [`WIT`].
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The default policy as it was built against contract 0.1.0 (it has no `route`), kept so that
+/// every release shows the host still loads and runs 0.1.0 modules.
+pub const POLICY_0_1_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.1.0.wasm");
+
+/// [`POLICY_0_1_0`], loaded and configured with `config`.
+pub fn policy_0_1_0(config: &str) -> Policy {
+    engine()
+        .load_bytes(POLICY_0_1_0, "policy-guest-0.1.0.wasm")
+        .expect("the 0.1.0 fixture loads")
+        .configure(config)
+        .expect("the 0.1.0 fixture takes the configuration")
+}
 
 /// One engine for the whole test binary, as a host would have.
 pub fn engine() -> &'static Engine {
@@ -130,7 +149,7 @@ pub fn component(core: &str, wit: &str, world: &str) -> Vec<u8> {
 
 /// A policy component with the given bodies against the real contract.
 pub fn policy_component(parts: &CoreParts) -> Vec<u8> {
-    component(&core_wat(parts, backstop::WIT_VERSION), WIT, "policy")
+    component(&core_wat(parts, WIT_VERSION), WIT, "policy")
 }
 
 /// Log lines captured from a `tracing` subscriber, for asserting what an operator would see.
@@ -196,7 +215,7 @@ pub const SANE_DECIDE: &str = r#"
 /// An `info` body answering `name`, `version` and the contract version, with the data segment
 /// it needs (to go in `extra`).
 pub fn info_parts(name: &str, version: &str) -> (String, String) {
-    identity([name, version, backstop::WIT_VERSION], 3000)
+    identity([name, version, WIT_VERSION], 3000)
 }
 
 /// An `info` body answering `strings`, which writes its record at `record` and reads the

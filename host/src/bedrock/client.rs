@@ -180,7 +180,7 @@ impl ResilientClient {
 
     /// What the client has learned of each model's capacity, by index of the chain (see
     /// [`capacity`](crate::resilience::capacity)).
-    pub fn capacity(&self) -> Vec<crate::decision::ModelCapacity> {
+    pub fn capacity(&self) -> Vec<crate::contract::ModelCapacity> {
         self.inner.core.capacity()
     }
 

@@ -2,8 +2,9 @@
 //! handle, or a built-in baseline in the simulator.
 
 use crate::contract::AttemptContext;
+use crate::contract::Route;
 use crate::decision::outcome::Finished;
-use crate::decision::route::{Route, RouteContext};
+use crate::decision::route::RouteQuery;
 use crate::decision::verdict::Verdict;
 
 /// A verdict and who gave it.
@@ -28,7 +29,7 @@ pub trait Decider: Send + Sync {
     }
     /// Where the next attempt goes. The default is the host's own choice: the model the
     /// request is on (the first of the chain, or where the last decision moved it).
-    fn route(&self, ctx: &RouteContext) -> Route {
+    fn route(&self, ctx: &RouteQuery) -> Route {
         Route::Send {
             model: ctx.current,
             delay_ms: 0,

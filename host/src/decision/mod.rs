@@ -18,5 +18,5 @@ pub use decider::{Decided, Decider};
 pub use disagreement::Disagreement;
 pub use guard::Guardrails;
 pub use outcome::{Breach, Finished, OutcomeRule, Tally};
-pub use route::{ModelCapacity, Route, RouteContext};
+pub use route::RouteQuery;
 pub use verdict::{Clamp, PolicyFault, Verdict};

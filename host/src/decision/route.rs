@@ -1,37 +1,14 @@
 //! Where a request goes before an attempt: the routing question the attempt loop asks of a
 //! [`Decider`](super::Decider) that wants to route, given what the host knows of every model
-//! (health, learned capacity) and of the request.
+//! (health, learned capacity) and of the request. The answer is the contract's
+//! [`Route`](crate::contract::Route).
 
-use crate::contract::{GiveUpReason, ModelHealth, Workload};
-use serde::Serialize;
+use crate::contract::{ModelCapacity, ModelHealth, Workload};
 
-/// A model's learned capacity, as the host estimates it (see
-/// [`capacity`](crate::resilience::capacity)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct ModelCapacity {
-    /// Estimated sustainable requests per minute; `None` until the model first throttled.
-    pub requests_per_minute: Option<f64>,
-    /// Estimated sustainable tokens per minute; `None` until the model first throttled.
-    pub tokens_per_minute: Option<f64>,
-    /// Requests that can be sent now without expecting a throttle; `None` when unlimited.
-    pub headroom_requests: Option<f64>,
-    /// Tokens that can be sent now without expecting a throttle; `None` when unlimited.
-    pub headroom_tokens: Option<f64>,
-    /// Attempts sent and not answered yet.
-    pub in_flight: u32,
-}
-
-impl ModelCapacity {
-    /// Whether a request of `tokens` fits now (always, while no limit was seen).
-    pub fn fits(&self, tokens: u64) -> bool {
-        self.headroom_requests.is_none_or(|h| h >= 1.0)
-            && self.headroom_tokens.is_none_or(|h| h >= tokens as f64)
-    }
-}
-
-/// What the loop knows before an attempt.
+/// What the loop knows before an attempt, borrowed from its state (a policy module receives it
+/// lowered as the contract's `route-context`).
 #[derive(Clone, Debug)]
-pub struct RouteContext<'a> {
+pub struct RouteQuery<'a> {
     /// The loop's id for the request.
     pub request_id: &'a str,
     /// Interactive or batch.
@@ -55,26 +32,6 @@ pub struct RouteContext<'a> {
     pub health: &'a [ModelHealth],
     /// Every model's learned capacity, by index.
     pub capacity: &'a [ModelCapacity],
-}
-
-/// Where the next attempt goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// Send to the model at this index, after a wait.
-    Send {
-        /// The model's index in the chain.
-        model: u32,
-        /// The wait before sending, in the policy's milliseconds.
-        delay_ms: u64,
-    },
-    /// Park the request in the batch queue first.
-    Queue {
-        /// The shortest wait, in the policy's milliseconds.
-        not_before_ms: u64,
-    },
-    /// Do not send.
-    GiveUp {
-        /// Why.
-        reason: GiveUpReason,
-    },
+    /// 64 random bits from the host for this answer.
+    pub entropy: u64,
 }

@@ -17,7 +17,7 @@
 //! can be sent now without expecting a throttle. Before the first throttle a model's rate is
 //! unknown (no limit seen), and its headroom unbounded.
 
-use crate::decision::ModelCapacity;
+use crate::contract::ModelCapacity;
 
 /// Fraction of the last maximum kept after a throttle.
 pub const BETA: f64 = 0.7;

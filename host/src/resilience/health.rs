@@ -2,8 +2,8 @@
 //! and the learned [capacity](super::capacity). It is what the policy sees as `model-health`,
 //! and it outlives any policy module.
 
+use crate::contract::ModelCapacity;
 use crate::contract::{ErrorKind, ModelHealth};
-use crate::decision::ModelCapacity;
 use crate::resilience::breaker::{Admission, Breaker};
 use crate::resilience::capacity::Capacity;
 use std::collections::VecDeque;

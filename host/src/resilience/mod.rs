@@ -18,11 +18,9 @@ mod queue;
 
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
-    Workload,
+    ModelCapacity, Route, Workload,
 };
-use crate::decision::{
-    Clamp, Decider, Finished, Guardrails, ModelCapacity, Route, RouteContext, Verdict,
-};
+use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served};
@@ -462,7 +460,7 @@ impl Resilience {
     fn route(&self, p: &mut Progress, tokens: u64, now: Instant) -> Route {
         let health = self.health.snapshot(now, |d| self.policy_ms(d));
         let capacity = self.health.capacity(self.clock_s(now));
-        let ctx = RouteContext {
+        let ctx = RouteQuery {
             request_id: &p.request_id,
             workload: p.workload,
             tokens,
@@ -474,6 +472,7 @@ impl Resilience {
             models: &self.options.models,
             health: &health,
             capacity: &capacity,
+            entropy: self.entropy(),
         };
         let guard = &self.options.guardrails;
         match self.policy.route(&ctx) {

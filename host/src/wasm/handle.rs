@@ -16,7 +16,8 @@
 //! contexts, changing nothing, its disagreements counted until an operator promotes it.
 
 use crate::contract::AttemptContext;
-use crate::decision::{Decided, Decider, Finished, PolicyFault, Verdict};
+use crate::contract::Route;
+use crate::decision::{Decided, Decider, Finished, PolicyFault, RouteQuery, Verdict};
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
@@ -660,6 +661,27 @@ impl PolicyHandle {
 
 /// The attempt loop asks the live module, and learns which module answered.
 impl Decider for PolicyHandle {
+    fn routes(&self) -> bool {
+        self.shared.live.load().policy.routes()
+    }
+
+    fn route(&self, query: &RouteQuery) -> Route {
+        let live = self.shared.live.load();
+        match live.policy.route(query) {
+            Some((route, None)) => route,
+            Some((route, Some(fault))) => {
+                self.note_fault(&live, &fault);
+                route
+            }
+            // A module of a contract without `route` (swapped in since `routes` was asked):
+            // the host's own choice.
+            None => Route::Send {
+                model: query.current,
+                delay_ms: 0,
+            },
+        }
+    }
+
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         let live = self.shared.live.load();
         Decided {

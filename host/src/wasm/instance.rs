@@ -2,18 +2,54 @@
 //! and every way a call can fail turned into a [`PolicyFault`]. Creating, configuring and
 //! probing instances happens here; pooling them is [`policy`](super::policy)'s business.
 
-use crate::contract::{AttemptContext, Decision, PolicyInfo};
-use crate::decision::PolicyFault;
+use crate::contract::{AttemptContext, Decision, ModelFacts, PolicyInfo, Route};
+use crate::decision::{PolicyFault, RouteQuery};
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
 use crate::wasm::sandbox::{MemoryLimitHit, Sandbox, escape_controls};
-use crate::wasm::v0_1_0::{Policy, PolicyPre, from_wit, with_wit};
+use crate::wasm::{v0_1_0, v0_2_0};
 use wasmtime::{Store, Trap};
+
+/// A compiled module ready to instantiate, for the contract version it exports: the newest
+/// (0.2.0), or the frozen 0.1.0 that the host keeps loading.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    V0_1(v0_1_0::PolicyPre<Sandbox>),
+    V0_2(v0_2_0::PolicyPre<Sandbox>),
+}
+
+impl Pre {
+    /// Whether modules of this version answer `route`.
+    pub(crate) fn routes(&self) -> bool {
+        matches!(self, Pre::V0_2(_))
+    }
+
+    /// The contract version the module exports.
+    pub(crate) fn contract(&self) -> &'static str {
+        match self {
+            Pre::V0_1(_) => "0.1.0",
+            Pre::V0_2(_) => crate::contract::WIT_VERSION,
+        }
+    }
+
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut *store)?),
+            Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut *store)?),
+        })
+    }
+}
+
+/// An instance's exports, for its contract version.
+pub(crate) enum Bindings {
+    V0_1(v0_1_0::Policy),
+    V0_2(v0_2_0::Policy),
+}
 
 /// One sandboxed instance of a policy in its own store.
 pub(crate) struct Instance {
     pub(crate) store: Store<Sandbox>,
-    pub(crate) bindings: Policy,
+    pub(crate) bindings: Bindings,
 }
 
 impl Instance {
@@ -34,15 +70,53 @@ impl Instance {
         fuel: u64,
         ctx: &AttemptContext,
     ) -> Result<Decision, PolicyFault> {
-        let bindings = &self.bindings;
+        match &self.bindings {
+            Bindings::V0_1(bindings) => {
+                let answer = call(&mut self.store, fuel, |store| {
+                    v0_1_0::with_wit(ctx, |wit_ctx| {
+                        bindings
+                            .backstop_policy_decider()
+                            .call_decide(store, wit_ctx)
+                    })
+                })?;
+                v0_1_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
+            }
+            Bindings::V0_2(bindings) => {
+                let answer = call(&mut self.store, fuel, |store| {
+                    v0_2_0::with_wit(ctx, |wit_ctx| {
+                        bindings
+                            .backstop_policy_decider()
+                            .call_decide(store, wit_ctx)
+                    })
+                })?;
+                v0_2_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
+            }
+        }
+    }
+
+    /// Asks this instance where a request's next attempt goes; `None` for a module of a
+    /// contract without `route` (the host routes for it). A fault leaves the instance in an
+    /// unknown state: the caller must drop it.
+    pub(crate) fn route(
+        &mut self,
+        fuel: u64,
+        query: &RouteQuery,
+    ) -> Option<Result<Route, PolicyFault>> {
+        let Bindings::V0_2(bindings) = &self.bindings else {
+            return None;
+        };
         let answer = call(&mut self.store, fuel, |store| {
-            with_wit(ctx, |wit_ctx| {
+            v0_2_0::with_route_wit(query, |wit_ctx| {
                 bindings
                     .backstop_policy_decider()
-                    .call_decide(store, wit_ctx)
+                    .call_route(store, wit_ctx)
             })
-        })?;
-        from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
+        });
+        Some(
+            answer.and_then(|a| {
+                v0_2_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)
+            }),
+        )
     }
 }
 
@@ -75,11 +149,7 @@ fn classify(error: &wasmtime::Error, fuel: u64) -> PolicyFault {
 
 /// A fresh, unconfigured instance in its own sandboxed store. A start function that faults
 /// (fuel, memory, stack) is a probe fault; any other failure is an instantiation error.
-fn new_instance(
-    engine: &Engine,
-    pre: &PolicyPre<Sandbox>,
-    origin: &str,
-) -> Result<Instance, LoadError> {
+fn new_instance(engine: &Engine, pre: &Pre, origin: &str) -> Result<Instance, LoadError> {
     let limits = engine.limits();
     let mut store = Sandbox::store(engine.wasmtime(), origin, limits);
     let probe = |fault| LoadError::Probe {
@@ -101,24 +171,32 @@ fn new_instance(
     Ok(Instance { store, bindings })
 }
 
-/// A new instance, configured: ready to decide.
+/// A new instance, configured with the operator's `config` and, for a module that takes
+/// them (0.2.0), the chain's `facts`: ready to decide.
 pub(crate) fn configured(
     engine: &Engine,
-    pre: &PolicyPre<Sandbox>,
+    pre: &Pre,
     origin: &str,
     config: &str,
+    facts: &[ModelFacts],
 ) -> Result<Instance, LoadError> {
     let mut instance = new_instance(engine, pre, origin)?;
-    let bindings = &instance.bindings;
-    let configured = call(
-        &mut instance.store,
-        engine.limits().fuel_per_call,
-        |store| {
+    let fuel = engine.limits().fuel_per_call;
+    let configured = match &instance.bindings {
+        Bindings::V0_1(bindings) => call(&mut instance.store, fuel, |store| {
             bindings
                 .backstop_policy_decider()
                 .call_configure(store, config)
-        },
-    )
+        }),
+        Bindings::V0_2(bindings) => {
+            let facts = v0_2_0::facts_to_wit(facts);
+            call(&mut instance.store, fuel, |store| {
+                bindings
+                    .backstop_policy_decider()
+                    .call_configure(store, config, &facts)
+            })
+        }
+    }
     .map_err(|fault| LoadError::Probe {
         origin: origin.to_string(),
         fault,
@@ -196,20 +274,30 @@ fn is_semver(version: &str) -> bool {
 /// Asks a freshly compiled module who it is, in a throw-away instance.
 pub(crate) fn probe_info(
     engine: &Engine,
-    pre: &PolicyPre<Sandbox>,
+    pre: &Pre,
     origin: &str,
 ) -> Result<PolicyInfo, LoadError> {
     let mut instance = new_instance(engine, pre, origin)?;
-    let bindings = &instance.bindings;
-    let info = call(
-        &mut instance.store,
-        engine.limits().fuel_per_call,
-        |store| bindings.backstop_policy_decider().call_info(store),
-    )
+    let fuel = engine.limits().fuel_per_call;
+    let info = match &instance.bindings {
+        Bindings::V0_1(bindings) => call(&mut instance.store, fuel, |store| {
+            let info = bindings.backstop_policy_decider().call_info(store)?;
+            Ok((info.name, info.version, info.wit_version))
+        }),
+        Bindings::V0_2(bindings) => call(&mut instance.store, fuel, |store| {
+            let info = bindings.backstop_policy_decider().call_info(store)?;
+            Ok((info.name, info.version, info.wit_version))
+        }),
+    }
     .map_err(|fault| LoadError::Probe {
         origin: origin.to_string(),
         fault,
     })?;
+    let info = PolicyInfo {
+        name: info.0,
+        version: info.1,
+        wit_version: info.2,
+    };
     for (field, text) in [
         ("name", &info.name),
         ("version", &info.version),
@@ -254,11 +342,7 @@ pub(crate) fn probe_info(
             });
         }
     }
-    Ok(PolicyInfo {
-        name: info.name,
-        version: info.version,
-        wit_version: info.wit_version,
-    })
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod shadow;
 pub mod smoke;
 mod v0_1_0;
+mod v0_2_0;
 pub mod vetting;
 #[cfg(feature = "watch")]
 pub mod watch;

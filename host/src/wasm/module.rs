@@ -5,9 +5,9 @@
 use crate::contract::{DECIDER_EXPORT, PolicyInfo};
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
-use crate::wasm::instance;
-use crate::wasm::sandbox::{Sandbox, is_granted};
-use crate::wasm::v0_1_0::PolicyPre;
+use crate::wasm::instance::{self, Pre};
+use crate::wasm::sandbox::is_granted;
+use crate::wasm::{v0_1_0, v0_2_0};
 use std::path::Path;
 use wasmtime::component::Component;
 
@@ -115,7 +115,7 @@ impl Engine {
         origin: &str,
         digest: String,
     ) -> Result<PolicyModule, LoadError> {
-        check_exports(self, &component, origin)?;
+        let export = check_exports(self, &component, origin)?;
         check_imports(self, &component, origin)?;
         let instantiate = |e: wasmtime::Error| LoadError::Instantiate {
             origin: origin.to_string(),
@@ -125,11 +125,16 @@ impl Engine {
             .linker()
             .instantiate_pre(&component)
             .map_err(instantiate)?;
-        let pre = PolicyPre::new(pre).map_err(|e| LoadError::WrongWorld {
+        let incompatible = |e: wasmtime::Error| LoadError::WrongWorld {
             origin: origin.to_string(),
-            expected: DECIDER_EXPORT.to_string(),
-            exports: format!("an incompatible {DECIDER_EXPORT}: {e:#}"),
-        })?;
+            expected: export.to_string(),
+            exports: format!("an incompatible {export}: {e:#}"),
+        };
+        let pre = if export == DECIDER_EXPORT {
+            Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(incompatible)?)
+        } else {
+            Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(incompatible)?)
+        };
         let info = instance::probe_info(self, &pre, origin)?;
         tracing::info!(
             module = %origin, %digest, name = %info.name, version = %info.version,
@@ -145,14 +150,25 @@ impl Engine {
     }
 }
 
-fn check_exports(engine: &Engine, component: &Component, origin: &str) -> Result<(), LoadError> {
+/// The frozen contract versions the host still loads, besides the newest.
+const EARLIER_EXPORTS: [&str; 1] = ["backstop:policy/decider@0.1.0"];
+
+/// The contract export the component provides: the newest, or a frozen earlier one.
+fn check_exports(
+    engine: &Engine,
+    component: &Component,
+    origin: &str,
+) -> Result<&'static str, LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine.wasmtime())
         .map(|(name, _)| name.to_string())
         .collect();
-    if exports.iter().any(|name| name == DECIDER_EXPORT) {
-        return Ok(());
+    if let Some(known) = std::iter::once(DECIDER_EXPORT)
+        .chain(EARLIER_EXPORTS)
+        .find(|known| exports.iter().any(|name| name == known))
+    {
+        return Ok(known);
     }
     let unversioned = DECIDER_EXPORT.split('@').next().unwrap_or(DECIDER_EXPORT);
     if let Some(found) = exports
@@ -162,7 +178,7 @@ fn check_exports(engine: &Engine, component: &Component, origin: &str) -> Result
         return Err(LoadError::WrongVersion {
             origin: origin.to_string(),
             found: found.clone(),
-            expected: DECIDER_EXPORT.to_string(),
+            expected: format!("{DECIDER_EXPORT} (or {})", EARLIER_EXPORTS.join(", ")),
         });
     }
     Err(LoadError::WrongWorld {
@@ -197,13 +213,19 @@ fn check_imports(engine: &Engine, component: &Component, origin: &str) -> Result
 #[derive(Clone)]
 pub struct PolicyModule {
     pub(crate) engine: Engine,
-    pub(crate) pre: PolicyPre<Sandbox>,
+    pub(crate) pre: Pre,
     origin: String,
     digest: String,
     info: PolicyInfo,
 }
 
 impl PolicyModule {
+    /// The contract version the module exports: the newest, or an earlier frozen one the
+    /// host keeps loading (a 0.1.0 module has no `route`; the host routes for it).
+    pub fn contract_version(&self) -> &'static str {
+        self.pre.contract()
+    }
+
     /// Where the module came from (a path, or a description).
     pub fn origin(&self) -> &str {
         &self.origin

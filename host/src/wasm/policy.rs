@@ -3,8 +3,8 @@
 //! [`Verdict`]: the module's decision, or the built-in safe decision flagged with the
 //! [`PolicyFault`].
 
-use crate::contract::AttemptContext;
-use crate::decision::{PolicyFault, Verdict};
+use crate::contract::{AttemptContext, Route};
+use crate::decision::{PolicyFault, RouteQuery, Verdict};
 use crate::wasm::error::LoadError;
 use crate::wasm::instance::{self, Instance};
 use crate::wasm::module::PolicyModule;
@@ -55,7 +55,9 @@ impl PolicyModule {
 
 /// A new instance of `module`, configured with `config`.
 fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
-    instance::configured(module.engine(), &module.pre, module.origin(), config)
+    // The chain's facts are not known when a module is vetted (a client names its chain
+    // later); a 0.2.0 module learns the chain's length from every context's health list.
+    instance::configured(module.engine(), &module.pre, module.origin(), config, &[])
 }
 
 /// A configured policy module, ready to decide. Thread-safe: concurrent callers each get an
@@ -130,7 +132,8 @@ impl Policy {
         verdict
     }
 
-    fn call_decide(&self, ctx: &AttemptContext) -> Verdict {
+    /// An idle instance, or a new one.
+    fn take(&self) -> Result<Instance, PolicyFault> {
         let pooled = self
             .idle
             .lock()
@@ -138,12 +141,59 @@ impl Policy {
             .instances
             .pop()
             .map(|(instance, _)| instance);
-        let mut instance = match pooled {
-            Some(instance) => instance,
-            None => match instantiate(&self.module, &self.config) {
-                Ok(instance) => instance,
-                Err(e) => return Verdict::safe(ctx, PolicyFault::Instantiate(e.to_string())),
-            },
+        match pooled {
+            Some(instance) => Ok(instance),
+            None => instantiate(&self.module, &self.config)
+                .map_err(|e| PolicyFault::Instantiate(e.to_string())),
+        }
+    }
+
+    /// Whether the module answers `route` (contract 0.2.0 and later); for an earlier module
+    /// the host routes by itself.
+    pub fn routes(&self) -> bool {
+        self.module.pre.routes()
+    }
+
+    /// Asks the module where a request's next attempt goes; `None` when its contract has no
+    /// `route`. A fault (counted with the decision faults) yields the host's own choice — the
+    /// model the request is on — and the fault.
+    pub fn route(&self, query: &RouteQuery) -> Option<(Route, Option<PolicyFault>)> {
+        if !self.routes() {
+            return None;
+        }
+        let here = Route::Send {
+            model: query.current,
+            delay_ms: 0,
+        };
+        let mut instance = match self.take() {
+            Ok(instance) => instance,
+            Err(fault) => return Some(self.route_fault(here, fault)),
+        };
+        let fuel = self.module.engine().limits().fuel_per_call;
+        match instance.route(fuel, query)? {
+            Ok(route) => {
+                self.keep(instance);
+                Some((route, None))
+            }
+            Err(fault @ PolicyFault::InvalidDecision(_)) => {
+                self.keep(instance);
+                Some(self.route_fault(here, fault))
+            }
+            // After a trap an instance may hold broken state: it is dropped, never reused.
+            Err(fault) => Some(self.route_fault(here, fault)),
+        }
+    }
+
+    fn route_fault(&self, here: Route, fault: PolicyFault) -> (Route, Option<PolicyFault>) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(module = %self.module.origin(), %fault, "policy fault in route; the request stays where it is");
+        (here, Some(fault))
+    }
+
+    fn call_decide(&self, ctx: &AttemptContext) -> Verdict {
+        let mut instance = match self.take() {
+            Ok(instance) => instance,
+            Err(fault) => return Verdict::safe(ctx, fault),
         };
         let fuel = self.module.engine().limits().fuel_per_call;
         let answer = instance.decide(fuel, ctx);
@@ -209,9 +259,7 @@ mod tests {
     use super::*;
     use crate::contract::{ErrorInfo, ErrorKind};
     use crate::wasm::engine::Engine;
-    use crate::wasm::instance::call;
     use crate::wasm::sandbox::Limits;
-    use crate::wasm::v0_1_0::with_wit;
 
     /// The default component's arena allocator rewinds after every call: ten thousand decisions
     /// on one instance, each lowering a 4 KiB message, would need 40 MiB if anything stayed
@@ -252,16 +300,8 @@ mod tests {
             let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), models.clone());
             ctx.error.message = "m".repeat(2_000);
             ctx.attempts_on_model = 3;
-            call(&mut instance.store, budget, |store| {
-                with_wit(&ctx, |wit_ctx| {
-                    instance
-                        .bindings
-                        .backstop_policy_decider()
-                        .call_decide(store, wit_ctx)
-                })
-            })
-            .unwrap();
-            worst = worst.max(budget - instance.store.get_fuel().unwrap());
+            instance.decide(budget, &ctx).unwrap();
+            worst = worst.max(instance.fuel_used(budget));
         }
         assert!(worst > 0, "fuel is metered");
         assert!(

@@ -9,7 +9,7 @@ use crate::contract::{
 };
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/v0.1.0",
     world: "policy",
     // Contexts are lowered straight from borrowed host data: no per-call String clones.
     ownership: Borrowing { duplicate_if_necessary: true },

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 const { decider } = await import(pathToFileURL(join(process.argv[2], 'policy_guest.js')));
 const big = (v) => (v === null || v === undefined ? undefined : BigInt(v));
 const input = JSON.parse(readFileSync(0, 'utf8'));
-decider.configure(input.config);
+decider.configure(input.config, input.models);
 const answers = input.contexts.map((c) => {
   const ctx = {
     ...c,

@@ -53,14 +53,14 @@ def main():
     store = Store(engine)
     component = c.Component.from_file(engine, sys.argv[1])
     instance = c.Linker(engine).instantiate(store, component)
-    decider = instance.get_export_index(store, "backstop:policy/decider@0.1.0")
+    request = json.load(sys.stdin)
+    decider = instance.get_export_index(store, request["export"])
 
     def func(name):
         return instance.get_func(store, instance.get_export_index(store, name, decider))
 
-    request = json.load(sys.stdin)
     configure, decide = func("configure"), func("decide")
-    configure(store, request["config"])
+    configure(store, request["config"], request["models"])
     answers = [from_wasm(decide(store, to_wasm(ctx))) for ctx in request["contexts"]]
     json.dump(answers, sys.stdout)
 
