@@ -256,7 +256,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
 /// model whose breaker is not open and whose learned headroom takes the request — so a
 /// saturated primary is passed over *before* it throttles. When no model has room the request
 /// goes where it is: the throttle, and `decide`, say what next (batch work is queued there).
-pub fn route(_params: &Params, ctx: &RouteContext) -> Route {
+pub fn route(params: &Params, ctx: &RouteContext) -> Route {
     if ctx.remaining_ms == 0 {
         return Route::GiveUp {
             reason: GiveUpReason::Deadline,
@@ -264,8 +264,16 @@ pub fn route(_params: &Params, ctx: &RouteContext) -> Route {
     }
     let count = ctx.health.len();
     let usable = |i: usize| ctx.health[i].breaker != BreakerState::Open;
+    // A model failing again and again (an outage the breaker has not caught yet) is passed
+    // over while another has room. The signal goes stale with the health window: once nothing
+    // was sent to the model for a window, one request goes and tells whether it recovered.
+    let failing = |i: usize| {
+        let health = &ctx.health[i];
+        health.consecutive_failures >= params.breaker_failure_threshold && health.requests > 0
+    };
     let fits = |i: usize| {
         usable(i)
+            && !failing(i)
             && ctx
                 .capacity
                 .get(i)

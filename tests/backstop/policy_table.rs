@@ -7,7 +7,7 @@ use backstop_test_support as support;
 use backstop::native_default::{self, Params};
 use backstop::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, LoadError,
-    ModelHealth, Policy, Workload,
+    ModelCapacity, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
 };
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -531,4 +531,180 @@ fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
         Decision::SwitchModel { model: 1, .. }
     ));
     assert!(Params::from_json(r#"{"silence_breaker_threshold": 0}"#).is_err());
+}
+
+/// Asks the component where to route, checks it did not fault and agrees with the native build.
+fn route(ctx: &RouteContext) -> Route {
+    let models: Vec<String> = (0..ctx.health.len()).map(|i| format!("m{i}")).collect();
+    let query = RouteQuery {
+        request_id: &ctx.request_id,
+        workload: ctx.workload,
+        tokens: ctx.tokens,
+        attempts_total: ctx.attempts_total,
+        current: ctx.current,
+        elapsed_ms: ctx.elapsed_ms,
+        remaining_ms: ctx.remaining_ms,
+        clock_ms: 0,
+        models: &models,
+        health: &ctx.health,
+        capacity: &ctx.capacity,
+        entropy: ctx.entropy,
+    };
+    let (answer, fault) = policy().route(&query).expect("the default routes");
+    assert_eq!(fault, None, "the default policy faulted on {ctx:?}");
+    assert_eq!(
+        answer,
+        native_default::route(&Params::default(), ctx),
+        "wasm and native disagree on {ctx:?}"
+    );
+    answer
+}
+
+fn route_ctx(models: usize) -> RouteContext {
+    RouteContext {
+        request_id: "r".into(),
+        workload: Workload::Interactive,
+        tokens: 1_000,
+        attempts_total: 0,
+        current: 0,
+        elapsed_ms: 0,
+        remaining_ms: 60_000,
+        health: vec![ModelHealth::default(); models],
+        capacity: vec![ModelCapacity::default(); models],
+        entropy: 0,
+    }
+}
+
+fn send(model: u32) -> Route {
+    Route::Send { model, delay_ms: 0 }
+}
+
+fn full() -> ModelCapacity {
+    ModelCapacity {
+        requests_per_minute: Some(600.0),
+        tokens_per_minute: Some(600_000.0),
+        headroom_requests: Some(0.3),
+        headroom_tokens: Some(50_000.0),
+        in_flight: 4,
+    }
+}
+
+#[test]
+fn requests_go_to_the_first_model_with_room_before_it_throttles() {
+    // Nothing learned yet: the primary.
+    assert_eq!(route(&route_ctx(3)), send(0));
+    // The primary has no request headroom: the first fallback that has.
+    let mut c = route_ctx(3);
+    c.capacity[0] = full();
+    assert_eq!(route(&c), send(1));
+    // Token headroom counts too: 1,000 tokens do not fit in 500.
+    let mut c = route_ctx(3);
+    c.capacity[0].headroom_tokens = Some(500.0);
+    c.capacity[0].tokens_per_minute = Some(30_000.0);
+    assert_eq!(route(&c), send(1));
+    // An open breaker or a run of failures (an outage the breaker has not caught) is passed over.
+    let mut c = route_ctx(3);
+    c.health[0].breaker = BreakerState::Open;
+    c.capacity[1] = full();
+    assert_eq!(route(&c), send(2));
+    let mut c = route_ctx(2);
+    c.health[0].consecutive_failures = 5;
+    c.health[0].requests = 5;
+    c.health[0].errors = 5;
+    assert_eq!(route(&c), send(1));
+    // ... until nothing was sent to it for a health window: then it gets a request again.
+    c.health[0].requests = 0;
+    c.health[0].errors = 0;
+    assert_eq!(route(&c), send(0));
+    // No room anywhere: stay where the request is (the throttle and `decide` say what next).
+    let mut c = route_ctx(2);
+    c.capacity = vec![full(), full()];
+    assert_eq!(route(&c), send(0));
+    c.workload = Workload::Batch;
+    assert_eq!(route(&c), send(0));
+    // A decision that moved the request on is not undone, even when the primary has room again.
+    let mut c = route_ctx(3);
+    c.current = 1;
+    assert_eq!(route(&c), send(1));
+    // No time left.
+    let mut c = route_ctx(2);
+    c.remaining_ms = 0;
+    assert_eq!(
+        route(&c),
+        Route::GiveUp {
+            reason: GiveUpReason::Deadline
+        }
+    );
+}
+
+fn arb_capacity() -> impl Strategy<Value = ModelCapacity> {
+    (
+        proptest::option::of(0.0f64..2_000.0),
+        proptest::option::of(0.0f64..5.0),
+        proptest::option::of(0.0f64..20_000.0),
+        0u32..50,
+    )
+        .prop_map(|(rpm, headroom, tokens, in_flight)| ModelCapacity {
+            requests_per_minute: rpm,
+            tokens_per_minute: rpm.map(|r| r * 1_000.0),
+            headroom_requests: headroom,
+            headroom_tokens: tokens,
+            in_flight,
+        })
+}
+
+fn arb_route_context() -> impl Strategy<Value = RouteContext> {
+    (1usize..6)
+        .prop_flat_map(|n| {
+            (
+                proptest::collection::vec(arb_health(), n),
+                proptest::collection::vec(arb_capacity(), n),
+                0..n as u32,
+                0u64..100_000,
+                0u64..5_000,
+                any::<bool>(),
+            )
+        })
+        .prop_map(
+            |(health, capacity, current, remaining_ms, tokens, batch)| RouteContext {
+                request_id: "p".into(),
+                workload: if batch {
+                    Workload::Batch
+                } else {
+                    Workload::Interactive
+                },
+                tokens,
+                attempts_total: 1,
+                current,
+                elapsed_ms: 0,
+                remaining_ms,
+                health,
+                capacity,
+                entropy: 0,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_route_stays_in_the_chain_never_goes_back_and_never_to_an_open_breaker(c in arb_route_context()) {
+        match route(&c) {
+            Route::Send { model, delay_ms } => {
+                prop_assert!((model as usize) < c.health.len());
+                prop_assert!(model >= c.current, "went back from {} to {model}", c.current);
+                prop_assert_eq!(delay_ms, 0);
+                if model != c.current {
+                    prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
+                    prop_assert!(c.capacity[model as usize].fits(c.tokens));
+                }
+            }
+            Route::GiveUp { reason } => {
+                prop_assert_eq!(reason, GiveUpReason::Deadline);
+                prop_assert_eq!(c.remaining_ms, 0);
+            }
+            Route::Queue { .. } => prop_assert!(false, "the default does not queue from route"),
+        }
+    }
 }

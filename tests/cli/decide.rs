@@ -205,10 +205,6 @@ fn the_demo_serves_every_request_and_reports_a_table() {
         "the fallback absorbs the spike and the outage"
     );
     assert!(report["served_by_fallback"].as_u64().unwrap() > 0);
-    assert!(
-        report["breaker_opens"].as_u64().unwrap() > 0,
-        "the outage opens the primary's breaker"
-    );
     assert_eq!(report["calls_reaching_server"], report["attempts"]);
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(

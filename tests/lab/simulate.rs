@@ -336,3 +336,19 @@ fn a_silent_primary_costs_requests_the_header_limit_not_their_deadline() {
     );
     assert!(limited.served_by_fallback > waited.served_by_fallback);
 }
+
+#[test]
+fn after_a_regional_outage_traffic_returns_to_the_recovered_primary() {
+    let scenario = simulate::shipped("regional-outage").unwrap().unwrap();
+    let report = run(&scenario, &default_policy());
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    // The primary is down from minute 5 to minute 15; by minute 17 it serves again.
+    let late = &report.per_minute[17..24];
+    let (offered, fallbacks): (u64, u64) = late
+        .iter()
+        .fold((0, 0), |(o, f), m| (o + m.offered, f + m.fallbacks));
+    assert!(
+        fallbacks * 10 < offered,
+        "{fallbacks} of {offered} requests still go to the fallback after the outage"
+    );
+}

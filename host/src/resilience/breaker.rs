@@ -48,6 +48,16 @@ impl Breaker {
         self.state
     }
 
+    /// The state as a decider should see it at `now`: an open breaker whose period is over
+    /// is ready for its probe (half-open), though it moves there only when a request asks.
+    /// Without this a router that passes over open breakers would never send the probe.
+    pub fn state_at(&self, now: Instant) -> BreakerState {
+        match self.state {
+            BreakerState::Open if now >= self.since + self.open_for => BreakerState::HalfOpen,
+            state => state,
+        }
+    }
+
     /// When the state began.
     pub fn since(&self) -> Instant {
         self.since
@@ -151,6 +161,27 @@ mod tests {
         assert!(
             !breaker.on_failure(t2),
             "a closed breaker does not open by itself"
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_past_its_period_shows_ready_for_its_probe() {
+        let t0 = Instant::now();
+        let mut breaker = Breaker::new(t0);
+        breaker.open(t0, Duration::from_secs(10));
+        assert_eq!(
+            breaker.state_at(t0 + Duration::from_secs(9)),
+            BreakerState::Open
+        );
+        assert_eq!(
+            breaker.state_at(t0 + Duration::from_secs(10)),
+            BreakerState::HalfOpen
+        );
+        // Only shown: the probe slot is taken by the request that asks.
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(
+            breaker.admit(t0 + Duration::from_secs(10)),
+            Admission::Probe
         );
     }
 }

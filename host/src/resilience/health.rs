@@ -131,7 +131,7 @@ impl HealthBoard {
                         Outcome::Failed => errors += 1,
                     }
                 }
-                let (breaker, since) = (model.breaker.state(), model.breaker.since());
+                let (breaker, since) = (model.breaker.state_at(now), model.breaker.since());
                 ModelHealth {
                     requests,
                     throttles,
