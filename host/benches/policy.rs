@@ -3,6 +3,7 @@
 //! - `decide/*`: one decision on a full context (3-model chain and health snapshot) — natively
 //!   compiled logic, the wasm component, the same call through a [`PolicyHandle`], and the
 //!   floor: a component of the same signature that returns a constant.
+//! - `route/*`: the same for the routing question of contract 0.2.0.
 //! - `load/*`: compiling a `.wasm` vs loading its `.cwasm`, and instantiating from either.
 //! - `swap/*`: a full vetted swap (load, configure, smoke table, publish) from `.wasm`, from
 //!   the `.cwasm` cache, and from `.cwasm` bytes.
@@ -12,8 +13,8 @@
 use backstop_test_support as support;
 
 use backstop::{
-    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelHealth, ModuleCache,
-    PolicyHandle, SwapOptions, Swapped,
+    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelCapacity, ModelHealth,
+    ModuleCache, PolicyHandle, RouteQuery, SwapOptions, Swapped,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -69,7 +70,7 @@ fn decide(c: &mut Criterion) {
     let params = backstop::native_default::Params::default();
     let policy = engine.load_default().unwrap().configure("{}").unwrap();
     let floor = engine
-        .load_bytes(&support::policy_component(&Default::default()), "floor")
+        .load_bytes(&support::floor_component(), "floor")
         .unwrap()
         .configure("{}")
         .unwrap();
@@ -89,6 +90,57 @@ fn decide(c: &mut Criterion) {
         b.iter(|| handle.decide(black_box(&ctx)))
     });
     group.bench_function("floor", |b| b.iter(|| floor.decide(black_box(&ctx))));
+    group.finish();
+}
+
+/// Routing a request on the primary, with learned capacity on every model.
+fn route(c: &mut Criterion) {
+    let engine = Engine::new(Limits::default()).expect("engine");
+    let ctx = full_context();
+    let capacity = [
+        ModelCapacity {
+            requests_per_minute: Some(600.0),
+            tokens_per_minute: Some(800_000.0),
+            headroom_requests: Some(0.4),
+            headroom_tokens: Some(12_000.0),
+            in_flight: 9,
+        },
+        ModelCapacity {
+            requests_per_minute: Some(1_200.0),
+            tokens_per_minute: None,
+            headroom_requests: Some(6.0),
+            headroom_tokens: None,
+            in_flight: 3,
+        },
+        ModelCapacity::default(),
+    ];
+    let query = RouteQuery {
+        request_id: &ctx.request_id,
+        workload: ctx.workload,
+        tokens: 1_200,
+        attempts_total: 0,
+        current: 0,
+        elapsed_ms: 0,
+        remaining_ms: 60_000,
+        clock_ms: 3_600_000,
+        models: &ctx.models,
+        health: &ctx.health,
+        capacity: &capacity,
+        entropy: ctx.entropy,
+    };
+    let policy = engine.load_default().unwrap().configure("{}").unwrap();
+    let floor = engine
+        .load_bytes(&support::floor_component(), "floor")
+        .unwrap()
+        .configure("{}")
+        .unwrap();
+    assert!(matches!(
+        policy.route(&query),
+        Some((backstop::Route::Send { model: 1, .. }, None))
+    ));
+    let mut group = c.benchmark_group("route");
+    group.bench_function("wasm", |b| b.iter(|| policy.route(black_box(&query))));
+    group.bench_function("floor", |b| b.iter(|| floor.route(black_box(&query))));
     group.finish();
 }
 
@@ -179,5 +231,5 @@ fn alternately<'a>(handle: &'a PolicyHandle, modules: &'a [Vec<u8>; 2]) -> impl 
     }
 }
 
-criterion_group!(benches, decide, load, swap);
+criterion_group!(benches, decide, route, load, swap);
 criterion_main!(benches);

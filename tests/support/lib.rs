@@ -14,6 +14,41 @@ pub const WIT: &str = include_str!("../../wit/v0.1.0/policy.wit");
 /// The version of [`WIT`].
 pub const WIT_VERSION: &str = "0.1.0";
 
+/// The newest contract, for components that must have its exact signature.
+pub const WIT_NEWEST: &str = include_str!("../../wit/policy.wit");
+
+/// The cheapest possible policy of the newest contract: every call answers a constant
+/// (`retry(1)`, `send(0)`), reading nothing of its context — the floor a real policy's cost is
+/// measured against, with the very same signature (and so the same lowering) as the default.
+pub fn floor_component() -> Vec<u8> {
+    let core = core_wat(&CoreParts::default(), backstop::WIT_VERSION);
+    // 0.2.0's configure also takes the chain's facts (a list: two more flat parameters), and
+    // route (whose context flattens to 13 parameters) answers
+    // `send(route-send { model: 0, delay-ms: 0 })`.
+    let configure = "#configure\") (param i32 i32) (result i32)";
+    assert!(
+        core.contains(configure),
+        "the builder's configure signature"
+    );
+    let export = format!("backstop:policy/decider@{}", backstop::WIT_VERSION);
+    let route = format!(
+        "(func (export \"{export}#route\") \
+         (param i32 i32 i32 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) \
+         (i32.store8 (i32.const 2048) (i32.const 0)) (i32.store (i32.const 2056) (i32.const 0)) \
+         (i64.store (i32.const 2064) (i64.const 0)) i32.const 2048)\n)"
+    );
+    let core = core
+        .replace(
+            configure,
+            "#configure\") (param i32 i32 i32 i32) (result i32)",
+        )
+        .trim_end()
+        .trim_end_matches(')')
+        .to_string()
+        + &route;
+    component(&core, WIT_NEWEST, "policy")
+}
+
 /// The default policy as it was built against contract 0.1.0 (it has no `route`), kept so that
 /// every release shows the host still loads and runs 0.1.0 modules.
 pub const POLICY_0_1_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.1.0.wasm");
