@@ -19,6 +19,15 @@ use backstop::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
+/// The empty component of the default's signature, configured.
+fn floor(engine: &Engine) -> backstop::Policy {
+    engine
+        .load_bytes(&support::floor_component(), "floor")
+        .unwrap()
+        .configure("{}")
+        .unwrap()
+}
+
 /// A throttle on the primary, third attempt, realistic ids and a full health snapshot.
 fn full_context() -> AttemptContext {
     let mut error = ErrorInfo::of(ErrorKind::Throttling);
@@ -69,11 +78,7 @@ fn decide(c: &mut Criterion) {
     let ctx = full_context();
     let params = backstop::native_default::Params::default();
     let policy = engine.load_default().unwrap().configure("{}").unwrap();
-    let floor = engine
-        .load_bytes(&support::floor_component(), "floor")
-        .unwrap()
-        .configure("{}")
-        .unwrap();
+    let floor = floor(&engine);
     let handle = PolicyHandle::from(engine.load_default().unwrap().configure("{}").unwrap());
     // Same answer natively and in wasm: the comparison is like for like.
     assert_eq!(
@@ -129,11 +134,7 @@ fn route(c: &mut Criterion) {
         entropy: ctx.entropy,
     };
     let policy = engine.load_default().unwrap().configure("{}").unwrap();
-    let floor = engine
-        .load_bytes(&support::floor_component(), "floor")
-        .unwrap()
-        .configure("{}")
-        .unwrap();
+    let floor = floor(&engine);
     assert!(matches!(
         policy.route(&query),
         Some((backstop::Route::Send { model: 1, .. }, None))

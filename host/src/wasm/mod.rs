@@ -10,6 +10,141 @@
 //! and rollback) and, behind the
 //! `watch` feature, [`watch`] (file watching and SIGHUP).
 
+/// What every contract version converts the same way: its generated types differ by path only,
+/// so each version module (`v0_1_0`, `v0_2_0`, …) expands this once against its own `wit`.
+/// Error text is cut to [`MAX_ERROR_TEXT_BYTES`] before lowering; model indices are checked
+/// against the chain the host offered.
+macro_rules! shared_wit_conversions {
+    () => {
+        /// `text` cut to the most the host lowers, on a character boundary: a borrow, never a
+        /// copy.
+        fn capped(text: &str) -> &str {
+            &text[..text.floor_char_boundary($crate::wasm::MAX_ERROR_TEXT_BYTES)]
+        }
+
+        fn health_to_wit(h: &ModelHealth) -> wit::ModelHealth {
+            wit::ModelHealth {
+                requests: h.requests,
+                throttles: h.throttles,
+                errors: h.errors,
+                consecutive_failures: h.consecutive_failures,
+                breaker: match h.breaker {
+                    BreakerState::Closed => wit::BreakerState::Closed,
+                    BreakerState::Open => wit::BreakerState::Open,
+                    BreakerState::HalfOpen => wit::BreakerState::HalfOpen,
+                },
+                in_state_ms: h.in_state_ms,
+            }
+        }
+
+        fn error_to_wit(error: &ErrorInfo) -> wit::ErrorInfo<'_> {
+            use wit::ErrorKind as W;
+            wit::ErrorInfo {
+                kind: match error.kind {
+                    ErrorKind::Throttling => W::Throttling,
+                    ErrorKind::ServiceUnavailable => W::ServiceUnavailable,
+                    ErrorKind::InternalServer => W::InternalServer,
+                    ErrorKind::ModelNotReady => W::ModelNotReady,
+                    ErrorKind::ModelTimeout => W::ModelTimeout,
+                    ErrorKind::ModelError => W::ModelError,
+                    ErrorKind::ModelStreamError => W::ModelStreamError,
+                    ErrorKind::ServiceQuotaExceeded => W::ServiceQuotaExceeded,
+                    ErrorKind::Validation => W::Validation,
+                    ErrorKind::AccessDenied => W::AccessDenied,
+                    ErrorKind::ResourceNotFound => W::ResourceNotFound,
+                    ErrorKind::Conflict => W::Conflict,
+                    ErrorKind::Timeout => W::Timeout,
+                    ErrorKind::Connection => W::Connection,
+                    ErrorKind::Unknown => W::Unknown,
+                },
+                code: capped(&error.code),
+                http_status: error.http_status,
+                message: capped(&error.message),
+                retry_after_ms: error.retry_after_ms,
+            }
+        }
+
+        fn workload_to_wit(workload: Workload) -> wit::Workload {
+            match workload {
+                Workload::Interactive => wit::Workload::Interactive,
+                Workload::Batch => wit::Workload::Batch,
+            }
+        }
+
+        fn reason_from_wit(reason: wit::GiveUpReason) -> GiveUpReason {
+            match reason {
+                wit::GiveUpReason::NotRetryable => GiveUpReason::NotRetryable,
+                wit::GiveUpReason::AttemptsExhausted => GiveUpReason::AttemptsExhausted,
+                wit::GiveUpReason::Deadline => GiveUpReason::Deadline,
+                wit::GiveUpReason::OutputCommitted => GiveUpReason::OutputCommitted,
+                wit::GiveUpReason::NoModelAvailable => GiveUpReason::NoModelAvailable,
+            }
+        }
+
+        /// Runs `f` on the module's health list for `ctx`: from a stack buffer for chains of up
+        /// to eight models, nothing allocated.
+        fn with_health<R>(health: &[ModelHealth], f: impl FnOnce(&[wit::ModelHealth]) -> R) -> R {
+            const INLINE: usize = 8;
+            if health.len() <= INLINE {
+                let idle = health_to_wit(&ModelHealth::default());
+                let mut buf = [idle; INLINE];
+                for (slot, h) in buf.iter_mut().zip(health) {
+                    *slot = health_to_wit(h);
+                }
+                f(&buf[..health.len()])
+            } else {
+                let list: Vec<wit::ModelHealth> = health.iter().map(health_to_wit).collect();
+                f(&list)
+            }
+        }
+
+        /// Converts the module's answer, refusing any model index outside the chain the host
+        /// offered.
+        pub(crate) fn from_wit(
+            decision: wit::Decision,
+            ctx: &AttemptContext,
+        ) -> Result<Decision, String> {
+            let model = |index: u32| {
+                if (index as usize) < ctx.models.len() {
+                    Ok(index)
+                } else {
+                    Err(format!(
+                        "model index {index} is outside the chain of {} model(s)",
+                        ctx.models.len()
+                    ))
+                }
+            };
+            Ok(match decision {
+                wit::Decision::Retry(delay_ms) => Decision::Retry { delay_ms },
+                wit::Decision::SwitchModel(s) => Decision::SwitchModel {
+                    model: model(s.model)?,
+                    delay_ms: s.delay_ms,
+                },
+                wit::Decision::BreakCircuit(b) => Decision::BreakCircuit {
+                    model: model(b.model)?,
+                    open_ms: b.open_ms,
+                    then: match b.then {
+                        wit::AfterBreak::Fallback(index) => AfterBreak::Fallback {
+                            model: model(index)?,
+                        },
+                        wit::AfterBreak::Queue => AfterBreak::Queue,
+                        wit::AfterBreak::GiveUp => AfterBreak::GiveUp,
+                    },
+                },
+                wit::Decision::Queue(not_before_ms) => Decision::Queue { not_before_ms },
+                wit::Decision::GiveUp(reason) => Decision::GiveUp {
+                    reason: reason_from_wit(reason),
+                },
+            })
+        }
+    };
+}
+
+/// The most of an error's code or message lowered into a module. Bedrock's messages are a few
+/// hundred bytes; a proxy's error page or a hostile upstream can send megabytes, which would
+/// fault a good module (its memory is bounded) and cost time on every decision.
+pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
+
 pub mod cache;
 pub mod compile_worker;
 pub mod engine;
