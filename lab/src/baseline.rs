@@ -19,9 +19,10 @@ pub enum Baseline {
     Naive,
     /// The AWS SDK's standard retry mode as the current SDKs have it: 3 attempts, full jitter
     /// capped at 20 s from a base of 1 s after a throttle and 50 ms after a transient error,
-    /// and a retry quota of 500 tokens per client (a retry costs 5 after a throttle, 14 after a
-    /// transient error or timeout; a first-try success returns 1, a success after retries
-    /// refunds its last cost).
+    /// a server wait hint honoured within [that delay, that delay + 5 s], no retry of a model
+    /// timeout (408), and a retry quota of 500 tokens per client (a retry costs 5 after a
+    /// throttle, 14 after a transient error or timeout; a first-try success returns 1, a success
+    /// after retries refunds its last cost).
     SdkStandard,
     /// The AWS SDK's adaptive retry mode: standard retries plus the client-side rate limiter —
     /// a token bucket filled at a CUBIC-learned rate, with smithy-rs's constants (the very
@@ -150,9 +151,9 @@ impl SdkStandard {
     fn cost(kind: ErrorKind) -> Option<u32> {
         match kind {
             ErrorKind::Throttling | ErrorKind::ModelNotReady => Some(5),
+            // For bedrock-runtime the SDK does not retry ModelTimeoutException (408).
             ErrorKind::ServiceUnavailable
             | ErrorKind::InternalServer
-            | ErrorKind::ModelTimeout
             | ErrorKind::Timeout
             | ErrorKind::Connection => Some(14),
             _ => None,
@@ -184,8 +185,9 @@ impl Decider for SdkStandard {
         quota.spent.insert(ctx.request_id.clone(), cost);
         let base = Self::base_ms(ctx.error.kind);
         let mut delay_ms = full_jitter(base, 20_000, ctx.attempts_total - 1, ctx.entropy);
+        // The SDK honours `x-amz-retry-after` within [its own delay, its own delay + 5 s].
         if let Some(hint) = ctx.error.retry_after_ms {
-            delay_ms = hint.min(20_000);
+            delay_ms = hint.clamp(delay_ms, delay_ms + 5_000);
         }
         verdict(Decision::Retry { delay_ms })
     }
@@ -454,6 +456,15 @@ mod tests {
             decision(&sdk, &ctx(ErrorKind::Throttling, 3)),
             Decision::GiveUp { .. }
         ));
+        // A model timeout is not the SDK's to retry; a long wait hint is held to 5 s past the
+        // SDK's own delay.
+        assert!(matches!(
+            decision(&sdk, &ctx(ErrorKind::ModelTimeout, 1)),
+            Decision::GiveUp { .. }
+        ));
+        let mut hinted = ctx(ErrorKind::Throttling, 1);
+        hinted.error.retry_after_ms = Some(30_000);
+        assert_eq!(decision(&sdk, &hinted), Decision::Retry { delay_ms: 6_000 });
         // A transient error backs off from 50 ms, not 1 s.
         assert_eq!(
             decision(&sdk, &ctx(ErrorKind::ServiceUnavailable, 1)),
