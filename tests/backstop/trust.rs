@@ -471,3 +471,21 @@ fn instances_that_keep_memory_are_not_all_kept_and_the_idle_pool_shrinks() {
         "the pool shrank to the instance just used"
     );
 }
+
+#[test]
+fn a_module_whose_route_faults_is_refused_before_it_goes_live() {
+    let handle = PolicyHandle::new(support::default_module().clone(), SwapOptions::default())
+        .expect("the default goes live");
+    // Its decisions are sane; its routing traps.
+    let error = handle
+        .swap_bytes(&support::route_trap_component(), "route-trap.wasm")
+        .unwrap_err();
+    assert!(
+        matches!(&error, SwapError::Smoke { failure, .. } if failure.case.starts_with("route")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("faulted"), "{error}");
+    // The same component with a sane route passes.
+    let sane = handle.swap_bytes(&support::sane_newest_component(), "sane.wasm");
+    assert!(sane.is_ok(), "{sane:?}");
+}

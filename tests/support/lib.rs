@@ -21,10 +21,40 @@ pub const WIT_NEWEST: &str = include_str!("../../wit/policy.wit");
 /// (`retry(1)`, `send(0)`), reading nothing of its context — the floor a real policy's cost is
 /// measured against, with the very same signature (and so the same lowering) as the default.
 pub fn floor_component() -> Vec<u8> {
-    let core = core_wat(&CoreParts::default(), backstop::WIT_VERSION);
+    newest_component(CoreParts::default().decide, SEND_TO_PRIMARY)
+}
+
+/// A `route` body answering `send(route-send { model: 0, delay-ms: 0 })`.
+const SEND_TO_PRIMARY: &str = "(i32.store8 (i32.const 2048) (i32.const 0)) \
+    (i32.store (i32.const 2056) (i32.const 0)) (i64.store (i32.const 2064) (i64.const 0)) \
+    i32.const 2048";
+
+/// [`SANE_DECIDE`] for the newest contract, whose context has no list of names: its
+/// `output-delivered` byte is at 81, not 89.
+fn sane_decide_newest() -> String {
+    SANE_DECIDE.replace("offset=89", "offset=81")
+}
+
+/// A sane policy of the newest contract that routes every request to the primary.
+pub fn sane_newest_component() -> Vec<u8> {
+    newest_component(&sane_decide_newest(), SEND_TO_PRIMARY)
+}
+
+/// [`sane_newest_component`] whose `route` traps: sane in every decision, broken in routing.
+pub fn route_trap_component() -> Vec<u8> {
+    newest_component(&sane_decide_newest(), "unreachable")
+}
+
+/// A component of the newest contract running `decide_body` for every decision and
+/// `route_body` (core wasm returning a pointer to its `destination`) for every route.
+fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
+    let parts = CoreParts {
+        decide: decide_body,
+        ..CoreParts::default()
+    };
+    let core = core_wat(&parts, backstop::WIT_VERSION);
     // 0.2.0's configure also takes the chain's facts (a list: two more flat parameters), and
-    // route (whose context flattens to 13 parameters) answers
-    // `send(route-send { model: 0, delay-ms: 0 })`.
+    // route's context flattens to 13 parameters.
     let configure = "#configure\") (param i32 i32) (result i32)";
     assert!(
         core.contains(configure),
@@ -33,9 +63,7 @@ pub fn floor_component() -> Vec<u8> {
     let export = format!("backstop:policy/decider@{}", backstop::WIT_VERSION);
     let route = format!(
         "(func (export \"{export}#route\") \
-         (param i32 i32 i32 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) \
-         (i32.store8 (i32.const 2048) (i32.const 0)) (i32.store (i32.const 2056) (i32.const 0)) \
-         (i64.store (i32.const 2064) (i64.const 0)) i32.const 2048)\n)"
+         (param i32 i32 i32 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) {route_body})\n)"
     );
     let core = core
         .replace(

@@ -10,8 +10,11 @@
 //! module whose answers differ for the same context is refused (a decision must be a pure function of its
 //! context), and so is a module that burns more than a small share of its fuel per decision.
 
-use crate::contract::{AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, Workload};
-use crate::decision::Guardrails;
+use crate::contract::{
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, ModelCapacity,
+    ModelHealth, Route, Workload,
+};
+use crate::decision::{Guardrails, RouteQuery};
 use crate::wasm::policy::Policy;
 
 /// The share of a call's fuel one decision may burn, in percent. The default policy uses under
@@ -90,6 +93,7 @@ pub fn smoke_test(
         check(ctx, &verdict.decision, guard).map_err(fail)?;
         checked += 1;
     }
+    checked += smoke_routes(policy, &fresh, guard, &chain, &mut rng)?;
     let budget = policy.module().engine().limits().fuel_per_call;
     let peak = policy
         .peak_fuel_per_decision()
@@ -184,4 +188,102 @@ fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> impl Iterator<Item 
         list.push(streamed);
     }
     list.into_iter()
+}
+
+/// The routing half, for modules that answer `route` (contract 0.2.0): every breaker state,
+/// headroom and no headroom, both workloads, no time left — asked of the live instance and of
+/// a fresh one. The answers must come without a fault, be the same from both, and keep their
+/// waits within the guardrails on their own.
+fn smoke_routes(
+    policy: &Policy,
+    fresh: &Policy,
+    guard: &Guardrails,
+    chain: &[String],
+    rng: &mut fastrand::Rng,
+) -> Result<usize, SmokeFailure> {
+    if !policy.routes() {
+        return Ok(0);
+    }
+    let full = ModelCapacity {
+        requests_per_minute: Some(60.0),
+        tokens_per_minute: Some(60_000.0),
+        headroom_requests: Some(0.2),
+        headroom_tokens: Some(100.0),
+        in_flight: 3,
+    };
+    let mut checked = 0;
+    for breaker in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        for saturated in [false, true] {
+            for workload in [Workload::Interactive, Workload::Batch] {
+                for remaining_ms in [0, rng.u64(1_000..120_000)] {
+                    let mut health = vec![ModelHealth::default(); chain.len()];
+                    health[0].breaker = breaker;
+                    health[0].consecutive_failures = rng.u32(0..10);
+                    health[0].requests = health[0].consecutive_failures;
+                    let capacity = vec![
+                        if saturated {
+                            full
+                        } else {
+                            ModelCapacity::default()
+                        };
+                        chain.len()
+                    ];
+                    let request_id = format!("req-{:x}", rng.u64(..));
+                    let query = RouteQuery {
+                        request_id: &request_id,
+                        workload,
+                        tokens: rng.u64(100..4_000),
+                        attempts_total: rng.u32(0..3),
+                        current: 0,
+                        elapsed_ms: rng.u64(0..30_000),
+                        remaining_ms,
+                        clock_ms: rng.u64(0..3_600_000),
+                        models: chain,
+                        health: &health,
+                        capacity: &capacity,
+                        entropy: rng.u64(..),
+                    };
+                    let fail = |problem: String| SmokeFailure {
+                        case: format!(
+                            "route with the primary's breaker {breaker:?}, {} capacity, {workload:?}, {remaining_ms} ms left",
+                            if saturated { "no" } else { "unknown" }
+                        ),
+                        problem,
+                    };
+                    let answer = |p: &Policy| match p.route(&query) {
+                        Some((_, Some(fault))) => Err(fail(format!("the module faulted: {fault}"))),
+                        Some((route, None)) => Ok(route),
+                        None => Err(fail("the module stopped answering route".to_string())),
+                    };
+                    let (here, elsewhere) = (answer(policy)?, answer(fresh)?);
+                    if here != elsewhere {
+                        return Err(fail(format!(
+                            "answered {here:?}, and {elsewhere:?} on a fresh instance: an answer must be a pure function of its context"
+                        )));
+                    }
+                    match here {
+                        Route::Send { delay_ms, .. } if delay_ms > guard.max_delay_ms => {
+                            return Err(fail(format!(
+                                "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
+                                guard.max_delay_ms
+                            )));
+                        }
+                        Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {
+                            return Err(fail(format!(
+                                "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
+                                guard.max_open_ms
+                            )));
+                        }
+                        _ => {}
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    Ok(checked)
 }
