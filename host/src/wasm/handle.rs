@@ -24,7 +24,7 @@ use crate::wasm::error::LoadError;
 use crate::wasm::module::{PolicyModule, read_module_file};
 use crate::wasm::policy::Policy;
 use crate::wasm::probation::Outcomes;
-use crate::wasm::quarantine::{Quarantine, Quarantined};
+use crate::wasm::quarantine::{Quarantine, Quarantined, now_ms};
 use crate::wasm::shadow::{Shadow, ShadowLabels, ShadowStatus};
 use crate::wasm::vetting::{SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, vet_module};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -37,7 +37,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Modules kept to roll back to, newest last.
 const KEPT_FOR_ROLLBACK: usize = 4;
@@ -375,7 +375,7 @@ impl PolicyHandle {
         let candidate = shadow.policy();
         let module = candidate.module();
         let digest = module.digest().to_string();
-        tracing::info!(%digest, decisions = shadow.status().decisions, "shadow policy promoted");
+        tracing::info!(%digest, decisions = shadow.decisions(), "shadow policy promoted");
         if digest == self.live().labels.digest {
             return Ok(Some(Swapped::Unchanged { digest }));
         }
@@ -757,10 +757,4 @@ impl SwapEvent {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -195,7 +195,8 @@ fn sorted(mut list: Vec<Quarantined>) -> Vec<Quarantined> {
     list
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as the host's records of modules stamp them.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

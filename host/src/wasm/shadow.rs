@@ -93,6 +93,11 @@ impl Shadow {
         &self.policy
     }
 
+    /// Contexts asked so far.
+    pub(crate) fn decisions(&self) -> u64 {
+        self.decisions.load(Ordering::Relaxed)
+    }
+
     /// Asks the candidate `ctx`, compares its answer with the live `verdict`, and counts.
     pub(crate) fn compare(
         &self,
@@ -158,7 +163,7 @@ impl Shadow {
             digest: module.digest().to_string(),
             name: module.info().name.clone(),
             version: module.info().version.clone(),
-            decisions: self.decisions.load(Ordering::Relaxed),
+            decisions: self.decisions(),
             agreed: self.agreed.load(Ordering::Relaxed),
             faults: self.faults.load(Ordering::Relaxed),
             disagreements: Disagreement::ALL
