@@ -272,6 +272,11 @@ pub struct ModelHealth {
     pub errors: u32,
     /// Failures in a row, ended by a success.
     pub consecutive_failures: u32,
+    /// Failures in a row that say the model is down (5xx, timeouts, stream and connection
+    /// errors, not ready): an outage's own signal, ended by a success, a throttle or an error
+    /// that cannot heal (a model that throttles, or refuses a bad request, is up). Contract
+    /// 0.2.0 and later.
+    pub consecutive_errors: u32,
     /// The model's breaker.
     pub breaker: BreakerState,
     /// How long the breaker has been in that state.
@@ -494,9 +499,11 @@ pub struct ModelCapacity {
     pub requests_per_minute: Option<f64>,
     /// Estimated sustainable tokens per minute; `None` until the model first throttled.
     pub tokens_per_minute: Option<f64>,
-    /// Requests that can be sent now without expecting a throttle; `None` when unlimited.
+    /// Requests that can be sent now without expecting a throttle (below zero by the room
+    /// promised to attempts waiting for it); `None` when unlimited.
     pub headroom_requests: Option<f64>,
-    /// Tokens that can be sent now without expecting a throttle; `None` when unlimited.
+    /// Tokens that can be sent now without expecting a throttle (below zero by the room
+    /// promised to attempts waiting for it); `None` when unlimited.
     pub headroom_tokens: Option<f64>,
     /// Attempts sent and not answered yet.
     pub in_flight: u32,
@@ -507,6 +514,33 @@ impl ModelCapacity {
     pub fn fits(&self, tokens: u64) -> bool {
         self.headroom_requests.is_none_or(|h| h >= 1.0)
             && self.headroom_tokens.is_none_or(|h| h >= tokens as f64)
+    }
+
+    /// Milliseconds until a request of `tokens` fits, at the estimated rates (0 when it fits
+    /// now; `u64::MAX` when no rate refills it). The headroom is below zero by the room already
+    /// promised to waiting attempts, so this is the wait behind them.
+    pub fn wait_ms(&self, tokens: u64) -> u64 {
+        let wait = |headroom: Option<f64>, per_minute: Option<f64>, need: f64| match (
+            headroom, per_minute,
+        ) {
+            (Some(level), Some(rate)) if level < need && rate > 0.0 => {
+                (need - level) * 60_000.0 / rate
+            }
+            // Short of room with no rate to refill it: no room is coming.
+            (Some(level), _) if level < need => f64::INFINITY,
+            _ => 0.0,
+        };
+        let requests = wait(self.headroom_requests, self.requests_per_minute, 1.0);
+        let tokens = wait(self.headroom_tokens, self.tokens_per_minute, tokens as f64);
+        // Rounded up by hand (no `ceil` without std); `as` saturates, and the guardrails cap
+        // any wait.
+        let wait = requests.max(tokens);
+        let whole = wait as u64;
+        if (whole as f64) < wait {
+            whole.saturating_add(1)
+        } else {
+            whole
+        }
     }
 }
 

@@ -220,15 +220,14 @@ struct Limiter {
     /// The latest clock seen (policy seconds): the SDK updates its limiter when a response
     /// arrives, which the decider hears of without a clock of its own.
     clock_s: f64,
-    /// Per request: the error of its last failed attempt, and whether the send now pending
-    /// was already delayed once (it then goes, as the SDK sends after its sleep).
-    requests: HashMap<String, (Option<ErrorKind>, bool)>,
+    /// Per request: the error of its last failed attempt (what the next send costs).
+    requests: HashMap<String, ErrorKind>,
 }
 
 impl Limiter {
     fn bucket(&mut self) -> &mut Cubic {
         let now = self.clock_s;
-        self.bucket.get_or_insert_with(|| Cubic::new(now))
+        self.bucket.get_or_insert_with(|| Cubic::sdk(now))
     }
 }
 
@@ -241,42 +240,18 @@ impl Decider for SdkAdaptive {
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         limiter.clock_s = ctx.clock_ms as f64 / 1000.0;
         let now = limiter.clock_s;
-        let (last_error, delayed) = limiter
-            .requests
-            .get(ctx.request_id)
-            .copied()
-            .unwrap_or((None, false));
-        let send = Route::Send {
-            model: ctx.current,
-            delay_ms: 0,
-        };
-        if delayed {
-            // The SDK sends after its sleep without asking again.
-            limiter
-                .requests
-                .insert(ctx.request_id.to_string(), (last_error, false));
-            limiter.bucket().measure(now, 1.0);
-            return send;
-        }
-        let amount = match last_error {
+        let amount = match limiter.requests.get(ctx.request_id) {
             None => 1.0,
             Some(ErrorKind::Timeout | ErrorKind::ModelTimeout) => 10.0,
             Some(_) => 5.0,
         };
-        match limiter.bucket().acquire(now, amount) {
-            None => {
-                limiter.bucket().measure(now, 1.0);
-                send
-            }
-            Some(wait_s) => {
-                limiter
-                    .requests
-                    .insert(ctx.request_id.to_string(), (last_error, true));
-                Route::Send {
-                    model: ctx.current,
-                    delay_ms: (wait_s * 1000.0).ceil() as u64,
-                }
-            }
+        // The SDK sends after its sleep without asking again, and so does the host after a
+        // routed delay: the send is measured now.
+        let wait_s = limiter.bucket().acquire(now, amount);
+        limiter.bucket().measure(now, 1.0);
+        Route::Send {
+            model: ctx.current,
+            delay_ms: wait_s.map_or(0, |s| (s * 1000.0).ceil() as u64),
         }
     }
 
@@ -285,13 +260,14 @@ impl Decider for SdkAdaptive {
             let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
             let now = limiter.clock_s;
             if ctx.error.kind.is_throttle() {
-                limiter.bucket().throttled(now);
+                // One throttle at a time, each one a cut: the SDK's limiter.
+                limiter.bucket().throttled(now, now);
             } else {
-                limiter.bucket().answered(now);
+                limiter.bucket().answered(now, 1.0);
             }
             limiter
                 .requests
-                .insert(ctx.request_id.clone(), (Some(ctx.error.kind), false));
+                .insert(ctx.request_id.clone(), ctx.error.kind);
         }
         self.standard.decide(ctx)
     }
@@ -302,7 +278,7 @@ impl Decider for SdkAdaptive {
             limiter.requests.remove(finished.request_id);
             if finished.served {
                 let now = limiter.clock_s;
-                limiter.bucket().answered(now);
+                limiter.bucket().answered(now, 1.0);
             }
         }
         self.standard.on_finished(finished);

@@ -169,6 +169,7 @@ fn health_from_wit(h: wit::ModelHealth) -> c::ModelHealth {
         throttles: h.throttles,
         errors: h.errors,
         consecutive_failures: h.consecutive_failures,
+        consecutive_errors: h.consecutive_errors,
         breaker: match h.breaker {
             wit::BreakerState::Closed => c::BreakerState::Closed,
             wit::BreakerState::Open => c::BreakerState::Open,

@@ -4,18 +4,22 @@
 //! 1. output already delivered → give up (a retry would duplicate what the caller saw);
 //! 2. an error that cannot heal → give up at once;
 //! 3. no time left → give up;
-//! 4. a sustained outage of this model (consecutive failures ≥ threshold, and outage errors are
-//!    at least `breaker_error_percent` of its recent requests) → open its breaker and continue on
-//!    the next healthy model, queue (batch) or give up;
+//! 4. an outage of this model (`breaker_failure_threshold` errors in a row that say it is
+//!    down — throttles do not count and end the run, so a busy model is not taken for a broken
+//!    one) → open its breaker, briefly (`breaker_open_ms`; the host doubles the period while its
+//!    probes fail), and continue on the next healthy model, queue (batch) or give up;
 //! 5. a silent model (the attempt timed out, or the model's own 408) with a fallback → the
 //!    fallback at once: waiting for a silent model again only multiplies the wait; once it was
-//!    silent `silence_breaker_threshold` times in a row (and failing is what it mostly does, as
-//!    for rule 4), its breaker opens so the next requests skip it;
+//!    silent `silence_breaker_threshold` times in a row and failing is what it mostly does
+//!    (`breaker_error_percent` of its recent requests), its breaker opens so the next requests
+//!    skip it;
 //! 6. the first blip of a transient 503/500/connection error → retry immediately;
 //! 7. batch work that is throttled → the next model of the chain if its window is not mostly
 //!    throttled, else the queue, for a jittered window that doubles each time it comes back;
 //! 8. extended throttling (attempts on this model spent, or the health window mostly throttled)
-//!    → switch to the next healthy model of the chain; with none left, interactive work gives up;
+//!    → switch to the next healthy model of the chain; at its end, back to an earlier one that
+//!    is up and not mostly throttled; with none, batch work is queued and interactive work backs
+//!    off where it is (rule 9): its deadline ends it, not a count;
 //! 9. otherwise → exponential backoff with full jitter, honouring a server wait hint.
 //!
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
@@ -46,13 +50,15 @@ pub struct Params {
     pub sustained_throttle_percent: u32,
     /// Requests the window must hold before its throttled share means anything.
     pub sustained_min_requests: u32,
-    /// Consecutive failures of a model that, ending in an outage error, open its breaker.
+    /// Errors in a row that say a model is down (throttles end the run) that open its breaker.
     pub breaker_failure_threshold: u32,
-    /// ... provided at least this share (percent) of the model's recent requests failed with
-    /// an outage error: a busy model that throttles and blips is not a broken one, and opening
-    /// its breaker would push all its traffic onto the fallback.
+    /// The share (percent) of a model's recent requests that must have failed before silence
+    /// opens its breaker: a busy model that is slow now and then is not a broken one, and
+    /// opening its breaker would push all its traffic onto the fallback.
     pub breaker_error_percent: u32,
-    /// How long a breaker this policy opens stays open.
+    /// How long a breaker this policy opens stays open before its first probe. Short, so a
+    /// model back from a brief outage is used again at once: the host doubles the period each
+    /// time a probe fails.
     pub breaker_open_ms: u64,
     /// Silent attempts in a row (timeouts) after which a model's breaker opens, when there is
     /// a fallback: each silent attempt costs a whole timeout, so fewer are tolerated than for
@@ -62,6 +68,11 @@ pub struct Params {
     /// that starts here and doubles each time it comes back throttled (capped at
     /// `max_delay_ms`).
     pub batch_queue_ms: u64,
+    /// The longest an interactive request waits before an attempt for the learned capacity to
+    /// have room; past it the request is sent anyway. The estimate is a guess (a random
+    /// throttle cuts it below what a model takes): a bounded wait keeps a low guess from
+    /// queueing every request behind it.
+    pub route_max_wait_ms: u64,
 }
 
 impl Default for Params {
@@ -70,15 +81,16 @@ impl Default for Params {
             base_delay_ms: 1_000,
             max_delay_ms: 60_000,
             max_attempts_per_model: 5,
-            max_total_attempts: 10,
+            max_total_attempts: 20,
             immediate_retries: 1,
             sustained_throttle_percent: 50,
             sustained_min_requests: 10,
             breaker_failure_threshold: 5,
-            breaker_open_ms: 30_000,
+            breaker_open_ms: 2_000,
             silence_breaker_threshold: 2,
             breaker_error_percent: 50,
             batch_queue_ms: 10_000,
+            route_max_wait_ms: 250,
         }
     }
 }
@@ -166,9 +178,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     let next = next_model(ctx);
 
     if kind.is_outage()
-        && health.consecutive_failures >= params.breaker_failure_threshold
-        && u64::from(health.errors) * 100
-            >= u64::from(health.requests) * u64::from(params.breaker_error_percent)
+        && health.consecutive_errors >= params.breaker_failure_threshold
         && health.breaker != BreakerState::Open
     {
         let then = match next {
@@ -185,7 +195,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
 
     let silent = matches!(kind, ErrorKind::Timeout | ErrorKind::ModelTimeout);
     if let (true, Some(fallback)) = (silent, next) {
-        if health.consecutive_failures >= params.silence_breaker_threshold
+        if health.consecutive_errors >= params.silence_breaker_threshold
             && u64::from(health.errors) * 100
                 >= u64::from(health.requests) * u64::from(params.breaker_error_percent)
             && health.breaker != BreakerState::Open
@@ -232,12 +242,17 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
             return Decision::SwitchModel { model, delay_ms: 0 };
         }
         if spent {
-            return match ctx.workload {
-                Workload::Batch => Decision::Queue {
+            // The end of the chain: an earlier model that is up and not mostly throttled may
+            // have room again. With none, batch work waits in the queue and interactive work
+            // keeps backing off here: its deadline, not a count, ends it.
+            if let Some(model) = other_model(params, ctx) {
+                return Decision::SwitchModel { model, delay_ms: 0 };
+            }
+            if ctx.workload == Workload::Batch {
+                return Decision::Queue {
                     not_before_ms: backoff(params, ctx),
-                },
-                Workload::Interactive => give_up(GiveUpReason::AttemptsExhausted),
-            };
+                };
+            }
         }
     }
 
@@ -254,8 +269,9 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
 /// Where the next attempt of a request goes, before it is sent (contract 0.2.0's `route`):
 /// from the model the request is on (a decision that moved it on is not undone), the first
 /// model whose breaker is not open and whose learned headroom takes the request — so a
-/// saturated primary is passed over *before* it throttles. When no model has room the request
-/// goes where it is: the throttle, and `decide`, say what next (batch work is queued there).
+/// saturated primary is passed over *before* it throttles. When no model has room, an
+/// interactive request waits for the soonest room and batch work is queued for it; when no room
+/// comes before the deadline, the request goes where it is.
 pub fn route(params: &Params, ctx: &RouteContext) -> Route {
     if ctx.remaining_ms == 0 {
         return Route::GiveUp {
@@ -263,17 +279,11 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
         };
     }
     let count = ctx.health.len();
+    // An outage is the breakers' business (they open on a run of errors and probe early):
+    // routing passes over an open one and lets a half-open one have its probe.
     let usable = |i: usize| ctx.health[i].breaker != BreakerState::Open;
-    // A model failing again and again (an outage the breaker has not caught yet) is passed
-    // over while another has room. The signal goes stale with the health window: once nothing
-    // was sent to the model for a window, one request goes and tells whether it recovered.
-    let failing = |i: usize| {
-        let health = &ctx.health[i];
-        health.consecutive_failures >= params.breaker_failure_threshold && health.requests > 0
-    };
     let fits = |i: usize| {
         usable(i)
-            && !failing(i)
             && ctx
                 .capacity
                 .get(i)
@@ -286,11 +296,35 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
             delay_ms: 0,
         };
     }
-    // No model has room: stay (the throttle, and `decide`, say what next; batch work is
-    // queued there, where the queue paces it by what the models actually serve).
-    Route::Send {
-        model: ctx.current,
-        delay_ms: 0,
+    // No model has room now: wait for the one whose room comes first, behind the requests
+    // already promised it (the host reserves the room a delayed send waits for) — a wait the
+    // estimate says is enough costs no call, where sending now would cost a throttle. Batch
+    // work waits in the queue instead, which lets interactive work go first. When even the
+    // soonest room comes after the deadline, the request goes where it is and the throttle,
+    // and `decide`, say what next.
+    let soonest = (from..count)
+        .filter(|&i| usable(i))
+        .map(|i| {
+            let wait = ctx.capacity.get(i).map_or(0, |c| c.wait_ms(ctx.tokens));
+            (wait, i)
+        })
+        .min();
+    match (soonest, ctx.workload) {
+        (Some((wait_ms, model)), Workload::Interactive)
+            if wait_ms < ctx.remaining_ms && wait_ms <= params.route_max_wait_ms =>
+        {
+            Route::Send {
+                model: model as u32,
+                delay_ms: wait_ms,
+            }
+        }
+        (Some((wait_ms, _)), Workload::Batch) if wait_ms < ctx.remaining_ms => Route::Queue {
+            not_before_ms: wait_ms,
+        },
+        _ => Route::Send {
+            model: ctx.current,
+            delay_ms: 0,
+        },
     }
 }
 
@@ -340,6 +374,16 @@ fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
 fn next_model(ctx: &AttemptContext) -> Option<u32> {
     let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
     (ctx.model.saturating_add(1)..count).find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
+}
+
+/// The first model of the chain other than the current one whose breaker is not open and
+/// whose window is not mostly throttled.
+fn other_model(params: &Params, ctx: &AttemptContext) -> Option<u32> {
+    let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
+    (0..count).find(|&i| {
+        let health = ctx.health_of(i);
+        i != ctx.model && health.breaker != BreakerState::Open && !saturated(params, &health)
+    })
 }
 
 fn give_up(reason: GiveUpReason) -> Decision {

@@ -193,16 +193,38 @@ fn fallback_skips_models_whose_breaker_is_open() {
         }
     );
 
-    // From the last model there is nowhere left to go.
+    // From the end of the chain, back to an earlier model that is up and not mostly throttled.
     c.model = 2;
-    assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
+    assert_eq!(
+        decide(&c),
+        Decision::SwitchModel {
+            model: 0,
+            delay_ms: 0
+        }
+    );
+    (c.health[0].requests, c.health[0].throttles) = (20, 15);
+    assert!(
+        matches!(decide(&c), Decision::Retry { .. }),
+        "{:?}",
+        decide(&c)
+    );
 }
 
 #[test]
-fn spent_attempts_without_fallback_give_up_interactive_and_queue_batch() {
+fn spent_attempts_with_nowhere_else_to_go_back_off_until_the_deadline_or_queue_batch() {
     let mut c = ctx(ErrorKind::Throttling, &["primary"]);
     (c.attempts_on_model, c.attempts_total, c.entropy) = (5, 5, HALF);
-    assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
+    // Time is the limit, not a count: interactive work keeps backing off while it has time...
+    assert_eq!(
+        decide(&c),
+        Decision::Retry {
+            delay_ms: expected_jitter(1_000, 60_000, 4, HALF)
+        }
+    );
+    // ... and gives up when the backoff would pass its deadline.
+    c.remaining_ms = 1_000;
+    assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
+    c.remaining_ms = 60_000;
     c.workload = Workload::Batch;
     let expected = expected_jitter(10_000, 60_000, 4, HALF);
     assert_eq!(
@@ -246,13 +268,17 @@ fn throttled_batch_work_queues_at_once_with_a_doubling_window_unless_a_fallback_
 fn a_sustained_outage_opens_the_breaker() {
     let outage = |models: &[&str], workload| {
         let mut c = ctx(ErrorKind::ServiceUnavailable, models);
-        c.health[0].consecutive_failures = 5;
+        (
+            c.health[0].consecutive_failures,
+            c.health[0].consecutive_errors,
+        ) = (5, 5);
         c.workload = workload;
         decide(&c)
     };
+    // Briefly: the host doubles the period while probes fail.
     let open = |then| Decision::BreakCircuit {
         model: 0,
-        open_ms: 30_000,
+        open_ms: 2_000,
         then,
     };
     assert_eq!(
@@ -270,23 +296,32 @@ fn a_sustained_outage_opens_the_breaker() {
     c.health[0].consecutive_failures = 9;
     assert!(!matches!(decide(&c), Decision::BreakCircuit { .. }));
 
-    // Nor is a busy model whose run of failures was mostly throttles ending in one 503: its
-    // breaker would push all of its traffic onto the fallback.
+    // Nor is a busy model whose run of failures was mostly throttles ending in one 503 (the
+    // throttles ended its run of errors): its breaker would push all of its traffic onto the
+    // fallback.
     let mut c = ctx(ErrorKind::ServiceUnavailable, &["p", "f"]);
     let h = &mut c.health[0];
-    (h.consecutive_failures, h.requests, h.throttles, h.errors) = (6, 40, 30, 4);
+    (h.consecutive_failures, h.consecutive_errors) = (6, 1);
+    (h.requests, h.throttles, h.errors) = (40, 30, 4);
     assert!(
         !matches!(decide(&c), Decision::BreakCircuit { .. }),
         "{:?}",
         decide(&c)
     );
-    c.health[0].errors = 20;
+    // A run of errors is an outage on its own signal, however busy the window was before: a
+    // 10 s outage inside a minute of successes opens the breaker at once.
+    let h = &mut c.health[0];
+    (h.consecutive_failures, h.consecutive_errors) = (5, 5);
+    (h.requests, h.throttles, h.errors) = (600, 2, 5);
     assert!(matches!(decide(&c), Decision::BreakCircuit { .. }));
 
     // Configurable threshold and period.
     let config = r#"{"breaker_failure_threshold": 2, "breaker_open_ms": 5000}"#;
     let mut c = ctx(ErrorKind::InternalServer, &["p"]);
-    c.health[0].consecutive_failures = 2;
+    (
+        c.health[0].consecutive_failures,
+        c.health[0].consecutive_errors,
+    ) = (2, 2);
     let decision = decide_with(
         &default_policy(config),
         &Params::from_json(config).unwrap(),
@@ -323,7 +358,7 @@ fn the_deadline_and_the_attempt_budget_stop_retries() {
     assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
 
     let mut c = ctx(ErrorKind::Throttling, &["primary", "fallback"]);
-    (c.model, c.attempts_on_model, c.attempts_total) = (1, 1, 10);
+    (c.model, c.attempts_on_model, c.attempts_total) = (1, 1, 20);
     assert_eq!(decide(&c), give_up(GiveUpReason::AttemptsExhausted));
 }
 
@@ -401,6 +436,8 @@ fn arb_health() -> impl Strategy<Value = ModelHealth> {
                     throttles: throttles.min(requests),
                     errors: errors.min(requests),
                     consecutive_failures,
+                    // A run of errors is part of the run of failures.
+                    consecutive_errors: consecutive_failures.min(errors),
                     breaker: [
                         BreakerState::Closed,
                         BreakerState::Open,
@@ -462,7 +499,7 @@ proptest! {
                 prop_assert!(delay_ms < c.remaining_ms, "sleeps past the deadline");
             }
             Decision::SwitchModel { model, delay_ms } => {
-                prop_assert!(model > c.model && (model as usize) < c.models.len());
+                prop_assert!(model != c.model && (model as usize) < c.models.len());
                 prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
                 prop_assert!(delay_ms <= params.max_delay_ms);
             }
@@ -499,14 +536,17 @@ fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
         );
         // Silent twice in a row: its breaker opens, so the next requests skip it.
         let mut c = ctx(kind, &["primary", "fallback"]);
-        c.health[0].consecutive_failures = 2;
+        (
+            c.health[0].consecutive_failures,
+            c.health[0].consecutive_errors,
+        ) = (2, 2);
         c.health[0].requests = 2;
         c.health[0].errors = 2;
         assert_eq!(
             decide(&c),
             Decision::BreakCircuit {
                 model: 0,
-                open_ms: 30_000,
+                open_ms: 2_000,
                 then: AfterBreak::Fallback { model: 1 }
             },
             "{kind:?}"
@@ -525,7 +565,10 @@ fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
     let params = Params::from_json(r#"{"silence_breaker_threshold": 3}"#).unwrap();
     let policy = default_policy(r#"{"silence_breaker_threshold": 3}"#);
     let mut c = ctx(ErrorKind::Timeout, &["primary", "fallback"]);
-    c.health[0].consecutive_failures = 2;
+    (
+        c.health[0].consecutive_failures,
+        c.health[0].consecutive_errors,
+    ) = (2, 2);
     assert!(matches!(
         decide_with(&policy, &params, &c),
         Decision::SwitchModel { model: 1, .. }
@@ -602,25 +645,56 @@ fn requests_go_to_the_first_model_with_room_before_it_throttles() {
     c.capacity[0].headroom_tokens = Some(500.0);
     c.capacity[0].tokens_per_minute = Some(30_000.0);
     assert_eq!(route(&c), send(1));
-    // An open breaker or a run of failures (an outage the breaker has not caught) is passed over.
+    // An open breaker is passed over (an outage is the breakers' business); a half-open one
+    // gets its probe.
     let mut c = route_ctx(3);
     c.health[0].breaker = BreakerState::Open;
     c.capacity[1] = full();
     assert_eq!(route(&c), send(2));
-    let mut c = route_ctx(2);
-    c.health[0].consecutive_failures = 5;
-    c.health[0].requests = 5;
-    c.health[0].errors = 5;
-    assert_eq!(route(&c), send(1));
-    // ... until nothing was sent to it for a health window: then it gets a request again.
-    c.health[0].requests = 0;
-    c.health[0].errors = 0;
+    c.health[0].breaker = BreakerState::HalfOpen;
     assert_eq!(route(&c), send(0));
-    // No room anywhere: stay where the request is (the throttle and `decide` say what next).
+    // No room anywhere: an interactive request waits for the soonest room (the primary's
+    // 0.7 request at 10 a second: 70 ms), where sending now would cost a throttle; batch work
+    // waits in the queue for it.
     let mut c = route_ctx(2);
     c.capacity = vec![full(), full()];
-    assert_eq!(route(&c), send(0));
+    assert_eq!(
+        route(&c),
+        Route::Send {
+            model: 0,
+            delay_ms: 70
+        }
+    );
+    c.capacity[1].headroom_requests = Some(0.9);
+    assert_eq!(
+        route(&c),
+        Route::Send {
+            model: 1,
+            delay_ms: 10
+        }
+    );
     c.workload = Workload::Batch;
+    assert_eq!(route(&c), Route::Queue { not_before_ms: 10 });
+    // Room promised to waiting requests (headroom below zero) puts this one behind them; past
+    // `route_max_wait_ms` (250 ms) it goes now, where it is: the estimate is a guess.
+    c.workload = Workload::Interactive;
+    c.capacity[1].headroom_requests = Some(-1.0);
+    assert_eq!(
+        route(&c),
+        Route::Send {
+            model: 0,
+            delay_ms: 70
+        }
+    );
+    c.capacity[0].headroom_requests = Some(-3.0);
+    assert_eq!(
+        route(&c),
+        Route::Send {
+            model: 1,
+            delay_ms: 200
+        }
+    );
+    c.capacity[1].headroom_requests = Some(-3.0);
     assert_eq!(route(&c), send(0));
     // A decision that moved the request on is not undone, even when the primary has room again.
     let mut c = route_ctx(3);
@@ -640,8 +714,9 @@ fn requests_go_to_the_first_model_with_room_before_it_throttles() {
 fn arb_capacity() -> impl Strategy<Value = ModelCapacity> {
     (
         proptest::option::of(0.0f64..2_000.0),
-        proptest::option::of(0.0f64..5.0),
-        proptest::option::of(0.0f64..20_000.0),
+        // Below zero: room promised to waiting requests.
+        proptest::option::of(-20.0f64..5.0),
+        proptest::option::of(-20_000.0f64..20_000.0),
         0u32..50,
     )
         .prop_map(|(rpm, headroom, tokens, in_flight)| ModelCapacity {
@@ -694,17 +769,30 @@ proptest! {
             Route::Send { model, delay_ms } => {
                 prop_assert!((model as usize) < c.health.len());
                 prop_assert!(model >= c.current, "went back from {} to {model}", c.current);
-                prop_assert_eq!(delay_ms, 0);
                 if model != c.current {
                     prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
+                }
+                if delay_ms == 0 && model != c.current {
                     prop_assert!(c.capacity[model as usize].fits(c.tokens));
+                }
+                if delay_ms > 0 {
+                    // Only interactive work waits, for the room the estimate promises, within
+                    // its deadline and the policy's longest wait.
+                    prop_assert_eq!(c.workload, Workload::Interactive);
+                    prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
+                    prop_assert_eq!(delay_ms, c.capacity[model as usize].wait_ms(c.tokens));
+                    prop_assert!(delay_ms < c.remaining_ms);
+                    prop_assert!(delay_ms <= Params::default().route_max_wait_ms);
                 }
             }
             Route::GiveUp { reason } => {
                 prop_assert_eq!(reason, GiveUpReason::Deadline);
                 prop_assert_eq!(c.remaining_ms, 0);
             }
-            Route::Queue { .. } => prop_assert!(false, "the default does not queue from route"),
+            Route::Queue { not_before_ms } => {
+                prop_assert_eq!(c.workload, Workload::Batch);
+                prop_assert!(not_before_ms < c.remaining_ms);
+            }
         }
     }
 }

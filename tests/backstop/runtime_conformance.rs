@@ -43,6 +43,7 @@ fn js_context(c: &AttemptContext) -> Value {
             "throttles": h.throttles,
             "errors": h.errors,
             "consecutiveFailures": h.consecutive_failures,
+            "consecutiveErrors": h.consecutive_errors,
             "breaker": kebab(h.breaker),
             "inStateMs": h.in_state_ms.to_string(),
         })).collect::<Vec<_>>(),
@@ -102,6 +103,7 @@ fn table() -> Vec<AttemptContext> {
                 c.remaining_ms = 5_000 + seed % 60_000;
                 c.error.retry_after_ms = seed.is_multiple_of(3).then_some(seed % 4_000);
                 c.health[0].consecutive_failures = attempt;
+                c.health[0].consecutive_errors = if kind.is_throttle() { 0 } else { attempt };
                 c.health[0].requests = 20;
                 c.health[0].throttles = (seed % 21) as u32;
                 c.health[0].errors = (seed % 17) as u32;

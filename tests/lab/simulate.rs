@@ -309,6 +309,8 @@ fn the_retry_budget_bounds_a_retry_storm_and_leaves_the_default_alone() {
 #[test]
 fn a_silent_primary_costs_requests_the_header_limit_not_their_deadline() {
     let mut scenario = small_scenario(5);
+    // A fallback with room for what the primary does not answer: what fails is what waited.
+    scenario.models.get_mut("fallback").unwrap().rpm = Some(600);
     let primary = scenario.models.get_mut("primary").unwrap();
     primary.misbehaviour_rates = [(
         serde_json::from_value(serde_json::json!("silent")).unwrap(),

@@ -53,7 +53,8 @@ pub struct DecideArgs {
     #[arg(long)]
     consecutive_failures: Option<u32>,
     /// Health of every model of the chain as a JSON list of objects with `requests`,
-    /// `throttles`, `errors`, `consecutive_failures`, `breaker`, `in_state_ms`.
+    /// `throttles`, `errors`, `consecutive_failures`, `consecutive_errors`, `breaker`,
+    /// `in_state_ms`.
     #[arg(long)]
     health: Option<String>,
     /// The 64 random bits for jitter (default: drawn now); pass one to replay a decision.
@@ -131,6 +132,12 @@ fn context(args: &DecideArgs) -> Result<AttemptContext> {
     ctx.entropy = args.entropy.unwrap_or_else(|| fastrand::u64(..));
     if let Some(first) = ctx.health.first_mut() {
         first.consecutive_failures = args.consecutive_failures.unwrap_or(args.attempt);
+        // A throttle ends a run of errors; anything else failing in a row is one.
+        first.consecutive_errors = if kind.is_throttle() {
+            0
+        } else {
+            first.consecutive_failures
+        };
         first.requests = first.requests.max(args.attempt);
     }
     if let Some(health) = &args.health {

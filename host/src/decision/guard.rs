@@ -22,7 +22,7 @@ pub struct Guardrails {
 impl Default for Guardrails {
     fn default() -> Self {
         Guardrails {
-            max_total_attempts: 10,
+            max_total_attempts: 20,
             max_delay_ms: 60_000,
             max_open_ms: 300_000,
         }

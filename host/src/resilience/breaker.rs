@@ -1,5 +1,10 @@
 //! The circuit breaker of one model: closed → open (for the period a policy decided) →
-//! half-open with a single probe → closed on its success, open again on its failure.
+//! half-open with a single probe → closed on its success, open again on its failure: for the
+//! same period after the first failed probe, then for twice the period before (at most
+//! `GROWTH_LIMIT` times the period decided, and never past the guardrails' longest opening).
+//! So a policy can open briefly: a model back from a short outage is probed and used again
+//! within seconds, a model that fails one request in four is not kept out by one unlucky
+//! probe, and a long outage costs a probe per doubling period, not one per short period.
 //!
 //! The policy decides *when* to open and for how long; this state machine, owned by the host,
 //! decides who may send meanwhile, so an open breaker fails requests fast without reaching
@@ -23,22 +28,34 @@ pub enum Admission {
     },
 }
 
+/// How many times the decided open period a breaker may grow to while its probes fail.
+pub const GROWTH_LIMIT: u32 = 16;
+
 /// One model's breaker.
 #[derive(Clone, Debug)]
 pub struct Breaker {
     state: BreakerState,
     since: Instant,
     open_for: Duration,
+    /// The period the policy decided when it opened the breaker.
+    decided: Duration,
+    /// The longest opening the guardrails allow.
+    ceiling: Duration,
+    /// Probes failed since the policy opened the breaker.
+    failed_probes: u32,
     probe_in_flight: bool,
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub fn new(now: Instant) -> Breaker {
+    /// A closed breaker that will never stay open longer than `ceiling` at a time.
+    pub fn new(now: Instant, ceiling: Duration) -> Breaker {
         Breaker {
             state: BreakerState::Closed,
             since: now,
             open_for: Duration::ZERO,
+            decided: Duration::ZERO,
+            ceiling,
+            failed_probes: 0,
             probe_in_flight: false,
         }
     }
@@ -89,8 +106,15 @@ impl Breaker {
         }
     }
 
-    /// Opens the breaker for `period`. Returns whether it was not open before.
+    /// Opens the breaker for `period` (a policy's decision). Returns whether it was not open
+    /// before.
     pub fn open(&mut self, now: Instant, period: Duration) -> bool {
+        self.decided = period.min(self.ceiling);
+        self.failed_probes = 0;
+        self.reopen(now, self.decided)
+    }
+
+    fn reopen(&mut self, now: Instant, period: Duration) -> bool {
         let newly = self.state != BreakerState::Open;
         self.state = BreakerState::Open;
         self.since = now;
@@ -110,14 +134,21 @@ impl Breaker {
         true
     }
 
-    /// A request failed. A failed probe opens the breaker again for the same period; returns
+    /// A request failed. A failed probe opens the breaker again, for the same period the first
+    /// time and then for twice the period (within [`GROWTH_LIMIT`] and the ceiling); returns
     /// whether that happened.
     pub fn on_failure(&mut self, now: Instant) -> bool {
         if self.state != BreakerState::HalfOpen {
             return false;
         }
-        let period = self.open_for;
-        self.open(now, period);
+        // One failed probe may be bad luck (a model failing one request in four fails a probe as
+        // often): the period grows from the second in a row.
+        let factor = if self.failed_probes == 0 { 1 } else { 2 };
+        self.failed_probes = self.failed_probes.saturating_add(1);
+        let period = (self.open_for * factor)
+            .min(self.decided * GROWTH_LIMIT)
+            .min(self.ceiling);
+        self.reopen(now, period);
         true
     }
 }
@@ -130,7 +161,7 @@ mod tests {
     fn opens_refuses_probes_once_and_closes_or_reopens() {
         let t0 = Instant::now();
         let period = Duration::from_secs(10);
-        let mut breaker = Breaker::new(t0);
+        let mut breaker = Breaker::new(t0, Duration::from_secs(300));
         assert_eq!(breaker.admit(t0), Admission::Send);
         assert!(breaker.open(t0, period));
         assert_eq!(
@@ -145,13 +176,15 @@ mod tests {
         assert_eq!(breaker.admit(t1), Admission::Probe);
         assert!(matches!(breaker.admit(t1), Admission::Refused { .. }));
 
-        // A failed probe opens it again for the same period.
+        // A failed probe opens it again.
         assert!(breaker.on_failure(t1));
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(matches!(
+        assert_eq!(
             breaker.admit(t1 + Duration::from_secs(9)),
-            Admission::Refused { .. }
-        ));
+            Admission::Refused {
+                retry_in: Duration::from_secs(1)
+            }
+        );
 
         // A successful probe closes it.
         let t2 = t1 + period;
@@ -167,7 +200,7 @@ mod tests {
     #[test]
     fn an_open_breaker_past_its_period_shows_ready_for_its_probe() {
         let t0 = Instant::now();
-        let mut breaker = Breaker::new(t0);
+        let mut breaker = Breaker::new(t0, Duration::from_secs(300));
         breaker.open(t0, Duration::from_secs(10));
         assert_eq!(
             breaker.state_at(t0 + Duration::from_secs(9)),
@@ -183,5 +216,37 @@ mod tests {
             breaker.admit(t0 + Duration::from_secs(10)),
             Admission::Probe
         );
+    }
+
+    #[test]
+    fn failed_probes_in_a_row_double_the_period_up_to_its_limit_and_the_ceiling() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let opened = |ceiling: Duration, decided: Duration, failed_probes: u32| {
+            let mut breaker = Breaker::new(t0, ceiling);
+            breaker.open(t0, decided);
+            let mut now = t0;
+            for _ in 0..failed_probes {
+                now += breaker.open_for;
+                assert_eq!(breaker.admit(now), Admission::Probe);
+                assert!(breaker.on_failure(now));
+            }
+            breaker.open_for
+        };
+        assert_eq!(opened(300 * second, 2 * second, 0), 2 * second);
+        assert_eq!(
+            opened(300 * second, 2 * second, 1),
+            2 * second,
+            "one may be bad luck"
+        );
+        assert_eq!(opened(300 * second, 2 * second, 2), 4 * second);
+        assert_eq!(opened(300 * second, 2 * second, 4), 16 * second);
+        assert_eq!(opened(300 * second, 2 * second, 10), 32 * second, "16x");
+        assert_eq!(
+            opened(300 * second, 60 * second, 10),
+            300 * second,
+            "ceiling"
+        );
+        assert_eq!(opened(30 * second, 60 * second, 0), 30 * second, "ceiling");
     }
 }

@@ -9,24 +9,88 @@
 //!   last_max`, with `K = ∛(last_max · (1 − BETA) / SCALE)` (`SCALE` = 0.4): fast far below the
 //!   last maximum, cautious near it, then probing beyond it;
 //! - the estimate never exceeds twice the measured rate, and never falls below `MIN_RATE`
-//!   (0.5 per second): a model that was backed off is always probed again, and recovers when
-//!   its quota returns.
+//!   (0.5 per second; for tokens, half the largest request seen a second): a model that was
+//!   backed off is always probed again, and recovers when its quota returns.
+//!
+//! Two departures from smithy-rs, because the host sees many attempts in flight where the
+//! SDK's limiter sees one request at a time (`Cubic::sdk` keeps smithy-rs's rules, for the
+//! `sdk-adaptive` baseline):
+//!
+//! - the last maximum is the rate the model **accepted** over the last `ACCEPTED_WINDOW_S`
+//!   seconds (answers that were not throttles), not the rate it was sent: while a quota is
+//!   saturated that is the quota itself — Bedrock's quotas are token buckets, and an empty
+//!   bucket passes exactly its refill rate — where the sending rate counts the throttled
+//!   attempts too;
+//! - as TCP CUBIC does it (RFC 9438, one reduction per congestion event), a throttle of an
+//!   attempt **sent before the last cut** does not cut again: one saturation returns a burst of
+//!   throttles, which would otherwise cut the estimate to 0.7ⁿ of the quota.
+//!
+//! Measured on `spike-outage` (two models near their quotas): with smithy-rs's rules the two
+//! estimates together swung between a fifth and three times the models' real quotas.
 //!
 //! The host keeps one estimate per model for requests and one for tokens (Bedrock quotas are
 //! both), and a token bucket filled at the estimated rate: its level is the **headroom**, what
 //! can be sent now without expecting a throttle. Before the first throttle a model's rate is
-//! unknown (no limit seen), and its headroom unbounded.
+//! unknown (no limit seen), and its headroom unbounded. A routed attempt that waits for room
+//! **reserves** it when the route is decided, so the headroom goes below zero by what is
+//! promised (at most `MAX_RESERVED_S` seconds' worth) and the next request waits behind it
+//! rather than beside it.
 
 use crate::contract::ModelCapacity;
 
 /// Fraction of the last maximum kept after a throttle.
 pub const BETA: f64 = 0.7;
-/// How fast the cubic grows back.
+/// How fast the cubic grows back (smithy-rs), in requests per second³.
 pub const SCALE: f64 = 0.4;
+/// How fast the host's estimates grow back, in units per second³: slower than the SDK's.
+pub const HOST_SCALE: f64 = 0.01;
 /// Weight of the newest measurement of the sending rate.
 pub const SMOOTH: f64 = 0.8;
-/// The least rate an estimate falls to, per second: the probe that never stops.
+/// The least rate an estimate falls to, in units (a request; for tokens, the largest request
+/// seen) per second: the probe that never stops.
 pub const MIN_RATE: f64 = 0.5;
+/// The most seconds of sending at the estimated rate that may be promised ahead.
+pub const MAX_RESERVED_S: f64 = 60.0;
+/// The window over which the accepted rate is measured, in seconds.
+pub const ACCEPTED_WINDOW_S: f64 = 5.0;
+/// Half-second slots in the accepted window.
+const SLOTS: usize = (ACCEPTED_WINDOW_S * 2.0) as usize;
+
+/// What a model accepted over the last [`ACCEPTED_WINDOW_S`], in half-second slots.
+#[derive(Clone, Debug, PartialEq)]
+struct Meter {
+    slots: [f64; SLOTS],
+    /// The half-second slot `now` falls in, counted from the clock's start.
+    head: i64,
+}
+
+impl Meter {
+    fn new(now: f64) -> Meter {
+        Meter {
+            slots: [0.0; SLOTS],
+            head: (now * 2.0).floor() as i64,
+        }
+    }
+
+    fn advance(&mut self, now: f64) {
+        let slot = (now * 2.0).floor() as i64;
+        // Slots passed since the last call are emptied (all of them after a long quiet).
+        for passed in (self.head + 1..=slot).take(SLOTS) {
+            self.slots[passed.rem_euclid(SLOTS as i64) as usize] = 0.0;
+        }
+        self.head = self.head.max(slot);
+    }
+
+    fn add(&mut self, now: f64, amount: f64) {
+        self.advance(now);
+        self.slots[self.head.rem_euclid(SLOTS as i64) as usize] += amount;
+    }
+
+    fn rate(&mut self, now: f64) -> f64 {
+        self.advance(now);
+        self.slots.iter().sum::<f64>() / ACCEPTED_WINDOW_S
+    }
+}
 
 /// One quantity's learned rate (requests, or tokens, per second).
 #[derive(Clone, Debug, PartialEq)]
@@ -49,14 +113,34 @@ pub struct Cubic {
     level: f64,
     /// When `level` was last refilled, in seconds.
     refilled: f64,
+    /// What the model accepted lately: the last maximum at a throttle. `None` for smithy-rs's
+    /// rule (the sending rate).
+    accepted: Option<Meter>,
+    /// The largest amount sent at once (1 for requests): the least rate and the headroom's
+    /// least size are in this unit, so a request of many tokens always fits eventually.
+    unit: f64,
+    /// How fast the cubic grows back, in units per second³.
+    scale: f64,
 }
 
 impl Cubic {
-    /// An estimate that has seen nothing yet, at time `now` (seconds).
+    /// An estimate that has seen nothing yet, at time `now` (seconds), with the host's rules.
     pub fn new(now: f64) -> Cubic {
         Cubic {
+            accepted: Some(Meter::new(now)),
+            scale: HOST_SCALE,
+            ..Cubic::sdk(now)
+        }
+    }
+
+    /// An estimate with smithy-rs's rules: each throttle cuts from the sending rate.
+    pub fn sdk(now: f64) -> Cubic {
+        Cubic {
+            accepted: None,
             limited: false,
             rate: MIN_RATE,
+            unit: 1.0,
+            scale: SCALE,
             last_max: 0.0,
             last_throttle: now,
             measured: 0.0,
@@ -67,18 +151,32 @@ impl Cubic {
         }
     }
 
-    /// `amount` (1 for a request, its tokens for tokens) was sent at `now`.
+    /// `amount` (1 for a request, its tokens for tokens) was sent at `now`, unannounced.
     pub fn sent(&mut self, now: f64, amount: f64) {
         self.refill(now);
-        // Sent past the headroom (the policy's choice) leaves it empty, not in debt, so the
-        // next probe is never further away than one token at the least rate.
-        self.level = (self.level - amount).max(0.0);
+        // Sent past the headroom without a reservation (the policy's choice) leaves it no
+        // deeper below zero than it was, so the next probe is never further away than what was
+        // promised plus one unit at the least rate.
+        self.level = (self.level - amount).max(self.level.min(0.0));
         self.measure(now, amount);
     }
 
+    /// Promises `amount` of the headroom at `now` to an attempt that will be sent when the
+    /// headroom is back above zero: the level goes below zero by it (at most
+    /// [`MAX_RESERVED_S`] at the estimated rate). The send itself is then only
+    /// [measured](Self::measure). Before the first throttle there is nothing to reserve.
+    pub fn reserve(&mut self, now: f64, amount: f64) {
+        if !self.limited {
+            return;
+        }
+        self.refill(now);
+        self.level = (self.level - amount).max(-MAX_RESERVED_S * self.rate);
+    }
+
     /// Counts `amount` towards the measured sending rate, without touching the headroom (for a
-    /// send already paid for by [`acquire`](Self::acquire)).
+    /// send already paid for by [`acquire`](Self::acquire) or [`reserve`](Self::reserve)).
     pub fn measure(&mut self, now: f64, amount: f64) {
+        self.unit = self.unit.max(amount);
         let bucket = (now * 2.0).floor() / 2.0;
         self.bucket_count += amount;
         if bucket > self.bucket_start {
@@ -89,41 +187,58 @@ impl Cubic {
         }
     }
 
-    /// The model throttled at `now`.
-    pub fn throttled(&mut self, now: f64) {
+    /// The model throttled at `now` an attempt sent at `sent_at`.
+    pub fn throttled(&mut self, now: f64, sent_at: f64) {
         self.refill(now);
-        let at = if self.limited {
-            self.measured.min(self.rate)
-        } else {
-            self.measured
+        let at = match &mut self.accepted {
+            Some(_) if self.limited && sent_at < self.last_throttle => {
+                // Part of the saturation the last cut answered.
+                return;
+            }
+            // What it accepted lately, unless that is below what the estimate would keep
+            // anyway: after a quiet spell (an open breaker, traffic elsewhere) the window
+            // holds too little to say what the quota is, and one throttle must not undo what
+            // was learned — each cut is then to BETA² (about half) of the estimate at most.
+            Some(accepted) => accepted.rate(now).max(self.rate * BETA),
+            None if self.limited => self.measured.min(self.rate),
+            None => self.measured,
         };
-        self.last_max = at.max(MIN_RATE);
+        self.last_max = at.max(self.min_rate());
         self.last_throttle = now;
         self.limited = true;
         self.set_rate(self.last_max * BETA);
     }
 
-    /// The model answered (anything but a throttle) at `now`.
-    pub fn answered(&mut self, now: f64) {
+    /// The model answered `amount` (anything but a throttle) at `now`.
+    pub fn answered(&mut self, now: f64, amount: f64) {
+        if let Some(accepted) = &mut self.accepted {
+            accepted.add(now, amount);
+        }
         if !self.limited {
             return;
         }
         self.refill(now);
-        let k = (self.last_max * (1.0 - BETA) / SCALE).cbrt();
+        // In units (requests; for tokens, the largest request), so an estimate of tokens grows
+        // back as fast as one of requests: SCALE is a rate of requests.
+        let k = (self.last_max / self.unit * (1.0 - BETA) / self.scale).cbrt();
         let dt = now - self.last_throttle - k;
-        let cubic = SCALE * dt.powi(3) + self.last_max;
-        self.set_rate(cubic.min(2.0 * self.measured.max(MIN_RATE)));
+        let cubic = self.unit * self.scale * dt.powi(3) + self.last_max;
+        self.set_rate(cubic.min(2.0 * self.measured.max(self.min_rate())));
     }
 
     fn set_rate(&mut self, rate: f64) {
-        self.rate = rate.max(MIN_RATE);
-        // The bucket holds at most a second's worth at the new rate.
-        self.level = self.level.min(self.rate.max(1.0));
+        self.rate = rate.max(self.min_rate());
+        // The bucket holds at most a second's worth at the new rate (and one unit at least).
+        self.level = self.level.min(self.rate.max(self.unit));
+    }
+
+    fn min_rate(&self) -> f64 {
+        MIN_RATE * self.unit
     }
 
     fn refill(&mut self, now: f64) {
         let elapsed = (now - self.refilled).max(0.0);
-        self.level = (self.level + elapsed * self.rate).min(self.rate.max(1.0));
+        self.level = (self.level + elapsed * self.rate).min(self.rate.max(self.unit));
         self.refilled = now;
     }
 
@@ -175,22 +290,34 @@ impl Capacity {
         }
     }
 
-    /// An attempt of `tokens` was sent.
-    pub fn sent(&mut self, now: f64, tokens: u64) {
-        self.requests.sent(now, 1.0);
-        self.tokens.sent(now, tokens as f64);
+    /// An attempt of `tokens` was sent; `reserved` when its room was
+    /// [reserved](Self::reserve) before.
+    pub fn sent(&mut self, now: f64, tokens: u64, reserved: bool) {
+        if reserved {
+            self.requests.measure(now, 1.0);
+            self.tokens.measure(now, tokens as f64);
+        } else {
+            self.requests.sent(now, 1.0);
+            self.tokens.sent(now, tokens as f64);
+        }
         self.in_flight = self.in_flight.saturating_add(1);
     }
 
-    /// An attempt came back: throttled or not.
-    pub fn returned(&mut self, now: f64, throttled: bool) {
+    /// Promises room for an attempt of `tokens` that waits for it.
+    pub fn reserve(&mut self, now: f64, tokens: u64) {
+        self.requests.reserve(now, 1.0);
+        self.tokens.reserve(now, tokens as f64);
+    }
+
+    /// An attempt of `tokens` sent at `sent_at` came back at `now`: throttled or not.
+    pub fn returned(&mut self, now: f64, sent_at: f64, tokens: u64, throttled: bool) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if throttled {
-            self.requests.throttled(now);
-            self.tokens.throttled(now);
+            self.requests.throttled(now, sent_at);
+            self.tokens.throttled(now, sent_at);
         } else {
-            self.requests.answered(now);
-            self.tokens.answered(now);
+            self.requests.answered(now, 1.0);
+            self.tokens.answered(now, tokens as f64);
         }
     }
 
@@ -225,9 +352,9 @@ mod tests {
                 sent += 1;
                 if tokens >= 1.0 {
                     tokens -= 1.0;
-                    estimate.answered(t);
+                    estimate.answered(t, 1.0);
                 } else {
-                    estimate.throttled(t);
+                    estimate.throttled(t, t);
                     throttles += 1;
                 }
             }
@@ -264,14 +391,131 @@ mod tests {
         assert!(recovered > 4.0 * squeezed, "{squeezed}/s -> {recovered}/s");
     }
 
+    /// A model that accepted `rate` a second for the five seconds before `until`.
+    fn accepting(estimate: &mut Cubic, rate: f64, until: f64) {
+        let mut t = until - ACCEPTED_WINDOW_S;
+        while t < until {
+            estimate.sent(t, 1.0);
+            estimate.answered(t, 1.0);
+            t += 1.0 / rate;
+        }
+    }
+
+    #[test]
+    fn one_saturation_cuts_the_estimate_once_to_what_the_model_accepted() {
+        let mut host = Cubic::new(0.0);
+        let mut sdk = Cubic::sdk(0.0);
+        for estimate in [&mut host, &mut sdk] {
+            accepting(estimate, 10.0, 10.0);
+            // Twenty attempts go at once and all come back throttled, one after the other.
+            for _ in 0..20 {
+                estimate.sent(10.0, 1.0);
+            }
+            for i in 0..20 {
+                estimate.throttled(10.1 + f64::from(i) * 0.01, 10.0);
+            }
+        }
+        let host = host.rate().unwrap();
+        assert!(
+            (0.6 * 10.0..=0.75 * 10.0).contains(&host),
+            "one cut to BETA of the accepted 10/s, got {host}/s"
+        );
+        // smithy-rs's rule, for the SDK's one-request-at-a-time view: every throttle cuts.
+        assert_eq!(sdk.rate().unwrap(), MIN_RATE);
+    }
+
+    #[test]
+    fn a_throttle_after_a_quiet_spell_does_not_undo_what_was_learned() {
+        let mut estimate = Cubic::new(0.0);
+        accepting(&mut estimate, 10.0, 10.0);
+        estimate.throttled(10.0, 10.0);
+        let learned = estimate.rate().unwrap();
+        // A minute with nothing sent (traffic went elsewhere), then one throttle.
+        estimate.sent(70.0, 1.0);
+        estimate.throttled(70.5, 70.0);
+        let after = estimate.rate().unwrap();
+        assert!(
+            after >= BETA * BETA * learned - 1e-9,
+            "{learned}/s fell to {after}/s on one throttle"
+        );
+    }
+
+    #[test]
+    fn a_reservation_puts_the_next_request_behind_it() {
+        let mut capacity = Capacity::new(0.0);
+        for i in 0..50 {
+            let t = f64::from(i) * 0.1;
+            capacity.sent(t, 100, false);
+            capacity.returned(t, t, 100, false);
+        }
+        capacity.sent(5.0, 100, false);
+        capacity.returned(5.0, 5.0, 100, true);
+        let rate = capacity.view(5.0).requests_per_minute.unwrap() / 60.0;
+        let mut waits = Vec::new();
+        let mut now = 5.0;
+        // Spend what is there, then promise three more attempts.
+        while capacity.view(now).fits(100) {
+            capacity.sent(now, 100, false);
+        }
+        for _ in 0..3 {
+            waits.push(capacity.view(now).wait_ms(100));
+            capacity.reserve(now, 100);
+        }
+        now += 0.0;
+        let step = 1000.0 / rate;
+        assert!(waits[0] <= step.ceil() as u64, "{waits:?} at {rate}/s");
+        for pair in waits.windows(2) {
+            let gap = pair[1] as f64 - pair[0] as f64;
+            assert!(
+                (gap - step).abs() <= 1.0,
+                "{waits:?}: one request apart at {rate}/s"
+            );
+        }
+        // The reserved attempts are measured, not charged again, when they go.
+        let before = capacity.view(now).headroom_requests.unwrap();
+        capacity.sent(now, 100, true);
+        assert_eq!(capacity.view(now).headroom_requests.unwrap(), before);
+    }
+
+    #[test]
+    fn a_request_of_many_tokens_fits_again_soon_after_a_storm_of_throttles() {
+        let mut capacity = Capacity::new(0.0);
+        let mut t = 0.0;
+        for _ in 0..200 {
+            capacity.sent(t, 50_000, false);
+            capacity.returned(t + 0.01, t, 50_000, true);
+            t += 0.02;
+        }
+        let view = capacity.view(t);
+        let wait = view.wait_ms(50_000);
+        assert!(
+            wait <= 2_000,
+            "a 50,000-token request waits {wait} ms (tokens {:?}/min)",
+            view.tokens_per_minute
+        );
+    }
+
     proptest! {
+        #[test]
+        fn reservations_never_promise_more_than_a_minute(reserves in 1usize..500, rate in 1.0f64..50.0) {
+            let mut estimate = Cubic::new(0.0);
+            accepting(&mut estimate, rate, 10.0);
+            estimate.throttled(10.0, 10.0);
+            for _ in 0..reserves {
+                estimate.reserve(10.0, 1.0);
+            }
+            let rate = estimate.rate().unwrap();
+            let level = estimate.headroom(10.0).unwrap();
+            prop_assert!(level >= -MAX_RESERVED_S * rate - 1e-9, "{level} at {rate}/s");
+        }
+
         #[test]
         fn it_never_stops_probing(throttles in 1usize..200, gap in 0.0f64..5.0) {
             let mut estimate = Cubic::new(0.0);
             let mut t = 0.0;
             for _ in 0..throttles {
                 estimate.sent(t, 1.0);
-                estimate.throttled(t);
+                estimate.throttled(t, t);
                 t += gap;
             }
             let rate = estimate.rate().unwrap();

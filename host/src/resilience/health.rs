@@ -21,6 +21,7 @@ enum Outcome {
 struct Model {
     window: VecDeque<(Instant, Outcome)>,
     consecutive_failures: u32,
+    consecutive_errors: u32,
     breaker: Breaker,
     capacity: Capacity,
 }
@@ -32,15 +33,17 @@ pub struct HealthBoard {
 }
 
 impl HealthBoard {
-    /// A board for `count` models, keeping outcomes for `window`.
-    pub fn new(count: usize, window: Duration) -> HealthBoard {
+    /// A board for `count` models, keeping outcomes for `window`, whose breakers never stay
+    /// open longer than `open_ceiling` at a time.
+    pub fn new(count: usize, window: Duration, open_ceiling: Duration) -> HealthBoard {
         let now = Instant::now();
         let models = (0..count)
             .map(|_| {
                 Mutex::new(Model {
                     window: VecDeque::new(),
                     consecutive_failures: 0,
-                    breaker: Breaker::new(now),
+                    consecutive_errors: 0,
+                    breaker: Breaker::new(now, open_ceiling),
                     capacity: Capacity::new(0.0),
                 })
             })
@@ -63,6 +66,7 @@ impl HealthBoard {
     pub fn record_success(&self, index: usize, now: Instant) -> bool {
         let mut model = self.model(index);
         model.consecutive_failures = 0;
+        model.consecutive_errors = 0;
         self.push(&mut model, now, Outcome::Ok);
         model.breaker.on_success(now)
     }
@@ -71,6 +75,12 @@ impl HealthBoard {
     pub fn record_failure(&self, index: usize, now: Instant, kind: ErrorKind) -> bool {
         let mut model = self.model(index);
         model.consecutive_failures = model.consecutive_failures.saturating_add(1);
+        // A throttle, or the caller's own error, came from a model that is up.
+        model.consecutive_errors = if kind.is_throttle() || !kind.heals() {
+            0
+        } else {
+            model.consecutive_errors.saturating_add(1)
+        };
         let outcome = if kind.is_throttle() {
             Outcome::Throttled
         } else {
@@ -80,14 +90,23 @@ impl HealthBoard {
         model.breaker.on_failure(now)
     }
 
-    /// An attempt of `tokens` went to model `index` at `clock_s` (policy seconds).
-    pub fn sent(&self, index: usize, clock_s: f64, tokens: u64) {
-        self.model(index).capacity.sent(clock_s, tokens);
+    /// An attempt of `tokens` went to model `index` at `clock_s` (policy seconds);
+    /// `reserved` when its room was [reserved](Self::reserve) before.
+    pub fn sent(&self, index: usize, clock_s: f64, tokens: u64, reserved: bool) {
+        self.model(index).capacity.sent(clock_s, tokens, reserved);
     }
 
-    /// The attempt came back from model `index` at `clock_s`: throttled or not.
-    pub fn returned(&self, index: usize, clock_s: f64, throttled: bool) {
-        self.model(index).capacity.returned(clock_s, throttled);
+    /// Promises model `index`'s room for an attempt of `tokens` that waits for it.
+    pub fn reserve(&self, index: usize, clock_s: f64, tokens: u64) {
+        self.model(index).capacity.reserve(clock_s, tokens);
+    }
+
+    /// The attempt of `tokens` sent at `sent_at` came back from model `index` at `clock_s`:
+    /// throttled or not.
+    pub fn returned(&self, index: usize, clock_s: f64, sent_at: f64, tokens: u64, throttled: bool) {
+        self.model(index)
+            .capacity
+            .returned(clock_s, sent_at, tokens, throttled);
     }
 
     /// Every model's learned capacity at `clock_s`.
@@ -137,10 +156,50 @@ impl HealthBoard {
                     throttles,
                     errors,
                     consecutive_failures: model.consecutive_failures,
+                    consecutive_errors: model.consecutive_errors,
                     breaker,
                     in_state_ms: to_ms(now.saturating_duration_since(since)),
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_errors_is_ended_by_a_success_a_throttle_or_the_callers_own_error() {
+        let board = HealthBoard::new(1, Duration::from_secs(60), Duration::from_secs(300));
+        let now = Instant::now();
+        let errors = |board: &HealthBoard| board.snapshot(now, |_| 0)[0].consecutive_errors;
+        for kind in [
+            ErrorKind::ServiceUnavailable,
+            ErrorKind::InternalServer,
+            ErrorKind::Timeout,
+            ErrorKind::ModelStreamError,
+        ] {
+            board.record_failure(0, now, kind);
+        }
+        assert_eq!(errors(&board), 4);
+        board.record_failure(0, now, ErrorKind::Throttling);
+        assert_eq!(errors(&board), 0, "a model that throttles is up");
+        board.record_failure(0, now, ErrorKind::ServiceUnavailable);
+        board.record_failure(0, now, ErrorKind::Validation);
+        assert_eq!(
+            errors(&board),
+            0,
+            "a model that refuses a bad request is up"
+        );
+        board.record_failure(0, now, ErrorKind::ServiceUnavailable);
+        board.record_success(0, now);
+        assert_eq!(errors(&board), 0);
+        // The run of failures counts everything.
+        assert_eq!(board.snapshot(now, |_| 0)[0].consecutive_failures, 0);
+        board.record_failure(0, now, ErrorKind::Throttling);
+        board.record_failure(0, now, ErrorKind::ServiceUnavailable);
+        assert_eq!(board.snapshot(now, |_| 0)[0].consecutive_failures, 2);
+        assert_eq!(errors(&board), 1);
     }
 }

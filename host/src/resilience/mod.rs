@@ -113,7 +113,11 @@ impl Resilience {
             None => fastrand::Rng::new(),
         };
         Ok(Resilience {
-            health: HealthBoard::new(options.models.len(), window),
+            health: HealthBoard::new(
+                options.models.len(),
+                window,
+                scale(Duration::from_millis(guard.max_open_ms), options.time_scale),
+            ),
             metrics: Metrics::new(policy.as_ref()),
             policy,
             queue: BatchQueue::new(options.queue_capacity),
@@ -214,21 +218,35 @@ impl Resilience {
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
         let result = async {
             let mut last: Option<(ErrorInfo, BoxError)> = None;
+            // Set while a routed attempt waits for the room it reserved: it is then sent
+            // without asking again (as the SDK's rate limiter sends after its sleep).
+            let mut waited_for_room = false;
             loop {
                 let now = Instant::now();
                 if now >= p.deadline {
                     return Err(p.gave_up(GiveUpReason::Deadline, last));
                 }
-                if self.policy.routes() {
+                if self.policy.routes() && !waited_for_room {
                     // Routing comes before the breaker's admission, so a probe slot is only
                     // taken by the attempt that will use it.
                     match self.route(&mut p, input_tokens, now) {
                         Route::Send { model, delay_ms } => {
                             self.switch(&mut p, model as usize);
+                            if delay_ms == 0 {
+                                // Room now: a parked request may find some too (the queue
+                                // would otherwise re-enter only as fast as requests succeed,
+                                // and never faster than the rate it was drained at).
+                                self.queue.release();
+                            }
                             if delay_ms > 0 {
+                                // The room is promised now, so the next request waits behind
+                                // this one instead of for the same room.
+                                self.health
+                                    .reserve(p.model, self.clock_s(now), input_tokens);
+                                waited_for_room = true;
                                 let wait = self.real(delay_ms);
                                 tokio::time::sleep(wait.min(p.deadline - now)).await;
-                                continue; // Time passed: the deadline first, then again.
+                                continue; // Time passed: the deadline first.
                             }
                         }
                         Route::Queue { not_before_ms } => {
@@ -238,6 +256,7 @@ impl Resilience {
                         Route::GiveUp { reason } => return Err(p.gave_up(reason, last)),
                     }
                 }
+                let reserved = std::mem::take(&mut waited_for_room);
                 if let Admission::Refused { retry_in } = self.health.admit(p.model, now) {
                     self.metrics.breaker_refusals.inc();
                     if p.model + 1 < self.options.models.len() {
@@ -262,20 +281,26 @@ impl Resilience {
                 let limit = scale(self.options.attempt_timeout, self.options.time_scale)
                     .min(p.deadline - now);
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
-                self.health.sent(p.model, self.clock_s(now), input_tokens);
+                let sent_at = self.clock_s(now);
+                self.health.sent(p.model, sent_at, input_tokens, reserved);
                 let outcome = tokio::time::timeout(limit, attempt(model))
                     .instrument(span)
                     .await;
                 let throttled = matches!(&outcome, Ok(Err((info, _))) if info.kind.is_throttle());
-                self.health
-                    .returned(p.model, self.clock_s(Instant::now()), throttled);
+                self.health.returned(
+                    p.model,
+                    self.clock_s(Instant::now()),
+                    sent_at,
+                    input_tokens,
+                    throttled,
+                );
                 let failure = match outcome {
                     Ok(Ok(output)) => {
                         if self.health.record_success(p.model, Instant::now()) {
                             self.metrics.breaker_closes.inc();
                         }
                         self.metrics.succeeded.inc();
-                        self.queue.on_success();
+                        self.queue.release();
                         tracing::info!(model, attempts = p.total, "served");
                         return Ok(Served {
                             output,

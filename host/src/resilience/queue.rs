@@ -1,6 +1,7 @@
 //! The bounded batch queue and its pacing. A parked request first waits the time the policy
-//! chose, then for a release: each success anywhere releases the longest waiter (the semaphore
-//! is fair), so a backlog re-enters at the pace the models serve instead of all at once. While
+//! chose, then for a release: each success anywhere, and each attempt routed to a model with
+//! room, releases the longest waiter (the semaphore is fair), so a backlog re-enters at the
+//! pace the models serve instead of all at once. While
 //! nothing succeeds, one waiter per `patience` goes anyway: the probe that finds a recovery.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,8 +42,9 @@ impl BatchQueue {
         self.places.try_acquire().ok()
     }
 
-    /// A request was served: capacity exists, so one parked request may go.
-    pub(crate) fn on_success(&self) {
+    /// Capacity exists (a request was served, or a route found room): one parked request may
+    /// go and see.
+    pub(crate) fn release(&self) {
         // Nobody parked (the usual case): nothing to release, and no lock on the success path.
         // `last` only matters to waiters, who count themselves before they wait.
         let waiting = self.waiting.load(Ordering::Relaxed);

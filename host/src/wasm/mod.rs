@@ -13,9 +13,10 @@
 /// What every contract version converts the same way: its generated types differ by path only,
 /// so each version module (`v0_1_0`, `v0_2_0`, …) expands this once against its own `wit`.
 /// Error text is cut to [`MAX_ERROR_TEXT_BYTES`] before lowering; model indices are checked
-/// against the chain the host offered.
+/// against the chain the host offered. The arguments name the `model-health` fields a version
+/// added after 0.1.0 (same name, same type on both sides).
 macro_rules! shared_wit_conversions {
-    () => {
+    ($($added_health_field:ident),*) => {
         /// `text` cut to the most the host lowers, on a character boundary: a borrow, never a
         /// copy.
         fn capped(text: &str) -> &str {
@@ -28,6 +29,7 @@ macro_rules! shared_wit_conversions {
                 throttles: h.throttles,
                 errors: h.errors,
                 consecutive_failures: h.consecutive_failures,
+                $($added_health_field: h.$added_health_field,)*
                 breaker: match h.breaker {
                     BreakerState::Closed => wit::BreakerState::Closed,
                     BreakerState::Open => wit::BreakerState::Open,

@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
 
 pub(crate) use exports::backstop::policy::decider as wit;
 
-shared_wit_conversions!();
+shared_wit_conversions!(consecutive_errors);
 
 /// Runs `f` on the wit view of `ctx`, which borrows its strings: nothing is cloned per call,
 /// and for usual chains nothing is allocated either. The chain's names are not lowered: a
