@@ -234,6 +234,21 @@ impl ErrorInfo {
             retry_after_ms: None,
         }
     }
+
+    /// Whether this is the model refusing an input longer than its context window (a
+    /// `ValidationException` whose message says the input is too long, as Bedrock's models
+    /// word it: "Input is too long for requested model.", "prompt is too long: … tokens >
+    /// … maximum"). Final for that model; a model with a larger window may take it.
+    pub fn input_too_long(&self) -> bool {
+        const SIGNS: [&str; 3] = ["too long", "context window", "context length"];
+        self.kind == ErrorKind::Validation
+            && SIGNS.iter().any(|sign| {
+                self.message
+                    .as_bytes()
+                    .windows(sign.len())
+                    .any(|w| w.eq_ignore_ascii_case(sign.as_bytes()))
+            })
+    }
 }
 
 /// Interactive or batch (`workload`).
@@ -438,6 +453,19 @@ impl GiveUpReason {
 }
 
 impl Decision {
+    /// Whether this resends to a model other than `model` (a switch, or a break that falls
+    /// back), the only resend that may follow an input too long for `model`.
+    pub fn moves_from(&self, model: u32) -> bool {
+        match *self {
+            Decision::SwitchModel { model: to, .. } => to != model,
+            Decision::BreakCircuit {
+                then: AfterBreak::Fallback { model: to },
+                ..
+            } => to != model,
+            _ => false,
+        }
+    }
+
     /// Whether the request will be sent again (now, later, or on another model).
     pub fn sends_again(&self) -> bool {
         match self {
@@ -480,6 +508,7 @@ pub struct PolicyInfo {
 /// What the host knows of a model of the chain before any request (`model-facts`), given to
 /// a policy when it is configured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelFacts {
     /// The Bedrock model id or inference profile.
     pub id: String,

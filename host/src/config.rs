@@ -4,6 +4,7 @@
 //! one source of both the loop's [`ClientOptions`] and the handle's [`SwapOptions`], so the
 //! guardrails a module is vetted against are the ones the loop enforces.
 
+use crate::contract::ModelFacts;
 use crate::decision::Guardrails;
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limits::AttemptLimits;
@@ -69,7 +70,14 @@ pub struct HostConfig {
     pub limits: AttemptLimits,
     /// Where quarantined digests are kept (across restarts; `backstop quarantine` edits it).
     pub quarantine_file: Option<PathBuf>,
+    /// What the operator knows of the chain the clients use, in chain order (`id`, and
+    /// optionally `context_window`, `relative_cost`, `region`): given to every policy at
+    /// `configure`. The default policy reads the context windows (`context_window_fallback`).
+    pub models: Vec<ModelFacts>,
 }
+
+/// The most models whose facts a configuration may give.
+pub const MAX_MODEL_FACTS: usize = 64;
 
 /// Compiling a module from outside: in a child process (when the host has a worker to run)
 /// with a time and memory bound, so a module that is costly to compile costs the serving
@@ -107,6 +115,7 @@ impl Default for HostConfig {
             compile: CompileBounds::default(),
             limits: AttemptLimits::default(),
             quarantine_file: None,
+            models: Vec::new(),
         }
     }
 }
@@ -160,6 +169,14 @@ pub enum ConfigError {
         min: f64,
         /// The most accepted.
         max: f64,
+    },
+    /// A model's facts that cannot be right.
+    #[error("host configuration: models[{index}]: {why}")]
+    Model {
+        /// Its position in the list.
+        index: usize,
+        /// What is wrong.
+        why: &'static str,
     },
     /// The cache directory cannot be used.
     #[error(transparent)]
@@ -309,6 +326,34 @@ impl HostConfig {
                 });
             }
         }
+        if config.models.len() > MAX_MODEL_FACTS {
+            return Err(ConfigError::Ceiling {
+                field: "models",
+                value: config.models.len() as u64,
+                limit: MAX_MODEL_FACTS as u64,
+            });
+        }
+        for (index, facts) in config.models.iter().enumerate() {
+            let why = if facts.id.is_empty() || facts.id.len() > 256 {
+                Some("id must be 1 to 256 characters")
+            } else if config.models[..index].iter().any(|m| m.id == facts.id) {
+                Some("id is listed twice")
+            } else if facts.context_window == Some(0) {
+                Some("context_window must be at least 1")
+            } else if facts
+                .relative_cost
+                .is_some_and(|c| !(c.is_finite() && (0.0..=1_000.0).contains(&c)))
+            {
+                Some("relative_cost must be between 0 and 1000")
+            } else if facts.region.as_ref().is_some_and(|r| r.len() > 64) {
+                Some("region must be at most 64 characters")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ConfigError::Model { index, why });
+            }
+        }
         Ok(config)
     }
 
@@ -366,7 +411,54 @@ impl HostConfig {
             },
             // Filled in by the handle from the clients it serves.
             models: Vec::new(),
+            facts: self.models.clone(),
             quarantine_file: self.quarantine_file.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_facts_reach_every_policy_and_bad_ones_are_named() {
+        let config = HostConfig::from_json(
+            r#"{ "models": [
+                { "id": "anthropic.claude-3-haiku-20240307-v1:0", "context_window": 200000 },
+                { "id": "us.amazon.nova-micro-v1:0", "relative_cost": 0.1, "region": "us-east-1" }
+            ] }"#,
+        )
+        .unwrap();
+        let engine = Engine::new(Limits::default()).unwrap();
+        let swaps = config.swap_options(&engine, "{}").unwrap();
+        assert_eq!(swaps.facts, config.models);
+        assert_eq!(swaps.facts[0].context_window, Some(200_000));
+
+        for (json, names) in [
+            (r#"[{ "id": "" }]"#, "models[0]: id"),
+            (
+                r#"[{ "id": "a" }, { "id": "a" }]"#,
+                "models[1]: id is listed twice",
+            ),
+            (r#"[{ "id": "a", "context_window": 0 }]"#, "context_window"),
+            (r#"[{ "id": "a", "relative_cost": -1 }]"#, "relative_cost"),
+            (r#"[{ "id": "a", "context_windo": 5 }]"#, "context_windo"),
+        ] {
+            let error = HostConfig::from_json(&format!(r#"{{ "models": {json} }}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(names), "{json}: {error}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!(r#"{{ "id": "m{i}" }}"#)).collect();
+        let error =
+            HostConfig::from_json(&format!(r#"{{ "models": [{}] }}"#, many.join(","))).unwrap_err();
+        assert!(matches!(
+            error,
+            ConfigError::Ceiling {
+                field: "models",
+                ..
+            }
+        ));
     }
 }

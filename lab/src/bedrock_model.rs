@@ -41,8 +41,13 @@ pub enum Outcome {
         kind: ErrorKind,
         latency: Duration,
         retry_after_ms: Option<u64>,
+        /// The message when it says more than the kind's usual one.
+        message: Option<&'static str>,
     },
 }
+
+/// What a model answers to an input longer than its context window, in Bedrock's words.
+pub const INPUT_TOO_LONG: &str = "Input is too long for requested model.";
 
 impl Outcome {
     /// How long the answer takes.
@@ -98,11 +103,28 @@ impl BedrockModel {
                 kind: ErrorKind::ResourceNotFound,
                 latency,
                 retry_after_ms: None,
+                message: None,
             };
         }
         let faults = self.scenario.faults(model);
         let latency =
             Duration::from_millis(self.rng.u64(faults.latency_ms.min..=faults.latency_ms.max));
+        if faults.context_window.is_some_and(|window| tokens > window) {
+            // Validated before any quota is spent, as Bedrock does.
+            let state = model_state(&mut self.models, model, faults);
+            state.stats.requests += 1;
+            *state
+                .stats
+                .errors
+                .entry(ErrorKind::Validation.code().to_string())
+                .or_default() += 1;
+            return Outcome::Error {
+                kind: ErrorKind::Validation,
+                latency: latency / 10,
+                retry_after_ms: None,
+                message: Some(INPUT_TOO_LONG),
+            };
+        }
         let roll = self.rng.f64();
         // Drawn only when misbehaviour is configured, so seeded runs of other scenarios keep
         // their numbers.
@@ -142,6 +164,7 @@ impl BedrockModel {
                     retry_after_ms: faults
                         .retry_after_ms
                         .filter(|_| kind == ErrorKind::Throttling),
+                    message: None,
                 }
             }
             None => {

@@ -230,6 +230,10 @@ pub struct ModelFaults {
     /// Tokens per minute the model accepts (input + expected output of each request, a token
     /// bucket holding one minute's worth); unlimited when absent.
     pub tpm: Option<u32>,
+    /// The most tokens a request may carry (estimated: input and expected output); a larger
+    /// one is refused with Bedrock's `ValidationException` "Input is too long for requested
+    /// model." before any quota is spent. Unlimited when absent.
+    pub context_window: Option<u64>,
     /// Probability of each error per request, e.g. `{"service-unavailable": 0.3}`.
     pub error_rates: BTreeMap<ErrorKind, f64>,
     /// Windows during which every request fails.
@@ -312,6 +316,9 @@ impl ModelFaults {
         }
         if self.tpm == Some(0) {
             return Err("`tpm` must be at least 1 (leave it out for no quota)".into());
+        }
+        if self.context_window == Some(0) {
+            return Err("`context_window` must be at least 1 (leave it out for no limit)".into());
         }
         let total: f64 = self.error_rates.values().sum();
         if self.error_rates.values().any(|r| !(0.0..=1.0).contains(r)) || total > 1.0 {

@@ -394,8 +394,13 @@ async fn request(
                     Outcome::Error {
                         kind,
                         retry_after_ms,
+                        message,
                         ..
-                    } => Err(failure(kind, retry_after_ms)),
+                    } => {
+                        let (mut info, source) = failure(kind, retry_after_ms);
+                        info.message = message.unwrap_or_default().to_string();
+                        Err((info, source))
+                    }
                 }
             }
         })

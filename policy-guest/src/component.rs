@@ -76,10 +76,11 @@ fn params() -> Params {
 struct DefaultPolicy;
 
 impl wit::Guest for DefaultPolicy {
-    fn configure(config: String, _models: Vec<wit::ModelFacts>) -> Result<(), String> {
-        // The default policy needs the chain's length only, which every context carries (one
-        // health entry per model); the facts are for policies that route on them.
-        let params = Params::from_json(&config)?;
+    fn configure(config: String, models: Vec<wit::ModelFacts>) -> Result<(), String> {
+        // The chain's length comes with every context (one health entry per model); of the
+        // facts the default reads the context windows.
+        let mut params = Params::from_json(&config)?;
+        params.context_windows = models.iter().map(|m| m.context_window).collect();
         // SAFETY: single-threaded; no reference to the cell is alive.
         unsafe { *PARAMS.0.get() = Some(params) };
         Ok(())

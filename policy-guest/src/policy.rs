@@ -2,7 +2,9 @@
 //!
 //! In order of precedence, for one failed attempt:
 //! 1. output already delivered → give up (a retry would duplicate what the caller saw);
-//! 2. an error that cannot heal → give up at once;
+//! 2. an error that cannot heal → give up at once — except, when the operator opted in
+//!    (`context_window_fallback`), an input too long for this model, which goes to the first
+//!    model of the chain with a larger context window;
 //! 3. no time left → give up;
 //! 4. an outage of this model (`breaker_failure_threshold` errors in a row that say it is
 //!    down — throttles do not count and end the run, so a busy model is not taken for a broken
@@ -30,6 +32,7 @@ use crate::contract::{
 };
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 /// The default policy's parameters, as accepted by `configure` (JSON, every field optional).
@@ -73,6 +76,14 @@ pub struct Params {
     /// throttle cuts it below what a model takes): a bounded wait keeps a low guess from
     /// queueing every request behind it.
     pub route_max_wait_ms: u64,
+    /// Opt-in: an input too long for a model's context window (a `ValidationException` that
+    /// says so, final for that model) goes to the first model of the chain whose window, as
+    /// the operator's facts give it at `configure`, is larger; without it, it fails at once.
+    pub context_window_fallback: bool,
+    /// Each model's context window, in chain order, from the facts given at `configure`
+    /// (not part of the JSON configuration).
+    #[serde(skip)]
+    pub context_windows: Vec<Option<u32>>,
 }
 
 impl Default for Params {
@@ -91,6 +102,8 @@ impl Default for Params {
             breaker_error_percent: 50,
             batch_queue_ms: 10_000,
             route_max_wait_ms: 250,
+            context_window_fallback: false,
+            context_windows: Vec::new(),
         }
     }
 }
@@ -163,6 +176,13 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     let kind = ctx.error.kind;
     if ctx.output_delivered {
         return give_up(GiveUpReason::OutputCommitted);
+    }
+    if ctx.error.input_too_long()
+        && params.context_window_fallback
+        && ctx.remaining_ms > 0
+        && let Some(model) = larger_window(params, ctx)
+    {
+        return Decision::SwitchModel { model, delay_ms: 0 };
     }
     if !kind.heals() {
         return give_up(GiveUpReason::NotRetryable);
@@ -374,6 +394,19 @@ fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
 fn next_model(ctx: &AttemptContext) -> Option<u32> {
     let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
     (ctx.model.saturating_add(1)..count).find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
+}
+
+/// The first model of the chain whose context window is larger than the current model's (any
+/// known window when the current one's is not known) and whose breaker is not open.
+fn larger_window(params: &Params, ctx: &AttemptContext) -> Option<u32> {
+    let window = |i: u32| params.context_windows.get(i as usize).copied().flatten();
+    let current = window(ctx.model).unwrap_or(0);
+    let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
+    (0..count).find(|&i| {
+        i != ctx.model
+            && window(i).is_some_and(|w| w > current)
+            && ctx.health_of(i).breaker != BreakerState::Open
+    })
 }
 
 /// The first model of the chain other than the current one whose breaker is not open and

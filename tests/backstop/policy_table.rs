@@ -796,3 +796,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_input_too_long_goes_to_the_first_model_with_a_larger_window_only_when_opted_in() {
+    let windows = [Some(8_000), None, Some(200_000), Some(100_000)];
+    let facts: Vec<backstop::ModelFacts> = windows
+        .iter()
+        .enumerate()
+        .map(|(i, &context_window)| backstop::ModelFacts {
+            id: format!("m{i}"),
+            context_window,
+            ..backstop::ModelFacts::default()
+        })
+        .collect();
+    let decide_opted = |config: &str, c: &AttemptContext| {
+        let policy = support::default_module()
+            .configure_with(config, &facts)
+            .unwrap();
+        let mut params = Params::from_json(config).unwrap();
+        params.context_windows = windows.to_vec();
+        decide_with(&policy, &params, c)
+    };
+    let on = r#"{"context_window_fallback": true}"#;
+    let mut c = ctx(ErrorKind::Validation, &["m0", "m1", "m2", "m3"]);
+    c.error.message = "The model returned the following errors: prompt is too long: \
+                       9000 tokens > 8000 maximum"
+        .into();
+    let switch = |model| Decision::SwitchModel { model, delay_ms: 0 };
+    assert_eq!(
+        decide_opted(on, &c),
+        switch(2),
+        "the first larger window, in chain order"
+    );
+    assert_eq!(decide_opted("{}", &c), give_up(GiveUpReason::NotRetryable));
+    // An open breaker is passed over.
+    c.health[2].breaker = BreakerState::Open;
+    assert_eq!(decide_opted(on, &c), switch(3));
+    // Nothing larger than the largest: final.
+    c.health[2].breaker = BreakerState::Closed;
+    c.model = 2;
+    assert_eq!(decide_opted(on, &c), give_up(GiveUpReason::NotRetryable));
+    // Another validation error is final everywhere.
+    c.model = 0;
+    c.error.message = "Malformed input request".into();
+    assert_eq!(decide_opted(on, &c), give_up(GiveUpReason::NotRetryable));
+}

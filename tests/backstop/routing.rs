@@ -1,7 +1,9 @@
 //! The routing step of the attempt loop: a decider that routes is asked before each attempt,
 //! and the host carries its answer out under the guardrails.
 
-use backstop::contract::{AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason};
+use backstop::contract::{
+    AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts,
+};
 use backstop::{
     BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
     Verdict,
@@ -146,4 +148,84 @@ async fn the_loop_learns_each_models_capacity_from_its_throttles() {
         "the fallback was never throttled"
     );
     assert_eq!(capacity[0].in_flight, 0);
+}
+
+/// A chain whose primary takes 100 tokens and whose fallback takes 100,000, with the
+/// operator's facts saying so, and the default policy configured with `config`.
+async fn context_window_client(
+    server: &backstop_lab::FaultServer,
+    config: &str,
+) -> backstop::ResilientClient {
+    let facts = [("small", 100), ("large", 100_000)].map(|(id, window)| ModelFacts {
+        id: id.to_string(),
+        context_window: Some(window),
+        ..ModelFacts::default()
+    });
+    let policy = backstop_test_support::default_module()
+        .configure_with(config, &facts)
+        .unwrap();
+    let sdk = backstop::sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
+    backstop::ResilientClient::new(sdk, policy, ClientOptions::new(["small", "large"])).unwrap()
+}
+
+#[tokio::test]
+async fn an_input_too_long_for_one_model_goes_to_a_larger_window_when_the_operator_opted_in() {
+    use crate::resilient_client::{faults, scenario};
+    let small = backstop_lab::scenario::ModelFaults {
+        context_window: Some(100),
+        ..faults(&[])
+    };
+    let server = backstop_lab::FaultServer::start(scenario(vec![("small", small)]), 0)
+        .await
+        .unwrap();
+    let long = backstop::ChatRequest::user("x".repeat(2_000));
+
+    // Opted in: the ValidationException that says "too long" is final for the small model
+    // only; the large one answers, after one refused call.
+    let client = context_window_client(&server, r#"{"context_window_fallback": true}"#).await;
+    let answer = client
+        .converse(&long)
+        .await
+        .expect("the large model answers");
+    assert_eq!((answer.model.as_str(), answer.attempts), ("large", 2));
+    // A short request still goes to the primary.
+    let short = client
+        .converse(&backstop::ChatRequest::user("hi"))
+        .await
+        .unwrap();
+    assert_eq!(short.model, "small");
+
+    // Not opted in (the default): a validation error is never resent.
+    let client = context_window_client(&server, "{}").await;
+    let error = client.converse(&long).await.unwrap_err();
+    assert_eq!(error.give_up_reason(), Some(GiveUpReason::NotRetryable));
+    assert_eq!(error.attempts(), 1);
+}
+
+#[test]
+fn only_an_input_too_long_may_be_resent_after_a_validation_error_and_only_to_another_model() {
+    use backstop::{Guardrails, Verdict};
+    let guard = Guardrails::default();
+    let mut ctx = backstop_test_support::ctx(ErrorKind::Validation, &["small", "large"]);
+    let switch = Decision::SwitchModel {
+        model: 1,
+        delay_ms: 0,
+    };
+    let enforce =
+        |ctx: &AttemptContext, decision| guard.enforce(ctx, Verdict::of_policy(decision)).decision;
+    // Any other validation error: the switch becomes a give-up.
+    assert_eq!(
+        enforce(&ctx, switch).sends_again(),
+        false,
+        "a malformed request is malformed everywhere"
+    );
+    ctx.error.message = "Input is too long for requested model.".into();
+    assert_eq!(enforce(&ctx, switch), switch);
+    // ... but never back to the model that refused it.
+    assert!(!enforce(&ctx, Decision::Retry { delay_ms: 0 }).sends_again());
+    let back = Decision::SwitchModel {
+        model: 0,
+        delay_ms: 0,
+    };
+    assert!(!enforce(&ctx, back).sends_again());
 }

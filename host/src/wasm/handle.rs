@@ -380,7 +380,7 @@ impl PolicyHandle {
             return Ok(Some(Swapped::Unchanged { digest }));
         }
         // A fresh pool: the shadow's instances and counters stay with its record.
-        let policy = module.configure(candidate.config())?;
+        let policy = module.configure_with(candidate.config(), candidate.facts())?;
         self.publish(policy);
         Ok(Some(Swapped::Live {
             digest,
@@ -454,6 +454,16 @@ impl PolicyHandle {
     /// contexts from it, so a module meets the model ids it will see, not a fixed exam.
     /// [`ResilientClient::new`](crate::ResilientClient::new) calls it.
     pub fn serve_chain(&self, models: &[String]) {
+        let facts = &self.shared.options.facts;
+        if !facts.is_empty() && !facts.iter().map(|f| &f.id).eq(models.iter()) {
+            // The facts are given by position: facts for another chain would describe the
+            // wrong models.
+            tracing::warn!(
+                chain = ?models,
+                facts = ?facts.iter().map(|f| &f.id).collect::<Vec<_>>(),
+                "the host configuration's models are not this client's chain, in order"
+            );
+        }
         *lock(&self.shared.chain) = models.to_vec();
     }
 
@@ -556,8 +566,8 @@ impl PolicyHandle {
             return None;
         }
         let policy = module
-            .configure(&self.shared.options.config)
-            .or_else(|_| module.configure("{}"))
+            .configure_with(&self.shared.options.config, &self.shared.options.facts)
+            .or_else(|_| module.configure_with("{}", &self.shared.options.facts))
             .inspect_err(|e| tracing::error!(error = %e, "cannot configure the built-in default"))
             .ok()?;
         tracing::warn!(

@@ -3,7 +3,7 @@
 //! [`Verdict`]: the module's decision, or the built-in safe decision flagged with the
 //! [`PolicyFault`].
 
-use crate::contract::{AttemptContext, Route};
+use crate::contract::{AttemptContext, ModelFacts, Route};
 use crate::decision::{PolicyFault, RouteQuery, Verdict};
 use crate::wasm::error::LoadError;
 use crate::wasm::instance::{self, Instance};
@@ -49,15 +49,24 @@ impl PolicyModule {
     /// Configures the module with the operator's JSON (`""` or `"{}"` for its defaults) and
     /// returns a policy ready to decide. A rejected configuration is an error naming the reason.
     pub fn configure(&self, config: &str) -> Result<Policy, LoadError> {
-        Policy::new(self.clone(), config)
+        self.configure_with(config, &[])
+    }
+
+    /// Configures the module as [`configure`](Self::configure) does, giving a 0.2.0 module the
+    /// operator's facts of the chain it will serve, in chain order (context windows, relative
+    /// costs, regions). A 0.1.0 module has no use for them.
+    pub fn configure_with(&self, config: &str, facts: &[ModelFacts]) -> Result<Policy, LoadError> {
+        Policy::new(self.clone(), config, facts)
     }
 }
 
-/// A new instance of `module`, configured with `config`.
-fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadError> {
-    // The chain's facts are not known when a module is vetted (a client names its chain
-    // later); a 0.2.0 module learns the chain's length from every context's health list.
-    instance::configured(module.engine(), &module.pre, module.origin(), config, &[])
+/// A new instance of `module`, configured with `config` and the chain's `facts`.
+fn instantiate(
+    module: &PolicyModule,
+    config: &str,
+    facts: &[ModelFacts],
+) -> Result<Instance, LoadError> {
+    instance::configured(module.engine(), &module.pre, module.origin(), config, facts)
 }
 
 /// A configured policy module, ready to decide. Thread-safe: concurrent callers each get an
@@ -65,6 +74,7 @@ fn instantiate(module: &PolicyModule, config: &str) -> Result<Instance, LoadErro
 pub struct Policy {
     module: PolicyModule,
     config: String,
+    facts: Vec<ModelFacts>,
     /// Instances kept for reuse, with when each was last used; newest last.
     idle: Mutex<Idle>,
     decisions: AtomicU64,
@@ -74,11 +84,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn new(module: PolicyModule, config: &str) -> Result<Policy, LoadError> {
-        let first = instantiate(&module, config)?;
+    fn new(module: PolicyModule, config: &str, facts: &[ModelFacts]) -> Result<Policy, LoadError> {
+        let first = instantiate(&module, config, facts)?;
         Ok(Policy {
             module,
             config: config.to_string(),
+            facts: facts.to_vec(),
             idle: Mutex::new(Idle {
                 instances: vec![(first, Instant::now())],
                 clock: Instant::now(),
@@ -98,6 +109,11 @@ impl Policy {
     /// The configuration every instance was given.
     pub fn config(&self) -> &str {
         &self.config
+    }
+
+    /// The chain's facts every instance was given.
+    pub fn facts(&self) -> &[ModelFacts] {
+        &self.facts
     }
 
     /// Decisions asked of this policy so far.
@@ -143,7 +159,7 @@ impl Policy {
             .map(|(instance, _)| instance);
         match pooled {
             Some(instance) => Ok(instance),
-            None => instantiate(&self.module, &self.config)
+            None => instantiate(&self.module, &self.config, &self.facts)
                 .map_err(|e| PolicyFault::Instantiate(e.to_string())),
         }
     }

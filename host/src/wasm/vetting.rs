@@ -5,6 +5,7 @@
 //! the contract and sandbox checks, the operator's configuration, and the
 //! [smoke table](super::smoke).
 
+use crate::contract::ModelFacts;
 use crate::decision::{Guardrails, OutcomeRule};
 use crate::wasm::cache::{CacheUse, ModuleCache};
 use crate::wasm::engine::{Engine, is_precompiled, sha256_hex};
@@ -60,6 +61,10 @@ pub struct SwapOptions {
     /// The model chain the module will serve, which the smoke table's contexts use; empty for
     /// made-up ids. A [`PolicyHandle`](crate::PolicyHandle) fills it from the clients it serves.
     pub models: Vec<String>,
+    /// The operator's facts of the chain the clients use, in chain order (context windows,
+    /// relative costs, regions), given to every module at `configure`; empty when none were
+    /// given.
+    pub facts: Vec<ModelFacts>,
     /// Where the handle keeps quarantined digests across restarts, and where
     /// `backstop quarantine release` lets one go; `None` keeps them in memory.
     pub quarantine_file: Option<std::path::PathBuf>,
@@ -238,7 +243,7 @@ pub fn vet_bytes(
 pub fn vet_module(module: PolicyModule, options: &SwapOptions) -> Result<Policy, SwapError> {
     check_allowed(options, module.digest())?;
     let origin = module.origin().to_string();
-    let policy = module.configure(&options.config)?;
+    let policy = module.configure_with(&options.config, &options.facts)?;
     smoke_test(&policy, &options.guardrails, &options.models)
         .map_err(|failure| SwapError::Smoke { origin, failure })?;
     Ok(policy)

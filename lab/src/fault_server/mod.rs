@@ -243,10 +243,11 @@ async fn accept<'a>(
         Outcome::Error {
             kind,
             retry_after_ms,
+            message,
             ..
         } => Err(wire::error_response(
             kind,
-            wire::error_message(kind),
+            message.unwrap_or(wire::error_message(kind)),
             &state.request_id(),
             retry_after_ms.map(|ms| (ms, faults.retry_after_header)),
         )),
