@@ -330,6 +330,13 @@ pub struct AttemptContext {
 }
 
 impl AttemptContext {
+    /// Whether `decision` may send this request again after this error: the error can heal,
+    /// or it is an input too long for this model and the decision moves to another model
+    /// (which may have a larger context window). Output already delivered is another matter.
+    pub fn may_resend(&self, decision: &Decision) -> bool {
+        self.error.kind.heals() || (self.error.input_too_long() && decision.moves_from(self.model))
+    }
+
     /// The context of a request's first failed attempt on the first of `models`: one attempt,
     /// a minute left, interactive, every model healthy but the failing one (one failure in a
     /// row), no entropy. Callers set what differs.

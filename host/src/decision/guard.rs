@@ -53,11 +53,9 @@ impl Guardrails {
         }
         let stop = if ctx.output_delivered {
             Some((Clamp::OutputCommitted, GiveUpReason::OutputCommitted))
-        } else if !ctx.error.kind.heals()
-            && !(ctx.error.input_too_long() && verdict.decision.moves_from(ctx.model))
-        {
-            // What cannot heal is never resent, except an input too long for one model to
-            // another model (which may have a larger context window).
+        } else if !ctx.may_resend(&verdict.decision) {
+            // What cannot heal is never resent (an input too long for one model may go to
+            // another).
             Some((Clamp::NotRetryable, GiveUpReason::NotRetryable))
         } else if ctx.attempts_total >= self.max_total_attempts {
             Some((

@@ -112,10 +112,7 @@ pub fn smoke_test(
 }
 
 fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Result<(), String> {
-    if decision.sends_again()
-        && !ctx.error.kind.heals()
-        && !(ctx.error.input_too_long() && decision.moves_from(ctx.model))
-    {
+    if decision.sends_again() && !ctx.may_resend(decision) {
         return Err(format!(
             "{decision:?} resends an error that cannot heal; a policy must give up on it"
         ));
