@@ -17,6 +17,10 @@ pub enum Baseline {
     /// The textbook naive loop: 5 attempts on the primary with full jitter (1 s base, 60 s cap),
     /// then one attempt on the first fallback if the last failure was a throttle.
     Naive,
+    /// The naive loop as it runs on a default SDK client, whose own standard-mode retries
+    /// (below) run inside each of the loop's attempts: up to 3 calls per attempt, the two
+    /// retry layers multiplying.
+    NaiveOnSdk,
     /// The AWS SDK's standard retry mode as the current SDKs have it: 3 attempts, full jitter
     /// capped at 20 s from a base of 1 s after a throttle and 50 ms after a transient error,
     /// a server wait hint honoured within [that delay, that delay + 5 s], no retry of a model
@@ -40,8 +44,9 @@ pub enum Baseline {
 
 impl Baseline {
     /// Every baseline.
-    pub const ALL: [Baseline; 5] = [
+    pub const ALL: [Baseline; 6] = [
         Baseline::Naive,
+        Baseline::NaiveOnSdk,
         Baseline::SdkStandard,
         Baseline::SdkAdaptive,
         Baseline::RouterCooldown,
@@ -52,6 +57,7 @@ impl Baseline {
     pub fn name(self) -> &'static str {
         match self {
             Baseline::Naive => "naive",
+            Baseline::NaiveOnSdk => "naive-on-sdk",
             Baseline::SdkStandard => "sdk-standard",
             Baseline::SdkAdaptive => "sdk-adaptive",
             Baseline::RouterCooldown => "router-cooldown",
@@ -68,6 +74,7 @@ impl Baseline {
     pub fn decider(self) -> std::sync::Arc<dyn Decider> {
         match self {
             Baseline::Naive => std::sync::Arc::new(Naive),
+            Baseline::NaiveOnSdk => std::sync::Arc::new(NaiveOnSdk::default()),
             Baseline::SdkStandard => std::sync::Arc::new(SdkStandard::default()),
             Baseline::SdkAdaptive => std::sync::Arc::new(SdkAdaptive::default()),
             Baseline::RouterCooldown => std::sync::Arc::new(RouterCooldown::default()),
@@ -108,6 +115,53 @@ impl Decider for Naive {
             });
         }
         give_up(GiveUpReason::AttemptsExhausted)
+    }
+}
+
+/// The naive loop around SDK calls that retry on their own.
+#[derive(Default)]
+struct NaiveOnSdk {
+    sdk: SdkStandard,
+    /// Per request: SDK calls that failed on the current model, and failed attempts within
+    /// the SDK call now running.
+    calls: Mutex<HashMap<String, (u32, u32)>>,
+}
+
+impl Decider for NaiveOnSdk {
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let (failed_calls, in_call) = calls.entry(ctx.request_id.clone()).or_default();
+        *in_call += 1;
+        // First the SDK, which sees only the attempts of its own call.
+        let mut inner = ctx.clone();
+        inner.attempts_total = *in_call;
+        inner.attempts_on_model = *in_call;
+        let sdk = self.sdk.decide(&inner);
+        match sdk.verdict.decision {
+            Decision::Retry { .. } => return sdk,
+            Decision::GiveUp {
+                reason: GiveUpReason::NotRetryable,
+            } => return sdk,
+            _ => {}
+        }
+        // The SDK call failed: the loop around it decides, counting calls, not attempts.
+        *failed_calls += 1;
+        *in_call = 0;
+        let mut outer = ctx.clone();
+        outer.attempts_on_model = *failed_calls;
+        let naive = Naive.decide(&outer);
+        if matches!(naive.verdict.decision, Decision::SwitchModel { .. }) {
+            *failed_calls = 0;
+        }
+        naive
+    }
+
+    fn on_finished(&self, finished: &Finished) {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(finished.request_id);
+        self.sdk.on_finished(finished);
     }
 }
 
@@ -419,6 +473,44 @@ mod tests {
                 reason: GiveUpReason::NotRetryable
             }
         ));
+    }
+
+    #[test]
+    fn naive_on_sdk_retries_inside_each_attempt_of_the_loop() {
+        let decider = Baseline::NaiveOnSdk.decider();
+        let mut decisions = Vec::new();
+        let mut c = ctx(ErrorKind::Throttling, 1);
+        // Throttled every time: each loop attempt is an SDK call of 3 attempts.
+        for attempt in 1..=15 {
+            (c.attempts_on_model, c.attempts_total) = (attempt, attempt);
+            decisions.push(decision(decider.as_ref(), &c));
+        }
+        let retry = |ms| Decision::Retry { delay_ms: ms };
+        // The SDK's two retries (1 s, then 2 s windows at the highest draw), then the loop's
+        // backoff (1 s, 2 s, 4 s, 8 s), five calls in all, then the fallback.
+        assert_eq!(
+            decisions,
+            [
+                retry(1_000),
+                retry(2_000),
+                retry(1_000),
+                retry(1_000),
+                retry(2_000),
+                retry(2_000),
+                retry(1_000),
+                retry(2_000),
+                retry(4_000),
+                retry(1_000),
+                retry(2_000),
+                retry(8_000),
+                retry(1_000),
+                retry(2_000),
+                Decision::SwitchModel {
+                    model: 1,
+                    delay_ms: 0
+                },
+            ]
+        );
     }
 
     #[test]

@@ -90,9 +90,11 @@ impl Contender {
                 config,
                 shadow,
             } => {
-                let policy = module.configure(config).map_err(SimError::Policy)?;
                 let engine = module.engine();
                 let options = host.swap_options(engine, config)?;
+                let policy = module
+                    .configure_with(config, &options.facts)
+                    .map_err(SimError::Policy)?;
                 let handle = PolicyHandle::unchecked(policy, options);
                 if let Some((bytes, origin)) = shadow {
                     handle.shadow_bytes(bytes, origin)?;
@@ -239,8 +241,9 @@ fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
     list
 }
 
-/// Runs `scenario` under `contender` with the host's guardrails and queue capacity. `progress` hears the
-/// virtual seconds simulated so far, about every simulated ten seconds.
+/// Runs `scenario` under `contender` with the host's guardrails and queue capacity (and, for a
+/// policy module, its retry budget and model facts). `progress` hears the virtual seconds
+/// simulated so far, about every simulated ten seconds.
 pub fn run(
     scenario: &Scenario,
     contender: &Contender,
@@ -253,6 +256,11 @@ pub fn run(
     options.deadline = Duration::from_secs(traffic.deadline_s);
     options.attempt_timeout = options.deadline;
     options.seed = Some(scenario.seed);
+    if let Contender::Baseline(_) = contender {
+        // A baseline is what runs elsewhere, where there is no Backstop retry budget: with it,
+        // a retry storm would be clipped by Backstop's own protection and look like Backstop.
+        options.retry_budget = None;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -464,7 +472,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The reports as a table, one row per contender.
 pub fn table(reports: &[SimReport]) -> String {
     let mut out = format!(
-        "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+        "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
         "policy",
         "requests",
         "served",
@@ -473,6 +481,7 @@ pub fn table(reports: &[SimReport]) -> String {
         "queued",
         "calls",
         "ampl.",
+        "per srvd",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -481,7 +490,7 @@ pub fn table(reports: &[SimReport]) -> String {
     );
     for r in reports {
         out += &format!(
-            "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6.2} {:>9.2} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
             r.policy,
             r.requests,
             r.served,
@@ -490,6 +499,9 @@ pub fn table(reports: &[SimReport]) -> String {
             r.queued_then_served,
             r.calls_sent,
             r.amplification,
+            // Calls per request served: what a policy that fails requests without calling
+            // does not get to hide in `ampl.`.
+            r.calls_sent as f64 / r.served.max(1) as f64,
             r.p50_ms,
             r.p95_ms,
             r.p99_ms,

@@ -22,7 +22,8 @@ fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
     );
     for (row, name) in rows[2..].iter().zip([
         "backstop-default",
-        "naive",
+        "naive ",
+        "naive-on-sdk",
         "sdk-standard",
         "sdk-adaptive",
         "router-cooldown",

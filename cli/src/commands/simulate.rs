@@ -27,8 +27,8 @@ pub struct SimulateArgs {
     /// The policies' JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     config: String,
-    /// A baseline to run alongside: naive, sdk-standard, sdk-adaptive, router-cooldown,
-    /// no-retries (repeat the flag); all of them when none is given.
+    /// A baseline to run alongside: naive, naive-on-sdk, sdk-standard, sdk-adaptive,
+    /// router-cooldown, no-retries (repeat the flag); all of them when none is given.
     #[arg(long)]
     baseline: Vec<String>,
     /// Run no baselines.
