@@ -33,10 +33,13 @@ pub enum Baseline {
     /// estimator the host keeps, [`capacity`](backstop::resilience::capacity)); a first attempt
     /// costs 1 token, a retry 5, a retry after a timeout 10, and a short bucket delays the send.
     SdkAdaptive,
-    /// A LiteLLM-style router: a model that fails `allowed_fails` (3) times within a minute is
-    /// cooled down for 5 s and skipped meanwhile (with every model cooling, the request fails,
-    /// as LiteLLM's router does); `num_retries` (2) retries on a model, after the server's
-    /// wait hint or at once (LiteLLM's default), then the next model of the chain.
+    /// A LiteLLM-style router: a model that fails `allowed_fails` (3) times within a minute,
+    /// or more than half of at least 5 requests in the minute, is cooled down for 5 s and
+    /// skipped meanwhile (with every model cooling, the request fails, as LiteLLM's router
+    /// does); `num_retries` (2) retries on a model, after the server's wait hint or at once
+    /// (LiteLLM's default), then the next model of the chain. The chain's models are read as
+    /// deployments that may cool down (LiteLLM never cools a group's only deployment; with one
+    /// deployment per group no cooldown would ever happen).
     RouterCooldown,
     /// One attempt, no retries.
     NoRetries,
@@ -347,6 +350,10 @@ const ALLOWED_FAILS: usize = 3;
 const COOLDOWN_S: f64 = 5.0;
 /// Retries on one model before the next.
 const NUM_RETRIES: u32 = 2;
+/// LiteLLM's second trigger: more than this share of a model's requests in the window failed...
+const FAILED_SHARE: f64 = 0.5;
+/// ... with at least this many requests in it.
+const FAILED_SHARE_MIN_REQUESTS: usize = 5;
 
 /// LiteLLM's router: cooldowns per model, retries, then fallbacks.
 #[derive(Default)]
@@ -357,15 +364,26 @@ struct RouterCooldown {
 #[derive(Default)]
 struct Cooldowns {
     clock_s: f64,
-    /// Per model index: recent failure times, and until when it is cooled down.
-    models: HashMap<u32, (Vec<f64>, f64)>,
+    /// Per model index.
+    models: HashMap<u32, ModelCooldown>,
+}
+
+#[derive(Default)]
+struct ModelCooldown {
+    /// Failures counted towards `allowed_fails` (cleared when it cools down).
+    fails: Vec<f64>,
+    /// Requests sent and failed within the window, for the failure share.
+    sent: Vec<f64>,
+    failed: Vec<f64>,
+    /// Until when it is cooled down.
+    until: f64,
 }
 
 impl Cooldowns {
     fn cooling(&self, model: u32) -> bool {
         self.models
             .get(&model)
-            .is_some_and(|(_, until)| *until > self.clock_s)
+            .is_some_and(|m| m.until > self.clock_s)
     }
 }
 
@@ -377,19 +395,19 @@ impl Decider for RouterCooldown {
     fn route(&self, ctx: &RouteQuery) -> Route {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.clock_s = ctx.clock_ms as f64 / 1000.0;
-        if !state.cooling(ctx.current) {
-            return Route::Send {
-                model: ctx.current,
-                delay_ms: 0,
-            };
-        }
+
         let count = ctx.models.len() as u32;
-        match (0..count).find(|&m| !state.cooling(m)) {
-            Some(model) => Route::Send { model, delay_ms: 0 },
-            None => Route::GiveUp {
+        let usable = std::iter::once(ctx.current).chain(0..count);
+        let Some(model) = usable.into_iter().find(|&m| !state.cooling(m)) else {
+            return Route::GiveUp {
                 reason: GiveUpReason::NoModelAvailable,
-            },
-        }
+            };
+        };
+        let now = state.clock_s;
+        let sent = &mut state.models.entry(model).or_default().sent;
+        sent.retain(|at| now - at <= COOLDOWN_WINDOW_S);
+        sent.push(now);
+        Route::Send { model, delay_ms: 0 }
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
@@ -399,12 +417,18 @@ impl Decider for RouterCooldown {
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let now = state.clock_s;
-            let (fails, until) = state.models.entry(ctx.model).or_default();
-            fails.retain(|at| now - at <= COOLDOWN_WINDOW_S);
-            fails.push(now);
-            if fails.len() >= ALLOWED_FAILS {
-                *until = now + COOLDOWN_S;
-                fails.clear();
+            let model = state.models.entry(ctx.model).or_default();
+            for times in [&mut model.fails, &mut model.failed, &mut model.sent] {
+                times.retain(|at| now - at <= COOLDOWN_WINDOW_S);
+            }
+            model.fails.push(now);
+            model.failed.push(now);
+            let share = model.failed.len() as f64 / model.sent.len().max(1) as f64;
+            if model.fails.len() >= ALLOWED_FAILS
+                || (model.sent.len() >= FAILED_SHARE_MIN_REQUESTS && share > FAILED_SHARE)
+            {
+                model.until = now + COOLDOWN_S;
+                model.fails.clear();
             }
         }
         if ctx.attempts_on_model <= NUM_RETRIES {
@@ -674,5 +698,33 @@ mod tests {
             },
             "back after 5 s"
         );
+    }
+
+    #[test]
+    fn router_cooldown_also_cools_a_model_failing_more_than_half_its_requests() {
+        let models = ["primary".to_string(), "fallback".to_string()];
+        // A model with few requests is judged by allowed_fails only.
+        let router = RouterCooldown::default();
+        router.route(&route_ctx("x", 0, 0, &models));
+        router.state.lock().unwrap().clock_s = 1.0;
+        let _ = decision(&router, &ctx(ErrorKind::ServiceUnavailable, 1));
+        assert!(
+            !router.state.lock().unwrap().cooling(0),
+            "1 of 1 is not enough requests"
+        );
+        // Six of ten sent in the minute failing, with only one counted towards allowed_fails
+        // (the others before an earlier cooldown): the share cools it.
+        let router = RouterCooldown::default();
+        for i in 0..10u64 {
+            router.route(&route_ctx(&format!("s{i}"), i * 100, 0, &models));
+        }
+        {
+            let mut state = router.state.lock().unwrap();
+            state.clock_s = 2.0;
+            let model = state.models.entry(0).or_default();
+            model.failed = vec![1.0; 5];
+        }
+        let _ = decision(&router, &ctx(ErrorKind::ServiceUnavailable, 1));
+        assert!(router.state.lock().unwrap().cooling(0), "6 of 10 failed");
     }
 }
