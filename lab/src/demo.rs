@@ -31,6 +31,52 @@ pub struct DemoOptions {
     pub time_scale: f64,
     /// The host configuration: its guardrails and queue capacity apply to the client.
     pub host: HostConfig,
+    /// What the fault server plays.
+    pub scenario: DemoScenario,
+}
+
+/// The demo's scenarios.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DemoScenario {
+    /// A primary with a tight quota that drops out for two seconds, a fallback with room.
+    #[default]
+    MondaySpike,
+    /// Where routing matters: the spike needs both models (the primary takes half of it, the
+    /// fallback not much more), and the primary drops out for a second inside it. Sending
+    /// every request to the primary first costs a throttle for half of them.
+    SpikeOutage,
+}
+
+impl DemoScenario {
+    /// Every scenario.
+    pub const ALL: [DemoScenario; 2] = [DemoScenario::MondaySpike, DemoScenario::SpikeOutage];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoScenario::MondaySpike => "monday-spike",
+            DemoScenario::SpikeOutage => "spike-outage",
+        }
+    }
+
+    /// Real seconds per policy second that suit it: the Monday spike compresses minutes of
+    /// backoff into seconds; the spike-outage keeps its quotas (30 and 40 a real second) near
+    /// Bedrock's in policy time (10 and 13 a second), where learning a quota means something.
+    pub fn time_scale(self) -> f64 {
+        match self {
+            DemoScenario::MondaySpike => 0.02,
+            DemoScenario::SpikeOutage => 1.0 / 3.0,
+        }
+    }
+
+    /// What the fault server plays (times are real milliseconds since it started).
+    pub fn scenario(self) -> Scenario {
+        match self {
+            DemoScenario::MondaySpike => monday_spike(),
+            DemoScenario::SpikeOutage => spike_outage(),
+        }
+    }
 }
 
 impl Default for DemoOptions {
@@ -41,6 +87,7 @@ impl Default for DemoOptions {
             spread: Duration::from_secs(6),
             time_scale: 0.02,
             host: HostConfig::default(),
+            scenario: DemoScenario::default(),
         }
     }
 }
@@ -70,6 +117,40 @@ pub fn monday_spike() -> Scenario {
         ModelFaults {
             rpm: Some(12_000),
             burst: Some(60),
+            latency_ms: Latency { min: 30, max: 80 },
+            ..ModelFaults::default()
+        },
+    );
+    scenario
+}
+
+/// The demo's spike-outage: at the default 60 requests a second, the primary (30 a second)
+/// takes half, the fallback (40 a second) the rest with little to spare, and the primary
+/// fails for a second inside the spike.
+pub fn spike_outage() -> Scenario {
+    let mut scenario = Scenario {
+        seed: 23,
+        ..Scenario::default()
+    };
+    scenario.models.insert(
+        PRIMARY.to_string(),
+        ModelFaults {
+            rpm: Some(1_800),
+            burst: Some(8),
+            outages: vec![Outage {
+                start_ms: 3_000,
+                end_ms: 4_000,
+                error: ErrorKind::ServiceUnavailable,
+            }],
+            latency_ms: Latency { min: 20, max: 60 },
+            ..ModelFaults::default()
+        },
+    );
+    scenario.models.insert(
+        FALLBACK.to_string(),
+        ModelFaults {
+            rpm: Some(2_400),
+            burst: Some(8),
             latency_ms: Latency { min: 30, max: 80 },
             ..ModelFaults::default()
         },
@@ -114,7 +195,7 @@ pub async fn run(
     options: DemoOptions,
     mut progress: impl FnMut(&DemoProgress),
 ) -> std::io::Result<DemoReport> {
-    let server = FaultServer::start(monday_spike(), 0).await?;
+    let server = FaultServer::start(options.scenario.scenario(), 0).await?;
     let mut client_options = options.host.client_options([PRIMARY, FALLBACK]);
     client_options.time_scale = options.time_scale;
     client_options.deadline = Duration::from_secs(300);

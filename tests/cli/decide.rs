@@ -186,6 +186,36 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
 }
 
 #[test]
+fn the_demo_plays_a_named_scenario_and_names_them_all_for_an_unknown_one() {
+    let out = backstop(&[
+        "demo",
+        "--scenario",
+        "spike-outage",
+        "--requests",
+        "60",
+        "--batch",
+        "10",
+        "--spread-secs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["requests"], 70);
+    let out = backstop(&["demo", "--scenario", "tuesday"]);
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("monday-spike") && error.contains("spike-outage"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_demo_serves_every_request_and_reports_a_table() {
     let out = backstop(&["demo", "--requests", "80", "--batch", "16", "--json"]);
     assert!(

@@ -393,3 +393,49 @@ fn on_a_spike_with_an_outage_inside_the_default_routes_ahead_of_every_baseline()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_real_time_through_the_sdk_routing_shows_the_simulators_ordering() {
+    use backstop_lab::demo::{self, DemoOptions, DemoScenario};
+    // The demo's spike-outage, through the real SDK against the fault server in real time:
+    // the default (which routes on learned capacity) against the same policy built for
+    // contract 0.1.0 (which the host cannot ask where to send).
+    let options = || DemoOptions {
+        scenario: DemoScenario::SpikeOutage,
+        time_scale: DemoScenario::SpikeOutage.time_scale(),
+        ..DemoOptions::default()
+    };
+    let routed = demo::run(support::default_policy("{}"), options(), |_| {})
+        .await
+        .unwrap();
+    let unrouted = demo::run(support::policy_0_1_0("{}"), options(), |_| {})
+        .await
+        .unwrap();
+    let per_request = |calls: u64, requests: usize| calls as f64 / requests as f64;
+    assert!(routed.succeeded >= unrouted.succeeded);
+    assert!(
+        per_request(routed.calls_reaching_server, routed.requests)
+            < per_request(unrouted.calls_reaching_server, unrouted.requests),
+        "routed {} calls, unrouted {}",
+        routed.calls_reaching_server,
+        unrouted.calls_reaching_server
+    );
+
+    // The simulator, on the shipped spike-outage, orders the two the same way.
+    let (simulated_routed, simulated_unrouted) = tokio::task::spawn_blocking(|| {
+        let scenario = simulate::shipped("spike-outage").unwrap().unwrap();
+        let fixture = support::engine()
+            .load_bytes(support::POLICY_0_1_0, "policy-guest-0.1.0.wasm")
+            .unwrap();
+        let unrouted = Contender::Module {
+            module: fixture,
+            config: "{}".into(),
+            shadow: None,
+        };
+        (run(&scenario, &default_policy()), run(&scenario, &unrouted))
+    })
+    .await
+    .unwrap();
+    assert!(simulated_routed.served >= simulated_unrouted.served);
+    assert!(simulated_routed.amplification < simulated_unrouted.amplification);
+}

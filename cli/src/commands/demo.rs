@@ -35,6 +35,24 @@ pub struct DemoArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// What the fault server plays: monday-spike (a tight primary that drops out, a fallback
+    /// with room) or spike-outage (a spike that needs both models, where routing before the
+    /// 429 matters).
+    #[arg(long, default_value = "monday-spike", value_parser = demo_scenario)]
+    scenario: lab_demo::DemoScenario,
+}
+
+fn demo_scenario(name: &str) -> Result<lab_demo::DemoScenario, String> {
+    lab_demo::DemoScenario::ALL
+        .into_iter()
+        .find(|s| s.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = lab_demo::DemoScenario::ALL
+                .iter()
+                .map(|s| s.name())
+                .collect();
+            format!("expected one of: {}", names.join(", "))
+        })
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -43,6 +61,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         batch: args.batch,
         spread: std::time::Duration::try_from_secs_f64(args.spread_secs)
             .context("--spread-secs must be a non-negative number of seconds")?,
+        scenario: args.scenario,
+        time_scale: args.scenario.time_scale(),
         ..Default::default()
     };
     runtime()?.block_on(demo(args, options))
