@@ -214,9 +214,8 @@ fn only_an_input_too_long_may_be_resent_after_a_validation_error_and_only_to_ano
     let enforce =
         |ctx: &AttemptContext, decision| guard.enforce(ctx, Verdict::of_policy(decision)).decision;
     // Any other validation error: the switch becomes a give-up.
-    assert_eq!(
-        enforce(&ctx, switch).sends_again(),
-        false,
+    assert!(
+        !enforce(&ctx, switch).sends_again(),
         "a malformed request is malformed everywhere"
     );
     ctx.error.message = "Input is too long for requested model.".into();
