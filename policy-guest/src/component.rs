@@ -68,9 +68,15 @@ struct Configured(UnsafeCell<Option<Params>>);
 unsafe impl Sync for Configured {}
 static PARAMS: Configured = Configured(UnsafeCell::new(None));
 
-fn params() -> Params {
-    // SAFETY: single-threaded; no reference outlives this call.
-    unsafe { (*PARAMS.0.get()).clone().unwrap_or_default() }
+/// Runs `f` on the configured parameters (the defaults before `configure`), by reference: they
+/// hold the chain's context windows, and a clone per call would allocate.
+fn with_params<R>(f: impl FnOnce(&Params) -> R) -> R {
+    // SAFETY: single-threaded; the reference does not outlive this call, and `configure`, the
+    // only writer, cannot run during it.
+    match unsafe { (*PARAMS.0.get()).as_ref() } {
+        Some(params) => f(params),
+        None => f(&Params::default()),
+    }
 }
 
 struct DefaultPolicy;
@@ -87,7 +93,7 @@ impl wit::Guest for DefaultPolicy {
     }
 
     fn decide(context: wit::AttemptContext) -> wit::Decision {
-        to_wit(policy::decide(&params(), &from_wit(context)))
+        with_params(|params| to_wit(policy::decide(params, &from_wit(context))))
     }
 
     fn route(context: wit::RouteContext) -> wit::Destination {
@@ -113,7 +119,7 @@ impl wit::Guest for DefaultPolicy {
                 .collect(),
             entropy: context.entropy,
         };
-        match policy::route(&params(), &ctx) {
+        match with_params(|params| policy::route(params, &ctx)) {
             c::Route::Send { model, delay_ms } => {
                 wit::Destination::Send(wit::RouteSend { model, delay_ms })
             }
