@@ -614,6 +614,76 @@ fn a_shadow_candidate_is_asked_every_context_and_changes_nothing_until_promoted(
 }
 
 #[test]
+fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
+    use backstop::{ModelCapacity, ModelHealth, Route, RouteQuery, Workload};
+    let handle = default_handle(SwapOptions::default());
+    // A 0.2.0 candidate that sends every attempt to the primary.
+    handle
+        .shadow_bytes(&support::sane_newest_component(), "candidate.wasm")
+        .unwrap();
+    let models = ["a".to_string(), "b".to_string()];
+    let health = vec![ModelHealth::default(); 2];
+    // The primary's room is promised ten requests deep; nothing was learned of the fallback.
+    let full = ModelCapacity {
+        requests_per_minute: Some(600.0),
+        tokens_per_minute: Some(600_000.0),
+        headroom_requests: Some(-10.0),
+        headroom_tokens: Some(50_000.0),
+        in_flight: 4,
+    };
+    let ask = |capacity: &[ModelCapacity]| {
+        Decider::route(
+            &handle,
+            &RouteQuery {
+                request_id: "r1",
+                workload: Workload::Interactive,
+                tokens: 1_000,
+                attempts_total: 0,
+                current: 0,
+                elapsed_ms: 0,
+                remaining_ms: 60_000,
+                clock_ms: 0,
+                models: &models,
+                health: &health,
+                capacity,
+                entropy: 0,
+            },
+        )
+    };
+    assert_eq!(
+        ask(&[full, ModelCapacity::default()]),
+        Route::Send {
+            model: 1,
+            delay_ms: 0
+        },
+        "the live default's answer stands"
+    );
+    assert_eq!(
+        ask(&[ModelCapacity::default(), ModelCapacity::default()]),
+        Route::Send {
+            model: 0,
+            delay_ms: 0
+        }
+    );
+    let shadow = handle.status().shadow.expect("a shadow runs");
+    assert_eq!((shadow.decisions, shadow.agreed), (2, 1));
+    assert_eq!(shadow.disagreements["other-model"], 1);
+    let sample = &shadow.recent[0];
+    assert_eq!(sample.error, backstop::wasm::shadow::ROUTE);
+    assert_eq!(
+        (sample.live, sample.candidate),
+        (
+            Decision::SwitchModel {
+                model: 1,
+                delay_ms: 0
+            },
+            Decision::Retry { delay_ms: 0 }
+        ),
+        "the candidate would have sent it into the saturated primary"
+    );
+}
+
+#[test]
 fn a_candidate_that_fails_vetting_never_runs_in_shadow() {
     let handle = default_handle(SwapOptions::default());
     assert!(handle.shadow_bytes(&always_retry(), "bad.wasm").is_err());

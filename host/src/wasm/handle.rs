@@ -677,7 +677,7 @@ impl Decider for PolicyHandle {
 
     fn route(&self, query: &RouteQuery) -> Route {
         let live = self.shared.live.load();
-        match live.policy.route(query) {
+        let route = match live.policy.route(query) {
             Some((route, None)) => route,
             Some((route, Some(fault))) => {
                 self.note_fault(&live, &fault);
@@ -689,7 +689,11 @@ impl Decider for PolicyHandle {
                 model: query.current,
                 delay_ms: 0,
             },
+        };
+        if let Some(shadow) = &*self.shared.shadow.load() {
+            shadow.compare_route(query, &route, &self.shared.shadow_disagreements);
         }
+        route
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
