@@ -240,14 +240,18 @@ impl ErrorInfo {
     /// word it: "Input is too long for requested model.", "prompt is too long: … tokens >
     /// … maximum"). Final for that model; a model with a larger window may take it.
     pub fn input_too_long(&self) -> bool {
-        const SIGNS: [&str; 3] = ["too long", "context window", "context length"];
-        self.kind == ErrorKind::Validation
-            && SIGNS.iter().any(|sign| {
-                self.message
-                    .as_bytes()
-                    .windows(sign.len())
-                    .any(|w| w.eq_ignore_ascii_case(sign.as_bytes()))
-            })
+        const SIGNS: [&[u8]; 3] = [b"too long", b"context window", b"context length"];
+        // The models say it in their first words; reading no further bounds what a long
+        // message costs a policy that asks (a decision's fuel is metered).
+        const READ: usize = 256;
+        if self.kind != ErrorKind::Validation {
+            return false;
+        }
+        let text = &self.message.as_bytes()[..self.message.len().min(READ)];
+        SIGNS.iter().any(|sign| {
+            text.windows(sign.len())
+                .any(|w| w.eq_ignore_ascii_case(sign))
+        })
     }
 }
 

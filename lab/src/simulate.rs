@@ -16,7 +16,7 @@ use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
 use backstop::{
     BoxError, ConfigError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
-    PolicyModule, Resilience, ShadowStatus, SwapError,
+    PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -360,58 +360,63 @@ async fn request(
     let chain = core.models();
     let limits = core.limits();
     let result = core
-        .call(arrival.workload.into(), tokens, |model| {
-            let now = start.elapsed();
-            let fallback = chain.first().is_some_and(|primary| primary != model);
-            let outcome = lock(bedrock).admit(model, now.as_millis() as u64, tokens);
-            {
-                let mut tally = lock(tally);
-                tally.calls += 1;
-                let minute = tally.minute(now);
-                minute.fallbacks += u64::from(fallback);
-                if matches!(outcome, Outcome::Error { kind, .. } if kind.is_throttle()) {
-                    minute.throttles += 1;
-                }
-            }
-            let (silence, first_event_delay) = {
-                let bedrock = lock(bedrock);
-                let faults = bedrock.faults(model);
-                (faults.silence(), faults.first_event_delay())
-            };
-            async move {
-                tokio::time::sleep(outcome.latency()).await;
-                // Requests are modelled as streams: the attempt limits end a silent provider
-                // or a slow first event exactly as they do behind the real client.
-                match outcome {
-                    Outcome::Ok {
-                        misbehaviour: Some(Misbehaviour::Silent),
-                        ..
-                    } => {
-                        within(limits.headers, Phase::Headers, tokio::time::sleep(silence)).await?;
-                        Err(failure(ErrorKind::ServiceUnavailable, None))
-                    }
-                    Outcome::Ok {
-                        misbehaviour: Some(Misbehaviour::SlowFirstEvent),
-                        ..
-                    } => {
-                        let first = tokio::time::sleep(first_event_delay);
-                        within(limits.first_event, Phase::FirstEvent, first).await?;
-                        Ok(None)
-                    }
-                    Outcome::Ok { misbehaviour, .. } => Ok(misbehaviour),
-                    Outcome::Error {
-                        kind,
-                        retry_after_ms,
-                        message,
-                        ..
-                    } => {
-                        let (mut info, source) = failure(kind, retry_after_ms);
-                        info.message = message.unwrap_or_default().to_string();
-                        Err((info, source))
+        .call(
+            RequestOptions::from(arrival.workload).streamed(),
+            tokens,
+            |model| {
+                let now = start.elapsed();
+                let fallback = chain.first().is_some_and(|primary| primary != model);
+                let outcome = lock(bedrock).admit(model, now.as_millis() as u64, tokens);
+                {
+                    let mut tally = lock(tally);
+                    tally.calls += 1;
+                    let minute = tally.minute(now);
+                    minute.fallbacks += u64::from(fallback);
+                    if matches!(outcome, Outcome::Error { kind, .. } if kind.is_throttle()) {
+                        minute.throttles += 1;
                     }
                 }
-            }
-        })
+                let (silence, first_event_delay) = {
+                    let bedrock = lock(bedrock);
+                    let faults = bedrock.faults(model);
+                    (faults.silence(), faults.first_event_delay())
+                };
+                async move {
+                    tokio::time::sleep(outcome.latency()).await;
+                    // Requests are modelled as streams: the attempt limits end a silent provider
+                    // or a slow first event exactly as they do behind the real client.
+                    match outcome {
+                        Outcome::Ok {
+                            misbehaviour: Some(Misbehaviour::Silent),
+                            ..
+                        } => {
+                            within(limits.headers, Phase::Headers, tokio::time::sleep(silence))
+                                .await?;
+                            Err(failure(ErrorKind::ServiceUnavailable, None))
+                        }
+                        Outcome::Ok {
+                            misbehaviour: Some(Misbehaviour::SlowFirstEvent),
+                            ..
+                        } => {
+                            let first = tokio::time::sleep(first_event_delay);
+                            within(limits.first_event, Phase::FirstEvent, first).await?;
+                            Ok(None)
+                        }
+                        Outcome::Ok { misbehaviour, .. } => Ok(misbehaviour),
+                        Outcome::Error {
+                            kind,
+                            retry_after_ms,
+                            message,
+                            ..
+                        } => {
+                            let (mut info, source) = failure(kind, retry_after_ms);
+                            info.message = message.unwrap_or_default().to_string();
+                            Err((info, source))
+                        }
+                    }
+                }
+            },
+        )
         .await;
     // A stream that stalls, is cut or breaks after its output began fails as it does behind
     // the real client: after output, never resent.
@@ -429,7 +434,10 @@ async fn request(
             };
             match after_output {
                 Some((info, source)) => Err(core.fail_after_output(&served, info, source)),
-                None => Ok(served),
+                None => {
+                    core.stream_ended(&served);
+                    Ok(served)
+                }
             }
         }
         Err(error) => Err(error),

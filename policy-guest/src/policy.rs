@@ -177,8 +177,8 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     if ctx.output_delivered {
         return give_up(GiveUpReason::OutputCommitted);
     }
-    if ctx.error.input_too_long()
-        && params.context_window_fallback
+    if params.context_window_fallback
+        && ctx.error.input_too_long()
         && ctx.remaining_ms > 0
         && let Some(model) = larger_window(params, ctx)
     {

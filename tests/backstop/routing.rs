@@ -228,3 +228,66 @@ fn only_an_input_too_long_may_be_resent_after_a_validation_error_and_only_to_ano
     };
     assert!(!enforce(&ctx, back).sends_again());
 }
+
+/// Keeps what it is told of each request's end.
+#[derive(Default)]
+struct Outcomes {
+    told: Mutex<Vec<(String, bool)>>,
+}
+
+impl Decider for Outcomes {
+    fn decide(&self, _ctx: &AttemptContext) -> Decided {
+        Decided {
+            verdict: Verdict::of_policy(Decision::Retry { delay_ms: 0 }),
+            module_digest: None,
+        }
+    }
+
+    fn on_finished(&self, finished: &backstop::Finished) {
+        self.told
+            .lock()
+            .unwrap()
+            .push((finished.request_id.to_string(), finished.served));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts() {
+    let outcomes = std::sync::Arc::new(Outcomes::default());
+    let core = Resilience::new(outcomes.clone(), ClientOptions::new(["primary"])).unwrap();
+    let serve = || {
+        core.call(RequestOptions::default().streamed(), 100, |_model| async {
+            Ok::<(), (ErrorInfo, BoxError)>(())
+        })
+    };
+    // A stream that completes: served, told once, at its end.
+    let whole = serve().await.unwrap();
+    assert!(
+        outcomes.told.lock().unwrap().is_empty(),
+        "told at the start"
+    );
+    core.stream_ended(&whole);
+    // A stream cut after output: told as a failure — the tally that judges a module on
+    // probation must not count it served.
+    let cut = serve().await.unwrap();
+    let _ = core.fail_after_output(
+        &cut,
+        ErrorInfo::of(ErrorKind::ModelStreamError),
+        BoxError::from("cut"),
+    );
+    // A call that is not streamed is told when it returns.
+    core.call(RequestOptions::default(), 100, |_model| async {
+        Ok::<(), (ErrorInfo, BoxError)>(())
+    })
+    .await
+    .unwrap();
+    let told = outcomes.told.lock().unwrap().clone();
+    assert_eq!(
+        told,
+        [
+            (whole.request_id.clone(), true),
+            (cut.request_id.clone(), false),
+            ("req-3".to_string(), true)
+        ]
+    );
+}

@@ -72,6 +72,7 @@ impl ChatRequest {
         RequestOptions {
             workload: self.workload,
             deadline: self.deadline,
+            streamed: false,
         }
     }
 
@@ -245,7 +246,7 @@ impl ResilientClient {
             .inner
             .core
             .call(
-                request.options(),
+                request.options().streamed(),
                 request.estimated_input_tokens(),
                 |model| {
                     let call = sdk
@@ -337,6 +338,7 @@ impl ResilientStream {
             }
             Ok(None) if self.complete => {
                 self.finished = true;
+                self.client.inner.core.stream_ended(&self.served);
                 Ok(None)
             }
             Ok(None) => {

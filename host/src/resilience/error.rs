@@ -157,6 +157,16 @@ pub struct Served<T> {
     /// When the request's deadline falls (tokio's clock): a stream served by this attempt
     /// still ends there.
     pub deadline: tokio::time::Instant,
+    /// What the policy is told when a streamed request ends; `None` once told (or for a
+    /// request that is not streamed, told when it was served).
+    pub(crate) untold: Option<Untold>,
+}
+
+/// The outcome report a streamed request owes its policy, kept until the stream ends.
+#[derive(Clone, Debug)]
+pub(crate) struct Untold {
+    pub(crate) breaker_opens: u32,
+    pub(crate) last_decided_by: Option<String>,
 }
 
 impl<T> Served<T> {
@@ -172,6 +182,7 @@ impl<T> Served<T> {
             request_id,
             workload,
             deadline,
+            untold,
         } = self;
         let rest = Served {
             output: (),
@@ -182,6 +193,7 @@ impl<T> Served<T> {
             request_id,
             workload,
             deadline,
+            untold,
         };
         (output, rest)
     }

@@ -23,7 +23,7 @@ use crate::contract::{
 use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
 use budget::Budget;
-use error::{AttemptRecord, BoxError, CallError, Served};
+use error::{AttemptRecord, BoxError, CallError, Served, Untold};
 use health::HealthBoard;
 use limits::AttemptLimits;
 use metrics::Metrics;
@@ -201,6 +201,7 @@ impl Resilience {
             budget.on_request(started);
         }
         let workload = request.workload;
+        let streamed = request.streamed;
         let deadline = request.deadline.unwrap_or(self.options.deadline);
         let mut p = Progress {
             request_id: format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
@@ -311,6 +312,10 @@ impl Resilience {
                             request_id: p.request_id.clone(),
                             workload,
                             deadline: p.deadline,
+                            untold: streamed.then(|| Untold {
+                                breaker_opens: p.breaker_opens,
+                                last_decided_by: p.last_decided_by.clone(),
+                            }),
                         });
                     }
                     Ok(Err(failure)) => failure,
@@ -362,13 +367,17 @@ impl Resilience {
         }
         .instrument(span)
         .await;
-        self.policy.on_finished(&Finished {
-            request_id: &p.request_id,
-            served: result.is_ok(),
-            attempts: p.total,
-            breaker_opens: p.breaker_opens,
-            last_decided_by: p.last_decided_by.as_deref(),
-        });
+        // A streamed request is told when its stream ends (`stream_ended`,
+        // `fail_after_output`): a stream cut after output is not a served request.
+        if !(streamed && result.is_ok()) {
+            self.policy.on_finished(&Finished {
+                request_id: &p.request_id,
+                served: result.is_ok(),
+                attempts: p.total,
+                breaker_opens: p.breaker_opens,
+                last_decided_by: p.last_decided_by.as_deref(),
+            });
+        }
         if let Err(error) = &result {
             self.metrics.failed.inc();
             tracing::warn!(request_id = %p.request_id, %error, "request failed");
@@ -403,11 +412,30 @@ impl Resilience {
         };
         let verdict = self.ask(&mut p, &error, true);
         self.metrics.failed.inc();
+        self.tell(served, false);
         let reason = match verdict.decision {
             Decision::GiveUp { reason } => reason,
             _ => GiveUpReason::OutputCommitted,
         };
         p.gave_up(reason, Some((error, source)))
+    }
+
+    /// A streamed request's stream ended complete: the policy hears that it was served.
+    pub fn stream_ended(&self, served: &Served<()>) {
+        self.tell(served, true);
+    }
+
+    /// Tells the policy how a streamed request ended, when that is still owed.
+    fn tell(&self, served: &Served<()>, ok: bool) {
+        if let Some(untold) = &served.untold {
+            self.policy.on_finished(&Finished {
+                request_id: &served.request_id,
+                served: ok,
+                attempts: served.attempts,
+                breaker_opens: untold.breaker_opens,
+                last_decided_by: untold.last_decided_by.as_deref(),
+            });
+        }
     }
 
     /// Records a failed attempt, asks the policy under the guardrails what to do, and keeps

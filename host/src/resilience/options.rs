@@ -108,6 +108,11 @@ pub struct RequestOptions {
     /// This request's total time, all attempts and waits included; `None` takes the client's
     /// [`ClientOptions::deadline`].
     pub deadline: Option<Duration>,
+    /// The served attempt's output is a stream that is still to come: whether the request was
+    /// served is known only when it ends, so the loop tells the policy then
+    /// ([`Resilience::stream_ended`](crate::Resilience::stream_ended) or
+    /// [`fail_after_output`](crate::Resilience::fail_after_output)), not when the call returns.
+    pub streamed: bool,
 }
 
 impl RequestOptions {
@@ -120,7 +125,7 @@ impl RequestOptions {
     pub fn batch() -> RequestOptions {
         RequestOptions {
             workload: Workload::Batch,
-            deadline: None,
+            ..RequestOptions::default()
         }
     }
 
@@ -129,13 +134,19 @@ impl RequestOptions {
         self.deadline = Some(deadline);
         self
     }
+
+    /// The same, for a call whose output is a stream (see [`streamed`](Self::streamed)).
+    pub fn streamed(mut self) -> RequestOptions {
+        self.streamed = true;
+        self
+    }
 }
 
 impl From<Workload> for RequestOptions {
     fn from(workload: Workload) -> RequestOptions {
         RequestOptions {
             workload,
-            deadline: None,
+            ..RequestOptions::default()
         }
     }
 }
