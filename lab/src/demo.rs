@@ -94,52 +94,36 @@ impl Default for DemoOptions {
 
 /// The "Monday 9 a.m." scenario (times are real milliseconds since the server started).
 pub fn monday_spike() -> Scenario {
-    let mut scenario = Scenario {
-        seed: 9,
-        ..Scenario::default()
-    };
-    scenario.models.insert(
-        PRIMARY.to_string(),
-        ModelFaults {
-            rpm: Some(1_500),
-            burst: Some(8),
-            outages: vec![Outage {
-                start_ms: 2_500,
-                end_ms: 4_500,
-                error: ErrorKind::ServiceUnavailable,
-            }],
-            latency_ms: Latency { min: 20, max: 60 },
-            ..ModelFaults::default()
-        },
-    );
-    scenario.models.insert(
-        FALLBACK.to_string(),
-        ModelFaults {
-            rpm: Some(12_000),
-            burst: Some(60),
-            latency_ms: Latency { min: 30, max: 80 },
-            ..ModelFaults::default()
-        },
-    );
-    scenario
+    primary_and_fallback(9, (1_500, 8), 2_500..4_500, (12_000, 60))
 }
 
 /// The demo's spike-outage: at the default 60 requests a second, the primary (30 a second)
 /// takes half, the fallback (40 a second) the rest with little to spare, and the primary
 /// fails for a second inside the spike.
 pub fn spike_outage() -> Scenario {
+    primary_and_fallback(23, (1_800, 8), 3_000..4_000, (2_400, 8))
+}
+
+/// The demo's two models: a primary with `(rpm, burst)` that answers 503 during `outage`
+/// (real milliseconds since the server started), a fallback with its own `(rpm, burst)`.
+fn primary_and_fallback(
+    seed: u64,
+    (primary_rpm, primary_burst): (u32, u32),
+    outage: std::ops::Range<u64>,
+    (fallback_rpm, fallback_burst): (u32, u32),
+) -> Scenario {
     let mut scenario = Scenario {
-        seed: 23,
+        seed,
         ..Scenario::default()
     };
     scenario.models.insert(
         PRIMARY.to_string(),
         ModelFaults {
-            rpm: Some(1_800),
-            burst: Some(8),
+            rpm: Some(primary_rpm),
+            burst: Some(primary_burst),
             outages: vec![Outage {
-                start_ms: 3_000,
-                end_ms: 4_000,
+                start_ms: outage.start,
+                end_ms: outage.end,
                 error: ErrorKind::ServiceUnavailable,
             }],
             latency_ms: Latency { min: 20, max: 60 },
@@ -149,8 +133,8 @@ pub fn spike_outage() -> Scenario {
     scenario.models.insert(
         FALLBACK.to_string(),
         ModelFaults {
-            rpm: Some(2_400),
-            burst: Some(8),
+            rpm: Some(fallback_rpm),
+            burst: Some(fallback_burst),
             latency_ms: Latency { min: 30, max: 80 },
             ..ModelFaults::default()
         },
