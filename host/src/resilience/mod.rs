@@ -234,12 +234,12 @@ impl Resilience {
                         Route::Send { model, delay_ms } => {
                             self.switch(&mut p, model as usize);
                             if delay_ms == 0 {
-                                // Room now: a parked request may find some too (the queue
-                                // would otherwise re-enter only as fast as requests succeed,
-                                // and never faster than the rate it was drained at).
+                                // Sent now: a parked request may find room too (it routes
+                                // again, and parks again if there is none). Without this the
+                                // queue re-enters only as fast as requests succeed, never
+                                // faster than the rate it was drained at.
                                 self.queue.release();
-                            }
-                            if delay_ms > 0 {
+                            } else {
                                 // The room is promised now, so the next request waits behind
                                 // this one instead of for the same room.
                                 self.health
