@@ -104,3 +104,73 @@ async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
         started.elapsed()
     );
 }
+
+/// InvokeModel through the real SDK answers in the body shape of the requested model's family,
+/// so the parsers real clients use read it (a Messages request once got a Claude-2 body).
+#[tokio::test(flavor = "multi_thread")]
+async fn invoke_model_answers_in_the_shape_of_the_models_family() {
+    use backstop::{ClientOptions, ResilientClient, Workload};
+    let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
+    let messages = br#"{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}]}"#;
+    let cases: [(&str, &[u8], &str); 7] = [
+        (
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            messages,
+            "/content/0/text",
+        ),
+        (
+            "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+            messages,
+            "/usage/output_tokens",
+        ),
+        (
+            "anthropic.claude-v2",
+            br#"{"prompt": "\n\nHuman: hi\n\nAssistant:"}"#,
+            "/completion",
+        ),
+        (
+            "us.amazon.nova-pro-v1:0",
+            br#"{"messages": [{"role": "user", "content": [{"text": "hi"}]}]}"#,
+            "/output/message/content/0/text",
+        ),
+        (
+            "amazon.titan-text-express-v1",
+            br#"{"inputText": "hi"}"#,
+            "/results/0/outputText",
+        ),
+        (
+            "meta.llama3-8b-instruct-v1:0",
+            br#"{"prompt": "hi"}"#,
+            "/generation",
+        ),
+        (
+            "mistral.mistral-large-2402-v1:0",
+            br#"{"prompt": "<s>[INST] hi [/INST]"}"#,
+            "/outputs/0/text",
+        ),
+    ];
+    for (model, body, answer_at) in cases {
+        let sdk = backstop::sdk_client_for_endpoint(
+            &server.endpoint_url(),
+            std::time::Duration::from_secs(5),
+        );
+        let client = ResilientClient::new(
+            sdk,
+            backstop_test_support::default_policy("{}"),
+            ClientOptions::new([model]),
+        )
+        .unwrap();
+        let served = client
+            .invoke_model(body, Workload::Interactive)
+            .await
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        let answer: serde_json::Value =
+            serde_json::from_slice(served.output.body.as_ref()).unwrap();
+        let text = answer.pointer(answer_at);
+        assert!(
+            text.is_some_and(|t| t.is_string() || t.is_number()),
+            "{model}: no {answer_at} in {answer}"
+        );
+    }
+}

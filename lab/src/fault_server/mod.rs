@@ -323,8 +323,53 @@ async fn invoke(
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    let body = serde_json::json!({ "completion": format!("{model} answered."), "stop_reason": "end_turn" });
+    let body = invoke_body(&model, &accepted.request);
     unary_answer(&state, &accepted, body.to_string()).await
+}
+
+/// An InvokeModel answer in the body shape of the requested model's family, so the parsers
+/// real clients use read it: Anthropic's Messages API (or its legacy text completions for a
+/// `prompt`), Amazon Nova, Amazon Titan Text, Meta Llama, Mistral. Any other model gets the
+/// Anthropic text-completion shape.
+fn invoke_body(model: &str, request: &serde_json::Value) -> serde_json::Value {
+    let answer = format!("{model} answered.");
+    let input = estimate_tokens(request);
+    let output = (answer.len() as u64).div_ceil(4);
+    let family = |name: &str| model.contains(name);
+    if family("anthropic.") && request.get("messages").is_some() {
+        serde_json::json!({
+            "id": "msg_bdrk_backstop",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{ "type": "text", "text": answer }],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": { "input_tokens": input, "output_tokens": output },
+        })
+    } else if family("amazon.nova") {
+        serde_json::json!({
+            "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
+            "stopReason": "end_turn",
+            "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
+        })
+    } else if family("amazon.titan-text") {
+        serde_json::json!({
+            "inputTextTokenCount": input,
+            "results": [{ "tokenCount": output, "outputText": answer, "completionReason": "FINISH" }],
+        })
+    } else if family("meta.llama") {
+        serde_json::json!({
+            "generation": answer,
+            "prompt_token_count": input,
+            "generation_token_count": output,
+            "stop_reason": "stop",
+        })
+    } else if family("mistral.") {
+        serde_json::json!({ "outputs": [{ "text": answer, "stop_reason": "stop" }] })
+    } else {
+        serde_json::json!({ "completion": answer, "stop_reason": "stop_sequence", "stop": null })
+    }
 }
 
 /// A unary answer as the request's misbehaviour has it: late (`slow-first-event` waits for
