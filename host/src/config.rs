@@ -16,7 +16,7 @@ use crate::wasm::isolation::CompileChild;
 use crate::wasm::sandbox::Limits;
 use crate::wasm::vetting::{RollbackRule, SwapOptions};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,113 @@ pub struct HostConfig {
     /// optionally `context_window`, `relative_cost`, `region`): given to every policy at
     /// `configure`. The default policy reads the context windows (`context_window_fallback`).
     pub models: Vec<ModelFacts>,
+    /// For each model id an application asks for, the models that may answer instead, in
+    /// order (`"anthropic.claude-sonnet": ["anthropic.claude-haiku"]`): the chain a proxied
+    /// request runs. A model not listed is served by itself alone.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// `backstop serve`: the sidecar's bounds and its operator surface.
+    pub serve: ServeSettings,
+}
+
+/// The most chains a configuration may list, and the most fallbacks in one.
+pub const MAX_CHAINS: usize = 256;
+/// The most fallbacks one chain may list.
+pub const MAX_FALLBACKS: usize = 8;
+
+/// The sidecar's settings (`backstop serve`): every bound on what comes from outside.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Upstream requests in progress at once (queued batch work included); one more is
+    /// answered at once with a 429 and a wait hint.
+    pub max_in_flight: usize,
+    /// The largest request body, in bytes; a larger one gets a 413 `ValidationException`.
+    pub max_request_bytes: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's body.
+    pub body_timeout_ms: u64,
+    /// On SIGTERM: how long requests in progress may take to finish before they are ended
+    /// with an error.
+    pub drain_ms: u64,
+    /// Callers whose requests are batch work, by the access key id their SDK signs with.
+    pub batch_callers: Vec<String>,
+    /// Where traces go: an OTLP/HTTP endpoint (`http://collector:4318`, plain HTTP: a
+    /// collector nearby forwards them); the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` when unset.
+    pub otlp_endpoint: Option<String>,
+    /// A file holding the admin listener's bearer token (else `BACKSTOP_ADMIN_TOKEN`).
+    pub admin_token_file: Option<PathBuf>,
+    /// The same request body from the same caller within this window is counted as a client
+    /// retry (and warned about: the client's own retries multiply with Backstop's).
+    pub repeat_window_ms: u64,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            max_in_flight: 512,
+            max_request_bytes: 20 << 20,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            drain_ms: 30_000,
+            batch_callers: Vec::new(),
+            otlp_endpoint: None,
+            admin_token_file: None,
+            repeat_window_ms: 10_000,
+        }
+    }
+}
+
+impl ServeSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let serve = |field: &'static str, why: String| ConfigError::Serve { field, why };
+        for (field, value, floor, ceiling) in [
+            ("max_in_flight", self.max_in_flight as u64, 1, 100_000),
+            (
+                "max_request_bytes",
+                self.max_request_bytes as u64,
+                1_024,
+                100 << 20,
+            ),
+            ("header_timeout_ms", self.header_timeout_ms, 100, 600_000),
+            ("body_timeout_ms", self.body_timeout_ms, 100, 600_000),
+            ("drain_ms", self.drain_ms, 0, 3_600_000),
+            ("repeat_window_ms", self.repeat_window_ms, 0, 3_600_000),
+        ] {
+            if !(floor..=ceiling).contains(&value) {
+                return Err(serve(
+                    field,
+                    format!("{value} is outside {floor}..={ceiling}"),
+                ));
+            }
+        }
+        if self.batch_callers.len() > 10_000 {
+            return Err(serve("batch_callers", "at most 10000 callers".into()));
+        }
+        if let Some(caller) = self
+            .batch_callers
+            .iter()
+            .find(|c| c.is_empty() || c.len() > 128)
+        {
+            return Err(serve(
+                "batch_callers",
+                format!("{caller:?} is not an access key id (1 to 128 characters)"),
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !endpoint.starts_with("http://")
+        {
+            return Err(serve(
+                "otlp_endpoint",
+                format!(
+                    "{endpoint:?} is not an http:// URL (spans go to a collector nearby, which \
+                     forwards them over TLS)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The most models whose facts a configuration may give.
@@ -116,6 +223,8 @@ impl Default for HostConfig {
             limits: AttemptLimits::default(),
             quarantine_file: None,
             models: Vec::new(),
+            chains: BTreeMap::new(),
+            serve: ServeSettings::default(),
         }
     }
 }
@@ -169,6 +278,22 @@ pub enum ConfigError {
         min: f64,
         /// The most accepted.
         max: f64,
+    },
+    /// A chain that cannot be run.
+    #[error("host configuration: chains[{model:?}]: {why}")]
+    Chain {
+        /// The requested model it is for.
+        model: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A sidecar setting that cannot be used.
+    #[error("host configuration: serve.{field}: {why}")]
+    Serve {
+        /// The key.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
     },
     /// A model's facts that cannot be right.
     #[error("host configuration: models[{index}]: {why}")]
@@ -354,7 +479,48 @@ impl HostConfig {
                 return Err(ConfigError::Model { index, why });
             }
         }
+        config.check_chains()?;
+        config.serve.check()?;
         Ok(config)
+    }
+
+    fn check_chains(&self) -> Result<(), ConfigError> {
+        if self.chains.len() > MAX_CHAINS {
+            return Err(ConfigError::Ceiling {
+                field: "chains",
+                value: self.chains.len() as u64,
+                limit: MAX_CHAINS as u64,
+            });
+        }
+        let bad_id = |id: &String| id.is_empty() || id.len() > 256;
+        for (model, fallbacks) in &self.chains {
+            let why = if bad_id(model) || fallbacks.iter().any(bad_id) {
+                Some("model ids must be 1 to 256 characters")
+            } else if fallbacks.len() > MAX_FALLBACKS {
+                Some("at most 8 fallbacks")
+            } else if fallbacks.contains(model) {
+                Some("a model cannot be its own fallback")
+            } else if fallbacks.iter().collect::<BTreeSet<_>>().len() < fallbacks.len() {
+                Some("a fallback is listed twice")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ConfigError::Chain {
+                    model: model.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain a request for `model` runs: the model, then its fallbacks.
+    pub fn chain_for(&self, model: &str) -> Vec<String> {
+        let fallbacks = self.chains.get(model).into_iter().flatten().cloned();
+        std::iter::once(model.to_string())
+            .chain(fallbacks)
+            .collect()
     }
 
     /// The engine for this configuration: compiles isolated in `worker` (a program with the

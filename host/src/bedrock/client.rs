@@ -23,6 +23,7 @@ use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{
     ContentBlock, ConversationRole, ConverseStreamOutput, Message, SystemContentBlock,
 };
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +128,21 @@ pub async fn sdk_client_from_env(attempt_timeout: Duration) -> Client {
     Client::from_conf(config)
 }
 
+/// Like [`sdk_client_from_env`], at `endpoint` when given (a VPC endpoint, a proxy): the normal
+/// credential chain and region, the SDK's retries disabled.
+pub async fn sdk_client_from_env_at(endpoint: Option<&str>, attempt_timeout: Duration) -> Client {
+    let mut shared = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = endpoint {
+        shared = shared.endpoint_url(endpoint);
+    }
+    let shared = shared.load().await;
+    let config = aws_sdk_bedrockruntime::config::Builder::from(&shared)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(attempt_timeouts(attempt_timeout))
+        .build();
+    Client::from_conf(config)
+}
+
 fn attempt_timeouts(attempt_timeout: Duration) -> TimeoutConfig {
     TimeoutConfig::builder()
         .operation_attempt_timeout(attempt_timeout)
@@ -138,13 +154,13 @@ fn attempt_timeouts(attempt_timeout: Duration) -> TimeoutConfig {
 /// The resilient client. Cheap to clone; clones share health, breakers, queue and metrics.
 #[derive(Clone)]
 pub struct ResilientClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    sdk: Client,
+pub(crate) struct Inner {
+    pub(crate) sdk: Client,
     policy: PolicyHandle,
-    core: Resilience,
+    pub(crate) core: Resilience,
 }
 
 impl ResilientClient {
@@ -183,6 +199,16 @@ impl ResilientClient {
     /// [`capacity`](crate::resilience::capacity)).
     pub fn capacity(&self) -> Vec<crate::contract::ModelCapacity> {
         self.inner.core.capacity()
+    }
+
+    /// Every model's health now (breaker state, recent outcomes), by index of the chain.
+    pub fn health(&self) -> Vec<crate::contract::ModelHealth> {
+        self.inner.core.health()
+    }
+
+    /// Batch requests waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.core.queue_depth()
     }
 
     /// Converse, with the policy deciding after each failed attempt.
@@ -270,14 +296,9 @@ impl ResilientClient {
             .await?;
         let ((receiver, first), served) = served.split();
         Ok(ResilientStream {
-            client: self.clone(),
             receiver,
             pending: Some(first),
-            served,
-            idle: limits.idle,
-            delivered: 0,
-            complete: false,
-            finished: false,
+            tail: Committed::new(self, served),
         })
     }
 }
@@ -287,33 +308,25 @@ const TERMINAL_EVENT: &str = "messageStop";
 
 /// A ConverseStream whose first event has arrived.
 pub struct ResilientStream {
-    client: ResilientClient,
     receiver: EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>,
     pending: Option<ConverseStreamOutput>,
-    served: Served<()>,
-    /// The longest silence allowed between events.
-    idle: Duration,
-    /// Events handed to the caller.
-    delivered: u64,
-    /// Whether `messageStop` arrived.
-    complete: bool,
-    finished: bool,
+    tail: Committed,
 }
 
 impl ResilientStream {
     /// The model serving the stream.
     pub fn model(&self) -> &str {
-        &self.served.model
+        &self.tail.served.model
     }
 
     /// How the request was served: model, attempts, queueing, request id.
     pub fn served(&self) -> &Served<()> {
-        &self.served
+        &self.tail.served
     }
 
     /// Events handed to the caller so far.
     pub fn delivered(&self) -> u64 {
-        self.delivered
+        self.tail.delivered
     }
 
     /// The next event; `None` only after a complete answer (`messageStop` arrived). After
@@ -323,43 +336,86 @@ impl ResilientStream {
     /// (`StreamIncomplete`), or the request's deadline (`deadline`). Its message counts the
     /// events delivered.
     pub async fn recv(&mut self) -> Result<Option<ConverseStreamOutput>, CallError> {
-        if self.finished {
+        if self.tail.finished {
             return Ok(None);
         }
         let next = match self.pending.take() {
             Some(event) => Ok(Some(event)),
-            None => self.next_event().await,
+            None => self.tail.wait(self.receiver.recv(), stream_failure).await,
         };
         match next {
             Ok(Some(event)) => {
-                self.delivered += 1;
-                self.complete |= matches!(event, ConverseStreamOutput::MessageStop(_));
+                let whole = matches!(event, ConverseStreamOutput::MessageStop(_));
+                self.tail.delivered(whole);
                 Ok(Some(event))
             }
-            Ok(None) if self.complete => {
-                self.finished = true;
-                self.client.inner.core.stream_ended(&self.served);
-                Ok(None)
-            }
-            Ok(None) => {
-                let (info, source) = stream_incomplete(self.delivered, TERMINAL_EVENT);
-                Err(self.fail(info, source, None))
-            }
-            Err((info, source, reason)) => Err(self.fail(info, source, reason)),
+            Ok(None) => self.tail.ended(TERMINAL_EVENT).map(|()| None),
+            Err(failure) => Err(self.tail.fail(failure)),
+        }
+    }
+}
+
+/// A failure inside a committed stream, and the give-up reason it overrides (the deadline).
+pub(crate) type StreamFailure = (ErrorInfo, BoxError, Option<GiveUpReason>);
+
+/// What every stream keeps once its first event reached the caller: the request is committed
+/// to its model, each later wait is bounded by the idle limit and the deadline, and its end is
+/// reported to the loop exactly once — complete, or as a failure after output.
+pub(crate) struct Committed {
+    client: ResilientClient,
+    pub(crate) served: Served<()>,
+    /// The longest silence allowed between events.
+    idle: Duration,
+    /// Events handed to the caller.
+    pub(crate) delivered: u64,
+    /// Whether the terminal event arrived.
+    complete: bool,
+    pub(crate) finished: bool,
+}
+
+impl Committed {
+    /// A stream `served` by `client`, whose first event is about to be handed over.
+    pub(crate) fn new(client: &ResilientClient, served: Served<()>) -> Committed {
+        Committed {
+            idle: client.inner.core.limits().idle,
+            client: client.clone(),
+            served,
+            delivered: 0,
+            complete: false,
+            finished: false,
         }
     }
 
-    /// The next event from the wire, within the idle limit and the request's deadline.
-    async fn next_event(
-        &mut self,
-    ) -> Result<Option<ConverseStreamOutput>, (ErrorInfo, BoxError, Option<GiveUpReason>)> {
+    /// One more event handed to the caller; `whole` when it was the terminal one.
+    pub(crate) fn delivered(&mut self, whole: bool) {
+        self.delivered += 1;
+        self.complete |= whole;
+    }
+
+    /// The stream ended on the wire: complete if the terminal event came, else a cut answer.
+    pub(crate) fn ended(&mut self, terminal: &str) -> Result<(), CallError> {
+        if self.complete {
+            self.finished = true;
+            self.client.inner.core.stream_ended(&self.served);
+            return Ok(());
+        }
+        let (info, source) = stream_incomplete(self.delivered, terminal);
+        Err(self.fail((info, source, None)))
+    }
+
+    /// `next` from the wire, within the idle limit and the request's deadline.
+    pub(crate) async fn wait<T, E>(
+        &self,
+        next: impl Future<Output = Result<T, E>>,
+        classify: impl FnOnce(E) -> (ErrorInfo, BoxError),
+    ) -> Result<T, StreamFailure> {
         let now = tokio::time::Instant::now();
         let idle_ends = now + self.idle;
         let ends = idle_ends.min(self.served.deadline);
-        match tokio::time::timeout_at(ends, self.receiver.recv()).await {
+        match tokio::time::timeout_at(ends, next).await {
             Ok(Ok(event)) => Ok(event),
             Ok(Err(error)) => {
-                let (info, source) = stream_failure(error);
+                let (info, source) = classify(error);
                 Err((info, source, None))
             }
             Err(_) if ends < idle_ends => {
@@ -381,14 +437,9 @@ impl ResilientStream {
         }
     }
 
-    /// Ends the stream with `info` as a failure after output (the policy hears of it, the
-    /// model's health records it); `reason` overrides the give-up reason.
-    fn fail(
-        &mut self,
-        info: ErrorInfo,
-        source: BoxError,
-        reason: Option<GiveUpReason>,
-    ) -> CallError {
+    /// Ends the stream with a failure after output (the policy hears of it, the model's health
+    /// records it); the failure's reason overrides the give-up reason.
+    pub(crate) fn fail(&mut self, (info, source, reason): StreamFailure) -> CallError {
         self.finished = true;
         let mut error = self
             .client

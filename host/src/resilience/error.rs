@@ -20,6 +20,10 @@ pub struct AttemptRecord {
     pub decision: Decision,
     /// Whether the policy module faulted and the safe decision was used.
     pub policy_fault: bool,
+    /// When it was sent (tokio's clock).
+    pub sent_at: tokio::time::Instant,
+    /// When it failed.
+    pub failed_at: tokio::time::Instant,
 }
 
 /// Why a request failed. The last Bedrock error is kept as it arrived, and every failed attempt
@@ -157,6 +161,12 @@ pub struct Served<T> {
     /// When the request's deadline falls (tokio's clock): a stream served by this attempt
     /// still ends there.
     pub deadline: tokio::time::Instant,
+    /// When the request started.
+    pub started: tokio::time::Instant,
+    /// When the attempt that answered was sent.
+    pub sent_at: tokio::time::Instant,
+    /// The failed attempts before it, oldest first, with what the host did about each.
+    pub history: Vec<AttemptRecord>,
     /// What the policy is told when a streamed request ends; `None` once told (or for a
     /// request that is not streamed, told when it was served).
     pub(crate) untold: Option<Untold>,
@@ -182,6 +192,9 @@ impl<T> Served<T> {
             request_id,
             workload,
             deadline,
+            started,
+            sent_at,
+            history,
             untold,
         } = self;
         let rest = Served {
@@ -193,6 +206,9 @@ impl<T> Served<T> {
             request_id,
             workload,
             deadline,
+            started,
+            sent_at,
+            history,
             untold,
         };
         (output, rest)

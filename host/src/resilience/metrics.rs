@@ -33,6 +33,12 @@ macro_rules! counters {
                 Metrics { registry, $($field,)* }
             }
 
+            /// Every counter as (name, help, value), for a host that exports several loops
+            /// under labels of its own (`backstop serve`, one loop per chain).
+            pub fn values(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$(($name, $help, self.$field.get()),)*]
+            }
+
             /// The current values.
             pub fn snapshot(&self) -> MetricsSnapshot {
                 MetricsSnapshot { $($field: self.$field.get(),)* }

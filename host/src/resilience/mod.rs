@@ -62,6 +62,8 @@ struct Progress {
     total: u32,
     queued: bool,
     history: Vec<AttemptRecord>,
+    /// When the latest attempt was sent.
+    sent_at: Instant,
     breaker_opens: u32,
     /// The module that made the latest decision, for [`Finished`].
     last_decided_by: Option<String>,
@@ -158,6 +160,16 @@ impl Resilience {
         self.health.capacity(self.clock_s(Instant::now()))
     }
 
+    /// Every model's health now (breaker state and recent outcomes), by index of the chain.
+    pub fn health(&self) -> Vec<crate::contract::ModelHealth> {
+        self.health.snapshot(Instant::now(), |d| self.policy_ms(d))
+    }
+
+    /// Batch requests waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
     /// Policy seconds since the loop started.
     fn clock_s(&self, now: Instant) -> f64 {
         (now - self.started).as_secs_f64() / self.options.time_scale
@@ -213,6 +225,7 @@ impl Resilience {
             total: 0,
             queued: false,
             history: Vec::new(),
+            sent_at: started,
             breaker_opens: 0,
             last_decided_by: None,
         };
@@ -283,6 +296,7 @@ impl Resilience {
                     .min(p.deadline - now);
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
                 let sent_at = self.clock_s(now);
+                p.sent_at = now;
                 self.health.sent(p.model, sent_at, input_tokens, reserved);
                 let outcome = tokio::time::timeout(limit, attempt(model))
                     .instrument(span)
@@ -312,6 +326,9 @@ impl Resilience {
                             request_id: p.request_id.clone(),
                             workload,
                             deadline: p.deadline,
+                            started: p.started,
+                            sent_at: p.sent_at,
+                            history: std::mem::take(&mut p.history),
                             untold: streamed.then(|| Untold {
                                 breaker_opens: p.breaker_opens,
                                 last_decided_by: p.last_decided_by.clone(),
@@ -407,6 +424,7 @@ impl Resilience {
             total: served.attempts,
             queued: served.queued,
             history: Vec::new(),
+            sent_at: served.sent_at,
             breaker_opens: 0,
             last_decided_by: None,
         };
@@ -503,6 +521,8 @@ impl Resilience {
             error: ctx.error,
             decision: verdict.decision,
             policy_fault: verdict.fault.is_some(),
+            sent_at: p.sent_at,
+            failed_at: now,
         });
         verdict
     }
@@ -549,11 +569,15 @@ impl Resilience {
         }
     }
 
+    /// Moves the request to `model`. A route that keeps it where it is changes nothing: its
+    /// attempts on the model still count (else `max_attempts_per_model` never came for a
+    /// request routed before every attempt).
     fn switch(&self, p: &mut Progress, model: usize) {
-        if model != p.model {
-            self.metrics.fallback_invocations.inc();
-            tracing::info!(from = %self.options.models[p.model], to = %self.options.models[model], "fallback");
+        if model == p.model {
+            return;
         }
+        self.metrics.fallback_invocations.inc();
+        tracing::info!(from = %self.options.models[p.model], to = %self.options.models[model], "fallback");
         p.model = model;
         p.on_model = 0;
     }

@@ -37,6 +37,11 @@ impl BatchQueue {
         self.capacity
     }
 
+    /// Requests parked now.
+    pub(crate) fn depth(&self) -> usize {
+        self.capacity - self.places.available_permits().min(self.capacity)
+    }
+
     /// A place in the queue, held while the request waits; `None` when the queue is full.
     pub(crate) fn enter(&self) -> Option<SemaphorePermit<'_>> {
         self.places.try_acquire().ok()

@@ -525,21 +525,43 @@ impl PolicyHandle {
         }
     }
 
-    /// Puts the previous module back if `faulty` is still live.
+    /// Puts the previous module back at an operator's request (the live module is not
+    /// quarantined: the operator may swap it in again). With no earlier module kept, the
+    /// built-in default goes live; `None` when the default itself is live with nothing before
+    /// it, so there is nothing to go back to.
+    pub fn roll_back_by_operator(&self, reason: &str) -> Option<SwapEvent> {
+        let live = self.shared.live.load_full();
+        self.roll_back_holding(&live, reason, false)
+            .then(|| lock(&self.shared.events).back().cloned())
+            .flatten()
+    }
+
+    /// Puts the previous module back if `faulty` is still live, and quarantines it.
     fn roll_back(&self, faulty: &Arc<Live>, reason: &str) {
+        self.roll_back_holding(faulty, reason, true);
+    }
+
+    /// Puts the previous module back if `faulty` is still live; whether it did.
+    fn roll_back_holding(&self, faulty: &Arc<Live>, reason: &str, hold: bool) -> bool {
         let _publishing = lock(&self.shared.publishing);
         if !Arc::ptr_eq(&self.shared.live.load(), faulty) {
-            return; // Already replaced (a swap or another caller's rollback).
+            return false; // Already replaced (a swap or another caller's rollback).
         }
-        self.hold(&faulty.labels.digest, format!("rolled back: {reason}"));
+        if hold {
+            self.hold(&faulty.labels.digest, format!("rolled back: {reason}"));
+        }
         let earlier = lock(&self.shared.previous).pop();
         let Some(good) = earlier.or_else(|| self.last_resort(faulty)) else {
+            if !hold {
+                tracing::warn!(%reason, "rollback asked with the built-in default live and nothing before it");
+                return false;
+            }
             tracing::error!(
                 digest = %faulty.labels.digest, %reason,
                 "the built-in default policy keeps faulting; every fault is answered by the safe \
                  built-in decision"
             );
-            return;
+            return false;
         };
         self.shared.live.store(good.clone());
         self.shared.info.remove(&faulty.labels);
@@ -551,6 +573,7 @@ impl PolicyHandle {
         );
         let reason = format!("{} {reason}", faulty.labels.digest);
         self.record(SwapEventKind::RolledBack, &good, Some(reason));
+        true
     }
 
     /// The rollback target when no earlier module is kept: the built-in default policy, with

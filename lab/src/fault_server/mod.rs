@@ -76,6 +76,10 @@ impl FaultServer {
             .route("/model/{model_id}/converse", post(converse))
             .route("/model/{model_id}/converse-stream", post(converse_stream))
             .route("/model/{model_id}/invoke", post(invoke))
+            .route(
+                "/model/{model_id}/invoke-with-response-stream",
+                post(invoke_stream),
+            )
             .route("/_backstop/stats", get(stats))
             .with_state(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -406,11 +410,32 @@ async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let accepted = match accept(&state, &model, &headers, &body, true).await {
+    stream(&state, &model, &headers, &body, Shape::Converse).await
+}
+
+async fn invoke_stream(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    stream(&state, &model, &headers, &body, Shape::Invoke).await
+}
+
+/// A streamed answer: ConverseStream's events, or InvokeModelWithResponseStream's `chunk`
+/// events carrying the model family's own streaming JSON.
+async fn stream(
+    state: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    shape: Shape,
+) -> Response {
+    let accepted = match accept(state, model, headers, body, shape == Shape::Converse).await {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    let pieces = stream_pieces(&state, &model, &accepted);
+    let pieces = stream_pieces(state, model, &accepted, shape);
     // Each piece goes out as its own chunk, after its wait: what a client sees of a stream
     // that is slow to start, stalls or ends early is what it would see from a real server.
     let chunks = futures_util::stream::unfold(pieces.into_iter(), |mut pieces| async move {
@@ -425,15 +450,147 @@ async fn converse_stream(
         }
     });
     ok_response(
-        &state,
+        state,
         "application/vnd.amazon.eventstream",
         axum::body::Body::from_stream(chunks),
     )
 }
 
+/// Which operation's events a stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Converse,
+    Invoke,
+}
+
+/// One step of a streamed answer, before it is written in an operation's shape.
+enum Step<'a> {
+    Start,
+    Delta(&'a str),
+    Stop,
+    /// The end: usage and latency.
+    Metadata {
+        input: u64,
+        latency_ms: u64,
+    },
+}
+
+/// Appends `step` as `shape` writes it for `model`.
+fn write_step(out: &mut Vec<u8>, shape: Shape, model: &str, step: Step<'_>) {
+    match shape {
+        Shape::Converse => converse_step(out, step),
+        Shape::Invoke => {
+            for chunk in invoke_chunks(model, step) {
+                wire::chunk_frame(out, &chunk);
+            }
+        }
+    }
+}
+
+fn converse_step(out: &mut Vec<u8>, step: Step<'_>) {
+    match step {
+        Step::Start => wire::event_frame(
+            out,
+            "messageStart",
+            serde_json::json!({ "role": "assistant" }),
+        ),
+        Step::Delta(text) => wire::event_frame(
+            out,
+            "contentBlockDelta",
+            serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
+        ),
+        Step::Stop => {
+            wire::event_frame(
+                out,
+                "contentBlockStop",
+                serde_json::json!({ "contentBlockIndex": 0 }),
+            );
+            wire::event_frame(
+                out,
+                "messageStop",
+                serde_json::json!({ "stopReason": "end_turn" }),
+            );
+        }
+        Step::Metadata { input, latency_ms } => wire::event_frame(
+            out,
+            "metadata",
+            serde_json::json!({
+                "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
+                "metrics": { "latencyMs": latency_ms },
+            }),
+        ),
+    }
+}
+
+/// The JSON chunks of an InvokeModelWithResponseStream step in the model family's streaming
+/// shape (Anthropic Messages events; otherwise the family's text field), the last one with
+/// the `amazon-bedrock-invocationMetrics` Bedrock adds.
+fn invoke_chunks(model: &str, step: Step<'_>) -> Vec<serde_json::Value> {
+    let anthropic = model.contains("anthropic.");
+    let text_chunk = |text: &str, stop: Option<&str>| {
+        if model.contains("meta.llama") {
+            serde_json::json!({ "generation": text, "stop_reason": stop })
+        } else if model.contains("mistral.") {
+            serde_json::json!({ "outputs": [{ "text": text, "stop_reason": stop }] })
+        } else {
+            serde_json::json!({ "outputText": text, "index": 0, "completionReason": stop })
+        }
+    };
+    match step {
+        Step::Start if anthropic => vec![
+            serde_json::json!({
+                "type": "message_start",
+                "message": {
+                    "id": "msg_bdrk_backstop", "type": "message", "role": "assistant",
+                    "model": model, "content": [], "stop_reason": null,
+                    "usage": { "input_tokens": 0, "output_tokens": 0 },
+                },
+            }),
+            serde_json::json!({
+                "type": "content_block_start", "index": 0,
+                "content_block": { "type": "text", "text": "" },
+            }),
+        ],
+        Step::Start => vec![text_chunk("", None)],
+        Step::Delta(text) if anthropic => vec![serde_json::json!({
+            "type": "content_block_delta", "index": 0,
+            "delta": { "type": "text_delta", "text": text },
+        })],
+        Step::Delta(text) => vec![text_chunk(text, None)],
+        Step::Stop if anthropic => vec![
+            serde_json::json!({ "type": "content_block_stop", "index": 0 }),
+            serde_json::json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": "end_turn", "stop_sequence": null },
+                "usage": { "output_tokens": 8 },
+            }),
+        ],
+        Step::Stop => Vec::new(),
+        Step::Metadata { input, latency_ms } => {
+            let mut last = if anthropic {
+                serde_json::json!({ "type": "message_stop" })
+            } else {
+                text_chunk("", Some("stop"))
+            };
+            last[backstop::bedrock::passthrough::INVOCATION_METRICS] = serde_json::json!({
+                "inputTokenCount": input,
+                "outputTokenCount": 8,
+                "invocationLatency": latency_ms,
+                "firstByteLatency": latency_ms,
+            });
+            vec![last]
+        }
+    }
+}
+
 /// The frames of one stream, and the waits between them, as the scenario and the request's
 /// misbehaviour have it.
-fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> Vec<Piece> {
+fn stream_pieces(
+    state: &ServerState,
+    model: &str,
+    accepted: &Accepted<'_>,
+    shape: Shape,
+) -> Vec<Piece> {
     let faults = accepted.faults;
     let (cut_after, cut_with) = (accepted.stream_error_after, accepted.stream_error);
     let mut pieces = Vec::new();
@@ -452,11 +609,7 @@ fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> V
         state.stream_cut(model);
         return pieces;
     }
-    wire::event_frame(
-        &mut frames,
-        "messageStart",
-        serde_json::json!({ "role": "assistant" }),
-    );
+    write_step(&mut frames, shape, model, Step::Start);
     let faulty = matches!(
         accepted.misbehaviour,
         Some(Misbehaviour::Stall | Misbehaviour::Cut | Misbehaviour::Malformed)
@@ -468,11 +621,7 @@ fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> V
     };
     for i in 0..deltas {
         let text = format!("{model} part {i}. ");
-        wire::event_frame(
-            &mut frames,
-            "contentBlockDelta",
-            serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
-        );
+        write_step(&mut frames, shape, model, Step::Delta(&text));
     }
     if faulty {
         state.stream_cut(model);
@@ -489,25 +638,12 @@ fn stream_pieces(state: &ServerState, model: &str, accepted: &Accepted<'_>) -> V
         state.stream_cut(model);
         wire::exception_frame(&mut frames, cut_with);
     } else {
-        wire::event_frame(
-            &mut frames,
-            "contentBlockStop",
-            serde_json::json!({ "contentBlockIndex": 0 }),
-        );
-        wire::event_frame(
-            &mut frames,
-            "messageStop",
-            serde_json::json!({ "stopReason": "end_turn" }),
-        );
-        let input = estimate_tokens(&accepted.request);
-        wire::event_frame(
-            &mut frames,
-            "metadata",
-            serde_json::json!({
-                "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
-                "metrics": { "latencyMs": accepted.latency.as_millis() as u64 },
-            }),
-        );
+        write_step(&mut frames, shape, model, Step::Stop);
+        let metadata = Step::Metadata {
+            input: estimate_tokens(&accepted.request),
+            latency_ms: accepted.latency.as_millis() as u64,
+        };
+        write_step(&mut frames, shape, model, metadata);
     }
     pieces.push(Piece::Send(frames));
     pieces

@@ -82,6 +82,13 @@ pub(crate) fn event_frame(out: &mut Vec<u8>, event_type: &'static str, payload: 
     );
 }
 
+/// Appends one InvokeModelWithResponseStream `chunk` event: the model's JSON, base64 in
+/// `bytes`.
+pub(crate) fn chunk_frame(out: &mut Vec<u8>, chunk: &serde_json::Value) {
+    let encoded = aws_smithy_types::base64::encode(chunk.to_string());
+    event_frame(out, "chunk", serde_json::json!({ "bytes": encoded }));
+}
+
 /// Appends one event-stream frame carrying a modeled exception (e.g. `throttlingException`).
 pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
     let mut name = kind.code().to_string();
