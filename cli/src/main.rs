@@ -34,6 +34,13 @@ enum Command {
     /// One Converse call through the resilient client: real Bedrock (the normal AWS credential
     /// chain and region), or `--endpoint-url` (e.g. a `backstop fault-server`).
     Invoke(commands::invoke::InvokeArgs),
+    /// Serve Bedrock Runtime's API as a sidecar: every request through the resilient client,
+    /// with an admin listener for metrics, status and swaps. Drains on SIGTERM.
+    Serve(commands::serve::ServeArgs),
+    /// What a running `backstop serve` has live: policy, breakers, capacity, queue.
+    Status(commands::admin::StatusArgs),
+    /// Swap a module into a running `backstop serve` (vetted like any swap).
+    Swap(commands::admin::SwapArgs),
     /// Run the Bedrock-compatible fault server on loopback until interrupted.
     FaultServer(commands::fault_server::FaultServerArgs),
     /// Compare policies on a scenario in virtual time: the real modules through the real host
@@ -73,6 +80,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Invoke(args) => commands::invoke::run(args),
         Command::FaultServer(args) => commands::fault_server::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Status(args) => commands::admin::status(args),
+        Command::Swap(args) => commands::admin::swap(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Compile(args) => commands::compile::run(args),
         Command::Quarantine(args) => commands::quarantine::run(args),

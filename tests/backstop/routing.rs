@@ -291,3 +291,57 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
         ]
     );
 }
+
+/// Keeps every request where it is, and records the attempts on the model each decision saw.
+#[derive(Default)]
+struct Stays {
+    on_model: Mutex<Vec<u32>>,
+}
+
+impl Decider for Stays {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, ctx: &RouteQuery) -> Route {
+        Route::Send {
+            model: ctx.current,
+            delay_ms: 0,
+        }
+    }
+
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        self.on_model.lock().unwrap().push(ctx.attempts_on_model);
+        Decided {
+            verdict: Verdict::of_policy(Decision::Retry { delay_ms: 0 }),
+            module_digest: None,
+        }
+    }
+}
+
+/// A route that keeps a request on its model is no move: without this, every attempt looked
+/// like the first on its model, and the default policy's `max_attempts_per_model` never sent a
+/// request whose stream kept breaking to its fallback (found through `backstop serve`).
+#[tokio::test(start_paused = true)]
+async fn attempts_on_a_model_keep_counting_when_the_route_keeps_the_request_there() {
+    let stays = std::sync::Arc::new(Stays::default());
+    let core = Resilience::new(stays.clone(), ClientOptions::new(["primary", "fallback"])).unwrap();
+    let sent = Mutex::new(0);
+    core.call(RequestOptions::default(), 100, |_| {
+        *sent.lock().unwrap() += 1;
+        let fail = *sent.lock().unwrap() < 4;
+        async move {
+            if fail {
+                Err((
+                    ErrorInfo::of(ErrorKind::ModelStreamError),
+                    BoxError::from("cut"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(*stays.on_model.lock().unwrap(), [1, 2, 3]);
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand: its `Args` and its `run`.
 
+pub mod admin;
 pub mod check;
 pub mod compile;
 pub mod decide;
@@ -8,6 +9,7 @@ pub mod fault_server;
 pub mod info;
 pub mod invoke;
 pub mod quarantine;
+pub mod serve;
 pub mod simulate;
 
 /// A multi-threaded runtime for the subcommands that talk to servers.

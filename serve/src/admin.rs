@@ -1,0 +1,322 @@
+//! The admin listener: what an operator scrapes, asks and changes. Reading (`/metrics`,
+//! `/status`) is open to whoever can reach the listener (loopback by default); every change
+//! needs the bearer token, and a call without it is refused with 401 and logged.
+
+use crate::state::Shared;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use backstop::{SwapError, Swapped};
+
+/// The largest module accepted.
+const MAX_MODULE_BYTES: usize = backstop::MAX_MODULE_BYTES as usize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The peer of an admin connection, for the log of refused calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// The admin routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/policy", put(swap))
+        .route("/policy/rollback", post(rollback))
+        .route("/policy/shadow", put(shadow).delete(end_shadow))
+        .route("/policy/shadow/promote", post(promote_shadow))
+        .route("/quarantine", delete(clear_quarantine))
+        .route("/quarantine/{digest}", delete(release))
+        .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.metrics.set_in_flight(shared.in_flight_now());
+    let text = shared.metrics.render(&shared.policy, &shared.chains);
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// The live surface as JSON: the policy (digest, version, swaps, shadow, quarantine, recent
+/// events), each chain's models (breaker, health, learned capacity) and queue, in-flight.
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let chains: Vec<_> = shared
+        .chains
+        .all()
+        .into_iter()
+        .map(|(requested, client)| {
+            let health = client.health();
+            let capacity = client.capacity();
+            let models: Vec<_> = client
+                .models()
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    json!({
+                        "id": id,
+                        "health": health.get(i),
+                        "capacity": capacity.get(i),
+                    })
+                })
+                .collect();
+            json!({
+                "requested": requested,
+                "models": models,
+                "queue_depth": client.queue_depth(),
+                "counters": client.metrics().snapshot(),
+            })
+        })
+        .collect();
+    let body = json!({
+        "policy": shared.policy.status(),
+        "chains": chains,
+        "in_flight": shared.in_flight_now(),
+        "max_in_flight": shared.settings.max_in_flight,
+        "draining": shared.drain.stopping(),
+        "admin_token": shared.token.is_some(),
+    });
+    axum::Json(body).into_response()
+}
+
+/// Refuses a mutating call without the token: 401 (logged, counted), or 403 when no token is
+/// configured at all (changes are then disabled).
+fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+    what: &str,
+) -> Result<(), Response> {
+    let presented = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.0.to_string());
+    match &shared.token {
+        Some(token) if token.accepts(presented) => Ok(()),
+        Some(_) => {
+            shared.metrics.admin_unauthorized();
+            tracing::warn!(%peer, call = what, token_sent = presented.is_some(), "admin call refused: missing or wrong bearer token");
+            Err((
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                axum::Json(json!({ "error": "a valid bearer token is required" })),
+            )
+                .into_response())
+        }
+        None => {
+            shared.metrics.admin_unauthorized();
+            tracing::warn!(%peer, call = what, "admin call refused: no admin token is configured");
+            Err((
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({
+                    "error": "no admin token is configured, so changes are disabled: set serve.admin_token_file, --admin-token-file or BACKSTOP_ADMIN_TOKEN"
+                })),
+            )
+                .into_response())
+        }
+    }
+}
+
+fn refused(error: &SwapError) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        axum::Json(json!({ "error": error.to_string(), "kind": error.kind().as_str() })),
+    )
+        .into_response()
+}
+
+/// Swaps take a compile (in a child process when isolated): off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        tracing::error!(%error, "an admin task panicked");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({ "error": format!("the task failed: {error}") })),
+        )
+            .into_response()
+    })
+}
+
+fn peer(extensions: &axum::http::Extensions) -> Option<Peer> {
+    extensions.get::<Peer>().copied()
+}
+
+async fn swap(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "PUT /policy",
+    ) {
+        return response;
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_MODULE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => return too_large(error),
+    };
+    let handle = shared.policy.clone();
+    match blocking(move || handle.swap_bytes(&bytes, "PUT /policy")).await {
+        Ok(Ok(swapped)) => {
+            let (digest, changed) = match &swapped {
+                Swapped::Live { digest, .. } => (digest.clone(), true),
+                Swapped::Unchanged { digest } => (digest.clone(), false),
+            };
+            tracing::info!(%digest, changed, "policy swapped through the admin listener");
+            axum::Json(json!({ "digest": digest, "changed": changed, "swapped": swapped }))
+                .into_response()
+        }
+        Ok(Err(error)) => refused(&error),
+        Err(response) => response,
+    }
+}
+
+fn too_large(error: axum::Error) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(
+            json!({ "error": format!("a module is at most {MAX_MODULE_BYTES} bytes: {error}") }),
+        ),
+    )
+        .into_response()
+}
+
+async fn rollback(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "POST /policy/rollback",
+    ) {
+        return response;
+    }
+    match shared.policy.roll_back_by_operator("asked through the admin listener") {
+        Some(event) => axum::Json(json!({ "rolled_back": true, "event": event })).into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "nothing to roll back to: the built-in default is live and no earlier module is kept" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn shadow(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "PUT /policy/shadow",
+    ) {
+        return response;
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, MAX_MODULE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => return too_large(error),
+    };
+    let handle = shared.policy.clone();
+    match blocking(move || handle.shadow_bytes(&bytes, "PUT /policy/shadow")).await {
+        Ok(Ok(status)) => axum::Json(json!({ "shadow": status })).into_response(),
+        Ok(Err(error)) => refused(&error),
+        Err(response) => response,
+    }
+}
+
+async fn end_shadow(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "DELETE /policy/shadow",
+    ) {
+        return response;
+    }
+    axum::Json(json!({ "ended": shared.policy.end_shadow() })).into_response()
+}
+
+async fn promote_shadow(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "POST /policy/shadow/promote",
+    ) {
+        return response;
+    }
+    let handle = shared.policy.clone();
+    match blocking(move || handle.promote_shadow()).await {
+        Ok(Ok(Some(swapped))) => axum::Json(json!({ "swapped": swapped })).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({ "error": "no candidate is running in shadow" })),
+        )
+            .into_response(),
+        Ok(Err(error)) => refused(&error),
+        Err(response) => response,
+    }
+}
+
+async fn release(
+    State(shared): State<Arc<Shared>>,
+    Path(digest): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "DELETE /quarantine/{digest}",
+    ) {
+        return response;
+    }
+    if shared.policy.release(&digest) {
+        axum::Json(json!({ "released": [digest] })).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("{digest} is not quarantined") })),
+        )
+            .into_response()
+    }
+}
+
+async fn clear_quarantine(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(response) = authorize(
+        &shared,
+        &parts.headers,
+        peer(&parts.extensions),
+        "DELETE /quarantine",
+    ) {
+        return response;
+    }
+    let released: Vec<String> = shared
+        .policy
+        .quarantined()
+        .into_iter()
+        .filter(|held| shared.policy.release(&held.digest))
+        .map(|held| held.digest)
+        .collect();
+    axum::Json(json!({ "released": released })).into_response()
+}

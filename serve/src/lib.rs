@@ -1,0 +1,271 @@
+//! `backstop serve`: a Bedrock-compatible sidecar. Any application uses it by pointing its
+//! AWS SDK's endpoint URL at the data listener; every request runs through the resilient
+//! client of its chain (retries, fallbacks, breakers, the queue, decided by the live policy
+//! module), and the answer comes back as Bedrock sent it — or as the final error in
+//! Bedrock's wire format, so the application's SDK raises the usual exception. A separate
+//! admin listener is the operator's live surface: metrics, status, swaps, rollback, shadow
+//! evaluation and quarantine.
+//!
+//! One idea per module: [`proxy`] (the data listener), [`admin`] (the operator's),
+//! [`listener`] (the accept loop both use), [`chains`] (a client per requested model),
+//! [`wire`] (Bedrock's error format and the `x-backstop-*` headers), [`drain`] (stopping
+//! without dropping), [`repeats`] (client retries seen), [`otlp`] (spans to a collector),
+//! [`auth`] (the admin token), [`metrics`], and [`admin_client`] for the CLI.
+#![deny(missing_docs)]
+// A refusal here is the HTTP response itself, built once on the refused path: boxing it
+// would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+pub mod admin;
+pub mod admin_client;
+pub mod auth;
+pub mod chains;
+pub mod drain;
+pub mod listener;
+pub mod metrics;
+pub mod otlp;
+pub mod proxy;
+pub mod repeats;
+pub mod state;
+pub mod wire;
+
+use auth::AdminToken;
+use axum::Router;
+use backstop::{HostConfig, PolicyHandle};
+use state::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// How a sidecar runs.
+#[derive(Clone, Debug)]
+pub struct SidecarOptions {
+    /// The data listener (Bedrock Runtime's API).
+    pub listen: SocketAddr,
+    /// The admin listener; `None` runs without one.
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve the data listener beyond loopback: anyone who reaches it spends the sidecar's
+    /// AWS credentials, so it must be asked for.
+    pub allow_remote: bool,
+    /// Send requests here instead of Bedrock (a fault server, a VPC endpoint).
+    pub upstream_endpoint: Option<String>,
+    /// Where spans go (OTLP/HTTP `…/v1/traces`); `None` exports nothing.
+    pub otlp_traces_url: Option<String>,
+    /// The token changes on the admin listener need.
+    pub admin_token: Option<AdminToken>,
+    /// The host configuration: guardrails, chains, the sidecar's bounds.
+    pub host: HostConfig,
+}
+
+/// Why a sidecar did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data listener asked for beyond loopback without `allow_remote`.
+    #[error(
+        "refusing to serve Bedrock on {0}, beyond loopback: anyone who reaches it spends this \
+         process's AWS credentials. Pass --allow-remote if that is what you want"
+    )]
+    RemoteData(SocketAddr),
+    /// The admin listener asked for beyond loopback without a token.
+    #[error(
+        "refusing to open the admin listener on {0}, beyond loopback, without an admin token \
+         (--admin-token-file, serve.admin_token_file or BACKSTOP_ADMIN_TOKEN)"
+    )]
+    RemoteAdmin(SocketAddr),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A chain of the host configuration cannot run.
+    #[error(transparent)]
+    Chain(#[from] chains::ChainError),
+}
+
+/// A running sidecar. [`shutdown`](Sidecar::shutdown) drains it; dropping it stops the
+/// listeners at once.
+pub struct Sidecar {
+    data: SocketAddr,
+    admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How a drain went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Requests still in progress when the grace period ended (each got a final error).
+    pub cut_off: usize,
+}
+
+impl Sidecar {
+    /// Binds both listeners and starts serving, deciding with `policy`.
+    pub async fn start(
+        options: SidecarOptions,
+        policy: PolicyHandle,
+    ) -> Result<Sidecar, ServeError> {
+        if !options.listen.ip().is_loopback() && !options.allow_remote {
+            return Err(ServeError::RemoteData(options.listen));
+        }
+        if let Some(admin) = options.admin_listen
+            && !admin.ip().is_loopback()
+            && options.admin_token.is_none()
+        {
+            return Err(ServeError::RemoteAdmin(admin));
+        }
+        let settings = options.host.serve.clone();
+        let attempt_timeout = options
+            .host
+            .client_options(["-"])
+            .attempt_timeout
+            .max(options.host.limits.headers);
+        let sdk = match &options.upstream_endpoint {
+            Some(url) if is_loopback_url(url) => {
+                backstop::sdk_client_for_endpoint(url, attempt_timeout)
+            }
+            endpoint => {
+                backstop::bedrock::client::sdk_client_from_env_at(
+                    endpoint.as_deref(),
+                    attempt_timeout,
+                )
+                .await
+            }
+        };
+        let metrics = Arc::new(metrics::ServeMetrics::default());
+        let shared = Arc::new(Shared {
+            chains: chains::Chains::new(sdk, policy.clone(), options.host.clone())?,
+            policy,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            repeats: repeats::Repeats::new(Duration::from_millis(settings.repeat_window_ms)),
+            exporter: options
+                .otlp_traces_url
+                .map(|url| otlp::Exporter::start(url, metrics.clone())),
+            metrics,
+            drain: Arc::default(),
+            token: options.admin_token,
+            settings,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let header_timeout = Duration::from_millis(shared.settings.header_timeout_ms);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let data_listener = bind(options.listen).await?;
+        let data = data_listener.local_addr().unwrap_or(options.listen);
+        let data_app = Router::new()
+            .route(
+                "/model/{model_id}/{operation}",
+                axum::routing::post(proxy::invoke),
+            )
+            .with_state(shared.clone());
+        let mut tasks = vec![tokio::spawn(listener::serve(
+            data_listener,
+            move |_| data_app.clone(),
+            header_timeout,
+            stopped.clone(),
+        ))];
+        let mut admin = None;
+        if let Some(addr) = options.admin_listen {
+            let admin_listener = bind(addr).await?;
+            admin = Some(admin_listener.local_addr().unwrap_or(addr));
+            let admin_app = admin::router(shared.clone());
+            tasks.push(tokio::spawn(listener::serve(
+                admin_listener,
+                move |peer| admin_app.clone().layer(axum::Extension(admin::Peer(peer))),
+                header_timeout,
+                stopped,
+            )));
+        }
+        tracing::info!(%data, admin = ?admin, "backstop serve listening");
+        Ok(Sidecar {
+            data,
+            admin,
+            shared,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The data listener's address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data
+    }
+
+    /// The endpoint URL applications give their SDK.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.data)
+    }
+
+    /// The admin listener's base URL, if there is one.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin.map(|a| format!("http://{a}"))
+    }
+
+    /// The sidecar's counters.
+    pub fn metrics(&self) -> &metrics::ServeMetrics {
+        &self.shared.metrics
+    }
+
+    /// Requests in progress (on their way upstream, waiting, or streaming).
+    pub fn active(&self) -> usize {
+        self.shared.drain.active()
+    }
+
+    /// Stops taking requests and lets those in progress finish within `serve.drain_ms`; what
+    /// is still running then ends with a final error (a 503, or an exception frame for a
+    /// stream), and the listeners close.
+    pub async fn shutdown(mut self) -> Drained {
+        let drain = self.shared.drain.clone();
+        drain.stop();
+        let _ = self.stop.send(true);
+        let grace = Duration::from_millis(self.shared.settings.drain_ms);
+        tracing::info!(
+            active = drain.active(),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        let mut cut_off = 0;
+        if tokio::time::timeout(grace, drain.idle()).await.is_err() {
+            cut_off = drain.active();
+            tracing::warn!(
+                cut_off,
+                "drain grace period over: ending what is still in progress with an error"
+            );
+            drain.cut();
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain.idle()).await;
+        }
+        for task in std::mem::take(&mut self.tasks) {
+            // Connections finish writing their last answers; a stuck one is left to the
+            // process's exit.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        Drained { cut_off }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Whether an upstream URL is on loopback (the fault server in tests and demos): signed with
+/// placeholder credentials, since a loopback server checks only the signature's shape.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host == "localhost" || host == "127.0.0.1" || host == "[::1]"
+}

@@ -1,0 +1,167 @@
+//! The sidecar's own counters, and `/metrics`: the policy handle's families, each chain's
+//! loop counters under a `chain` label (the model the caller asked for), and these.
+
+use crate::chains::Chains;
+use backstop::PolicyHandle;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChainLabels {
+    chain: String,
+}
+
+/// Counters of the sidecar itself.
+#[derive(Default)]
+pub struct ServeMetrics {
+    requests: Family<RequestLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    client_retries: Counter,
+    client_disconnects: Counter,
+    admin_unauthorized: Counter,
+    in_flight: Gauge,
+    spans_exported: Counter,
+    spans_dropped: Counter,
+}
+
+impl ServeMetrics {
+    /// A request ended: `outcome` is `served`, or the failure's cause.
+    pub fn request(&self, operation: &str, outcome: &str) {
+        let labels = RequestLabels {
+            operation: operation.to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// A request refused before any upstream work (`in-flight-limit`, `too-large`,
+    /// `body-timeout`, `draining`, …).
+    pub fn rejected(&self, reason: &str) {
+        let labels = ReasonLabels {
+            reason: reason.to_string(),
+        };
+        self.rejected.get_or_create(&labels).inc();
+    }
+
+    /// How many requests were refused for `reason` so far.
+    pub fn rejections(&self, reason: &str) -> u64 {
+        let labels = ReasonLabels {
+            reason: reason.to_string(),
+        };
+        self.rejected.get_or_create(&labels).get()
+    }
+
+    /// A client retried on its own.
+    pub fn client_retry(&self) {
+        self.client_retries.inc();
+    }
+
+    /// A client went away before its answer was complete.
+    pub fn client_disconnect(&self) {
+        self.client_disconnects.inc();
+    }
+
+    /// Client disconnects so far.
+    pub fn client_disconnects(&self) -> u64 {
+        self.client_disconnects.get()
+    }
+
+    /// A mutating admin call without the token.
+    pub fn admin_unauthorized(&self) {
+        self.admin_unauthorized.inc();
+    }
+
+    /// Upstream requests in progress.
+    pub fn set_in_flight(&self, value: usize) {
+        self.in_flight.set(value as i64);
+    }
+
+    /// Spans sent to the collector, and spans dropped (queue full or export failed).
+    pub fn spans(&self, exported: u64, dropped: u64) {
+        self.spans_exported.inc_by(exported);
+        self.spans_dropped.inc_by(dropped);
+    }
+
+    /// The Prometheus text of everything: the policy's families, every chain's loop counters
+    /// and the sidecar's.
+    pub fn render(&self, policy: &PolicyHandle, chains: &Chains) -> String {
+        let mut registry = Registry::with_prefix("backstop");
+        policy.register_metrics(&mut registry);
+        let mut families: Vec<(&'static str, &'static str, Family<ChainLabels, Counter>)> =
+            Vec::new();
+        for (chain, client) in chains.all() {
+            for (index, (name, help, value)) in client.metrics().values().into_iter().enumerate() {
+                if families.len() <= index {
+                    families.push((name, help, Family::default()));
+                }
+                let labels = ChainLabels {
+                    chain: chain.clone(),
+                };
+                families[index].2.get_or_create(&labels).inc_by(value);
+            }
+        }
+        for (name, help, family) in families {
+            registry.register(name, help, family);
+        }
+        let serve = registry.sub_registry_with_prefix("serve");
+        serve.register(
+            "requests",
+            "Proxied requests that ended, per operation and outcome",
+            self.requests.clone(),
+        );
+        serve.register(
+            "rejected",
+            "Requests refused before any upstream work, per reason",
+            self.rejected.clone(),
+        );
+        serve.register(
+            "client_retries",
+            "Requests that were a client SDK's own retry",
+            self.client_retries.clone(),
+        );
+        serve.register(
+            "client_disconnects",
+            "Clients that left before their answer was complete (their upstream work was cancelled)",
+            self.client_disconnects.clone(),
+        );
+        serve.register(
+            "admin_unauthorized",
+            "Mutating admin calls refused for a missing or wrong token",
+            self.admin_unauthorized.clone(),
+        );
+        serve.register(
+            "in_flight",
+            "Requests in progress upstream (queued batch work included)",
+            self.in_flight.clone(),
+        );
+        serve.register(
+            "spans_exported",
+            "Trace spans sent to the OTLP collector",
+            self.spans_exported.clone(),
+        );
+        serve.register(
+            "spans_dropped",
+            "Trace spans dropped (export queue full or the collector failed)",
+            self.spans_dropped.clone(),
+        );
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &registry);
+        text
+    }
+}

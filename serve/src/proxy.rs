@@ -1,0 +1,475 @@
+//! The data listener: Bedrock Runtime's four operations, each request run through the
+//! resilient client of its chain, bodies and frames passed through untouched.
+
+use crate::state::Shared;
+use crate::wire;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use backstop::bedrock::passthrough::{Operation, RawRequest, RawStream, forwarded_response_header};
+use backstop::contract::Workload;
+use backstop::{CallError, RequestOptions};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest deadline a caller may ask for with `x-backstop-deadline-ms`.
+pub const MAX_DEADLINE_MS: u64 = 3_600_000;
+
+/// `POST /model/{modelId}/{operation}`.
+pub async fn invoke(
+    State(shared): State<Arc<Shared>>,
+    Path((model, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(operation) = Operation::from_path_suffix(&operation) else {
+        return wire::error_response(
+            404,
+            "UnknownOperationException",
+            &format!("no Bedrock Runtime operation at /model/{{modelId}}/{operation}"),
+            None,
+            HeaderMap::new(),
+        );
+    };
+    let Some(active) = shared.drain.enter() else {
+        shared.metrics.rejected("draining");
+        let mut response = wire::error_response(
+            503,
+            "ServiceUnavailableException",
+            "backstop is shutting down; send this request to another instance",
+            Some(1_000),
+            HeaderMap::new(),
+        );
+        wire::put(response.headers_mut(), "connection", "close");
+        return response;
+    };
+    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+        shared.metrics.rejected("in-flight-limit");
+        let mut headers = HeaderMap::new();
+        wire::put(&mut headers, wire::CAUSE, "in-flight-limit");
+        return wire::error_response(
+            429,
+            "ThrottlingException",
+            &format!(
+                "backstop has {} requests in progress, its limit (serve.max_in_flight)",
+                shared.settings.max_in_flight
+            ),
+            Some(1_000),
+            headers,
+        );
+    };
+    let body = match read_body(&shared, &headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let caller = caller(&headers);
+    let target = format!("{model}/{}", operation.path_suffix());
+    if shared.repeats.note(
+        &caller,
+        &target,
+        &body,
+        headers.get("amz-sdk-request").and_then(|v| v.to_str().ok()),
+    ) {
+        shared.metrics.client_retry();
+    }
+    let client = match shared.chains.client(&model) {
+        Ok(client) => client,
+        Err(error) => return wire::validation(400, &error.to_string()),
+    };
+    let options = match request_options(&shared, &headers, &caller) {
+        Ok(options) => options,
+        Err(message) => return wire::validation(400, &message),
+    };
+    let forwarded = headers
+        .iter()
+        .filter(|(name, _)| backstop::bedrock::passthrough::forwarded_request_header(name.as_str()))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let request = RawRequest {
+        operation,
+        body,
+        headers: forwarded,
+        options,
+    };
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let trace = shared.exporter.as_ref().map(|_| {
+        crate::otlp::RequestTrace::begin(
+            traceparent,
+            operation.name(),
+            &model,
+            request.estimated_input_tokens(),
+        )
+    });
+    let ticket = Ticket {
+        shared: shared.clone(),
+        operation,
+        requested: model,
+        trace,
+        workload: options.workload,
+        ended: false,
+        _permit: permit,
+        _active: active,
+    };
+    if operation.streams() {
+        let started = tokio::select! {
+            started = client.stream_raw(&request) => started,
+            _ = shared.drain.cut_off() => return ticket.cut_off(),
+        };
+        match started {
+            Ok(stream) => ticket.stream(stream),
+            Err(error) => ticket.failed(&error),
+        }
+    } else {
+        let answered = tokio::select! {
+            answered = client.send_raw(&request) => answered,
+            _ = shared.drain.cut_off() => return ticket.cut_off(),
+        };
+        match answered {
+            Ok(served) => {
+                let (output, served) = served.split();
+                let headers = ticket.served_headers(
+                    &served.model,
+                    served.attempts,
+                    served.queued,
+                    &served.request_id,
+                    &output.headers,
+                );
+                let mut ticket = ticket;
+                ticket.end(&Ended::Served(&served));
+                (StatusCode::OK, headers, output.body).into_response()
+            }
+            Err(error) => ticket.failed(&error),
+        }
+    }
+}
+
+/// The body, within the size and time bounds; `Err` is the response that says which.
+async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let max = shared.settings.max_request_bytes;
+    let too_large = |shared: &Shared| {
+        shared.metrics.rejected("too-large");
+        wire::validation(
+            413,
+            &format!("the request body is larger than {max} bytes (serve.max_request_bytes)"),
+        )
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(shared));
+    }
+    let limit = Duration::from_millis(shared.settings.body_timeout_ms);
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(limit, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(shared)),
+        Ok(Err(error)) => {
+            shared.metrics.rejected("body-error");
+            Err(wire::validation(
+                400,
+                &format!("the request body could not be read: {error}"),
+            ))
+        }
+        Err(_) => {
+            shared.metrics.rejected("body-timeout");
+            Err(wire::error_response(
+                408,
+                "RequestTimeoutException",
+                &format!(
+                    "the request body did not arrive within {} ms (serve.body_timeout_ms)",
+                    limit.as_millis()
+                ),
+                None,
+                HeaderMap::new(),
+            ))
+        }
+    }
+}
+
+/// The caller: the access key id its SDK signed with (`Credential=AKID/…`), or `anonymous`.
+pub fn caller(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|key| !key.is_empty() && key.len() <= 128)
+        .unwrap_or("anonymous")
+        .to_string()
+}
+
+/// Workload (the `x-backstop-workload` header, or the caller's configuration) and deadline.
+fn request_options(
+    shared: &Shared,
+    headers: &HeaderMap,
+    caller: &str,
+) -> Result<RequestOptions, String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let workload = match header(wire::WORKLOAD) {
+        Some("batch") => Workload::Batch,
+        Some("interactive") => Workload::Interactive,
+        Some(other) => {
+            return Err(format!(
+                "{}: {other:?} is neither `batch` nor `interactive`",
+                wire::WORKLOAD
+            ));
+        }
+        None if shared.settings.batch_callers.iter().any(|c| c == caller) => Workload::Batch,
+        None => Workload::Interactive,
+    };
+    let mut options = RequestOptions::from(workload);
+    if let Some(value) = header(wire::DEADLINE_MS) {
+        let ms = value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (1..=MAX_DEADLINE_MS).contains(ms))
+            .ok_or_else(|| {
+                format!(
+                    "{}: {value:?} is not a number of milliseconds from 1 to {MAX_DEADLINE_MS}",
+                    wire::DEADLINE_MS
+                )
+            })?;
+        options = options.with_deadline(Duration::from_millis(ms));
+    }
+    Ok(options)
+}
+
+/// How a request ended, for metrics and traces.
+enum Ended<'a> {
+    Served(&'a backstop::Served<()>),
+    Failed(&'a CallError),
+    /// Cut off by the drain's grace period.
+    CutOff,
+}
+
+/// One accepted request: holds its in-flight place and its drain entry, and accounts for
+/// its end exactly once. Dropped before it ended, the client went away (its upstream work is
+/// dropped with it).
+struct Ticket {
+    shared: Arc<Shared>,
+    operation: Operation,
+    requested: String,
+    trace: Option<crate::otlp::RequestTrace>,
+    workload: Workload,
+    ended: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _active: crate::drain::Active,
+}
+
+impl Ticket {
+    fn served_headers(
+        &self,
+        model: &str,
+        attempts: u32,
+        queued: bool,
+        request_id: &str,
+        upstream: &[(String, String)],
+    ) -> HeaderMap {
+        let policy = self.shared.policy.policy().module().digest().to_string();
+        let mut headers = wire::served_headers(
+            &self.requested,
+            model,
+            attempts,
+            queued,
+            request_id,
+            &policy,
+        );
+        for (name, value) in upstream {
+            if forwarded_response_header(name) {
+                wire::put(&mut headers, name, value);
+            }
+        }
+        headers
+    }
+
+    fn end(&mut self, ended: &Ended<'_>) {
+        self.ended = true;
+        let shared = &self.shared;
+        let policy = shared.policy.policy().module().digest().to_string();
+        let workload = match self.workload {
+            Workload::Batch => "batch",
+            Workload::Interactive => "interactive",
+        };
+        let cause;
+        let (outcome, ending) = match ended {
+            Ended::Served(served) => (
+                "served",
+                crate::otlp::Ending {
+                    model: Some(&served.model),
+                    attempts: served.attempts,
+                    history: &served.history,
+                    answered_sent_at: Some(served.sent_at),
+                    outcome: "served",
+                    error: None,
+                    request_id: &served.request_id,
+                    policy: &policy,
+                    workload,
+                },
+            ),
+            Ended::Failed(error) => {
+                cause = error.cause().as_str();
+                (
+                    cause,
+                    crate::otlp::Ending {
+                        model: error.history().last().map(|a| a.model.as_str()),
+                        attempts: error.attempts(),
+                        history: error.history(),
+                        answered_sent_at: None,
+                        outcome: cause,
+                        error: Some(error.last_error().map_or("", |e| e.message.as_str())),
+                        request_id: "",
+                        policy: &policy,
+                        workload,
+                    },
+                )
+            }
+            Ended::CutOff => (
+                "cut-off",
+                crate::otlp::Ending {
+                    model: None,
+                    attempts: 0,
+                    history: &[],
+                    answered_sent_at: None,
+                    outcome: "cut-off",
+                    error: Some("ended by the drain's grace period"),
+                    request_id: "",
+                    policy: &policy,
+                    workload,
+                },
+            ),
+        };
+        shared.metrics.request(self.operation.name(), outcome);
+        if let (Some(trace), Some(exporter)) = (self.trace.take(), &shared.exporter) {
+            exporter.record(trace.finish(&ending));
+        }
+    }
+
+    fn failed(mut self, error: &CallError) -> Response {
+        self.end(&Ended::Failed(error));
+        let headers =
+            wire::failed_headers(&self.requested, error.cause().as_str(), error.history());
+        let hint = self.hint_ms();
+        wire::call_error(error, hint, headers)
+    }
+
+    /// The wait a refused caller is told: what the chain's first model needs before it has
+    /// room again, at least a second.
+    fn hint_ms(&self) -> u64 {
+        let learned = self
+            .shared
+            .chains
+            .client(&self.requested)
+            .ok()
+            .and_then(|c| c.capacity().first().map(|m| m.wait_ms(1)))
+            .unwrap_or(0);
+        learned.clamp(1_000, 60_000)
+    }
+
+    fn cut_off(mut self) -> Response {
+        self.end(&Ended::CutOff);
+        wire::error_response(
+            503,
+            "ServiceUnavailableException",
+            "backstop shut down before this request finished (its drain grace period passed); \
+             nothing was delivered",
+            Some(1_000),
+            HeaderMap::new(),
+        )
+    }
+
+    /// The stream's response: its first frame is in hand; the rest follow as they arrive.
+    fn stream(self, stream: RawStream) -> Response {
+        let served = stream.served();
+        let mut headers = self.served_headers(
+            &served.model,
+            served.attempts,
+            served.queued,
+            &served.request_id,
+            stream.headers(),
+        );
+        if !headers.contains_key("content-type") {
+            wire::put(
+                &mut headers,
+                "content-type",
+                "application/vnd.amazon.eventstream",
+            );
+        }
+        let frames = Frames {
+            ticket: self,
+            stream: Some(stream),
+        };
+        let body = futures_util::stream::unfold(frames, |mut frames| async move {
+            let chunk = frames.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(chunk), frames))
+        });
+        (StatusCode::OK, headers, Body::from_stream(body)).into_response()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shared.metrics.client_disconnect();
+            self.shared
+                .metrics
+                .request(self.operation.name(), "client-gone");
+            tracing::info!(
+                model = %self.requested, operation = self.operation.name(),
+                "the client went away before its answer was complete; its upstream work is cancelled"
+            );
+        }
+    }
+}
+
+/// A stream's frames on their way to the caller.
+struct Frames {
+    ticket: Ticket,
+    stream: Option<RawStream>,
+}
+
+impl Frames {
+    /// The next bytes for the caller: a frame, or the exception frame that ends a failed
+    /// stream; `None` when done.
+    async fn next(&mut self) -> Option<Bytes> {
+        let stream = self.stream.as_mut()?;
+        let shared = self.ticket.shared.clone();
+        let next = tokio::select! {
+            next = stream.next_frame() => next,
+            _ = shared.drain.cut_off() => {
+                let error = self.stream.take()?.abandon(
+                    "backstop shut down before the stream finished (its drain grace period passed)",
+                );
+                self.ticket.end(&Ended::Failed(&error));
+                return Some(wire::stream_error_frame(&error));
+            }
+        };
+        match next {
+            Ok(Some(frame)) => Some(frame.bytes),
+            Ok(None) => {
+                let stream = self.stream.take()?;
+                self.ticket.end(&Ended::Served(stream.served()));
+                None
+            }
+            Err(error) => {
+                self.stream = None;
+                self.ticket.end(&Ended::Failed(&error));
+                Some(wire::stream_error_frame(&error))
+            }
+        }
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            // The caller went away mid-stream: the request is not served.
+            let _ = stream.abandon("the caller went away");
+        }
+    }
+}
