@@ -1,1 +1,214 @@
-//! (being written)
+//! The admin listener: reading is open on loopback, every change needs the token, a module
+//! is vetted like any swap, and shadow evaluation and quarantine are visible and operable.
+
+use crate::{CONVERSE_BODY, TOKEN, faults, http, scenario, sidecar};
+use backstop_lab::FaultServer;
+
+const FIXTURE_0_1_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.1.0.wasm");
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_without_the_token_are_refused_and_counted_and_reading_is_open() {
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let sidecar = sidecar(&server, "{}").await;
+    let admin = sidecar.admin_url().unwrap();
+    let live = http("GET", &format!("{admin}/status"), &[], "").await;
+    assert_eq!(live.status, 200);
+    let digest = live.json()["policy"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let wrong = bearer("not-the-token-at-all-0000");
+    for (method, path) in [
+        ("PUT", "/policy"),
+        ("POST", "/policy/rollback"),
+        ("PUT", "/policy/shadow"),
+        ("DELETE", "/policy/shadow"),
+        ("POST", "/policy/shadow/promote"),
+        ("DELETE", "/quarantine"),
+        ("DELETE", "/quarantine/abc"),
+    ] {
+        let none = http(
+            method,
+            &format!("{admin}{path}"),
+            &[],
+            FIXTURE_0_1_0.to_vec(),
+        )
+        .await;
+        assert_eq!(none.status, 401, "{method} {path} without a token");
+        assert_eq!(none.header("www-authenticate"), "Bearer");
+        let bad = http(
+            method,
+            &format!("{admin}{path}"),
+            &[("authorization", &wrong)],
+            FIXTURE_0_1_0.to_vec(),
+        )
+        .await;
+        assert_eq!(bad.status, 401, "{method} {path} with a wrong token");
+    }
+    let after = http("GET", &format!("{admin}/status"), &[], "")
+        .await
+        .json();
+    assert_eq!(after["policy"]["digest"], digest, "nothing changed");
+    assert_eq!(after["policy"]["swaps"], 0);
+    assert_eq!(after["policy"]["rejections"], 0);
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("backstop_serve_admin_unauthorized_total 14"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authenticated_swap_goes_live_junk_is_refused_with_its_reason_and_rollback_returns() {
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let sidecar = sidecar(&server, "{}").await;
+    let admin = sidecar.admin_url().unwrap();
+    let auth = bearer(TOKEN);
+    let status = || async {
+        http("GET", &format!("{admin}/status"), &[], "")
+            .await
+            .json()
+    };
+    let default_digest = status().await["policy"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let junk = http(
+        "PUT",
+        &format!("{admin}/policy"),
+        &[("authorization", &auth)],
+        b"\0asm junk".to_vec(),
+    )
+    .await;
+    assert_eq!(junk.status, 422);
+    assert_eq!(junk.json()["kind"], "load-failed", "{:?}", junk.json());
+    assert!(!junk.json()["error"].as_str().unwrap().is_empty());
+    assert_eq!(
+        status().await["policy"]["digest"],
+        default_digest.as_str(),
+        "the live module stays"
+    );
+
+    let swapped = http(
+        "PUT",
+        &format!("{admin}/policy"),
+        &[("authorization", &auth)],
+        FIXTURE_0_1_0.to_vec(),
+    )
+    .await;
+    assert_eq!(swapped.status, 200, "{:?}", swapped.json());
+    let new_digest = swapped.json()["digest"].as_str().unwrap().to_string();
+    assert_ne!(new_digest, default_digest);
+    let live = status().await;
+    assert_eq!(live["policy"]["digest"], new_digest.as_str());
+    assert_eq!(live["policy"]["wit_version"], "0.1.0");
+
+    // Requests answered under the new module say so.
+    let url = format!("{}/model/m/converse", sidecar.endpoint_url());
+    let answer = http("POST", &url, &[], CONVERSE_BODY).await;
+    assert_eq!(answer.header("x-backstop-policy"), new_digest);
+
+    let back = http(
+        "POST",
+        &format!("{admin}/policy/rollback"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(back.status, 200, "{:?}", back.json());
+    assert_eq!(status().await["policy"]["digest"], default_digest.as_str());
+
+    // The junk is quarantined; clearing the quarantine releases it.
+    let held = status().await["policy"]["quarantined"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(held, 1);
+    let cleared = http(
+        "DELETE",
+        &format!("{admin}/quarantine"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.json()["released"].as_array().unwrap().len(), 1);
+    assert!(
+        status().await["policy"]["quarantined"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_candidate_is_asked_beside_the_live_module_and_its_counts_show() {
+    // Failures for the shadow to have an opinion on: each request meets one error first (a
+    // model alone in its chain, so no route takes the request elsewhere).
+    let flaky = faults(&["service-unavailable", "ok"].repeat(5));
+    let server = FaultServer::start(scenario(vec![("flaky", flaky)]), 0)
+        .await
+        .unwrap();
+    let sidecar = sidecar(&server, r#"{ "flaky": [] }"#).await;
+    let admin = sidecar.admin_url().unwrap();
+    let auth = bearer(TOKEN);
+    // A candidate that would give up on every error: what shadow evaluation is there to catch.
+    let candidate = backstop_test_support::give_up_component();
+    let started = http(
+        "PUT",
+        &format!("{admin}/policy/shadow"),
+        &[("authorization", &auth)],
+        candidate,
+    )
+    .await;
+    assert_eq!(started.status, 200, "{:?}", started.json());
+
+    let url = format!("{}/model/flaky/converse", sidecar.endpoint_url());
+    for _ in 0..5 {
+        let answer = http("POST", &url, &[], CONVERSE_BODY).await;
+        assert_eq!(answer.status, 200);
+    }
+    let status = http("GET", &format!("{admin}/status"), &[], "")
+        .await
+        .json();
+    let shadow = &status["policy"]["shadow"];
+    assert!(shadow["decisions"].as_u64().unwrap() >= 5, "{status}");
+    let disagreed: u64 = shadow["disagreements"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(disagreed >= 5, "{shadow}");
+    let metrics =
+        String::from_utf8_lossy(&http("GET", &format!("{admin}/metrics"), &[], "").await.body)
+            .into_owned();
+    assert!(
+        metrics.contains("backstop_policy_shadow_disagreements_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"backstop_requests_total{chain="flaky"} 5"#),
+        "{metrics}"
+    );
+
+    let ended = http(
+        "DELETE",
+        &format!("{admin}/policy/shadow"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(ended.status, 200);
+    let status = http("GET", &format!("{admin}/status"), &[], "")
+        .await
+        .json();
+    assert!(status["policy"]["shadow"].is_null());
+}
