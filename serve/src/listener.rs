@@ -1,9 +1,10 @@
-//! The accept loop both listeners use: hyper's HTTP/1 connections with a header-read
-//! timeout (a client that trickles bytes holds a connection only so long), and a graceful
-//! stop that lets each connection finish the request it is serving.
+//! The accept loop both listeners use: HTTP/1.1 with a header-read timeout (a client that
+//! trickles bytes holds a connection only so long) and HTTP/2 with prior knowledge (the AWS
+//! SDK for JavaScript v3 speaks it to Bedrock Runtime by default), and a graceful stop that
+//! lets each connection finish the requests it is serving.
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,10 +35,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app(peer));
-        let connection = hyper::server::conn::http1::Builder::new()
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(20)));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -1,1 +1,144 @@
-//! (being written)
+//! Traces leave the process: an OTLP/HTTP receiver started here decodes what the sidecar
+//! sends (the official protobuf messages) and finds each request's path across models.
+
+use crate::{CONVERSE_BODY, http, scenario, sidecar_with};
+use axum::body::Bytes;
+use backstop::ErrorKind;
+use backstop_lab::FaultServer;
+use backstop_lab::scenario::ModelFaults;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A collector: every span it receives at `/v1/traces`, decoded.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<Span>) {
+    let (sender, spans) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
+            let sender = sender.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP export");
+                for resource in request.resource_spans {
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            let _ = sender.send(span);
+                        }
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, spans)
+}
+
+fn attribute(span: &Span, key: &str) -> String {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            Value::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_and_attempt_reaches_the_collector_with_its_path_across_models() {
+    let throttled = ModelFaults {
+        error_rates: [(ErrorKind::Throttling, 1.0)].into(),
+        ..ModelFaults::default()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", throttled)]), 0)
+        .await
+        .unwrap();
+    let (url, mut spans) = receiver().await;
+    let sidecar = sidecar_with(
+        &server,
+        r#"{ "chains": { "primary": ["fallback"] } }"#,
+        Some(url),
+    )
+    .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = http(
+        "POST",
+        &format!("{}/model/primary/converse", sidecar.endpoint_url()),
+        &[("traceparent", traceparent)],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let attempts: usize = answer.header("x-backstop-attempts").parse().unwrap();
+
+    let mut got = Vec::new();
+    while got.len() < attempts + 1 {
+        let span = tokio::time::timeout(Duration::from_secs(5), spans.recv())
+            .await
+            .expect("spans arrive within the export interval")
+            .unwrap();
+        got.push(span);
+    }
+    let request = got
+        .iter()
+        .find(|s| s.name == "BedrockRuntime/Converse")
+        .expect("the request span");
+    assert_eq!(
+        hex(&request.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the caller's trace continues"
+    );
+    assert_eq!(hex(&request.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(attribute(request, "backstop.requested_model"), "primary");
+    assert_eq!(attribute(request, "backstop.model"), "fallback");
+    assert_eq!(attribute(request, "backstop.outcome"), "served");
+    assert_eq!(
+        attribute(request, "backstop.policy_digest"),
+        answer.header("x-backstop-policy")
+    );
+    assert!(
+        attribute(request, "backstop.estimated_tokens")
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert!(request.end_time_unix_nano >= request.start_time_unix_nano);
+
+    let attempt_spans: Vec<&Span> = got
+        .iter()
+        .filter(|s| s.name.starts_with("attempt "))
+        .collect();
+    assert_eq!(attempt_spans.len(), attempts);
+    for span in &attempt_spans {
+        assert_eq!(span.parent_span_id, request.span_id);
+        assert_eq!(span.trace_id, request.trace_id);
+    }
+    let first = attempt_spans
+        .iter()
+        .find(|s| attribute(s, "backstop.attempt") == "1")
+        .unwrap();
+    assert_eq!(attribute(first, "backstop.model"), "primary");
+    assert_eq!(attribute(first, "backstop.error_class"), "throttling");
+    assert!(!attribute(first, "backstop.decision").is_empty());
+    assert!(attribute(first, "backstop.delay_ms").parse::<u64>().is_ok());
+    let last = attempt_spans
+        .iter()
+        .find(|s| attribute(s, "backstop.attempt") == attempts.to_string())
+        .unwrap();
+    assert_eq!(attribute(last, "backstop.model"), "fallback");
+    assert_eq!(last.status.as_ref().unwrap().code, 1, "ok");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -137,7 +137,7 @@ async fn on_shutdown_requests_in_flight_and_queued_finish_and_new_ones_are_refus
     let server = FaultServer::start(scenario(vec![("slow", slow(700)), ("busy", busy)]), 0)
         .await
         .unwrap();
-    let sidecar = sidecar_with(&server, r#"{ "serve": { "drain_ms": 15000 } }"#, None).await;
+    let sidecar = sidecar_with(&server, r#"{ "serve": { "drain_ms": 60000 } }"#, None).await;
     let base = sidecar.endpoint_url();
     let admin = sidecar.admin_url().unwrap();
     let mut requests = Vec::new();
