@@ -36,7 +36,9 @@ fn main() {
 }
 
 async fn run() {
-    let server = FaultServer::start(Scenario::default(), 0).await.expect("fault server");
+    let server = FaultServer::start(Scenario::default(), 0)
+        .await
+        .expect("fault server");
     let host = HostConfig::from_json(r#"{ "serve": { "max_in_flight": 4096 } }"#).unwrap();
     let engine = backstop_test_support::engine().clone();
     let handle = PolicyHandle::new(
@@ -80,7 +82,11 @@ async fn latency(direct_url: &str, proxy_url: &str) {
         .build()
         .unwrap();
     let call = |client: &aws_sdk_bedrockruntime::Client| {
-        let send = client.converse().model_id(MODEL).messages(message.clone()).send();
+        let send = client
+            .converse()
+            .model_id(MODEL)
+            .messages(message.clone())
+            .send();
         async move {
             let started = Instant::now();
             send.await.expect("answered");
@@ -100,12 +106,19 @@ async fn latency(direct_url: &str, proxy_url: &str) {
     through.sort();
     let at = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!("## added latency: 3,000 Converse calls each way, interleaved (Rust SDK, retries off)");
+    println!(
+        "## added latency: 3,000 Converse calls each way, interleaved (Rust SDK, retries off)"
+    );
     println!("| percentile | straight (µs) | through the sidecar (µs) | added (µs) |");
     println!("|---|---:|---:|---:|");
     for (name, p) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99)] {
         let (a, b) = (at(&straight, p), at(&through, p));
-        println!("| {name} | {:.0} | {:.0} | {:.0} |", us(a), us(b), us(b) - us(a));
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} |",
+            us(a),
+            us(b),
+            us(b) - us(a)
+        );
     }
 }
 
@@ -120,7 +133,9 @@ fn http_client() -> Http {
 /// One Converse request, signed-looking (the fault server checks the signature's shape; the
 /// sidecar ignores the caller's signature); `ticket` varies its body.
 async fn post(client: &Http, url: &str, ticket: u64) -> bool {
-    let body = format!(r#"{{"messages":[{{"role":"user","content":[{{"text":"Summarise ticket #{ticket}"}}]}}]}}"#);
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":[{{"text":"Summarise ticket #{ticket}"}}]}}]}}"#
+    );
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header(
@@ -201,6 +216,10 @@ async fn memory(base: &str) {
         for task in tasks {
             task.await.unwrap();
         }
-        println!("| {} | {:.1} |", round * 10_000, resident_kib() as f64 / 1024.0);
+        println!(
+            "| {} | {:.1} |",
+            round * 10_000,
+            resident_kib() as f64 / 1024.0
+        );
     }
 }

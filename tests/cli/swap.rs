@@ -92,6 +92,22 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
             r#"{"compile": {"timeout_ms": 99999999}}"#,
             "compile.timeout_ms is 99999999; at most 600000",
         ),
+        (
+            r#"{"chains": {"a": ["b", "a"]}}"#,
+            r#"chains["a"]: a model cannot be its own fallback"#,
+        ),
+        (
+            r#"{"serve": {"max_in_flight": 0}}"#,
+            "serve.max_in_flight: 0 is outside 1..=100000",
+        ),
+        (
+            r#"{"serve": {"otlp_endpoint": "https://collector:4318"}}"#,
+            "serve.otlp_endpoint",
+        ),
+        (
+            r#"{"serve": {"listen": "0.0.0.0:80"}}"#,
+            "unknown field `listen`",
+        ),
     ] {
         std::fs::write(&host, config).unwrap();
         let out = backstop(&[

@@ -212,3 +212,43 @@ async fn a_shadow_candidate_is_asked_beside_the_live_module_and_its_counts_show(
         .json();
     assert!(status["policy"]["shadow"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sidecar_will_not_listen_beyond_loopback_unless_asked() {
+    use backstop_serve::{ServeError, Sidecar, SidecarOptions};
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let handle = || {
+        backstop::PolicyHandle::new(
+            backstop_test_support::default_module().clone(),
+            backstop::SwapOptions::default(),
+        )
+        .unwrap()
+    };
+    let options = |listen: &str, admin: &str, token: bool| SidecarOptions {
+        listen: listen.parse().unwrap(),
+        admin_listen: Some(admin.parse().unwrap()),
+        allow_remote: false,
+        upstream_endpoint: Some(server.endpoint_url()),
+        otlp_traces_url: None,
+        admin_token: token.then(|| backstop_serve::auth::AdminToken::new(TOKEN, "test").unwrap()),
+        host: backstop::HostConfig::default(),
+    };
+    let data = Sidecar::start(options("0.0.0.0:0", "127.0.0.1:0", true), handle()).await;
+    assert!(
+        matches!(data, Err(ServeError::RemoteData(_))),
+        "{:?}",
+        data.err()
+    );
+    let admin = Sidecar::start(options("127.0.0.1:0", "0.0.0.0:0", false), handle()).await;
+    assert!(
+        matches!(admin, Err(ServeError::RemoteAdmin(_))),
+        "{:?}",
+        admin.err()
+    );
+    let mut asked = options("0.0.0.0:0", "0.0.0.0:0", true);
+    asked.allow_remote = true;
+    assert!(
+        Sidecar::start(asked, handle()).await.is_ok(),
+        "asked for, with a token"
+    );
+}

@@ -358,3 +358,81 @@ async fn bad_requests_get_bedrock_errors_and_cost_nothing_upstream() {
     assert_eq!(server.requests("m"), 0);
     assert_eq!(sidecar.metrics().rejections("too-large"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_listed_as_batch_waits_in_the_queue_where_others_are_answered_at_once() {
+    // Each request meets one throttle first; alone in its chain, an interactive request backs
+    // off and retries, a batch one is parked in the queue.
+    let busy = faults(&["throttling", "ok", "throttling", "ok"]);
+    let server = FaultServer::start(scenario(vec![("busy", busy)]), 0)
+        .await
+        .unwrap();
+    let host = r#"{ "serve": { "batch_callers": ["AKIDNIGHTLYJOB"] } }"#;
+    let sidecar = sidecar_with(&server, host, None).await;
+    let url = format!("{}/model/busy/converse", sidecar.endpoint_url());
+    let signed_by = |key: &str| {
+        format!(
+            "AWS4-HMAC-SHA256 Credential={key}/20261129/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00"
+        )
+    };
+    let batch = http(
+        "POST",
+        &url,
+        &[("authorization", &signed_by("AKIDNIGHTLYJOB"))],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(batch.status, 200);
+    assert_eq!(
+        batch.header("x-backstop-queued"),
+        "true",
+        "the listed caller's work is batch"
+    );
+    let interactive = http(
+        "POST",
+        &url,
+        &[("authorization", &signed_by("AKIDWEBAPP"))],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(interactive.status, 200);
+    assert_eq!(interactive.header("x-backstop-queued"), "false");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_own_retry_is_counted() {
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let sidecar = sidecar(&server, "{}").await;
+    let url = format!("{}/model/m/converse", sidecar.endpoint_url());
+    let metrics_url = format!("{}/metrics", sidecar.admin_url().unwrap());
+    let retries = || async {
+        let text =
+            String::from_utf8_lossy(&http("GET", &metrics_url, &[], "").await.body).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("backstop_serve_client_retries_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    http(
+        "POST",
+        &url,
+        &[("amz-sdk-request", "attempt=1; max=3")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(retries().await, 0);
+    http(
+        "POST",
+        &url,
+        &[("amz-sdk-request", "attempt=2; max=3")],
+        r#"{"messages":[{"role":"user","content":[{"text":"other"}]}]}"#,
+    )
+    .await;
+    assert_eq!(retries().await, 1, "the SDK said it was its second attempt");
+    http("POST", &url, &[], CONVERSE_BODY).await;
+    assert_eq!(
+        retries().await,
+        2,
+        "the same body again from the same caller"
+    );
+}

@@ -286,11 +286,18 @@ mod tests {
             board.record_success(0, t0 + Duration::from_micros(i * 600));
         }
         let model = board.model(0);
-        assert!(model.window.buckets.len() <= BUCKETS as usize + 1, "{}", model.window.buckets.len());
+        assert!(
+            model.window.buckets.len() <= BUCKETS as usize + 1,
+            "{}",
+            model.window.buckets.len()
+        );
         let held = model.window.requests;
         drop(model);
         // What the window holds is the last minute's, give or take one bucket.
         let minute = 60_000_000 / 600;
-        assert!((minute..=minute + minute / 64 + 1).contains(&held), "{held}");
+        assert!(
+            (minute..=minute + minute / 64 + 1).contains(&held),
+            "{held}"
+        );
     }
 }
