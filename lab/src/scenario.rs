@@ -210,6 +210,17 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// A scenario with these models' faults; any other model always answers.
+    pub fn with_models<'a>(models: impl IntoIterator<Item = (&'a str, ModelFaults)>) -> Scenario {
+        Scenario {
+            models: models
+                .into_iter()
+                .map(|(name, faults)| (name.to_string(), faults))
+                .collect(),
+            ..Scenario::default()
+        }
+    }
+
     /// The faults of one model.
     pub fn faults(&self, model: &str) -> &ModelFaults {
         self.models.get(model).unwrap_or(&self.default)
@@ -293,6 +304,30 @@ pub enum RetryAfterHeader {
 }
 
 impl ModelFaults {
+    /// Faults that answer `script` in order (`"ok"`, an error case such as `"throttling"`, a
+    /// misbehaviour such as `"cut"`), then succeed; `Err` names a word that is none of these.
+    pub fn scripted(script: &[&str]) -> Result<ModelFaults, String> {
+        let script = script
+            .iter()
+            .map(|word| {
+                serde_json::from_value::<Scripted>(serde_json::Value::String(word.to_string()))
+                    .map_err(|e| format!("script word {word:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ModelFaults {
+            script,
+            ..ModelFaults::default()
+        })
+    }
+
+    /// Faults that answer every request with `kind`.
+    pub fn always(kind: ErrorKind) -> ModelFaults {
+        ModelFaults {
+            error_rates: [(kind, 1.0)].into(),
+            ..ModelFaults::default()
+        }
+    }
+
     /// How long silence lasts.
     pub fn silence(&self) -> Duration {
         Duration::from_millis(self.silence_ms.unwrap_or(120_000))

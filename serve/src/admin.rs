@@ -6,7 +6,8 @@ use crate::state::Shared;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use backstop::{SwapError, Swapped};
@@ -21,17 +22,23 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
-/// The admin routes.
+/// The admin routes: reading open, every change behind [`require_token`].
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
+    let changes = Router::new()
         .route("/policy", put(swap))
         .route("/policy/rollback", post(rollback))
         .route("/policy/shadow", put(shadow).delete(end_shadow))
         .route("/policy/shadow/promote", post(promote_shadow))
         .route("/quarantine", delete(clear_quarantine))
         .route("/quarantine/{digest}", delete(release))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .merge(changes)
         .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
         .with_state(shared)
 }
@@ -87,38 +94,44 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Refuses a mutating call without the token: 401 (logged, counted), or 403 when no token is
-/// configured at all (changes are then disabled).
-fn authorize(
-    shared: &Shared,
-    headers: &HeaderMap,
-    peer: Option<Peer>,
-    what: &str,
-) -> Result<(), Response> {
-    let presented = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.0.to_string());
+/// Lets a change through only with the token: else 401 (logged with the peer, counted), or
+/// 403 when no token is configured at all (changes are then disabled).
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let call = format!("{} {}", request.method(), request.uri().path());
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| "unknown".to_string(), |p| p.0.to_string());
     match &shared.token {
-        Some(token) if token.accepts(presented) => Ok(()),
+        Some(token) if token.accepts(presented) => next.run(request).await,
         Some(_) => {
             shared.metrics.admin_unauthorized();
-            tracing::warn!(%peer, call = what, token_sent = presented.is_some(), "admin call refused: missing or wrong bearer token");
-            Err((
+            tracing::warn!(%peer, %call, token_sent = presented.is_some(), "admin call refused: missing or wrong bearer token");
+            (
                 StatusCode::UNAUTHORIZED,
                 [("www-authenticate", "Bearer")],
                 axum::Json(json!({ "error": "a valid bearer token is required" })),
             )
-                .into_response())
+                .into_response()
         }
         None => {
             shared.metrics.admin_unauthorized();
-            tracing::warn!(%peer, call = what, "admin call refused: no admin token is configured");
-            Err((
+            tracing::warn!(%peer, %call, "admin call refused: no admin token is configured");
+            (
                 StatusCode::FORBIDDEN,
                 axum::Json(json!({
                     "error": "no admin token is configured, so changes are disabled: set serve.admin_token_file, --admin-token-file or BACKSTOP_ADMIN_TOKEN"
                 })),
             )
-                .into_response())
+                .into_response()
         }
     }
 }
@@ -145,24 +158,7 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-fn peer(extensions: &axum::http::Extensions) -> Option<Peer> {
-    extensions.get::<Peer>().copied()
-}
-
-async fn swap(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "PUT /policy",
-    ) {
-        return response;
-    }
-    let bytes = match axum::body::to_bytes(body, MAX_MODULE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(error) => return too_large(error),
-    };
+async fn swap(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
     let handle = shared.policy.clone();
     match blocking(move || handle.swap_bytes(&bytes, "PUT /policy")).await {
         Ok(Ok(swapped)) => {
@@ -179,50 +175,23 @@ async fn swap(State(shared): State<Arc<Shared>>, request: axum::extract::Request
     }
 }
 
-fn too_large(error: axum::Error) -> Response {
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        axum::Json(
-            json!({ "error": format!("a module is at most {MAX_MODULE_BYTES} bytes: {error}") }),
-        ),
-    )
-        .into_response()
-}
-
-async fn rollback(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "POST /policy/rollback",
-    ) {
-        return response;
-    }
-    match shared.policy.roll_back_by_operator("asked through the admin listener") {
+async fn rollback(State(shared): State<Arc<Shared>>) -> Response {
+    match shared
+        .policy
+        .roll_back_by_operator("asked through the admin listener")
+    {
         Some(event) => axum::Json(json!({ "rolled_back": true, "event": event })).into_response(),
         None => (
             StatusCode::CONFLICT,
-            axum::Json(json!({ "error": "nothing to roll back to: the built-in default is live and no earlier module is kept" })),
+            axum::Json(json!({
+                "error": "nothing to roll back to: the built-in default is live and no earlier module is kept"
+            })),
         )
             .into_response(),
     }
 }
 
-async fn shadow(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "PUT /policy/shadow",
-    ) {
-        return response;
-    }
-    let bytes: Bytes = match axum::body::to_bytes(body, MAX_MODULE_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(error) => return too_large(error),
-    };
+async fn shadow(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
     let handle = shared.policy.clone();
     match blocking(move || handle.shadow_bytes(&bytes, "PUT /policy/shadow")).await {
         Ok(Ok(status)) => axum::Json(json!({ "shadow": status })).into_response(),
@@ -231,35 +200,11 @@ async fn shadow(State(shared): State<Arc<Shared>>, request: axum::extract::Reque
     }
 }
 
-async fn end_shadow(
-    State(shared): State<Arc<Shared>>,
-    request: axum::extract::Request,
-) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "DELETE /policy/shadow",
-    ) {
-        return response;
-    }
+async fn end_shadow(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(json!({ "ended": shared.policy.end_shadow() })).into_response()
 }
 
-async fn promote_shadow(
-    State(shared): State<Arc<Shared>>,
-    request: axum::extract::Request,
-) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "POST /policy/shadow/promote",
-    ) {
-        return response;
-    }
+async fn promote_shadow(State(shared): State<Arc<Shared>>) -> Response {
     let handle = shared.policy.clone();
     match blocking(move || handle.promote_shadow()).await {
         Ok(Ok(Some(swapped))) => axum::Json(json!({ "swapped": swapped })).into_response(),
@@ -273,20 +218,7 @@ async fn promote_shadow(
     }
 }
 
-async fn release(
-    State(shared): State<Arc<Shared>>,
-    Path(digest): Path<String>,
-    request: axum::extract::Request,
-) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "DELETE /quarantine/{digest}",
-    ) {
-        return response;
-    }
+async fn release(State(shared): State<Arc<Shared>>, Path(digest): Path<String>) -> Response {
     if shared.policy.release(&digest) {
         axum::Json(json!({ "released": [digest] })).into_response()
     } else {
@@ -298,19 +230,7 @@ async fn release(
     }
 }
 
-async fn clear_quarantine(
-    State(shared): State<Arc<Shared>>,
-    request: axum::extract::Request,
-) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(response) = authorize(
-        &shared,
-        &parts.headers,
-        peer(&parts.extensions),
-        "DELETE /quarantine",
-    ) {
-        return response;
-    }
+async fn clear_quarantine(State(shared): State<Arc<Shared>>) -> Response {
     let released: Vec<String> = shared
         .policy
         .quarantined()

@@ -9,7 +9,7 @@ use backstop::{
     CallError, ChatRequest, ClientOptions, Decision, ErrorKind, FailureCause, GiveUpReason,
     RequestOptions, ResilientClient, Workload, sdk_client_for_endpoint,
 };
-use backstop_lab::scenario::{ModelFaults, Outage, Scripted};
+use backstop_lab::scenario::{ModelFaults, Outage};
 use backstop_lab::{FaultServer, Scenario};
 use std::time::{Duration, Instant};
 
@@ -17,26 +17,11 @@ use std::time::{Duration, Instant};
 const SCALE: f64 = 0.01;
 
 pub(crate) fn faults(script: &[&str]) -> ModelFaults {
-    let script = script
-        .iter()
-        .map(|s| {
-            serde_json::from_value::<Scripted>(serde_json::Value::String(s.to_string())).unwrap()
-        })
-        .collect();
-    ModelFaults {
-        script,
-        ..ModelFaults::default()
-    }
+    ModelFaults::scripted(script).unwrap()
 }
 
 pub(crate) fn scenario(models: Vec<(&str, ModelFaults)>) -> Scenario {
-    Scenario {
-        models: models
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        ..Scenario::default()
-    }
+    Scenario::with_models(models)
 }
 
 async fn connect(server: &FaultServer, models: &[&str], config: &str) -> ResilientClient {

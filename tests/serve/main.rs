@@ -9,7 +9,7 @@ mod sdk_clients;
 mod stopping;
 
 use backstop::{HostConfig, PolicyHandle};
-use backstop_lab::scenario::{ModelFaults, Scripted};
+use backstop_lab::scenario::ModelFaults;
 use backstop_lab::{FaultServer, Scenario};
 use backstop_serve::auth::AdminToken;
 use backstop_serve::{Sidecar, SidecarOptions};
@@ -20,27 +20,12 @@ pub const TOKEN: &str = "serve-test-admin-token-0123456789";
 
 /// Faults that answer `script` in order, then succeed.
 pub fn faults(script: &[&str]) -> ModelFaults {
-    let script = script
-        .iter()
-        .map(|s| {
-            serde_json::from_value::<Scripted>(serde_json::Value::String(s.to_string())).unwrap()
-        })
-        .collect();
-    ModelFaults {
-        script,
-        ..ModelFaults::default()
-    }
+    ModelFaults::scripted(script).unwrap()
 }
 
 /// A scenario with these models' faults (others always answer).
 pub fn scenario(models: Vec<(&str, ModelFaults)>) -> Scenario {
-    Scenario {
-        models: models
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        ..Scenario::default()
-    }
+    Scenario::with_models(models)
 }
 
 /// A sidecar in front of `server` with the host configuration `host` (JSON), the default

@@ -56,10 +56,7 @@ fn attribute(span: &Span, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_request_and_attempt_reaches_the_collector_with_its_path_across_models() {
-    let throttled = ModelFaults {
-        error_rates: [(ErrorKind::Throttling, 1.0)].into(),
-        ..ModelFaults::default()
-    };
+    let throttled = ModelFaults::always(ErrorKind::Throttling);
     let server = FaultServer::start(scenario(vec![("primary", throttled)]), 0)
         .await
         .unwrap();

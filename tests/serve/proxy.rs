@@ -67,22 +67,15 @@ async fn every_operation_answers_through_the_sidecar_as_bedrock_sent_it() {
         &server.endpoint_url(),
         std::time::Duration::from_secs(5),
     );
-    let upstream = direct
-        .invoke_model()
-        .model_id(ANTHROPIC)
-        .content_type("application/json")
-        .body(Blob::new(MESSAGES_BODY))
-        .send()
-        .await
-        .unwrap();
-    let proxied = client
-        .invoke_model()
-        .model_id(ANTHROPIC)
-        .content_type("application/json")
-        .body(Blob::new(MESSAGES_BODY))
-        .send()
-        .await
-        .unwrap();
+    let invoke = |sdk: &aws_sdk_bedrockruntime::Client| {
+        sdk.invoke_model()
+            .model_id(ANTHROPIC)
+            .content_type("application/json")
+            .body(Blob::new(MESSAGES_BODY))
+            .send()
+    };
+    let upstream = invoke(&direct).await.unwrap();
+    let proxied = invoke(&client).await.unwrap();
     assert_eq!(proxied.body().as_ref(), upstream.body().as_ref());
     assert_eq!(proxied.content_type(), "application/json");
     let message: serde_json::Value = serde_json::from_slice(proxied.body().as_ref()).unwrap();
@@ -118,10 +111,7 @@ async fn every_operation_answers_through_the_sidecar_as_bedrock_sent_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_primary_is_served_by_the_fallback_and_the_headers_say_so() {
-    let throttled = ModelFaults {
-        error_rates: [(ErrorKind::Throttling, 1.0)].into(),
-        ..ModelFaults::default()
-    };
+    let throttled = ModelFaults::always(ErrorKind::Throttling);
     let server = FaultServer::start(scenario(vec![("primary", throttled)]), 0)
         .await
         .unwrap();
@@ -153,10 +143,7 @@ async fn a_throttled_primary_is_served_by_the_fallback_and_the_headers_say_so() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
-    let throttled = ModelFaults {
-        error_rates: [(ErrorKind::Throttling, 1.0)].into(),
-        ..ModelFaults::default()
-    };
+    let throttled = ModelFaults::always(ErrorKind::Throttling);
     let server = FaultServer::start(
         scenario(vec![
             ("throttled", throttled),
@@ -222,6 +209,21 @@ async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
     );
 }
 
+/// Reads an SDK event stream to its end: the events received, and how it ended. (A macro:
+/// the SDK's stream error names a type the SDK does not export.)
+macro_rules! read_to_end {
+    ($stream:expr) => {{
+        let mut events = 0;
+        loop {
+            match $stream.recv().await {
+                Ok(Some(_)) => events += 1,
+                Ok(None) => break (events, Ok(())),
+                Err(error) => break (events, Err(error)),
+            }
+        }
+    }};
+}
+
 fn cut_after(events: u32) -> ModelFaults {
     ModelFaults {
         misbehaviour_rates: [(Misbehaviour::Cut, 1.0)].into(),
@@ -230,29 +232,35 @@ fn cut_after(events: u32) -> ModelFaults {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_cut_after_output_reaches_the_client_as_an_error() {
-    let server = FaultServer::start(scenario(vec![("cut", cut_after(2))]), 0)
+/// A sidecar whose `cut` model (with `fallback` behind it) cuts its streams after `events`
+/// deltas, the SDK pointed at it, and a ConverseStream for `cut` started.
+async fn converse_with_cut_streams(
+    events: u32,
+) -> (
+    FaultServer,
+    backstop_serve::Sidecar,
+    aws_sdk_bedrockruntime::Client,
+    aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamOutput,
+) {
+    let server = FaultServer::start(scenario(vec![("cut", cut_after(events))]), 0)
         .await
         .unwrap();
     let sidecar = sidecar(&server, r#"{ "cut": ["fallback"] }"#).await;
     let client = sdk(&sidecar);
-
-    let mut stream = client
+    let stream = client
         .converse_stream()
         .model_id("cut")
         .messages(hello())
         .send()
         .await
         .unwrap();
-    let mut events = 0;
-    let end = loop {
-        match stream.stream.recv().await {
-            Ok(Some(_)) => events += 1,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        }
-    };
+    (server, sidecar, client, stream)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_after_output_reaches_the_client_as_an_error() {
+    let (server, _sidecar, client, mut stream) = converse_with_cut_streams(2).await;
+    let (events, end) = read_to_end!(stream.stream);
     assert_eq!(events, 3, "messageStart and two deltas arrived");
     let error = end.expect_err("a cut answer is never a complete one");
     let service = error.into_service_error();
@@ -270,14 +278,7 @@ async fn a_stream_cut_after_output_reaches_the_client_as_an_error() {
         .send()
         .await
         .unwrap();
-    let mut chunks = 0;
-    let end = loop {
-        match stream.body.recv().await {
-            Ok(Some(_)) => chunks += 1,
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
-        }
-    };
+    let (chunks, end) = read_to_end!(stream.body);
     assert!(chunks >= 1);
     let service = end
         .expect_err("no invocation metrics: the answer is cut")
@@ -287,18 +288,7 @@ async fn a_stream_cut_after_output_reaches_the_client_as_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_cut_before_output_is_served_by_the_fallback() {
-    let server = FaultServer::start(scenario(vec![("cut", cut_after(0))]), 0)
-        .await
-        .unwrap();
-    let sidecar = sidecar(&server, r#"{ "cut": ["fallback"] }"#).await;
-    let client = sdk(&sidecar);
-    let mut stream = client
-        .converse_stream()
-        .model_id("cut")
-        .messages(hello())
-        .send()
-        .await
-        .unwrap();
+    let (server, _sidecar, _client, mut stream) = converse_with_cut_streams(0).await;
     let mut stopped = false;
     while let Some(event) = stream.stream.recv().await.unwrap() {
         stopped |= matches!(event, ConverseStreamOutput::MessageStop(_));
@@ -329,32 +319,35 @@ async fn bad_requests_get_bedrock_errors_and_cost_nothing_upstream() {
     assert!(error.into_service_error().is_validation_exception());
 
     let base = sidecar.endpoint_url();
-    let unknown = http("POST", &format!("{base}/model/m/summon"), &[], "{}").await;
-    assert_eq!(unknown.status, 404);
-    assert_eq!(
-        unknown.header("x-amzn-errortype"),
-        "UnknownOperationException"
-    );
-    let bad_workload = http(
-        "POST",
-        &format!("{base}/model/m/converse"),
-        &[("x-backstop-workload", "urgent")],
-        CONVERSE_BODY,
-    )
-    .await;
-    assert_eq!(bad_workload.status, 400);
-    assert_eq!(
-        bad_workload.header("x-amzn-errortype"),
-        "ValidationException"
-    );
-    let bad_deadline = http(
-        "POST",
-        &format!("{base}/model/m/converse"),
-        &[("x-backstop-deadline-ms", "0")],
-        CONVERSE_BODY,
-    )
-    .await;
-    assert_eq!(bad_deadline.status, 400);
+    let table: [(&str, (&str, &str), u16, &str); 3] = [
+        (
+            "summon",
+            ("x-ignored", ""),
+            404,
+            "UnknownOperationException",
+        ),
+        (
+            "converse",
+            ("x-backstop-workload", "urgent"),
+            400,
+            "ValidationException",
+        ),
+        (
+            "converse",
+            ("x-backstop-deadline-ms", "0"),
+            400,
+            "ValidationException",
+        ),
+    ];
+    for (operation, header, status, code) in table {
+        let url = format!("{base}/model/m/{operation}");
+        let answer = http("POST", &url, &[header], CONVERSE_BODY).await;
+        assert_eq!(
+            (answer.status, answer.header("x-amzn-errortype")),
+            (status, code),
+            "{header:?}"
+        );
+    }
     assert_eq!(server.requests("m"), 0);
     assert_eq!(sidecar.metrics().rejections("too-large"), 1);
 }
@@ -375,28 +368,21 @@ async fn a_caller_listed_as_batch_waits_in_the_queue_where_others_are_answered_a
             "AWS4-HMAC-SHA256 Credential={key}/20261129/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00"
         )
     };
-    let batch = http(
-        "POST",
-        &url,
-        &[("authorization", &signed_by("AKIDNIGHTLYJOB"))],
-        CONVERSE_BODY,
-    )
-    .await;
-    assert_eq!(batch.status, 200);
-    assert_eq!(
-        batch.header("x-backstop-queued"),
-        "true",
-        "the listed caller's work is batch"
-    );
-    let interactive = http(
-        "POST",
-        &url,
-        &[("authorization", &signed_by("AKIDWEBAPP"))],
-        CONVERSE_BODY,
-    )
-    .await;
-    assert_eq!(interactive.status, 200);
-    assert_eq!(interactive.header("x-backstop-queued"), "false");
+    for (caller, queued) in [("AKIDNIGHTLYJOB", "true"), ("AKIDWEBAPP", "false")] {
+        let answer = http(
+            "POST",
+            &url,
+            &[("authorization", &signed_by(caller))],
+            CONVERSE_BODY,
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.header("x-backstop-queued"),
+            queued,
+            "{caller}: only the listed caller's work is batch"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

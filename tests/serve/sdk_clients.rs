@@ -8,13 +8,6 @@ use backstop_lab::FaultServer;
 use backstop_lab::scenario::{Misbehaviour, ModelFaults};
 use std::process::Command;
 
-fn always(kind: ErrorKind) -> ModelFaults {
-    ModelFaults {
-        error_rates: [(kind, 1.0)].into(),
-        ..ModelFaults::default()
-    }
-}
-
 async fn served_fault_server() -> FaultServer {
     let cut = ModelFaults {
         misbehaviour_rates: [(Misbehaviour::Cut, 1.0)].into(),
@@ -23,8 +16,8 @@ async fn served_fault_server() -> FaultServer {
     };
     FaultServer::start(
         scenario(vec![
-            ("primary", always(ErrorKind::Throttling)),
-            ("throttled", always(ErrorKind::Throttling)),
+            ("primary", ModelFaults::always(ErrorKind::Throttling)),
+            ("throttled", ModelFaults::always(ErrorKind::Throttling)),
             ("cut", cut),
         ]),
         0,

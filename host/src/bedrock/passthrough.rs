@@ -219,45 +219,30 @@ async fn send_once(
     model: String,
     capture: Capture,
 ) -> Result<(), (ErrorInfo, BoxError)> {
+    // Each operation has its own builder and output types; what follows the builder is the
+    // same for all four.
+    macro_rules! send {
+        ($builder:expr) => {
+            $builder
+                .customize()
+                .interceptor(capture)
+                .send()
+                .await
+                .map(drop)
+                .map_err(sdk_failure)
+        };
+    }
+    // The SDK requires a body for the invoke operations; the interceptor replaces it.
+    let placeholder = || Blob::new(Vec::new());
     match operation {
-        Operation::Converse => sdk
-            .converse()
-            .model_id(model)
-            .customize()
-            .interceptor(capture)
-            .send()
-            .await
-            .map(drop)
-            .map_err(sdk_failure),
-        Operation::ConverseStream => sdk
-            .converse_stream()
-            .model_id(model)
-            .customize()
-            .interceptor(capture)
-            .send()
-            .await
-            .map(drop)
-            .map_err(sdk_failure),
-        Operation::InvokeModel => sdk
-            .invoke_model()
-            .model_id(model)
-            .body(Blob::new(Vec::new()))
-            .customize()
-            .interceptor(capture)
-            .send()
-            .await
-            .map(drop)
-            .map_err(sdk_failure),
-        Operation::InvokeModelWithResponseStream => sdk
-            .invoke_model_with_response_stream()
-            .model_id(model)
-            .body(Blob::new(Vec::new()))
-            .customize()
-            .interceptor(capture)
-            .send()
-            .await
-            .map(drop)
-            .map_err(sdk_failure),
+        Operation::Converse => send!(sdk.converse().model_id(model)),
+        Operation::ConverseStream => send!(sdk.converse_stream().model_id(model)),
+        Operation::InvokeModel => send!(sdk.invoke_model().model_id(model).body(placeholder())),
+        Operation::InvokeModelWithResponseStream => send!(
+            sdk.invoke_model_with_response_stream()
+                .model_id(model)
+                .body(placeholder())
+        ),
     }
 }
 
