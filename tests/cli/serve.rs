@@ -34,6 +34,16 @@ fn post(addr: &str, path: &str, body: &str) -> String {
     answer
 }
 
+/// One plain HTTP/1.1 GET; the whole answer.
+fn get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 #[test]
 fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +140,13 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
             r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#,
         )
     });
-    std::thread::sleep(Duration::from_millis(400));
+    // SIGTERM once the request is in flight (the admin listener says so).
+    let admin_addr = admin.trim_start_matches("http://").to_string();
+    let in_progress = || get(&admin_addr, "/status").contains("\"in_flight\":1");
+    assert!(
+        support::eventually(Duration::from_secs(5), in_progress),
+        "the request never arrived"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

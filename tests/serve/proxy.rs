@@ -153,17 +153,13 @@ async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
     )
     .await
     .unwrap();
-    let sidecar = sidecar(&server, "{}").await;
+    // Two attempts at most: the request ends on the throttle, not on a race with a deadline.
+    let host = r#"{ "guardrails": { "max_total_attempts": 2 } }"#;
+    let sidecar = sidecar_with(&server, host, None).await;
     let client = sdk(&sidecar);
 
     let url = format!("{}/model/throttled/converse", sidecar.endpoint_url());
-    let answer = http(
-        "POST",
-        &url,
-        &[("x-backstop-deadline-ms", "1500")],
-        CONVERSE_BODY,
-    )
-    .await;
+    let answer = http("POST", &url, &[], CONVERSE_BODY).await;
     assert_eq!(answer.status, 429);
     assert_eq!(answer.header("x-amzn-errortype"), "ThrottlingException");
     let hint: u64 = answer
@@ -180,10 +176,6 @@ async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
         .converse()
         .model_id("throttled")
         .messages(hello())
-        .customize()
-        .mutate_request(|r| {
-            r.headers_mut().insert("x-backstop-deadline-ms", "800");
-        })
         .send()
         .await
         .unwrap_err();
@@ -222,6 +214,37 @@ macro_rules! read_to_end {
             }
         }
     }};
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_ends_at_its_own_deadline_with_a_timeout() {
+    let slow = ModelFaults {
+        latency_ms: backstop_lab::scenario::Latency {
+            min: 5_000,
+            max: 5_000,
+        },
+        ..ModelFaults::default()
+    };
+    let server = FaultServer::start(scenario(vec![("slow", slow)]), 0)
+        .await
+        .unwrap();
+    let sidecar = sidecar(&server, "{}").await;
+    let url = format!("{}/model/slow/converse", sidecar.endpoint_url());
+    let started = std::time::Instant::now();
+    let answer = http(
+        "POST",
+        &url,
+        &[("x-backstop-deadline-ms", "500")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.header("x-amzn-errortype"), "ModelTimeoutException");
+    assert_eq!(answer.header("x-backstop-cause"), "deadline");
 }
 
 fn cut_after(events: u32) -> ModelFaults {

@@ -2,7 +2,7 @@
 //! Bedrock Runtime), each with its retries off, against the sidecar in front of the fault server. CI installs both (`.ci/run`);
 //! elsewhere a missing one is reported as skipped, and under CI it is a failure.
 
-use crate::{scenario, sidecar};
+use crate::{scenario, sidecar_with};
 use backstop::ErrorKind;
 use backstop_lab::FaultServer;
 use backstop_lab::scenario::{Misbehaviour, ModelFaults};
@@ -29,11 +29,10 @@ async fn served_fault_server() -> FaultServer {
 /// Runs `program args… URL`; its stdout, after checking it passed every check.
 async fn run_client(program: &str, args: Vec<String>, env: Vec<(String, String)>) -> String {
     let server = served_fault_server().await;
-    let sidecar = sidecar(
-        &server,
-        r#"{ "primary": ["fallback"], "throttled": [], "cut": ["fallback"] }"#,
-    )
-    .await;
+    // At most two attempts: `throttled` ends on its throttle, not on a race with a deadline.
+    let host = r#"{ "chains": { "primary": ["fallback"], "throttled": [], "cut": ["fallback"] },
+                    "guardrails": { "max_total_attempts": 2 } }"#;
+    let sidecar = sidecar_with(&server, host, None).await;
     let url = sidecar.endpoint_url();
     let program = program.to_string();
     let out = tokio::task::spawn_blocking(move || {

@@ -20,7 +20,7 @@ fn converse_url(base: &str, model: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_in_flight_bound_a_request_gets_a_throttle_with_a_wait_hint_at_once() {
-    let server = FaultServer::start(scenario(vec![("slow", slow(1_000))]), 0)
+    let server = FaultServer::start(scenario(vec![("slow", slow(3_000))]), 0)
         .await
         .unwrap();
     let sidecar = sidecar_with(&server, r#"{ "serve": { "max_in_flight": 1 } }"#, None).await;
@@ -29,12 +29,15 @@ async fn past_the_in_flight_bound_a_request_gets_a_throttle_with_a_wait_hint_at_
         let url = url.clone();
         async move { http("POST", &url, &[], CONVERSE_BODY).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sidecar.active() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let refused = http("POST", &url, &[], CONVERSE_BODY).await;
     assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "refused at once"
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the upstream's 3 s"
     );
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("x-amzn-errortype"), "ThrottlingException");

@@ -80,7 +80,7 @@ except EventStreamError as error:
         f"a stream cut after output raises {error.response['Error']['Code']} after {received} events",
     )
 
-deadline_ms(1500)
+deadline_ms(30000)
 try:
     client.converse(modelId="throttled", messages=messages)
     check(False, "the final throttle raises")

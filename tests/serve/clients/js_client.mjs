@@ -81,7 +81,7 @@ try {
 
 client.middlewareStack.add(
   (next) => async (args) => {
-    args.request.headers["x-backstop-deadline-ms"] = "1500";
+    args.request.headers["x-backstop-deadline-ms"] = "30000";
     return next(args);
   },
   { step: "build", name: "backstopDeadline" },
