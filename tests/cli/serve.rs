@@ -34,6 +34,75 @@ fn post(addr: &str, path: &str, body: &str) -> String {
     answer
 }
 
+/// A `backstop serve` process on loopback ports of its choosing.
+struct Serve {
+    child: std::process::Child,
+    data: String,
+    admin: String,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Serve {
+    /// Starts `backstop serve` with `args` and `env`, and reads its banner for the URLs.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let (mut data, mut admin) = (None, None);
+        let mut banner = String::new();
+        while data.is_none() || admin.is_none() {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited: {banner}"
+            );
+            data = data.or_else(|| url_after(&line, "Bedrock Runtime on "));
+            admin = admin.or_else(|| url_after(&line, "admin on "));
+            banner += &line;
+        }
+        let log = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            banner + &rest
+        });
+        Serve {
+            child,
+            data: data.unwrap(),
+            admin: admin.unwrap(),
+            log: Some(log),
+        }
+    }
+
+    /// Waits for the process to exit: its status and everything it logged.
+    fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let log = self
+            .log
+            .take()
+            .map(|l| l.join().unwrap())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One plain HTTP/1.1 GET; the whole answer.
 fn get(addr: &str, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -67,42 +136,17 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
     std::fs::write(&token, TOKEN).unwrap();
     let token = token.to_str().unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
+    let upstream = server.endpoint_url();
+    let mut sidecar = Serve::start(
+        &[
             "--upstream-endpoint",
-            &server.endpoint_url(),
+            &upstream,
             "--admin-token-file",
             token,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let (mut data, mut admin) = (None, None);
-    let mut banner = String::new();
-    while data.is_none() || admin.is_none() {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited: {banner}"
-        );
-        data = data.or_else(|| url_after(&line, "Bedrock Runtime on "));
-        admin = admin.or_else(|| url_after(&line, "admin on "));
-        banner += &line;
-    }
-    let (data, admin) = (data.unwrap(), admin.unwrap());
-    let rest = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+        ],
+        &[],
+    );
+    let (data, admin) = (sidecar.data.clone(), sidecar.admin.clone());
 
     let status = backstop(&["status", "--admin", &admin]);
     assert!(status.status.success(), "{}", text(&status.stderr));
@@ -148,7 +192,7 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
         "the request never arrived"
     );
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &sidecar.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -158,10 +202,91 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
         "the request in flight is answered: {answer}"
     );
     assert!(answer.contains("x-backstop-model: slow"), "{answer}");
-    let exit = child.wait().unwrap();
-    let log = rest.join().unwrap();
+    let (exit, log) = sidecar.wait();
     assert!(exit.success(), "{log}");
     assert!(log.contains("draining"), "{log}");
     assert_eq!(server.requests("slow"), 1);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An OTLP/HTTP collector as small as a test needs: it answers 200 to every request and keeps
+/// each one's request line and content type.
+fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(100) {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut head = Vec::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(n) = lower.strip_prefix("content-length:") {
+                    length = n.trim().parse().unwrap_or(0);
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            kept.lock()
+                .unwrap()
+                .push(format!("{} ({} bytes)", head.join(" | "), body.len()));
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime
+        .block_on(FaultServer::start(Scenario::default(), 0))
+        .unwrap();
+    let (endpoint, seen) = collector();
+    let upstream = server.endpoint_url();
+    let sidecar = Serve::start(
+        &["--upstream-endpoint", &upstream],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let answer = post(
+        sidecar.data.trim_start_matches("http://"),
+        "/model/m/converse",
+        r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let exported = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("POST /v1/traces "))
+    };
+    assert!(
+        support::eventually(Duration::from_secs(5), exported),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let request = seen.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        request.contains("content-type: application/x-protobuf"),
+        "{request}"
+    );
+    let admin = sidecar.admin.trim_start_matches("http://").to_string();
+    let metrics = get(&admin, "/metrics");
+    assert!(
+        metrics.contains("backstop_serve_spans_exported_total 2"),
+        "a request span and an attempt span: {metrics}"
+    );
 }

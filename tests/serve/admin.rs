@@ -252,3 +252,46 @@ async fn the_sidecar_will_not_listen_beyond_loopback_unless_asked() {
         "asked for, with a token"
     );
 }
+
+/// A current-thread runtime: every task of the sidecar runs on this thread, so the scoped
+/// subscriber hears them all.
+#[tokio::test]
+async fn a_refused_change_and_a_clients_own_retry_are_logged_for_the_operator() {
+    let captured = backstop_test_support::capture_logs();
+    let _guard = tracing::subscriber::set_default(captured.subscriber());
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let sidecar = sidecar(&server, "{}").await;
+    let admin = sidecar.admin_url().unwrap();
+    let refused = http("POST", &format!("{admin}/policy/rollback"), &[], "").await;
+    assert_eq!(refused.status, 401);
+    let url = format!("{}/model/m/converse", sidecar.endpoint_url());
+    let signed = "AWS4-HMAC-SHA256 Credential=AKIDRETRYINGAPP/20261129/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=00";
+    let answer = http(
+        "POST",
+        &url,
+        &[
+            ("authorization", signed),
+            ("amz-sdk-request", "attempt=2; max=3"),
+        ],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let log = captured.text();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+            .to_string()
+    };
+    let refusal = line("admin call refused");
+    assert!(
+        refusal.contains("peer=127.0.0.1:") && refusal.contains("POST /policy/rollback"),
+        "{refusal}"
+    );
+    let retry = line("retrying on its own");
+    assert!(
+        retry.contains("AKIDRETRYINGAPP") && retry.contains("amz-sdk-request"),
+        "{retry}"
+    );
+}
