@@ -121,6 +121,8 @@ pub enum SimError {
     Config(#[from] ConfigError),
     #[error("cannot start the simulation runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("replicas is {0}; 1 to {MAX_REPLICAS} are simulated")]
+    Replicas(usize),
 }
 
 /// One minute of a run.
@@ -248,10 +250,35 @@ pub fn run(
     scenario: &Scenario,
     contender: &Contender,
     host: &HostConfig,
+    progress: impl FnMut(u64),
+) -> Result<SimReport, SimError> {
+    run_replicas(scenario, contender, host, 1, progress)
+}
+
+/// The most replicas a simulation runs.
+pub const MAX_REPLICAS: usize = 256;
+
+/// Like [`run`], with the traffic spread over `replicas` processes (request *i* to replica
+/// *i* mod N), each with its own loop — health, breakers, learned capacity, queue, retry
+/// budget — against the one quota of the modelled Bedrock: a fleet whose replicas each learn
+/// alone, as processes without shared state do.
+pub fn run_replicas(
+    scenario: &Scenario,
+    contender: &Contender,
+    host: &HostConfig,
+    replicas: usize,
     mut progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(SimError::Replicas(replicas));
+    }
     let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
-    let (decider, handle) = contender.decider(host)?;
+    // A decider per replica: a baseline that keeps state (router-cooldown's cooldowns) keeps it
+    // per process too. A shadow candidate is reported from the first replica.
+    let mut deciders = (0..replicas)
+        .map(|_| contender.decider(host))
+        .collect::<Result<Vec<_>, _>>()?;
+    let handle = deciders.first_mut().and_then(|(_, handle)| handle.take());
     let mut options = host.client_options(traffic.models.iter().cloned());
     options.deadline = Duration::from_secs(traffic.deadline_s);
     options.attempt_timeout = options.deadline;
@@ -272,20 +299,30 @@ pub fn run(
     let quiet = tracing::subscriber::NoSubscriber::default();
     tracing::subscriber::with_default(quiet, || {
         runtime.block_on(async move {
-            let core = Arc::new(Resilience::new(decider, options)?);
+            let cores = deciders
+                .into_iter()
+                .zip(0u64..)
+                .map(|((decider, _), replica)| {
+                    let mut options = options.clone();
+                    // Each replica draws its own jitter, as separate processes do.
+                    options.seed = options.seed.map(|seed| seed.wrapping_add(replica));
+                    Resilience::new(decider, options).map(Arc::new)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let bedrock = Arc::new(Mutex::new(BedrockModel::new(scenario.clone())));
             let tally = Arc::new(Mutex::new(Tally::default()));
             let start = Instant::now();
             let mut tasks = Vec::with_capacity(arrivals.len());
             let mut reported = 0;
-            for arrival in &arrivals {
+            for (index, arrival) in arrivals.iter().enumerate() {
                 tokio::time::sleep_until(start + arrival.at).await;
                 let simulated = arrival.at.as_secs();
                 if simulated >= reported + 10 {
                     reported = simulated;
                     progress(simulated);
                 }
-                let (core, bedrock, tally) = (core.clone(), bedrock.clone(), tally.clone());
+                let core = cores[index % replicas].clone();
+                let (bedrock, tally) = (bedrock.clone(), tally.clone());
                 let arrival = *arrival;
                 tasks.push(tokio::spawn(async move {
                     request(&core, &bedrock, &tally, start, arrival, tokens).await;
@@ -302,7 +339,10 @@ pub fn run(
             }
             progress(start.elapsed().as_secs());
 
-            let metrics = core.metrics().snapshot();
+            let snapshots: Vec<_> = cores.iter().map(|c| c.metrics().snapshot()).collect();
+            let total = |count: fn(&backstop::MetricsSnapshot) -> u64| {
+                snapshots.iter().map(count).sum::<u64>()
+            };
             let mut tally = std::mem::take(&mut *lock(&tally));
             if panicked > 0 {
                 tally.failed += panicked;
@@ -317,8 +357,12 @@ pub fn run(
                 tally.latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
             };
             let requests = arrivals.len() as u64;
+            let policy = match replicas {
+                1 => contender.name(),
+                n => format!("{} ×{n}", contender.name()),
+            };
             Ok(SimReport {
-                policy: contender.name(),
+                policy,
                 requests,
                 served: tally.served,
                 served_by_fallback: tally.by_fallback,
@@ -335,9 +379,9 @@ pub fn run(
                 p95_ms: percentile(0.95),
                 p99_ms: percentile(0.99),
                 max_ms: tally.latencies.last().copied().unwrap_or(0),
-                breaker_opens: metrics.breaker_opens,
-                policy_faults: metrics.policy_faults,
-                retry_budget_refusals: metrics.retry_budget_refusals,
+                breaker_opens: total(|m| m.breaker_opens),
+                policy_faults: total(|m| m.policy_faults),
+                retry_budget_refusals: total(|m| m.retry_budget_refusals),
                 panicked,
                 first_panic,
                 per_minute: tally.minutes,
@@ -479,8 +523,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The reports as a table, one row per contender.
 pub fn table(reports: &[SimReport]) -> String {
+    // As wide as the longest name (a fleet's reads "… ×8").
+    let width = reports
+        .iter()
+        .map(|r| r.policy.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     let mut out = format!(
-        "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+        "{:<width$} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
         "policy",
         "requests",
         "served",
@@ -498,7 +549,7 @@ pub fn table(reports: &[SimReport]) -> String {
     );
     for r in reports {
         out += &format!(
-            "{:<22} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6.2} {:>9.2} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:<width$} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6.2} {:>9.2} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
             r.policy,
             r.requests,
             r.served,

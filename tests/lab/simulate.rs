@@ -439,3 +439,35 @@ async fn in_real_time_through_the_sdk_routing_shows_the_simulators_ordering() {
     assert!(simulated_routed.served >= simulated_unrouted.served);
     assert!(simulated_routed.amplification < simulated_unrouted.amplification);
 }
+
+#[test]
+fn replicas_that_learn_alone_spend_more_calls_than_one_process_on_the_same_quota() {
+    // What fleet mode is for, measured: the same monday-spike spread over 8 processes, each
+    // learning the quota, its breakers and its queue alone, against one quota.
+    let scenario = simulate::shipped("monday-spike").unwrap().unwrap();
+    let host = HostConfig::default();
+    let one = simulate::run_replicas(&scenario, &default_policy(), &host, 1, |_| {}).unwrap();
+    let eight = simulate::run_replicas(&scenario, &default_policy(), &host, 8, |_| {}).unwrap();
+    assert_eq!(
+        (one.requests, eight.requests),
+        (one.served, eight.served),
+        "all served"
+    );
+    assert!(
+        eight.calls_sent > one.calls_sent,
+        "8 replicas alone: {} calls, one process: {}",
+        eight.calls_sent,
+        one.calls_sent
+    );
+    assert!(
+        eight.p99_ms > one.p99_ms,
+        "{} vs {} ms",
+        eight.p99_ms,
+        one.p99_ms
+    );
+    assert_eq!(eight.policy, format!("{} ×8", one.policy));
+    for replicas in [0, simulate::MAX_REPLICAS + 1] {
+        let refused = simulate::run_replicas(&scenario, &default_policy(), &host, replicas, |_| {});
+        assert!(matches!(refused, Err(simulate::SimError::Replicas(n)) if n == replicas));
+    }
+}

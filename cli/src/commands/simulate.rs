@@ -34,6 +34,11 @@ pub struct SimulateArgs {
     /// Run no baselines.
     #[arg(long, conflicts_with = "baseline")]
     no_baselines: bool,
+    /// Spread the traffic over this many processes, each with its own health, breakers,
+    /// learned capacity, queue and retry budget, against the one quota: a fleet whose replicas
+    /// learn alone (1 to 256; every contender runs so).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Replace the scenario's seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -117,12 +122,13 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         let name = contender.name();
         let started = std::time::Instant::now();
         let mut shown = started;
-        let report = simulate::run(&scenario, contender, &host, |simulated| {
-            if shown.elapsed() >= std::time::Duration::from_millis(200) {
-                shown = std::time::Instant::now();
-                eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
-            }
-        })?;
+        let report =
+            simulate::run_replicas(&scenario, contender, &host, args.replicas, |simulated| {
+                if shown.elapsed() >= std::time::Duration::from_millis(200) {
+                    shown = std::time::Instant::now();
+                    eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
+                }
+            })?;
         eprintln!(
             "\r{name:<24} simulated {duration} s in {:.1} s real time{:>12}",
             started.elapsed().as_secs_f64(),
