@@ -345,3 +345,41 @@ async fn attempts_on_a_model_keep_counting_when_the_route_keeps_the_request_ther
     .unwrap();
     assert_eq!(*stays.on_model.lock().unwrap(), [1, 2, 3]);
 }
+
+/// The request's own deadline cutting an attempt is not the model's timeout: the caller hears
+/// the last answer a model gave, and the model's health is not charged with our deadline
+/// (found through `backstop serve`: an always-throttled request ended as a `ModelTimeout`).
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_cuts_the_last_attempt_fails_with_the_last_answer_a_model_gave() {
+    let stays = std::sync::Arc::new(Stays::default());
+    let core = Resilience::new(stays.clone(), ClientOptions::new(["primary"])).unwrap();
+    let sent = Mutex::new(0);
+    let options = RequestOptions::default().with_deadline(Duration::from_secs(2));
+    let error = core
+        .call(options, 100, |_| {
+            *sent.lock().unwrap() += 1;
+            let first = *sent.lock().unwrap() == 1;
+            async move {
+                if first {
+                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                } else {
+                    // A model that has not answered when the request's time is up.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.give_up_reason(), Some(GiveUpReason::Deadline));
+    assert_eq!(
+        error.last_error().map(|e| e.kind),
+        Some(ErrorKind::Throttling)
+    );
+    assert_eq!(error.attempts(), 2);
+    let health = core.health()[0];
+    assert_eq!(
+        (health.requests, health.throttles, health.errors),
+        (1, 1, 0)
+    );
+}

@@ -292,8 +292,9 @@ impl Resilience {
                 p.total += 1;
                 self.metrics.attempts.inc();
                 let model = self.options.models[p.model].as_str();
-                let limit = scale(self.options.attempt_timeout, self.options.time_scale)
-                    .min(p.deadline - now);
+                let attempt_timeout = scale(self.options.attempt_timeout, self.options.time_scale);
+                let limit = attempt_timeout.min(p.deadline - now);
+                let cut_by_deadline = limit < attempt_timeout;
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
                 let sent_at = self.clock_s(now);
                 p.sent_at = now;
@@ -336,6 +337,12 @@ impl Resilience {
                         });
                     }
                     Ok(Err(failure)) => failure,
+                    // The request's own deadline ended the attempt, not the model: the caller
+                    // hears the last answer a model gave (not a timeout of our making), and the
+                    // model's health is not charged with our deadline.
+                    Err(_) if cut_by_deadline && last.is_some() => {
+                        return Err(p.gave_up(GiveUpReason::Deadline, last));
+                    }
                     Err(_) => (
                         ErrorInfo {
                             message: "the attempt timed out".into(),
