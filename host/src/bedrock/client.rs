@@ -201,6 +201,14 @@ impl ResilientClient {
         self.inner.core.capacity()
     }
 
+    /// Joins a fleet: see [`Resilience::join_fleet`](crate::Resilience::join_fleet).
+    pub fn join_fleet(
+        &self,
+        fleet: Arc<dyn crate::resilience::fleet::Fleet>,
+    ) -> crate::resilience::fleet::SharedBreakers {
+        self.inner.core.join_fleet(fleet)
+    }
+
     /// Every model's health now (breaker state, recent outcomes), by index of the chain.
     pub fn health(&self) -> Vec<crate::contract::ModelHealth> {
         self.inner.core.health()

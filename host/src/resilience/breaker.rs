@@ -75,6 +75,14 @@ impl Breaker {
         }
     }
 
+    /// When an open breaker's period ends (its start when not open).
+    pub fn open_until(&self) -> Instant {
+        match self.state {
+            BreakerState::Open => self.since + self.open_for,
+            _ => self.since,
+        }
+    }
+
     /// When the state began.
     pub fn since(&self) -> Instant {
         self.since

@@ -194,6 +194,20 @@ impl HealthBoard {
         self.model(index).breaker.open(now, period)
     }
 
+    /// Closes model `index`'s breaker (another process's probe succeeded); whether it was open
+    /// or half-open.
+    pub fn close(&self, index: usize, now: Instant) -> bool {
+        self.model(index).breaker.on_success(now)
+    }
+
+    /// How long model `index`'s breaker stays open from `now` (zero when it is not open).
+    pub fn open_for(&self, index: usize, now: Instant) -> Duration {
+        self.model(index)
+            .breaker
+            .open_until()
+            .saturating_duration_since(now)
+    }
+
     fn push(&self, model: &mut Model, now: Instant, outcome: Outcome) {
         model.window.push(now, outcome, self.window);
     }

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod budget;
 pub mod capacity;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -24,6 +25,7 @@ use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict}
 use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served, Untold};
+use fleet::{Fleet, SharedBreakers};
 use health::HealthBoard;
 use limits::AttemptLimits;
 use metrics::Metrics;
@@ -31,7 +33,7 @@ use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions};
 use queue::BatchQueue;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -41,7 +43,9 @@ use tracing::Instrument;
 pub struct Resilience {
     policy: Arc<dyn Decider>,
     options: ClientOptions,
-    health: HealthBoard,
+    health: Arc<HealthBoard>,
+    /// Where breaker changes are announced, once the loop joined a fleet.
+    fleet: OnceLock<Arc<dyn Fleet>>,
     metrics: Metrics,
     queue: BatchQueue,
     budget: Option<Budget>,
@@ -115,11 +119,12 @@ impl Resilience {
             None => fastrand::Rng::new(),
         };
         Ok(Resilience {
-            health: HealthBoard::new(
+            health: Arc::new(HealthBoard::new(
                 options.models.len(),
                 window,
                 scale(Duration::from_millis(guard.max_open_ms), options.time_scale),
-            ),
+            )),
+            fleet: OnceLock::new(),
             metrics: Metrics::new(policy.as_ref()),
             policy,
             queue: BatchQueue::new(options.queue_capacity),
@@ -131,6 +136,25 @@ impl Resilience {
             started: Instant::now(),
             options,
         })
+    }
+
+    /// Joins a fleet: from now on this loop announces its breakers' openings and closings to
+    /// `fleet`, and the returned handle applies what other processes announced. A loop joins
+    /// one fleet; a second call changes nothing and returns the handle again.
+    pub fn join_fleet(&self, fleet: Arc<dyn Fleet>) -> SharedBreakers {
+        let _ = self.fleet.set(fleet);
+        SharedBreakers {
+            health: self.health.clone(),
+            models: self.options.models.clone().into(),
+        }
+    }
+
+    /// Announces a breaker this loop opened (or re-opened after a failed probe).
+    fn announce_opened(&self, index: usize, now: Instant) {
+        if let Some(fleet) = self.fleet.get() {
+            let open_for = self.health.open_for(index, now);
+            fleet.breaker_opened(&self.options.models[index], open_for);
+        }
     }
 
     /// The counters.
@@ -314,6 +338,9 @@ impl Resilience {
                     Ok(Ok(output)) => {
                         if self.health.record_success(p.model, Instant::now()) {
                             self.metrics.breaker_closes.inc();
+                            if let Some(fleet) = self.fleet.get() {
+                                fleet.breaker_closed(model);
+                            }
                         }
                         self.metrics.succeeded.inc();
                         self.queue.release();
@@ -373,6 +400,7 @@ impl Resilience {
                         {
                             self.metrics.breaker_opens.inc();
                             p.breaker_opens += 1;
+                            self.announce_opened(model as usize, Instant::now());
                         }
                         match then {
                             AfterBreak::Fallback { model } => self.switch(&mut p, model as usize),
@@ -470,6 +498,7 @@ impl Resilience {
         if self.health.record_failure(p.model, now, error.kind) {
             self.metrics.breaker_opens.inc();
             p.breaker_opens += 1;
+            self.announce_opened(p.model, now);
         }
         let ctx = AttemptContext {
             request_id: p.request_id.clone(),
