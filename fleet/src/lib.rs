@@ -61,7 +61,8 @@ pub struct RedisFleet {
 
 impl RedisFleet {
     /// Connects to `url` (`redis://127.0.0.1:6379`) as `replica`, with keys and the channel
-    /// under `prefix` (one prefix per fleet).
+    /// under `prefix` (one prefix per fleet). Replica names must differ within a fleet: a
+    /// replica skips the announcements made under its own name.
     pub async fn connect(url: &str, prefix: &str, replica: &str) -> Result<RedisFleet, FleetError> {
         let fail = |source| FleetError::Redis {
             url: url.to_string(),
