@@ -138,33 +138,40 @@ fn channel(prefix: &str) -> String {
 
 impl Fleet for RedisFleet {
     fn breaker_opened(&self, model: &str, open_for: Duration) {
-        let ms = (open_for.as_millis() as u64).max(1);
-        let key = format!("{}:breaker:{model}", self.prefix);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(&self.replica)
-            .arg("PX")
-            .arg(ms)
-            .ignore()
-            .publish(
-                channel(&self.prefix),
-                format!("open\t{}\t{ms}\t{model}", self.replica),
-            )
-            .ignore();
-        self.send(pipe);
+        self.announce(model, Some(open_for));
     }
 
     fn breaker_closed(&self, model: &str) {
+        self.announce(model, None);
+    }
+}
+
+impl RedisFleet {
+    /// Writes `model`'s breaker key (open for `open_for`, or deleted when closed) and publishes
+    /// the change, in one transaction.
+    fn announce(&self, model: &str, open_for: Option<Duration>) {
         let key = format!("{}:breaker:{model}", self.prefix);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&key)
-            .ignore()
+        pipe.atomic();
+        let (change, ms) = match open_for {
+            Some(open_for) => {
+                let ms = (open_for.as_millis() as u64).max(1);
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(&self.replica)
+                    .arg("PX")
+                    .arg(ms);
+                ("open", ms)
+            }
+            None => {
+                pipe.del(&key);
+                ("close", 0)
+            }
+        };
+        pipe.ignore()
             .publish(
                 channel(&self.prefix),
-                format!("close\t{}\t0\t{model}", self.replica),
+                format!("{change}\t{}\t{ms}\t{model}", self.replica),
             )
             .ignore();
         self.send(pipe);

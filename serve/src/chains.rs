@@ -33,6 +33,14 @@ pub enum ChainError {
     Options(#[from] backstop::OptionsError),
 }
 
+/// How long one upstream attempt may take: the loop's default, or the time to headers the
+/// host configuration allows when that is longer. The SDK client and every chain's loop use it.
+pub fn attempt_timeout(host: &HostConfig) -> std::time::Duration {
+    backstop::ClientOptions::new(std::iter::empty::<String>())
+        .attempt_timeout
+        .max(host.limits.headers)
+}
+
 /// The clients, by requested model id.
 pub struct Chains {
     sdk: aws_sdk_bedrockruntime::Client,
@@ -83,7 +91,7 @@ impl Chains {
             });
         }
         let mut options = self.host.client_options(self.host.chain_for(model));
-        options.attempt_timeout = options.attempt_timeout.max(options.limits.headers);
+        options.attempt_timeout = attempt_timeout(&self.host);
         let client = ResilientClient::new(self.sdk.clone(), self.policy.clone(), options)?;
         clients.insert(model.to_string(), client.clone());
         Ok(client)

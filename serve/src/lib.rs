@@ -121,11 +121,7 @@ impl Sidecar {
             return Err(ServeError::RemoteAdmin(admin));
         }
         let settings = options.host.serve.clone();
-        let attempt_timeout = options
-            .host
-            .client_options(["-"])
-            .attempt_timeout
-            .max(options.host.limits.headers);
+        let attempt_timeout = chains::attempt_timeout(&options.host);
         let sdk = match &options.upstream_endpoint {
             Some(url) if is_loopback_url(url) => {
                 backstop::sdk_client_for_endpoint(url, attempt_timeout)

@@ -170,34 +170,27 @@ fn resource() -> Resource {
     }
 }
 
-fn text(key: &str, value: &str) -> KeyValue {
+fn attribute(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
+        value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
     }
+}
+
+fn text(key: &str, value: &str) -> KeyValue {
+    attribute(key, any_value::Value::StringValue(value.into()))
 }
 
 fn int(key: &str, value: u64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value.min(i64::MAX as u64) as i64)),
-        }),
-        ..Default::default()
-    }
+    attribute(
+        key,
+        any_value::Value::IntValue(value.min(i64::MAX as u64) as i64),
+    )
 }
 
 fn flag(key: &str, value: bool) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::BoolValue(value)),
-        }),
-        ..Default::default()
-    }
+    attribute(key, any_value::Value::BoolValue(value))
 }
 
 /// A request's trace, begun when it arrived.
