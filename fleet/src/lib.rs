@@ -1,9 +1,15 @@
 //! Fleet mode over Redis: many Backstop processes, one view of each model's breaker. A loop
 //! that opens or closes a breaker announces it ([`Fleet`]); [`RedisFleet`] writes it to a key
 //! that expires with the opening and publishes it on the fleet's channel, and every other
-//! replica applies it to its own loop ([`RedisFleet::apply`]). A replica that (re)connects
-//! reads the openings still in force. The loop never waits on Redis: announcements go out in
-//! the background, and a Redis that is down or slow costs the sharing, counted, not a request.
+//! replica applies it to the loops that [joined](RedisFleet::join) it. A replica that
+//! (re)connects reads the openings still in force. The replica that opened a breaker probes it
+//! for the fleet (see `backstop::resilience::fleet`).
+//!
+//! **Redis trouble is not an outage.** The loop never waits on Redis: announcements go out in
+//! the background, each given [`WRITE_TIMEOUT`]. A replica that cannot reach Redis — at
+//! start, or later: the subscription ends, a write fails, or a health ping goes unanswered for
+//! [`PING_EVERY`] + [`WRITE_TIMEOUT`] — runs on its local state, logs and counts it, shows
+//! `local` in [`status`](RedisFleet::status), and rejoins when Redis answers again.
 //!
 //! This is the first part of issue 14 (shared breakers); shared capacity and the durable batch
 //! queue are not built yet.
@@ -13,9 +19,10 @@ use backstop::resilience::fleet::{Fleet, SharedBreakers};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// How long one write to Redis may take before it is given up (and counted).
@@ -24,11 +31,16 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest pause between attempts to resubscribe after Redis went away.
 pub const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+/// How often a subscribed replica checks that Redis still answers: a Redis that hangs without
+/// closing its connections is noticed within this and [`WRITE_TIMEOUT`].
+pub const PING_EVERY: Duration = Duration::from_millis(500);
+/// The most loops one replica may join to its fleet (a sidecar joins one per chain).
+pub const MAX_MEMBERS: usize = 1_024;
 
 /// A fleet that cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The URL, or the first connection.
+    /// The URL cannot be used (Redis being down is not an error: the replica runs local).
     #[error("fleet: cannot use Redis at {url}: {source}")]
     Redis {
         /// Where.
@@ -45,71 +57,197 @@ pub struct FleetCounters {
     pub announced: AtomicU64,
     /// Openings and closings from other replicas applied here.
     pub applied: AtomicU64,
-    /// Writes or subscriptions that failed (Redis down or slow): the sharing paused, requests
-    /// went on with local state.
+    /// Writes, subscriptions or pings that failed (Redis down or slow): the sharing paused,
+    /// requests went on with local state.
     pub errors: AtomicU64,
+    /// Times this replica fell back to its local state.
+    pub fallbacks: AtomicU64,
 }
 
-/// One replica's link to the fleet through Redis.
+/// Where a replica stands with its fleet, for `/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetStatus {
+    /// The fleet (its key prefix).
+    pub fleet: String,
+    /// This replica's name.
+    pub replica: String,
+    /// `shared` while subscribed and Redis answers; `local` otherwise.
+    pub mode: &'static str,
+    /// Loops joined.
+    pub members: usize,
+    /// See [`FleetCounters`].
+    pub announced: u64,
+    /// See [`FleetCounters`].
+    pub applied: u64,
+    /// See [`FleetCounters`].
+    pub errors: u64,
+    /// See [`FleetCounters`].
+    pub fallbacks: u64,
+}
+
+/// One replica's link to the fleet through Redis. Dropping it stops its tasks.
 pub struct RedisFleet {
-    client: redis::Client,
-    conn: ConnectionManager,
     prefix: String,
     replica: String,
-    counters: Arc<FleetCounters>,
+    link: Arc<Link>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the replica's tasks share.
+struct Link {
+    client: redis::Client,
+    conn: OnceLock<ConnectionManager>,
+    members: Mutex<Vec<SharedBreakers>>,
+    /// A loop joined while subscribed: it must read the openings in force.
+    joined: Notify,
+    subscribed: AtomicBool,
+    /// Whether the latest write or ping was answered.
+    answering: AtomicBool,
+    counters: FleetCounters,
+}
+
+impl Link {
+    fn shared(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed) && self.answering.load(Ordering::Relaxed)
+    }
+
+    /// Redis did not answer: counted, and a fall back to local state when it was shared.
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let was_shared = self.shared();
+        self.answering.store(false, Ordering::Relaxed);
+        if was_shared {
+            self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, what, "fleet: Redis does not answer; breakers are local until it does");
+        } else {
+            tracing::debug!(%error, what, "fleet: Redis still does not answer");
+        }
+    }
+
+    fn answered(&self) {
+        if !self.answering.swap(true, Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed)
+        {
+            tracing::info!("fleet: Redis answers again; breakers are shared");
+        }
+    }
+
+    fn members(&self) -> Vec<SharedBreakers> {
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl RedisFleet {
-    /// Connects to `url` (`redis://127.0.0.1:6379`) as `replica`, with keys and the channel
-    /// under `prefix` (one prefix per fleet). Replica names must differ within a fleet: a
-    /// replica skips the announcements made under its own name.
-    pub async fn connect(url: &str, prefix: &str, replica: &str) -> Result<RedisFleet, FleetError> {
-        let fail = |source| FleetError::Redis {
+    /// Links this replica, `replica`, to the fleet at `url` (`redis://127.0.0.1:6379`) whose
+    /// keys and channel are under `prefix` (one prefix per fleet). Replica names must differ
+    /// within a fleet: a replica skips the announcements made under its own name.
+    ///
+    /// Waits up to [`CONNECT_TIMEOUT`] for Redis; a Redis that is down is not an error: the
+    /// replica starts local and joins when Redis answers. Only a URL that cannot be used is.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        replica: &str,
+    ) -> Result<Arc<RedisFleet>, FleetError> {
+        let client = redis::Client::open(url).map_err(|source| FleetError::Redis {
             url: url.to_string(),
             source,
-        };
-        let client = redis::Client::open(url).map_err(fail)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(WRITE_TIMEOUT));
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(fail)?;
-        Ok(RedisFleet {
+        })?;
+        let link = Arc::new(Link {
             client,
-            conn,
+            conn: OnceLock::new(),
+            members: Mutex::new(Vec::new()),
+            joined: Notify::new(),
+            subscribed: AtomicBool::new(false),
+            answering: AtomicBool::new(true),
+            counters: FleetCounters::default(),
+        });
+        let connector = tokio::spawn(connect_writer(link.clone()));
+        let subscriber = Subscriber {
+            link: link.clone(),
+            channel: channel(prefix),
+            pattern: format!("{prefix}:breaker:*"),
+            prefix: format!("{prefix}:breaker:"),
+            replica: replica.to_string(),
+        };
+        let subscriber = tokio::spawn(subscriber.run());
+        let fleet = RedisFleet {
             prefix: prefix.to_string(),
             replica: replica.to_string(),
-            counters: Arc::default(),
-        })
+            link,
+            tasks: vec![connector, subscriber],
+        };
+        let started = tokio::time::Instant::now();
+        while !fleet.link.shared() && started.elapsed() < CONNECT_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !fleet.link.shared() {
+            tracing::warn!(%url, "fleet: Redis does not answer; starting local");
+        }
+        Ok(Arc::new(fleet))
+    }
+
+    /// Applies what other replicas announce to `breakers` (one loop's, from
+    /// `join_fleet`) from now on, starting with the openings in force. Returns false when
+    /// [`MAX_MEMBERS`] loops are joined already (the loop then runs alone).
+    pub fn join(&self, breakers: SharedBreakers) -> bool {
+        let mut members = self
+            .link
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if members.len() >= MAX_MEMBERS {
+            tracing::warn!(
+                max = MAX_MEMBERS,
+                "fleet: too many loops; this one runs alone"
+            );
+            return false;
+        }
+        members.push(breakers);
+        drop(members);
+        self.link.joined.notify_one();
+        true
     }
 
     /// The counters.
-    pub fn counters(&self) -> &Arc<FleetCounters> {
-        &self.counters
+    pub fn counters(&self) -> &FleetCounters {
+        &self.link.counters
     }
 
-    /// Applies what other replicas announce to `breakers` (one loop's), until the task is
-    /// aborted: subscribes to the fleet's channel and, on every (re)subscription, reads the
-    /// openings still in force. Redis going away pauses it; it resubscribes when Redis returns.
-    pub fn apply(&self, breakers: SharedBreakers) -> JoinHandle<()> {
-        let link = Subscriber {
-            client: self.client.clone(),
-            channel: channel(&self.prefix),
-            pattern: format!("{}:breaker:*", self.prefix),
-            prefix: format!("{}:breaker:", self.prefix),
+    /// Where this replica stands.
+    pub fn status(&self) -> FleetStatus {
+        let counters = &self.link.counters;
+        FleetStatus {
+            fleet: self.prefix.clone(),
             replica: self.replica.clone(),
-            counters: self.counters.clone(),
-        };
-        tokio::spawn(link.run(breakers))
+            mode: if self.link.shared() {
+                "shared"
+            } else {
+                "local"
+            },
+            members: self.link.members().len(),
+            announced: counters.announced.load(Ordering::Relaxed),
+            applied: counters.applied.load(Ordering::Relaxed),
+            errors: counters.errors.load(Ordering::Relaxed),
+            fallbacks: counters.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether breakers are shared now (subscribed, and Redis answers).
+    pub fn is_shared(&self) -> bool {
+        self.link.shared()
     }
 
     fn send(&self, commands: redis::Pipeline) {
-        let mut conn = self.conn.clone();
-        let counters = self.counters.clone();
+        let link = self.link.clone();
+        let Some(mut conn) = link.conn.get().cloned() else {
+            link.failed("write", &"not connected");
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
+            link.failed("write", &"no runtime");
             return;
         };
         runtime.spawn(async move {
@@ -117,36 +255,15 @@ impl RedisFleet {
                 tokio::time::timeout(WRITE_TIMEOUT, commands.query_async::<()>(&mut conn)).await;
             match sent {
                 Ok(Ok(())) => {
-                    counters.announced.fetch_add(1, Ordering::Relaxed);
+                    link.answered();
+                    link.counters.announced.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Err(error)) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "fleet: a breaker change was not shared");
-                }
-                Err(_) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("fleet: Redis too slow; a breaker change was not shared");
-                }
+                Ok(Err(error)) => link.failed("write", &error),
+                Err(_) => link.failed("write", &"no answer in time"),
             }
         });
     }
-}
 
-fn channel(prefix: &str) -> String {
-    format!("{prefix}:breakers")
-}
-
-impl Fleet for RedisFleet {
-    fn breaker_opened(&self, model: &str, open_for: Duration) {
-        self.announce(model, Some(open_for));
-    }
-
-    fn breaker_closed(&self, model: &str) {
-        self.announce(model, None);
-    }
-}
-
-impl RedisFleet {
     /// Writes `model`'s breaker key (open for `open_for`, or deleted when closed) and publishes
     /// the change, in one transaction.
     fn announce(&self, model: &str, open_for: Option<Duration>) {
@@ -178,57 +295,125 @@ impl RedisFleet {
     }
 }
 
+impl Drop for RedisFleet {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Fleet for RedisFleet {
+    fn breaker_opened(&self, model: &str, open_for: Duration) {
+        self.announce(model, Some(open_for));
+    }
+
+    fn breaker_closed(&self, model: &str) {
+        self.announce(model, None);
+    }
+}
+
+fn channel(prefix: &str) -> String {
+    format!("{prefix}:breakers")
+}
+
+/// Makes the connection announcements are written on, retrying until Redis answers; from then
+/// on the connection manager reconnects by itself.
+async fn connect_writer(link: Arc<Link>) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(WRITE_TIMEOUT));
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match link
+            .client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
+            Ok(conn) => {
+                let _ = link.conn.set(conn);
+                return;
+            }
+            Err(error) => link.failed("connect", &error),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+    }
+}
+
 /// The task that applies other replicas' announcements.
 struct Subscriber {
-    client: redis::Client,
+    link: Arc<Link>,
     channel: String,
     pattern: String,
     prefix: String,
     replica: String,
-    counters: Arc<FleetCounters>,
 }
 
 impl Subscriber {
-    async fn run(self, breakers: SharedBreakers) {
+    async fn run(self) {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.session(&breakers).await {
-                Ok(()) => pause = Duration::from_millis(100),
-                Err(error) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "fleet: not subscribed; breakers are local until Redis returns");
-                }
+            let ended = self.session().await;
+            // Counted (and a fallback, when it was shared) before it stops being subscribed.
+            match ended {
+                Ok(()) => self.link.failed("subscription", &"ended"),
+                Err(error) => self.link.failed("subscription", &error),
+            }
+            if self.link.subscribed.swap(false, Ordering::Relaxed) {
+                pause = Duration::from_millis(100);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
         }
     }
 
-    /// One subscription: read what is in force, then apply announcements until it ends.
-    async fn session(&self, breakers: &SharedBreakers) -> redis::RedisResult<()> {
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+    /// One subscription: read what is in force, then apply announcements until it ends or a
+    /// health ping goes unanswered.
+    async fn session(&self) -> redis::RedisResult<()> {
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.link.client.get_async_pubsub())
             .await
             .map_err(timed_out)??;
         pubsub.subscribe(&self.channel).await?;
-        self.resync(breakers).await?;
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            let Ok(text) = message.get_payload::<String>() else {
-                continue;
-            };
-            self.apply(breakers, &text);
-        }
-        Ok(())
-    }
-
-    /// Openings still in force, from keys that expire with them.
-    async fn resync(&self, breakers: &SharedBreakers) -> redis::RedisResult<()> {
         let mut conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            self.client.get_multiplexed_async_connection(),
+            self.link.client.get_multiplexed_async_connection(),
         )
         .await
         .map_err(timed_out)??;
+        self.resync(&mut conn, &self.link.members()).await?;
+        self.link.subscribed.store(true, Ordering::Relaxed);
+        self.link.answered();
+        let mut messages = pubsub.on_message();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return Ok(()) };
+                    if let Ok(text) = message.get_payload::<String>() {
+                        self.apply(&text);
+                    }
+                }
+                _ = ping.tick() => {
+                    tokio::time::timeout(WRITE_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut conn))
+                        .await
+                        .map_err(timed_out)??;
+                    self.link.answered();
+                }
+                _ = self.link.joined.notified() => {
+                    // A loop joined: it learns the openings in force (the others already did).
+                    self.resync(&mut conn, &self.link.members()).await?;
+                }
+            }
+        }
+    }
+
+    /// Openings still in force, from keys that expire with them.
+    async fn resync(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        members: &[SharedBreakers],
+    ) -> redis::RedisResult<()> {
         let keys: Vec<String> = {
             let mut found = conn.scan_match::<_, String>(&self.pattern).await?;
             let mut keys = Vec::new();
@@ -242,17 +427,29 @@ impl Subscriber {
         };
         for key in keys {
             let left: i64 = conn.pttl(&key).await?;
-            if let (Some(model), true) = (key.strip_prefix(&self.prefix), left > 0)
-                && breakers.open(model, Duration::from_millis(left as u64))
-            {
-                self.counters.applied.fetch_add(1, Ordering::Relaxed);
+            let Some(model) = key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if left > 0 {
+                self.open(members, model, Duration::from_millis(left as u64));
             }
         }
         Ok(())
     }
 
+    fn open(&self, members: &[SharedBreakers], model: &str, open_for: Duration) -> bool {
+        let mut applied = false;
+        for breakers in members {
+            applied |= breakers.open(model, open_for);
+        }
+        if applied {
+            self.link.counters.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        applied
+    }
+
     /// One announcement: `open|close \t replica \t ms \t model`. Our own are skipped.
-    fn apply(&self, breakers: &SharedBreakers, text: &str) {
+    fn apply(&self, text: &str) {
         let mut parts = text.splitn(4, '\t');
         let (Some(what), Some(replica), Some(ms), Some(model)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -262,13 +459,22 @@ impl Subscriber {
         if replica == self.replica {
             return;
         }
+        let members = self.link.members();
         let applied = match (what, ms.parse::<u64>()) {
-            ("open", Ok(ms)) => breakers.open(model, Duration::from_millis(ms)),
-            ("close", _) => breakers.close(model),
+            ("open", Ok(ms)) => self.open(&members, model, Duration::from_millis(ms)),
+            ("close", _) => {
+                let mut closed = false;
+                for breakers in &members {
+                    closed |= breakers.close(model);
+                }
+                if closed {
+                    self.link.counters.applied.fetch_add(1, Ordering::Relaxed);
+                }
+                closed
+            }
             _ => false,
         };
         if applied {
-            self.counters.applied.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%model, from = %replica, change = what, "fleet: breaker change applied");
         }
     }

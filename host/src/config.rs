@@ -80,6 +80,82 @@ pub struct HostConfig {
     pub chains: BTreeMap<String, Vec<String>>,
     /// `backstop serve`: the sidecar's bounds and its operator surface.
     pub serve: ServeSettings,
+    /// Fleet mode: share breakers with the other processes of a fleet through Redis. Without
+    /// it each process learns alone.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Fleet mode (`fleet` in the host configuration): the processes that name the same Redis,
+/// key prefix and fleet name share their breakers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// The Redis server: `redis://host:port[/db]` (plain TCP: TLS is not built in).
+    pub redis_url: String,
+    /// The fleet's name: processes with the same name share state, others never meet.
+    #[serde(default = "FleetSettings::default_name")]
+    pub name: String,
+    /// What every key of the fleet starts with (`{key_prefix}:{name}:…`), so one Redis serves
+    /// other things too.
+    #[serde(default = "FleetSettings::default_prefix")]
+    pub key_prefix: String,
+    /// This process's name in the fleet; by default the host name and process id. Names must
+    /// differ within a fleet.
+    #[serde(default)]
+    pub replica: Option<String>,
+}
+
+impl FleetSettings {
+    fn default_name() -> String {
+        "default".into()
+    }
+
+    fn default_prefix() -> String {
+        "backstop".into()
+    }
+
+    /// Where the fleet's keys and channel live: `{key_prefix}:{name}`.
+    pub fn keys(&self) -> String {
+        format!("{}:{}", self.key_prefix, self.name)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let fleet = |field: &'static str, why: String| ConfigError::Fleet { field, why };
+        if !self.redis_url.starts_with("redis://") || self.redis_url.len() > 1_024 {
+            return Err(fleet(
+                "redis_url",
+                format!(
+                    "{:?} is not a redis:// URL of at most 1024 characters (rediss:// is not \
+                     built in: reach a TLS Redis through a local tunnel)",
+                    self.redis_url.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        let name_ok = |name: &str| {
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        for (field, value) in [
+            ("name", Some(&self.name)),
+            ("key_prefix", Some(&self.key_prefix)),
+            ("replica", self.replica.as_ref()),
+        ] {
+            if let Some(value) = value
+                && !name_ok(value)
+            {
+                return Err(fleet(
+                    field,
+                    format!(
+                        "{:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+                        value.chars().take(80).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The most chains a configuration may list, and the most fallbacks in one.
@@ -225,6 +301,7 @@ impl Default for HostConfig {
             models: Vec::new(),
             chains: BTreeMap::new(),
             serve: ServeSettings::default(),
+            fleet: None,
         }
     }
 }
@@ -290,6 +367,14 @@ pub enum ConfigError {
     /// A sidecar setting that cannot be used.
     #[error("host configuration: serve.{field}: {why}")]
     Serve {
+        /// The key.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A fleet setting that cannot be used.
+    #[error("host configuration: fleet.{field}: {why}")]
+    Fleet {
         /// The key.
         field: &'static str,
         /// What is wrong.
@@ -481,6 +566,9 @@ impl HostConfig {
         }
         config.check_chains()?;
         config.serve.check()?;
+        if let Some(fleet) = &config.fleet {
+            fleet.check()?;
+        }
         Ok(config)
     }
 
@@ -626,5 +714,40 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_fleet_section_is_optional_defaults_its_names_and_names_what_is_wrong() {
+        assert_eq!(HostConfig::from_json("{}").unwrap().fleet, None);
+        let config =
+            HostConfig::from_json(r#"{ "fleet": { "redis_url": "redis://127.0.0.1:6379" } }"#)
+                .unwrap();
+        let fleet = config.fleet.unwrap();
+        assert_eq!(fleet.keys(), "backstop:default");
+        assert_eq!(fleet.replica, None);
+        for (fleet, names) in [
+            (r#"{ "redis_url": "http://x" }"#, "fleet.redis_url"),
+            (r#"{ "redis_url": "rediss://x" }"#, "rediss"),
+            (
+                r#"{ "redis_url": "redis://x", "name": "a:b" }"#,
+                "fleet.name",
+            ),
+            (r#"{ "redis_url": "redis://x", "name": "" }"#, "fleet.name"),
+            (
+                r#"{ "redis_url": "redis://x", "key_prefix": "a b" }"#,
+                "fleet.key_prefix",
+            ),
+            (
+                r#"{ "redis_url": "redis://x", "replica": "a\tb" }"#,
+                "fleet.replica",
+            ),
+            (r#"{ "redis_url": "redis://x", "replicas": 3 }"#, "replicas"),
+            (r#"{ "name": "a" }"#, "redis_url"),
+        ] {
+            let error = HostConfig::from_json(&format!(r#"{{ "fleet": {fleet} }}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(names), "{fleet}: {error}");
+        }
     }
 }

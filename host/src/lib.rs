@@ -45,7 +45,7 @@ pub use bedrock::client::{
     ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
 };
 pub use bedrock::passthrough::{Operation, RawRequest, RawResponse, RawStream};
-pub use config::{CompileBounds, ConfigError, HostConfig, ServeSettings};
+pub use config::{CompileBounds, ConfigError, FleetSettings, HostConfig, ServeSettings};
 pub use decision::{
     Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
     RouteQuery, Tally, Verdict,

@@ -90,6 +90,19 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "max_in_flight": shared.settings.max_in_flight,
         "draining": shared.drain.stopping(),
         "admin_token": shared.token.is_some(),
+        "fleet": shared.chains.fleet().map(|fleet| {
+            let status = fleet.status();
+            json!({
+                "fleet": status.fleet,
+                "replica": status.replica,
+                "mode": status.mode,
+                "members": status.members,
+                "announced": status.announced,
+                "applied": status.applied,
+                "errors": status.errors,
+                "fallbacks": status.fallbacks,
+            })
+        }),
     });
     axum::Json(body).into_response()
 }

@@ -3,8 +3,9 @@
 //! by itself alone. Every client shares the SDK client and the policy handle.
 
 use backstop::{HostConfig, PolicyHandle, ResilientClient};
+use backstop_fleet::RedisFleet;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The most distinct unlisted models served: each costs a loop of its own, and model ids
 /// come from callers.
@@ -46,21 +47,25 @@ pub struct Chains {
     sdk: aws_sdk_bedrockruntime::Client,
     policy: PolicyHandle,
     host: HostConfig,
+    fleet: Option<Arc<RedisFleet>>,
     clients: Mutex<BTreeMap<String, ResilientClient>>,
 }
 
 impl Chains {
-    /// Chains for `host`'s configuration, over `sdk`, deciding with `policy`. The listed
-    /// chains get their clients at once, so their health shows in `/status` from the start.
+    /// Chains for `host`'s configuration, over `sdk`, deciding with `policy`, each joined to
+    /// `fleet` when there is one. The listed chains get their clients at once, so their health
+    /// shows in `/status` from the start.
     pub fn new(
         sdk: aws_sdk_bedrockruntime::Client,
         policy: PolicyHandle,
         host: HostConfig,
+        fleet: Option<Arc<RedisFleet>>,
     ) -> Result<Chains, ChainError> {
         let chains = Chains {
             sdk,
             policy,
             host,
+            fleet,
             clients: Mutex::new(BTreeMap::new()),
         };
         for model in chains.host.chains.keys() {
@@ -93,8 +98,16 @@ impl Chains {
         let mut options = self.host.client_options(self.host.chain_for(model));
         options.attempt_timeout = attempt_timeout(&self.host);
         let client = ResilientClient::new(self.sdk.clone(), self.policy.clone(), options)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.join(client.join_fleet(fleet.clone()));
+        }
         clients.insert(model.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// The fleet the chains joined, if any.
+    pub fn fleet(&self) -> Option<&RedisFleet> {
+        self.fleet.as_deref()
     }
 
     /// Every client, by requested model id.

@@ -86,6 +86,10 @@ pub enum ServeError {
     /// A chain of the host configuration cannot run.
     #[error(transparent)]
     Chain(#[from] chains::ChainError),
+    /// The fleet section cannot be used (Redis being down is not this: the sidecar starts on
+    /// its local state).
+    #[error(transparent)]
+    Fleet(#[from] backstop_fleet::FleetError),
 }
 
 /// A running sidecar. [`shutdown`](Sidecar::shutdown) drains it; dropping it stops the
@@ -134,9 +138,19 @@ impl Sidecar {
                 .await
             }
         };
+        let fleet = match &options.host.fleet {
+            Some(fleet) => {
+                let replica = fleet.replica.clone().unwrap_or_else(default_replica_name);
+                Some(
+                    backstop_fleet::RedisFleet::connect(&fleet.redis_url, &fleet.keys(), &replica)
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let metrics = Arc::new(metrics::ServeMetrics::default());
         let shared = Arc::new(Shared {
-            chains: chains::Chains::new(sdk, policy.clone(), options.host.clone())?,
+            chains: chains::Chains::new(sdk, policy.clone(), options.host.clone(), fleet)?,
             policy,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             repeats: repeats::Repeats::new(Duration::from_millis(settings.repeat_window_ms)),
@@ -252,6 +266,23 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// A replica's name when the configuration gives none: the host name and the process id,
+/// which differ between the processes of a fleet.
+fn default_replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .take(40)
+        .collect();
+    format!("{host}-{}", std::process::id())
 }
 
 /// Whether an upstream URL is on loopback (the fault server in tests and demos): signed with

@@ -159,6 +159,45 @@ impl ServeMetrics {
             "Trace spans dropped (export queue full or the collector failed)",
             self.spans_dropped.clone(),
         );
+        if let Some(fleet) = chains.fleet() {
+            let status = fleet.status();
+            let fleet_registry = registry.sub_registry_with_prefix("fleet");
+            let gauge = |value: u64| {
+                let gauge = Gauge::<i64>::default();
+                gauge.set(value as i64);
+                gauge
+            };
+            let counter = |value: u64| {
+                let counter = Counter::<u64>::default();
+                counter.inc_by(value);
+                counter
+            };
+            fleet_registry.register(
+                "shared",
+                "1 while breakers are shared through Redis, 0 while this replica runs on its local state",
+                gauge(u64::from(status.mode == "shared")),
+            );
+            fleet_registry.register(
+                "announced",
+                "Breaker openings and closings this replica shared",
+                counter(status.announced),
+            );
+            fleet_registry.register(
+                "applied",
+                "Breaker openings and closings from other replicas applied here",
+                counter(status.applied),
+            );
+            fleet_registry.register(
+                "errors",
+                "Redis writes, subscriptions and pings that failed",
+                counter(status.errors),
+            );
+            fleet_registry.register(
+                "fallbacks",
+                "Times this replica fell back to its local state (Redis down or slow)",
+                counter(status.fallbacks),
+            );
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &registry);

@@ -11,79 +11,23 @@ use backstop::{
     BoxError, CallError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Verdict,
 };
 use backstop_fleet::RedisFleet;
-use std::process::{Child, Command, Stdio};
+use backstop_test_support::RedisServer;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of the test's own, killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
+/// Opens the breaker of the failing model for `open_ms` and gives up: the decision a policy
+/// makes in an outage, so the test is about sharing it.
+struct Breaks {
+    open_ms: u64,
 }
-
-impl RedisServer {
-    /// Starts one on a free loopback port (or on `port`); `None` when redis-server is missing.
-    fn start(port: Option<u16>) -> Option<RedisServer> {
-        let port = port.unwrap_or_else(|| {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        });
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must have redis-server (see .ci/run)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(RedisServer { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Opens the breaker of the failing model for 30 s and gives up: the decision a policy makes in
-/// an outage, so the test is about sharing it.
-struct Breaks;
 
 impl Decider for Breaks {
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         Decided {
             verdict: Verdict::of_policy(Decision::BreakCircuit {
                 model: ctx.model,
-                open_ms: 30_000,
+                open_ms: self.open_ms,
                 then: AfterBreak::GiveUp,
             }),
             module_digest: None,
@@ -97,15 +41,24 @@ async fn replica(
     prefix: &str,
     name: &str,
 ) -> (Arc<Resilience>, Arc<RedisFleet>) {
+    replica_opening(redis, prefix, name, 30_000).await
+}
+
+/// A replica whose policy opens breakers for `open_ms`; its attempts time out after 2 s.
+async fn replica_opening(
+    redis: &RedisServer,
+    prefix: &str,
+    name: &str,
+    open_ms: u64,
+) -> (Arc<Resilience>, Arc<RedisFleet>) {
     let mut options = ClientOptions::new(["primary", "fallback"]);
     options.guardrails.max_open_ms = 60_000;
-    let core = Arc::new(Resilience::new(Arc::new(Breaks), options).unwrap());
-    let fleet = Arc::new(
-        RedisFleet::connect(&redis.url(), prefix, name)
-            .await
-            .unwrap(),
-    );
-    fleet.apply(core.join_fleet(fleet.clone()));
+    options.attempt_timeout = Duration::from_secs(2);
+    let core = Arc::new(Resilience::new(Arc::new(Breaks { open_ms }), options).unwrap());
+    let fleet = RedisFleet::connect(&redis.url(), prefix, name)
+        .await
+        .unwrap();
+    assert!(fleet.join(core.join_fleet(fleet.clone())));
     (core, fleet)
 }
 
@@ -224,6 +177,15 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
     );
     assert_eq!(breaker(&a), BreakerState::Open);
     let errors = || a_link.counters().errors.load(Ordering::Relaxed);
+    let local = Instant::now();
+    while a_link.status().mode != "local" {
+        assert!(
+            local.elapsed() < Duration::from_millis(1_500),
+            "local within PING_EVERY + WRITE_TIMEOUT"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a_link.status().fallbacks >= 1, "the fallback is counted");
     let waited = Instant::now();
     while errors() == 0 && waited.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -238,6 +200,7 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
     // Redis returns (same port, empty): the replicas resubscribe, and the next opening is shared.
     let back = RedisServer::start(Some(port)).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await; // past the longest reconnect pause
+    assert_eq!(a_link.status().mode, "shared", "rejoined");
     let (c, _) = replica(&back, "fleet-down", "replica-c").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     outage(&c).await;
@@ -245,4 +208,99 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
         open_within(&b, Duration::from_secs(1)).await.is_some(),
         "sharing resumed after Redis returned"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_replica_that_opened_a_breaker_probes_it_for_the_fleet_and_its_answer_closes_it_everywhere()
+ {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let (owner, _) = replica_opening(&redis, "fleet-probe", "owner", 300).await;
+    let (b, _) = replica_opening(&redis, "fleet-probe", "replica-b", 300).await;
+    let (c, _) = replica_opening(&redis, "fleet-probe", "replica-c", 300).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    outage(&owner).await;
+    for other in [&b, &c] {
+        assert!(open_within(other, Duration::from_secs(1)).await.is_some());
+    }
+    // The opening is over; every replica gets a request. Only the owner's reaches the primary.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let primary_calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let request = |core: Arc<Resilience>| {
+        let calls = primary_calls.clone();
+        async move {
+            core.call(RequestOptions::default(), 10, move |model| {
+                if model == "primary" {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+                async { Ok::<(), (ErrorInfo, BoxError)>(()) }
+            })
+            .await
+        }
+    };
+    for other in [&b, &c] {
+        let served = request(other.clone())
+            .await
+            .expect("served by the fallback");
+        assert_eq!(served.model, "fallback", "the owner's probe goes first");
+    }
+    let probe = request(owner.clone()).await.unwrap();
+    assert_eq!(
+        probe.model, "primary",
+        "the owner probes once its opening is over"
+    );
+    assert_eq!(
+        primary_calls.load(Ordering::Relaxed),
+        1,
+        "one probe for the fleet"
+    );
+    // Its success closes the breaker on the others.
+    for other in [&b, &c] {
+        let started = Instant::now();
+        while breaker(other) != BreakerState::Closed {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "closed everywhere within a second"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let (owner, _) = replica_opening(&redis, "fleet-grace", "owner", 200).await;
+    let (b, b_link) = replica_opening(&redis, "fleet-grace", "replica-b", 200).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    outage(&owner).await;
+    assert!(open_within(&b, Duration::from_secs(1)).await.is_some());
+    drop(owner); // gone before its probe
+    let grace = backstop::resilience::fleet::probe_grace(Duration::from_secs(2));
+    assert_eq!(grace, Duration::from_secs(3));
+    let opened = Instant::now();
+    while breaker(&b) == BreakerState::Open {
+        assert!(
+            opened.elapsed() < Duration::from_millis(200) + grace + Duration::from_millis(500),
+            "the grace is bounded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        opened.elapsed() >= grace - Duration::from_millis(500),
+        "ready to probe only after the grace ({:?})",
+        opened.elapsed()
+    );
+    let served = b
+        .call(RequestOptions::default(), 10, |_| async {
+            Ok::<(), (ErrorInfo, BoxError)>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.model, "primary", "probed by the survivor");
+    assert_eq!(breaker(&b), BreakerState::Closed);
+    assert_eq!(b_link.status().mode, "shared");
 }

@@ -122,6 +122,15 @@ impl Breaker {
         self.reopen(now, self.decided)
     }
 
+    /// Opens the breaker for `period` (another process's decision) and `grace` more, so that
+    /// process's probe answers before this one would probe. The grace may go past the ceiling:
+    /// it is the fleet's, not a policy's.
+    pub fn open_behind(&mut self, now: Instant, period: Duration, grace: Duration) -> bool {
+        self.decided = period.min(self.ceiling);
+        self.failed_probes = 0;
+        self.reopen(now, self.decided + grace)
+    }
+
     fn reopen(&mut self, now: Instant, period: Duration) -> bool {
         let newly = self.state != BreakerState::Open;
         self.state = BreakerState::Open;

@@ -194,6 +194,18 @@ impl HealthBoard {
         self.model(index).breaker.open(now, period)
     }
 
+    /// Opens model `index`'s breaker as another process did, for `period`, and `grace` more
+    /// (see [`Breaker::open_behind`]); returns whether it was closed or half-open before.
+    pub fn open_behind(
+        &self,
+        index: usize,
+        now: Instant,
+        period: Duration,
+        grace: Duration,
+    ) -> bool {
+        self.model(index).breaker.open_behind(now, period, grace)
+    }
+
     /// Closes model `index`'s breaker (another process's probe succeeded); whether it was open
     /// or half-open.
     pub fn close(&self, index: usize, now: Instant) -> bool {

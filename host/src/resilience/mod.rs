@@ -146,6 +146,10 @@ impl Resilience {
         SharedBreakers {
             health: self.health.clone(),
             models: self.options.models.clone().into(),
+            grace: scale(
+                fleet::probe_grace(self.options.attempt_timeout),
+                self.options.time_scale,
+            ),
         }
     }
 
