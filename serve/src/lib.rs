@@ -220,6 +220,11 @@ impl Sidecar {
         self.admin.map(|a| format!("http://{a}"))
     }
 
+    /// The fleet this sidecar joined, if its host configuration names one.
+    pub fn fleet(&self) -> Option<&backstop_fleet::RedisFleet> {
+        self.shared.chains.fleet()
+    }
+
     /// The sidecar's counters.
     pub fn metrics(&self) -> &metrics::ServeMetrics {
         &self.shared.metrics

@@ -21,7 +21,7 @@ fn url_after(line: &str, marker: &str) -> Option<String> {
 }
 
 /// One plain HTTP/1.1 request; the whole answer.
-fn post(addr: &str, path: &str, body: &str) -> String {
+pub(crate) fn post(addr: &str, path: &str, body: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
@@ -35,16 +35,16 @@ fn post(addr: &str, path: &str, body: &str) -> String {
 }
 
 /// A `backstop serve` process on loopback ports of its choosing.
-struct Serve {
-    child: std::process::Child,
-    data: String,
-    admin: String,
+pub(crate) struct Serve {
+    pub(crate) child: std::process::Child,
+    pub(crate) data: String,
+    pub(crate) admin: String,
     log: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Serve {
     /// Starts `backstop serve` with `args` and `env`, and reads its banner for the URLs.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
             .args([
                 "serve",
@@ -104,7 +104,7 @@ impl Drop for Serve {
 }
 
 /// One plain HTTP/1.1 GET; the whole answer.
-fn get(addr: &str, path: &str) -> String {
+pub(crate) fn get(addr: &str, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();

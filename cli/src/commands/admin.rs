@@ -100,6 +100,19 @@ pub fn status(args: StatusArgs) -> Result<()> {
             ""
         }
     );
+    let fleet = &status["fleet"];
+    if !fleet.is_null() {
+        println!(
+            "fleet    {} as {}: {} ({} shared, {} applied, {} Redis errors, {} fallbacks to local)",
+            fleet["fleet"].as_str().unwrap_or("?"),
+            fleet["replica"].as_str().unwrap_or("?"),
+            fleet["mode"].as_str().unwrap_or("?"),
+            fleet["announced"],
+            fleet["applied"],
+            fleet["errors"],
+            fleet["fallbacks"]
+        );
+    }
     println!(
         "{:<40} {:<10} {:>9} {:>8} {:>8} {:>10}",
         "chain / model", "breaker", "requests", "throttl", "errors", "est. rpm"

@@ -106,6 +106,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(url) = otlp {
         eprintln!("traces to {url}");
     }
+    if let Some(fleet) = sidecar.fleet() {
+        let status = fleet.status();
+        eprintln!(
+            "fleet {} as {}: {}",
+            status.fleet, status.replica, status.mode
+        );
+    }
     stopped().await?;
     eprintln!("stopping: draining requests in progress");
     let drained = sidecar.shutdown().await;
