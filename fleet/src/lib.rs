@@ -1,9 +1,10 @@
-//! Fleet mode over Redis: many Backstop processes, one view of each model's breaker. A loop
-//! that opens or closes a breaker announces it ([`Fleet`]); [`RedisFleet`] writes it to a key
-//! that expires with the opening and publishes it on the fleet's channel, and every other
-//! replica applies it to the loops that [joined](RedisFleet::join) it. A replica that
-//! (re)connects reads the openings still in force. The replica that opened a breaker probes it
-//! for the fleet (see `backstop::resilience::fleet`).
+//! Fleet mode over Redis: many Backstop processes, one view of each model's breaker and of its
+//! congestion. A loop that opens or closes a breaker announces it ([`Fleet`]); [`RedisFleet`]
+//! writes it to a key that expires with the opening and publishes it on the fleet's channel
+//! (pub/sub: measured in BENCHMARKS.md), and every other replica applies it to the loops that
+//! [joined](RedisFleet::join) it. A replica that (re)connects reads the openings still in
+//! force. The replica that opened a breaker probes it for the fleet, and a throttle that cuts
+//! one replica's capacity estimate cuts every replica's (see `backstop::resilience::fleet`).
 //!
 //! **Redis trouble is not an outage.** The loop never waits on Redis: announcements go out in
 //! the background, each given [`WRITE_TIMEOUT`]. A replica that cannot reach Redis — at
@@ -15,7 +16,7 @@
 //! queue are not built yet.
 #![deny(missing_docs)]
 
-use backstop::resilience::fleet::{Fleet, SharedBreakers};
+use backstop::resilience::fleet::{Fleet, FleetMember};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -53,9 +54,9 @@ pub enum FleetError {
 /// What the fleet's sharing has done, for status and metrics.
 #[derive(Default, Debug)]
 pub struct FleetCounters {
-    /// Openings and closings this replica announced.
+    /// Breaker openings and closings, and capacity cuts, this replica announced.
     pub announced: AtomicU64,
-    /// Openings and closings from other replicas applied here.
+    /// Breaker openings and closings, and capacity cuts, from other replicas applied here.
     pub applied: AtomicU64,
     /// Writes, subscriptions or pings that failed (Redis down or slow): the sharing paused,
     /// requests went on with local state.
@@ -97,7 +98,7 @@ pub struct RedisFleet {
 struct Link {
     client: redis::Client,
     conn: OnceLock<ConnectionManager>,
-    members: Mutex<Vec<SharedBreakers>>,
+    members: Mutex<Vec<FleetMember>>,
     /// A loop joined while subscribed: it must read the openings in force.
     joined: Notify,
     subscribed: AtomicBool,
@@ -131,7 +132,7 @@ impl Link {
         }
     }
 
-    fn members(&self) -> Vec<SharedBreakers> {
+    fn members(&self) -> Vec<FleetMember> {
         self.members
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -192,7 +193,7 @@ impl RedisFleet {
     /// Applies what other replicas announce to `breakers` (one loop's, from
     /// `join_fleet`) from now on, starting with the openings in force. Returns false when
     /// [`MAX_MEMBERS`] loops are joined already (the loop then runs alone).
-    pub fn join(&self, breakers: SharedBreakers) -> bool {
+    pub fn join(&self, breakers: FleetMember) -> bool {
         let mut members = self
             .link
             .members
@@ -311,6 +312,18 @@ impl Fleet for RedisFleet {
     fn breaker_closed(&self, model: &str) {
         self.announce(model, None);
     }
+
+    fn congested(&self, model: &str, sent_ago: Duration) {
+        // Nothing to keep: a cut is news only now, and a replica that missed it learns from
+        // the next throttle (its own, or another's).
+        let mut pipe = redis::pipe();
+        pipe.publish(
+            channel(&self.prefix),
+            format!("cut\t{}\t{}\t{model}", self.replica, sent_ago.as_micros()),
+        )
+        .ignore();
+        self.send(pipe);
+    }
 }
 
 fn channel(prefix: &str) -> String {
@@ -412,7 +425,7 @@ impl Subscriber {
     async fn resync(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
-        members: &[SharedBreakers],
+        members: &[FleetMember],
     ) -> redis::RedisResult<()> {
         let keys: Vec<String> = {
             let mut found = conn.scan_match::<_, String>(&self.pattern).await?;
@@ -437,7 +450,7 @@ impl Subscriber {
         Ok(())
     }
 
-    fn open(&self, members: &[SharedBreakers], model: &str, open_for: Duration) -> bool {
+    fn open(&self, members: &[FleetMember], model: &str, open_for: Duration) -> bool {
         let mut applied = false;
         for breakers in members {
             applied |= breakers.open(model, open_for);
@@ -448,7 +461,10 @@ impl Subscriber {
         applied
     }
 
-    /// One announcement: `open|close \t replica \t ms \t model`. Our own are skipped.
+    /// One announcement: `open|close|cut \t replica \t time \t model` (for `open` how long it
+    /// stays open, in ms; for `cut` how long ago the throttled attempt was sent, in µs: a
+    /// burst's attempts go within milliseconds, and the one-cut-per-event rule compares them
+    /// with this replica's last cut). Our own are skipped.
     fn apply(&self, text: &str) {
         let mut parts = text.splitn(4, '\t');
         let (Some(what), Some(replica), Some(ms), Some(model)) =
@@ -462,6 +478,16 @@ impl Subscriber {
         let members = self.link.members();
         let applied = match (what, ms.parse::<u64>()) {
             ("open", Ok(ms)) => self.open(&members, model, Duration::from_millis(ms)),
+            ("cut", Ok(us)) => {
+                let mut cut = false;
+                for member in &members {
+                    cut |= member.congested(model, Duration::from_micros(us));
+                }
+                if cut {
+                    self.link.counters.applied.fetch_add(1, Ordering::Relaxed);
+                }
+                cut
+            }
             ("close", _) => {
                 let mut closed = false;
                 for breakers in &members {

@@ -318,7 +318,7 @@ impl Decider for SdkAdaptive {
             let now = limiter.clock_s;
             if ctx.error.kind.is_throttle() {
                 // One throttle at a time, each one a cut: the SDK's limiter.
-                limiter.bucket().throttled(now, now);
+                let _ = limiter.bucket().throttled(now, now);
             } else {
                 limiter.bucket().answered(now, 1.0);
             }

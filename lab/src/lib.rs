@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod bedrock_model;
 pub mod demo;
 pub mod fault_server;
+pub mod fleet;
 pub mod plot;
 pub mod scenario;
 pub mod simulate;

@@ -252,23 +252,45 @@ pub fn run(
     host: &HostConfig,
     progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
-    run_replicas(scenario, contender, host, 1, progress)
+    run_replicas(scenario, contender, host, Replicas::ONE, progress)
+}
+
+/// How many processes serve a simulation's traffic, and whether they share state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    /// How many (1 to [`MAX_REPLICAS`]).
+    pub count: usize,
+    /// Whether Backstop's replicas form a fleet ([`crate::fleet`]): shared breakers, one probe
+    /// per fleet, shared congestion. Baselines never share: they are what runs elsewhere.
+    pub shared: bool,
+}
+
+impl Replicas {
+    /// One process.
+    pub const ONE: Replicas = Replicas {
+        count: 1,
+        shared: false,
+    };
 }
 
 /// The most replicas a simulation runs.
 pub const MAX_REPLICAS: usize = 256;
 
-/// Like [`run`], with the traffic spread over `replicas` processes (request *i* to replica
-/// *i* mod N), each with its own loop — health, breakers, learned capacity, queue, retry
-/// budget — against the one quota of the modelled Bedrock: a fleet whose replicas each learn
-/// alone, as processes without shared state do.
+/// Like [`run`], with the traffic spread over `replicas.count` processes (request *i* to
+/// replica *i* mod N), each with its own loop — health, breakers, learned capacity, queue,
+/// retry budget — against the one quota of the modelled Bedrock: a fleet whose replicas each
+/// learn alone, as processes without shared state do, or (`replicas.shared`) whose Backstop
+/// loops share their breakers and congestion as fleet mode does.
 pub fn run_replicas(
     scenario: &Scenario,
     contender: &Contender,
     host: &HostConfig,
-    replicas: usize,
+    replicas: Replicas,
     mut progress: impl FnMut(u64),
 ) -> Result<SimReport, SimError> {
+    let shared =
+        replicas.shared && replicas.count > 1 && matches!(contender, Contender::Module { .. });
+    let replicas = replicas.count;
     if !(1..=MAX_REPLICAS).contains(&replicas) {
         return Err(SimError::Replicas(replicas));
     }
@@ -309,6 +331,12 @@ pub fn run_replicas(
                     Resilience::new(decider, options).map(Arc::new)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if shared {
+                let fleet = Arc::new(crate::fleet::LocalFleet::default());
+                for core in &cores {
+                    fleet.join(core);
+                }
+            }
             let bedrock = Arc::new(Mutex::new(BedrockModel::new(scenario.clone())));
             let tally = Arc::new(Mutex::new(Tally::default()));
             let start = Instant::now();
@@ -357,9 +385,10 @@ pub fn run_replicas(
                 tally.latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
             };
             let requests = arrivals.len() as u64;
-            let policy = match replicas {
-                1 => contender.name(),
-                n => format!("{} ×{n}", contender.name()),
+            let policy = match (replicas, shared) {
+                (1, _) => contender.name(),
+                (n, false) => format!("{} ×{n}", contender.name()),
+                (n, true) => format!("{} ×{n} fleet", contender.name()),
             };
             Ok(SimReport {
                 policy,

@@ -279,8 +279,11 @@ async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
     outage(&owner).await;
     assert!(open_within(&b, Duration::from_secs(1)).await.is_some());
     drop(owner); // gone before its probe
-    let grace = backstop::resilience::fleet::probe_grace(Duration::from_secs(2));
-    assert_eq!(grace, Duration::from_secs(3));
+    let grace = backstop::resilience::fleet::probe_grace(
+        Duration::from_secs(2),
+        Duration::from_millis(200),
+    );
+    assert_eq!(grace, Duration::from_millis(1_200));
     let opened = Instant::now();
     while breaker(&b) == BreakerState::Open {
         assert!(
@@ -303,4 +306,90 @@ async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
     assert_eq!(served.model, "primary", "probed by the survivor");
     assert_eq!(breaker(&b), BreakerState::Closed);
     assert_eq!(b_link.status().mode, "shared");
+}
+
+/// Gives up on every failure: the test is about what the host learns, not what it decides.
+struct GivesUp;
+
+impl Decider for GivesUp {
+    fn decide(&self, _: &AttemptContext) -> Decided {
+        Decided {
+            verdict: Verdict::of_policy(Decision::GiveUp {
+                reason: backstop::contract::GiveUpReason::NotRetryable,
+            }),
+            module_digest: None,
+        }
+    }
+}
+
+async fn learner(
+    redis: &RedisServer,
+    prefix: &str,
+    name: &str,
+) -> (Arc<Resilience>, Arc<RedisFleet>) {
+    let core =
+        Arc::new(Resilience::new(Arc::new(GivesUp), ClientOptions::new(["primary"])).unwrap());
+    let fleet = RedisFleet::connect(&redis.url(), prefix, name)
+        .await
+        .unwrap();
+    assert!(fleet.join(core.join_fleet(fleet.clone())));
+    (core, fleet)
+}
+
+/// `count` requests to `core` at once, each answered (or throttled) after 50 ms: a burst.
+async fn traffic(core: &Resilience, count: usize, throttled: bool) {
+    let mut calls = Vec::new();
+    for _ in 0..count {
+        calls.push(
+            core.call(RequestOptions::default(), 100, move |_| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if throttled {
+                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+    }
+    futures_util::future::join_all(calls).await;
+}
+
+fn learned_rpm(core: &Resilience) -> Option<f64> {
+    core.capacity()[0].requests_per_minute
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_throttle_teaches_the_whole_fleet_once_per_congestion() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let (a, _) = learner(&redis, "fleet-cut", "replica-a").await;
+    let (b, b_link) = learner(&redis, "fleet-cut", "replica-b").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B serves 50 requests: what it has been accepted lately is its share of the quota.
+    traffic(&b, 50, false).await;
+    assert_eq!(learned_rpm(&b), None, "no limit known before a throttle");
+
+    // A burst of throttles on A: one congestion event.
+    traffic(&a, 8, true).await;
+    let learned = Instant::now();
+    while learned_rpm(&b).is_none() {
+        assert!(
+            learned.elapsed() < Duration::from_secs(1),
+            "B learns within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_one = learned_rpm(&b).unwrap();
+    // 50 accepted over the 5 s window: 10/s, cut once to 0.7 of it.
+    assert!(
+        (0.6 * 600.0..=0.75 * 600.0).contains(&after_one),
+        "cut once from what B was accepted: {after_one}/min"
+    );
+    assert_eq!(
+        b_link.counters().applied.load(Ordering::Relaxed),
+        1,
+        "eight throttles of one burst are one cut"
+    );
 }

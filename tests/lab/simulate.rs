@@ -441,13 +441,30 @@ async fn in_real_time_through_the_sdk_routing_shows_the_simulators_ordering() {
 }
 
 #[test]
-fn replicas_that_learn_alone_spend_more_calls_than_one_process_on_the_same_quota() {
+fn replicas_that_learn_alone_spend_more_calls_than_one_process_and_a_fleet_spends_about_as_few() {
     // What fleet mode is for, measured: the same monday-spike spread over 8 processes, each
     // learning the quota, its breakers and its queue alone, against one quota.
     let scenario = simulate::shipped("monday-spike").unwrap().unwrap();
     let host = HostConfig::default();
-    let one = simulate::run_replicas(&scenario, &default_policy(), &host, 1, |_| {}).unwrap();
-    let eight = simulate::run_replicas(&scenario, &default_policy(), &host, 8, |_| {}).unwrap();
+    let one = simulate::run_replicas(
+        &scenario,
+        &default_policy(),
+        &host,
+        simulate::Replicas::ONE,
+        |_| {},
+    )
+    .unwrap();
+    let eight = simulate::run_replicas(
+        &scenario,
+        &default_policy(),
+        &host,
+        simulate::Replicas {
+            count: 8,
+            shared: false,
+        },
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(
         (one.requests, eight.requests),
         (one.served, eight.served),
@@ -467,7 +484,44 @@ fn replicas_that_learn_alone_spend_more_calls_than_one_process_on_the_same_quota
     );
     assert_eq!(eight.policy, format!("{} ×8", one.policy));
     for replicas in [0, simulate::MAX_REPLICAS + 1] {
-        let refused = simulate::run_replicas(&scenario, &default_policy(), &host, replicas, |_| {});
+        let refused = simulate::run_replicas(
+            &scenario,
+            &default_policy(),
+            &host,
+            simulate::Replicas {
+                count: replicas,
+                shared: false,
+            },
+            |_| {},
+        );
         assert!(matches!(refused, Err(simulate::SimError::Replicas(n)) if n == replicas));
     }
+
+    // Fleet mode: the same eight replicas sharing breakers and congestion spend within 10 %
+    // of one process's calls, and fewer than alone.
+    let fleet = simulate::run_replicas(
+        &scenario,
+        &default_policy(),
+        &host,
+        simulate::Replicas {
+            count: 8,
+            shared: true,
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(fleet.served, fleet.requests, "all served");
+    assert_eq!(fleet.policy, format!("{} ×8 fleet", one.policy));
+    assert!(
+        fleet.calls_sent < eight.calls_sent,
+        "fleet {} calls, alone {}",
+        fleet.calls_sent,
+        eight.calls_sent
+    );
+    assert!(
+        (fleet.calls_sent as f64) <= 1.10 * one.calls_sent as f64,
+        "fleet {} calls, one process {}",
+        fleet.calls_sent,
+        one.calls_sent
+    );
 }

@@ -39,6 +39,11 @@ pub struct SimulateArgs {
     /// learn alone (1 to 256; every contender runs so).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// With --replicas: how Backstop's replicas hold their state — `local` (each learns
+    /// alone), `shared` (fleet mode: shared breakers, one probe per fleet, shared congestion),
+    /// or `both` (each policy runs twice, so the two show side by side). Baselines never share.
+    #[arg(long, value_enum, default_value_t = FleetArg::Local)]
+    fleet: FleetArg,
     /// Replace the scenario's seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -118,17 +123,29 @@ pub fn run(args: SimulateArgs) -> Result<()> {
 
     let duration = scenario.traffic.as_ref().map_or(0, |t| t.duration_s);
     let mut reports = Vec::new();
-    for contender in &contenders {
+    let runs = contenders.iter().flat_map(|contender| {
+        let module = matches!(contender, Contender::Module { .. });
+        let sharing: &[bool] = match args.fleet {
+            FleetArg::Both if module && args.replicas > 1 => &[false, true],
+            FleetArg::Shared => &[true],
+            _ => &[false],
+        };
+        sharing.iter().map(move |&shared| (contender, shared))
+    });
+    for (contender, shared) in runs {
         let name = contender.name();
         let started = std::time::Instant::now();
         let mut shown = started;
-        let report =
-            simulate::run_replicas(&scenario, contender, &host, args.replicas, |simulated| {
-                if shown.elapsed() >= std::time::Duration::from_millis(200) {
-                    shown = std::time::Instant::now();
-                    eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
-                }
-            })?;
+        let replicas = simulate::Replicas {
+            count: args.replicas,
+            shared,
+        };
+        let report = simulate::run_replicas(&scenario, contender, &host, replicas, |simulated| {
+            if shown.elapsed() >= std::time::Duration::from_millis(200) {
+                shown = std::time::Instant::now();
+                eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
+            }
+        })?;
         eprintln!(
             "\r{name:<24} simulated {duration} s in {:.1} s real time{:>12}",
             started.elapsed().as_secs_f64(),
@@ -160,4 +177,12 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--fleet`: how the replicas of a simulation hold their state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FleetArg {
+    Local,
+    Shared,
+    Both,
 }

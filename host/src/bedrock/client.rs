@@ -205,7 +205,7 @@ impl ResilientClient {
     pub fn join_fleet(
         &self,
         fleet: Arc<dyn crate::resilience::fleet::Fleet>,
-    ) -> crate::resilience::fleet::SharedBreakers {
+    ) -> crate::resilience::fleet::FleetMember {
         self.inner.core.join_fleet(fleet)
     }
 

@@ -187,13 +187,14 @@ impl Cubic {
         }
     }
 
-    /// The model throttled at `now` an attempt sent at `sent_at`.
-    pub fn throttled(&mut self, now: f64, sent_at: f64) {
+    /// The model throttled at `now` an attempt sent at `sent_at`. Returns whether the estimate
+    /// was cut (a new congestion event), not a throttle of one already answered.
+    pub fn throttled(&mut self, now: f64, sent_at: f64) -> bool {
         self.refill(now);
         let at = match &mut self.accepted {
             Some(_) if self.limited && sent_at < self.last_throttle => {
                 // Part of the saturation the last cut answered.
-                return;
+                return false;
             }
             // What it accepted lately, unless that is below what the estimate would keep
             // anyway: after a quiet spell (an open breaker, traffic elsewhere) the window
@@ -207,6 +208,7 @@ impl Cubic {
         self.last_throttle = now;
         self.limited = true;
         self.set_rate(self.last_max * BETA);
+        true
     }
 
     /// The model answered `amount` (anything but a throttle) at `now`.
@@ -309,16 +311,26 @@ impl Capacity {
         self.tokens.reserve(now, tokens as f64);
     }
 
-    /// An attempt of `tokens` sent at `sent_at` came back at `now`: throttled or not.
-    pub fn returned(&mut self, now: f64, sent_at: f64, tokens: u64, throttled: bool) {
+    /// An attempt of `tokens` sent at `sent_at` came back at `now`: throttled or not. Returns
+    /// whether a throttle cut the estimates (a new congestion event).
+    pub fn returned(&mut self, now: f64, sent_at: f64, tokens: u64, throttled: bool) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
         if throttled {
-            self.requests.throttled(now, sent_at);
-            self.tokens.throttled(now, sent_at);
+            self.congested(now, sent_at)
         } else {
             self.requests.answered(now, 1.0);
             self.tokens.answered(now, tokens as f64);
+            false
         }
+    }
+
+    /// The model throttled at `now` an attempt sent at `sent_at`, here or (in a fleet) in
+    /// another process: both estimates are cut unless the last cut already answered it.
+    /// Returns whether they were cut.
+    pub fn congested(&mut self, now: f64, sent_at: f64) -> bool {
+        let requests = self.requests.throttled(now, sent_at);
+        let tokens = self.tokens.throttled(now, sent_at);
+        requests || tokens
     }
 
     /// The view at `now`.

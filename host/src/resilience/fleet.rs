@@ -1,12 +1,18 @@
-//! Breakers shared with other processes (fleet mode): what a loop tells its fleet, and the
-//! handle through which a fleet applies what other processes decided. A loop never waits on its
+//! Breakers and congestion shared with other processes (fleet mode): what a loop tells its
+//! fleet, and the handle through which a fleet applies what other processes decided. A loop never waits on its
 //! fleet: it announces and goes on (a fleet sends in the background, and one that cannot reach
 //! its store loses nothing but the sharing); what other processes decided arrives through
-//! [`SharedBreakers`], between requests.
+//! [`FleetMember`], between requests.
+//!
+//! **One throttle teaches the fleet.** A throttle that cuts a loop's capacity estimate (a new
+//! congestion event, see [`capacity`](super::capacity)) is announced, and every other member
+//! cuts its own estimate of that model at once, instead of each learning the quota from a
+//! throttle of its own. The one-cut-per-event rule holds across the fleet: a member whose last
+//! cut came after the throttled attempt was sent does not cut again.
 //!
 //! **One probe per fleet.** The replica that opened a breaker owns its probe: the others keep
-//! the breaker open for a grace period longer ([`probe_grace`]: the time a probe may take
-//! plus the time its answer takes to arrive), so the owner's probe answers for all — its
+//! the breaker open for a grace period longer ([`probe_grace`]: the time a probe may take,
+//! at most the opening's own length, plus the time its answer takes to arrive), so the owner's probe answers for all — its
 //! success closes the breaker everywhere, its failure re-opens it everywhere. Should the owner
 //! die or get no request, the grace ends and the others probe as they would alone. No lock is
 //! taken and no request waits on the fleet for it.
@@ -14,6 +20,7 @@
 use crate::resilience::health::HealthBoard;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Where a loop announces its breakers' changes (`backstop-fleet` implements it over Redis).
@@ -22,16 +29,27 @@ pub trait Fleet: Send + Sync {
     fn breaker_opened(&self, model: &str, open_for: Duration);
     /// This process closed `model`'s breaker: its probe succeeded.
     fn breaker_closed(&self, model: &str);
+    /// A throttle from `model` cut this process's capacity estimate (a new congestion event);
+    /// the throttled attempt was sent `sent_ago` before now.
+    fn congested(&self, model: &str, sent_ago: Duration);
 }
 
-/// One loop's breakers, for a fleet to apply what another process decided. What is applied
-/// here is not announced again.
+/// One loop as a member of a fleet: its breakers and capacity estimates, for the fleet to apply
+/// what another process decided or learned. What is applied here is not announced again.
 #[derive(Clone)]
-pub struct SharedBreakers {
+pub struct FleetMember {
     pub(crate) health: Arc<HealthBoard>,
+    /// The loop's clock, for the capacity estimates.
+    pub(crate) started: Instant,
+    pub(crate) time_scale: f64,
     pub(crate) models: Arc<[String]>,
-    /// How much longer than the owner a breaker opened elsewhere stays open here.
-    pub(crate) grace: Duration,
+    /// The longest an owner's probe is waited for (the attempt timeout, at most
+    /// [`MAX_PROBE_WAIT`]), in the loop's time.
+    pub(crate) probe_wait: Duration,
+    /// [`PROPAGATION`] in the loop's time.
+    pub(crate) propagation: Duration,
+    /// Wakes the loop's parked requests when another process's probe closed a breaker.
+    pub(crate) closed: Arc<Notify>,
 }
 
 /// How long an announcement may take to reach every replica: the grace allows for it.
@@ -40,13 +58,16 @@ pub const PROPAGATION: Duration = Duration::from_secs(1);
 /// How long a probe may take before the others stop waiting for its answer.
 pub const MAX_PROBE_WAIT: Duration = Duration::from_secs(10);
 
-/// The grace for a loop whose attempts may take `attempt_timeout`: the owner's probe's longest
-/// wait (at most [`MAX_PROBE_WAIT`]) plus [`PROPAGATION`].
-pub fn probe_grace(attempt_timeout: Duration) -> Duration {
-    attempt_timeout.min(MAX_PROBE_WAIT) + PROPAGATION
+/// The grace for a breaker opened elsewhere for `open_for`, in a loop whose attempts may take
+/// `attempt_timeout`: the owner's probe's longest wait plus [`PROPAGATION`]. The wait is at
+/// most [`MAX_PROBE_WAIT`], and at most the opening itself: a probe slower than the opening
+/// is of a model too slow to wait for, and then each replica probes as it would alone — one
+/// probe per opening period, as without a fleet.
+pub fn probe_grace(attempt_timeout: Duration, open_for: Duration) -> Duration {
+    attempt_timeout.min(MAX_PROBE_WAIT).min(open_for) + PROPAGATION
 }
 
-impl SharedBreakers {
+impl FleetMember {
     /// The model chain these breakers belong to.
     pub fn models(&self) -> &[String] {
         &self.models
@@ -56,22 +77,49 @@ impl SharedBreakers {
     /// here it stays open the [grace](probe_grace) longer, so that process's probe goes first.
     /// Returns whether this loop serves that model and its breaker was not open already.
     pub fn open(&self, model: &str, open_for: Duration) -> bool {
+        let grace = self.probe_wait.min(open_for) + self.propagation;
         self.index(model).is_some_and(|index| {
             self.health
-                .open_behind(index, Instant::now(), open_for, self.grace)
+                .open_behind(index, Instant::now(), open_for, grace)
         })
     }
 
-    /// The grace this loop allows the owner's probe.
-    pub fn grace(&self) -> Duration {
-        self.grace
+    /// Another process was throttled by `model` for an attempt it sent `sent_ago` before now
+    /// (give or take the announcement's way here): this loop's capacity estimates are cut as
+    /// if the throttle were its own — unless its last cut came after that attempt was sent,
+    /// and so already answered the same congestion (RFC 9438's one reduction per event).
+    /// Returns whether they were cut.
+    pub fn congested(&self, model: &str, sent_ago: Duration) -> bool {
+        let Some(index) = self.index(model) else {
+            return false;
+        };
+        let now = Instant::now();
+        let clock = |at: Instant| (at - self.started).as_secs_f64() / self.time_scale;
+        let sent_at = now
+            .checked_sub(sent_ago)
+            .unwrap_or(self.started)
+            .max(self.started);
+        self.health.congested(index, clock(now), clock(sent_at))
+    }
+
+    /// The grace this loop allows the owner's probe of an opening of `open_for`
+    /// ([`probe_grace`], in the loop's time).
+    pub fn grace(&self, open_for: Duration) -> Duration {
+        self.probe_wait.min(open_for) + self.propagation
     }
 
     /// Another process's probe of `model` succeeded: its breaker closes here too. Returns
     /// whether it was open or half-open.
     pub fn close(&self, model: &str) -> bool {
-        self.index(model)
-            .is_some_and(|index| self.health.close(index, Instant::now()))
+        let closed = self
+            .index(model)
+            .is_some_and(|index| self.health.close(index, Instant::now()));
+        if closed {
+            // Requests parked behind the opening (with its grace) go and see now, paced by the
+            // queue as ever, instead of sleeping out a period the owner's probe already ended.
+            self.closed.notify_waiters();
+        }
+        closed
     }
 
     fn index(&self, model: &str) -> Option<usize> {

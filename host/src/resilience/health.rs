@@ -175,11 +175,24 @@ impl HealthBoard {
     }
 
     /// The attempt of `tokens` sent at `sent_at` came back from model `index` at `clock_s`:
-    /// throttled or not.
-    pub fn returned(&self, index: usize, clock_s: f64, sent_at: f64, tokens: u64, throttled: bool) {
+    /// throttled or not. Returns whether a throttle cut the capacity estimates.
+    pub fn returned(
+        &self,
+        index: usize,
+        clock_s: f64,
+        sent_at: f64,
+        tokens: u64,
+        throttled: bool,
+    ) -> bool {
         self.model(index)
             .capacity
-            .returned(clock_s, sent_at, tokens, throttled);
+            .returned(clock_s, sent_at, tokens, throttled)
+    }
+
+    /// Another process was throttled by model `index` for an attempt sent at `sent_at` (this
+    /// loop's clock): the estimates are cut unless the last cut already answered it.
+    pub fn congested(&self, index: usize, clock_s: f64, sent_at: f64) -> bool {
+        self.model(index).capacity.congested(clock_s, sent_at)
     }
 
     /// Every model's learned capacity at `clock_s`.

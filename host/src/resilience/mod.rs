@@ -25,7 +25,7 @@ use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict}
 use breaker::Admission;
 use budget::Budget;
 use error::{AttemptRecord, BoxError, CallError, Served, Untold};
-use fleet::{Fleet, SharedBreakers};
+use fleet::{Fleet, FleetMember};
 use health::HealthBoard;
 use limits::AttemptLimits;
 use metrics::Metrics;
@@ -46,6 +46,8 @@ pub struct Resilience {
     health: Arc<HealthBoard>,
     /// Where breaker changes are announced, once the loop joined a fleet.
     fleet: OnceLock<Arc<dyn Fleet>>,
+    /// Notified when another process's probe closed one of this loop's breakers.
+    closed_elsewhere: Arc<tokio::sync::Notify>,
     metrics: Metrics,
     queue: BatchQueue,
     budget: Option<Budget>,
@@ -125,6 +127,7 @@ impl Resilience {
                 scale(Duration::from_millis(guard.max_open_ms), options.time_scale),
             )),
             fleet: OnceLock::new(),
+            closed_elsewhere: Arc::default(),
             metrics: Metrics::new(policy.as_ref()),
             policy,
             queue: BatchQueue::new(options.queue_capacity),
@@ -141,15 +144,19 @@ impl Resilience {
     /// Joins a fleet: from now on this loop announces its breakers' openings and closings to
     /// `fleet`, and the returned handle applies what other processes announced. A loop joins
     /// one fleet; a second call changes nothing and returns the handle again.
-    pub fn join_fleet(&self, fleet: Arc<dyn Fleet>) -> SharedBreakers {
+    pub fn join_fleet(&self, fleet: Arc<dyn Fleet>) -> FleetMember {
         let _ = self.fleet.set(fleet);
-        SharedBreakers {
+        FleetMember {
             health: self.health.clone(),
+            started: self.started,
+            time_scale: self.options.time_scale,
             models: self.options.models.clone().into(),
-            grace: scale(
-                fleet::probe_grace(self.options.attempt_timeout),
+            probe_wait: scale(
+                self.options.attempt_timeout.min(fleet::MAX_PROBE_WAIT),
                 self.options.time_scale,
             ),
+            propagation: scale(fleet::PROPAGATION, self.options.time_scale),
+            closed: self.closed_elsewhere.clone(),
         }
     }
 
@@ -331,13 +338,17 @@ impl Resilience {
                     .instrument(span)
                     .await;
                 let throttled = matches!(&outcome, Ok(Err((info, _))) if info.kind.is_throttle());
-                self.health.returned(
+                let cut = self.health.returned(
                     p.model,
                     self.clock_s(Instant::now()),
                     sent_at,
                     input_tokens,
                     throttled,
                 );
+                if cut && let Some(fleet) = self.fleet.get() {
+                    // The others cut too: one throttle teaches the fleet, not one per process.
+                    fleet.congested(model, now.elapsed());
+                }
                 let failure = match outcome {
                     Ok(Ok(output)) => {
                         if self.health.record_success(p.model, Instant::now()) {
@@ -638,7 +649,9 @@ impl Resilience {
         }
         let wait = wait.min(p.deadline.saturating_duration_since(Instant::now()));
         tracing::info!(wait_ms = self.policy_ms(wait), "queued");
-        tokio::time::sleep(wait).await;
+        // In a fleet, the wait may be an opening's period and its grace; another process's
+        // successful probe ends it early.
+        let _ = tokio::time::timeout(wait, self.closed_elsewhere.notified()).await;
         // The policy's wait is over; now hold until the chain shows capacity. While nothing
         // succeeds, one waiter per `patience` (the policy's wait, a second at least) goes anyway.
         let patience = wait.max(scale(Duration::from_secs(1), self.options.time_scale));
