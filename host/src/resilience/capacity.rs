@@ -113,6 +113,11 @@ pub struct Cubic {
     level: f64,
     /// When `level` was last refilled, in seconds.
     refilled: f64,
+    /// Until when a fleet's lease fills the headroom, in seconds: before it the level grows
+    /// only by [grants](Self::grant), after it (the fleet out of reach) at the rate again.
+    leased_until: f64,
+    /// This estimate's share of its fleet's (1 alone): what it grows at, under a lease.
+    share: f64,
     /// What the model accepted lately: the last maximum at a throttle. `None` for smithy-rs's
     /// rule (the sending rate).
     accepted: Option<Meter>,
@@ -148,6 +153,8 @@ impl Cubic {
             bucket_start: (now * 2.0).floor() / 2.0,
             level: 0.0,
             refilled: now,
+            leased_until: f64::NEG_INFINITY,
+            share: 1.0,
         }
     }
 
@@ -222,9 +229,16 @@ impl Cubic {
         self.refill(now);
         // In units (requests; for tokens, the largest request), so an estimate of tokens grows
         // back as fast as one of requests: SCALE is a rate of requests.
-        let k = (self.last_max / self.unit * (1.0 - BETA) / self.scale).cbrt();
+        // In a fleet (under a lease) this estimate is one of `1 / share` that grow together:
+        // each grows at its share of the pace, so their sum grows as one estimate would.
+        let scale = if now < self.leased_until {
+            self.scale * self.share
+        } else {
+            self.scale
+        };
+        let k = (self.last_max / self.unit * (1.0 - BETA) / scale).cbrt();
         let dt = now - self.last_throttle - k;
-        let cubic = self.unit * self.scale * dt.powi(3) + self.last_max;
+        let cubic = self.unit * scale * dt.powi(3) + self.last_max;
         self.set_rate(cubic.min(2.0 * self.measured.max(self.min_rate())));
     }
 
@@ -239,9 +253,40 @@ impl Cubic {
     }
 
     fn refill(&mut self, now: f64) {
-        let elapsed = (now - self.refilled).max(0.0);
+        // Only the time outside a lease fills the bucket: under one, grants do.
+        let elapsed = (now - self.refilled.max(self.leased_until)).max(0.0);
         self.level = (self.level + elapsed * self.rate).min(self.rate.max(self.unit));
         self.refilled = now;
+    }
+
+    /// A fleet of `holders` estimates granted `amount` of its budget at `now`: the headroom
+    /// grows by it, and fills only from grants until `ttl` seconds from now; meanwhile the
+    /// estimate grows at its share of the pace.
+    pub fn grant(&mut self, now: f64, amount: f64, ttl: f64, holders: u32) {
+        self.refill(now);
+        self.level = (self.level + amount).min(self.rate.max(self.unit));
+        self.leased_until = now + ttl;
+        self.share = 1.0 / f64::from(holders.max(1));
+    }
+
+    /// What to ask a fleet's budget for at `now`, to send for the next `ahead` seconds at the
+    /// rate this process sends (at most twice its estimate) with what it holds; `None` before
+    /// the first throttle (no limit, nothing to lease).
+    pub fn ask(&mut self, now: f64, ahead: f64) -> Option<f64> {
+        if !self.limited {
+            return None;
+        }
+        self.refill(now);
+        // The smoothed rate is updated only as attempts go: an idle process's is its current
+        // bucket's, so it stops asking for what it no longer sends.
+        let open = now - self.bucket_start;
+        let demand = if open > 1.0 {
+            self.bucket_count / open
+        } else {
+            self.measured
+        };
+        let want = demand.min(2.0 * self.rate).max(self.unit / ahead) * ahead;
+        Some((want - self.level).max(0.0))
     }
 
     /// The estimated sustainable rate per second; `None` before the first throttle.
@@ -272,6 +317,32 @@ impl Cubic {
         self.refill(now);
         Some(self.level)
     }
+}
+
+/// What one process asks a fleet's budget for, for one model: what it expects to send until
+/// its next renewal beyond what it holds, and its own estimates of the model's rates (per
+/// second), whose sum over the fleet's processes refills the budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LeaseAsk {
+    /// Requests wanted.
+    pub requests: f64,
+    /// Tokens wanted.
+    pub tokens: f64,
+    /// This process's estimated requests per second.
+    pub requests_rate: f64,
+    /// This process's estimated tokens per second.
+    pub tokens_rate: f64,
+}
+
+/// What a fleet's budget granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LeaseGrant {
+    /// Requests granted.
+    pub requests: f64,
+    /// Tokens granted.
+    pub tokens: f64,
+    /// The holders whose rates refill the budget now (this one included).
+    pub holders: u32,
 }
 
 /// A model's two estimates and its attempts in flight.
@@ -331,6 +402,24 @@ impl Capacity {
         let requests = self.requests.throttled(now, sent_at);
         let tokens = self.tokens.throttled(now, sent_at);
         requests || tokens
+    }
+
+    /// What to ask a fleet's budget for (requests, tokens) at `now` for the next `ahead`
+    /// seconds, with this process's estimates (per second) for the fleet's total; `None` before
+    /// the first throttle.
+    pub fn lease_ask(&mut self, now: f64, ahead: f64) -> Option<LeaseAsk> {
+        Some(LeaseAsk {
+            requests: self.requests.ask(now, ahead)?,
+            tokens: self.tokens.ask(now, ahead)?,
+            requests_rate: self.requests.rate()?,
+            tokens_rate: self.tokens.rate()?,
+        })
+    }
+
+    /// A fleet's grant at `now`, good until `ttl` seconds from now.
+    pub fn grant(&mut self, now: f64, grant: LeaseGrant, ttl: f64) {
+        self.requests.grant(now, grant.requests, ttl, grant.holders);
+        self.tokens.grant(now, grant.tokens, ttl, grant.holders);
     }
 
     /// The view at `now`.

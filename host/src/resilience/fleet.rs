@@ -4,6 +4,14 @@
 //! its store loses nothing but the sharing); what other processes decided arrives through
 //! [`FleetMember`], between requests.
 //!
+//! **Shared capacity.** Each loop keeps learning its models' rates, but in a fleet its headroom
+//! fills from short leases on the fleet's [`LeaseBudget`] — refilled at the sum of the members'
+//! estimates — instead of from its own estimate alone: the fleet together stays near what the
+//! model accepts, whichever replica the traffic reaches. Leases are renewed in the background
+//! every [`LEASE_PERIOD`] ([`FleetMember::lease_asks`], [`FleetMember::grant`]); a request only ever reads its
+//! loop's headroom. A lease that is not renewed lapses after [`LEASE_TTL`] and the loop
+//! refills on its own again: a fleet out of reach costs the sharing, not the headroom.
+//!
 //! **One throttle teaches the fleet.** A throttle that cuts a loop's capacity estimate (a new
 //! congestion event, see [`capacity`](super::capacity)) is announced, and every other member
 //! cuts its own estimate of that model at once, instead of each learning the quota from a
@@ -17,7 +25,9 @@
 //! die or get no request, the grace ends and the others probe as they would alone. No lock is
 //! taken and no request waits on the fleet for it.
 
+use crate::resilience::capacity::{LeaseAsk, LeaseGrant};
 use crate::resilience::health::HealthBoard;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -102,6 +112,38 @@ impl FleetMember {
         self.health.congested(index, clock(now), clock(sent_at))
     }
 
+    /// What this loop asks its fleet's budget for now, per model with a known limit: what it
+    /// expects to send in the next [`LEASE_AHEAD`] beyond what it holds, and its estimates. A
+    /// fleet asks every [`LEASE_PERIOD`], never on a request's way, and hands what the budget
+    /// granted to [`grant`](Self::grant).
+    pub fn lease_asks(&self) -> Vec<(String, LeaseAsk)> {
+        let ahead = LEASE_AHEAD.as_secs_f64();
+        let now = self.clock_now();
+        self.models
+            .iter()
+            .enumerate()
+            .filter_map(|(index, model)| {
+                let ask = self.health.lease_ask(index, now, ahead)?;
+                Some((model.clone(), ask))
+            })
+            .collect()
+    }
+
+    /// The budget granted `grant` of `model`: it fills the model's headroom, and only grants
+    /// do until [`LEASE_TTL`] from now. A lease not renewed lapses, and the loop refills at its
+    /// own estimate again: a fleet out of reach costs the sharing, not the headroom.
+    pub fn grant(&self, model: &str, grant: LeaseGrant) {
+        if let Some(index) = self.index(model) {
+            self.health
+                .grant(index, self.clock_now(), grant, LEASE_TTL.as_secs_f64());
+        }
+    }
+
+    /// The loop's clock now, in policy seconds.
+    fn clock_now(&self) -> f64 {
+        (Instant::now() - self.started).as_secs_f64() / self.time_scale
+    }
+
     /// The grace this loop allows the owner's probe of an opening of `open_for`
     /// ([`probe_grace`], in the loop's time).
     pub fn grace(&self, open_for: Duration) -> Duration {
@@ -124,5 +166,79 @@ impl FleetMember {
 
     fn index(&self, model: &str) -> Option<usize> {
         self.models.iter().position(|m| m == model)
+    }
+}
+
+/// How often a fleet renews its members' capacity leases.
+pub const LEASE_PERIOD: Duration = Duration::from_millis(250);
+/// How far ahead a member asks for: two renewals' worth, so one late renewal costs nothing.
+pub const LEASE_AHEAD: Duration = Duration::from_millis(500);
+/// How long a grant holds: three renewals missed and the member refills on its own again.
+pub const LEASE_TTL: Duration = Duration::from_millis(750);
+/// How much a budget holds at most: a second at the fleet's total rate.
+pub const BUDGET_SPAN_S: f64 = 1.0;
+
+/// A fleet's capacity budget (shared capacity): per model, a bucket of requests and one of
+/// tokens, refilled at the sum of the rates its holders (the fleet's loops) estimated — each
+/// holder's rate counts until its lease lapses — holding at most [`BUDGET_SPAN_S`] at that
+/// rate, and starting full. A lease takes what is asked if it is there, else what is left.
+/// So the fleet together sends at about what the model accepts, whichever replica the traffic
+/// reaches, and a holder that stops renewing stops counting.
+///
+/// This is the budget's one definition: the simulator uses it as it is, and `backstop-fleet`
+/// runs it in Redis as a Lua script that a test holds to this one, step by step.
+#[derive(Debug, Default)]
+pub struct LeaseBudget {
+    models: BTreeMap<String, Pool>,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    requests: f64,
+    tokens: f64,
+    /// When the levels were last refilled (ms); `None` before the first lease.
+    refilled_ms: Option<u64>,
+    /// Each holder's rates and when they stop counting (ms).
+    holders: BTreeMap<String, (f64, f64, u64)>,
+}
+
+impl LeaseBudget {
+    /// `holder` leases `ask` of `model` at `now_ms`; its rates count until `ttl_ms` later.
+    pub fn lease(
+        &mut self,
+        now_ms: u64,
+        model: &str,
+        holder: &str,
+        ask: LeaseAsk,
+        ttl_ms: u64,
+    ) -> LeaseGrant {
+        let pool = self.models.entry(model.to_string()).or_default();
+        pool.holders.insert(
+            holder.to_string(),
+            (ask.requests_rate, ask.tokens_rate, now_ms + ttl_ms),
+        );
+        pool.holders.retain(|_, (_, _, until)| *until > now_ms);
+        let (rate_r, rate_t) = pool
+            .holders
+            .values()
+            .fold((0.0, 0.0), |(r, t), (hr, ht, _)| (r + hr, t + ht));
+        let (cap_r, cap_t) = (rate_r * BUDGET_SPAN_S, rate_t * BUDGET_SPAN_S);
+        match pool.refilled_ms {
+            None => (pool.requests, pool.tokens) = (cap_r, cap_t),
+            Some(at) => {
+                let elapsed = now_ms.saturating_sub(at) as f64 / 1000.0;
+                pool.requests = (pool.requests + elapsed * rate_r).min(cap_r);
+                pool.tokens = (pool.tokens + elapsed * rate_t).min(cap_t);
+            }
+        }
+        pool.refilled_ms = Some(now_ms);
+        let grant = LeaseGrant {
+            requests: ask.requests.min(pool.requests.max(0.0)),
+            tokens: ask.tokens.min(pool.tokens.max(0.0)),
+            holders: pool.holders.len() as u32,
+        };
+        pool.requests -= grant.requests;
+        pool.tokens -= grant.tokens;
+        grant
     }
 }

@@ -5,7 +5,7 @@
 use crate::contract::ModelCapacity;
 use crate::contract::{ErrorKind, ModelHealth};
 use crate::resilience::breaker::{Admission, Breaker};
-use crate::resilience::capacity::Capacity;
+use crate::resilience::capacity::{Capacity, LeaseAsk, LeaseGrant};
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -193,6 +193,17 @@ impl HealthBoard {
     /// loop's clock): the estimates are cut unless the last cut already answered it.
     pub fn congested(&self, index: usize, clock_s: f64, sent_at: f64) -> bool {
         self.model(index).capacity.congested(clock_s, sent_at)
+    }
+
+    /// What model `index` asks a fleet's budget for at `clock_s`, for the next `ahead` seconds
+    /// (`None` before its first throttle).
+    pub fn lease_ask(&self, index: usize, clock_s: f64, ahead: f64) -> Option<LeaseAsk> {
+        self.model(index).capacity.lease_ask(clock_s, ahead)
+    }
+
+    /// A fleet's grant for model `index` at `clock_s`, good for `ttl` seconds.
+    pub fn grant(&self, index: usize, clock_s: f64, grant: LeaseGrant, ttl: f64) {
+        self.model(index).capacity.grant(clock_s, grant, ttl);
     }
 
     /// Every model's learned capacity at `clock_s`.
