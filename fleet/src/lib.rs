@@ -12,11 +12,15 @@
 //! [`PING_EVERY`] + [`WRITE_TIMEOUT`] — runs on its local state, logs and counts it, shows
 //! `local` in [`status`](RedisFleet::status), and rejoins when Redis answers again.
 //!
-//! This is the first part of issue 14 (shared breakers); shared capacity and the durable batch
-//! queue are not built yet.
+//! **Shared capacity.** Every [`LEASE_PERIOD`] each replica renews its loops' capacity leases
+//! on the fleet's budget, a Lua script ([`LEASE_LUA`]) that is `LeaseBudget::lease` run
+//! atomically in Redis on Redis's clock; requests read only their loop's headroom.
+//!
+//! Not built yet (issue 14): the durable batch queue on a Redis Stream.
 #![deny(missing_docs)]
 
-use backstop::resilience::fleet::{Fleet, FleetMember};
+use backstop::resilience::capacity::LeaseGrant;
+use backstop::resilience::fleet::{BUDGET_SPAN_S, Fleet, FleetMember, LEASE_PERIOD, LEASE_TTL};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -63,6 +67,8 @@ pub struct FleetCounters {
     pub errors: AtomicU64,
     /// Times this replica fell back to its local state.
     pub fallbacks: AtomicU64,
+    /// Capacity leases granted to this replica's loops.
+    pub leases: AtomicU64,
 }
 
 /// Where a replica stands with its fleet, for `/status`.
@@ -84,6 +90,8 @@ pub struct FleetStatus {
     pub errors: u64,
     /// See [`FleetCounters`].
     pub fallbacks: u64,
+    /// See [`FleetCounters`].
+    pub leases: u64,
 }
 
 /// One replica's link to the fleet through Redis. Dropping it stops its tasks.
@@ -174,11 +182,16 @@ impl RedisFleet {
             replica: replica.to_string(),
         };
         let subscriber = tokio::spawn(subscriber.run());
+        let leases = tokio::spawn(renew_leases(
+            link.clone(),
+            prefix.to_string(),
+            replica.to_string(),
+        ));
         let fleet = RedisFleet {
             prefix: prefix.to_string(),
             replica: replica.to_string(),
             link,
-            tasks: vec![connector, subscriber],
+            tasks: vec![connector, subscriber, leases],
         };
         let started = tokio::time::Instant::now();
         while !fleet.link.shared() && started.elapsed() < CONNECT_TIMEOUT {
@@ -233,6 +246,7 @@ impl RedisFleet {
             applied: counters.applied.load(Ordering::Relaxed),
             errors: counters.errors.load(Ordering::Relaxed),
             fallbacks: counters.fallbacks.load(Ordering::Relaxed),
+            leases: counters.leases.load(Ordering::Relaxed),
         }
     }
 
@@ -352,6 +366,87 @@ async fn connect_writer(link: Arc<Link>) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
     }
+}
+
+/// The fleet's capacity budget in Redis: `LeaseBudget::lease` as a Lua script (see the file).
+pub const LEASE_LUA: &str = include_str!("lease.lua");
+
+/// The keys of `model`'s budget under `prefix`: its levels, and its holders.
+pub fn lease_keys(prefix: &str, model: &str) -> [String; 2] {
+    [
+        format!("{prefix}:lease:{model}"),
+        format!("{prefix}:holders:{model}"),
+    ]
+}
+
+/// Renews every joined loop's capacity leases every [`LEASE_PERIOD`], out of step with other
+/// replicas. A renewal that fails is counted and skipped: the loop's lease lapses after
+/// `LEASE_TTL` and it refills on its own.
+async fn renew_leases(link: Arc<Link>, prefix: String, replica: String) {
+    let script = redis::Script::new(LEASE_LUA);
+    // Out of step with the other replicas: an offset in the period from the replica's name.
+    let spread = replica
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let offset = LEASE_PERIOD.mul_f64(f64::from(spread % 1_000) / 1_000.0);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, LEASE_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let ttl_ms = LEASE_TTL.as_millis() as u64;
+    loop {
+        ticks.tick().await;
+        let Some(mut conn) = link.conn.get().cloned() else {
+            continue;
+        };
+        for (index, member) in link.members().iter().enumerate() {
+            let holder = format!("{replica}/{index}");
+            for (model, ask) in member.lease_asks() {
+                let [levels, holders] = lease_keys(&prefix, &model);
+                let mut call = script.key(levels);
+                call.key(holders)
+                    .arg(&holder)
+                    .arg(ask.requests)
+                    .arg(ask.tokens)
+                    .arg(ask.requests_rate)
+                    .arg(ask.tokens_rate)
+                    .arg(ttl_ms)
+                    .arg(BUDGET_SPAN_S);
+                let answer = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    call.invoke_async::<Vec<String>>(&mut conn),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(answer)) => match parse_grant(&answer) {
+                        Some(grant) => {
+                            link.answered();
+                            link.counters.leases.fetch_add(1, Ordering::Relaxed);
+                            member.grant(&model, grant);
+                        }
+                        None => link.failed("lease", &format!("unreadable answer {answer:?}")),
+                    },
+                    Ok(Err(error)) => link.failed("lease", &error),
+                    Err(_) => link.failed("lease", &"no answer in time"),
+                }
+            }
+        }
+    }
+}
+
+/// The script's answer: `[grant_requests, grant_tokens, holders]`.
+pub fn parse_grant(answer: &[String]) -> Option<LeaseGrant> {
+    let [requests, tokens, holders] = answer else {
+        return None;
+    };
+    let grant = LeaseGrant {
+        requests: requests.parse().ok()?,
+        tokens: tokens.parse().ok()?,
+        holders: holders.parse().ok()?,
+    };
+    (grant.requests.is_finite()
+        && grant.tokens.is_finite()
+        && grant.requests >= 0.0
+        && grant.tokens >= 0.0)
+        .then_some(grant)
 }
 
 /// The task that applies other replicas' announcements.

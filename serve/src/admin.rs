@@ -101,6 +101,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 "applied": status.applied,
                 "errors": status.errors,
                 "fallbacks": status.fallbacks,
+                "leases": status.leases,
             })
         }),
     });

@@ -193,6 +193,11 @@ impl ServeMetrics {
                 counter(status.errors),
             );
             fleet_registry.register(
+                "leases",
+                "Capacity leases granted to this replica by the fleet's budget",
+                counter(status.leases),
+            );
+            fleet_registry.register(
                 "fallbacks",
                 "Times this replica fell back to its local state (Redis down or slow)",
                 counter(status.fallbacks),

@@ -393,3 +393,97 @@ async fn one_throttle_teaches_the_whole_fleet_once_per_congestion() {
         "eight throttles of one burst are one cut"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lua_budget_in_redis_grants_what_the_hosts_lease_budget_grants_step_by_step() {
+    use backstop::resilience::capacity::LeaseAsk;
+    use backstop::resilience::fleet::{BUDGET_SPAN_S, LeaseBudget};
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(backstop_fleet::LEASE_LUA);
+    let mut budget = LeaseBudget::default();
+    let mut rng = fastrand::Rng::with_seed(14);
+    let mut now_ms = 1_000_000u64;
+    for step in 0..400 {
+        // Three holders over two models, renewing at uneven times; one sometimes falls silent
+        // long enough for its lease to lapse.
+        now_ms += rng.u64(0..400);
+        let model = ["sonnet", "haiku"][rng.usize(0..2)];
+        let holder = ["a/0", "b/0", "c/1"][rng.usize(0..3)];
+        let ask = LeaseAsk {
+            requests: rng.f64() * 10.0,
+            tokens: rng.f64() * 20_000.0,
+            requests_rate: 0.5 + rng.f64() * 20.0,
+            tokens_rate: 500.0 + rng.f64() * 40_000.0,
+        };
+        let ttl_ms = 750;
+        let expected = budget.lease(now_ms, model, holder, ask, ttl_ms);
+        let [levels, holders] = backstop_fleet::lease_keys("conformance", model);
+        let answer: Vec<String> = script
+            .key(levels)
+            .key(holders)
+            .arg(holder)
+            .arg(ask.requests)
+            .arg(ask.tokens)
+            .arg(ask.requests_rate)
+            .arg(ask.tokens_rate)
+            .arg(ttl_ms)
+            .arg(BUDGET_SPAN_S)
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        let got = backstop_fleet::parse_grant(&answer).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+        assert!(
+            close(got.requests, expected.requests)
+                && close(got.tokens, expected.tokens)
+                && got.holders == expected.holders,
+            "step {step}: Redis granted {got:?}, the host's budget {expected:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_lease_capacity_from_redis_and_refill_alone_when_it_goes() {
+    let Some(mut redis) = RedisServer::start(None) else {
+        return;
+    };
+    let (a, a_link) = learner(&redis, "fleet-lease", "replica-a").await;
+    let (b, b_link) = learner(&redis, "fleet-lease", "replica-b").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    traffic(&a, 20, false).await;
+    traffic(&b, 20, false).await;
+    // A throttle teaches both a limit: from then on both lease.
+    traffic(&a, 1, true).await;
+    let leased = Instant::now();
+    while a_link.status().leases < 2 || b_link.status().leases < 2 {
+        assert!(
+            leased.elapsed() < Duration::from_secs(2),
+            "both lease within a second or two"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let holders: Vec<String> = redis::cmd("HKEYS")
+        .arg(&backstop_fleet::lease_keys("fleet-lease", "primary")[1])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+
+    // Redis goes: leases stop, lapse, and each replica's headroom refills at its own rate.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    traffic(&b, 5, false).await; // spends what it holds
+    let spent = b.capacity()[0].headroom_requests.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = b.capacity()[0].headroom_requests.unwrap();
+    assert!(later > spent, "refilled alone: {spent} -> {later}");
+    assert_eq!(b_link.status().mode, "local");
+    drop(a);
+}

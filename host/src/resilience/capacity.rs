@@ -596,6 +596,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn under_a_lease_the_headroom_fills_only_from_grants_and_alone_again_once_it_lapses() {
+        let mut estimate = Cubic::new(0.0);
+        accepting(&mut estimate, 10.0, 10.0);
+        estimate.throttled(10.0, 10.0);
+        let rate = estimate.rate().unwrap();
+        while estimate.headroom(10.0).unwrap() >= 1.0 {
+            estimate.sent(10.0, 1.0);
+        }
+        let empty = estimate.headroom(10.0).unwrap();
+        estimate.grant(10.0, 2.0, 0.75, 4);
+        assert!((estimate.headroom(10.0).unwrap() - (empty + 2.0)).abs() < 1e-9);
+        // Half a second under the lease: no refill of its own.
+        assert!((estimate.headroom(10.5).unwrap() - (empty + 2.0)).abs() < 1e-9);
+        // The lease lapsed at 10.75: from then on it refills at its rate.
+        let alone = estimate.headroom(11.0).unwrap();
+        assert!(
+            (alone - (empty + 2.0 + 0.25 * rate)).abs() < 1e-9,
+            "{alone} at {rate}/s"
+        );
+        // Under a lease an estimate grows at its share of the pace.
+        let mut shared = estimate.clone();
+        shared.grant(11.0, 0.0, 100.0, 8);
+        for t in 0..30 {
+            let t = 11.0 + f64::from(t);
+            estimate.answered(t, 1.0);
+            shared.answered(t, 1.0);
+        }
+        assert!(
+            shared.rate().unwrap() < estimate.rate().unwrap(),
+            "{:?} vs {:?}",
+            shared.rate(),
+            estimate.rate()
+        );
+    }
+
     proptest! {
         #[test]
         fn reservations_never_promise_more_than_a_minute(reserves in 1usize..500, rate in 1.0f64..50.0) {

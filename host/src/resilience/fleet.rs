@@ -242,3 +242,62 @@ impl LeaseBudget {
         grant
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ask(requests: f64, rate: f64) -> LeaseAsk {
+        LeaseAsk {
+            requests,
+            tokens: requests * 100.0,
+            requests_rate: rate,
+            tokens_rate: rate * 100.0,
+        }
+    }
+
+    #[test]
+    fn a_budget_starts_full_refills_at_its_holders_rates_and_forgets_a_silent_holder() {
+        let mut budget = LeaseBudget::default();
+        // A alone at 10/s: a second's worth to start.
+        let first = budget.lease(0, "m", "a", ask(50.0, 10.0), 750);
+        assert_eq!((first.requests, first.holders), (10.0, 1));
+        // B joins at 30/s: 100 ms later the budget refilled at 40/s.
+        let b = budget.lease(100, "m", "b", ask(50.0, 30.0), 750);
+        assert!((b.requests - 4.0).abs() < 1e-9, "{b:?}");
+        assert_eq!(b.holders, 2);
+        // A falls silent past its lease: only B's rate counts.
+        let later = budget.lease(2_000, "m", "b", ask(100.0, 30.0), 750);
+        assert_eq!(later.holders, 1);
+        assert!(
+            (later.requests - 30.0).abs() < 1e-9,
+            "capped at a second of 30/s: {later:?}"
+        );
+        // Another model has a budget of its own.
+        assert_eq!(
+            budget.lease(2_000, "n", "a", ask(1.0, 5.0), 750).requests,
+            1.0
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_budget_never_grants_more_than_its_start_and_its_refills(
+            steps in proptest::collection::vec((0u64..500, 0usize..3, 0.0f64..20.0, 0.5f64..20.0), 1..200)
+        ) {
+            // Three holders, each estimating at most 20/s: the budget refills at 60/s at most,
+            // and starts with at most a second of it.
+            let mut budget = LeaseBudget::default();
+            let (mut now, mut granted) = (0u64, 0.0);
+            for (gap, holder, want, rate) in steps {
+                now += gap;
+                let grant = budget.lease(now, "m", &holder.to_string(), ask(want, rate), 750);
+                prop_assert!(grant.requests >= 0.0 && grant.requests <= want + 1e-9);
+                granted += grant.requests;
+                let bound = 60.0 * BUDGET_SPAN_S + 60.0 * now as f64 / 1000.0;
+                prop_assert!(granted <= bound + 1e-6, "{granted} granted by {now} ms");
+            }
+        }
+    }
+}
