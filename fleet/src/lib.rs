@@ -16,8 +16,12 @@
 //! on the fleet's budget, a Lua script ([`LEASE_LUA`]) that is `LeaseBudget::lease` run
 //! atomically in Redis on Redis's clock; requests read only their loop's headroom.
 //!
-//! Not built yet (issue 14): the durable batch queue on a Redis Stream.
+//! **The durable batch queue** ([`queue`]): batch requests parked on a Redis Stream with one
+//! consumer group, served by whichever replica has a consumer free when they are due, claimed
+//! by another when the replica holding one dies.
 #![deny(missing_docs)]
+
+pub mod queue;
 
 use backstop::resilience::capacity::LeaseGrant;
 use backstop::resilience::fleet::{BUDGET_SPAN_S, Fleet, FleetMember, LEASE_PERIOD, LEASE_TTL};
@@ -248,6 +252,16 @@ impl RedisFleet {
             fallbacks: counters.fallbacks.load(Ordering::Relaxed),
             leases: counters.leases.load(Ordering::Relaxed),
         }
+    }
+
+    /// The fleet's durable batch queue, holding at most `capacity` entries, for this replica.
+    pub fn queue(&self, capacity: usize) -> Arc<queue::DurableQueue> {
+        queue::DurableQueue::new(
+            self.link.client.clone(),
+            &self.prefix,
+            &self.replica,
+            capacity,
+        )
     }
 
     /// Whether breakers are shared now (subscribed, and Redis answers).

@@ -45,7 +45,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.set_in_flight(shared.in_flight_now());
-    let text = shared.metrics.render(&shared.policy, &shared.chains);
+    let text = shared
+        .metrics
+        .render(&shared.policy, &shared.chains, shared.batch.as_deref());
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -102,6 +104,18 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 "errors": status.errors,
                 "fallbacks": status.fallbacks,
                 "leases": status.leases,
+                "queue": shared.batch.as_ref().map(|queue| {
+                    let c = queue.counters();
+                    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                    json!({
+                        "depth": load(&c.depth),
+                        "oldest_ms": load(&c.oldest_ms),
+                        "parked": load(&c.parked),
+                        "answered": load(&c.answered),
+                        "reclaimed": load(&c.reclaimed),
+                        "errors": load(&c.errors),
+                    })
+                }),
             })
         }),
     });

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod auth;
+pub mod batch;
 pub mod chains;
 pub mod drain;
 pub mod listener;
@@ -100,6 +101,9 @@ pub struct Sidecar {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The fleet queue's tasks: stopped first when draining (entries this replica held are
+    /// claimed by the others).
+    background: Vec<JoinHandle<()>>,
 }
 
 /// How a drain went.
@@ -148,8 +152,12 @@ impl Sidecar {
             }
             None => None,
         };
+        let batch = fleet
+            .as_ref()
+            .map(|fleet| fleet.queue(options.host.queue_capacity));
         let metrics = Arc::new(metrics::ServeMetrics::default());
         let shared = Arc::new(Shared {
+            batch,
             chains: chains::Chains::new(sdk, policy.clone(), options.host.clone(), fleet)?,
             policy,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -162,6 +170,16 @@ impl Sidecar {
             token: options.admin_token,
             settings,
         });
+        // The fleet's queue: this replica hears answers for its callers, and serves parked
+        // requests, until it stops.
+        let mut background = Vec::new();
+        if let Some(queue) = &shared.batch {
+            background.push(tokio::spawn(queue.clone().run_answers()));
+            let serving = shared.clone();
+            background.push(tokio::spawn(queue.clone().run_consumers(move |parked| {
+                batch::serve_parked(serving.clone(), parked)
+            })));
+        }
         let (stop, stopped) = watch::channel(false);
         let header_timeout = Duration::from_millis(shared.settings.header_timeout_ms);
         let bind = |addr: SocketAddr| async move {
@@ -202,6 +220,7 @@ impl Sidecar {
             shared,
             stop,
             tasks,
+            background,
         })
     }
 
@@ -239,6 +258,9 @@ impl Sidecar {
     /// is still running then ends with a final error (a 503, or an exception frame for a
     /// stream), and the listeners close.
     pub async fn shutdown(mut self) -> Drained {
+        for task in &self.background {
+            task.abort();
+        }
         let drain = self.shared.drain.clone();
         drain.stop();
         let _ = self.stop.send(true);
@@ -269,6 +291,9 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.stop.send(true);
     }
 }

@@ -99,7 +99,12 @@ impl ServeMetrics {
 
     /// The Prometheus text of everything: the policy's families, every chain's loop counters
     /// and the sidecar's.
-    pub fn render(&self, policy: &PolicyHandle, chains: &Chains) -> String {
+    pub fn render(
+        &self,
+        policy: &PolicyHandle,
+        chains: &Chains,
+        batch: Option<&backstop_fleet::queue::DurableQueue>,
+    ) -> String {
         let mut registry = Registry::with_prefix("backstop");
         policy.register_metrics(&mut registry);
         let mut families: Vec<(&'static str, &'static str, Family<ChainLabels, Counter>)> =
@@ -202,6 +207,52 @@ impl ServeMetrics {
                 "Times this replica fell back to its local state (Redis down or slow)",
                 counter(status.fallbacks),
             );
+        }
+        if let Some(queue) = batch {
+            let c = queue.counters();
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let batch_registry = registry.sub_registry_with_prefix("fleet_batch");
+            let depth = Gauge::<i64>::default();
+            depth.set(load(&c.depth) as i64);
+            batch_registry.register(
+                "depth",
+                "Batch requests waiting in the fleet's queue (last seen)",
+                depth,
+            );
+            let oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            oldest.set(load(&c.oldest_ms) as f64 / 1000.0);
+            batch_registry.register(
+                "oldest_seconds",
+                "Age of the oldest batch request in the fleet's queue (last seen)",
+                oldest,
+            );
+            for (name, help, value) in [
+                (
+                    "parked",
+                    "Batch requests this replica parked in the fleet's queue",
+                    load(&c.parked),
+                ),
+                (
+                    "answered",
+                    "Parked batch requests this replica served to an answer",
+                    load(&c.answered),
+                ),
+                (
+                    "reclaimed",
+                    "Parked batch requests this replica claimed from a replica that stopped",
+                    load(&c.reclaimed),
+                ),
+                (
+                    "errors",
+                    "Operations on the fleet's queue that failed",
+                    load(&c.errors),
+                ),
+            ] {
+                let counter = Counter::<u64>::default();
+                counter.inc_by(value);
+                batch_registry.register(name, help, counter);
+            }
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

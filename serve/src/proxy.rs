@@ -123,10 +123,37 @@ pub async fn invoke(
             Err(error) => ticket.failed(&error),
         }
     } else {
-        let answered = tokio::select! {
+        // In a fleet, batch work the loop would park goes to the fleet's durable queue.
+        let durable = request.options.workload == Workload::Batch && shared.batch.is_some();
+        let mut request = request;
+        request.options.deferred = durable;
+        let deadline_ms = backstop_fleet::queue::epoch_ms()
+            + request
+                .options
+                .deadline
+                .unwrap_or_else(|| client.default_deadline())
+                .as_millis() as u64;
+        let mut answered = tokio::select! {
             answered = client.send_raw(&request) => answered,
             _ = shared.drain.cut_off() => return ticket.cut_off(),
         };
+        if let Err(CallError::Deferred { wait, attempts, .. }) = &answered {
+            let parked = tokio::select! {
+                parked = crate::batch::park_and_wait(&shared, &ticket.requested, &request, *wait, *attempts, deadline_ms) => parked,
+                _ = shared.drain.cut_off() => return ticket.cut_off(),
+            };
+            if let Some(response) = parked {
+                let mut ticket = ticket;
+                ticket.end(&Ended::FromQueue(response.status().is_success()));
+                return response;
+            }
+            // The fleet's queue could not take it: it waits here instead.
+            request.options.deferred = false;
+            answered = tokio::select! {
+                answered = client.send_raw(&request) => answered,
+                _ = shared.drain.cut_off() => return ticket.cut_off(),
+            };
+        }
         match answered {
             Ok(served) => {
                 let (output, served) = served.split();
@@ -244,6 +271,8 @@ fn request_options(
 enum Ended<'a> {
     Served(&'a backstop::Served<()>),
     Failed(&'a CallError),
+    /// Answered through the fleet's queue (served, or not), wherever it was served.
+    FromQueue(bool),
     /// Cut off by the drain's grace period.
     CutOff,
 }
@@ -323,6 +352,23 @@ impl Ticket {
                         answered_sent_at: None,
                         outcome: cause,
                         error: Some(error.last_error().map_or("", |e| e.message.as_str())),
+                        request_id: "",
+                        policy: &policy,
+                        workload,
+                    },
+                )
+            }
+            Ended::FromQueue(served) => {
+                let outcome = if *served { "served" } else { "failed" };
+                (
+                    outcome,
+                    crate::otlp::Ending {
+                        model: None,
+                        attempts: 0,
+                        history: &[],
+                        answered_sent_at: None,
+                        outcome,
+                        error: (!served).then_some("answered through the fleet's queue"),
                         request_id: "",
                         policy: &policy,
                         workload,

@@ -30,6 +30,8 @@ pub struct Shared {
     pub exporter: Option<Exporter>,
     /// The admin token, if one is set (without it mutating admin calls are refused).
     pub token: Option<AdminToken>,
+    /// The fleet's durable batch queue, in fleet mode.
+    pub batch: Option<Arc<backstop_fleet::queue::DurableQueue>>,
 }
 
 impl Shared {

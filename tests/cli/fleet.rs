@@ -1,8 +1,9 @@
 //! Fleet mode as it is deployed: four `backstop serve` processes in front of one fault server,
 //! sharing a real `redis-server` through the `fleet` section of their host configuration. A
-//! breaker one opens is open on all within a second, and Redis stopping mid-run and coming
-//! back costs no request: the replicas run on their local state meanwhile, say so in
-//! `/status`, and rejoin.
+//! breaker one opens is open on all within a second; Redis stopping mid-run and coming back
+//! costs no request (the replicas run on their local state meanwhile, say so in `/status`, and
+//! rejoin); and batch requests parked by a replica killed with `kill -9` are all served by the
+//! others.
 
 use crate::serve::{Serve, get, post};
 use backstop_lab::scenario::{ModelFaults, Outage};
@@ -176,5 +177,152 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
     }
     assert_eq!(answered, 24);
     drop(back);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One batch Converse request for `model` through the data listener at `data`, allowed a
+/// minute.
+fn batch(data: &str, model: &str) -> String {
+    let addr = data.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST /model/{model}/converse HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         x-backstop-workload: batch\r\nx-backstop-deadline-ms: 60000\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer); // a killed replica resets it
+    answer
+}
+
+fn queue_count(replica: &Serve, counter: &str) -> u64 {
+    status(replica)["fleet"]["queue"][counter]
+        .as_u64()
+        .unwrap_or_default()
+}
+
+#[test]
+fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_others() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The only model is down for the first eight seconds: batch work parks.
+    let mut solo = ModelFaults::default();
+    solo.outages.push(Outage {
+        start_ms: 0,
+        end_ms: 8_000,
+        error: backstop::contract::ErrorKind::ServiceUnavailable,
+    });
+    let server = runtime
+        .block_on(FaultServer::start(
+            Scenario::with_models([("solo", solo)]),
+            0,
+        ))
+        .unwrap();
+    let dir = support::scratch_dir("cli-fleet-batch");
+    let config = dir.join("host.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{ "fleet": {{ "redis_url": "{}", "name": "batch-test" }} }}"#,
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let upstream = server.endpoint_url();
+    let args = [
+        "--upstream-endpoint",
+        upstream.as_str(),
+        "--host-config",
+        config.to_str().unwrap(),
+    ];
+    let mut replicas: Vec<Serve> = (0..4).map(|_| Serve::start(&args, &[])).collect();
+    for replica in &replicas {
+        assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
+            replica
+        ) == "shared"));
+    }
+    // Eight batch requests reach replica 0 and park; four reach replica 1, whose callers wait.
+    let doomed: Vec<_> = (0..8)
+        .map(|_| {
+            let data = replicas[0].data.clone();
+            std::thread::spawn(move || batch(&data, "solo"))
+        })
+        .collect();
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let data = replicas[1].data.clone();
+            std::thread::spawn(move || batch(&data, "solo"))
+        })
+        .collect();
+    assert!(
+        support::eventually(Duration::from_secs(6), || queue_count(
+            &replicas[0],
+            "parked"
+        ) == 8
+            && queue_count(&replicas[1], "parked") == 4),
+        "parked: {} and {}",
+        status(&replicas[0])["fleet"],
+        status(&replicas[1])["fleet"]
+    );
+    // kill -9: no drain, no goodbye; whatever its consumers held is left pending.
+    replicas[0].child.kill().unwrap();
+    let _ = replicas[0].child.wait();
+    for caller in doomed {
+        let answer = caller.join().unwrap();
+        assert!(
+            !answer.contains("HTTP/1.1 200"),
+            "its callers lost their connection: {answer}"
+        );
+    }
+    // The callers still waiting on replica 1 get their answers, whoever served them.
+    for caller in waiting {
+        let answer = caller.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("x-backstop-queued: true"), "{answer}");
+    }
+    // Every request replica 0 parked was served by the others: its answers wait in Redis
+    // for callers who are gone, and nothing is left in the stream.
+    let redis_cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli comes with redis-server");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let served = || {
+        redis_cli(&["--no-raw", "KEYS", "backstop:batch-test:answer:*"])
+            .lines()
+            .filter(|l| l.contains("answer:"))
+            .count()
+    };
+    assert!(
+        support::eventually(Duration::from_secs(30), || served() == 8),
+        "answers stored for the dead replica's callers: {}",
+        served()
+    );
+    let left = redis_cli(&["XLEN", "backstop:batch-test:batch"]);
+    assert_eq!(left.trim(), "0", "nothing left parked");
+    let reclaimed: u64 = replicas[1..]
+        .iter()
+        .map(|r| queue_count(r, "reclaimed"))
+        .sum();
+    let answered: u64 = replicas[1..]
+        .iter()
+        .map(|r| queue_count(r, "answered"))
+        .sum();
+    eprintln!(
+        "answered by the survivors: {answered}, of them reclaimed from the dead: {reclaimed}"
+    );
+    assert!(answered >= 12, "{answered}");
+    drop(redis);
     let _ = std::fs::remove_dir_all(dir);
 }

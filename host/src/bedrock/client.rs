@@ -73,7 +73,7 @@ impl ChatRequest {
         RequestOptions {
             workload: self.workload,
             deadline: self.deadline,
-            streamed: false,
+            ..RequestOptions::default()
         }
     }
 
@@ -193,6 +193,11 @@ impl ResilientClient {
     /// The model chain.
     pub fn models(&self) -> &[String] {
         self.inner.core.models()
+    }
+
+    /// The deadline of a request that sets none.
+    pub fn default_deadline(&self) -> Duration {
+        self.inner.core.options().deadline
     }
 
     /// What the client has learned of each model's capacity, by index of the chain (see

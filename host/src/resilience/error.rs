@@ -65,6 +65,18 @@ pub enum CallError {
         /// Every failed attempt, oldest first.
         history: Vec<AttemptRecord>,
     },
+    /// The request was to wait in the batch queue, and its caller keeps the queue
+    /// ([`RequestOptions::deferred`](super::options::RequestOptions::deferred)): it is handed
+    /// back to be parked there, and sent again no earlier than `wait` from now.
+    #[error("deferred to the caller's queue for {wait:?}")]
+    Deferred {
+        /// How long it should wait at least.
+        wait: std::time::Duration,
+        /// Attempts sent so far.
+        attempts: u32,
+        /// Every failed attempt, oldest first.
+        history: Vec<AttemptRecord>,
+    },
 }
 
 /// What a failed request came to, as reports and metrics name it.
@@ -76,15 +88,18 @@ pub enum FailureCause {
     CircuitOpen,
     /// The batch queue was full.
     QueueFull,
+    /// Handed back to the caller's own queue.
+    Deferred,
 }
 
 impl FailureCause {
-    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`.
+    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`, `deferred`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCause::GaveUp(reason) => reason.kebab(),
             FailureCause::CircuitOpen => "circuit-open",
             FailureCause::QueueFull => "queue-full",
+            FailureCause::Deferred => "deferred",
         }
     }
 }
@@ -101,7 +116,9 @@ impl CallError {
         match self {
             CallError::GaveUp { last, .. } => Some(last),
             CallError::CircuitOpen { last, .. } => last.as_ref(),
-            CallError::QueueFull { history, .. } => history.last().map(|a| &a.error),
+            CallError::QueueFull { history, .. } | CallError::Deferred { history, .. } => {
+                history.last().map(|a| &a.error)
+            }
         }
     }
 
@@ -111,6 +128,7 @@ impl CallError {
             CallError::GaveUp { reason, .. } => FailureCause::GaveUp(*reason),
             CallError::CircuitOpen { .. } => FailureCause::CircuitOpen,
             CallError::QueueFull { .. } => FailureCause::QueueFull,
+            CallError::Deferred { .. } => FailureCause::Deferred,
         }
     }
 
@@ -127,7 +145,8 @@ impl CallError {
         match self {
             CallError::GaveUp { attempts, .. }
             | CallError::CircuitOpen { attempts, .. }
-            | CallError::QueueFull { attempts, .. } => *attempts,
+            | CallError::QueueFull { attempts, .. }
+            | CallError::Deferred { attempts, .. } => *attempts,
         }
     }
 
@@ -136,7 +155,8 @@ impl CallError {
         match self {
             CallError::GaveUp { history, .. }
             | CallError::CircuitOpen { history, .. }
-            | CallError::QueueFull { history, .. } => history,
+            | CallError::QueueFull { history, .. }
+            | CallError::Deferred { history, .. } => history,
         }
     }
 }

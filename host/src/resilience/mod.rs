@@ -73,6 +73,8 @@ struct Progress {
     breaker_opens: u32,
     /// The module that made the latest decision, for [`Finished`].
     last_decided_by: Option<String>,
+    /// Parked by the caller, not here ([`RequestOptions::deferred`]).
+    deferred: bool,
 }
 
 impl Progress {
@@ -263,6 +265,7 @@ impl Resilience {
             sent_at: started,
             breaker_opens: 0,
             last_decided_by: None,
+            deferred: request.deferred,
         };
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
         let result = async {
@@ -434,6 +437,11 @@ impl Resilience {
         }
         .instrument(span)
         .await;
+        // Handed back to the caller's queue: neither served nor failed yet; the caller sends
+        // it again as a request of its own.
+        if matches!(result, Err(CallError::Deferred { .. })) {
+            return result;
+        }
         // A streamed request is told when its stream ends (`stream_ended`,
         // `fail_after_output`): a stream cut after output is not a served request.
         if !(streamed && result.is_ok()) {
@@ -477,6 +485,7 @@ impl Resilience {
             sent_at: served.sent_at,
             breaker_opens: 0,
             last_decided_by: None,
+            deferred: false,
         };
         let verdict = self.ask(&mut p, &error, true);
         self.metrics.failed.inc();
@@ -636,6 +645,14 @@ impl Resilience {
     /// Waits in the bounded batch queue for `wait` (at most until the deadline), then for a
     /// release (see [`queue`]).
     async fn park(&self, p: &mut Progress, wait: Duration) -> Result<(), CallError> {
+        if p.deferred {
+            self.metrics.queued.inc();
+            return Err(CallError::Deferred {
+                wait: Duration::from_millis(self.policy_ms(wait)),
+                attempts: p.total,
+                history: std::mem::take(&mut p.history),
+            });
+        }
         let Some(_place) = self.queue.enter() else {
             return Err(CallError::QueueFull {
                 capacity: self.queue.capacity(),

@@ -113,6 +113,11 @@ pub struct RequestOptions {
     /// ([`Resilience::stream_ended`](crate::Resilience::stream_ended) or
     /// [`fail_after_output`](crate::Resilience::fail_after_output)), not when the call returns.
     pub streamed: bool,
+    /// Batch work whose caller keeps a queue of its own (a durable one, shared by a fleet):
+    /// where the loop would park it, it returns
+    /// [`CallError::Deferred`](super::error::CallError::Deferred) instead, for the caller to
+    /// park and send again.
+    pub deferred: bool,
 }
 
 impl RequestOptions {
@@ -132,6 +137,12 @@ impl RequestOptions {
     /// The same, with a deadline of its own.
     pub fn with_deadline(mut self, deadline: Duration) -> RequestOptions {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// The same, parked by the caller rather than the loop (see [`deferred`](Self::deferred)).
+    pub fn deferred(mut self) -> RequestOptions {
+        self.deferred = true;
         self
     }
 
