@@ -339,7 +339,7 @@ impl DurableQueue {
             self.measure(&mut reader).await;
             let free = places.available_permits();
             if free == 0 {
-                let _ = places.acquire().await.map(|p| drop(p));
+                drop(places.acquire().await);
                 continue;
             }
             // Entries whose consumer stopped refreshing them (its replica died) come first.

@@ -95,7 +95,9 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
         "--host-config",
         config.to_str().unwrap(),
     ];
-    let replicas: Vec<Serve> = (0..4).map(|_| Serve::start(&args, &[])).collect();
+    let replicas: Vec<Serve> = (0..4)
+        .map(|_| Serve::start(env!("CARGO_BIN_EXE_backstop"), &args, &[]))
+        .collect();
     for replica in &replicas {
         assert!(
             support::eventually(Duration::from_secs(5), || fleet_mode(replica) == "shared"),
@@ -243,7 +245,9 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         "--host-config",
         config.to_str().unwrap(),
     ];
-    let mut replicas: Vec<Serve> = (0..4).map(|_| Serve::start(&args, &[])).collect();
+    let mut replicas: Vec<Serve> = (0..4)
+        .map(|_| Serve::start(env!("CARGO_BIN_EXE_backstop"), &args, &[]))
+        .collect();
     for replica in &replicas {
         assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
             replica

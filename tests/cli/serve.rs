@@ -8,110 +8,13 @@ use crate::backstop;
 use backstop_lab::scenario::{Latency, ModelFaults};
 use backstop_lab::{FaultServer, Scenario};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::text;
 
 const TOKEN: &str = "cli-serve-test-token-0123456789";
 
-/// The URL after `marker` on a line of the sidecar's banner.
-fn url_after(line: &str, marker: &str) -> Option<String> {
-    let rest = line.split(marker).nth(1)?;
-    Some(rest.split_whitespace().next()?.to_string())
-}
-
-/// One plain HTTP/1.1 request; the whole answer.
-pub(crate) fn post(addr: &str, path: &str, body: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-/// A `backstop serve` process on loopback ports of its choosing.
-pub(crate) struct Serve {
-    pub(crate) child: std::process::Child,
-    pub(crate) data: String,
-    pub(crate) admin: String,
-    log: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Serve {
-    /// Starts `backstop serve` with `args` and `env`, and reads its banner for the URLs.
-    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let (mut data, mut admin) = (None, None);
-        let mut banner = String::new();
-        while data.is_none() || admin.is_none() {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited: {banner}"
-            );
-            data = data.or_else(|| url_after(&line, "Bedrock Runtime on "));
-            admin = admin.or_else(|| url_after(&line, "admin on "));
-            banner += &line;
-        }
-        let log = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            banner + &rest
-        });
-        Serve {
-            child,
-            data: data.unwrap(),
-            admin: admin.unwrap(),
-            log: Some(log),
-        }
-    }
-
-    /// Waits for the process to exit: its status and everything it logged.
-    fn wait(&mut self) -> (std::process::ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        let log = self
-            .log
-            .take()
-            .map(|l| l.join().unwrap())
-            .unwrap_or_default();
-        (status, log)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One plain HTTP/1.1 GET; the whole answer.
-pub(crate) fn get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
+pub(crate) use support::{ServeProcess as Serve, http_get as get, http_post as post};
 
 #[test]
 fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
@@ -138,6 +41,7 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
 
     let upstream = server.endpoint_url();
     let mut sidecar = Serve::start(
+        env!("CARGO_BIN_EXE_backstop"),
         &[
             "--upstream-endpoint",
             &upstream,
@@ -258,6 +162,7 @@ fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
     let (endpoint, seen) = collector();
     let upstream = server.endpoint_url();
     let sidecar = Serve::start(
+        env!("CARGO_BIN_EXE_backstop"),
         &["--upstream-endpoint", &upstream],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );

@@ -4,6 +4,7 @@
 //! once and none is dead code in a binary that does not use it.
 
 use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy, PolicyModule};
+use std::io::{BufRead, Read, Write};
 use std::sync::OnceLock;
 
 /// The frozen contract 0.1.0 that the hand-written test modules are built against: their
@@ -455,4 +456,109 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// `backstop serve` as a process, for the CLI's tests and benchmarks.
+
+/// The URL after `marker` on a line of the sidecar's banner.
+fn url_after(line: &str, marker: &str) -> Option<String> {
+    let rest = line.split(marker).nth(1)?;
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// One plain HTTP/1.1 request; the whole answer.
+pub fn http_post(addr: &str, path: &str, body: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// A `backstop serve` process on loopback ports of its choosing, killed when dropped.
+pub struct ServeProcess {
+    /// The process.
+    pub child: std::process::Child,
+    /// The data listener's URL.
+    pub data: String,
+    /// The admin listener's URL.
+    pub admin: String,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl ServeProcess {
+    /// Starts `backstop serve` (the binary at `backstop`) with `args` and `env`, and reads
+    /// its banner for the URLs.
+    pub fn start(backstop: &str, args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        let mut child = std::process::Command::new(backstop)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (mut data, mut admin) = (None, None);
+        let mut banner = String::new();
+        while data.is_none() || admin.is_none() {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited: {banner}"
+            );
+            data = data.or_else(|| url_after(&line, "Bedrock Runtime on "));
+            admin = admin.or_else(|| url_after(&line, "admin on "));
+            banner += &line;
+        }
+        let log = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            banner + &rest
+        });
+        ServeProcess {
+            child,
+            data: data.unwrap(),
+            admin: admin.unwrap(),
+            log: Some(log),
+        }
+    }
+
+    /// Waits for the process to exit: its status and everything it logged.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let log = self
+            .log
+            .take()
+            .map(|l| l.join().unwrap())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One plain HTTP/1.1 GET; the whole answer.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
