@@ -404,6 +404,11 @@ impl Capacity {
         requests || tokens
     }
 
+    /// Whether a limit is known (a throttle was seen, here or in the fleet).
+    pub fn limited(&self) -> bool {
+        self.requests.rate().is_some()
+    }
+
     /// What to ask a fleet's budget for (requests, tokens) at `now` for the next `ahead`
     /// seconds, with this process's estimates (per second) for the fleet's total; `None` before
     /// the first throttle.

@@ -12,11 +12,14 @@
 //! loop's headroom. A lease that is not renewed lapses after [`LEASE_TTL`] and the loop
 //! refills on its own again: a fleet out of reach costs the sharing, not the headroom.
 //!
-//! **One throttle teaches the fleet.** A throttle that cuts a loop's capacity estimate (a new
-//! congestion event, see [`capacity`](super::capacity)) is announced, and every other member
-//! cuts its own estimate of that model at once, instead of each learning the quota from a
-//! throttle of its own. The one-cut-per-event rule holds across the fleet: a member whose last
-//! cut came after the throttled attempt was sent does not cut again.
+//! **Congestion is shared.** A throttle that cuts a loop's capacity estimate (a new congestion
+//! event, see [`capacity`](super::capacity)) is announced, and every other member that knows
+//! the model's limit cuts its own estimate at once, instead of each waiting for a throttle of
+//! its own. The one-cut-per-event rule holds across the fleet: a member whose last cut came
+//! after the throttled attempt was sent does not cut again. A member that has not seen a
+//! limit yet learns it from its own first throttle: cut from its warm-up rate, a fleet fell far
+//! below its quota on each fresh spike and sent more attempts, not fewer (measured; see
+//! BENCHMARKS.md).
 //!
 //! **One probe per fleet.** The replica that opened a breaker owns its probe: the others keep
 //! the breaker open for a grace period longer ([`probe_grace`]: the time a probe may take,
@@ -95,10 +98,10 @@ impl FleetMember {
     }
 
     /// Another process was throttled by `model` for an attempt it sent `sent_ago` before now
-    /// (give or take the announcement's way here): this loop's capacity estimates are cut as
-    /// if the throttle were its own — unless its last cut came after that attempt was sent,
-    /// and so already answered the same congestion (RFC 9438's one reduction per event).
-    /// Returns whether they were cut.
+    /// (give or take the announcement's way here): if this loop knows the model's limit, its
+    /// capacity estimates are cut as if the throttle were its own — unless its last cut came
+    /// after that attempt was sent, and so already answered the same congestion (RFC 9438's
+    /// one reduction per event). Returns whether they were cut.
     pub fn congested(&self, model: &str, sent_ago: Duration) -> bool {
         let Some(index) = self.index(model) else {
             return false;

@@ -190,9 +190,18 @@ impl HealthBoard {
     }
 
     /// Another process was throttled by model `index` for an attempt sent at `sent_at` (this
-    /// loop's clock): the estimates are cut unless the last cut already answered it.
+    /// loop's clock): the estimates are cut, if this loop knows a limit already, unless its
+    /// last cut answered the same congestion.
     pub fn congested(&self, index: usize, clock_s: f64, sent_at: f64) -> bool {
-        self.model(index).capacity.congested(clock_s, sent_at)
+        let mut model = self.model(index);
+        // A cut is to what this process was accepted lately. Before a throttle of its own, that
+        // is its warm-up, not its share of a saturated quota: cut from it, a fleet fell far
+        // below its quota on every fresh spike and threw more attempts at the throttle, not
+        // fewer (BENCHMARKS.md, fleet mode). It learns its limit from its own first throttle.
+        if !model.capacity.limited() {
+            return false;
+        }
+        model.capacity.congested(clock_s, sent_at)
     }
 
     /// What model `index` asks a fleet's budget for at `clock_s`, for the next `ahead` seconds
