@@ -4,8 +4,9 @@
 //!
 //! 1. **Calls per request on a spike**: the same traffic (8 requests a second for 5 s, then 24 a
 //!    second for 15 s, spread round-robin over the four) against one quota (10 requests a
-//!    second on the primary, 10 on its fallback), once with fleet mode and once without; the
-//!    upstream calls the fault server counted, per request sent.
+//!    second on the primary, 10 on its fallback): alone, in a fleet sharing breakers and the
+//!    queue only (`share_capacity: false`), and in a fleet sharing capacity too; the upstream
+//!    calls the fault server counted, per request sent.
 //! 2. **Breaker propagation**: twenty models in an outage; replica 0 is sent requests for each
 //!    until it opens its breaker, then the other three are watched (their `/status`, every
 //!    millisecond or so) until theirs is open: sixty delays.
@@ -36,7 +37,7 @@ fn main() {
     println!(
         "calls per request, 4 replicas, spike to 24 requests/s on a 10/s quota (+10/s fallback):"
     );
-    for fleet in [false, true] {
+    for fleet in [None, Some(false), Some(true)] {
         let quota = |latency| ModelFaults {
             rpm: Some(600),
             burst: Some(20),
@@ -50,15 +51,21 @@ fn main() {
         let server = runtime
             .block_on(FaultServer::start(scenario, 0))
             .expect("fault server");
-        let config = dir.join(format!("spike-{fleet}.json"));
-        let section = if fleet {
-            format!(
-                r#", "fleet": {{ "redis_url": "{}", "name": "spike" }}"#,
-                redis.url()
-            )
-        } else {
-            String::new()
+        let (name, section) = match fleet {
+            None => ("alone", String::new()),
+            Some(capacity) => (
+                if capacity {
+                    "fleet mode"
+                } else {
+                    "fleet, breakers and queue only"
+                },
+                format!(
+                    r#", "fleet": {{ "redis_url": "{}", "name": "spike-{capacity}", "share_capacity": {capacity} }}"#,
+                    redis.url()
+                ),
+            ),
         };
+        let config = dir.join(format!("spike-{}.json", name.len()));
         std::fs::write(
             &config,
             format!(r#"{{ "chains": {{ "primary": ["fallback"] }}{section} }}"#),
@@ -73,8 +80,7 @@ fn main() {
             .map(|s| s.errors.get("ThrottlingException").copied().unwrap_or(0))
             .sum();
         println!(
-            "  {:<12} {sent} requests, {served} served, {calls} upstream calls ({:.2} per request), {throttled} throttled",
-            if fleet { "fleet mode" } else { "alone" },
+            "  {name:<32} {sent} requests, {served} served, {calls} upstream calls ({:.2} per request), {throttled} throttled",
             calls as f64 / sent as f64
         );
     }

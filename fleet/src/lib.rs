@@ -104,6 +104,8 @@ pub struct RedisFleet {
     replica: String,
     link: Arc<Link>,
     tasks: Vec<JoinHandle<()>>,
+    /// Whether capacity is shared (leases, congestion).
+    capacity: bool,
 }
 
 /// What the replica's tasks share.
@@ -164,6 +166,18 @@ impl RedisFleet {
         prefix: &str,
         replica: &str,
     ) -> Result<Arc<RedisFleet>, FleetError> {
+        RedisFleet::connect_sharing(url, prefix, replica, true).await
+    }
+
+    /// [`connect`](Self::connect), sharing capacity (leases and congestion) only when
+    /// `capacity` is set: without it the fleet shares breakers and the batch queue, and each
+    /// replica learns its models' capacity alone.
+    pub async fn connect_sharing(
+        url: &str,
+        prefix: &str,
+        replica: &str,
+        capacity: bool,
+    ) -> Result<Arc<RedisFleet>, FleetError> {
         let client = redis::Client::open(url).map_err(|source| FleetError::Redis {
             url: url.to_string(),
             source,
@@ -186,16 +200,20 @@ impl RedisFleet {
             replica: replica.to_string(),
         };
         let subscriber = tokio::spawn(subscriber.run());
-        let leases = tokio::spawn(renew_leases(
-            link.clone(),
-            prefix.to_string(),
-            replica.to_string(),
-        ));
+        let mut tasks = vec![connector, subscriber];
+        if capacity {
+            tasks.push(tokio::spawn(renew_leases(
+                link.clone(),
+                prefix.to_string(),
+                replica.to_string(),
+            )));
+        }
         let fleet = RedisFleet {
             prefix: prefix.to_string(),
             replica: replica.to_string(),
             link,
-            tasks: vec![connector, subscriber, leases],
+            tasks,
+            capacity,
         };
         let started = tokio::time::Instant::now();
         while !fleet.link.shared() && started.elapsed() < CONNECT_TIMEOUT {
@@ -342,6 +360,9 @@ impl Fleet for RedisFleet {
     }
 
     fn congested(&self, model: &str, sent_ago: Duration) {
+        if !self.capacity {
+            return;
+        }
         // Nothing to keep: a cut is news only now, and a replica that missed it learns from
         // the next throttle (its own, or another's).
         let mut pipe = redis::pipe();

@@ -103,6 +103,11 @@ pub struct FleetSettings {
     /// differ within a fleet.
     #[serde(default)]
     pub replica: Option<String>,
+    /// Share capacity too (leases on a fleet-wide budget, congestion): on by default. Off, the
+    /// fleet shares its breakers and its batch queue, and each process learns its models'
+    /// capacity alone (BENCHMARKS.md measures both).
+    #[serde(default = "FleetSettings::default_share_capacity")]
+    pub share_capacity: bool,
 }
 
 impl FleetSettings {
@@ -112,6 +117,10 @@ impl FleetSettings {
 
     fn default_prefix() -> String {
         "backstop".into()
+    }
+
+    fn default_share_capacity() -> bool {
+        true
     }
 
     /// Where the fleet's keys and channel live: `{key_prefix}:{name}`.

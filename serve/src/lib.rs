@@ -146,8 +146,13 @@ impl Sidecar {
             Some(fleet) => {
                 let replica = fleet.replica.clone().unwrap_or_else(default_replica_name);
                 Some(
-                    backstop_fleet::RedisFleet::connect(&fleet.redis_url, &fleet.keys(), &replica)
-                        .await?,
+                    backstop_fleet::RedisFleet::connect_sharing(
+                        &fleet.redis_url,
+                        &fleet.keys(),
+                        &replica,
+                        fleet.share_capacity,
+                    )
+                    .await?,
                 )
             }
             None => None,
