@@ -156,16 +156,8 @@ fn addr(url: &str) -> &str {
 }
 
 fn start(server: &FaultServer, config: &std::path::Path) -> Vec<ServeProcess> {
-    let upstream = server.endpoint_url();
-    let args = [
-        "--upstream-endpoint",
-        upstream.as_str(),
-        "--host-config",
-        config.to_str().unwrap(),
-    ];
-    let replicas: Vec<_> = (0..4)
-        .map(|_| ServeProcess::start(BACKSTOP, &args, &[]))
-        .collect();
+    let replicas =
+        backstop_test_support::serve_replicas(BACKSTOP, &server.endpoint_url(), config, 4);
     // Let every replica join (a fleet's) before traffic starts.
     std::thread::sleep(Duration::from_millis(500));
     replicas

@@ -24,6 +24,8 @@ pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How long an answer is kept for a caller who has not taken it.
 pub const ANSWER_TTL: Duration = Duration::from_secs(600);
+/// How long a consumer's read waits for new entries.
+pub const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Entries one replica serves at once.
 pub const CONSUMERS: usize = 16;
 /// The consumer group every replica reads in.
@@ -321,7 +323,15 @@ impl DurableQueue {
         S: Fn(Parked) -> F + Send + Sync + 'static,
         F: Future<Output = Served> + Send + 'static,
     {
-        let mut reader = self.client.get_multiplexed_async_connection().await?;
+        // Its own connection, whose answers may take as long as a blocking read waits (the
+        // default response timeout, 500 ms, is shorter than the block).
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(crate::CONNECT_TIMEOUT))
+            .set_response_timeout(Some(READ_BLOCK + WRITE_TIMEOUT));
+        let mut reader = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -365,7 +375,7 @@ impl DurableQueue {
                     .arg("COUNT")
                     .arg(free)
                     .arg("BLOCK")
-                    .arg(1_000)
+                    .arg(READ_BLOCK.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&self.stream)
                     .arg(">")
@@ -508,17 +518,7 @@ impl DurableQueue {
                 .arg(answer_id)
                 .ignore();
         }
-        pipe.cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(id)
-            .ignore();
-        let mut conn = self.conn().await?;
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        self.settle(pipe, id).await
     }
 
     /// Parks `again` as a new entry and settles `id`, in one transaction.
@@ -527,10 +527,13 @@ impl DurableQueue {
         add.arg(&self.stream).arg("*");
         fields(&mut add, again);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .add_command(add)
-            .ignore()
-            .cmd("XACK")
+        pipe.atomic().add_command(add).ignore();
+        self.settle(pipe, id).await
+    }
+
+    /// Runs `pipe` (a transaction) with entry `id` acknowledged and deleted at its end.
+    async fn settle(&self, mut pipe: redis::Pipeline, id: &str) -> Result<(), QueueError> {
+        pipe.cmd("XACK")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(id)

@@ -12,6 +12,23 @@ use backstop_test_support as support;
 use std::time::{Duration, Instant};
 use support::RedisServer;
 
+/// A fault server where `model` is down (503) for its first `down_ms`; every other model is
+/// healthy.
+fn outage_server(runtime: &tokio::runtime::Runtime, model: &str, down_ms: u64) -> FaultServer {
+    let mut faults = ModelFaults::default();
+    faults.outages.push(Outage {
+        start_ms: 0,
+        end_ms: down_ms,
+        error: backstop::contract::ErrorKind::ServiceUnavailable,
+    });
+    runtime
+        .block_on(FaultServer::start(
+            Scenario::with_models([(model, faults)]),
+            0,
+        ))
+        .unwrap()
+}
+
 const BODY: &str = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
 
 /// The `/status` of a replica, as JSON.
@@ -69,14 +86,7 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
         .build()
         .unwrap();
     // The primary is down for the whole run; the fallback is healthy.
-    let mut primary = ModelFaults::default();
-    primary.outages.push(Outage {
-        start_ms: 0,
-        end_ms: 3_600_000,
-        error: backstop::contract::ErrorKind::ServiceUnavailable,
-    });
-    let scenario = Scenario::with_models([("primary", primary)]);
-    let server = runtime.block_on(FaultServer::start(scenario, 0)).unwrap();
+    let server = outage_server(&runtime, "primary", 3_600_000);
     let dir = support::scratch_dir("cli-fleet");
     let config = dir.join("host.json");
     std::fs::write(
@@ -88,16 +98,12 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
         ),
     )
     .unwrap();
-    let upstream = server.endpoint_url();
-    let args = [
-        "--upstream-endpoint",
-        upstream.as_str(),
-        "--host-config",
-        config.to_str().unwrap(),
-    ];
-    let replicas: Vec<Serve> = (0..4)
-        .map(|_| Serve::start(env!("CARGO_BIN_EXE_backstop"), &args, &[]))
-        .collect();
+    let replicas = support::serve_replicas(
+        env!("CARGO_BIN_EXE_backstop"),
+        &server.endpoint_url(),
+        &config,
+        4,
+    );
     for replica in &replicas {
         assert!(
             support::eventually(Duration::from_secs(5), || fleet_mode(replica) == "shared"),
@@ -216,18 +222,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         .build()
         .unwrap();
     // The only model is down for the first eight seconds: batch work parks.
-    let mut solo = ModelFaults::default();
-    solo.outages.push(Outage {
-        start_ms: 0,
-        end_ms: 8_000,
-        error: backstop::contract::ErrorKind::ServiceUnavailable,
-    });
-    let server = runtime
-        .block_on(FaultServer::start(
-            Scenario::with_models([("solo", solo)]),
-            0,
-        ))
-        .unwrap();
+    let server = outage_server(&runtime, "solo", 8_000);
     let dir = support::scratch_dir("cli-fleet-batch");
     let config = dir.join("host.json");
     std::fs::write(
@@ -238,16 +233,12 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         ),
     )
     .unwrap();
-    let upstream = server.endpoint_url();
-    let args = [
-        "--upstream-endpoint",
-        upstream.as_str(),
-        "--host-config",
-        config.to_str().unwrap(),
-    ];
-    let mut replicas: Vec<Serve> = (0..4)
-        .map(|_| Serve::start(env!("CARGO_BIN_EXE_backstop"), &args, &[]))
-        .collect();
+    let mut replicas = support::serve_replicas(
+        env!("CARGO_BIN_EXE_backstop"),
+        &server.endpoint_url(),
+        &config,
+        4,
+    );
     for replica in &replicas {
         assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
             replica
@@ -267,7 +258,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         })
         .collect();
     assert!(
-        support::eventually(Duration::from_secs(6), || queue_count(
+        support::eventually(Duration::from_secs(15), || queue_count(
             &replicas[0],
             "parked"
         ) == 8

@@ -562,3 +562,18 @@ pub fn http_get(addr: &str, path: &str) -> String {
     stream.read_to_string(&mut answer).unwrap();
     answer
 }
+
+/// `count` `backstop serve` processes (the binary at `backstop`) in front of `upstream`, with
+/// the host configuration at `config`.
+pub fn serve_replicas(
+    backstop: &str,
+    upstream: &str,
+    config: &std::path::Path,
+    count: usize,
+) -> Vec<ServeProcess> {
+    let config = config.to_str().expect("a UTF-8 path");
+    let args = ["--upstream-endpoint", upstream, "--host-config", config];
+    (0..count)
+        .map(|_| ServeProcess::start(backstop, &args, &[]))
+        .collect()
+}
