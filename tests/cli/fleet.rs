@@ -15,6 +15,16 @@ use support::RedisServer;
 /// A fault server where `model` is down (503) for its first `down_ms`; every other model is
 /// healthy.
 fn outage_server(runtime: &tokio::runtime::Runtime, model: &str, down_ms: u64) -> FaultServer {
+    outage_server_on(runtime, model, down_ms, 0)
+}
+
+/// The same on `port` (0: any): started when the test is ready, its outage starts then.
+fn outage_server_on(
+    runtime: &tokio::runtime::Runtime,
+    model: &str,
+    down_ms: u64,
+    port: u16,
+) -> FaultServer {
     let mut faults = ModelFaults::default();
     faults.outages.push(Outage {
         start_ms: 0,
@@ -24,7 +34,7 @@ fn outage_server(runtime: &tokio::runtime::Runtime, model: &str, down_ms: u64) -
     runtime
         .block_on(FaultServer::start(
             Scenario::with_models([(model, faults)]),
-            0,
+            port,
         ))
         .unwrap()
 }
@@ -221,8 +231,14 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         .enable_all()
         .build()
         .unwrap();
-    // The only model is down for the first eight seconds: batch work parks.
-    let server = outage_server(&runtime, "solo", 8_000);
+    // The fault server starts once the replicas are up (on a port they already know), so its
+    // outage — the only model down for eight seconds: batch work parks — starts with the
+    // requests, however long four processes took to start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = support::scratch_dir("cli-fleet-batch");
     let config = dir.join("host.json");
     std::fs::write(
@@ -235,7 +251,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
     .unwrap();
     let mut replicas = support::serve_replicas(
         env!("CARGO_BIN_EXE_backstop"),
-        &server.endpoint_url(),
+        &format!("http://127.0.0.1:{port}"),
         &config,
         4,
     );
@@ -244,6 +260,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
             replica
         ) == "shared"));
     }
+    let _server = outage_server_on(&runtime, "solo", 8_000, port);
     // Eight batch requests reach replica 0 and park; four reach replica 1, whose callers wait.
     let doomed: Vec<_> = (0..8)
         .map(|_| {
@@ -319,5 +336,91 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
     );
     assert!(answered >= 12, "{answered}");
     drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn on_a_spike_four_serve_replicas_lease_one_budget_and_serve_everything() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let quota = ModelFaults {
+        rpm: Some(600),
+        burst: Some(20),
+        latency_ms: backstop_lab::scenario::Latency { min: 100, max: 300 },
+        ..ModelFaults::default()
+    };
+    let scenario = Scenario::with_models([("primary", quota.clone()), ("fallback", quota)]);
+    let server = runtime.block_on(FaultServer::start(scenario, 0)).unwrap();
+    let dir = support::scratch_dir("cli-fleet-spike");
+    let config = dir.join("host.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{ "chains": {{ "primary": ["fallback"] }},
+                 "fleet": {{ "redis_url": "{}", "name": "spike-test" }} }}"#,
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let replicas = support::serve_replicas(
+        env!("CARGO_BIN_EXE_backstop"),
+        &server.endpoint_url(),
+        &config,
+        4,
+    );
+    for replica in &replicas {
+        assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
+            replica
+        ) == "shared"));
+    }
+    // 30 requests a second for 6 s, round-robin: three times the primary's quota.
+    let mut calls = Vec::new();
+    for i in 0..180 {
+        let data = replicas[i % 4].data.clone();
+        calls.push(std::thread::spawn(move || {
+            post(
+                data.trim_start_matches("http://"),
+                "/model/primary/converse",
+                BODY,
+            )
+        }));
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    // While the spike is on, every replica leases from the one budget.
+    let holders = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "HLEN",
+            "backstop:spike-test:holders:primary",
+        ])
+        .output()
+        .expect("redis-cli comes with redis-server");
+    let holders = String::from_utf8_lossy(&holders.stdout).trim().to_string();
+    let answers: Vec<String> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let served = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 200"))
+        .count();
+    assert_eq!(served, 180, "every request served");
+    let throttled = server
+        .stats()
+        .values()
+        .map(|s| s.errors.get("ThrottlingException").copied().unwrap_or(0))
+        .sum::<u64>();
+    assert!(throttled > 0, "the spike met the quota");
+    assert_eq!(
+        holders, "4",
+        "four replicas hold leases on the primary's budget"
+    );
+    for replica in &replicas {
+        let fleet = &status(replica)["fleet"];
+        assert!(fleet["leases"].as_u64().unwrap_or(0) > 0, "{fleet}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
