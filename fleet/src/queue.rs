@@ -94,6 +94,38 @@ pub struct QueueCounters {
     pub errors: AtomicU64,
 }
 
+/// The queue's counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// See [`QueueCounters`].
+    pub parked: u64,
+    /// See [`QueueCounters`].
+    pub answered: u64,
+    /// See [`QueueCounters`].
+    pub reclaimed: u64,
+    /// See [`QueueCounters`].
+    pub depth: u64,
+    /// See [`QueueCounters`].
+    pub oldest_ms: u64,
+    /// See [`QueueCounters`].
+    pub errors: u64,
+}
+
+impl QueueCounters {
+    /// Their values now.
+    pub fn snapshot(&self) -> QueueStatus {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        QueueStatus {
+            parked: load(&self.parked),
+            answered: load(&self.answered),
+            reclaimed: load(&self.reclaimed),
+            depth: load(&self.depth),
+            oldest_ms: load(&self.oldest_ms),
+            errors: load(&self.errors),
+        }
+    }
+}
+
 /// A queue error.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

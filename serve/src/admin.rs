@@ -105,15 +105,14 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 "fallbacks": status.fallbacks,
                 "leases": status.leases,
                 "queue": shared.batch.as_ref().map(|queue| {
-                    let c = queue.counters();
-                    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                    let q = queue.counters().snapshot();
                     json!({
-                        "depth": load(&c.depth),
-                        "oldest_ms": load(&c.oldest_ms),
-                        "parked": load(&c.parked),
-                        "answered": load(&c.answered),
-                        "reclaimed": load(&c.reclaimed),
-                        "errors": load(&c.errors),
+                        "depth": q.depth,
+                        "oldest_ms": q.oldest_ms,
+                        "parked": q.parked,
+                        "answered": q.answered,
+                        "reclaimed": q.reclaimed,
+                        "errors": q.errors,
                     })
                 }),
             })

@@ -209,19 +209,17 @@ impl ServeMetrics {
             );
         }
         if let Some(queue) = batch {
-            let c = queue.counters();
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let q = queue.counters().snapshot();
             let batch_registry = registry.sub_registry_with_prefix("fleet_batch");
             let depth = Gauge::<i64>::default();
-            depth.set(load(&c.depth) as i64);
+            depth.set(q.depth as i64);
             batch_registry.register(
                 "depth",
                 "Batch requests waiting in the fleet's queue (last seen)",
                 depth,
             );
             let oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-            oldest.set(load(&c.oldest_ms) as f64 / 1000.0);
+            oldest.set(q.oldest_ms as f64 / 1000.0);
             batch_registry.register(
                 "oldest_seconds",
                 "Age of the oldest batch request in the fleet's queue (last seen)",
@@ -231,22 +229,22 @@ impl ServeMetrics {
                 (
                     "parked",
                     "Batch requests this replica parked in the fleet's queue",
-                    load(&c.parked),
+                    q.parked,
                 ),
                 (
                     "answered",
                     "Parked batch requests this replica served to an answer",
-                    load(&c.answered),
+                    q.answered,
                 ),
                 (
                     "reclaimed",
                     "Parked batch requests this replica claimed from a replica that stopped",
-                    load(&c.reclaimed),
+                    q.reclaimed,
                 ),
                 (
                     "errors",
                     "Operations on the fleet's queue that failed",
-                    load(&c.errors),
+                    q.errors,
                 ),
             ] {
                 let counter = Counter::<u64>::default();

@@ -90,7 +90,7 @@ impl FleetMember {
     /// here it stays open the [grace](probe_grace) longer, so that process's probe goes first.
     /// Returns whether this loop serves that model and its breaker was not open already.
     pub fn open(&self, model: &str, open_for: Duration) -> bool {
-        let grace = self.probe_wait.min(open_for) + self.propagation;
+        let grace = self.grace(open_for);
         self.index(model).is_some_and(|index| {
             self.health
                 .open_behind(index, Instant::now(), open_for, grace)
