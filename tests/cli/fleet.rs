@@ -39,6 +39,36 @@ fn outage_server_on(
         .unwrap()
 }
 
+/// Four `backstop serve` processes in front of `upstream`, joined as the fleet `name` on
+/// `redis`, with `chains` (JSON) in their host configuration; returned once every one shows
+/// `shared`, with the scratch directory their configuration is in.
+fn fleet_of_four(
+    redis: &RedisServer,
+    upstream: &str,
+    name: &str,
+    chains: &str,
+) -> (std::path::PathBuf, Vec<Serve>) {
+    let dir = support::scratch_dir(&format!("cli-fleet-{name}"));
+    let config = dir.join("host.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{ "chains": {chains}, "fleet": {{ "redis_url": "{}", "name": "{name}" }} }}"#,
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let replicas = support::serve_replicas(env!("CARGO_BIN_EXE_backstop"), upstream, &config, 4);
+    for replica in &replicas {
+        assert!(
+            support::eventually(Duration::from_secs(5), || fleet_mode(replica) == "shared"),
+            "joined: {}",
+            status(replica)
+        );
+    }
+    (dir, replicas)
+}
+
 const BODY: &str = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
 
 /// The `/status` of a replica, as JSON.
@@ -97,31 +127,12 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
         .unwrap();
     // The primary is down for the whole run; the fallback is healthy.
     let server = outage_server(&runtime, "primary", 3_600_000);
-    let dir = support::scratch_dir("cli-fleet");
-    let config = dir.join("host.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{ "chains": {{ "primary": ["fallback"] }},
-                 "fleet": {{ "redis_url": "{}", "name": "cli-test" }} }}"#,
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let replicas = support::serve_replicas(
-        env!("CARGO_BIN_EXE_backstop"),
+    let (dir, replicas) = fleet_of_four(
+        &redis,
         &server.endpoint_url(),
-        &config,
-        4,
+        "cli-test",
+        r#"{ "primary": ["fallback"] }"#,
     );
-    for replica in &replicas {
-        assert!(
-            support::eventually(Duration::from_secs(5), || fleet_mode(replica) == "shared"),
-            "joined: {}",
-            status(replica)
-        );
-    }
-
     let shown = crate::backstop(&["status", "--admin", &replicas[0].admin]);
     let shown = support::text(&shown.stdout);
     assert!(shown.contains("fleet    backstop:cli-test as "), "{shown}");
@@ -239,27 +250,12 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
         .local_addr()
         .unwrap()
         .port();
-    let dir = support::scratch_dir("cli-fleet-batch");
-    let config = dir.join("host.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{ "fleet": {{ "redis_url": "{}", "name": "batch-test" }} }}"#,
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let mut replicas = support::serve_replicas(
-        env!("CARGO_BIN_EXE_backstop"),
+    let (dir, mut replicas) = fleet_of_four(
+        &redis,
         &format!("http://127.0.0.1:{port}"),
-        &config,
-        4,
+        "batch-test",
+        "{}",
     );
-    for replica in &replicas {
-        assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
-            replica
-        ) == "shared"));
-    }
     let _server = outage_server_on(&runtime, "solo", 8_000, port);
     // Eight batch requests reach replica 0 and park; four reach replica 1, whose callers wait.
     let doomed: Vec<_> = (0..8)
@@ -356,28 +352,12 @@ fn on_a_spike_four_serve_replicas_lease_one_budget_and_serve_everything() {
     };
     let scenario = Scenario::with_models([("primary", quota.clone()), ("fallback", quota)]);
     let server = runtime.block_on(FaultServer::start(scenario, 0)).unwrap();
-    let dir = support::scratch_dir("cli-fleet-spike");
-    let config = dir.join("host.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{ "chains": {{ "primary": ["fallback"] }},
-                 "fleet": {{ "redis_url": "{}", "name": "spike-test" }} }}"#,
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let replicas = support::serve_replicas(
-        env!("CARGO_BIN_EXE_backstop"),
+    let (dir, replicas) = fleet_of_four(
+        &redis,
         &server.endpoint_url(),
-        &config,
-        4,
+        "spike-test",
+        r#"{ "primary": ["fallback"] }"#,
     );
-    for replica in &replicas {
-        assert!(support::eventually(Duration::from_secs(5), || fleet_mode(
-            replica
-        ) == "shared"));
-    }
     // 30 requests a second for 6 s, round-robin: three times the primary's quota.
     let mut calls = Vec::new();
     for i in 0..180 {
