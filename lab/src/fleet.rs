@@ -1,8 +1,8 @@
 //! A fleet inside one process, for the simulator: each replica's loop joins a [`LocalFleet`]
 //! through the very [`Fleet`] and [`FleetMember`] the Redis fleet (`backstop-fleet`) uses, so
 //! the shared breakers, the one probe per fleet, the shared congestion signal and the capacity
-//! leases on one [`LeaseBudget`] are the host's own code; only the transport is replaced. Every announcement reaches the other
-//! replicas after [`PROPAGATION`] of virtual time.
+//! leases on one [`LeaseBudget`] are the host's own code; only the transport is replaced.
+//! Every announcement reaches the other replicas after [`PROPAGATION`] of virtual time.
 
 use backstop::Resilience;
 use backstop::resilience::fleet::{Fleet, FleetMember, LEASE_PERIOD, LEASE_TTL, LeaseBudget};

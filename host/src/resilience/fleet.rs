@@ -1,16 +1,17 @@
-//! Breakers and congestion shared with other processes (fleet mode): what a loop tells its
-//! fleet, and the handle through which a fleet applies what other processes decided. A loop never waits on its
-//! fleet: it announces and goes on (a fleet sends in the background, and one that cannot reach
-//! its store loses nothing but the sharing); what other processes decided arrives through
-//! [`FleetMember`], between requests.
+//! Breakers, congestion and capacity shared with other processes (fleet mode): what a loop
+//! tells its fleet, and the handle through which a fleet applies what other processes decided.
+//! A loop never waits on its fleet: it announces and goes on (a fleet sends in the background,
+//! and one that cannot reach its store loses nothing but the sharing); what other processes
+//! decided arrives through [`FleetMember`], between requests.
 //!
 //! **Shared capacity.** Each loop keeps learning its models' rates, but in a fleet its headroom
 //! fills from short leases on the fleet's [`LeaseBudget`] — refilled at the sum of the members'
 //! estimates — instead of from its own estimate alone: the fleet together stays near what the
 //! model accepts, whichever replica the traffic reaches. Leases are renewed in the background
-//! every [`LEASE_PERIOD`] ([`FleetMember::lease_asks`], [`FleetMember::grant`]); a request only ever reads its
-//! loop's headroom. A lease that is not renewed lapses after [`LEASE_TTL`] and the loop
-//! refills on its own again: a fleet out of reach costs the sharing, not the headroom.
+//! every [`LEASE_PERIOD`] ([`FleetMember::lease_asks`], [`FleetMember::grant`]); a request
+//! only ever reads its loop's headroom. A lease that is not renewed lapses after [`LEASE_TTL`]
+//! and the loop refills on its own again: a fleet out of reach costs the sharing, not the
+//! headroom.
 //!
 //! **Congestion is shared.** A throttle that cuts a loop's capacity estimate (a new congestion
 //! event, see [`capacity`](super::capacity)) is announced, and every other member that knows
@@ -22,9 +23,10 @@
 //! BENCHMARKS.md).
 //!
 //! **One probe per fleet.** The replica that opened a breaker owns its probe: the others keep
-//! the breaker open for a grace period longer ([`probe_grace`]: the time a probe may take,
-//! at most the opening's own length, plus the time its answer takes to arrive), so the owner's probe answers for all — its
-//! success closes the breaker everywhere, its failure re-opens it everywhere. Should the owner
+//! the breaker open for a grace period longer ([`probe_grace`]: the time a probe may take, at
+//! most the opening's own length, plus the time its answer takes to arrive), so the owner's
+//! probe answers for all — its success closes the breaker everywhere, its failure re-opens it
+//! everywhere. Should the owner
 //! die or get no request, the grace ends and the others probe as they would alone. No lock is
 //! taken and no request waits on the fleet for it.
 
@@ -107,12 +109,9 @@ impl FleetMember {
             return false;
         };
         let now = Instant::now();
-        let clock = |at: Instant| (at - self.started).as_secs_f64() / self.time_scale;
-        let sent_at = now
-            .checked_sub(sent_ago)
-            .unwrap_or(self.started)
-            .max(self.started);
-        self.health.congested(index, clock(now), clock(sent_at))
+        let sent_at = now.checked_sub(sent_ago).unwrap_or(self.started);
+        self.health
+            .congested(index, self.clock(now), self.clock(sent_at))
     }
 
     /// What this loop asks its fleet's budget for now, per model with a known limit: what it
@@ -121,7 +120,7 @@ impl FleetMember {
     /// granted to [`grant`](Self::grant).
     pub fn lease_asks(&self) -> Vec<(String, LeaseAsk)> {
         let ahead = LEASE_AHEAD.as_secs_f64();
-        let now = self.clock_now();
+        let now = self.clock(Instant::now());
         self.models
             .iter()
             .enumerate()
@@ -137,14 +136,18 @@ impl FleetMember {
     /// own estimate again: a fleet out of reach costs the sharing, not the headroom.
     pub fn grant(&self, model: &str, grant: LeaseGrant) {
         if let Some(index) = self.index(model) {
-            self.health
-                .grant(index, self.clock_now(), grant, LEASE_TTL.as_secs_f64());
+            self.health.grant(
+                index,
+                self.clock(Instant::now()),
+                grant,
+                LEASE_TTL.as_secs_f64(),
+            );
         }
     }
 
-    /// The loop's clock now, in policy seconds.
-    fn clock_now(&self) -> f64 {
-        (Instant::now() - self.started).as_secs_f64() / self.time_scale
+    /// The loop's clock at `at`, in policy seconds (never before its start).
+    fn clock(&self, at: Instant) -> f64 {
+        super::policy_seconds(self.started, at, self.time_scale)
     }
 
     /// The grace this loop allows the owner's probe of an opening of `open_for`
