@@ -147,7 +147,7 @@ impl FleetMember {
 
     /// The loop's clock at `at`, in policy seconds (never before its start).
     fn clock(&self, at: Instant) -> f64 {
-        super::policy_seconds(self.started, at, self.time_scale)
+        policy_seconds(self.started, at, self.time_scale)
     }
 
     /// The grace this loop allows the owner's probe of an opening of `open_for`
@@ -173,6 +173,12 @@ impl FleetMember {
     fn index(&self, model: &str) -> Option<usize> {
         self.models.iter().position(|m| m == model)
     }
+}
+
+/// Policy seconds from `started` to `at`, for a loop whose durations are scaled by
+/// `time_scale`: the capacity estimates' clock, the loop's and its fleet member's.
+pub(crate) fn policy_seconds(started: Instant, at: Instant, time_scale: f64) -> f64 {
+    at.saturating_duration_since(started).as_secs_f64() / time_scale
 }
 
 /// How often a fleet renews its members' capacity leases.

@@ -209,7 +209,7 @@ impl Resilience {
 
     /// Policy seconds since the loop started.
     fn clock_s(&self, now: Instant) -> f64 {
-        policy_seconds(self.started, now, self.options.time_scale)
+        fleet::policy_seconds(self.started, now, self.options.time_scale)
     }
 
     /// The attempt limits in real time (scaled like every other duration).
@@ -678,12 +678,6 @@ impl Resilience {
         p.on_model = 0;
         Ok(())
     }
-}
-
-/// Policy seconds from `started` to `at`, for a loop whose durations are scaled by
-/// `time_scale`: the capacity estimates' clock, the loop's and its fleet member's.
-pub(crate) fn policy_seconds(started: Instant, at: Instant, time_scale: f64) -> f64 {
-    at.saturating_duration_since(started).as_secs_f64() / time_scale
 }
 
 fn scale(duration: Duration, time_scale: f64) -> Duration {
