@@ -1,6 +1,7 @@
 //! The flags every policy-running subcommand shares, and turning them into a policy.
 
 use anyhow::{Context, Result};
+use backstop::untrusted::{FileKind, read_text};
 use backstop::wasm::watch::policy_file;
 use backstop::{
     DEFAULT_POLICY_WASM, Engine, HostConfig, Policy, PolicyHandle, PolicyModule, SwapOptions,
@@ -97,8 +98,7 @@ pub fn engine(host: &HostConfig) -> Result<Engine> {
 pub fn host_config(path: Option<&PathBuf>) -> Result<HostConfig> {
     match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading host config {}", path.display()))?;
+            let text = read_text(path, FileKind::HOST_CONFIG)?;
             HostConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
         }
         None => Ok(HostConfig::default()),
@@ -108,9 +108,7 @@ pub fn host_config(path: Option<&PathBuf>) -> Result<HostConfig> {
 /// A configuration given inline, or as `@FILE`.
 pub fn config_text(config: &str) -> Result<String> {
     match config.strip_prefix('@') {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading config {path}"))
-        }
+        Some(path) => Ok(read_text(Path::new(path), FileKind::POLICY_CONFIG)?),
         None => Ok(config.to_string()),
     }
 }

@@ -20,6 +20,7 @@
 //! The crate reads as its architecture (see `ARCHITECTURE.md`), each layer using only the ones
 //! below it:
 //!
+//! - [`untrusted`]: files from outside read under a cap, text made safe for a metric label;
 //! - the contract types (the `backstop-contract` crate, re-exported here) and [`decision`]: what
 //!   a verdict is, the guardrails, the [`Decider`] trait — no wasm, no SDK;
 //! - two sides that do not know each other: [`wasm`] (engine, sandbox, policy pool, vetting,
@@ -36,6 +37,7 @@ pub mod bedrock;
 pub mod config;
 pub mod decision;
 pub mod resilience;
+pub mod untrusted;
 pub mod wasm;
 
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.

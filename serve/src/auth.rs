@@ -1,6 +1,7 @@
 //! The admin listener's bearer token: read from a file or the environment, compared in
 //! constant time.
 
+use backstop::untrusted::{FileError, read_secret};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -8,28 +9,14 @@ use std::path::Path;
 pub const TOKEN_ENV: &str = "BACKSTOP_ADMIN_TOKEN";
 /// The shortest token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_CHARS: usize = 16;
-/// The largest token file read.
-pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// A token that is missing its strength, or a file that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// The file could not be read.
-    #[error("admin token file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is larger than a token.
-    #[error(
-        "admin token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it should hold one token"
-    )]
-    TooLarge {
-        /// The file.
-        path: String,
-    },
+    /// The file is not one to read a token from (not a regular file, larger than a secret, or
+    /// unreadable).
+    #[error("admin token: {0}")]
+    File(#[from] FileError),
     /// The token is too short.
     #[error(
         "the admin token from {from} is {chars} characters; at least {MIN_TOKEN_CHARS} are required"
@@ -71,21 +58,9 @@ impl AdminToken {
 
     /// The token in `file`, else in [`TOKEN_ENV`]; `None` when neither is set.
     pub fn load(file: Option<&Path>) -> Result<Option<AdminToken>, TokenError> {
-        if let Some(path) = file {
-            let name = path.display().to_string();
-            let read = |source| TokenError::Read {
-                path: name.clone(),
-                source,
-            };
-            if std::fs::metadata(path).map_err(read)?.len() > MAX_TOKEN_FILE_BYTES {
-                return Err(TokenError::TooLarge { path: name });
-            }
-            let text = std::fs::read_to_string(path).map_err(read)?;
-            return AdminToken::new(&text, &name).map(Some);
-        }
-        match std::env::var(TOKEN_ENV) {
-            Ok(text) if !text.trim().is_empty() => AdminToken::new(&text, TOKEN_ENV).map(Some),
-            _ => Ok(None),
+        match read_secret(file, TOKEN_ENV)? {
+            Some((text, from)) => AdminToken::new(&text, &from).map(Some),
+            None => Ok(None),
         }
     }
 

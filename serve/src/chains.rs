@@ -24,7 +24,10 @@ pub enum ChainError {
         model: String,
     },
     /// A model id no model has.
-    #[error("{model:?} is not a model id (1 to 256 characters)")]
+    #[error(
+        "{model:?} is not a model id (1 to 256 characters of letters, digits and `.`, `_`, `:`, \
+         `/`, `-`, as Bedrock's model ids and ARNs are)"
+    )]
     BadModelId {
         /// What was asked for.
         model: String,
@@ -80,7 +83,7 @@ impl Chains {
         if let Some(client) = clients.get(model) {
             return Ok(client.clone());
         }
-        if model.is_empty() || model.len() > 256 {
+        if !is_model_id(model) {
             return Err(ChainError::BadModelId {
                 model: model.chars().take(300).collect(),
             });
@@ -105,6 +108,12 @@ impl Chains {
         Ok(client)
     }
 
+    /// Whether `model` has a chain of its own in the host configuration. An unlisted model's
+    /// id is the caller's text: metrics count it under `unlisted`, never under its id.
+    pub fn is_listed(&self, model: &str) -> bool {
+        self.host.chains.contains_key(model)
+    }
+
     /// The fleet the chains joined, if any.
     pub fn fleet(&self) -> Option<&RedisFleet> {
         self.fleet.as_deref()
@@ -117,5 +126,41 @@ impl Chains {
             .iter()
             .map(|(model, client)| (model.clone(), client.clone()))
             .collect()
+    }
+}
+
+/// Whether `model` can be a Bedrock model id: 1 to 256 characters of the ones Bedrock's ids,
+/// inference profiles and ARNs use. Anything else (quotes, spaces, control characters) is a
+/// caller's text that no model answers to, refused before it reaches a loop, a log or a label.
+pub fn is_model_id(model: &str) -> bool {
+    (1..=256).contains(&model.len())
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_model_id;
+
+    #[test]
+    fn model_ids_and_arns_are_ids_and_caller_markup_is_not() {
+        for id in [
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "us.amazon.nova-pro-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.meta.llama3-2-1b-instruct-v1:0",
+            "m",
+        ] {
+            assert!(is_model_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "evil\"} 1\nbackstop_serve_admin_unauthorized_total 0\n#",
+            "a b",
+            "\u{1b}[31m",
+            &"m".repeat(257),
+        ] {
+            assert!(!is_model_id(id), "{id:?}");
+        }
     }
 }

@@ -1,14 +1,19 @@
 //! The sidecar's own counters, and `/metrics`: the policy handle's families, each chain's
-//! loop counters under a `chain` label (the model the caller asked for), and these.
+//! loop counters under a `chain` label (the model the caller asked for when the host
+//! configuration lists it, else `unlisted`: a caller's text never becomes a label), and these.
 
 use crate::chains::Chains;
 use backstop::PolicyHandle;
+use backstop::untrusted::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The `chain` label of every model the host configuration does not list.
+pub const UNLISTED: &str = "unlisted";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -23,7 +28,7 @@ struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChainLabels {
-    chain: String,
+    chain: LabelValue,
 }
 
 /// Counters of the sidecar itself.
@@ -114,8 +119,14 @@ impl ServeMetrics {
                 if families.len() <= index {
                     families.push((name, help, Family::default()));
                 }
+                // An unlisted chain's id is the caller's choice: one label for all of them.
+                let chain = if chains.is_listed(&chain) {
+                    chain.as_str()
+                } else {
+                    UNLISTED
+                };
                 let labels = ChainLabels {
-                    chain: chain.clone(),
+                    chain: LabelValue::new(chain),
                 };
                 families[index].2.get_or_create(&labels).inc_by(value);
             }

@@ -79,7 +79,7 @@ impl Repeats {
             "the same request arrived again within the repeat window"
         };
         tracing::warn!(
-            caller,
+            caller = ?caller,
             "a client is retrying on its own ({how}): its retries multiply with Backstop's; \
              turn them off (README: \"Turning the client's retries off\")"
         );

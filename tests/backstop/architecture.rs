@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// What each top-level module of the library may use besides itself.
-const LAYERS: [(&str, &[&str]); 5] = [
+const LAYERS: [(&str, &[&str]); 6] = [
+    ("untrusted", &[]),
     ("decision", &[]),
-    ("wasm", &["decision"]),
-    ("resilience", &["decision"]),
-    ("bedrock", &["decision", "wasm", "resilience"]),
-    ("config", &["decision", "wasm", "resilience"]),
+    ("wasm", &["decision", "untrusted"]),
+    ("resilience", &["decision", "untrusted"]),
+    ("bedrock", &["decision", "wasm", "resilience", "untrusted"]),
+    ("config", &["decision", "wasm", "resilience", "untrusted"]),
 ];
 
 /// A module path from the crate root (`["wasm", "engine"]`); the root is empty.

@@ -337,7 +337,7 @@ fn files_that_are_not_policies_get_a_clear_error() {
     assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
 
     let err = e.load_file("/nonexistent/policy.wasm").unwrap_err();
-    assert!(matches!(err, LoadError::Read { .. }), "{err}");
+    assert!(matches!(err, LoadError::File(_)), "{err}");
     assert!(err.to_string().contains("/nonexistent/policy.wasm"));
 }
 

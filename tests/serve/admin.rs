@@ -295,3 +295,111 @@ async fn a_refused_change_and_a_clients_own_retry_are_logged_for_the_operator() 
         "{retry}"
     );
 }
+
+/// `/metrics` through Prometheus's own parser (`promtool check metrics`, Debian's `prometheus`
+/// package): `None` when promtool is not installed (said on stderr), else its complaints about
+/// the text's syntax (lint advice about names and help texts is not the text's validity).
+fn promtool_parse_errors(text: &str) -> Option<String> {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!(
+            "SKIPPED: promtool is not installed (apt-get install prometheus); /metrics was checked without it"
+        );
+        return None;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some(
+        said.lines()
+            .filter(|line| line.contains("parsing error") || line.contains("error while"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_cannot_write_into_metrics_through_a_model_id() {
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let sidecar = sidecar(
+        &server,
+        r#"{ "listed.model-v1:0": ["fallback.model-v1:0"] }"#,
+    )
+    .await;
+    let data = sidecar.endpoint_url();
+    let admin = sidecar.admin_url().unwrap();
+    let json = [("content-type", "application/json")];
+    // The attack from the issue: a model id that closes its label, writes a forged sample and
+    // carries a terminal escape.
+    let hostile = "evil%22%7D%201%0Abackstop_serve_admin_unauthorized_total%200%0A%23%1B%5B31m";
+    let refused = http(
+        "POST",
+        &format!("{data}/model/{hostile}/converse"),
+        &json,
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.header("x-amzn-errortype"), "ValidationException");
+    for model in [
+        "listed.model-v1:0",
+        "someone.elses-model-a",
+        "someone.elses-model-b",
+    ] {
+        let served = http(
+            "POST",
+            &format!("{data}/model/{model}/converse"),
+            &json,
+            CONVERSE_BODY,
+        )
+        .await;
+        assert_eq!(served.status, 200, "{model}");
+    }
+
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape in /metrics:\n{text}"
+    );
+    let forged = text
+        .lines()
+        .filter(|l| l.starts_with("backstop_serve_admin_unauthorized_total"))
+        .count();
+    assert_eq!(
+        forged, 1,
+        "one sample of the unauthorized counter, not a forged second:\n{text}"
+    );
+    assert!(
+        text.contains(r#"backstop_requests_total{chain="listed.model-v1:0"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"backstop_requests_total{chain="unlisted"} 2"#),
+        "the callers' own ids are counted under one label:\n{text}"
+    );
+    assert!(!text.contains("someone.elses-model"), "{text}");
+    if let Some(errors) = promtool_parse_errors(&text) {
+        assert!(
+            errors.is_empty(),
+            "Prometheus cannot parse /metrics: {errors}\n{text}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! `backstop serve`, from the command line.
 
 use super::runtime;
-use anyhow::{Context, Result};
+use anyhow::Result;
+use backstop::untrusted::{FileKind, read_text};
 use backstop_serve::admin_client::AdminClient;
 use clap::Args;
 use std::path::PathBuf;
@@ -21,12 +22,7 @@ pub struct AdminArgs {
 impl AdminArgs {
     fn client(&self) -> Result<AdminClient> {
         let token = match &self.admin_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            Some(path) => Some(read_text(path, FileKind::SECRET)?.trim().to_string()),
             None => std::env::var(backstop_serve::auth::TOKEN_ENV).ok(),
         };
         Ok(AdminClient::new(&self.admin, token)?)

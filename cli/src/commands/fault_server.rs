@@ -1,7 +1,8 @@
 //! `backstop fault-server`: the Bedrock-compatible fault server on loopback.
 
 use super::runtime;
-use anyhow::{Context, Result};
+use anyhow::Result;
+use backstop::untrusted::{FileKind, read_text};
 use backstop_lab::{FaultServer, Scenario};
 use clap::Args;
 use std::path::PathBuf;
@@ -24,8 +25,7 @@ pub fn run(args: FaultServerArgs) -> Result<()> {
 async fn fault_server(scenario: Option<PathBuf>, port: u16) -> Result<()> {
     let scenario = match scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = read_text(&path, FileKind::SCENARIO)?;
             Scenario::from_json(&text).map_err(anyhow::Error::msg)?
         }
         None => Scenario::default(),

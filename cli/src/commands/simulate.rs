@@ -4,11 +4,12 @@ use crate::output;
 use crate::policy_args::{config_text, engine, host_config, policy_bytes};
 use anyhow::{Context, Result};
 use backstop::load_allowed;
+use backstop::untrusted::{FileKind, read_text};
 use backstop_lab::baseline::Baseline;
 use backstop_lab::simulate::{self, Contender};
 use backstop_lab::{Scenario, plot};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The scenario, the contenders, and how to report.
 #[derive(Args)]
@@ -62,14 +63,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     let mut scenario = match simulate::shipped(&args.scenario) {
         Some(parsed) => parsed.map_err(anyhow::Error::msg)?,
         None => {
-            let text = std::fs::read_to_string(&args.scenario).with_context(|| {
-                let names: Vec<&str> = simulate::SHIPPED.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "`{}` is neither a shipped scenario ({}) nor a readable file",
-                    args.scenario,
-                    names.join(", ")
-                )
-            })?;
+            let text =
+                read_text(Path::new(&args.scenario), FileKind::SCENARIO).with_context(|| {
+                    let names: Vec<&str> = simulate::SHIPPED.iter().map(|(n, _)| *n).collect();
+                    format!(
+                        "`{}` is neither a shipped scenario ({}) nor a file to read",
+                        args.scenario,
+                        names.join(", ")
+                    )
+                })?;
             Scenario::from_json(&text).map_err(anyhow::Error::msg)?
         }
     };

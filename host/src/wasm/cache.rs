@@ -12,6 +12,7 @@
 //! by another module's, or written by anyone without the key fails verification and costs a
 //! recompile; it never runs. A directory that others may write to is refused outright.
 
+use crate::untrusted::{FileKind, read_file};
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
 use crate::wasm::module::PolicyModule;
@@ -102,7 +103,7 @@ impl ModuleCache {
     pub fn load(&self, engine: &Engine, bytes: &[u8], origin: &str) -> Result<Cached, LoadError> {
         let digest = sha256_hex(bytes);
         let entry = self.entry(&digest);
-        if let Ok(stored) = std::fs::read(&entry) {
+        if let Ok(stored) = read_file(&entry, FileKind::COMPILED) {
             let verified = self.verify(&digest, &stored).ok_or_else(|| {
                 "its signature does not match: written or changed by someone else".to_string()
             });
@@ -221,7 +222,7 @@ fn mac_key(path: &Path) -> std::io::Result<MacKey> {
             0o077,
             "readable or writable by others; it must be 0600",
         )?;
-        let bytes = std::fs::read(path)?;
+        let bytes = read_file(path, FileKind::SECRET).map_err(std::io::Error::other)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

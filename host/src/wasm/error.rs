@@ -15,6 +15,10 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not one the host reads: not a regular file, larger than a module may be,
+    /// or unreadable.
+    #[error("cannot read {0}")]
+    File(#[from] crate::untrusted::FileError),
     /// The bytes are not WebAssembly.
     #[error("{origin} is not a WebAssembly file (no `\\0asm` header)")]
     NotWasm {

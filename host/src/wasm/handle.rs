@@ -18,6 +18,7 @@
 use crate::contract::AttemptContext;
 use crate::contract::Route;
 use crate::decision::{Decided, Decider, Finished, PolicyFault, RouteQuery, Verdict};
+use crate::untrusted::LabelValue;
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
@@ -129,8 +130,9 @@ pub struct PolicyStatus {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModuleLabels {
     digest: String,
-    name: String,
-    version: String,
+    // A module's own strings: validated at load, and escaped here all the same.
+    name: LabelValue,
+    version: LabelValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,7 +239,7 @@ impl PolicyHandle {
         shared.info.get_or_create(&live.labels).set(1);
         tracing::info!(
             module = %live.policy.module().origin(), digest = %live.labels.digest,
-            name = %live.labels.name, version = %live.labels.version, "policy live"
+            name = ?live.labels.name.as_str(), version = ?live.labels.version.as_str(), "policy live"
         );
         PolicyHandle {
             shared: Arc::new(shared),
@@ -411,7 +413,7 @@ impl PolicyHandle {
         self.shared.swaps.inc();
         tracing::info!(
             module = %next.policy.module().origin(), digest = %next.labels.digest,
-            version = %next.labels.version, replaced = %old.labels.digest, "policy swapped"
+            version = ?next.labels.version.as_str(), replaced = %old.labels.digest, "policy swapped"
         );
         self.record(SwapEventKind::Swapped, &next, None);
     }
@@ -568,7 +570,7 @@ impl PolicyHandle {
         self.shared.info.get_or_create(&good.labels).set(1);
         self.shared.rollbacks.inc();
         tracing::warn!(
-            from = %faulty.labels.digest, to = %good.labels.digest, version = %good.labels.version,
+            from = %faulty.labels.digest, to = %good.labels.digest, version = ?good.labels.version.as_str(),
             %reason, "policy rolled back"
         );
         let reason = format!("{} {reason}", faulty.labels.digest);
@@ -766,8 +768,8 @@ impl Live {
         let module = policy.module();
         let labels = ModuleLabels {
             digest: module.digest().to_string(),
-            name: module.info().name.clone(),
-            version: module.info().version.clone(),
+            name: LabelValue::new(&module.info().name),
+            version: LabelValue::new(&module.info().version),
         };
         Live {
             policy,
@@ -786,7 +788,7 @@ impl SwapEvent {
             event,
             origin: live.policy.module().origin().to_string(),
             digest: live.labels.digest.clone(),
-            version: live.labels.version.clone(),
+            version: live.labels.version.as_str().to_string(),
             reason: None,
         }
     }

@@ -3,6 +3,7 @@
 //! checks all of it and yields a [`PolicyModule`].
 
 use crate::contract::{DECIDER_EXPORT, PolicyInfo};
+use crate::untrusted::{FileKind, read_file};
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
 use crate::wasm::instance::{self, Pre};
@@ -21,47 +22,12 @@ pub const DEFAULT_POLICY_WASM: &[u8] =
 /// language with a runtime (Python, JavaScript) can be a few MB. More is refused before it is
 /// read, so `--policy /dev/zero` or a huge file dropped into a watched directory cannot grow the
 /// process.
-pub const MAX_MODULE_BYTES: u64 = 32 << 20;
+pub const MAX_MODULE_BYTES: u64 = FileKind::MODULE.cap;
 
 /// Reads a policy file: a regular file (a device, a FIFO or a directory is refused) of at most
-/// [`MAX_MODULE_BYTES`].
+/// [`MAX_MODULE_BYTES`], through the host's one bounded reader.
 pub fn read_module_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    use std::io::Read;
-    let refuse = |reason: String| LoadError::Read {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
-    };
-    let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let metadata = file.metadata().map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !metadata.is_file() {
-        return Err(refuse("not a regular file".to_string()));
-    }
-    if metadata.len() > MAX_MODULE_BYTES {
-        return Err(refuse(format!(
-            "{} bytes; a policy module may have at most {MAX_MODULE_BYTES}",
-            metadata.len()
-        )));
-    }
-    // The file may grow between the check and the read: read one byte past the limit at most.
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(MAX_MODULE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(refuse(format!(
-            "it grew past {MAX_MODULE_BYTES} bytes while being read"
-        )));
-    }
-    Ok(bytes)
+    Ok(read_file(path, FileKind::MODULE)?)
 }
 
 impl Engine {

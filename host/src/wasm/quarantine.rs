@@ -3,10 +3,10 @@
 //! an operator can release one from the command line (`backstop quarantine release`) while
 //! the host runs: the host reads the file again before each swap.
 
+use crate::untrusted::{FileKind, read_file};
 use crate::wasm::cache::write_atomically;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,8 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Digests held at most; past it the oldest is let go (a flood of garbage uploads must not
 /// grow the host).
 pub const MAX_HELD: usize = 1024;
-/// The largest quarantine file read.
-const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// A module kept from going live again: it was refused, or rolled back. Swapping the same
 /// bytes in (a SIGHUP, a watch event, a retry) is refused until an operator releases the digest;
@@ -42,6 +40,9 @@ pub enum QuarantineError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not one the host reads (not a regular file, or too large).
+    #[error(transparent)]
+    File(#[from] crate::untrusted::FileError),
     /// The file is not a quarantine list.
     #[error("quarantine file {path} is not a JSON list of quarantined modules: {reason}")]
     Malformed {
@@ -129,25 +130,11 @@ impl Quarantine {
 
 /// The list in a quarantine file, oldest first; empty when the file does not exist.
 pub fn read(path: &Path) -> Result<Vec<Quarantined>, QuarantineError> {
-    let io = |source| QuarantineError::Io {
-        path: path.to_path_buf(),
-        source,
+    let text = match read_file(path, FileKind::QUARANTINE) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(e)),
-    };
-    let mut text = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(QuarantineError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("larger than {MAX_FILE_BYTES} bytes"),
-        });
-    }
     let list: Vec<Quarantined> =
         serde_json::from_slice(&text).map_err(|e| QuarantineError::Malformed {
             path: path.to_path_buf(),
