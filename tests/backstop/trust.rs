@@ -489,3 +489,99 @@ fn a_module_whose_route_faults_is_refused_before_it_goes_live() {
     let sane = handle.swap_bytes(&support::sane_newest_component(), "sane.wasm");
     assert!(sane.is_ok(), "{sane:?}");
 }
+
+fn ended(handle: &backstop::PolicyHandle, served: bool, attempts: u32) {
+    use backstop::Decider;
+    let digest = handle.status().digest;
+    handle.on_finished(&backstop::Finished {
+        request_id: "req-1",
+        served,
+        attempts,
+        breaker_opens: 0,
+        last_decided_by: Some(&digest),
+    });
+}
+
+fn judged_after(requests: u32) -> backstop::SwapOptions {
+    backstop::SwapOptions {
+        rollback: backstop::RollbackRule {
+            outcomes: backstop::OutcomeRule {
+                min_requests: requests,
+                ..backstop::OutcomeRule::default()
+            },
+            ..backstop::RollbackRule::default()
+        },
+        ..backstop::SwapOptions::default()
+    }
+}
+
+/// The attack: a retry storm is live (it serves everything, at many calls each); the operator
+/// swaps the built-in default back in; the default meets a bad minute and fails a few requests.
+/// Judged against the storm, it used to be rolled back *to* the storm and its digest
+/// quarantined. The default is the yardstick, not on trial, and is never quarantined.
+#[test]
+fn a_retry_storm_cannot_become_the_yardstick_that_rolls_the_default_back() {
+    let storm = engine()
+        .load_bytes(&support::sane_component("6.6.6"), "storm.wasm")
+        .unwrap()
+        .configure("{}")
+        .unwrap();
+    let handle = backstop::PolicyHandle::unchecked(storm, judged_after(20));
+    let storm_digest = handle.status().digest;
+    for _ in 0..40 {
+        ended(&handle, true, 8);
+    }
+    handle
+        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "the built-in default")
+        .expect("the default passes vetting");
+    let default_digest = backstop::sha256_hex(backstop::DEFAULT_POLICY_WASM);
+    assert!(!handle.status().on_probation, "the default is not on trial");
+    for i in 0..40 {
+        ended(&handle, i % 4 != 0, 1);
+    }
+    let status = handle.status();
+    assert_eq!(status.rollbacks, 0, "{:?}", status.recent.last());
+    assert_eq!(status.digest, default_digest);
+
+    // Nor does an operator's rollback away from it hold the default.
+    handle
+        .roll_back_by_operator("test")
+        .expect("back to the storm");
+    let status = handle.status();
+    assert_eq!(status.digest, storm_digest);
+    assert!(
+        status
+            .quarantined
+            .iter()
+            .all(|q| q.digest != default_digest),
+        "{:?}",
+        status.quarantined
+    );
+    handle
+        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "the built-in default")
+        .expect("the default can always come back");
+}
+
+/// A newcomer is judged against the better of its predecessor and the built-in default: a
+/// module that storms like its stormy predecessor is caught against the default's record.
+#[test]
+fn a_newcomer_is_judged_against_the_default_when_the_default_fared_better() {
+    let handle =
+        backstop::PolicyHandle::new(support::default_module().clone(), judged_after(20)).unwrap();
+    for _ in 0..40 {
+        ended(&handle, true, 1);
+    }
+    let storm = support::sane_component("6.6.6");
+    handle.swap_bytes(&storm, "storm.wasm").unwrap();
+    // The storm is on probation against the default; it is swapped out before judgement.
+    let another = support::sane_component("6.6.7");
+    handle.swap_bytes(&another, "another-storm.wasm").unwrap();
+    assert!(handle.status().on_probation);
+    for _ in 0..20 {
+        ended(&handle, true, 8);
+    }
+    let status = handle.status();
+    assert_eq!(status.rollbacks, 1, "{:?}", status.recent.last());
+    let reason = status.recent.last().unwrap().reason.clone().unwrap();
+    assert!(reason.contains("calls per request"), "{reason}");
+}

@@ -24,7 +24,10 @@ fn refused(args: &[&str], expect: &str) {
     let out = backstop(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in:\n{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{args:?}: expected {expect:?} in:\n{stderr}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "{args:?} took {:?}",
@@ -36,23 +39,64 @@ fn refused(args: &[&str], expect: &str) {
 fn every_command_refuses_devices_fifos_and_oversized_files_at_once() {
     let dir = hostile_files("cli-files");
     let path = |name: &str| dir.join(name).display().to_string();
-    let (fifo, sparse, link) = (path("fifo.json"), path("sparse.json"), path("zero-link.json"));
+    let (fifo, sparse, link) = (
+        path("fifo.json"),
+        path("sparse.json"),
+        path("zero-link.json"),
+    );
     let device = "a device, not a regular file";
     let at_config = format!("@{}", "/dev/zero");
 
     refused(&["check", "--host-config", "/dev/zero"], device);
-    refused(&["check", "--host-config", &fifo], "a FIFO, not a regular file");
-    refused(&["check", "--host-config", &sparse], "a host configuration may have at most 1048576");
+    refused(
+        &["check", "--host-config", &fifo],
+        "a FIFO, not a regular file",
+    );
+    refused(
+        &["check", "--host-config", &sparse],
+        "a host configuration may have at most 1048576",
+    );
     refused(&["check", "--host-config", &link], "(→ /dev/zero)");
-    refused(&["decide", "--error", "ThrottlingException", "--config", &at_config], device);
+    refused(
+        &[
+            "decide",
+            "--error",
+            "ThrottlingException",
+            "--config",
+            &at_config,
+        ],
+        device,
+    );
     refused(&["simulate", "--scenario", "/dev/zero"], device);
-    refused(&["simulate", "--scenario", &sparse], "a scenario may have at most");
-    refused(&["fault-server", "--port", "0", "--scenario", &fifo], "a FIFO");
-    refused(&["status", "--admin", "http://127.0.0.1:9", "--admin-token-file", "/dev/zero"], device);
+    refused(
+        &["simulate", "--scenario", &sparse],
+        "a scenario may have at most",
+    );
+    refused(
+        &["fault-server", "--port", "0", "--scenario", &fifo],
+        "a FIFO",
+    );
+    refused(
+        &[
+            "status",
+            "--admin",
+            "http://127.0.0.1:9",
+            "--admin-token-file",
+            "/dev/zero",
+        ],
+        device,
+    );
     let module = path("module.wasm");
     std::fs::write(&module, b"\0asm").unwrap();
     refused(
-        &["swap", "--admin", "http://127.0.0.1:9", "--admin-token-file", &sparse, &module],
+        &[
+            "swap",
+            "--admin",
+            "http://127.0.0.1:9",
+            "--admin-token-file",
+            &sparse,
+            &module,
+        ],
         "a secret may have at most 4096",
     );
     refused(
@@ -60,11 +104,25 @@ fn every_command_refuses_devices_fifos_and_oversized_files_at_once() {
         "policy module",
     );
     refused(
-        &["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--host-config", &fifo],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--host-config",
+            &fifo,
+        ],
         "a FIFO",
     );
     refused(
-        &["serve", "--listen", "127.0.0.1:0", "--admin-token-file", "/dev/zero"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            "/dev/zero",
+        ],
         device,
     );
     let _ = std::fs::remove_dir_all(&dir);

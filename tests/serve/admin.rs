@@ -125,12 +125,35 @@ async fn an_authenticated_swap_goes_live_junk_is_refused_with_its_reason_and_rol
     assert_eq!(back.status, 200, "{:?}", back.json());
     assert_eq!(status().await["policy"]["digest"], default_digest.as_str());
 
-    // The junk is quarantined; clearing the quarantine releases it.
-    let held = status().await["policy"]["quarantined"]
+    // The junk is quarantined, and so is the module the operator rolled away from: the same
+    // bytes are refused until released.
+    let held = status().await["policy"]["quarantined"].clone();
+    let held: Vec<&str> = held
         .as_array()
         .unwrap()
-        .len();
-    assert_eq!(held, 1);
+        .iter()
+        .map(|q| q["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.contains(&new_digest.as_str()), "{held:?}");
+    let again = http(
+        "PUT",
+        &format!("{admin}/policy"),
+        &[("authorization", &auth)],
+        FIXTURE_0_1_0.to_vec(),
+    )
+    .await;
+    assert_eq!(again.status, 422, "{:?}", again.json());
+    assert_eq!(again.json()["kind"], "quarantined");
+    assert!(
+        again.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("by the operator"),
+        "{:?}",
+        again.json()
+    );
+    // Clearing the quarantine releases both.
     let cleared = http(
         "DELETE",
         &format!("{admin}/quarantine"),
@@ -139,7 +162,7 @@ async fn an_authenticated_swap_goes_live_junk_is_refused_with_its_reason_and_rol
     )
     .await;
     assert_eq!(cleared.status, 200);
-    assert_eq!(cleared.json()["released"].as_array().unwrap().len(), 1);
+    assert_eq!(cleared.json()["released"].as_array().unwrap().len(), 2);
     assert!(
         status().await["policy"]["quarantined"]
             .as_array()

@@ -57,6 +57,24 @@ impl Tally {
         }
     }
 
+    /// How this tally compares with `other` as a yardstick: `Less` when it fared better (fewer
+    /// failures per request, then fewer calls per request, then fewer breaker opens).
+    pub fn fared_better(&self, other: &Tally) -> std::cmp::Ordering {
+        let key = |t: &Tally| {
+            [
+                t.failure_rate(),
+                t.calls_per_request(),
+                t.opens_per_request(),
+            ]
+        };
+        key(self)
+            .iter()
+            .zip(key(other))
+            .map(|(a, b)| a.total_cmp(&b))
+            .find(|order| order.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }
+
     /// Failed requests per request.
     pub fn failure_rate(&self) -> f64 {
         ratio(self.failed, self.requests)

@@ -22,7 +22,7 @@ use crate::untrusted::LabelValue;
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
-use crate::wasm::module::{PolicyModule, read_module_file};
+use crate::wasm::module::{DEFAULT_POLICY_WASM, PolicyModule, read_module_file};
 use crate::wasm::policy::Policy;
 use crate::wasm::probation::Outcomes;
 use crate::wasm::quarantine::{Quarantine, Quarantined, now_ms};
@@ -173,6 +173,9 @@ struct Shared {
     live: ArcSwap<Live>,
     /// Modules to roll back to, newest last.
     previous: Mutex<Vec<Arc<Live>>>,
+    /// The built-in default when it was last live: its recent outcomes are a yardstick every
+    /// newcomer is judged against besides its predecessor's.
+    default_live: Mutex<Option<Arc<Live>>>,
     /// Serialises going live and rolling back; decisions never take it.
     publishing: Mutex<()>,
     engine: Engine,
@@ -222,6 +225,7 @@ impl PolicyHandle {
         let shared = Shared {
             live: ArcSwap::new(live.clone()),
             previous: Mutex::new(Vec::new()),
+            default_live: Mutex::new(live.is_default().then(|| live.clone())),
             publishing: Mutex::new(()),
             engine,
             options,
@@ -392,15 +396,26 @@ impl PolicyHandle {
     }
 
     /// Makes a vetted policy live; the module it replaces is kept to roll back to, and the new
-    /// one goes on probation against the outcomes the old one just had.
+    /// one goes on probation against the better of the outcomes the old one just had and the
+    /// built-in default's (when it ran recently). The built-in default itself is the yardstick,
+    /// not on trial.
     fn publish(&self, policy: Policy) {
         let _publishing = lock(&self.shared.publishing);
-        let outcomes = Outcomes::on_probation(
-            &self.shared.live.load().outcomes,
-            &self.shared.options.rollback.outcomes,
-            Instant::now(),
-        );
+        let outcomes = if policy.module().digest() == default_digest() {
+            Outcomes::trusted()
+        } else {
+            let predecessor = self.shared.live.load();
+            let default = lock(&self.shared.default_live).clone();
+            let default = default.filter(|d| !Arc::ptr_eq(d, &predecessor));
+            Outcomes::on_probation(
+                &predecessor.outcomes,
+                default.as_ref().map(|d| &d.outcomes),
+                &self.shared.options.rollback.outcomes,
+                Instant::now(),
+            )
+        };
         let next = Arc::new(Live::new(policy, &self.shared.decisions, outcomes));
+        self.remember_default(&next);
         let old = self.shared.live.swap(next.clone());
         let mut previous = lock(&self.shared.previous);
         previous.push(old.clone());
@@ -448,7 +463,20 @@ impl PolicyHandle {
         error
     }
 
+    /// Keeps `live` as the default's record when it is the built-in default.
+    fn remember_default(&self, live: &Arc<Live>) {
+        if live.is_default() {
+            *lock(&self.shared.default_live) = Some(live.clone());
+        }
+    }
+
+    /// Quarantines `digest` — never the built-in default's: it is the last resort every
+    /// rollback can reach, so holding it would leave a host with nothing safe to go back to.
     fn hold(&self, digest: &str, reason: String) {
+        if digest == default_digest() {
+            tracing::warn!(%reason, "the built-in default policy is not quarantined");
+            return;
+        }
         self.shared.quarantine.hold(digest, reason);
     }
 
@@ -527,34 +555,34 @@ impl PolicyHandle {
         }
     }
 
-    /// Puts the previous module back at an operator's request (the live module is not
-    /// quarantined: the operator may swap it in again). With no earlier module kept, the
-    /// built-in default goes live; `None` when the default itself is live with nothing before
-    /// it, so there is nothing to go back to.
+    /// Puts the previous module back at an operator's request, and quarantines the module it
+    /// rolls away from, as every rollback does (release it to swap it in again; the built-in
+    /// default is never held). With no earlier module kept, the built-in default goes live;
+    /// `None` when the default itself is live with nothing before it, so there is nothing to go
+    /// back to.
     pub fn roll_back_by_operator(&self, reason: &str) -> Option<SwapEvent> {
         let live = self.shared.live.load_full();
-        self.roll_back_holding(&live, reason, false)
+        let reason = format!("by the operator ({reason})");
+        self.roll_back_from(&live, &reason, true)
             .then(|| lock(&self.shared.events).back().cloned())
             .flatten()
     }
 
     /// Puts the previous module back if `faulty` is still live, and quarantines it.
     fn roll_back(&self, faulty: &Arc<Live>, reason: &str) {
-        self.roll_back_holding(faulty, reason, true);
+        self.roll_back_from(faulty, reason, false);
     }
 
-    /// Puts the previous module back if `faulty` is still live; whether it did.
-    fn roll_back_holding(&self, faulty: &Arc<Live>, reason: &str, hold: bool) -> bool {
+    /// Puts the previous module back if `faulty` is still live, and quarantines `faulty`;
+    /// whether it did. `asked` says an operator asked, rather than a fault or an outcome.
+    fn roll_back_from(&self, faulty: &Arc<Live>, reason: &str, asked: bool) -> bool {
         let _publishing = lock(&self.shared.publishing);
         if !Arc::ptr_eq(&self.shared.live.load(), faulty) {
             return false; // Already replaced (a swap or another caller's rollback).
         }
-        if hold {
-            self.hold(&faulty.labels.digest, format!("rolled back: {reason}"));
-        }
         let earlier = lock(&self.shared.previous).pop();
         let Some(good) = earlier.or_else(|| self.last_resort(faulty)) else {
-            if !hold {
+            if asked {
                 tracing::warn!(%reason, "rollback asked with the built-in default live and nothing before it");
                 return false;
             }
@@ -565,6 +593,8 @@ impl PolicyHandle {
             );
             return false;
         };
+        self.hold(&faulty.labels.digest, format!("rolled back: {reason}"));
+        self.remember_default(&good);
         self.shared.live.store(good.clone());
         self.shared.info.remove(&faulty.labels);
         self.shared.info.get_or_create(&good.labels).set(1);
@@ -764,6 +794,11 @@ impl std::ops::Deref for PolicyRef {
 }
 
 impl Live {
+    /// Whether this is the built-in default policy (by its bytes).
+    fn is_default(&self) -> bool {
+        self.labels.digest == default_digest()
+    }
+
     fn new(policy: Policy, decisions: &Family<ModuleLabels, Counter>, outcomes: Outcomes) -> Live {
         let module = policy.module();
         let labels = ModuleLabels {
@@ -792,6 +827,12 @@ impl SwapEvent {
             reason: None,
         }
     }
+}
+
+/// The built-in default's digest, computed once.
+fn default_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| sha256_hex(DEFAULT_POLICY_WASM))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

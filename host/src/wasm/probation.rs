@@ -32,17 +32,27 @@ impl Outcomes {
         }
     }
 
-    /// Outcomes of a module swapped in after `predecessor`: judged under `rule` from `now`.
+    /// Outcomes of a module swapped in after `predecessor`: judged under `rule` from `now`
+    /// against the better of the predecessor's recent outcomes and `default`'s (the built-in
+    /// default's, when it ran recently), so a bad predecessor — a retry storm, a module that
+    /// gives up — cannot become the yardstick that a better newcomer is rolled back against.
     /// With too little baseline the new module is not judged by outcomes (said in the log).
     pub(crate) fn on_probation(
         predecessor: &Outcomes,
+        default: Option<&Outcomes>,
         rule: &OutcomeRule,
         now: Instant,
     ) -> Outcomes {
-        let baseline = predecessor.baseline(rule, now);
+        let least = u64::from(rule.min_requests);
+        let baseline = std::iter::once(predecessor)
+            .chain(default)
+            .map(|outcomes| outcomes.baseline(rule, now))
+            .filter(|tally| tally.requests >= least)
+            .min_by(|a, b| a.fared_better(b))
+            .unwrap_or_default();
         let probation = if !rule.enabled() {
             None
-        } else if baseline.requests < u64::from(rule.min_requests) {
+        } else if baseline.requests < least {
             tracing::info!(
                 requests = baseline.requests,
                 needed = rule.min_requests,
@@ -150,7 +160,7 @@ mod tests {
                 "the first module is not judged"
             );
         }
-        let new = Outcomes::on_probation(&old, &rule, t0);
+        let new = Outcomes::on_probation(&old, None, &rule, t0);
         assert!(new.on_trial(t0));
         for i in 0..9 {
             assert_eq!(
@@ -165,7 +175,7 @@ mod tests {
 
         // The same behaviour after probation is not judged.
         let later = t0 + Duration::from_secs(61);
-        let newer = Outcomes::on_probation(&old, &rule, t0);
+        let newer = Outcomes::on_probation(&old, None, &rule, t0);
         assert!(!newer.on_trial(later));
         for _ in 0..20 {
             assert_eq!(finish(&newer, false, 1, &rule, later), None);
@@ -183,10 +193,110 @@ mod tests {
         for _ in 0..9 {
             finish(&old, true, 1, &rule, t0);
         }
-        let new = Outcomes::on_probation(&old, &rule, t0);
+        let new = Outcomes::on_probation(&old, None, &rule, t0);
         assert!(!new.on_trial(t0));
         for _ in 0..30 {
             assert_eq!(finish(&new, false, 1, &rule, t0), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod yardstick {
+    use super::*;
+    use std::time::Duration;
+
+    fn ended(outcomes: &Outcomes, served: bool, attempts: u32, rule: &OutcomeRule, now: Instant) {
+        outcomes.record(
+            &Finished {
+                request_id: "r",
+                served,
+                attempts,
+                breaker_opens: 0,
+                last_decided_by: None,
+            },
+            rule,
+            now,
+        );
+    }
+
+    #[test]
+    fn a_newcomer_is_judged_against_the_better_of_its_predecessor_and_the_default() {
+        let rule = OutcomeRule {
+            min_requests: 10,
+            probation: Duration::from_secs(60),
+            ..OutcomeRule::default()
+        };
+        let t0 = Instant::now();
+        // A storm: every request served, at eight calls each.
+        let storm = Outcomes::trusted();
+        // The default, live shortly before: every request served at one call.
+        let default = Outcomes::trusted();
+        for _ in 0..20 {
+            ended(&storm, true, 8, &rule, t0);
+            ended(&default, true, 1, &rule, t0);
+        }
+        // A newcomer that behaves like the storm passes against the storm alone…
+        let against_storm = Outcomes::on_probation(&storm, None, &rule, t0);
+        let mut breach = None;
+        for _ in 0..10 {
+            breach = breach.or(against_storm.record(
+                &Finished {
+                    request_id: "r",
+                    served: true,
+                    attempts: 8,
+                    breaker_opens: 0,
+                    last_decided_by: None,
+                },
+                &rule,
+                t0,
+            ));
+        }
+        assert_eq!(
+            breach, None,
+            "the storm as yardstick lets another storm through"
+        );
+        // …and is caught against the better yardstick, the default's.
+        let judged = Outcomes::on_probation(&storm, Some(&default), &rule, t0);
+        let mut breach = None;
+        for _ in 0..10 {
+            breach = breach.or(judged.record(
+                &Finished {
+                    request_id: "r",
+                    served: true,
+                    attempts: 8,
+                    breaker_opens: 0,
+                    last_decided_by: None,
+                },
+                &rule,
+                t0,
+            ));
+        }
+        assert_eq!(
+            breach.expect("judged against the default").measure,
+            "calls per request"
+        );
+        // The default's record counts only while recent.
+        let stale = t0 + Duration::from_secs(120);
+        for _ in 0..20 {
+            ended(&storm, true, 8, &rule, stale);
+        }
+        let later = Outcomes::on_probation(&storm, Some(&default), &rule, stale);
+        for _ in 0..10 {
+            assert_eq!(
+                later.record(
+                    &Finished {
+                        request_id: "r",
+                        served: true,
+                        attempts: 8,
+                        breaker_opens: 0,
+                        last_decided_by: None
+                    },
+                    &rule,
+                    stale,
+                ),
+                None
+            );
         }
     }
 }
