@@ -21,6 +21,7 @@
 //! by another when the replica holding one dies.
 #![deny(missing_docs)]
 
+pub mod key;
 pub mod queue;
 
 use backstop::resilience::capacity::LeaseGrant;
@@ -273,12 +274,13 @@ impl RedisFleet {
     }
 
     /// The fleet's durable batch queue, holding at most `capacity` entries, for this replica.
-    pub fn queue(&self, capacity: usize) -> Arc<queue::DurableQueue> {
+    pub fn queue(&self, capacity: usize, key: key::FleetKey) -> Arc<queue::DurableQueue> {
         queue::DurableQueue::new(
             self.link.client.clone(),
             &self.prefix,
             &self.replica,
             capacity,
+            key,
         )
     }
 

@@ -6,8 +6,17 @@
 //! claim while it holds one, so an entry whose replica died (`kill -9`) goes idle and another
 //! replica claims it after [`CLAIM_IDLE`] (`XAUTOCLAIM`). Nothing parked is lost with a
 //! replica; an answer whose caller left with its replica is kept for [`ANSWER_TTL`].
+//!
+//! **Redis is storage, not a party to trust.** Every entry and every answer carries an
+//! HMAC under the [fleet key](crate::key) over all of its fields; one that does not verify (or
+//! does not parse) is dropped and counted, never served and never given to a caller. A
+//! consumer holds a slot only for an entry due within [`HOLD_AT_MOST`]: one due later waits in
+//! a delayed set (a sorted set by due time, moved onto the stream when due), so entries due
+//! far in the future cannot take every consumer. An entry due after its own deadline is
+//! answered at once (with a deadline error).
 
 use crate::WRITE_TIMEOUT;
+use crate::key::FleetKey;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -28,8 +37,30 @@ pub const ANSWER_TTL: Duration = Duration::from_secs(600);
 pub const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Entries one replica serves at once.
 pub const CONSUMERS: usize = 16;
+/// The longest a consumer waits, holding its slot, for an entry to come due; an entry due
+/// later waits in the delayed set instead.
+pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+/// Entries moved from the delayed set onto the stream at once, at most.
+const MOVE_AT_ONCE: usize = 64;
 /// The consumer group every replica reads in.
 const GROUP: &str = "backstop";
+
+/// Moves the entries of the delayed set (`KEYS[1]`, member: the answer id, score: when due)
+/// that are due by `ARGV[1]` (ms since the epoch; at most `ARGV[2]`) onto the stream
+/// (`KEYS[2]`), from their hashes (`ARGV[3]` followed by the id), in one step.
+const MOVE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+  local key = ARGV[3] .. id
+  local fields = redis.call('HGETALL', key)
+  if #fields > 0 then
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #due
+";
 
 /// A batch request parked in the fleet's queue.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +123,9 @@ pub struct QueueCounters {
     pub oldest_ms: AtomicU64,
     /// Redis operations of the queue that failed.
     pub errors: AtomicU64,
+    /// Entries and answers dropped because they did not verify under the fleet key or did not
+    /// parse: written to Redis by someone other than the fleet.
+    pub rejected: AtomicU64,
 }
 
 /// The queue's counters at one moment.
@@ -109,6 +143,8 @@ pub struct QueueStatus {
     pub oldest_ms: u64,
     /// See [`QueueCounters`].
     pub errors: u64,
+    /// See [`QueueCounters`].
+    pub rejected: u64,
 }
 
 impl QueueCounters {
@@ -122,6 +158,7 @@ impl QueueCounters {
             depth: load(&self.depth),
             oldest_ms: load(&self.oldest_ms),
             errors: load(&self.errors),
+            rejected: load(&self.rejected),
         }
     }
 }
@@ -144,7 +181,10 @@ pub enum QueueError {
 pub struct DurableQueue {
     client: redis::Client,
     conn: tokio::sync::OnceCell<ConnectionManager>,
+    key: FleetKey,
     stream: String,
+    /// The delayed set: entries not due yet.
+    later: String,
     prefix: String,
     replica: String,
     capacity: u64,
@@ -162,17 +202,21 @@ pub fn epoch_ms() -> u64 {
 
 impl DurableQueue {
     /// The queue of the fleet under `prefix` at `client`'s Redis, for `replica`, holding at
-    /// most `capacity` entries. It connects when first used.
+    /// most `capacity` entries, its entries and answers signed with `key`. It connects when
+    /// first used.
     pub fn new(
         client: redis::Client,
         prefix: &str,
         replica: &str,
         capacity: usize,
+        key: FleetKey,
     ) -> Arc<DurableQueue> {
         Arc::new(DurableQueue {
             client,
             conn: tokio::sync::OnceCell::new(),
+            key,
             stream: format!("{prefix}:batch"),
+            later: format!("{prefix}:batch:later"),
             prefix: prefix.to_string(),
             replica: replica.to_string(),
             capacity: capacity as u64,
@@ -199,6 +243,11 @@ impl DurableQueue {
 
     fn answer_key(&self, id: &str) -> String {
         format!("{}:answer:{id}", self.prefix)
+    }
+
+    /// The hash an entry waits in while it is in the delayed set.
+    fn later_entry(&self, id: &str) -> String {
+        format!("{}:entry:{id}", self.later)
     }
 
     fn answers_channel(&self) -> String {
@@ -245,16 +294,21 @@ impl DurableQueue {
     /// Parks `request` in the fleet's queue (refused when it holds `capacity` already).
     pub async fn park(&self, request: &Parked) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        let depth: u64 = self
-            .bounded(redis::cmd("XLEN").arg(&self.stream).query_async(&mut conn))
-            .await?;
+        let mut count = redis::pipe();
+        count
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("ZCARD")
+            .arg(&self.later);
+        let (ready, later): (u64, u64) = self.bounded(count.query_async(&mut conn)).await?;
+        let depth = ready + later;
         if depth >= self.capacity {
             return Err(QueueError::Full(depth));
         }
-        let mut add = redis::cmd("XADD");
-        add.arg(&self.stream).arg("*");
-        fields(&mut add, request);
-        self.bounded(add.query_async::<String>(&mut conn)).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.enqueue(&mut pipe, request);
+        self.bounded(pipe.query_async::<()>(&mut conn)).await?;
         self.counters.parked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -263,12 +317,15 @@ impl DurableQueue {
     /// answers channel (see [`run_answers`](Self::run_answers)), and looked for every second
     /// besides, so a missed announcement costs a second, not the answer.
     pub async fn answer(&self, id: &str, deadline_ms: u64) -> Option<Answer> {
-        let (told, mut heard) = oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_string(), told);
         let found = loop {
+            // Listening before looking, so an announcement between the two is not missed; a
+            // fresh ear each round, since an announcement may be of an answer that does not
+            // verify.
+            let (told, heard) = oneshot::channel();
+            self.waiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.to_string(), told);
             if let Ok(Some(answer)) = self.take_answer(id).await {
                 break Some(answer);
             }
@@ -277,7 +334,7 @@ impl DurableQueue {
                 break None;
             }
             let wait = Duration::from_millis(left).min(Duration::from_secs(1));
-            let _ = tokio::time::timeout(wait, &mut heard).await;
+            let _ = tokio::time::timeout(wait, heard).await;
         };
         self.waiters
             .lock()
@@ -298,7 +355,23 @@ impl DurableQueue {
             .ignore();
         let (found,): (HashMap<String, redis::Value>,) =
             self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(answer_from(&found))
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let answer = answer_from(&found).filter(|answer| {
+            let tag = bytes(&found, "mac").unwrap_or_default();
+            self.key
+                .verifies(&as_slices(&answer_fields(&key, answer)), &tag)
+        });
+        if answer.is_none() {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = ?id,
+                "fleet: an answer in Redis did not verify under the fleet key; dropped, and the \
+                 caller waits on for the fleet's own"
+            );
+        }
+        Ok(answer)
     }
 
     /// Hears the answers channel and wakes this replica's waiters, until the task is
@@ -377,8 +450,10 @@ impl DurableQueue {
         {
             return Err(error.into());
         }
+        let move_due = redis::Script::new(MOVE_DUE);
         loop {
             self.measure(&mut reader).await;
+            let block = self.move_due(&move_due, &mut reader).await?;
             let free = places.available_permits();
             if free == 0 {
                 drop(places.acquire().await);
@@ -407,7 +482,7 @@ impl DurableQueue {
                     .arg("COUNT")
                     .arg(free)
                     .arg("BLOCK")
-                    .arg(READ_BLOCK.as_millis() as u64)
+                    .arg(block.as_millis().max(1) as u64)
                     .arg("STREAMS")
                     .arg(&self.stream)
                     .arg(">")
@@ -433,10 +508,44 @@ impl DurableQueue {
         }
     }
 
+    /// Moves the delayed entries that are due onto the stream; how long a read may block
+    /// before the next one comes due (at most [`READ_BLOCK`]).
+    async fn move_due(
+        &self,
+        script: &redis::Script,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Duration, QueueError> {
+        let now = epoch_ms();
+        let _moved: u64 = script
+            .key(&self.later)
+            .key(&self.stream)
+            .arg(now)
+            .arg(MOVE_AT_ONCE)
+            .arg(format!("{}:entry:", self.later))
+            .invoke_async(conn)
+            .await?;
+        let next: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&self.later)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await?;
+        Ok(next.first().map_or(READ_BLOCK, |(_, due)| {
+            Duration::from_millis((*due as u64).saturating_sub(now)).min(READ_BLOCK)
+        }))
+    }
+
     /// The depth and the oldest entry's age, for status and metrics.
     async fn measure(&self, conn: &mut MultiplexedConnection) {
-        let depth: redis::RedisResult<u64> =
-            redis::cmd("XLEN").arg(&self.stream).query_async(conn).await;
+        let depth: redis::RedisResult<u64> = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("ZCARD")
+            .arg(&self.later)
+            .query_async::<(u64, u64)>(conn)
+            .await
+            .map(|(ready, later)| ready + later);
         let first: redis::RedisResult<Vec<(String, HashMap<String, redis::Value>)>> =
             redis::cmd("XRANGE")
                 .arg(&self.stream)
@@ -464,12 +573,31 @@ impl DurableQueue {
         S: Fn(Parked) -> F,
         F: Future<Output = Served>,
     {
-        let Some(parked) = parked_from(&entry) else {
-            tracing::warn!(id = %entry.id, "fleet: an unreadable batch entry was dropped");
+        let Some(parked) = parked_from(&entry, &self.key, &self.stream) else {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = %entry.id,
+                "fleet: a batch entry that does not verify under the fleet key (or does not \
+                 parse) was dropped"
+            );
             let _ = self.ack(&entry.id, None).await;
             return;
         };
-        let due = parked.not_before_ms.saturating_sub(epoch_ms());
+        let now = epoch_ms();
+        let expired = now >= parked.deadline_ms || parked.not_before_ms >= parked.deadline_ms;
+        let due = if expired {
+            // Served at once: its deadline comes first, and the answer says so.
+            0
+        } else {
+            parked.not_before_ms.saturating_sub(now)
+        };
+        if Duration::from_millis(due) > HOLD_AT_MOST {
+            // Not due for a while: back to the delayed set rather than hold a slot.
+            if let Err(error) = self.requeue(&entry.id, &parked).await {
+                tracing::warn!(%error, id = %entry.id, "fleet: a batch entry was not settled");
+            }
+            return;
+        }
         let request = parked.clone();
         let work = async move {
             tokio::time::sleep(Duration::from_millis(due)).await;
@@ -532,6 +660,7 @@ impl DurableQueue {
         if let Some((answer_id, answer)) = answer {
             let key = self.answer_key(answer_id);
             let headers = serde_json::to_string(&answer.headers).unwrap_or_default();
+            let tag = self.key.sign(&as_slices(&answer_fields(&key, &answer)));
             pipe.cmd("HSET")
                 .arg(&key)
                 .arg("status")
@@ -540,6 +669,8 @@ impl DurableQueue {
                 .arg(headers)
                 .arg("body")
                 .arg(answer.body.as_ref())
+                .arg("mac")
+                .arg(&tag[..])
                 .ignore()
                 .cmd("PEXPIRE")
                 .arg(&key)
@@ -555,12 +686,47 @@ impl DurableQueue {
 
     /// Parks `again` as a new entry and settles `id`, in one transaction.
     async fn requeue(&self, id: &str, again: &Parked) -> Result<(), QueueError> {
-        let mut add = redis::cmd("XADD");
-        add.arg(&self.stream).arg("*");
-        fields(&mut add, again);
         let mut pipe = redis::pipe();
-        pipe.atomic().add_command(add).ignore();
+        pipe.atomic();
+        self.enqueue(&mut pipe, again);
         self.settle(pipe, id).await
+    }
+
+    /// Adds `request` to `pipe`: onto the stream when due within [`HOLD_AT_MOST`], else into
+    /// the delayed set (its fields in a hash that expires after its deadline).
+    fn enqueue(&self, pipe: &mut redis::Pipeline, request: &Parked) {
+        let tag = self
+            .key
+            .sign(&as_slices(&entry_fields(&self.stream, request)));
+        let due = request.not_before_ms.saturating_sub(epoch_ms());
+        // Due after its own deadline: onto the stream now, to be answered at once.
+        let hopeless = request.not_before_ms >= request.deadline_ms;
+        if hopeless || Duration::from_millis(due) <= HOLD_AT_MOST {
+            let mut add = redis::cmd("XADD");
+            add.arg(&self.stream).arg("*");
+            fields(&mut add, request, &tag);
+            pipe.add_command(add).ignore();
+            return;
+        }
+        let hash = self.later_entry(&request.id);
+        let mut set = redis::cmd("HSET");
+        set.arg(&hash);
+        fields(&mut set, request, &tag);
+        let keep = request
+            .deadline_ms
+            .saturating_sub(epoch_ms())
+            .saturating_add(ANSWER_TTL.as_millis() as u64);
+        pipe.add_command(set)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&hash)
+            .arg(keep.max(1))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&self.later)
+            .arg(request.not_before_ms)
+            .arg(&request.id)
+            .ignore();
     }
 
     /// Runs `pipe` (a transaction) with entry `id` acknowledged and deleted at its end.
@@ -579,8 +745,36 @@ impl DurableQueue {
     }
 }
 
-/// An entry's fields.
-fn fields(cmd: &mut redis::Cmd, request: &Parked) {
+/// What an entry's MAC covers: the stream it belongs to and every field, as text.
+fn entry_fields(stream: &str, request: &Parked) -> Vec<Vec<u8>> {
+    let headers = serde_json::to_string(&request.headers).unwrap_or_default();
+    vec![
+        stream.as_bytes().to_vec(),
+        request.id.as_bytes().to_vec(),
+        request.model.as_bytes().to_vec(),
+        request.operation.as_bytes().to_vec(),
+        headers.into_bytes(),
+        request.deadline_ms.to_string().into_bytes(),
+        request.not_before_ms.to_string().into_bytes(),
+        request.attempts.to_string().into_bytes(),
+        request.body.to_vec(),
+    ]
+}
+
+/// What an answer's MAC covers: the key it is stored under (so an answer for one caller cannot
+/// be moved to another's) and every field.
+fn answer_fields(key: &str, answer: &Answer) -> Vec<Vec<u8>> {
+    let headers = serde_json::to_string(&answer.headers).unwrap_or_default();
+    vec![
+        key.as_bytes().to_vec(),
+        answer.status.to_string().into_bytes(),
+        headers.into_bytes(),
+        answer.body.to_vec(),
+    ]
+}
+
+/// An entry's fields, and its MAC.
+fn fields(cmd: &mut redis::Cmd, request: &Parked, tag: &[u8; 32]) {
     let headers = serde_json::to_string(&request.headers).unwrap_or_default();
     cmd.arg("id")
         .arg(&request.id)
@@ -597,7 +791,9 @@ fn fields(cmd: &mut redis::Cmd, request: &Parked) {
         .arg("attempts")
         .arg(request.attempts)
         .arg("body")
-        .arg(request.body.as_ref());
+        .arg(request.body.as_ref())
+        .arg("mac")
+        .arg(&tag[..]);
 }
 
 fn text(map: &HashMap<String, redis::Value>, field: &str) -> Option<String> {
@@ -610,9 +806,10 @@ fn bytes(map: &HashMap<String, redis::Value>, field: &str) -> Option<Bytes> {
         .map(Bytes::from)
 }
 
-fn parked_from(entry: &StreamId) -> Option<Parked> {
+/// The parked request in `entry` of `stream`, when it parses and its MAC verifies.
+fn parked_from(entry: &StreamId, key: &FleetKey, stream: &str) -> Option<Parked> {
     let map = &entry.map;
-    Some(Parked {
+    let parked = Parked {
         id: text(map, "id")?,
         model: text(map, "model")?,
         operation: text(map, "operation")?,
@@ -621,7 +818,14 @@ fn parked_from(entry: &StreamId) -> Option<Parked> {
         deadline_ms: text(map, "deadline_ms")?.parse().ok()?,
         not_before_ms: text(map, "not_before_ms")?.parse().ok()?,
         attempts: text(map, "attempts")?.parse().ok()?,
-    })
+    };
+    let tag = bytes(map, "mac")?;
+    key.verifies(&as_slices(&entry_fields(stream, &parked)), &tag)
+        .then_some(parked)
+}
+
+fn as_slices(fields: &[Vec<u8>]) -> Vec<&[u8]> {
+    fields.iter().map(Vec::as_slice).collect()
 }
 
 fn answer_from(map: &HashMap<String, redis::Value>) -> Option<Answer> {

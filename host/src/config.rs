@@ -108,6 +108,11 @@ pub struct FleetSettings {
     /// capacity alone (BENCHMARKS.md measures both).
     #[serde(default = "FleetSettings::default_share_capacity")]
     pub share_capacity: bool,
+    /// A file holding the fleet key, the secret every replica shares to sign what it leaves in
+    /// Redis for the others (else `BACKSTOP_FLEET_KEY`); without one the durable batch queue
+    /// is off and batch work parks in its process.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl FleetSettings {
@@ -181,8 +186,16 @@ pub struct ServeSettings {
     pub max_in_flight: usize,
     /// The largest request body, in bytes; a larger one gets a 413 `ValidationException`.
     pub max_request_bytes: usize,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers, and how long a new connection
+    /// may wait before its first request (a half-sent HTTP/2 preface included).
     pub header_timeout_ms: u64,
+    /// How long a connection with no request in progress stays open (HTTP/2; an HTTP/1.1
+    /// connection waiting for its next request's headers is held to `header_timeout_ms`).
+    pub idle_timeout_ms: u64,
+    /// Connections open at once on the data listener (the admin listener takes 64). At the cap
+    /// a new connection closes the longest-idle one; when every one has a request in progress
+    /// it is refused with a 503.
+    pub max_connections: usize,
     /// How long a client may take to send a request's body.
     pub body_timeout_ms: u64,
     /// On SIGTERM: how long requests in progress may take to finish before they are ended
@@ -207,6 +220,8 @@ impl Default for ServeSettings {
             max_in_flight: 512,
             max_request_bytes: 20 << 20,
             header_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1_024,
             body_timeout_ms: 30_000,
             drain_ms: 30_000,
             batch_callers: Vec::new(),
@@ -229,6 +244,8 @@ impl ServeSettings {
                 100 << 20,
             ),
             ("header_timeout_ms", self.header_timeout_ms, 100, 600_000),
+            ("idle_timeout_ms", self.idle_timeout_ms, 100, 3_600_000),
+            ("max_connections", self.max_connections as u64, 1, 65_536),
             ("body_timeout_ms", self.body_timeout_ms, 100, 600_000),
             ("drain_ms", self.drain_ms, 0, 3_600_000),
             ("repeat_window_ms", self.repeat_window_ms, 0, 3_600_000),

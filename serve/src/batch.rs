@@ -70,7 +70,7 @@ pub async fn park_and_wait(
 /// defers it again.
 pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
     let now = epoch_ms();
-    if now >= parked.deadline_ms {
+    if now >= parked.deadline_ms || parked.not_before_ms >= parked.deadline_ms {
         return answered(wire::error_response(
             503,
             "ServiceUnavailableException",

@@ -91,6 +91,9 @@ pub enum ServeError {
     /// its local state).
     #[error(transparent)]
     Fleet(#[from] backstop_fleet::FleetError),
+    /// The fleet key cannot be read or is too short.
+    #[error(transparent)]
+    FleetKey(#[from] backstop_fleet::key::KeyError),
 }
 
 /// A running sidecar. [`shutdown`](Sidecar::shutdown) drains it; dropping it stops the
@@ -157,9 +160,21 @@ impl Sidecar {
             }
             None => None,
         };
+        let key = match options.host.fleet.as_ref() {
+            Some(settings) => backstop_fleet::key::FleetKey::load(settings.key_file.as_deref())?,
+            None => None,
+        };
+        if fleet.is_some() && key.is_none() {
+            tracing::warn!(
+                "fleet: no fleet key (fleet.key_file or BACKSTOP_FLEET_KEY): the durable batch \
+                 queue is off, and batch work parks in this process; breakers and capacity are \
+                 still shared"
+            );
+        }
         let batch = fleet
             .as_ref()
-            .map(|fleet| fleet.queue(options.host.queue_capacity));
+            .zip(key)
+            .map(|(fleet, key)| fleet.queue(options.host.queue_capacity, key));
         let metrics = Arc::new(metrics::ServeMetrics::default());
         let shared = Arc::new(Shared {
             batch,
@@ -187,6 +202,16 @@ impl Sidecar {
         }
         let (stop, stopped) = watch::channel(false);
         let header_timeout = Duration::from_millis(shared.settings.header_timeout_ms);
+        let data_bounds = listener::ConnectionBounds {
+            max: shared.settings.max_connections,
+            header_timeout,
+            idle_timeout: Duration::from_millis(shared.settings.idle_timeout_ms),
+        };
+        let admin_bounds = listener::ConnectionBounds {
+            max: ADMIN_CONNECTIONS,
+            ..data_bounds
+        };
+        descriptors_for(data_bounds.max + admin_bounds.max);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -203,7 +228,8 @@ impl Sidecar {
         let mut tasks = vec![tokio::spawn(listener::serve(
             data_listener,
             move |_| data_app.clone(),
-            header_timeout,
+            data_bounds,
+            shared.metrics.clone(),
             stopped.clone(),
         ))];
         let mut admin = None;
@@ -214,7 +240,8 @@ impl Sidecar {
             tasks.push(tokio::spawn(listener::serve(
                 admin_listener,
                 move |peer| admin_app.clone().layer(axum::Extension(admin::Peer(peer))),
-                header_timeout,
+                admin_bounds,
+                shared.metrics.clone(),
                 stopped,
             )));
         }
@@ -301,6 +328,47 @@ impl Drop for Sidecar {
         }
         let _ = self.stop.send(true);
     }
+}
+
+/// Connections open at once on the admin listener: an operator, a scraper, a dashboard.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for what is not a listener's connection: upstream connections, Redis,
+/// the collector, files.
+const DESCRIPTORS_BESIDE: u64 = 256;
+
+/// Raises this process's open-file limit to what `connections` need (up to the hard limit),
+/// and says so when the hard limit is lower: the connection caps are only a bound if the
+/// process can hold that many descriptors and still open its own.
+fn descriptors_for(connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return;
+            }
+            let wanted = connections as u64 + DESCRIPTORS_BESIDE;
+            if (limit.rlim_cur as u64) < wanted {
+                limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            if (limit.rlim_cur as u64) < wanted {
+                tracing::warn!(
+                    open_files = limit.rlim_cur as u64,
+                    wanted,
+                    "the open-file limit is below the connection caps plus what the sidecar \
+                     needs beside them: lower serve.max_connections, or raise `ulimit -n`"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = connections;
 }
 
 /// A replica's name when the configuration gives none: the host name and the process id,

@@ -383,3 +383,114 @@ async fn a_deadline_that_cuts_the_last_attempt_fails_with_the_last_answer_a_mode
         (1, 1, 0)
     );
 }
+
+/// Forwards to the default policy and holds every question the loop asks to the domain the
+/// smoke table draws from.
+struct DomainWatch {
+    inner: backstop::PolicyHandle,
+    guard: backstop::Guardrails,
+    outside: Mutex<Vec<String>>,
+    asked: Mutex<(u32, u32)>,
+}
+
+impl Decider for DomainWatch {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, query: &RouteQuery) -> Route {
+        self.asked.lock().unwrap().0 += 1;
+        if let Some(what) = backstop::decision::domain::route_outside(query, &self.guard) {
+            self.outside
+                .lock()
+                .unwrap()
+                .push(format!("route: {what}: {query:?}"));
+        }
+        self.inner.route(query)
+    }
+
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        self.asked.lock().unwrap().1 += 1;
+        if let Some(what) = backstop::decision::domain::context_outside(ctx, &self.guard) {
+            self.outside
+                .lock()
+                .unwrap()
+                .push(format!("decide: {what}: {ctx:?}"));
+        }
+        Decider::decide(&self.inner, ctx)
+    }
+}
+
+/// The other half of the smoke table's promise: the domain it draws from is what the loop
+/// really asks, over every kind of failure, breakers, waits, both workloads and streams cut
+/// after output — so the domain is not narrower than production.
+#[tokio::test(start_paused = true)]
+async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
+    let options = ClientOptions::new(["primary", "fallback", "spare"]);
+    let watch = std::sync::Arc::new(DomainWatch {
+        inner: backstop::PolicyHandle::new(
+            backstop_test_support::default_module().clone(),
+            backstop::SwapOptions::default(),
+        )
+        .unwrap(),
+        guard: options.guardrails.clone(),
+        outside: Mutex::new(Vec::new()),
+        asked: Mutex::new((0, 0)),
+    });
+    let core = std::sync::Arc::new(Resilience::new(watch.clone(), options).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let core = core.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 37)).await;
+            let workload = if i % 5 == 0 {
+                backstop::contract::Workload::Batch
+            } else {
+                backstop::contract::Workload::Interactive
+            };
+            let request = RequestOptions {
+                workload,
+                deadline: Some(Duration::from_secs(5 + i % 50)),
+                streamed: i % 9 == 0,
+                ..RequestOptions::default()
+            };
+            let mut n = 0u64;
+            let answered = core
+                .call(request, 100 + i * 10, |model| {
+                    n += 1;
+                    let draw = (i * 7 + n * 13 + model.len() as u64) % 23;
+                    async move {
+                        if draw < 15 {
+                            let kind = backstop::contract::ErrorKind::ALL[draw as usize];
+                            Err((ErrorInfo::of(kind), BoxError::from("fault")))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .await;
+            if let Ok(served) = answered
+                && i % 9 == 0
+            {
+                // A stream cut after output: the loop asks the policy once more.
+                let error = ErrorInfo::of(ErrorKind::ModelStreamError);
+                let _ = core.fail_after_output(&served, error, BoxError::from("cut"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (routes, decisions) = *watch.asked.lock().unwrap();
+    assert!(
+        routes > 200 && decisions > 100,
+        "{routes} routes, {decisions} decisions"
+    );
+    let outside = watch.outside.lock().unwrap();
+    assert!(
+        outside.is_empty(),
+        "{} questions outside the domain, first: {}",
+        outside.len(),
+        outside[0]
+    );
+}

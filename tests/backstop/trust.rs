@@ -585,3 +585,31 @@ fn a_newcomer_is_judged_against_the_default_when_the_default_fared_better() {
     let reason = status.recent.last().unwrap().reason.clone().unwrap();
     assert!(reason.contains("calls per request"), "{reason}");
 }
+
+/// The attack: a module that recognises the smoke table by its entropy (always 0 or
+/// `u64::MAX`) behaves there and traps on every production decision. Entropy is now drawn over
+/// the whole range, so the module faults in the table and never goes live.
+#[test]
+fn a_module_that_behaves_only_for_the_smoke_tables_entropy_is_refused() {
+    let trap = support::entropy_trap_component();
+    let module = engine().load_bytes(&trap, "entropy-trap.wasm").unwrap();
+    // It is a working policy when the entropy is the old table's.
+    let policy = module.configure("{}").unwrap();
+    let mut ctx = AttemptContext::first_failure(ErrorInfo::of(ErrorKind::Throttling), ["m"]);
+    ctx.entropy = u64::MAX;
+    assert!(policy.decide(&ctx).fault.is_none());
+    ctx.entropy = 0x1234_5678_9abc_def0;
+    assert!(
+        policy.decide(&ctx).fault.is_some(),
+        "and traps on a production draw"
+    );
+    let refused = backstop::vet_bytes(
+        engine(),
+        &trap,
+        "entropy-trap.wasm",
+        &SwapOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(refused, SwapError::Smoke { .. }), "{refused}");
+    assert!(refused.to_string().contains("faulted"), "{refused}");
+}

@@ -4,6 +4,8 @@
 //! CI installs `redis-server` (`.ci/run`); elsewhere these tests say they were skipped, and
 //! under CI a missing server is a failure.
 
+mod untrusted_redis;
+
 use backstop::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind,
 };

@@ -2,6 +2,7 @@
 //! the sidecar in front of the fault server. One test binary; a module per concern.
 
 mod admin;
+mod connections;
 mod load;
 mod otlp;
 mod proxy;

@@ -563,8 +563,11 @@ pub fn http_get(addr: &str, path: &str) -> String {
     answer
 }
 
+/// The fleet key the test replicas share.
+pub const FLEET_KEY: &str = "test-fleet-key-0123456789abcdef0123456789";
+
 /// `count` `backstop serve` processes (the binary at `backstop`) in front of `upstream`, with
-/// the host configuration at `config`.
+/// the host configuration at `config`, sharing [`FLEET_KEY`].
 pub fn serve_replicas(
     backstop: &str,
     upstream: &str,
@@ -574,6 +577,25 @@ pub fn serve_replicas(
     let config = config.to_str().expect("a UTF-8 path");
     let args = ["--upstream-endpoint", upstream, "--host-config", config];
     (0..count)
-        .map(|_| ServeProcess::start(backstop, &args, &[]))
+        .map(|_| ServeProcess::start(backstop, &args, &[("BACKSTOP_FLEET_KEY", FLEET_KEY)]))
         .collect()
+}
+
+/// A module that behaves only when it recognises the old smoke table — entropy exactly 0 or
+/// `u64::MAX`, the two draws it always used — and traps on every other entropy, which is every
+/// production decision. `entropy` sits at offset 104 of 0.1.0's `attempt-context`.
+pub fn entropy_trap_component() -> Vec<u8> {
+    let (info, data) = info_parts("entropy-trap", "1.0.0");
+    let decide = format!(
+        "(if (i32.and (i64.ne (i64.load offset=104 (local.get 0)) (i64.const 0))
+                      (i64.ne (i64.load offset=104 (local.get 0)) (i64.const -1)))
+           (then unreachable))
+         {SANE_DECIDE}"
+    );
+    policy_component(&CoreParts {
+        decide: &decide,
+        info: &info,
+        extra: &data,
+        ..Default::default()
+    })
 }

@@ -9,6 +9,7 @@
 
 mod decider;
 mod disagreement;
+pub mod domain;
 mod guard;
 pub(crate) mod outcome;
 mod route;

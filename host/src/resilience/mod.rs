@@ -21,6 +21,7 @@ use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
     ModelCapacity, Route, Workload,
 };
+use crate::decision::domain;
 use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
 use budget::Budget;
@@ -253,7 +254,7 @@ impl Resilience {
         let streamed = request.streamed;
         let deadline = request.deadline.unwrap_or(self.options.deadline);
         let mut p = Progress {
-            request_id: format!("req-{}", self.next_id.fetch_add(1, Ordering::Relaxed)),
+            request_id: domain::request_id(self.next_id.fetch_add(1, Ordering::Relaxed)),
             workload,
             started,
             deadline: started + scale(deadline, self.options.time_scale),

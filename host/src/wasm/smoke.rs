@@ -14,7 +14,7 @@ use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, ModelCapacity,
     ModelHealth, Route, Workload,
 };
-use crate::decision::{Guardrails, RouteQuery};
+use crate::decision::{Guardrails, RouteQuery, domain};
 use crate::wasm::policy::Policy;
 
 /// The share of a call's fuel one decision may burn, in percent. The default policy uses under
@@ -53,7 +53,7 @@ pub fn smoke_test(
     } else {
         chain.to_vec()
     };
-    let contexts: Vec<AttemptContext> = cases(&chain, guard, rng.u64(..)).collect();
+    let contexts = cases(&chain, guard, rng.u64(..));
     // The fresh instance meets the same contexts one step out of order, so an instance that
     // keeps state between calls (a counter, a cache, a first-call flag) answers some context
     // at a different point of its history than the live one did.
@@ -150,50 +150,168 @@ fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Resul
     }
 }
 
-/// Every error class × a first and a later attempt × lowest and highest jitter draw × both
-/// workloads, plus a mid-stream failure per class; ids, later attempts and times drawn from
-/// `seed`.
-fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> impl Iterator<Item = AttemptContext> {
+/// Every error class × a first and a later attempt × two jitter draws × both workloads, plus
+/// a mid-stream failure per class; ids, counts, times and entropy drawn from `seed` over the
+/// whole range production uses (see [`domain`]), so no field marks a context as a test.
+fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> Vec<AttemptContext> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let later = rng.u32(2..guard.max_total_attempts.max(3));
-    let attempts = [1u32, later];
-    let entropies = [0u64, u64::MAX];
+    let attempts = [1u32, later.min(guard.max_total_attempts)];
     let workloads = [Workload::Interactive, Workload::Batch];
     let chain = chain.to_vec();
-    let base = move |kind: ErrorKind, rng: &mut fastrand::Rng| {
-        let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), chain.iter().cloned());
-        ctx.request_id = format!("req-{:x}", rng.u64(..));
+    let base = move |kind: ErrorKind, attempt: u32, rng: &mut fastrand::Rng| {
+        let mut error = ErrorInfo::of(kind);
+        error.message = domain::usual_message(kind).to_string();
+        let mut ctx = AttemptContext::first_failure(error, chain.iter().cloned());
+        ctx.request_id = domain::request_id(rng.u64(1..10_000_000));
         ctx.elapsed_ms = rng.u64(0..30_000);
         ctx.remaining_ms = rng.u64(20_000..120_000);
+        ctx.entropy = rng.u64(..);
+        ctx.health = plausible_health(ctx.models.len(), ctx.elapsed_ms, rng);
+        ctx.attempts_on_model = attempt;
+        ctx.attempts_total = attempt;
+        let failing = &mut ctx.health[0];
+        failing.consecutive_failures = failing.consecutive_failures.max(attempt);
+        failing.requests = failing
+            .requests
+            .max(attempt)
+            .max(failing.throttles + failing.errors);
         ctx
     };
     let mut list = Vec::new();
     for kind in ErrorKind::ALL {
         for attempt in attempts {
-            for entropy in entropies {
+            // Two draws each: jitter is drawn anew for every question, as in production.
+            for _draw in 0..2 {
                 for workload in workloads {
-                    let mut ctx = base(kind, &mut rng);
-                    ctx.attempts_on_model = attempt;
-                    ctx.attempts_total = attempt;
-                    ctx.health[0].consecutive_failures = attempt;
-                    ctx.health[0].requests = attempt;
-                    ctx.entropy = entropy;
+                    let mut ctx = base(kind, attempt, &mut rng);
                     ctx.workload = workload;
                     list.push(ctx);
                 }
             }
         }
-        let mut streamed = base(kind, &mut rng);
+        let mut streamed = base(kind, 1, &mut rng);
         streamed.output_delivered = true;
         list.push(streamed);
     }
-    list.into_iter()
+    list
 }
 
-/// The routing half, for modules that answer `route` (contract 0.2.0): every breaker state,
-/// headroom and no headroom, both workloads, no time left — asked of the live instance and of
-/// a fresh one. The answers must come without a fault, be the same from both, and keep their
-/// waits within the guardrails on their own.
+/// Health as a client that has served for a while shows it: some requests in the window, a
+/// few of them throttled or failed, breakers closed since the client started.
+fn plausible_health(models: usize, elapsed_ms: u64, rng: &mut fastrand::Rng) -> Vec<ModelHealth> {
+    (0..models)
+        .map(|_| {
+            let requests = rng.u32(0..400);
+            let throttles = rng.u32(0..=requests / 4);
+            let errors = rng.u32(0..=(requests - throttles) / 8);
+            ModelHealth {
+                requests,
+                throttles,
+                errors,
+                in_state_ms: elapsed_ms + rng.u64(0..86_400_000),
+                ..ModelHealth::default()
+            }
+        })
+        .collect()
+}
+
+/// One routing question of the smoke table, owned (a [`RouteQuery`] borrows it).
+struct RouteCase {
+    /// The case, in words.
+    case: String,
+    request_id: String,
+    workload: Workload,
+    tokens: u64,
+    attempts_total: u32,
+    elapsed_ms: u64,
+    remaining_ms: u64,
+    clock_ms: u64,
+    health: Vec<ModelHealth>,
+    capacity: Vec<ModelCapacity>,
+    entropy: u64,
+}
+
+impl RouteCase {
+    fn query<'a>(&'a self, chain: &'a [String]) -> RouteQuery<'a> {
+        RouteQuery {
+            request_id: &self.request_id,
+            workload: self.workload,
+            tokens: self.tokens,
+            attempts_total: self.attempts_total,
+            current: 0,
+            elapsed_ms: self.elapsed_ms,
+            remaining_ms: self.remaining_ms,
+            clock_ms: self.clock_ms,
+            models: chain,
+            health: &self.health,
+            capacity: &self.capacity,
+            entropy: self.entropy,
+        }
+    }
+}
+
+/// Every breaker state of the primary, headroom and no headroom, both workloads, time left
+/// and none; the rest drawn from `rng` over production's range.
+fn route_cases(chain: &[String], guard: &Guardrails, rng: &mut fastrand::Rng) -> Vec<RouteCase> {
+    let full = ModelCapacity {
+        requests_per_minute: Some(60.0),
+        tokens_per_minute: Some(60_000.0),
+        headroom_requests: Some(0.2),
+        headroom_tokens: Some(100.0),
+        in_flight: 3,
+    };
+    let mut list = Vec::new();
+    for breaker in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        for saturated in [false, true] {
+            for workload in [Workload::Interactive, Workload::Batch] {
+                for remaining_ms in [0, rng.u64(1_000..120_000)] {
+                    let elapsed_ms = rng.u64(0..30_000);
+                    let mut health = plausible_health(chain.len(), elapsed_ms, rng);
+                    health[0].breaker = breaker;
+                    health[0].consecutive_failures = rng.u32(0..10);
+                    health[0].requests = health[0]
+                        .requests
+                        .max(health[0].consecutive_failures)
+                        .max(health[0].throttles + health[0].errors);
+                    if breaker != BreakerState::Closed {
+                        health[0].in_state_ms = rng.u64(0..guard.max_open_ms.max(1));
+                    }
+                    let capacity = if saturated {
+                        full
+                    } else {
+                        ModelCapacity::default()
+                    };
+                    list.push(RouteCase {
+                        case: format!(
+                            "route with the primary's breaker {breaker:?}, {} capacity, {workload:?}, {remaining_ms} ms left",
+                            if saturated { "no" } else { "unknown" }
+                        ),
+                        request_id: domain::request_id(rng.u64(1..10_000_000)),
+                        workload,
+                        tokens: rng.u64(100..4_000),
+                        attempts_total: rng.u32(0..3.min(guard.max_total_attempts)),
+                        elapsed_ms,
+                        remaining_ms,
+                        clock_ms: elapsed_ms + rng.u64(0..86_400_000),
+                        health,
+                        capacity: vec![capacity; chain.len()],
+                        entropy: rng.u64(..),
+                    });
+                }
+            }
+        }
+    }
+    list
+}
+
+/// The routing half, for modules that answer `route` (contract 0.2.0): the [`route_cases`]
+/// asked of the live instance and of a fresh one. The answers must come without a fault, be
+/// the same from both, and keep their waits within the guardrails on their own.
 fn smoke_routes(
     policy: &Policy,
     fresh: &Policy,
@@ -204,86 +322,89 @@ fn smoke_routes(
     if !policy.routes() {
         return Ok(0);
     }
-    let full = ModelCapacity {
-        requests_per_minute: Some(60.0),
-        tokens_per_minute: Some(60_000.0),
-        headroom_requests: Some(0.2),
-        headroom_tokens: Some(100.0),
-        in_flight: 3,
-    };
-    let mut checked = 0;
-    for breaker in [
-        BreakerState::Closed,
-        BreakerState::Open,
-        BreakerState::HalfOpen,
-    ] {
-        for saturated in [false, true] {
-            for workload in [Workload::Interactive, Workload::Batch] {
-                for remaining_ms in [0, rng.u64(1_000..120_000)] {
-                    let mut health = vec![ModelHealth::default(); chain.len()];
-                    health[0].breaker = breaker;
-                    health[0].consecutive_failures = rng.u32(0..10);
-                    health[0].requests = health[0].consecutive_failures;
-                    let capacity = vec![
-                        if saturated {
-                            full
-                        } else {
-                            ModelCapacity::default()
-                        };
-                        chain.len()
-                    ];
-                    let request_id = format!("req-{:x}", rng.u64(..));
-                    let query = RouteQuery {
-                        request_id: &request_id,
-                        workload,
-                        tokens: rng.u64(100..4_000),
-                        attempts_total: rng.u32(0..3),
-                        current: 0,
-                        elapsed_ms: rng.u64(0..30_000),
-                        remaining_ms,
-                        clock_ms: rng.u64(0..3_600_000),
-                        models: chain,
-                        health: &health,
-                        capacity: &capacity,
-                        entropy: rng.u64(..),
-                    };
-                    let fail = |problem: String| SmokeFailure {
-                        case: format!(
-                            "route with the primary's breaker {breaker:?}, {} capacity, {workload:?}, {remaining_ms} ms left",
-                            if saturated { "no" } else { "unknown" }
-                        ),
-                        problem,
-                    };
-                    let answer = |p: &Policy| match p.route(&query) {
-                        Some((_, Some(fault))) => Err(fail(format!("the module faulted: {fault}"))),
-                        Some((route, None)) => Ok(route),
-                        None => Err(fail("the module stopped answering route".to_string())),
-                    };
-                    let (here, elsewhere) = (answer(policy)?, answer(fresh)?);
-                    if here != elsewhere {
-                        return Err(fail(format!(
-                            "answered {here:?}, and {elsewhere:?} on a fresh instance: an answer must be a pure function of its context"
-                        )));
-                    }
-                    match here {
-                        Route::Send { delay_ms, .. } if delay_ms > guard.max_delay_ms => {
-                            return Err(fail(format!(
-                                "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
-                                guard.max_delay_ms
-                            )));
-                        }
-                        Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {
-                            return Err(fail(format!(
-                                "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
-                                guard.max_open_ms
-                            )));
-                        }
-                        _ => {}
-                    }
-                    checked += 1;
-                }
+    let cases = route_cases(chain, guard, rng);
+    for case in &cases {
+        let query = case.query(chain);
+        let fail = |problem: String| SmokeFailure {
+            case: case.case.clone(),
+            problem,
+        };
+        let answer = |p: &Policy| match p.route(&query) {
+            Some((_, Some(fault))) => Err(fail(format!("the module faulted: {fault}"))),
+            Some((route, None)) => Ok(route),
+            None => Err(fail("the module stopped answering route".to_string())),
+        };
+        let (here, elsewhere) = (answer(policy)?, answer(fresh)?);
+        if here != elsewhere {
+            return Err(fail(format!(
+                "answered {here:?}, and {elsewhere:?} on a fresh instance: an answer must be a pure function of its context"
+            )));
+        }
+        match here {
+            Route::Send { delay_ms, .. } if delay_ms > guard.max_delay_ms => {
+                return Err(fail(format!(
+                    "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
+                    guard.max_delay_ms
+                )));
+            }
+            Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {
+                return Err(fail(format!(
+                    "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
+                    guard.max_open_ms
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(cases.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain() -> Vec<String> {
+        [
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "us.amazon.nova-pro-v1:0",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn no_smoke_question_takes_a_value_production_never_does() {
+        let guard = Guardrails::default();
+        for seed in 0..200 {
+            for ctx in cases(&chain(), &guard, seed) {
+                assert_eq!(domain::context_outside(&ctx, &guard), None, "{ctx:?}");
+            }
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let chain = chain();
+            for case in route_cases(&chain, &guard, &mut rng) {
+                let query = case.query(&chain);
+                assert_eq!(domain::route_outside(&query, &guard), None, "{}", case.case);
             }
         }
     }
-    Ok(checked)
+
+    #[test]
+    fn smoke_entropy_is_drawn_over_the_whole_range_not_from_recognisable_values() {
+        let guard = Guardrails::default();
+        let contexts = cases(&chain(), &guard, 7);
+        let entropies: std::collections::BTreeSet<u64> =
+            contexts.iter().map(|c| c.entropy).collect();
+        assert_eq!(
+            entropies.len(),
+            contexts.len(),
+            "every question draws its own"
+        );
+        assert!(!entropies.contains(&0) && !entropies.contains(&u64::MAX));
+        // Both halves of the range, as uniform draws give.
+        assert!(entropies.iter().any(|e| *e < u64::MAX / 2));
+        assert!(entropies.iter().any(|e| *e > u64::MAX / 2));
+        let ids: std::collections::BTreeSet<&str> =
+            contexts.iter().map(|c| c.request_id.as_str()).collect();
+        assert_eq!(ids.len(), contexts.len());
+    }
 }

@@ -251,7 +251,7 @@ async fn accept<'a>(
             ..
         } => Err(wire::error_response(
             kind,
-            message.unwrap_or(wire::error_message(kind)),
+            message.unwrap_or(backstop::decision::domain::usual_message(kind)),
             &state.request_id(),
             retry_after_ms.map(|ms| (ms, faults.retry_after_header)),
         )),

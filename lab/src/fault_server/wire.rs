@@ -7,6 +7,7 @@ use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use axum::http::{HeaderMap, HeaderValue as HttpValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::contract::ErrorKind;
+use backstop::decision::domain::usual_message;
 use std::time::{Duration, SystemTime};
 
 /// The suffix Bedrock appends to `x-amzn-ErrorType`; clients must strip it.
@@ -49,29 +50,6 @@ pub(crate) fn error_response(
     (status, headers, body).into_response()
 }
 
-/// The message Bedrock sends with each error.
-pub(crate) fn error_message(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Throttling => "Too many requests, please wait before trying again.",
-        ErrorKind::ServiceUnavailable => "Bedrock is unable to process your request.",
-        ErrorKind::InternalServer => "The server encountered an internal error.",
-        ErrorKind::ModelNotReady => "The model is not ready to serve inference requests.",
-        ErrorKind::ModelTimeout => "Model has timed out in processing the request.",
-        ErrorKind::ModelError => "The model returned an error.",
-        ErrorKind::ModelStreamError => "The model stream failed.",
-        ErrorKind::ServiceQuotaExceeded => {
-            "Your request exceeds the service quota. Resubmit your request later."
-        }
-        ErrorKind::Validation => "The input fails to satisfy the constraints.",
-        ErrorKind::AccessDenied => {
-            "You don't have access to the model with the specified model ID."
-        }
-        ErrorKind::ResourceNotFound => "The specified model was not found.",
-        ErrorKind::Conflict => "The request conflicts with the current state.",
-        ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Unknown => "Unknown error.",
-    }
-}
-
 /// Appends one event-stream frame carrying an event.
 pub(crate) fn event_frame(out: &mut Vec<u8>, event_type: &'static str, payload: serde_json::Value) {
     frame(
@@ -95,7 +73,7 @@ pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
     if let Some(first) = name.get_mut(..1) {
         first.make_ascii_lowercase();
     }
-    let payload = serde_json::json!({ "message": error_message(kind) });
+    let payload = serde_json::json!({ "message": usual_message(kind) });
     frame(out, "exception", (":exception-type", name), payload);
 }
 
