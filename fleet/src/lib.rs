@@ -51,7 +51,7 @@ pub const MAX_MEMBERS: usize = 1_024;
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// The URL cannot be used (Redis being down is not an error: the replica runs local).
-    #[error("fleet: cannot use Redis at {url}: {source}")]
+    #[error("fleet: cannot use Redis at {}: {source}", redacted(url))]
     Redis {
         /// Where.
         url: String,
@@ -97,6 +97,70 @@ pub struct FleetStatus {
     pub fallbacks: u64,
     /// See [`FleetCounters`].
     pub leases: u64,
+}
+
+/// Which Redis, and how to reach it: `redis://` or `rediss://` (TLS), with ACL credentials
+/// in the URL (`rediss://user:password@host:port`) or the password apart (from a file or the
+/// environment, so it is not written into a configuration), and a CA of its own for TLS.
+#[derive(Clone, Default)]
+pub struct RedisTarget {
+    /// The URL.
+    pub url: String,
+    /// The password (for the URL's user, or `default`), overriding any in the URL.
+    pub password: Option<String>,
+    /// A PEM CA certificate to trust for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &redacted(&self.url))
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+impl RedisTarget {
+    /// The client for it.
+    pub fn client(&self) -> Result<redis::Client, FleetError> {
+        use redis::IntoConnectionInfo;
+        let refused = |source| FleetError::Redis {
+            url: self.url.clone(),
+            source,
+        };
+        let mut info = self.url.as_str().into_connection_info().map_err(refused)?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        match &self.ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(refused)
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// One replica's link to the fleet through Redis. Dropping it stops its tasks.
@@ -179,10 +243,22 @@ impl RedisFleet {
         replica: &str,
         capacity: bool,
     ) -> Result<Arc<RedisFleet>, FleetError> {
-        let client = redis::Client::open(url).map_err(|source| FleetError::Redis {
+        let target = RedisTarget {
             url: url.to_string(),
-            source,
-        })?;
+            ..RedisTarget::default()
+        };
+        RedisFleet::connect_to(&target, prefix, replica, capacity).await
+    }
+
+    /// [`connect_sharing`](Self::connect_sharing) to a Redis described in full: TLS with a
+    /// CA of its own, ACL credentials.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        prefix: &str,
+        replica: &str,
+        capacity: bool,
+    ) -> Result<Arc<RedisFleet>, FleetError> {
+        let client = target.client()?;
         let link = Arc::new(Link {
             client,
             conn: OnceLock::new(),
@@ -221,7 +297,7 @@ impl RedisFleet {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if !fleet.link.shared() {
-            tracing::warn!(%url, "fleet: Redis does not answer; starting local");
+            tracing::warn!(url = %redacted(&target.url), "fleet: Redis does not answer; starting local");
         }
         Ok(Arc::new(fleet))
     }

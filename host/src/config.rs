@@ -90,7 +90,9 @@ pub struct HostConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSettings {
-    /// The Redis server: `redis://host:port[/db]` (plain TCP: TLS is not built in).
+    /// The Redis server: `redis://host:port[/db]`, or `rediss://` for TLS; an ACL user and
+    /// password may stand in it (`rediss://user:password@host`), or the password apart in
+    /// `password_file` (else `BACKSTOP_REDIS_PASSWORD`).
     pub redis_url: String,
     /// The fleet's name: processes with the same name share state, others never meet.
     #[serde(default = "FleetSettings::default_name")]
@@ -113,6 +115,12 @@ pub struct FleetSettings {
     /// is off and batch work parks in its process.
     #[serde(default)]
     pub key_file: Option<std::path::PathBuf>,
+    /// A file holding the Redis password (for the URL's ACL user, or `default`).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// A PEM CA certificate to trust for `rediss://` instead of the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl FleetSettings {
@@ -135,14 +143,28 @@ impl FleetSettings {
 
     fn check(&self) -> Result<(), ConfigError> {
         let fleet = |field: &'static str, why: String| ConfigError::Fleet { field, why };
-        if !self.redis_url.starts_with("redis://") || self.redis_url.len() > 1_024 {
+        let tls = self.redis_url.starts_with("rediss://");
+        if !(tls || self.redis_url.starts_with("redis://")) || self.redis_url.len() > 1_024 {
+            // Not echoed whole: it may carry a password.
+            let scheme: String = self
+                .redis_url
+                .chars()
+                .take_while(|c| *c != ':')
+                .take(16)
+                .collect();
             return Err(fleet(
                 "redis_url",
                 format!(
-                    "{:?} is not a redis:// URL of at most 1024 characters (rediss:// is not \
-                     built in: reach a TLS Redis through a local tunnel)",
-                    self.redis_url.chars().take(80).collect::<String>()
+                    "a URL starting {scheme:?} of {} characters is not a redis:// or rediss:// URL \
+                     of at most 1024 characters",
+                    self.redis_url.len()
                 ),
+            ));
+        }
+        if self.tls_ca_file.is_some() && !tls {
+            return Err(fleet(
+                "tls_ca_file",
+                "a CA is for TLS: the redis_url must be rediss://".to_string(),
             ));
         }
         let name_ok = |name: &str| {
@@ -751,9 +773,29 @@ mod tests {
         let fleet = config.fleet.unwrap();
         assert_eq!(fleet.keys(), "backstop:default");
         assert_eq!(fleet.replica, None);
+        let tls = r#"{ "fleet": { "redis_url": "rediss://fleet:pw@redis:6380", "tls_ca_file": "ca.pem" } }"#;
+        assert!(
+            HostConfig::from_json(tls).is_ok(),
+            "TLS and ACL credentials are taken"
+        );
+        let refused =
+            HostConfig::from_json(r#"{ "fleet": { "redis_url": "https://user:hunter2@x" } }"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            !refused.contains("hunter2"),
+            "a refused URL's password is not echoed: {refused}"
+        );
         for (fleet, names) in [
             (r#"{ "redis_url": "http://x" }"#, "fleet.redis_url"),
-            (r#"{ "redis_url": "rediss://x" }"#, "rediss"),
+            (
+                r#"{ "redis_url": "redis://x", "tls_ca_file": "ca.pem" }"#,
+                "fleet.tls_ca_file",
+            ),
+            (
+                r#"{ "redis_url": "https://user:hunter2@x" }"#,
+                "fleet.redis_url",
+            ),
             (
                 r#"{ "redis_url": "redis://x", "name": "a:b" }"#,
                 "fleet.name",

@@ -113,6 +113,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                         "answered": q.answered,
                         "reclaimed": q.reclaimed,
                         "errors": q.errors,
+                        "rejected": q.rejected,
                     })
                 }),
             })

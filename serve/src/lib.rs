@@ -32,6 +32,7 @@ pub mod wire;
 
 use auth::AdminToken;
 use axum::Router;
+use backstop::untrusted::{FileKind, read_file, read_secret};
 use backstop::{HostConfig, PolicyHandle};
 use state::Shared;
 use std::net::SocketAddr;
@@ -91,6 +92,9 @@ pub enum ServeError {
     /// its local state).
     #[error(transparent)]
     Fleet(#[from] backstop_fleet::FleetError),
+    /// A file of the fleet section (Redis password, CA) cannot be read.
+    #[error("fleet: {0}")]
+    FleetFile(#[from] backstop::untrusted::FileError),
     /// The fleet key cannot be read or is too short.
     #[error(transparent)]
     FleetKey(#[from] backstop_fleet::key::KeyError),
@@ -148,9 +152,19 @@ impl Sidecar {
         let fleet = match &options.host.fleet {
             Some(fleet) => {
                 let replica = fleet.replica.clone().unwrap_or_else(default_replica_name);
+                let target = backstop_fleet::RedisTarget {
+                    url: fleet.redis_url.clone(),
+                    password: read_secret(fleet.password_file.as_deref(), REDIS_PASSWORD_ENV)?
+                        .map(|(password, _)| password),
+                    ca_pem: fleet
+                        .tls_ca_file
+                        .as_deref()
+                        .map(|path| read_file(path, FileKind::CERTIFICATE))
+                        .transpose()?,
+                };
                 Some(
-                    backstop_fleet::RedisFleet::connect_sharing(
-                        &fleet.redis_url,
+                    backstop_fleet::RedisFleet::connect_to(
+                        &target,
                         &fleet.keys(),
                         &replica,
                         fleet.share_capacity,
@@ -329,6 +343,9 @@ impl Drop for Sidecar {
         let _ = self.stop.send(true);
     }
 }
+
+/// The environment variable that holds the Redis password when no file is given.
+pub const REDIS_PASSWORD_ENV: &str = "BACKSTOP_REDIS_PASSWORD";
 
 /// Connections open at once on the admin listener: an operator, a scraper, a dashboard.
 const ADMIN_CONNECTIONS: usize = 64;

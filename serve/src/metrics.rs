@@ -257,6 +257,11 @@ impl ServeMetrics {
                     "Operations on the fleet's queue that failed",
                     q.errors,
                 ),
+                (
+                    "rejected",
+                    "Entries and answers in Redis dropped for not verifying under the fleet key",
+                    q.rejected,
+                ),
             ] {
                 let counter = Counter::<u64>::default();
                 counter.inc_by(value);

@@ -216,3 +216,203 @@ async fn an_entry_due_after_its_deadline_is_answered_at_once() {
     consumers.abort();
     answers.abort();
 }
+
+/// A `redis-server` that speaks only TLS (a CA of the test's own, made with `openssl`) and
+/// knows one ACL user; `None` when openssl or redis-server is missing.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    ca: Vec<u8>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_redis() -> Option<TlsRedis> {
+    let dir = backstop_test_support::scratch_dir("redis-tls");
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false)
+    };
+    let made = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=backstop-test-ca",
+        "-days",
+        "1",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && {
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ])
+    };
+    if !made {
+        assert!(std::env::var_os("CI").is_none(), "CI must have openssl");
+        eprintln!("SKIPPED: openssl is not installed");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "fleet",
+            "on",
+            ">fleet-password-0123456789",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("SKIPPED: redis-server is not installed");
+        return None;
+    };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    Some(TlsRedis {
+        child,
+        port,
+        ca,
+        dir,
+    })
+}
+
+/// `rediss://` with the fleet's own CA and an ACL user: the fleet shares, and its queue
+/// serves; a wrong password or an untrusted certificate leaves the replica local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reaches_redis_over_tls_as_an_acl_user() {
+    use backstop_fleet::{RedisFleet, RedisTarget};
+    let Some(redis) = tls_redis() else {
+        return;
+    };
+    let url = format!("rediss://fleet@127.0.0.1:{}", redis.port);
+    let target = RedisTarget {
+        url: url.clone(),
+        password: Some("fleet-password-0123456789".into()),
+        ca_pem: Some(redis.ca.clone()),
+    };
+    let fleet = RedisFleet::connect_to(&target, "backstop:tls", "replica-a", false)
+        .await
+        .unwrap();
+    assert!(
+        fleet.is_shared(),
+        "TLS, the CA and the ACL user reach Redis"
+    );
+    let queue = DurableQueue::new(
+        target.client().unwrap(),
+        "backstop:tls",
+        "replica-a",
+        16,
+        key(),
+    );
+    let consumers = serve_all(&queue);
+    let answers = tokio::spawn(queue.clone().run_answers());
+    let request = parked(&queue, Duration::ZERO, Duration::from_secs(10));
+    queue.park(&request).await.unwrap();
+    let answer = queue.answer(&request.id, request.deadline_ms).await;
+    assert_eq!(answer.expect("served over TLS").body.as_ref(), b"served");
+    consumers.abort();
+    answers.abort();
+
+    let wrong = RedisTarget {
+        password: Some("not-the-password-at-all".into()),
+        ..target.clone()
+    };
+    let local = RedisFleet::connect_to(&wrong, "backstop:tls", "replica-b", false)
+        .await
+        .unwrap();
+    assert!(!local.is_shared(), "a wrong password is not let in");
+    let untrusted = RedisTarget {
+        ca_pem: None,
+        ..target
+    };
+    let local = RedisFleet::connect_to(&untrusted, "backstop:tls", "replica-c", false)
+        .await
+        .unwrap();
+    assert!(
+        !local.is_shared(),
+        "a certificate no trusted CA signed is refused"
+    );
+    assert!(
+        !format!("{untrusted:?}").contains("fleet-password"),
+        "the password is never printed"
+    );
+}
