@@ -43,9 +43,7 @@ impl PolicyArgs {
 
     /// The swap options of the host configuration with this policy configuration.
     fn swap_options(&self, engine: &Engine) -> Result<SwapOptions> {
-        Ok(self
-            .host_config()?
-            .swap_options(engine, &self.config_text()?)?)
+        judged_swap_options(&self.host_config()?, engine, &self.config_text()?)
     }
 
     /// The module, loaded under the host configuration's allow-list (checked before a byte is
@@ -103,6 +101,23 @@ pub fn host_config(path: Option<&PathBuf>) -> Result<HostConfig> {
         }
         None => Ok(HostConfig::default()),
     }
+}
+
+/// The host configuration's swap options, with the lab's effect trial (a short simulated run
+/// beside the built-in default) judging every module before it goes live, unless the host
+/// configuration turns it off (`"effect_trial": false`).
+pub fn judged_swap_options(
+    host: &HostConfig,
+    engine: &Engine,
+    config: &str,
+) -> Result<SwapOptions> {
+    let mut options = host.swap_options(engine, config)?;
+    if host.effect_trial {
+        options.trial = Some(std::sync::Arc::new(backstop_lab::trial::LabTrial::new(
+            host.clone(),
+        )));
+    }
+    Ok(options)
 }
 
 /// A configuration given inline, or as `@FILE`.

@@ -56,6 +56,10 @@ pub struct HostConfig {
     /// When a live module is rolled back: for faulting, or (after a swap) for outcomes worse
     /// than its predecessor's.
     pub rollback: RollbackRule,
+    /// Judge every module by its effect before it goes live: a short simulated run beside the
+    /// built-in default, under `rollback.outcomes` (the `backstop` binary runs the lab's
+    /// trial; an embedder attaches one with [`SwapOptions::trial`]). On by default.
+    pub effect_trial: bool,
     /// Where `.cwasm` files of swapped-in modules are kept.
     pub cache_dir: Option<PathBuf>,
     /// Batch requests that may wait in the queue at once; one more is refused (`queue-full`).
@@ -340,6 +344,7 @@ impl Default for HostConfig {
             guardrails: Guardrails::default(),
             allowed_digests: None,
             rollback: RollbackRule::default(),
+            effect_trial: true,
             cache_dir: None,
             queue_capacity: 4096,
             retry_budget: Some(RetryBudget::default()),
@@ -715,6 +720,8 @@ impl HostConfig {
             models: Vec::new(),
             facts: self.models.clone(),
             quarantine_file: self.quarantine_file.clone(),
+            // The lab's trial is attached by the binaries that have the lab (`backstop`).
+            trial: None,
         })
     }
 }

@@ -69,8 +69,8 @@ pub use wasm::sandbox::Limits;
 pub use wasm::shadow::{ShadowSample, ShadowStatus};
 pub use wasm::smoke::SmokeFailure;
 pub use wasm::vetting::{
-    Admitted, RollbackRule, SwapError, SwapErrorKind, SwapOptions, Vetted, load_allowed, vet_bytes,
-    vet_module,
+    Admitted, EffectTrial, RollbackRule, SwapError, SwapErrorKind, SwapOptions, TrialOutcome,
+    Vetted, load_allowed, vet_bytes, vet_module,
 };
 #[cfg(feature = "watch")]
 pub use wasm::watch::PolicyWatcher;

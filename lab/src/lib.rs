@@ -9,6 +9,8 @@
 //!   real AWS SDK, boto3 and the demo;
 //! - [`simulate`], [`baseline`] and [`plot`]: the library's own attempt loop in virtual time
 //!   against the model, beside built-in baselines;
+//! - [`trial`]: a candidate and the built-in default through a short simulated spike and outage,
+//!   the effect judgement every swap and `backstop check` run before a module goes live;
 //! - [`demo`]: the main job end to end through the real SDK against the fault server.
 
 pub mod baseline;
@@ -19,6 +21,7 @@ pub mod fleet;
 pub mod plot;
 pub mod scenario;
 pub mod simulate;
+pub mod trial;
 
 pub use bedrock_model::{BedrockModel, ModelStats, Outcome, Stats};
 pub use fault_server::FaultServer;

@@ -65,6 +65,14 @@ pub enum Contender {
     },
     /// A built-in baseline.
     Baseline(Baseline),
+    /// Any decider under Backstop's host (its retry budget included), by name: what the
+    /// effect trial runs.
+    Decider {
+        /// The name in reports.
+        name: String,
+        /// The decider.
+        decider: Arc<dyn Decider>,
+    },
 }
 
 impl Contender {
@@ -76,6 +84,7 @@ impl Contender {
                 format!("{} {}", info.name, info.version)
             }
             Contender::Baseline(baseline) => baseline.name().to_string(),
+            Contender::Decider { name, .. } => name.clone(),
         }
     }
 
@@ -102,6 +111,7 @@ impl Contender {
                 (Arc::new(handle.clone()), Some(handle))
             }
             Contender::Baseline(baseline) => (baseline.decider(), None),
+            Contender::Decider { decider, .. } => (decider.clone(), None),
         })
     }
 }

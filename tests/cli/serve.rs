@@ -57,10 +57,10 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
     let shown = text(&status.stdout);
     assert!(shown.contains("backstop-default"), "{shown}");
 
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/policy-guest-0.1.0.wasm"
-    );
+    // A module that passes the effect trial (it decides as the default does), by another name.
+    let variant = support::scratch_dir("cli-serve-variant").join("variant.wasm");
+    std::fs::write(&variant, support::variant_component()).unwrap();
+    let fixture = variant.to_str().unwrap();
     let refused = backstop(&["swap", "--admin", &admin, fixture]);
     assert!(!refused.status.success());
     assert!(
@@ -78,7 +78,7 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
     ]);
     assert!(swapped.status.success(), "{}", text(&swapped.stderr));
     let status = text(&backstop(&["status", "--admin", &admin]).stdout);
-    assert!(status.contains("0.1.0"), "{status}");
+    assert!(status.contains("backstop-variant"), "{status}");
 
     let addr = data.trim_start_matches("http://").to_string();
     let in_flight = std::thread::spawn(move || {

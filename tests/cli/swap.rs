@@ -20,7 +20,7 @@ fn path(p: &Path) -> &str {
 fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
     let dir = support::scratch_dir("cli-check");
     let sane = dir.join("sane.wasm");
-    std::fs::write(&sane, support::sane_component("2.0.0")).unwrap();
+    std::fs::write(&sane, support::variant_component()).unwrap();
     let out = backstop(&["check", "--policy", path(&sane)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -35,6 +35,18 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("failed the smoke table") && stderr.contains("resends"),
+        "{stderr}"
+    );
+
+    // A module that answers every smoke question sanely and gives up on everything: judged by
+    // its effect beside the default, it would not go live.
+    let quitter = dir.join("give-up.wasm");
+    std::fs::write(&quitter, support::give_up_component()).unwrap();
+    let out = backstop(&["check", "--policy", path(&quitter)]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("fared worse than the built-in default") && stderr.contains("failure rate"),
         "{stderr}"
     );
 
@@ -142,13 +154,9 @@ fn compile_into_the_cache_makes_the_first_swap_a_hit() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Runs `backstop demo` on a copy of the default policy; once it has printed its policy line,
-/// calls `swap` with the policy path and the child's pid. Returns stdout.
-fn demo_swapped(name: &str, extra: &[&str], swap: impl FnOnce(&Path, u32)) -> String {
-    demo_swapped_over(name, "5", extra, swap)
-}
-
-/// [`demo_swapped`] with requests spread over `spread_secs` seconds.
+/// Runs `backstop demo` on a copy of the default policy, its requests spread over
+/// `spread_secs` seconds; once it has printed its policy line, calls `swap` with the policy path
+/// and the child's pid. Returns stdout.
 fn demo_swapped_over(
     name: &str,
     spread_secs: &str,
@@ -203,8 +211,9 @@ fn demo_swapped_over(
 
 #[test]
 fn sighup_swaps_the_policy_of_a_running_demo() {
-    let stdout = demo_swapped("cli-sighup", &[], |policy, pid| {
-        backstop::wasm::cache::write_atomically(policy, &support::sane_component("2.0.0")).unwrap();
+    // Long enough for the swap's effect trial (seconds in a debug build under a loaded CI).
+    let stdout = demo_swapped_over("cli-sighup", "12", &[], |policy, pid| {
+        backstop::wasm::cache::write_atomically(policy, &support::variant_component()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let killed = Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -213,20 +222,20 @@ fn sighup_swaps_the_policy_of_a_running_demo() {
         assert!(killed.success());
     });
     assert!(
-        stdout.contains("policy at the end: retry-1 2.0.0") && stdout.contains("swaps 1,"),
+        stdout.contains("policy at the end: backstop-variant 2.0.0") && stdout.contains("swaps 1,"),
         "{stdout}"
     );
 }
 
 #[test]
 fn watch_swaps_the_policy_of_a_running_demo_and_keeps_it_through_garbage() {
-    let stdout = demo_swapped("cli-watch", &["--watch"], |policy, _| {
-        std::fs::write(policy, support::sane_component("2.0.0")).unwrap();
+    let stdout = demo_swapped_over("cli-watch", "12", &["--watch"], |policy, _| {
+        std::fs::write(policy, support::variant_component()).unwrap();
         std::thread::sleep(Duration::from_millis(1_000));
         std::fs::write(policy, b"garbage").unwrap();
     });
     assert!(
-        stdout.contains("policy at the end: retry-1 2.0.0")
+        stdout.contains("policy at the end: backstop-variant 2.0.0")
             && stdout.contains("swaps 1,")
             && stdout.contains("rejected 1,"),
         "{stdout}"
@@ -294,6 +303,10 @@ fn check_gives_a_custom_policy_its_own_configuration() {
     let dir = support::scratch_dir("cli-check-config");
     let sane = dir.join("sane.wasm");
     std::fs::write(&sane, support::sane_component("2.0.0")).unwrap();
+    // This test is about configuration: the module (which resends at once, and so would fail
+    // the effect trial beside the default) is checked with the trial off.
+    let host = dir.join("host.json");
+    std::fs::write(&host, r#"{ "effect_trial": false }"#).unwrap();
     // The default policy would refuse this key; the module under check accepts it.
     let out = backstop(&[
         "check",
@@ -301,6 +314,8 @@ fn check_gives_a_custom_policy_its_own_configuration() {
         path(&sane),
         "--config",
         r#"{"custom_knob": 3}"#,
+        "--host-config",
+        path(&host),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(dir);
@@ -309,11 +324,7 @@ fn check_gives_a_custom_policy_its_own_configuration() {
 #[test]
 fn the_demo_runs_the_newest_module_of_a_watched_directory() {
     let dir = support::scratch_dir("cli-demo-dir");
-    std::fs::write(
-        dir.join("policy-2.0.0.wasm"),
-        support::sane_component("2.0.0"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("policy-2.0.0.wasm"), support::variant_component()).unwrap();
     let out = backstop(&[
         "demo",
         "--policy",

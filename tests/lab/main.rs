@@ -4,3 +4,4 @@
 mod boto3_wire;
 mod fault_server;
 mod simulate;
+mod trial;

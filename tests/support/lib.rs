@@ -599,3 +599,20 @@ pub fn entropy_trap_component() -> Vec<u8> {
         ..Default::default()
     })
 }
+
+/// The built-in default under another name: `backstop-variant 2.0.0`, its identity's bytes
+/// patched in place (same lengths, so the component stays valid) — a module that decides
+/// exactly as the default does, so it passes the effect trial, with a digest and a name of its
+/// own for tests that need a good module that is not the default.
+pub fn variant_component() -> Vec<u8> {
+    let mut bytes = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let from = format!("backstop-default{}", env!("CARGO_PKG_VERSION"));
+    let to = "backstop-variant2.0.0";
+    assert_eq!(from.len(), to.len(), "the identity's length is kept");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("the default's identity is in its data");
+    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    bytes
+}

@@ -3,7 +3,7 @@
 use super::info::policy_json;
 use crate::output;
 use crate::policy_args::PolicyArgs;
-use crate::policy_args::{engine, policy_bytes};
+use crate::policy_args::{engine, judged_swap_options, policy_bytes};
 use anyhow::{Context, Result};
 use backstop::vet_bytes;
 use clap::Args;
@@ -23,7 +23,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
         .as_ref()
         .context("name the module to check with --policy FILE")?;
     let engine = engine(&host)?;
-    let options = host.swap_options(&engine, &args.config_text()?)?;
+    let options = judged_swap_options(&host, &engine, &args.config_text()?)?;
     let (bytes, origin) = policy_bytes(Some(path))?;
     let vetted = vet_bytes(&engine, &bytes, &origin, &options)?;
     let mut report = policy_json(vetted.policy.module());

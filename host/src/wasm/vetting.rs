@@ -2,11 +2,12 @@
 //! that every swap, the first module of a handle and `backstop check` share.
 //!
 //! In order: the digest allow-list (if one is set), loading (compile, or the cache's `.cwasm`),
-//! the contract and sandbox checks, the operator's configuration, and the
-//! [smoke table](super::smoke).
+//! the contract and sandbox checks, the operator's configuration, the
+//! [smoke table](super::smoke), and — when an [`EffectTrial`] is set — a short simulated run
+//! beside the built-in default, judged by the rule probation uses.
 
 use crate::contract::ModelFacts;
-use crate::decision::{Guardrails, OutcomeRule};
+use crate::decision::{Breach, Guardrails, OutcomeRule, Tally};
 use crate::wasm::cache::{CacheUse, ModuleCache};
 use crate::wasm::engine::{Engine, is_precompiled, sha256_hex};
 use crate::wasm::error::LoadError;
@@ -43,6 +44,32 @@ impl Default for RollbackRule {
     }
 }
 
+/// A short run of a candidate and of the built-in default through the same modelled traffic —
+/// a spike over the primary's quota, a brief outage, some batch work — in virtual time: how
+/// each fared. A module that passes every check of its answers can still give up on
+/// everything or resend at once; this is where that shows before it goes live. The lab
+/// provides the run (`backstop_lab::trial::LabTrial`, the simulator over the lab's Bedrock
+/// model); the host judges it.
+pub trait EffectTrial: Send + Sync + std::fmt::Debug {
+    /// Runs `candidate` and `reference` (each a module and the configuration it runs with)
+    /// through the same short scenario over `chain` (made-up ids when empty).
+    fn run(
+        &self,
+        candidate: (&PolicyModule, &str),
+        reference: (&PolicyModule, &str),
+        chain: &[String],
+    ) -> Result<TrialOutcome, String>;
+}
+
+/// How a candidate and the built-in default fared in an [`EffectTrial`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TrialOutcome {
+    /// The candidate's requests.
+    pub candidate: Tally,
+    /// The built-in default's, under the same traffic.
+    pub reference: Tally,
+}
+
 /// How modules are vetted and run. Build it with
 /// [`HostConfig::swap_options`](crate::HostConfig::swap_options), which also builds the
 /// client's options from the same guardrails.
@@ -68,6 +95,9 @@ pub struct SwapOptions {
     /// Where the handle keeps quarantined digests across restarts, and where
     /// `backstop quarantine release` lets one go; `None` keeps them in memory.
     pub quarantine_file: Option<std::path::PathBuf>,
+    /// The run that judges a module by its effect before it goes live; `None` leaves the
+    /// judgement to probation after the swap.
+    pub trial: Option<std::sync::Arc<dyn EffectTrial>>,
 }
 
 /// Why a module did not go live. The previous module stays live in every case.
@@ -100,6 +130,37 @@ pub enum SwapError {
         /// The first case it got wrong.
         failure: SmokeFailure,
     },
+    /// Beside the built-in default, under the same simulated traffic, its requests fared
+    /// worse than the rule probation uses allows.
+    #[error(
+        "{origin} fared worse than the built-in default in a simulated trial: {} {:.3} against \
+         the default's {:.3} (it: {} of {} requests failed, {:.2} calls each; the default: {} \
+         failed, {:.2} calls each)",
+        breach.measure,
+        breach.after,
+        breach.before,
+        outcome.candidate.failed,
+        outcome.candidate.requests,
+        outcome.candidate.calls_per_request(),
+        outcome.reference.failed,
+        outcome.reference.calls_per_request()
+    )]
+    FaredWorse {
+        /// Where the module came from.
+        origin: String,
+        /// The measure on which it fared worse.
+        breach: Breach,
+        /// Both tallies.
+        outcome: TrialOutcome,
+    },
+    /// The trial could not run (the module was not judged, and is not let through unjudged).
+    #[error("{origin}: the effect trial could not run: {reason}")]
+    TrialFailed {
+        /// Where the module came from.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The kind of a [`SwapError`], as metrics and status name it.
@@ -116,16 +177,22 @@ pub enum SwapErrorKind {
     SmokeFailed,
     /// The bytes are quarantined.
     Quarantined,
+    /// The module fared worse than the built-in default in the effect trial.
+    FaredWorse,
+    /// The effect trial could not run.
+    TrialFailed,
 }
 
 impl SwapErrorKind {
     /// Every kind.
-    pub const ALL: [SwapErrorKind; 5] = [
+    pub const ALL: [SwapErrorKind; 7] = [
         SwapErrorKind::NotAllowed,
         SwapErrorKind::ConfigRejected,
         SwapErrorKind::LoadFailed,
         SwapErrorKind::SmokeFailed,
         SwapErrorKind::Quarantined,
+        SwapErrorKind::FaredWorse,
+        SwapErrorKind::TrialFailed,
     ];
 
     /// The kebab-case name (`smoke-failed`, …), the `reason` label of the rejection metric.
@@ -136,6 +203,8 @@ impl SwapErrorKind {
             SwapErrorKind::LoadFailed => "load-failed",
             SwapErrorKind::SmokeFailed => "smoke-failed",
             SwapErrorKind::Quarantined => "quarantined",
+            SwapErrorKind::FaredWorse => "fared-worse",
+            SwapErrorKind::TrialFailed => "trial-failed",
         }
     }
 }
@@ -155,6 +224,8 @@ impl SwapError {
             SwapError::Load(_) => SwapErrorKind::LoadFailed,
             SwapError::Smoke { .. } => SwapErrorKind::SmokeFailed,
             SwapError::Quarantined { .. } => SwapErrorKind::Quarantined,
+            SwapError::FaredWorse { .. } => SwapErrorKind::FaredWorse,
+            SwapError::TrialFailed { .. } => SwapErrorKind::TrialFailed,
         }
     }
 }
@@ -244,9 +315,65 @@ pub fn vet_module(module: PolicyModule, options: &SwapOptions) -> Result<Policy,
     check_allowed(options, module.digest())?;
     let origin = module.origin().to_string();
     let policy = module.configure_with(&options.config, &options.facts)?;
-    smoke_test(&policy, &options.guardrails, &options.models)
-        .map_err(|failure| SwapError::Smoke { origin, failure })?;
+    smoke_test(&policy, &options.guardrails, &options.models).map_err(|failure| {
+        SwapError::Smoke {
+            origin: origin.clone(),
+            failure,
+        }
+    })?;
+    judge_effect(&policy, options, &origin)?;
     Ok(policy)
+}
+
+/// Runs the options' [`EffectTrial`], if any, with `policy` beside the built-in default, and
+/// refuses it when its requests fared worse than [`RollbackRule::outcomes`] allows. The
+/// built-in default is the yardstick and is not tried against itself; with outcome judging off
+/// (`min_requests` 0) there is no trial either.
+fn judge_effect(policy: &Policy, options: &SwapOptions, origin: &str) -> Result<(), SwapError> {
+    let rule = options.rollback.outcomes;
+    let Some(trial) = options.trial.as_ref().filter(|_| rule.enabled()) else {
+        return Ok(());
+    };
+    let module = policy.module();
+    let reference = module.engine().load_default()?;
+    if module.digest() == reference.digest() {
+        return Ok(());
+    }
+    // The default with the operator's configuration if it takes it, else its own defaults.
+    let reference_config = if reference
+        .configure_with(&options.config, &options.facts)
+        .is_ok()
+    {
+        options.config.as_str()
+    } else {
+        "{}"
+    };
+    let outcome = trial
+        .run(
+            (module, policy.config()),
+            (&reference, reference_config),
+            &options.models,
+        )
+        .map_err(|reason| SwapError::TrialFailed {
+            origin: origin.to_string(),
+            reason,
+        })?;
+    // Judged as probation judges, on batches as large as the trial's.
+    let rule = OutcomeRule {
+        min_requests: rule
+            .min_requests
+            .min(outcome.reference.requests as u32)
+            .max(1),
+        ..rule
+    };
+    match rule.judge(&outcome.reference, &outcome.candidate) {
+        Some(breach) => Err(SwapError::FaredWorse {
+            origin: origin.to_string(),
+            breach,
+            outcome,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_allowed(options: &SwapOptions, digest: &str) -> Result<(), SwapError> {

@@ -1,0 +1,82 @@
+//! The effect trial: a module is judged beside the built-in default under the same simulated
+//! spike and outage before it goes live. A module that passes every check of its answers but
+//! gives up on everything, or resends at once, is refused there; a working older policy is not.
+
+use backstop::{HostConfig, SwapError, SwapOptions, vet_bytes};
+use backstop_lab::trial::LabTrial;
+use backstop_test_support as support;
+use std::sync::Arc;
+
+fn judged() -> SwapOptions {
+    let host = HostConfig::default();
+    let mut options = host.swap_options(support::engine(), "{}").unwrap();
+    options.trial = Some(Arc::new(LabTrial::new(host)));
+    options.models = vec![
+        "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
+        "us.amazon.nova-pro-v1:0".into(),
+    ];
+    options
+}
+
+/// The attack of the issue: a module that gives up on everything passes the smoke table (it
+/// never resends what cannot heal) and, on a quiet host, probation has no baseline to judge it
+/// by. The trial refuses it before it goes live.
+#[test]
+fn a_module_that_gives_up_on_everything_is_refused_before_it_goes_live() {
+    let give_up = support::give_up_component();
+    assert!(
+        vet_bytes(
+            support::engine(),
+            &give_up,
+            "give-up.wasm",
+            &SwapOptions::default()
+        )
+        .is_ok(),
+        "it passes every check of its answers"
+    );
+    let refused = vet_bytes(support::engine(), &give_up, "give-up.wasm", &judged()).unwrap_err();
+    match &refused {
+        SwapError::FaredWorse {
+            breach, outcome, ..
+        } => {
+            assert_eq!(breach.measure, "failure rate", "{refused}");
+            assert!(
+                outcome.candidate.failed > outcome.reference.failed,
+                "{refused}"
+            );
+        }
+        other => panic!("not judged by its effect: {other}"),
+    }
+    assert_eq!(refused.kind().as_str(), "fared-worse");
+}
+
+/// A module that resends at once, every time, on every model: it never gives up on what can
+/// heal, so every answer it gives is sane, and it hammers Bedrock.
+#[test]
+fn a_module_that_resends_at_once_is_refused_for_its_calls() {
+    let storm = support::sane_component("6.6.6");
+    let refused = vet_bytes(support::engine(), &storm, "storm.wasm", &judged()).unwrap_err();
+    assert!(matches!(refused, SwapError::FaredWorse { .. }), "{refused}");
+}
+
+/// A module that decides as the default does goes live, whatever the draw: the trial compares
+/// like with like under one seed. The default itself is the yardstick, not tried at all.
+#[test]
+fn a_policy_as_good_as_the_default_passes_every_trial() {
+    for _ in 0..3 {
+        vet_bytes(
+            support::engine(),
+            &support::variant_component(),
+            "variant.wasm",
+            &judged(),
+        )
+        .expect("decides as the default does");
+    }
+    vet_bytes(
+        support::engine(),
+        backstop::DEFAULT_POLICY_WASM,
+        "default",
+        &judged(),
+    )
+    .expect("the default goes live");
+}
