@@ -199,26 +199,6 @@ mod tests {
             assert_eq!(finish(&new, false, 1, &rule, t0), None);
         }
     }
-}
-
-#[cfg(test)]
-mod yardstick {
-    use super::*;
-    use std::time::Duration;
-
-    fn ended(outcomes: &Outcomes, served: bool, attempts: u32, rule: &OutcomeRule, now: Instant) {
-        outcomes.record(
-            &Finished {
-                request_id: "r",
-                served,
-                attempts,
-                breaker_opens: 0,
-                last_decided_by: None,
-            },
-            rule,
-            now,
-        );
-    }
 
     #[test]
     fn a_newcomer_is_judged_against_the_better_of_its_predecessor_and_the_default() {
@@ -228,75 +208,29 @@ mod yardstick {
             ..OutcomeRule::default()
         };
         let t0 = Instant::now();
-        // A storm: every request served, at eight calls each.
-        let storm = Outcomes::trusted();
-        // The default, live shortly before: every request served at one call.
-        let default = Outcomes::trusted();
+        // A storm: every request served, at eight calls each; the default, live shortly
+        // before: every request served at one call.
+        let (storm, default) = (Outcomes::trusted(), Outcomes::trusted());
         for _ in 0..20 {
-            ended(&storm, true, 8, &rule, t0);
-            ended(&default, true, 1, &rule, t0);
+            finish(&storm, true, 8, &rule, t0);
+            finish(&default, true, 1, &rule, t0);
         }
-        // A newcomer that behaves like the storm passes against the storm alone…
+        let storms_once_more = |judged: &Outcomes, now: Instant| {
+            (0..10).find_map(|_| finish(judged, true, 8, &rule, now))
+        };
+        // A newcomer that storms too passes against the storm alone…
         let against_storm = Outcomes::on_probation(&storm, None, &rule, t0);
-        let mut breach = None;
-        for _ in 0..10 {
-            breach = breach.or(against_storm.record(
-                &Finished {
-                    request_id: "r",
-                    served: true,
-                    attempts: 8,
-                    breaker_opens: 0,
-                    last_decided_by: None,
-                },
-                &rule,
-                t0,
-            ));
-        }
-        assert_eq!(
-            breach, None,
-            "the storm as yardstick lets another storm through"
-        );
+        assert_eq!(storms_once_more(&against_storm, t0), None);
         // …and is caught against the better yardstick, the default's.
         let judged = Outcomes::on_probation(&storm, Some(&default), &rule, t0);
-        let mut breach = None;
-        for _ in 0..10 {
-            breach = breach.or(judged.record(
-                &Finished {
-                    request_id: "r",
-                    served: true,
-                    attempts: 8,
-                    breaker_opens: 0,
-                    last_decided_by: None,
-                },
-                &rule,
-                t0,
-            ));
-        }
-        assert_eq!(
-            breach.expect("judged against the default").measure,
-            "calls per request"
-        );
+        let breach = storms_once_more(&judged, t0).expect("judged against the default");
+        assert_eq!(breach.measure, "calls per request");
         // The default's record counts only while recent.
         let stale = t0 + Duration::from_secs(120);
         for _ in 0..20 {
-            ended(&storm, true, 8, &rule, stale);
+            finish(&storm, true, 8, &rule, stale);
         }
         let later = Outcomes::on_probation(&storm, Some(&default), &rule, stale);
-        for _ in 0..10 {
-            assert_eq!(
-                later.record(
-                    &Finished {
-                        request_id: "r",
-                        served: true,
-                        attempts: 8,
-                        breaker_opens: 0,
-                        last_decided_by: None
-                    },
-                    &rule,
-                    stale,
-                ),
-                None
-            );
-        }
+        assert_eq!(storms_once_more(&later, stale), None);
     }
 }
