@@ -338,14 +338,7 @@ fn tls_redis() -> Option<TlsRedis> {
         eprintln!("SKIPPED: redis-server is not installed");
         return None;
     };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server (TLS) did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    backstop_test_support::wait_for_port(port, "redis-server (TLS)");
     let ca = std::fs::read(dir.join("ca.crt")).unwrap();
     Some(TlsRedis {
         child,
