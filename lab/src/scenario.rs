@@ -60,6 +60,10 @@ pub struct Traffic {
     /// Each request's total deadline, in seconds.
     #[serde(default = "deadline_s")]
     pub deadline_s: u64,
+    /// How long the clients have run when the first request arrives, in seconds: their clocks
+    /// (the policy's `clock-ms`) read this much more. 0 by default: clients that just started.
+    #[serde(default)]
+    pub client_age_s: u64,
 }
 
 /// A constant arrival rate from `from_s` on; with `ramp_s`, reached linearly from the
@@ -163,6 +167,11 @@ impl Traffic {
         if !(1..=MAX_DEADLINE_S).contains(&self.deadline_s) {
             return Err(format!(
                 "`traffic.deadline_s` must be 1 to {MAX_DEADLINE_S} (a day)"
+            ));
+        }
+        if self.client_age_s > MAX_DURATION_S {
+            return Err(format!(
+                "`traffic.client_age_s` must be at most {MAX_DURATION_S} (a week)"
             ));
         }
         if self.input_tokens > MAX_TOKENS || self.output_tokens > MAX_TOKENS {

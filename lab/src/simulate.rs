@@ -347,6 +347,8 @@ pub fn run_replicas(
                     fleet.join(core);
                 }
             }
+            // Clients that have run a while before the traffic: their clocks read more.
+            tokio::time::advance(Duration::from_secs(traffic.client_age_s)).await;
             let bedrock = Arc::new(Mutex::new(BedrockModel::new(scenario.clone())));
             let tally = Arc::new(Mutex::new(Tally::default()));
             let start = Instant::now();

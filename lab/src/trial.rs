@@ -4,8 +4,9 @@
 //! and `backstop check` of the `backstop` binary run it before a module goes live; the host
 //! judges the two tallies by the rule probation uses ([`backstop::EffectTrial`]).
 //!
-//! Nothing in it is a fixed exam: the seed (arrivals, latencies, faults, jitter) is drawn
-//! afresh for every trial, and the model ids are the served chain's.
+//! Nothing in it is a fixed exam: the seed (arrivals, latencies, faults, jitter, and how long
+//! the clients have run, up to a week, so their clock does not start at zero) is drawn afresh
+//! for every trial, and the model ids are the served chain's.
 
 use crate::scenario::Scenario;
 use crate::simulate::{self, Contender, SimReport};
@@ -71,7 +72,10 @@ pub fn scenario(chain: &[String], seed: u64) -> Scenario {
                 { "from_s": 45, "rps": 1.5, "ramp_s": 5 }
             ],
             "batch_share": 0.1,
-            "deadline_s": 30
+            "deadline_s": 30,
+            // Clients of any age up to a week: the client clock a module sees does not mark
+            // the trial as one.
+            "client_age_s": seed % (7 * 24 * 3600)
         }
     });
     Scenario::from_json(&json.to_string()).expect("the trial's scenario is valid")

@@ -51,6 +51,7 @@ fn small_scenario(seed: u64) -> Scenario {
             input_tokens: 500,
             output_tokens: 300,
             deadline_s: 60,
+            client_age_s: 0,
         }),
         ..Scenario::default()
     }

@@ -80,3 +80,51 @@ fn a_policy_as_good_as_the_default_passes_every_trial() {
     )
     .expect("the default goes live");
 }
+
+/// Records the least client clock a route question carried.
+struct ClockWatch(std::sync::atomic::AtomicU64);
+
+impl backstop::Decider for ClockWatch {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, query: &backstop::RouteQuery) -> backstop::contract::Route {
+        self.0
+            .fetch_min(query.clock_ms, std::sync::atomic::Ordering::Relaxed);
+        backstop::contract::Route::Send {
+            model: query.current,
+            delay_ms: 0,
+        }
+    }
+
+    fn decide(&self, _ctx: &backstop::contract::AttemptContext) -> backstop::Decided {
+        backstop::Decided {
+            verdict: backstop::Verdict::of_policy(backstop::contract::Decision::GiveUp {
+                reason: backstop::contract::GiveUpReason::NotRetryable,
+            }),
+            module_digest: None,
+        }
+    }
+}
+
+/// The trial's clients have run a while, as production's have: a module that behaves only
+/// while the client clock is near zero cannot tell the trial by it.
+#[test]
+fn the_trials_client_clock_does_not_start_at_zero() {
+    let seed = 3 * 86_400 + 17;
+    let scenario = backstop_lab::trial::scenario(&[], seed);
+    let age = scenario.traffic.as_ref().unwrap().client_age_s;
+    assert_eq!(age, seed % (7 * 86_400));
+    let watch = Arc::new(ClockWatch(std::sync::atomic::AtomicU64::new(u64::MAX)));
+    let contender = backstop_lab::simulate::Contender::Decider {
+        name: "watch".into(),
+        decider: watch.clone(),
+    };
+    backstop_lab::simulate::run(&scenario, &contender, &HostConfig::default(), |_| {}).unwrap();
+    let least = watch.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        least >= age * 1_000,
+        "the first question's clock read {least} ms"
+    );
+}
