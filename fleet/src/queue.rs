@@ -42,6 +42,29 @@ pub const CONSUMERS: usize = 16;
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 /// Entries moved from the delayed set onto the stream at once, at most.
 const MOVE_AT_ONCE: usize = 64;
+/// The most an answer in Redis may hold, all its fields together: a Bedrock answer is far
+/// smaller; one larger was not written by the fleet, and is dropped unread.
+pub const MAX_ANSWER_BYTES: u64 = 32 << 20;
+/// Takes the answer at `KEYS[1]` (its fields, flat) and deletes it; `-1` (deleting it unread)
+/// when it has more than 8 fields or more than `ARGV[1]` bytes.
+const TAKE_ANSWER: &str = r"
+local fields = redis.call('HKEYS', KEYS[1])
+if #fields > 8 then
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+local size = 0
+for _, field in ipairs(fields) do
+  size = size + #field + redis.call('HSTRLEN', KEYS[1], field)
+end
+if size > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all
+";
 /// The consumer group every replica reads in.
 const GROUP: &str = "backstop";
 
@@ -346,15 +369,25 @@ impl DurableQueue {
     async fn take_answer(&self, id: &str) -> Result<Option<Answer>, QueueError> {
         let mut conn = self.conn().await?;
         let key = self.answer_key(id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HGETALL")
-            .arg(&key)
-            .cmd("DEL")
-            .arg(&key)
-            .ignore();
-        let (found,): (HashMap<String, redis::Value>,) =
-            self.bounded(pipe.query_async(&mut conn)).await?;
+        let taken: redis::Value = self
+            .bounded(
+                redis::Script::new(TAKE_ANSWER)
+                    .key(&key)
+                    .arg(MAX_ANSWER_BYTES)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let found: HashMap<String, redis::Value> = match taken {
+            redis::Value::Int(_) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    id = ?id,
+                    "fleet: an answer in Redis larger than {MAX_ANSWER_BYTES} bytes was dropped unread"
+                );
+                return Ok(None);
+            }
+            taken => redis::from_redis_value(taken).unwrap_or_default(),
+        };
         if found.is_empty() {
             return Ok(None);
         }

@@ -409,3 +409,35 @@ async fn a_fleet_reaches_redis_over_tls_as_an_acl_user() {
         "the password is never printed"
     );
 }
+
+/// An answer larger than any the fleet writes is dropped unread, signed or not: Redis cannot
+/// make a waiting replica read hundreds of megabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_is_dropped_unread() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let queue = queue(&redis);
+    let answers = tokio::spawn(queue.clone().run_answers());
+    let huge = bytes::Bytes::from(vec![
+        b'x';
+        backstop_fleet::queue::MAX_ANSWER_BYTES as usize + 1
+    ]);
+    let consumers = tokio::spawn(queue.clone().run_consumers(move |_parked| {
+        let huge = huge.clone();
+        async move {
+            Served::Answered(Answer {
+                status: 200,
+                headers: vec![],
+                body: huge,
+            })
+        }
+    }));
+    let request = parked(&queue, Duration::ZERO, Duration::from_secs(3));
+    queue.park(&request).await.unwrap();
+    let answer = queue.answer(&request.id, request.deadline_ms).await;
+    assert!(answer.is_none(), "an answer past the bound is not read");
+    assert!(queue.counters().rejected.load(Ordering::Relaxed) >= 1);
+    consumers.abort();
+    answers.abort();
+}
