@@ -3,7 +3,8 @@
 //! `backstop simulate` drives the very same machine with a virtual clock, so a scenario means
 //! the same thing both ways.
 
-use crate::scenario::{Misbehaviour, ModelFaults, Scenario, Scripted, TokenBucket};
+use crate::quota::{PoolBucket, TOO_MANY_TOKENS};
+use crate::scenario::{Latency, Misbehaviour, ModelFaults, Scenario, Scripted, TokenBucket};
 use backstop::contract::ErrorKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -58,6 +59,30 @@ impl Outcome {
     }
 }
 
+/// What a request asks of its model's quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    /// Its estimated input tokens.
+    pub input: u64,
+    /// Tokens of input and expected output together: what the legacy `tpm` bucket and
+    /// `context_window` count.
+    pub tokens: u64,
+    /// Its `maxTokens` (or its family's field), when it sets one; a 2026 pool then reserves
+    /// input plus this, else input plus the model's maximum output.
+    pub max_output: Option<u64>,
+}
+
+impl Ask {
+    /// A request of `tokens` tokens that says nothing of its maximum output.
+    pub fn tokens(tokens: u64) -> Ask {
+        Ask {
+            input: tokens,
+            tokens,
+            max_output: None,
+        }
+    }
+}
+
 struct ModelState {
     script: VecDeque<Scripted>,
     rpm: Option<TokenBucket>,
@@ -69,6 +94,8 @@ struct ModelState {
 pub struct BedrockModel {
     scenario: Scenario,
     models: HashMap<String, ModelState>,
+    /// The 2026 quota pools, by name.
+    pools: HashMap<String, PoolBucket>,
     /// What was refused for model ids the model keeps no state for: one bounded bucket.
     unlisted: ModelStats,
     rng: fastrand::Rng,
@@ -87,15 +114,21 @@ impl BedrockModel {
     pub fn new(scenario: Scenario) -> BedrockModel {
         BedrockModel {
             rng: fastrand::Rng::with_seed(scenario.seed),
+            pools: scenario
+                .pools
+                .iter()
+                .map(|(name, pool)| (name.clone(), PoolBucket::new(pool.tpm)))
+                .collect(),
             scenario,
             models: HashMap::new(),
             unlisted: ModelStats::default(),
         }
     }
 
-    /// Counts a request for `model` that arrives `now_ms` after the start and asks for
-    /// `tokens` tokens (input plus expected output), and decides its fate.
-    pub fn admit(&mut self, model: &str, now_ms: u64, tokens: u64) -> Outcome {
+    /// Counts a request for `model` that arrives `now_ms` after the start and asks `ask` of
+    /// its quota, and decides its fate.
+    pub fn admit(&mut self, model: &str, now_ms: u64, ask: Ask) -> Outcome {
+        let tokens = ask.tokens;
         if !self.keeps(model) {
             let latency = Duration::ZERO;
             self.count_unlisted(ErrorKind::ResourceNotFound);
@@ -126,6 +159,27 @@ impl BedrockModel {
             };
         }
         let roll = self.rng.f64();
+        // The 2026 quota: what the request reserves now and settles to when it completes
+        // (drawn only for a pooled model, so seeded runs of other scenarios keep their numbers).
+        // An error drawn for a request the pool admitted produces no output: it settles to
+        // its input.
+        let fails = draw(&faults.error_rates, roll).is_some();
+        let pooled = faults.pool.as_ref().map(|pool| {
+            let max_output = ask
+                .max_output
+                .unwrap_or(faults.max_output_tokens.unwrap_or(4_096));
+            let range = faults
+                .output_tokens
+                .unwrap_or(Latency { min: 200, max: 800 });
+            let output = self.rng.u64(range.min..=range.max).min(max_output);
+            let reservation = ask.input + max_output;
+            let settled = if fails {
+                ask.input
+            } else {
+                ask.input + output * u64::from(faults.burndown.unwrap_or(1))
+            };
+            (pool.clone(), reservation, settled)
+        });
         // Drawn only when misbehaviour is configured, so seeded runs of other scenarios keep
         // their numbers.
         let misbehaviour_roll = if faults.misbehaviour_rates.is_empty() {
@@ -149,6 +203,13 @@ impl BedrockModel {
                     let tpm = !rpm && state.tpm.as_mut().is_some_and(|b| !b.take(now_ms, tokens));
                     (rpm || tpm).then_some(ErrorKind::Throttling)
                 })
+                .or_else(|| {
+                    let (pool, reservation, settled) = pooled.as_ref()?;
+                    let done_ms = now_ms + latency.as_millis() as u64;
+                    let bucket = self.pools.get_mut(pool)?;
+                    let admitted = bucket.admit(now_ms, *reservation, *settled, done_ms);
+                    (!admitted).then_some(ErrorKind::Throttling)
+                })
                 .or_else(|| draw(&faults.error_rates, roll)),
         };
         match error {
@@ -164,7 +225,9 @@ impl BedrockModel {
                     retry_after_ms: faults
                         .retry_after_ms
                         .filter(|_| kind == ErrorKind::Throttling),
-                    message: None,
+                    // A pooled model throttles on tokens, and says so as Bedrock does.
+                    message: (kind == ErrorKind::Throttling && pooled.is_some())
+                        .then_some(TOO_MANY_TOKENS),
                 }
             }
             None => {

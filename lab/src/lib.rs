@@ -5,6 +5,8 @@
 //! - [`bedrock_model`]: the modelled Bedrock itself, one state machine over "milliseconds since
 //!   start", shared by the fault server (wall clock, real HTTP) and the simulator (virtual
 //!   clock), so a scenario means the same thing both ways;
+//! - [`quota`]: Bedrock's 2026 token quotas — a pool's bucket with reservations at admission
+//!   and settlement at completion, and where each body family names its maximum output;
 //! - [`fault_server`]: that model behind Bedrock Runtime's real wire format on loopback, for the
 //!   real AWS SDK, boto3 and the demo;
 //! - [`simulate`], [`baseline`] and [`plot`]: the library's own attempt loop in virtual time
@@ -19,6 +21,7 @@ pub mod demo;
 pub mod fault_server;
 pub mod fleet;
 pub mod plot;
+pub mod quota;
 pub mod scenario;
 pub mod simulate;
 pub mod trial;

@@ -34,6 +34,17 @@ pub struct Scenario {
     pub models: BTreeMap<String, ModelFaults>,
     /// The clients, for `backstop simulate` (the fault server ignores it: its clients are real).
     pub traffic: Option<Traffic>,
+    /// Bedrock's 2026 token quotas, by pool name: a model (or inference profile) names its
+    /// pool in `pool`, and its requests reserve and settle there ([`crate::quota`]).
+    pub pools: BTreeMap<String, Pool>,
+}
+
+/// One quota pool: a model in a Region, or a cross-Region inference profile.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Tokens per minute (input and output together; a bucket holding one minute's worth).
+    pub tpm: u64,
 }
 
 /// Who sends what, when: arrivals are Poisson at a rate that follows `phases`, plus `bursts`.
@@ -57,6 +68,10 @@ pub struct Traffic {
     pub input_tokens: u64,
     #[serde(default = "output_tokens")]
     pub output_tokens: u64,
+    /// The `maxTokens` requests set, one drawn per request (`null`: unset, so a 2026 pool
+    /// reserves the model's maximum output); empty: none set.
+    #[serde(default)]
+    pub max_tokens: Vec<Option<u64>>,
     /// Each request's total deadline, in seconds.
     #[serde(default = "deadline_s")]
     pub deadline_s: u64,
@@ -99,6 +114,7 @@ const MAX_TOKENS: u64 = 10_000_000;
 const MAX_CHAIN: usize = 16;
 const MAX_LATENCY_MS: u64 = 600_000;
 const MAX_SCRIPT: usize = 100_000;
+const MAX_POOL_TPM: u64 = 1_000_000_000;
 
 fn input_tokens() -> u64 {
     500
@@ -169,6 +185,17 @@ impl Traffic {
                 "`traffic.deadline_s` must be 1 to {MAX_DEADLINE_S} (a day)"
             ));
         }
+        if self.max_tokens.len() > 64
+            || self
+                .max_tokens
+                .iter()
+                .flatten()
+                .any(|m| !(1..=MAX_TOKENS).contains(m))
+        {
+            return Err(format!(
+                "`traffic.max_tokens` lists at most 64 values, each 1 to {MAX_TOKENS} or null"
+            ));
+        }
         if self.client_age_s > MAX_DURATION_S {
             return Err(format!(
                 "`traffic.client_age_s` must be at most {MAX_DURATION_S} (a week)"
@@ -216,6 +243,26 @@ impl Scenario {
                 .validate()
                 .map_err(|e| format!("invalid scenario: {e}"))?;
         }
+        if let Some((name, _)) = scenario
+            .pools
+            .iter()
+            .find(|(_, pool)| !(1..=MAX_POOL_TPM).contains(&pool.tpm))
+        {
+            return Err(format!(
+                "invalid scenario: pool `{name}`: `tpm` must be 1 to {MAX_POOL_TPM}"
+            ));
+        }
+        for (name, faults) in std::iter::once(("default", &scenario.default))
+            .chain(scenario.models.iter().map(|(k, v)| (k.as_str(), v)))
+        {
+            if let Some(pool) = &faults.pool
+                && !scenario.pools.contains_key(pool)
+            {
+                return Err(format!(
+                    "invalid scenario: model `{name}`: pool `{pool}` is not in `pools`"
+                ));
+            }
+        }
         Ok(scenario)
     }
 
@@ -250,6 +297,19 @@ pub struct ModelFaults {
     /// Tokens per minute the model accepts (input + expected output of each request, a token
     /// bucket holding one minute's worth); unlimited when absent.
     pub tpm: Option<u32>,
+    /// The 2026 quota pool (a name in the scenario's `pools`) this model's requests reserve
+    /// and settle in: input + `maxTokens` (else `max_output_tokens`) at admission, input +
+    /// output × `burndown` at completion. Unset: the legacy `rpm` / `tpm` (or no quota).
+    pub pool: Option<String>,
+    /// How many times each output token counts against the pool (5 for Claude 3.7 / 4-family
+    /// output, 1 for others; default 1).
+    pub burndown: Option<u32>,
+    /// The model's maximum output, reserved when a request leaves `maxTokens` unset (default
+    /// 4,096).
+    pub max_output_tokens: Option<u64>,
+    /// Output tokens a request produces, drawn uniformly (and never past its `maxTokens`);
+    /// default 200 to 800.
+    pub output_tokens: Option<Latency>,
     /// The most tokens a request may carry (estimated: input and expected output); a larger
     /// one is refused with Bedrock's `ValidationException` "Input is too long for requested
     /// model." before any quota is spent. Unlimited when absent.
@@ -360,6 +420,23 @@ impl ModelFaults {
         }
         if self.tpm == Some(0) {
             return Err("`tpm` must be at least 1 (leave it out for no quota)".into());
+        }
+        if self.burndown.is_some_and(|b| !(1..=100).contains(&b)) {
+            return Err("`burndown` must be 1 to 100".into());
+        }
+        if self
+            .max_output_tokens
+            .is_some_and(|m| !(1..=MAX_TOKENS).contains(&m))
+        {
+            return Err(format!("`max_output_tokens` must be 1 to {MAX_TOKENS}"));
+        }
+        if self
+            .output_tokens
+            .is_some_and(|o| o.min > o.max || o.max > MAX_TOKENS)
+        {
+            return Err(format!(
+                "`output_tokens` must have min <= max <= {MAX_TOKENS}"
+            ));
         }
         if self.context_window == Some(0) {
             return Err("`context_window` must be at least 1 (leave it out for no limit)".into());

@@ -10,7 +10,7 @@
 //! seed always gives the same numbers.
 
 use crate::baseline::Baseline;
-use crate::bedrock_model::{BedrockModel, Outcome};
+use crate::bedrock_model::{Ask, BedrockModel, Outcome};
 use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The scenarios that ship with Backstop, by name (also in the repository's `scenarios/`).
-pub const SHIPPED: [(&str, &str); 5] = [
+pub const SHIPPED: [(&str, &str); 6] = [
     (
         "monday-spike",
         include_str!("../../scenarios/monday-spike.json"),
@@ -42,6 +42,12 @@ pub const SHIPPED: [(&str, &str); 5] = [
     (
         "batch-backlog",
         include_str!("../../scenarios/batch-backlog.json"),
+    ),
+    // Bedrock's 2026 token quotas: reservations at maxTokens, settlement with burndown, a
+    // cross-Region profile with a pool of its own.
+    (
+        "token-spike",
+        include_str!("../../scenarios/token-spike.json"),
     ),
 ];
 
@@ -211,6 +217,8 @@ impl Tally {
 struct Arrival {
     at: Duration,
     workload: Workload,
+    /// The `maxTokens` it sets, if any.
+    max_tokens: Option<u64>,
 }
 
 /// The arrivals of `traffic`, the same for every contender of a seed.
@@ -236,6 +244,7 @@ fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
                 list.push(Arrival {
                     at: Duration::from_secs_f64(t),
                     workload,
+                    max_tokens: None,
                 });
             }
         }
@@ -247,9 +256,20 @@ fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
             Workload::Interactive
         };
         let at = Duration::from_secs_f64(burst.at_s.max(0.0));
-        list.extend((0..burst.count).map(|_| Arrival { at, workload }));
+        list.extend((0..burst.count).map(|_| Arrival {
+            at,
+            workload,
+            max_tokens: None,
+        }));
     }
     list.sort_by_key(|a| a.at);
+    // Drawn apart, so a scenario without a `max_tokens` mix keeps its arrivals as they were.
+    if !traffic.max_tokens.is_empty() {
+        let mut draws = fastrand::Rng::with_seed(seed ^ 0x3a5_70ce_5e77);
+        for arrival in &mut list {
+            arrival.max_tokens = traffic.max_tokens[draws.usize(..traffic.max_tokens.len())];
+        }
+    }
     list
 }
 
@@ -325,7 +345,10 @@ pub fn run_replicas(
         .start_paused(true)
         .build()?;
     let arrivals = arrivals(traffic, scenario.seed);
-    let tokens = traffic.input_tokens + traffic.output_tokens;
+    let tokens = (
+        traffic.input_tokens,
+        traffic.input_tokens + traffic.output_tokens,
+    );
 
     // Failed requests are the report's business here, not thousands of log lines.
     let quiet = tracing::subscriber::NoSubscriber::default();
@@ -439,7 +462,7 @@ async fn request(
     tally: &Mutex<Tally>,
     start: Instant,
     arrival: Arrival,
-    tokens: u64,
+    (input_tokens, tokens): (u64, u64),
 ) {
     lock(tally).minute(arrival.at).offered += 1;
     let chain = core.models();
@@ -451,7 +474,12 @@ async fn request(
             |model| {
                 let now = start.elapsed();
                 let fallback = chain.first().is_some_and(|primary| primary != model);
-                let outcome = lock(bedrock).admit(model, now.as_millis() as u64, tokens);
+                let ask = Ask {
+                    input: input_tokens,
+                    tokens,
+                    max_output: arrival.max_tokens,
+                };
+                let outcome = lock(bedrock).admit(model, now.as_millis() as u64, ask);
                 {
                     let mut tally = lock(tally);
                     tally.calls += 1;

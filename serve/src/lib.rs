@@ -352,7 +352,8 @@ const ADMIN_CONNECTIONS: usize = 64;
 
 /// Descriptors kept for what is not a listener's connection: upstream connections, Redis,
 /// the collector, files.
-const DESCRIPTORS_BESIDE: u64 = 256;
+#[cfg(unix)]
+const DESCRIPTORS_BESIDE: libc::rlim_t = 256;
 
 /// Raises this process's open-file limit to what `connections` need (up to the hard limit),
 /// and says so when the hard limit is lower: the connection caps are only a bound if the
@@ -369,14 +370,14 @@ fn descriptors_for(connections: usize) {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
                 return;
             }
-            let wanted = connections as u64 + DESCRIPTORS_BESIDE;
-            if (limit.rlim_cur as u64) < wanted {
-                limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
+            let wanted = connections as libc::rlim_t + DESCRIPTORS_BESIDE;
+            if limit.rlim_cur < wanted {
+                limit.rlim_cur = wanted.min(limit.rlim_max);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
             }
-            if (limit.rlim_cur as u64) < wanted {
+            if limit.rlim_cur < wanted {
                 tracing::warn!(
-                    open_files = limit.rlim_cur as u64,
+                    open_files = limit.rlim_cur,
                     wanted,
                     "the open-file limit is below the connection caps plus what the sidecar \
                      needs beside them: lower serve.max_connections, or raise `ulimit -n`"

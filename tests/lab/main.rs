@@ -3,5 +3,6 @@
 
 mod boto3_wire;
 mod fault_server;
+mod quota;
 mod simulate;
 mod trial;

@@ -149,9 +149,9 @@ pub enum SwapError {
         /// Where the module came from.
         origin: String,
         /// The measure on which it fared worse.
-        breach: Breach,
+        breach: Box<Breach>,
         /// Both tallies.
-        outcome: TrialOutcome,
+        outcome: Box<TrialOutcome>,
     },
     /// The trial could not run (the module was not judged, and is not let through unjudged).
     #[error("{origin}: the effect trial could not run: {reason}")]
@@ -369,8 +369,8 @@ fn judge_effect(policy: &Policy, options: &SwapOptions, origin: &str) -> Result<
     match rule.judge(&outcome.reference, &outcome.candidate) {
         Some(breach) => Err(SwapError::FaredWorse {
             origin: origin.to_string(),
-            breach,
-            outcome,
+            breach: Box::new(breach),
+            outcome: Box::new(outcome),
         }),
         None => Ok(()),
     }

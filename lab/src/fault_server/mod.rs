@@ -7,7 +7,7 @@
 
 mod wire;
 
-use crate::bedrock_model::{BedrockModel, Outcome, Stats};
+use crate::bedrock_model::{Ask, BedrockModel, Outcome, Stats};
 use crate::scenario::{Misbehaviour, ModelFaults, Scenario};
 use axum::Router;
 use axum::body::Bytes;
@@ -155,9 +155,9 @@ impl ServerState {
     }
 
     /// Counts the request and decides its fate on the wall clock.
-    fn admit(&self, model: &str, tokens: u64) -> Outcome {
+    fn admit(&self, model: &str, ask: Ask) -> Outcome {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.bedrock().admit(model, now_ms, tokens)
+        self.bedrock().admit(model, now_ms, ask)
     }
 
     /// The faults of `model` (the scenario's defaults for a model it does not list).
@@ -240,7 +240,13 @@ async fn accept<'a>(
     needs_messages: bool,
 ) -> Result<Accepted<'a>, Response> {
     let request = check_request(state, model, headers, body, needs_messages)?;
-    let outcome = state.admit(model, estimate_tokens(&request));
+    let input = estimate_tokens(&request);
+    let ask = Ask {
+        input,
+        tokens: input,
+        max_output: crate::quota::max_output_tokens(needs_messages, model, body),
+    };
+    let outcome = state.admit(model, ask);
     let faults = state.faults(model);
     tokio::time::sleep(outcome.latency()).await;
     match outcome {
