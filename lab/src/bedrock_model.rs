@@ -37,6 +37,9 @@ pub enum Outcome {
         stream_error: ErrorKind,
         /// How the accepted request misbehaves, if it does.
         misbehaviour: Option<Misbehaviour>,
+        /// The output it produces, drawn apart from its `maxTokens` (for a model in a 2026
+        /// pool; `None` otherwise), as the answer's usage reports it.
+        output_tokens: Option<u64>,
     },
     Error {
         kind: ErrorKind,
@@ -94,8 +97,9 @@ struct ModelState {
 pub struct BedrockModel {
     scenario: Scenario,
     models: HashMap<String, ModelState>,
-    /// The 2026 quota pools, by name.
-    pools: HashMap<String, PoolBucket>,
+    /// The 2026 quota pools, by name: the minute's bucket and the day's, if the scenario sets
+    /// one.
+    pools: HashMap<String, (PoolBucket, Option<PoolBucket>)>,
     /// What was refused for model ids the model keeps no state for: one bounded bucket.
     unlisted: ModelStats,
     rng: fastrand::Rng,
@@ -117,7 +121,10 @@ impl BedrockModel {
             pools: scenario
                 .pools
                 .iter()
-                .map(|(name, pool)| (name.clone(), PoolBucket::new(pool.tpm)))
+                .map(|(name, pool)| {
+                    let daily = pool.tpd.map(PoolBucket::daily);
+                    (name.clone(), (PoolBucket::new(pool.tpm), daily))
+                })
                 .collect(),
             scenario,
             models: HashMap::new(),
@@ -178,7 +185,7 @@ impl BedrockModel {
             } else {
                 ask.input + output * u64::from(faults.burndown.unwrap_or(1))
             };
-            (pool.clone(), reservation, settled)
+            (pool.clone(), reservation, settled, output)
         });
         // Drawn only when misbehaviour is configured, so seeded runs of other scenarios keep
         // their numbers.
@@ -204,11 +211,19 @@ impl BedrockModel {
                     (rpm || tpm).then_some(ErrorKind::Throttling)
                 })
                 .or_else(|| {
-                    let (pool, reservation, settled) = pooled.as_ref()?;
+                    let (pool, reservation, settled, _) = pooled.as_ref()?;
                     let done_ms = now_ms + latency.as_millis() as u64;
-                    let bucket = self.pools.get_mut(pool)?;
-                    let admitted = bucket.admit(now_ms, *reservation, *settled, done_ms);
-                    (!admitted).then_some(ErrorKind::Throttling)
+                    let (minute, day) = self.pools.get_mut(pool)?;
+                    // Both the minute's and the day's bucket must hold the reservation.
+                    let fits = minute.holds(now_ms, *reservation)
+                        && day.as_mut().is_none_or(|d| d.holds(now_ms, *reservation));
+                    if fits {
+                        minute.admit(now_ms, *reservation, *settled, done_ms);
+                        if let Some(day) = day {
+                            day.admit(now_ms, *reservation, *settled, done_ms);
+                        }
+                    }
+                    (!fits).then_some(ErrorKind::Throttling)
                 })
                 .or_else(|| draw(&faults.error_rates, roll)),
         };
@@ -251,6 +266,7 @@ impl BedrockModel {
                     stream_error_after: faults.stream_error_after,
                     stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
                     misbehaviour,
+                    output_tokens: pooled.as_ref().map(|(_, _, _, output)| *output),
                 }
             }
         }

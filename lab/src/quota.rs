@@ -35,10 +35,19 @@ pub struct PoolBucket {
 impl PoolBucket {
     /// A full bucket of `tpm` tokens a minute.
     pub fn new(tpm: u64) -> PoolBucket {
-        let capacity = tpm as f64;
+        PoolBucket::per_period(tpm, 60_000)
+    }
+
+    /// A full bucket of `tpd` tokens a day (Bedrock's "Model invocation max tokens per day").
+    pub fn daily(tpd: u64) -> PoolBucket {
+        PoolBucket::per_period(tpd, 86_400_000)
+    }
+
+    fn per_period(tokens: u64, period_ms: u64) -> PoolBucket {
+        let capacity = tokens as f64;
         PoolBucket {
             capacity,
-            per_ms: capacity / 60_000.0,
+            per_ms: capacity / period_ms as f64,
             level: capacity,
             last_ms: 0,
             pending: BinaryHeap::new(),
@@ -73,6 +82,11 @@ impl PoolBucket {
     pub fn level(&mut self, now_ms: u64) -> f64 {
         self.advance(now_ms);
         self.level
+    }
+
+    /// Whether the bucket holds `reservation` tokens at `now_ms`.
+    pub fn holds(&mut self, now_ms: u64, reservation: u64) -> bool {
+        self.level(now_ms) >= reservation as f64
     }
 
     /// Admits a request that reserves `reservation` tokens at `now_ms`, whose reservation

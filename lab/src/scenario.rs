@@ -45,6 +45,10 @@ pub struct Scenario {
 pub struct Pool {
     /// Tokens per minute (input and output together; a bucket holding one minute's worth).
     pub tpm: u64,
+    /// Tokens per day ("Model invocation max tokens per day", by default TPM × 1,440, which
+    /// never binds before the minute does); a bucket holding one day's worth.
+    #[serde(default)]
+    pub tpd: Option<u64>,
 }
 
 /// Who sends what, when: arrivals are Poisson at a rate that follows `phases`, plus `bursts`.
@@ -243,13 +247,16 @@ impl Scenario {
                 .validate()
                 .map_err(|e| format!("invalid scenario: {e}"))?;
         }
-        if let Some((name, _)) = scenario
-            .pools
-            .iter()
-            .find(|(_, pool)| !(1..=MAX_POOL_TPM).contains(&pool.tpm))
-        {
+        if let Some((name, _)) = scenario.pools.iter().find(|(_, pool)| {
+            !(1..=MAX_POOL_TPM).contains(&pool.tpm)
+                || pool
+                    .tpd
+                    .is_some_and(|tpd| !(1..=MAX_POOL_TPM * 1_440).contains(&tpd))
+        }) {
             return Err(format!(
-                "invalid scenario: pool `{name}`: `tpm` must be 1 to {MAX_POOL_TPM}"
+                "invalid scenario: pool `{name}`: `tpm` must be 1 to {MAX_POOL_TPM}, `tpd` 1 to \
+                 {}",
+                MAX_POOL_TPM * 1_440
             ));
         }
         for (name, faults) in std::iter::once(("default", &scenario.default))

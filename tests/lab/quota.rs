@@ -163,7 +163,12 @@ async fn the_fault_server_reserves_what_the_converse_body_asks_for() {
     let mut served = 0;
     for call in calls {
         match call.await.unwrap() {
-            Ok(_) => served += 1,
+            Ok(answer) => {
+                served += 1;
+                // The output drawn for it (500 here), not its maxTokens, is what it reports.
+                let usage = answer.usage().expect("usage");
+                assert_eq!(usage.output_tokens(), 500);
+            }
             Err(error) => throttles
                 .push(aws_sdk_bedrockruntime::error::DisplayErrorContext(error).to_string()),
         }
@@ -180,4 +185,23 @@ async fn the_fault_server_reserves_what_the_converse_body_asks_for() {
             .all(|t| t.contains("ThrottlingException") && t.contains(TOO_MANY_TOKENS)),
         "{throttles:?}"
     );
+}
+
+#[test]
+fn a_daily_quota_binds_when_the_minute_would_not() {
+    let scenario = r#"{
+      "pools": { "p": { "tpm": 100000, "tpd": 12000 } },
+      "models": { "m": { "pool": "p", "output_tokens": { "min": 1000, "max": 1000 } } }
+    }"#;
+    let mut bedrock = BedrockModel::new(Scenario::from_json(scenario).unwrap());
+    // 1,000 + 1,024 reserved, settling to 2,000 each: five fit the day's 12,000 at once.
+    for i in 0..5 {
+        assert!(!throttled(&bedrock.admit("m", 0, ask(Some(1_024)))), "{i}");
+    }
+    assert!(
+        throttled(&bedrock.admit("m", 0, ask(Some(1_024)))),
+        "the day is spent"
+    );
+    // A minute later the minute's bucket is full again; the day's has barely refilled.
+    assert!(throttled(&bedrock.admit("m", 60_000, ask(Some(1_024)))));
 }

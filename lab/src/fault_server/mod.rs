@@ -227,7 +227,17 @@ struct Accepted<'a> {
     stream_error_after: Option<u32>,
     stream_error: ErrorKind,
     misbehaviour: Option<Misbehaviour>,
+    /// The output the model drew for it (a 2026-pool model), reported in its usage.
+    output_tokens: Option<u64>,
     faults: &'a ModelFaults,
+}
+
+impl Accepted<'_> {
+    /// The output tokens its usage reports: the drawn output, else the length of `answer`.
+    fn output(&self, answer: &str) -> u64 {
+        self.output_tokens
+            .unwrap_or((answer.len() as u64).div_ceil(4))
+    }
 }
 
 /// What every operation does first: check the request, apply the scenario, wait the latency.
@@ -274,12 +284,14 @@ async fn accept<'a>(
             stream_error_after,
             stream_error,
             misbehaviour,
+            output_tokens,
         } => Ok(Accepted {
             request,
             latency,
             stream_error_after,
             stream_error,
             misbehaviour,
+            output_tokens,
             faults,
         }),
     }
@@ -313,7 +325,7 @@ async fn converse(
     };
     let input = estimate_tokens(&accepted.request);
     let answer = format!("{model} answered.");
-    let output = (answer.len() as u64).div_ceil(4);
+    let output = accepted.output(&answer);
     let body = serde_json::json!({
         "output": { "message": { "role": "assistant", "content": [{ "text": answer }] } },
         "stopReason": "end_turn",
@@ -333,7 +345,7 @@ async fn invoke(
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    let body = invoke_body(&model, &accepted.request);
+    let body = invoke_body(&model, &accepted);
     unary_answer(&state, &accepted, body.to_string()).await
 }
 
@@ -341,10 +353,11 @@ async fn invoke(
 /// real clients use read it: Anthropic's Messages API (or its legacy text completions for a
 /// `prompt`), Amazon Nova, Amazon Titan Text, Meta Llama, Mistral. Any other model gets the
 /// Anthropic text-completion shape.
-fn invoke_body(model: &str, request: &serde_json::Value) -> serde_json::Value {
+fn invoke_body(model: &str, accepted: &Accepted<'_>) -> serde_json::Value {
+    let request = &accepted.request;
     let answer = format!("{model} answered.");
     let input = estimate_tokens(request);
-    let output = (answer.len() as u64).div_ceil(4);
+    let output = accepted.output(&answer);
     let family = |name: &str| model.contains(name);
     if family("anthropic.") && request.get("messages").is_some() {
         serde_json::json!({
@@ -473,10 +486,13 @@ enum Shape {
 enum Step<'a> {
     Start,
     Delta(&'a str),
-    Stop,
+    Stop {
+        output: u64,
+    },
     /// The end: usage and latency.
     Metadata {
         input: u64,
+        output: u64,
         latency_ms: u64,
     },
 }
@@ -505,7 +521,7 @@ fn converse_step(out: &mut Vec<u8>, step: Step<'_>) {
             "contentBlockDelta",
             serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } }),
         ),
-        Step::Stop => {
+        Step::Stop { .. } => {
             wire::event_frame(
                 out,
                 "contentBlockStop",
@@ -517,11 +533,15 @@ fn converse_step(out: &mut Vec<u8>, step: Step<'_>) {
                 serde_json::json!({ "stopReason": "end_turn" }),
             );
         }
-        Step::Metadata { input, latency_ms } => wire::event_frame(
+        Step::Metadata {
+            input,
+            output,
+            latency_ms,
+        } => wire::event_frame(
             out,
             "metadata",
             serde_json::json!({
-                "usage": { "inputTokens": input, "outputTokens": 8, "totalTokens": input + 8 },
+                "usage": { "inputTokens": input, "outputTokens": output, "totalTokens": input + output },
                 "metrics": { "latencyMs": latency_ms },
             }),
         ),
@@ -563,16 +583,20 @@ fn invoke_chunks(model: &str, step: Step<'_>) -> Vec<serde_json::Value> {
             "delta": { "type": "text_delta", "text": text },
         })],
         Step::Delta(text) => vec![text_chunk(text, None)],
-        Step::Stop if anthropic => vec![
+        Step::Stop { output } if anthropic => vec![
             serde_json::json!({ "type": "content_block_stop", "index": 0 }),
             serde_json::json!({
                 "type": "message_delta",
                 "delta": { "stop_reason": "end_turn", "stop_sequence": null },
-                "usage": { "output_tokens": 8 },
+                "usage": { "output_tokens": output },
             }),
         ],
-        Step::Stop => Vec::new(),
-        Step::Metadata { input, latency_ms } => {
+        Step::Stop { .. } => Vec::new(),
+        Step::Metadata {
+            input,
+            output,
+            latency_ms,
+        } => {
             let mut last = if anthropic {
                 serde_json::json!({ "type": "message_stop" })
             } else {
@@ -580,7 +604,7 @@ fn invoke_chunks(model: &str, step: Step<'_>) -> Vec<serde_json::Value> {
             };
             last[backstop::bedrock::passthrough::INVOCATION_METRICS] = serde_json::json!({
                 "inputTokenCount": input,
-                "outputTokenCount": 8,
+                "outputTokenCount": output,
                 "invocationLatency": latency_ms,
                 "firstByteLatency": latency_ms,
             });
@@ -644,9 +668,12 @@ fn stream_pieces(
         state.stream_cut(model);
         wire::exception_frame(&mut frames, cut_with);
     } else {
-        write_step(&mut frames, shape, model, Step::Stop);
+        // The streamed deltas' tokens, unless the model drew an output of its own.
+        let output = accepted.output_tokens.unwrap_or(8);
+        write_step(&mut frames, shape, model, Step::Stop { output });
         let metadata = Step::Metadata {
             input: estimate_tokens(&accepted.request),
+            output,
             latency_ms: accepted.latency.as_millis() as u64,
         };
         write_step(&mut frames, shape, model, metadata);
