@@ -11,7 +11,8 @@
 use crate::scenario::Scenario;
 use crate::simulate::{self, Contender, SimReport};
 use backstop::{
-    Decided, Decider, EffectTrial, HostConfig, PolicyHandle, PolicyModule, Tally, TrialOutcome,
+    Decided, Decider, EffectTrial, HostConfig, PolicyHandle, PolicyModule, RollbackRule,
+    SwapOptions, Tally, TrialOutcome,
 };
 use std::sync::Arc;
 
@@ -102,12 +103,20 @@ impl Decider for WithoutRoutes {
 }
 
 impl LabTrial {
-    /// `module` configured with `config` under this host, as a decider.
+    /// `module` configured with `config` under this host's guardrails and model facts, as a
+    /// decider that is judged as it is: never rolled back inside the trial (its tallies would
+    /// be the default's), and with no quarantine file or cache of the host's to write.
     fn handle(&self, (module, config): (&PolicyModule, &str)) -> Result<PolicyHandle, String> {
-        let options = self
-            .host
-            .swap_options(module.engine(), config)
-            .map_err(|e| e.to_string())?;
+        let options = SwapOptions {
+            config: config.to_string(),
+            guardrails: self.host.guardrails.clone(),
+            facts: self.host.models.clone(),
+            rollback: RollbackRule {
+                faults: u32::MAX,
+                ..self.host.rollback
+            },
+            ..SwapOptions::default()
+        };
         let policy = module
             .configure_with(config, &options.facts)
             .map_err(|e| e.to_string())?;

@@ -128,3 +128,28 @@ fn the_trials_client_clock_does_not_start_at_zero() {
         "the first question's clock read {least} ms"
     );
 }
+
+/// The trial runs the candidate as it is, with no side effect on the host: a candidate that
+/// faults in the trial is not rolled back inside it (the tallies would be the default's), and
+/// nothing is written to the operator's quarantine file.
+#[test]
+fn the_trial_judges_the_candidate_itself_and_leaves_the_quarantine_file_alone() {
+    let dir = support::scratch_dir("trial-quarantine");
+    let file = dir.join("quarantine.json");
+    let host = HostConfig::from_json(&format!(
+        r#"{{ "quarantine_file": {} }}"#,
+        serde_json::to_string(&file).unwrap()
+    ))
+    .unwrap();
+    let mut options = host.swap_options(support::engine(), "{}").unwrap();
+    options.trial = Some(Arc::new(LabTrial::new(host)));
+    let trap = support::late_trap_component();
+    let refused = vet_bytes(support::engine(), &trap, "late-trap.wasm", &options)
+        .expect_err("it fares worse: it faults, and the safe decision answers for it");
+    assert!(matches!(refused, SwapError::FaredWorse { .. }), "{refused}");
+    assert!(
+        !file.exists(),
+        "the trial wrote the operator's quarantine file"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -622,3 +622,20 @@ pub fn variant_component() -> Vec<u8> {
     bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
     bytes
 }
+
+/// A module that answers every smoke question (their `remaining-ms` is always 20 s or more)
+/// and traps once a request has less than 20 s left — which the effect trial's 30 s deadlines
+/// reach. `remaining-ms` sits at offset 80 of 0.1.0's `attempt-context`.
+pub fn late_trap_component() -> Vec<u8> {
+    let (info, data) = info_parts("late-trap", "1.0.0");
+    let decide = format!(
+        "(if (i64.lt_u (i64.load offset=80 (local.get 0)) (i64.const 20000)) (then unreachable))
+         {SANE_DECIDE}"
+    );
+    policy_component(&CoreParts {
+        decide: &decide,
+        info: &info,
+        extra: &data,
+        ..Default::default()
+    })
+}
