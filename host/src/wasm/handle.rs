@@ -22,7 +22,7 @@ use crate::untrusted::LabelValue;
 use crate::wasm::cache::CacheUse;
 use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
-use crate::wasm::module::{DEFAULT_POLICY_WASM, PolicyModule, read_module_file};
+use crate::wasm::module::{PolicyModule, default_digest, read_module_file};
 use crate::wasm::policy::Policy;
 use crate::wasm::probation::Outcomes;
 use crate::wasm::quarantine::{Quarantine, Quarantined, now_ms};
@@ -827,12 +827,6 @@ impl SwapEvent {
             reason: None,
         }
     }
-}
-
-/// The built-in default's digest, computed once.
-fn default_digest() -> &'static str {
-    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DIGEST.get_or_init(|| sha256_hex(DEFAULT_POLICY_WASM))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -18,6 +18,12 @@ use wasmtime::component::Component;
 pub const DEFAULT_POLICY_WASM: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/policy_guest.wasm"));
 
+/// The built-in default's digest (the sha256 of [`DEFAULT_POLICY_WASM`]), computed once.
+pub(crate) fn default_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| sha256_hex(DEFAULT_POLICY_WASM))
+}
+
 /// The largest policy file the host reads. The default policy is about 100 KB; a policy in a
 /// language with a runtime (Python, JavaScript) can be a few MB. More is refused before it is
 /// read, so `--policy /dev/zero` or a huge file dropped into a watched directory cannot grow the

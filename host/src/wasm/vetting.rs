@@ -11,7 +11,7 @@ use crate::decision::{Breach, Guardrails, OutcomeRule, Tally};
 use crate::wasm::cache::{CacheUse, ModuleCache};
 use crate::wasm::engine::{Engine, is_precompiled, sha256_hex};
 use crate::wasm::error::LoadError;
-use crate::wasm::module::PolicyModule;
+use crate::wasm::module::{PolicyModule, default_digest};
 use crate::wasm::policy::Policy;
 use crate::wasm::smoke::{SmokeFailure, smoke_test};
 use serde::Serialize;
@@ -335,10 +335,10 @@ fn judge_effect(policy: &Policy, options: &SwapOptions, origin: &str) -> Result<
         return Ok(());
     };
     let module = policy.module();
-    let reference = module.engine().load_default()?;
-    if module.digest() == reference.digest() {
+    if module.digest() == default_digest() {
         return Ok(());
     }
+    let reference = module.engine().load_default()?;
     // The default with the operator's configuration if it takes it, else its own defaults.
     let reference_config = if reference
         .configure_with(&options.config, &options.facts)
