@@ -51,9 +51,9 @@ pub const MAX_MEMBERS: usize = 1_024;
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// The URL cannot be used (Redis being down is not an error: the replica runs local).
-    #[error("fleet: cannot use Redis at {}: {source}", redacted(url))]
+    #[error("fleet: cannot use Redis at {url}: {source}")]
     Redis {
-        /// Where.
+        /// Where (its password redacted).
         url: String,
         /// Why.
         source: redis::RedisError,
@@ -126,8 +126,10 @@ impl RedisTarget {
     /// The client for it.
     pub fn client(&self) -> Result<redis::Client, FleetError> {
         use redis::IntoConnectionInfo;
+        // Redacted where it is kept, so neither the error's text nor its Debug form carries a
+        // password.
         let refused = |source| FleetError::Redis {
-            url: self.url.clone(),
+            url: redacted(&self.url),
             source,
         };
         let mut info = self.url.as_str().into_connection_info().map_err(refused)?;

@@ -441,3 +441,16 @@ async fn an_oversized_answer_is_dropped_unread() {
     consumers.abort();
     answers.abort();
 }
+
+#[test]
+fn a_redis_url_that_cannot_be_used_is_refused_without_its_password() {
+    let target = backstop_fleet::RedisTarget {
+        url: "redis://fleet:hunter2-secret@127.0.0.1:notaport".into(),
+        ..Default::default()
+    };
+    let error = target.client().unwrap_err();
+    for shown in [error.to_string(), format!("{error:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("fleet:***@"), "{shown}");
+    }
+}
