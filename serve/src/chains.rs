@@ -88,10 +88,10 @@ impl Chains {
                 model: model.chars().take(300).collect(),
             });
         }
-        let listed = self.host.chains.contains_key(model);
+        let listed = self.is_listed(model);
         let unlisted = clients
             .keys()
-            .filter(|k| !self.host.chains.contains_key(*k))
+            .filter(|k| !self.is_listed(k))
             .count();
         if !listed && unlisted >= MAX_UNLISTED_MODELS {
             return Err(ChainError::TooManyModels {
