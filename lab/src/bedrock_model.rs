@@ -234,9 +234,16 @@ impl BedrockModel {
                     .errors
                     .entry(kind.code().to_string())
                     .or_default() += 1;
+                // A pool refuses at admission, before any inference: its throttle comes back
+                // in the time a validation error takes, not a generation's.
+                let refused_at_admission = kind == ErrorKind::Throttling && pooled.is_some();
                 Outcome::Error {
                     kind,
-                    latency,
+                    latency: if refused_at_admission {
+                        latency / 10
+                    } else {
+                        latency
+                    },
                     retry_after_ms: faults
                         .retry_after_ms
                         .filter(|_| kind == ErrorKind::Throttling),
