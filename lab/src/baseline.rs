@@ -21,18 +21,25 @@ pub enum Baseline {
     /// (below) run inside each of the loop's attempts: up to 3 calls per attempt, the two
     /// retry layers multiplying.
     NaiveOnSdk,
-    /// The AWS SDK's standard retry mode as the current SDKs have it: 3 attempts, full jitter
-    /// capped at 20 s from a base of 1 s after a throttle and 50 ms after a transient error,
-    /// a server wait hint honoured within [that delay, that delay + 5 s], no retry of a model
-    /// timeout (408), and a retry quota of 500 tokens per client (a retry costs 5 after a
-    /// throttle, 14 after a transient error or timeout; a first-try success returns 1, a success
-    /// after retries refunds its last cost).
+    /// The AWS SDK's standard retry mode as "retry behavior 2.1" specifies it (the SDKs
+    /// reference guide, "Retry behavior"; `AWS_NEW_RETRIES_2026=true`, the default from late
+    /// 2026): 3 attempts, full jitter capped at 20 s from a base of 1 s after a throttle and
+    /// 50 ms after a transient error, a server wait hint honoured within [that delay, that
+    /// delay + 5 s], no retry of a model timeout (408), and a retry quota of 500 tokens per
+    /// client (a retry costs 5 after a throttle, 14 after a transient error or timeout; a
+    /// first-try success returns 1, a success after retries refunds its last cost).
     SdkStandard,
+    /// The standard retry mode as the SDKs ran it before 2026: 3 attempts, full jitter from a
+    /// base of 1 s for every retryable error, capped at 20 s, and a retry quota of 500 where a
+    /// retry costs 5 and a retry after a timeout or transient error 10.
+    SdkStandardPre2026,
     /// The AWS SDK's adaptive retry mode: standard retries plus the client-side rate limiter —
     /// a token bucket filled at a CUBIC-learned rate, with smithy-rs's constants (the very
     /// estimator the host keeps, [`capacity`](backstop::resilience::capacity)); a first attempt
     /// costs 1 token, a retry 5, a retry after a timeout 10, and a short bucket delays the send.
     SdkAdaptive,
+    /// The adaptive mode over the pre-2026 standard retries.
+    SdkAdaptivePre2026,
     /// A LiteLLM-style router: a model that fails `allowed_fails` (3) times within a minute,
     /// or more than half of at least 5 requests in the minute, is cooled down for 5 s and
     /// skipped meanwhile (with every model cooling, the request fails, as LiteLLM's router
@@ -47,11 +54,13 @@ pub enum Baseline {
 
 impl Baseline {
     /// Every baseline.
-    pub const ALL: [Baseline; 6] = [
+    pub const ALL: [Baseline; 8] = [
         Baseline::Naive,
         Baseline::NaiveOnSdk,
         Baseline::SdkStandard,
+        Baseline::SdkStandardPre2026,
         Baseline::SdkAdaptive,
+        Baseline::SdkAdaptivePre2026,
         Baseline::RouterCooldown,
         Baseline::NoRetries,
     ];
@@ -62,7 +71,9 @@ impl Baseline {
             Baseline::Naive => "naive",
             Baseline::NaiveOnSdk => "naive-on-sdk",
             Baseline::SdkStandard => "sdk-standard",
+            Baseline::SdkStandardPre2026 => "sdk-standard-pre2026",
             Baseline::SdkAdaptive => "sdk-adaptive",
+            Baseline::SdkAdaptivePre2026 => "sdk-adaptive-pre2026",
             Baseline::RouterCooldown => "router-cooldown",
             Baseline::NoRetries => "no-retries",
         }
@@ -79,7 +90,12 @@ impl Baseline {
             Baseline::Naive => std::sync::Arc::new(Naive),
             Baseline::NaiveOnSdk => std::sync::Arc::new(NaiveOnSdk::default()),
             Baseline::SdkStandard => std::sync::Arc::new(SdkStandard::default()),
+            Baseline::SdkStandardPre2026 => std::sync::Arc::new(SdkStandard::pre_2026()),
             Baseline::SdkAdaptive => std::sync::Arc::new(SdkAdaptive::default()),
+            Baseline::SdkAdaptivePre2026 => std::sync::Arc::new(SdkAdaptive {
+                standard: SdkStandard::pre_2026(),
+                limiter: Mutex::default(),
+            }),
             Baseline::RouterCooldown => std::sync::Arc::new(RouterCooldown::default()),
             Baseline::NoRetries => std::sync::Arc::new(NoRetries),
         }
@@ -184,6 +200,17 @@ const QUOTA: u32 = 500;
 
 struct SdkStandard {
     state: Mutex<Quota>,
+    /// Which specification's costs and bases it follows.
+    spec: RetrySpec,
+}
+
+/// The SDKs' standard retry mode, by specification.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RetrySpec {
+    /// Retry behavior 2.1.
+    V2_1,
+    /// Before 2026.
+    Pre2026,
 }
 
 struct Quota {
@@ -199,34 +226,51 @@ impl Default for SdkStandard {
                 tokens: QUOTA,
                 spent: HashMap::new(),
             }),
+            spec: RetrySpec::V2_1,
         }
     }
 }
 
 impl SdkStandard {
+    fn pre_2026() -> SdkStandard {
+        SdkStandard {
+            spec: RetrySpec::Pre2026,
+            ..SdkStandard::default()
+        }
+    }
+
     /// The retry cost of an error the SDK retries, or `None`.
-    fn cost(kind: ErrorKind) -> Option<u32> {
+    fn cost(&self, kind: ErrorKind) -> Option<u32> {
+        let transient = match self.spec {
+            RetrySpec::V2_1 => 14,
+            RetrySpec::Pre2026 => 10,
+        };
         match kind {
             ErrorKind::Throttling | ErrorKind::ModelNotReady => Some(5),
             // For bedrock-runtime the SDK does not retry ModelTimeoutException (408).
             ErrorKind::ServiceUnavailable
             | ErrorKind::InternalServer
             | ErrorKind::Timeout
-            | ErrorKind::Connection => Some(14),
+            | ErrorKind::Connection => Some(transient),
             _ => None,
         }
     }
 
-    /// The backoff base: 1 s after a throttle, 50 ms after a transient error.
-    fn base_ms(kind: ErrorKind) -> u64 {
-        if kind.is_throttle() { 1_000 } else { 50 }
+    /// The backoff base: 1 s after a throttle; after a transient error 50 ms (2.1) or 1 s
+    /// (before 2026).
+    fn base_ms(&self, kind: ErrorKind) -> u64 {
+        if kind.is_throttle() || self.spec == RetrySpec::Pre2026 {
+            1_000
+        } else {
+            50
+        }
     }
 }
 
 impl Decider for SdkStandard {
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         let mut quota = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(cost) = Self::cost(ctx.error.kind) else {
+        let Some(cost) = self.cost(ctx.error.kind) else {
             quota.spent.remove(&ctx.request_id);
             return give_up(if ctx.error.kind.heals() {
                 GiveUpReason::AttemptsExhausted
@@ -240,7 +284,7 @@ impl Decider for SdkStandard {
         }
         quota.tokens -= cost;
         quota.spent.insert(ctx.request_id.clone(), cost);
-        let base = Self::base_ms(ctx.error.kind);
+        let base = self.base_ms(ctx.error.kind);
         let mut delay_ms = full_jitter(base, 20_000, ctx.attempts_total - 1, ctx.entropy);
         // The SDK honours `x-amz-retry-after` within [its own delay, its own delay + 5 s].
         if let Some(hint) = ctx.error.retry_after_ms {

@@ -24,8 +24,10 @@ fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
         "backstop-default",
         "naive ",
         "naive-on-sdk",
-        "sdk-standard",
-        "sdk-adaptive",
+        "sdk-standard ",
+        "sdk-standard-pre2026",
+        "sdk-adaptive ",
+        "sdk-adaptive-pre2026",
         "router-cooldown",
         "no-retries",
     ]) {

@@ -28,7 +28,8 @@ pub struct SimulateArgs {
     /// The policies' JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     config: String,
-    /// A baseline to run alongside: naive, naive-on-sdk, sdk-standard, sdk-adaptive,
+    /// A baseline to run alongside: naive, naive-on-sdk, sdk-standard, sdk-standard-pre2026,
+    /// sdk-adaptive, sdk-adaptive-pre2026,
     /// router-cooldown, no-retries (repeat the flag); all of them when none is given.
     #[arg(long)]
     baseline: Vec<String>,
