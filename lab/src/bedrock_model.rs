@@ -234,22 +234,17 @@ impl BedrockModel {
                     .errors
                     .entry(kind.code().to_string())
                     .or_default() += 1;
-                // A pool refuses at admission, before any inference: its throttle comes back
-                // in the time a validation error takes, not a generation's.
-                let refused_at_admission = kind == ErrorKind::Throttling && pooled.is_some();
+                // A pooled model throttles on tokens, and says so as Bedrock does; a pool
+                // refuses at admission, before any inference, so its throttle comes back in the
+                // time a validation error takes, not a generation's.
+                let pool_throttle = kind == ErrorKind::Throttling && pooled.is_some();
                 Outcome::Error {
                     kind,
-                    latency: if refused_at_admission {
-                        latency / 10
-                    } else {
-                        latency
-                    },
+                    latency: if pool_throttle { latency / 10 } else { latency },
                     retry_after_ms: faults
                         .retry_after_ms
                         .filter(|_| kind == ErrorKind::Throttling),
-                    // A pooled model throttles on tokens, and says so as Bedrock does.
-                    message: (kind == ErrorKind::Throttling && pooled.is_some())
-                        .then_some(TOO_MANY_TOKENS),
+                    message: pool_throttle.then_some(TOO_MANY_TOKENS),
                 }
             }
             None => {
