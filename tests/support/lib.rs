@@ -591,13 +591,18 @@ pub fn serve_replicas(
 /// `u64::MAX`, the two draws it always used — and traps on every other entropy, which is every
 /// production decision. `entropy` sits at offset 104 of 0.1.0's `attempt-context`.
 pub fn entropy_trap_component() -> Vec<u8> {
-    let (info, data) = info_parts("entropy-trap", "1.0.0");
-    let decide = format!(
-        "(if (i32.and (i64.ne (i64.load offset=104 (local.get 0)) (i64.const 0))
-                      (i64.ne (i64.load offset=104 (local.get 0)) (i64.const -1)))
-           (then unreachable))
-         {SANE_DECIDE}"
-    );
+    trap_when(
+        "entropy-trap",
+        "(i32.and (i64.ne (i64.load offset=104 (local.get 0)) (i64.const 0))
+                  (i64.ne (i64.load offset=104 (local.get 0)) (i64.const -1)))",
+    )
+}
+
+/// A 0.1.0 module named `name` that traps in `decide` when `condition` (a WAT `i32`
+/// expression over the context at `local 0`) holds, and decides sanely otherwise.
+fn trap_when(name: &str, condition: &str) -> Vec<u8> {
+    let (info, data) = info_parts(name, "1.0.0");
+    let decide = format!("(if {condition} (then unreachable)) {SANE_DECIDE}");
     policy_component(&CoreParts {
         decide: &decide,
         info: &info,
@@ -627,15 +632,8 @@ pub fn variant_component() -> Vec<u8> {
 /// and traps once a request has less than 20 s left — which the effect trial's 30 s deadlines
 /// reach. `remaining-ms` sits at offset 80 of 0.1.0's `attempt-context`.
 pub fn late_trap_component() -> Vec<u8> {
-    let (info, data) = info_parts("late-trap", "1.0.0");
-    let decide = format!(
-        "(if (i64.lt_u (i64.load offset=80 (local.get 0)) (i64.const 20000)) (then unreachable))
-         {SANE_DECIDE}"
-    );
-    policy_component(&CoreParts {
-        decide: &decide,
-        info: &info,
-        extra: &data,
-        ..Default::default()
-    })
+    trap_when(
+        "late-trap",
+        "(i64.lt_u (i64.load offset=80 (local.get 0)) (i64.const 20000))",
+    )
 }
