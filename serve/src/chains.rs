@@ -89,10 +89,7 @@ impl Chains {
             });
         }
         let listed = self.is_listed(model);
-        let unlisted = clients
-            .keys()
-            .filter(|k| !self.is_listed(k))
-            .count();
+        let unlisted = clients.keys().filter(|k| !self.is_listed(k)).count();
         if !listed && unlisted >= MAX_UNLISTED_MODELS {
             return Err(ChainError::TooManyModels {
                 model: model.to_string(),
