@@ -529,6 +529,20 @@ pub struct ModelFacts {
     pub relative_cost: Option<f32>,
     /// Its region, when the operator said.
     pub region: Option<String>,
+    /// The most output tokens it draws (what an unset `maxTokens` reserves of its quota),
+    /// when the operator said; the host's catalogue knows well-known ids. Host-side only: not
+    /// part of `model-facts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// How many times each output token counts against its quota (5 for Claude 3.7 / 4
+    /// output, 1 for others), when the operator said. Host-side only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burndown: Option<u32>,
+    /// Another id that reaches the same model through another quota pool (a provisioned
+    /// throughput's ARN, say), when the operator said; profiles of well-known ids are known.
+    /// Host-side only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_model_as: Option<String>,
 }
 
 /// A model's learned capacity (`model-capacity`): what the host estimated from its throttles

@@ -610,6 +610,12 @@ impl HostConfig {
                 Some("relative_cost must be between 0 and 1000")
             } else if facts.region.as_ref().is_some_and(|r| r.len() > 64) {
                 Some("region must be at most 64 characters")
+            } else if facts.max_output_tokens == Some(0) {
+                Some("max_output_tokens must be at least 1")
+            } else if facts.burndown.is_some_and(|b| !(1..=100).contains(&b)) {
+                Some("burndown must be between 1 and 100")
+            } else if facts.same_model_as.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
+                Some("same_model_as must be 1 to 256 characters")
             } else {
                 None
             };
@@ -693,6 +699,7 @@ impl HostConfig {
         options.queue_capacity = self.queue_capacity;
         options.retry_budget = self.retry_budget;
         options.limits = self.limits;
+        options.facts = self.models.clone();
         options
     }
 

@@ -21,6 +21,7 @@
 //! below it:
 //!
 //! - [`untrusted`]: files from outside read under a cap, text made safe for a metric label;
+//!   [`catalogue`]: what a model's requests reserve and settle to, and how to read their cost;
 //! - the contract types (the `backstop-contract` crate, re-exported here) and [`decision`]: what
 //!   a verdict is, the guardrails, the [`Decider`] trait — no wasm, no SDK;
 //! - two sides that do not know each other: [`wasm`] (engine, sandbox, policy pool, vetting,
@@ -34,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod bedrock;
+pub mod catalogue;
 pub mod config;
 pub mod decision;
 pub mod resilience;
@@ -56,7 +58,8 @@ pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
-pub use resilience::options::{ClientOptions, OptionsError, RequestOptions};
+pub use resilience::capacity::Charge;
+pub use resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions, Usage};
 pub use wasm::cache::{CacheUse, Cached, ModuleCache};
 pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
 pub use wasm::error::LoadError;

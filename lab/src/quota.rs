@@ -117,145 +117,14 @@ impl PoolBucket {
     }
 }
 
-/// The model families whose request bodies name their maximum output differently.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyFamily {
-    /// `anthropic.*`: `max_tokens`.
-    Anthropic,
-    /// `amazon.nova-*`: `inferenceConfig.max_new_tokens`.
-    Nova,
-    /// `amazon.titan-*`: `textGenerationConfig.maxTokenCount`.
-    Titan,
-    /// `meta.llama*`: `max_gen_len`.
-    Llama,
-    /// `mistral.*`: `max_tokens`.
-    Mistral,
-}
-
-impl BodyFamily {
-    /// The family of a model id, an inference profile (`us.`, `eu.`, `apac.`, `global.`…) or an
-    /// ARN ending in one; `None` for a family not known here.
-    pub fn of(model: &str) -> Option<BodyFamily> {
-        /// The geographies of cross-Region inference profiles.
-        const PROFILES: [&str; 8] = [
-            "us.", "eu.", "apac.", "global.", "us-gov.", "ca.", "jp.", "au.",
-        ];
-        let id = model.rsplit('/').next().unwrap_or(model);
-        let id = PROFILES
-            .iter()
-            .find_map(|geo| id.strip_prefix(geo))
-            .unwrap_or(id);
-        [
-            ("anthropic.", BodyFamily::Anthropic),
-            ("amazon.nova", BodyFamily::Nova),
-            ("amazon.titan", BodyFamily::Titan),
-            ("meta.llama", BodyFamily::Llama),
-            ("mistral.", BodyFamily::Mistral),
-        ]
-        .into_iter()
-        .find(|(prefix, _)| id.starts_with(prefix))
-        .map(|(_, family)| family)
-    }
-
-    /// The path of the maximum-output field in an InvokeModel body of this family.
-    fn path(self) -> &'static [&'static str] {
-        match self {
-            BodyFamily::Anthropic | BodyFamily::Mistral => &["max_tokens"],
-            BodyFamily::Nova => &["inferenceConfig", "max_new_tokens"],
-            BodyFamily::Titan => &["textGenerationConfig", "maxTokenCount"],
-            BodyFamily::Llama => &["max_gen_len"],
-        }
-    }
-}
-
-/// The maximum output a request asks for: Converse's `inferenceConfig.maxTokens`, or the
-/// family's field of an InvokeModel body; `None` when the body leaves it unset (Bedrock then
-/// reserves the model's maximum output) or is not JSON.
-pub fn max_output_tokens(converse: bool, model: &str, body: &[u8]) -> Option<u64> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let path: &[&str] = if converse {
-        &["inferenceConfig", "maxTokens"]
-    } else {
-        BodyFamily::of(model)?.path()
-    };
-    path.iter()
-        .try_fold(&json, |value, key| value.get(key))?
-        .as_u64()
-}
+// One copy of the body families, in the host's catalogue: the host reads a request's
+// `maxTokens` as the modelled Bedrock does.
+pub use backstop::catalogue::{BodyFamily, max_output_tokens};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn every_family_names_its_maximum_output_where_bedrock_reads_it() {
-        let cases: [(bool, &str, &str, Option<u64>); 9] = [
-            (
-                true,
-                "anything",
-                r#"{"inferenceConfig":{"maxTokens":1024}}"#,
-                Some(1024),
-            ),
-            (true, "anything", r#"{"messages":[]}"#, None),
-            (
-                false,
-                "anthropic.claude-sonnet-4-20250514-v1:0",
-                r#"{"max_tokens":4096}"#,
-                Some(4096),
-            ),
-            (
-                false,
-                "us.anthropic.claude-sonnet-4-20250514-v1:0",
-                r#"{"max_tokens":512}"#,
-                Some(512),
-            ),
-            (
-                false,
-                "us.amazon.nova-pro-v1:0",
-                r#"{"inferenceConfig":{"max_new_tokens":300}}"#,
-                Some(300),
-            ),
-            (
-                false,
-                "amazon.titan-text-express-v1",
-                r#"{"textGenerationConfig":{"maxTokenCount":200}}"#,
-                Some(200),
-            ),
-            (
-                false,
-                "meta.llama3-70b-instruct-v1:0",
-                r#"{"max_gen_len":128}"#,
-                Some(128),
-            ),
-            (
-                false,
-                "mistral.mistral-large-2402-v1:0",
-                r#"{"max_tokens":64}"#,
-                Some(64),
-            ),
-            (
-                false,
-                "anthropic.claude-3-haiku-20240307-v1:0",
-                r#"{"messages":[]}"#,
-                None,
-            ),
-        ];
-        for (converse, model, body, expected) in cases {
-            assert_eq!(
-                max_output_tokens(converse, model, body.as_bytes()),
-                expected,
-                "{model} {body}"
-            );
-        }
-        assert_eq!(
-            BodyFamily::of(
-                "arn:aws:bedrock:us-east-1:123456789012:inference-profile/global.anthropic.claude-sonnet-4-20250514-v1:0"
-            ),
-            Some(BodyFamily::Anthropic)
-        );
-        assert_eq!(BodyFamily::of("cohere.command-r-v1:0"), None);
-    }
 
     #[test]
     fn a_reservation_is_held_until_it_settles_and_the_difference_returns_exactly() {

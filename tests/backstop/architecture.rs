@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// What each top-level module of the library may use besides itself.
-const LAYERS: [(&str, &[&str]); 6] = [
+const LAYERS: [(&str, &[&str]); 7] = [
     ("untrusted", &[]),
+    ("catalogue", &[]),
     ("decision", &[]),
     ("wasm", &["decision", "untrusted"]),
-    ("resilience", &["decision", "untrusted"]),
-    ("bedrock", &["decision", "wasm", "resilience", "untrusted"]),
-    ("config", &["decision", "wasm", "resilience", "untrusted"]),
+    ("resilience", &["decision", "untrusted", "catalogue"]),
+    ("bedrock", &["decision", "wasm", "resilience", "untrusted", "catalogue"]),
+    ("config", &["decision", "wasm", "resilience", "untrusted", "catalogue"]),
 ];
 
 /// A module path from the crate root (`["wasm", "engine"]`); the root is empty.
