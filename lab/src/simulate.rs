@@ -14,7 +14,7 @@ use crate::bedrock_model::{Ask, BedrockModel, Outcome};
 use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
-use backstop::{
+use backstop::{Cost, Usage, 
     BoxError, ConfigError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
     PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError,
 };
@@ -345,10 +345,14 @@ pub fn run_replicas(
         .start_paused(true)
         .build()?;
     let arrivals = arrivals(traffic, scenario.seed);
-    let tokens = (
-        traffic.input_tokens,
-        traffic.input_tokens + traffic.output_tokens,
-    );
+    let tokens = Tokens {
+        input: traffic.input_tokens,
+        output: traffic.output_tokens,
+        // A scenario of the old quotas charges every request its input and expected output
+        // and knows no `maxTokens`: its requests are costed as asking for that output, so the
+        // host's reservation is what that lab charges.
+        legacy: scenario.pools.is_empty(),
+    };
 
     // Failed requests are the report's business here, not thousands of log lines.
     let quiet = tracing::subscriber::NoSubscriber::default();
@@ -455,6 +459,15 @@ pub fn run_replicas(
     })
 }
 
+/// What the scenario's requests carry.
+#[derive(Clone, Copy)]
+struct Tokens {
+    input: u64,
+    output: u64,
+    /// The scenario models the old quotas (no pools).
+    legacy: bool,
+}
+
 /// One request through the production loop against the modelled Bedrock.
 async fn request(
     core: &Resilience,
@@ -462,21 +475,27 @@ async fn request(
     tally: &Mutex<Tally>,
     start: Instant,
     arrival: Arrival,
-    (input_tokens, tokens): (u64, u64),
+    tokens: Tokens,
 ) {
     lock(tally).minute(arrival.at).offered += 1;
     let chain = core.models();
     let limits = core.limits();
+    let usage: Mutex<Option<Usage>> = Mutex::new(None);
     let result = core
         .call(
             RequestOptions::from(arrival.workload).streamed(),
-            tokens,
+            Cost {
+                input: tokens.input,
+                max_output: arrival
+                    .max_tokens
+                    .or(tokens.legacy.then_some(tokens.output)),
+            },
             |model| {
                 let now = start.elapsed();
                 let fallback = chain.first().is_some_and(|primary| primary != model);
                 let ask = Ask {
-                    input: input_tokens,
-                    tokens,
+                    input: tokens.input,
+                    tokens: tokens.input + tokens.output,
                     max_output: arrival.max_tokens,
                 };
                 let outcome = lock(bedrock).admit(model, now.as_millis() as u64, ask);
@@ -494,6 +513,7 @@ async fn request(
                     let faults = bedrock.faults(model);
                     (faults.silence(), faults.first_event_delay())
                 };
+                let usage = &usage;
                 async move {
                     tokio::time::sleep(outcome.latency()).await;
                     // Requests are modelled as streams: the attempt limits end a silent provider
@@ -515,7 +535,19 @@ async fn request(
                             within(limits.first_event, Phase::FirstEvent, first).await?;
                             Ok(None)
                         }
-                        Outcome::Ok { misbehaviour, .. } => Ok(misbehaviour),
+                        Outcome::Ok {
+                            misbehaviour,
+                            output_tokens,
+                            ..
+                        } => {
+                            // What the answer reports in its usage (the old quotas' lab
+                            // draws none: the expected output).
+                            *lock(usage) = Some(Usage {
+                                input: tokens.input,
+                                output: output_tokens.unwrap_or(tokens.output),
+                            });
+                            Ok(misbehaviour)
+                        }
                         Outcome::Error {
                             kind,
                             retry_after_ms,
@@ -535,6 +567,9 @@ async fn request(
     // the real client: after output, never resent.
     let result = match result {
         Ok(served) => {
+            if let Some(usage) = *lock(&usage) {
+                core.settle(&served, usage);
+            }
             let (misbehaviour, served) = served.split();
             let after_output = match misbehaviour {
                 Some(Misbehaviour::Stall) => {

@@ -100,7 +100,7 @@ pub async fn invoke(
             traceparent,
             operation.name(),
             &model,
-            request.estimated_input_tokens(),
+            request.cost(&model).input,
         )
     });
     let ticket = Ticket {

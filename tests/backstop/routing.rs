@@ -4,7 +4,7 @@
 use backstop::contract::{
     AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts,
 };
-use backstop::{
+use backstop::{Cost, 
     BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
     Verdict,
 };
@@ -58,7 +58,7 @@ async fn every_attempt_goes_where_the_router_says_before_it_is_sent() {
     });
     let sent = Mutex::new(Vec::new());
     let served = core
-        .call(RequestOptions::default(), 100, |model| {
+        .call(RequestOptions::default(), Cost::flat(100), |model| {
             sent.lock().unwrap().push(model.to_string());
             let fail = sent.lock().unwrap().len() < 3;
             async move {
@@ -90,7 +90,7 @@ async fn a_route_is_held_to_the_guardrails_and_to_the_deadline() {
     let started = tokio::time::Instant::now();
     let request = RequestOptions::default().with_deadline(Duration::from_secs(90));
     let served = core
-        .call(request, 100, |_model| async {
+        .call(request, Cost::flat(100), |_model| async {
             Ok::<(), (ErrorInfo, BoxError)>(())
         })
         .await
@@ -107,7 +107,7 @@ async fn a_route_is_held_to_the_guardrails_and_to_the_deadline() {
     let started = tokio::time::Instant::now();
     let request = RequestOptions::default().with_deadline(Duration::from_secs(30));
     let error = core
-        .call(request, 100, |_model| async {
+        .call(request, Cost::flat(100), |_model| async {
             Ok::<(), (ErrorInfo, BoxError)>(())
         })
         .await
@@ -131,7 +131,7 @@ async fn the_loop_learns_each_models_capacity_from_its_throttles() {
     );
     for i in 0..50u32 {
         let _ = core
-            .call(RequestOptions::default(), 100, |_model| async move {
+            .call(RequestOptions::default(), Cost::flat(100), |_model| async move {
                 if i % 2 == 0 {
                     Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
                 } else {
@@ -256,7 +256,7 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
     let outcomes = std::sync::Arc::new(Outcomes::default());
     let core = Resilience::new(outcomes.clone(), ClientOptions::new(["primary"])).unwrap();
     let serve = || {
-        core.call(RequestOptions::default().streamed(), 100, |_model| async {
+        core.call(RequestOptions::default().streamed(), Cost::flat(100), |_model| async {
             Ok::<(), (ErrorInfo, BoxError)>(())
         })
     };
@@ -276,7 +276,7 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
         BoxError::from("cut"),
     );
     // A call that is not streamed is told when it returns.
-    core.call(RequestOptions::default(), 100, |_model| async {
+    core.call(RequestOptions::default(), Cost::flat(100), |_model| async {
         Ok::<(), (ErrorInfo, BoxError)>(())
     })
     .await
@@ -327,7 +327,7 @@ async fn attempts_on_a_model_keep_counting_when_the_route_keeps_the_request_ther
     let stays = std::sync::Arc::new(Stays::default());
     let core = Resilience::new(stays.clone(), ClientOptions::new(["primary", "fallback"])).unwrap();
     let sent = Mutex::new(0);
-    core.call(RequestOptions::default(), 100, |_| {
+    core.call(RequestOptions::default(), Cost::flat(100), |_| {
         *sent.lock().unwrap() += 1;
         let fail = *sent.lock().unwrap() < 4;
         async move {
@@ -356,7 +356,7 @@ async fn a_deadline_that_cuts_the_last_attempt_fails_with_the_last_answer_a_mode
     let sent = Mutex::new(0);
     let options = RequestOptions::default().with_deadline(Duration::from_secs(2));
     let error = core
-        .call(options, 100, |_| {
+        .call(options, Cost::flat(100), |_| {
             *sent.lock().unwrap() += 1;
             let first = *sent.lock().unwrap() == 1;
             async move {
@@ -456,7 +456,7 @@ async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
             };
             let mut n = 0u64;
             let answered = core
-                .call(request, 100 + i * 10, |model| {
+                .call(request, Cost::flat(100 + i * 10), |model| {
                     n += 1;
                     let draw = (i * 7 + n * 13 + model.len() as u64) % 23;
                     async move {

@@ -9,7 +9,7 @@ mod untrusted_redis;
 use backstop::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind,
 };
-use backstop::{
+use backstop::{Cost, 
     BoxError, CallError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Verdict,
 };
 use backstop_fleet::RedisFleet;
@@ -66,7 +66,7 @@ async fn replica_opening(
 
 /// One request to the primary that fails with an outage error.
 async fn outage(core: &Resilience) -> CallError {
-    core.call(RequestOptions::default(), 10, |_| async {
+    core.call(RequestOptions::default(), Cost::flat(10), |_| async {
         Err::<(), _>((
             ErrorInfo::of(ErrorKind::ServiceUnavailable),
             BoxError::from("503"),
@@ -116,7 +116,7 @@ async fn a_breaker_opened_by_one_replica_is_open_on_the_others_within_a_second()
     // The other replicas now refuse the primary without calling it: the fleet's breaker.
     let sent = std::sync::atomic::AtomicU64::new(0);
     let refused = b
-        .call(RequestOptions::default(), 10, |model| {
+        .call(RequestOptions::default(), Cost::flat(10), |model| {
             sent.fetch_add(1, Ordering::Relaxed);
             let model = model.to_string();
             async move {
@@ -232,7 +232,7 @@ async fn the_replica_that_opened_a_breaker_probes_it_for_the_fleet_and_its_answe
     let request = |core: Arc<Resilience>| {
         let calls = primary_calls.clone();
         async move {
-            core.call(RequestOptions::default(), 10, move |model| {
+            core.call(RequestOptions::default(), Cost::flat(10), move |model| {
                 if model == "primary" {
                     calls.fetch_add(1, Ordering::Relaxed);
                 }
@@ -300,7 +300,7 @@ async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
         opened.elapsed()
     );
     let served = b
-        .call(RequestOptions::default(), 10, |_| async {
+        .call(RequestOptions::default(), Cost::flat(10), |_| async {
             Ok::<(), (ErrorInfo, BoxError)>(())
         })
         .await
@@ -343,7 +343,7 @@ async fn traffic(core: &Resilience, count: usize, throttled: bool) {
     let mut calls = Vec::new();
     for _ in 0..count {
         calls.push(
-            core.call(RequestOptions::default(), 100, move |_| async move {
+            core.call(RequestOptions::default(), Cost::flat(100), move |_| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if throttled {
                     Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))

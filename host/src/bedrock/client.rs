@@ -9,7 +9,8 @@ use crate::resilience::Resilience;
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
 use crate::resilience::metrics::Metrics;
-use crate::resilience::options::{ClientOptions, OptionsError, RequestOptions};
+use crate::catalogue::{self, Usage};
+use crate::resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions};
 use crate::wasm::handle::PolicyHandle;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
@@ -21,7 +22,8 @@ use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ConversationRole, ConverseStreamOutput, Message, SystemContentBlock,
+    ContentBlock, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
+    SystemContentBlock, TokenUsage,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +40,9 @@ pub struct ChatRequest {
     pub workload: Workload,
     /// This request's total time; `None` takes the client's deadline.
     pub deadline: Option<Duration>,
+    /// The most output tokens to draw (`inferenceConfig.maxTokens`); `None` leaves it to the
+    /// model — and Bedrock then reserves the model's whole maximum output of the quota.
+    pub max_tokens: Option<u32>,
 }
 
 impl ChatRequest {
@@ -53,7 +58,28 @@ impl ChatRequest {
             system: Vec::new(),
             workload: Workload::Interactive,
             deadline: None,
+            max_tokens: None,
         }
+    }
+
+    /// The same request with `maxTokens` set: what Bedrock reserves of the quota for its
+    /// output, so a realistic bound admits far more requests at once than the model's maximum.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> ChatRequest {
+        self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// What it asks of a model's quota: its estimated input and its `maxTokens`.
+    pub fn cost(&self) -> Cost {
+        Cost {
+            input: self.estimated_input_tokens(),
+            max_output: self.max_tokens.map(u64::from),
+        }
+    }
+
+    fn inference_config(&self) -> Option<InferenceConfiguration> {
+        self.max_tokens
+            .map(|max| InferenceConfiguration::builder().max_tokens(max as i32).build())
     }
 
     /// The same request as batch work.
@@ -77,21 +103,37 @@ impl ChatRequest {
         }
     }
 
-    /// About four characters a token, over the text blocks.
+    /// Its input as the model reads it: text by [`catalogue::text_tokens`], images and
+    /// documents by their size.
     pub fn estimated_input_tokens(&self) -> u64 {
-        let text = |c: &ContentBlock| c.as_text().map_or(0, |t| t.len());
-        let chars: usize = self
+        let block = |c: &ContentBlock| match c {
+            ContentBlock::Text(text) => catalogue::text_tokens(text),
+            ContentBlock::Image(image) => catalogue::image_tokens(
+                image
+                    .source()
+                    .and_then(|s| s.as_bytes().ok())
+                    .map_or(0, |b| b.as_ref().len() as u64),
+            ),
+            ContentBlock::Document(document) => catalogue::document_tokens(
+                document
+                    .source()
+                    .and_then(|s| s.as_bytes().ok())
+                    .map_or(0, |b| b.as_ref().len() as u64),
+            ),
+            _ => 0,
+        };
+        let messages: u64 = self
             .messages
             .iter()
             .flat_map(|m| m.content())
-            .map(text)
-            .sum::<usize>()
-            + self
-                .system
-                .iter()
-                .map(|s| s.as_text().map_or(0, |t| t.len()))
-                .sum::<usize>();
-        (chars as u64).div_ceil(4)
+            .map(block)
+            .sum();
+        let system: u64 = self
+            .system
+            .iter()
+            .map(|s| s.as_text().map_or(0, |t| catalogue::text_tokens(t)))
+            .sum();
+        messages + system
     }
 }
 
@@ -230,21 +272,22 @@ impl ResilientClient {
         request: &ChatRequest,
     ) -> Result<Served<ConverseOutput>, CallError> {
         let sdk = &self.inner.sdk;
-        self.inner
-            .core
-            .call(
-                request.options(),
-                request.estimated_input_tokens(),
-                |model| {
-                    let call = sdk
-                        .converse()
-                        .model_id(model)
-                        .set_messages(Some(request.messages.clone()))
-                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
-                    async move { call.send().await.map_err(sdk_failure) }
-                },
-            )
-            .await
+        let core = &self.inner.core;
+        let served = core
+            .call(request.options(), request.cost(), |model| {
+                let call = sdk
+                    .converse()
+                    .model_id(model)
+                    .set_messages(Some(request.messages.clone()))
+                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
+                    .set_inference_config(request.inference_config());
+                async move { call.send().await.map_err(sdk_failure) }
+            })
+            .await?;
+        if let Some(usage) = served.output.usage() {
+            core.settle(&served, converse_usage(usage));
+        }
+        Ok(served)
     }
 
     /// InvokeModel with a model-specific JSON body; `options` is a [`Workload`] or a
@@ -255,9 +298,14 @@ impl ResilientClient {
         options: impl Into<RequestOptions>,
     ) -> Result<Served<InvokeModelOutput>, CallError> {
         let sdk = &self.inner.sdk;
-        self.inner
-            .core
-            .call(options.into(), (body.len() as u64).div_ceil(4), |model| {
+        let core = &self.inner.core;
+        let primary = core.models().first().map_or("", String::as_str);
+        let cost = Cost {
+            input: catalogue::input_tokens(body),
+            max_output: catalogue::max_output_tokens(false, primary, body),
+        };
+        let served = core
+            .call(options.into(), cost, |model| {
                 let call = sdk
                     .invoke_model()
                     .model_id(model)
@@ -266,7 +314,14 @@ impl ResilientClient {
                     .body(Blob::new(body.to_vec()));
                 async move { call.send().await.map_err(sdk_failure) }
             })
-            .await
+            .await?;
+        let usage = serde_json::from_slice(served.output.body.as_ref())
+            .ok()
+            .and_then(|json: serde_json::Value| catalogue::usage_in(&json));
+        if let Some(usage) = usage {
+            core.settle(&served, usage);
+        }
+        Ok(served)
     }
 
     /// ConverseStream. An error before the first event — a refusal, no headers or no first
@@ -286,13 +341,14 @@ impl ResilientClient {
             .core
             .call(
                 request.options().streamed(),
-                request.estimated_input_tokens(),
+                request.cost(),
                 |model| {
                     let call = sdk
                         .converse_stream()
                         .model_id(model)
                         .set_messages(Some(request.messages.clone()))
-                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()));
+                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
+                        .set_inference_config(request.inference_config());
                     async move {
                         let mut output = within(limits.headers, Phase::Headers, call.send())
                             .await?
@@ -313,6 +369,17 @@ impl ResilientClient {
             pending: Some(first),
             tail: Committed::new(self, served),
         })
+    }
+}
+
+/// Converse's usage as the quota counts it: cache reads and writes are input.
+fn converse_usage(usage: &TokenUsage) -> Usage {
+    let count = |n: i32| u64::try_from(n).unwrap_or(0);
+    Usage {
+        input: count(usage.input_tokens())
+            + usage.cache_read_input_tokens().map_or(0, count)
+            + usage.cache_write_input_tokens().map_or(0, count),
+        output: count(usage.output_tokens()),
     }
 }
 
@@ -358,6 +425,11 @@ impl ResilientStream {
         };
         match next {
             Ok(Some(event)) => {
+                if let ConverseStreamOutput::Metadata(metadata) = &event
+                    && let Some(usage) = metadata.usage()
+                {
+                    self.tail.usage = Some(converse_usage(usage));
+                }
                 let whole = matches!(event, ConverseStreamOutput::MessageStop(_));
                 self.tail.delivered(whole);
                 Ok(Some(event))
@@ -384,6 +456,8 @@ pub(crate) struct Committed {
     /// Whether the terminal event arrived.
     complete: bool,
     pub(crate) finished: bool,
+    /// The usage the stream reported, settled when it ends complete.
+    pub(crate) usage: Option<Usage>,
 }
 
 impl Committed {
@@ -396,6 +470,7 @@ impl Committed {
             delivered: 0,
             complete: false,
             finished: false,
+            usage: None,
         }
     }
 
@@ -409,6 +484,9 @@ impl Committed {
     pub(crate) fn ended(&mut self, terminal: &str) -> Result<(), CallError> {
         if self.complete {
             self.finished = true;
+            if let Some(usage) = self.usage {
+                self.client.inner.core.settle(&self.served, usage);
+            }
             self.client.inner.core.stream_ended(&self.served);
             return Ok(());
         }

@@ -15,7 +15,8 @@ use crate::bedrock::client::{Committed, ResilientClient, StreamFailure};
 use crate::contract::{ErrorInfo, ErrorKind};
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
-use crate::resilience::options::RequestOptions;
+use crate::catalogue::{self, Usage};
+use crate::resilience::options::{Cost, RequestOptions};
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::interceptors::{
     AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,
@@ -131,9 +132,40 @@ pub struct RawRequest {
 }
 
 impl RawRequest {
-    /// About four bytes a token: the body is the model's input, with some JSON around it.
-    pub fn estimated_input_tokens(&self) -> u64 {
-        (self.body.len() as u64).div_ceil(4)
+    /// What it asks of a model's quota: its input as the model reads it (text, images and
+    /// documents by size, not the JSON around them) and its `maxTokens` (Converse's, or the
+    /// body family's field for the model asked for).
+    pub fn cost(&self, model: &str) -> Cost {
+        Cost {
+            input: catalogue::input_tokens(&self.body),
+            max_output: catalogue::max_output_tokens(
+                matches!(
+                    self.operation,
+                    Operation::Converse | Operation::ConverseStream
+                ),
+                model,
+                &self.body,
+            ),
+        }
+    }
+}
+
+/// The usage a unary answer reports: Bedrock's token-count headers, else its body's `usage`.
+fn answer_usage(headers: &[(String, String)], body: &[u8]) -> Option<Usage> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    match (
+        header("x-amzn-bedrock-input-token-count"),
+        header("x-amzn-bedrock-output-token-count"),
+    ) {
+        (Some(input), Some(output)) => Some(Usage { input, output }),
+        _ => serde_json::from_slice(body)
+            .ok()
+            .and_then(|json: serde_json::Value| catalogue::usage_in(&json)),
     }
 }
 
@@ -151,9 +183,9 @@ impl ResilientClient {
     /// sent it, or the loop's final error.
     pub async fn send_raw(&self, request: &RawRequest) -> Result<Served<RawResponse>, CallError> {
         let sdk = &self.inner.sdk;
-        self.inner
-            .core
-            .call(request.options, request.estimated_input_tokens(), |model| {
+        let core = &self.inner.core;
+        let served = core
+            .call(request.options, self.raw_cost(request), |model| {
                 let capture = Capture::new(request, false);
                 let send = send_once(sdk, request.operation, model.to_string(), capture.clone());
                 async move {
@@ -163,7 +195,19 @@ impl ResilientClient {
                     Ok(RawResponse { headers, body })
                 }
             })
-            .await
+            .await?;
+        if let Some(usage) = answer_usage(&served.output.headers, &served.output.body) {
+            core.settle(&served, usage);
+        }
+        Ok(served)
+    }
+
+    /// What a passed-through request asks of the quota: its body read for the chain's
+    /// primary (the body goes unchanged to every model of the chain, so its fields are the
+    /// primary's family's).
+    fn raw_cost(&self, request: &RawRequest) -> Cost {
+        let primary = self.inner.core.models().first().map_or("", String::as_str);
+        request.cost(primary)
     }
 
     /// A ConverseStream or InvokeModelWithResponseStream call with the body passed through.
@@ -179,7 +223,7 @@ impl ResilientClient {
             .core
             .call(
                 request.options.streamed(),
-                request.estimated_input_tokens(),
+                self.raw_cost(request),
                 |model| {
                     let capture = Capture::new(request, true);
                     let send = send_once(sdk, operation, model.to_string(), capture.clone());
@@ -383,6 +427,9 @@ pub struct Frame {
     terminal: bool,
     /// The exception's message, when it is one.
     message: String,
+    /// The usage it reports (a ConverseStream `metadata` event, or the invocation metrics
+    /// of an InvokeModelWithResponseStream's last chunk).
+    usage: Option<Usage>,
 }
 
 impl Frame {
@@ -541,17 +588,28 @@ impl Frames {
             ),
             _ => (header(":error-code"), header(":error-message")),
         };
-        let mut frame = Frame {
-            terminal: false,
+        let chunk = (message_type == "event" && kind == "chunk")
+            .then(|| chunk_json(message.payload()))
+            .flatten();
+        let invocation_metrics = chunk
+            .as_ref()
+            .and_then(|c| c.get(INVOCATION_METRICS).map(|_| c));
+        let usage = match (message_type.as_str(), kind.as_str()) {
+            ("event", "metadata") => serde_json::from_slice(message.payload())
+                .ok()
+                .and_then(|json: serde_json::Value| catalogue::usage_in(&json)),
+            _ => invocation_metrics.and_then(catalogue::usage_in),
+        };
+        let terminal = message_type == "event"
+            && (kind == "messageStop" || invocation_metrics.is_some());
+        Ok(Some(Frame {
+            terminal,
             message_type,
             kind,
             message: text,
             bytes,
-        };
-        frame.terminal = frame.message_type == "event"
-            && (frame.kind == "messageStop"
-                || (frame.kind == "chunk" && carries_invocation_metrics(message.payload())));
-        Ok(Some(frame))
+            usage,
+        }))
     }
 }
 
@@ -568,19 +626,12 @@ fn payload_message(payload: &Bytes) -> String {
         })
 }
 
-/// Whether a `chunk` event (`{"bytes": base64}`) is the last of its answer.
-fn carries_invocation_metrics(payload: &Bytes) -> bool {
-    let Ok(chunk) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return false;
-    };
-    let Some(encoded) = chunk.get("bytes").and_then(|b| b.as_str()) else {
-        return false;
-    };
-    let Ok(decoded) = aws_smithy_types::base64::decode(encoded) else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Value>(&decoded)
-        .is_ok_and(|inner| inner.get(INVOCATION_METRICS).is_some())
+/// What a `chunk` event (`{"bytes": base64}`) carries, as JSON.
+fn chunk_json(payload: &Bytes) -> Option<serde_json::Value> {
+    let chunk = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+    let encoded = chunk.get("bytes")?.as_str()?;
+    let decoded = aws_smithy_types::base64::decode(encoded).ok()?;
+    serde_json::from_slice(&decoded).ok()
 }
 
 fn malformed(message: String) -> (ErrorInfo, BoxError) {
@@ -635,6 +686,7 @@ impl RawStream {
             Ok(Some(frame)) => match frame.error() {
                 Some((info, source)) => Err(self.tail.fail((info, source, None))),
                 None => {
+                    self.tail.usage = frame.usage.or(self.tail.usage);
                     self.tail.delivered(frame.terminal);
                     Ok(Some(frame))
                 }

@@ -65,6 +65,19 @@ impl Verdict {
         }
     }
 
+    /// Holds a resend back for at least `delay_ms`, and `clamp` says who held it (the retry
+    /// budget, which lets it go later within the deadline). A break's fallback has no delay
+    /// to stretch: it is stopped instead, as [`stop_resend`](Self::stop_resend) does.
+    pub fn delay_at_least(&mut self, clamp: Clamp, delay_ms: u64) {
+        match &mut self.decision {
+            Decision::Retry { delay_ms: d } | Decision::SwitchModel { delay_ms: d, .. } => {
+                *d = (*d).max(delay_ms);
+                self.clamps.push(clamp);
+            }
+            _ => self.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
+        }
+    }
+
     /// The built-in safe decision for `ctx`, flagged with the fault that called for it.
     pub fn safe(ctx: &AttemptContext, fault: PolicyFault) -> Verdict {
         Verdict {

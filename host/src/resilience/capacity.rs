@@ -28,6 +28,14 @@
 //! Measured on `spike-outage` (two models near their quotas): with smithy-rs's rules the two
 //! estimates together swung between a fifth and three times the models' real quotas.
 //!
+//! The tokens estimate runs its bucket as Bedrock runs a 2026 quota pool (see
+//! [`catalogue`](crate::catalogue)): it holds a minute's worth at the estimated rate; an
+//! attempt takes its whole **reservation** (input + `maxTokens`) when it is sent, and when it
+//! is answered the difference to what it **settles** to (input + output × burndown) returns.
+//! The rate learned is the settled rate (what the pool really keeps), so "does a reservation of
+//! R fit now?" is the headroom against R. A token throttle ("Too many tokens") cuts only the
+//! tokens estimate: Bedrock has no requests-per-minute quota since 27 May 2026.
+//!
 //! The host keeps one estimate per model for requests and one for tokens (Bedrock quotas are
 //! both), and a token bucket filled at the estimated rate: its level is the **headroom**, what
 //! can be sent now without expecting a throttle. Before the first throttle a model's rate is
@@ -51,6 +59,8 @@ pub const SMOOTH: f64 = 0.8;
 pub const MIN_RATE: f64 = 0.5;
 /// The most seconds of sending at the estimated rate that may be promised ahead.
 pub const MAX_RESERVED_S: f64 = 60.0;
+/// Seconds of the estimated rate a tokens bucket holds: Bedrock's pools hold a minute's.
+pub const TOKENS_BURST_S: f64 = 60.0;
 /// The window over which the accepted rate is measured, in seconds.
 pub const ACCEPTED_WINDOW_S: f64 = 5.0;
 /// Half-second slots in the accepted window.
@@ -121,9 +131,18 @@ pub struct Cubic {
     /// What the model accepted lately: the last maximum at a throttle. `None` for smithy-rs's
     /// rule (the sending rate).
     accepted: Option<Meter>,
-    /// The largest amount sent at once (1 for requests): the least rate and the headroom's
-    /// least size are in this unit, so a request of many tokens always fits eventually.
+    /// The largest amount measured at once (1 for requests; for tokens the largest settled
+    /// request): the least rate and the pace of growth are in this unit.
     unit: f64,
+    /// The largest amount taken from the bucket at once (for tokens, the largest
+    /// reservation): the bucket always holds at least this much, so it fits eventually.
+    largest: f64,
+    /// Seconds of the rate the bucket holds (1 for requests, [`TOKENS_BURST_S`] for tokens).
+    burst_s: f64,
+    /// Whether a send takes its whole amount even past the headroom, and an answer returns
+    /// part of it (tokens, reserved and settled), or a send past the headroom leaves it no
+    /// deeper than it was (requests).
+    settles: bool,
     /// How fast the cubic grows back, in units per second³.
     scale: f64,
 }
@@ -145,6 +164,9 @@ impl Cubic {
             limited: false,
             rate: MIN_RATE,
             unit: 1.0,
+            largest: 1.0,
+            burst_s: 1.0,
+            settles: false,
             scale: SCALE,
             last_max: 0.0,
             last_throttle: now,
@@ -158,14 +180,71 @@ impl Cubic {
         }
     }
 
+    /// An estimate of tokens as Bedrock's 2026 pools charge them: a minute's burst, whole
+    /// reservations taken at the send and the difference to the settlement returned.
+    pub fn tokens(now: f64) -> Cubic {
+        Cubic {
+            burst_s: TOKENS_BURST_S,
+            settles: true,
+            ..Cubic::new(now)
+        }
+    }
+
     /// `amount` (1 for a request, its tokens for tokens) was sent at `now`, unannounced.
     pub fn sent(&mut self, now: f64, amount: f64) {
+        self.sent_charged(now, amount, amount);
+    }
+
+    /// Sent at `now`, unannounced: `taken` leaves the headroom (a reservation), `measured`
+    /// counts towards the sending rate (what it is expected to settle to).
+    pub fn sent_charged(&mut self, now: f64, taken: f64, measured: f64) {
         self.refill(now);
-        // Sent past the headroom without a reservation (the policy's choice) leaves it no
-        // deeper below zero than it was, so the next probe is never further away than what was
-        // promised plus one unit at the least rate.
-        self.level = (self.level - amount).max(self.level.min(0.0));
-        self.measure(now, amount);
+        self.largest = self.largest.max(taken);
+        self.level = if self.settles && !self.limited {
+            // Before the first throttle there is no bucket to take from: the level waits for
+            // the first cut to mean something.
+            self.level
+        } else if self.settles {
+            // Bedrock takes the whole reservation whatever the host expected, and returns part
+            // of it at the answer (`refund`): the level follows it, bounded as promises are.
+            (self.level - taken).max(-MAX_RESERVED_S * self.rate)
+        } else {
+            // Sent past the headroom without a reservation (the policy's choice) leaves it no
+            // deeper below zero than it was, so the next probe is never further away than what
+            // was promised plus one unit at the least rate.
+            (self.level - taken).max(self.level.min(0.0))
+        };
+        self.measure(now, measured);
+    }
+
+    /// Returns `amount` to the headroom at `now` (taken back when below zero): what a
+    /// reservation held beyond its settlement, or a settlement's correction once the real
+    /// usage is known.
+    pub fn refund(&mut self, now: f64, amount: f64) {
+        if !self.limited {
+            return;
+        }
+        self.refill(now);
+        self.level = (self.level + amount)
+            .min(self.cap())
+            .max(-MAX_RESERVED_S * self.rate);
+    }
+
+    /// A token throttle at `now`: the pool held less than a reservation the headroom said
+    /// fitted, so it is taken as empty now, whatever was expected to return.
+    pub fn emptied(&mut self, now: f64) {
+        if self.limited {
+            self.refill(now);
+            self.level = self.level.min(0.0);
+        }
+    }
+
+    /// Corrects what was counted as accepted at `now` by `delta` (the real settlement less the
+    /// expected one).
+    pub fn accepted_correction(&mut self, now: f64, delta: f64) {
+        if let Some(accepted) = &mut self.accepted {
+            accepted.add(now, delta);
+        }
     }
 
     /// Promises `amount` of the headroom at `now` to an attempt that will be sent when the
@@ -177,6 +256,7 @@ impl Cubic {
             return;
         }
         self.refill(now);
+        self.largest = self.largest.max(amount);
         self.level = (self.level - amount).max(-MAX_RESERVED_S * self.rate);
     }
 
@@ -244,8 +324,14 @@ impl Cubic {
 
     fn set_rate(&mut self, rate: f64) {
         self.rate = rate.max(self.min_rate());
-        // The bucket holds at most a second's worth at the new rate (and one unit at least).
-        self.level = self.level.min(self.rate.max(self.unit));
+        // The bucket holds at most its burst at the new rate (and the largest take at least).
+        self.level = self.level.min(self.cap());
+    }
+
+    /// The most the bucket holds: its burst at the rate, and never less than the largest
+    /// amount ever taken at once, so that one fits again.
+    fn cap(&self) -> f64 {
+        (self.rate * self.burst_s).max(self.largest).max(self.unit)
     }
 
     fn min_rate(&self) -> f64 {
@@ -255,7 +341,7 @@ impl Cubic {
     fn refill(&mut self, now: f64) {
         // Only the time outside a lease fills the bucket: under one, grants do.
         let elapsed = (now - self.refilled.max(self.leased_until)).max(0.0);
-        self.level = (self.level + elapsed * self.rate).min(self.rate.max(self.unit));
+        self.level = (self.level + elapsed * self.rate).min(self.cap());
         self.refilled = now;
     }
 
@@ -264,7 +350,7 @@ impl Cubic {
     /// estimate grows at its share of the pace.
     pub fn grant(&mut self, now: f64, amount: f64, ttl: f64, holders: u32) {
         self.refill(now);
-        self.level = (self.level + amount).min(self.rate.max(self.unit));
+        self.level = (self.level + amount).min(self.cap());
         self.leased_until = now + ttl;
         self.share = 1.0 / f64::from(holders.max(1));
     }
@@ -345,6 +431,38 @@ pub struct LeaseGrant {
     pub holders: u32,
 }
 
+/// What one attempt asks of a model's tokens quota: what it reserves when it is admitted
+/// (input + `maxTokens`, or the model's maximum output) and what it is expected to settle to
+/// (input + expected output × burndown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charge {
+    /// Tokens taken at admission.
+    pub reserve: u64,
+    /// Tokens expected to be kept at completion.
+    pub settle: u64,
+}
+
+impl Charge {
+    /// A charge of `tokens` taken and kept (no reservation beyond it).
+    pub fn flat(tokens: u64) -> Charge {
+        Charge {
+            reserve: tokens,
+            settle: tokens,
+        }
+    }
+}
+
+/// How an attempt came back, for the estimates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returned {
+    /// Anything but a throttle.
+    Answered,
+    /// A throttle of tokens ("Too many tokens"): only the tokens estimate is cut.
+    TokensThrottled,
+    /// Any other throttle: both estimates are cut.
+    Throttled,
+}
+
 /// A model's two estimates and its attempts in flight.
 #[derive(Clone, Debug)]
 pub struct Capacity {
@@ -358,41 +476,67 @@ impl Capacity {
     pub fn new(now: f64) -> Capacity {
         Capacity {
             requests: Cubic::new(now),
-            tokens: Cubic::new(now),
+            tokens: Cubic::tokens(now),
             in_flight: 0,
         }
     }
 
-    /// An attempt of `tokens` was sent; `reserved` when its room was
+    /// An attempt of `charge` was sent; `reserved` when its room was
     /// [reserved](Self::reserve) before.
-    pub fn sent(&mut self, now: f64, tokens: u64, reserved: bool) {
+    pub fn sent(&mut self, now: f64, charge: Charge, reserved: bool) {
         if reserved {
             self.requests.measure(now, 1.0);
-            self.tokens.measure(now, tokens as f64);
+            self.tokens.measure(now, charge.settle as f64);
         } else {
             self.requests.sent(now, 1.0);
-            self.tokens.sent(now, tokens as f64);
+            self.tokens
+                .sent_charged(now, charge.reserve as f64, charge.settle as f64);
         }
         self.in_flight = self.in_flight.saturating_add(1);
     }
 
-    /// Promises room for an attempt of `tokens` that waits for it.
-    pub fn reserve(&mut self, now: f64, tokens: u64) {
+    /// Promises room for an attempt of `charge` that waits for it.
+    pub fn reserve(&mut self, now: f64, charge: Charge) {
         self.requests.reserve(now, 1.0);
-        self.tokens.reserve(now, tokens as f64);
+        self.tokens.reserve(now, charge.reserve as f64);
     }
 
-    /// An attempt of `tokens` sent at `sent_at` came back at `now`: throttled or not. Returns
-    /// whether a throttle cut the estimates (a new congestion event).
-    pub fn returned(&mut self, now: f64, sent_at: f64, tokens: u64, throttled: bool) -> bool {
+    /// An attempt of `charge` sent at `sent_at` came back at `now`. An answer returns what the
+    /// reservation held beyond the expected settlement; a throttle returns it whole (the pool
+    /// had less than the reservation: its reservation returns, and a token throttle empties the
+    /// bucket). Returns whether a
+    /// throttle cut the estimates (a new congestion event).
+    pub fn returned(&mut self, now: f64, sent_at: f64, charge: Charge, how: Returned) -> bool {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if throttled {
-            self.congested(now, sent_at)
-        } else {
-            self.requests.answered(now, 1.0);
-            self.tokens.answered(now, tokens as f64);
-            false
+        match how {
+            Returned::Answered => {
+                self.requests.answered(now, 1.0);
+                self.tokens.answered(now, charge.settle as f64);
+                self.tokens
+                    .refund(now, charge.reserve.saturating_sub(charge.settle) as f64);
+                false
+            }
+            // A throttled attempt took nothing from the pool: its reservation returns. A token
+            // throttle says the pool is empty now.
+            Returned::TokensThrottled => {
+                self.tokens.refund(now, charge.reserve as f64);
+                let cut = self.tokens.throttled(now, sent_at);
+                self.tokens.emptied(now);
+                cut
+            }
+            Returned::Throttled => {
+                self.tokens.refund(now, charge.reserve as f64);
+                self.congested(now, sent_at)
+            }
         }
+    }
+
+    /// The real usage of an answered attempt is known at `now`: it settled to `actual`
+    /// where `expected` was counted; the difference returns (or is taken).
+    pub fn settled(&mut self, now: f64, expected: u64, actual: u64) {
+        let delta = expected as f64 - actual as f64;
+        self.tokens.refund(now, delta);
+        self.tokens.accepted_correction(now, -delta);
     }
 
     /// The model throttled at `now` an attempt sent at `sent_at`, here or (in a fleet) in
@@ -406,18 +550,20 @@ impl Capacity {
 
     /// Whether a limit is known (a throttle was seen, here or in the fleet).
     pub fn limited(&self) -> bool {
-        self.requests.rate().is_some()
+        self.requests.rate().is_some() || self.tokens.rate().is_some()
     }
 
     /// What to ask a fleet's budget for (requests, tokens) at `now` for the next `ahead`
     /// seconds, with this process's estimates (per second) for the fleet's total; `None` before
     /// the first throttle.
     pub fn lease_ask(&mut self, now: f64, ahead: f64) -> Option<LeaseAsk> {
+        // A pool limited by tokens alone (Bedrock since May 2026) leases tokens alone: the
+        // requests estimate, never limited, asks for nothing and refills nothing.
         Some(LeaseAsk {
-            requests: self.requests.ask(now, ahead)?,
             tokens: self.tokens.ask(now, ahead)?,
-            requests_rate: self.requests.rate()?,
             tokens_rate: self.tokens.rate()?,
+            requests: self.requests.ask(now, ahead).unwrap_or(0.0),
+            requests_rate: self.requests.rate().unwrap_or(0.0),
         })
     }
 
@@ -551,21 +697,21 @@ mod tests {
         let mut capacity = Capacity::new(0.0);
         for i in 0..50 {
             let t = f64::from(i) * 0.1;
-            capacity.sent(t, 100, false);
-            capacity.returned(t, t, 100, false);
+            capacity.sent(t, Charge::flat(100), false);
+            capacity.returned(t, t, Charge::flat(100), Returned::Answered);
         }
-        capacity.sent(5.0, 100, false);
-        capacity.returned(5.0, 5.0, 100, true);
+        capacity.sent(5.0, Charge::flat(100), false);
+        capacity.returned(5.0, 5.0, Charge::flat(100), Returned::Throttled);
         let rate = capacity.view(5.0).requests_per_minute.unwrap() / 60.0;
         let mut waits = Vec::new();
         let mut now = 5.0;
         // Spend what is there, then promise three more attempts.
         while capacity.view(now).fits(100) {
-            capacity.sent(now, 100, false);
+            capacity.sent(now, Charge::flat(100), false);
         }
         for _ in 0..3 {
             waits.push(capacity.view(now).wait_ms(100));
-            capacity.reserve(now, 100);
+            capacity.reserve(now, Charge::flat(100));
         }
         now += 0.0;
         let step = 1000.0 / rate;
@@ -579,7 +725,7 @@ mod tests {
         }
         // The reserved attempts are measured, not charged again, when they go.
         let before = capacity.view(now).headroom_requests.unwrap();
-        capacity.sent(now, 100, true);
+        capacity.sent(now, Charge::flat(100), true);
         assert_eq!(capacity.view(now).headroom_requests.unwrap(), before);
     }
 
@@ -588,8 +734,8 @@ mod tests {
         let mut capacity = Capacity::new(0.0);
         let mut t = 0.0;
         for _ in 0..200 {
-            capacity.sent(t, 50_000, false);
-            capacity.returned(t + 0.01, t, 50_000, true);
+            capacity.sent(t, Charge::flat(50_000), false);
+            capacity.returned(t + 0.01, t, Charge::flat(50_000), Returned::Throttled);
             t += 0.02;
         }
         let view = capacity.view(t);
@@ -635,6 +781,84 @@ mod tests {
             shared.rate(),
             estimate.rate()
         );
+    }
+
+    /// A model whose tokens quota was learned at about `rate` a second: it accepted that
+    /// for five seconds and then throttled a token reservation.
+    fn learned_tokens(rate: f64) -> Capacity {
+        let mut capacity = Capacity::new(0.0);
+        let mut t = 0.0;
+        while t < 10.0 {
+            let charge = Charge::flat((rate / 10.0) as u64);
+            capacity.sent(t, charge, false);
+            capacity.returned(t, t, charge, Returned::Answered);
+            t += 0.1;
+        }
+        let big = Charge {
+            reserve: 1_000_000,
+            settle: (rate / 10.0) as u64,
+        };
+        capacity.sent(10.0, big, false);
+        capacity.returned(10.0, 10.0, big, Returned::TokensThrottled);
+        capacity
+    }
+
+    #[test]
+    fn a_token_throttle_cuts_tokens_alone_and_empties_the_bucket() {
+        let mut capacity = learned_tokens(1_000.0);
+        let view = capacity.view(10.0);
+        assert_eq!(view.requests_per_minute, None, "Bedrock has no RPM quota");
+        assert!(view.tokens_per_minute.is_some());
+        assert!(view.headroom_tokens.unwrap() <= 0.0, "{view:?}");
+    }
+
+    #[test]
+    fn a_reservation_holds_its_room_until_the_answer_returns_what_it_did_not_settle_to() {
+        let mut capacity = learned_tokens(1_000.0);
+        // A minute later the bucket is full again: a minute's worth at the learned rate.
+        let full = capacity.view(70.0).headroom_tokens.unwrap();
+        let rate = capacity.view(70.0).tokens_per_minute.unwrap();
+        assert!((full - rate).abs() < 10.0, "{full} held, {rate}/min learned");
+        // Reservations of 8,000 settle to 1,000 each: while in flight each holds 8,000.
+        let charge = Charge {
+            reserve: 8_000,
+            settle: 1_000,
+        };
+        let room = |c: &mut Capacity| c.view(70.0).headroom_tokens.unwrap();
+        capacity.sent(70.0, charge, false);
+        capacity.sent(70.0, charge, false);
+        assert!((room(&mut capacity) - (full - 16_000.0)).abs() < 1e-6);
+        capacity.returned(70.0, 70.0, charge, Returned::Answered);
+        assert!((room(&mut capacity) - (full - 9_000.0)).abs() < 1e-6);
+        // Its usage says it settled to 1,500: the 500 more are taken.
+        capacity.settled(70.0, 1_000, 1_500);
+        assert!((room(&mut capacity) - (full - 9_500.0)).abs() < 1e-6);
+    }
+
+    proptest! {
+        #[test]
+        fn refunds_are_exact_and_the_bucket_never_holds_more_than_its_burst(
+            charges in proptest::collection::vec((1u64..20_000, 0u64..20_000, 0u64..20_000), 1..40),
+        ) {
+            // A quota large enough that neither the floor of promises nor the burst cuts.
+            let mut capacity = learned_tokens(2_000_000.0);
+            let now = 10.0;
+            let before = capacity.view(now).headroom_tokens.unwrap();
+            let mut kept = 0.0;
+            for &(reserve, settle, actual) in &charges {
+                let charge = Charge { reserve, settle: settle.min(reserve) };
+                capacity.sent(now, charge, false);
+                capacity.returned(now, now, charge, Returned::Answered);
+                capacity.settled(now, charge.settle, actual);
+                kept += actual as f64;
+            }
+            // No time passed: what left the bucket is exactly what the answers settled to.
+            let after = capacity.view(now).headroom_tokens.unwrap();
+            prop_assert!((before - kept - after).abs() < 1e-3, "{before} - {kept} != {after}");
+            // A minute later it holds its burst and no more, whatever was refunded.
+            let full = capacity.view(now + 120.0);
+            prop_assert!(full.headroom_tokens.unwrap() <= full.tokens_per_minute.unwrap() + 1e-6);
+        }
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! that led there.
 
 use crate::contract::{Decision, ErrorInfo, GiveUpReason, Workload};
+use crate::resilience::capacity::Charge;
 
 /// The original error of a failed attempt, for callers who want the SDK's typed error
 /// (downcast to `SdkError<ConverseError>` and so on).
@@ -187,6 +188,9 @@ pub struct Served<T> {
     pub sent_at: tokio::time::Instant,
     /// The failed attempts before it, oldest first, with what the host did about each.
     pub history: Vec<AttemptRecord>,
+    /// What the answering attempt reserved of its model's quota and was expected to settle
+    /// to: [`Resilience::settle`](crate::Resilience::settle) corrects it with the real usage.
+    pub charge: Charge,
     /// What the policy is told when a streamed request ends; `None` once told (or for a
     /// request that is not streamed, told when it was served).
     pub(crate) untold: Option<Untold>,
@@ -215,6 +219,7 @@ impl<T> Served<T> {
             started,
             sent_at,
             history,
+            charge,
             untold,
         } = self;
         let rest = Served {
@@ -229,6 +234,7 @@ impl<T> Served<T> {
             started,
             sent_at,
             history,
+            charge,
             untold,
         };
         (output, rest)

@@ -5,7 +5,7 @@
 use crate::contract::ModelCapacity;
 use crate::contract::{ErrorKind, ModelHealth};
 use crate::resilience::breaker::{Admission, Breaker};
-use crate::resilience::capacity::{Capacity, LeaseAsk, LeaseGrant};
+use crate::resilience::capacity::{Capacity, Charge, LeaseAsk, LeaseGrant, Returned};
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -163,30 +163,36 @@ impl HealthBoard {
         model.breaker.on_failure(now)
     }
 
-    /// An attempt of `tokens` went to model `index` at `clock_s` (policy seconds);
+    /// An attempt of `charge` went to model `index` at `clock_s` (policy seconds);
     /// `reserved` when its room was [reserved](Self::reserve) before.
-    pub fn sent(&self, index: usize, clock_s: f64, tokens: u64, reserved: bool) {
-        self.model(index).capacity.sent(clock_s, tokens, reserved);
+    pub fn sent(&self, index: usize, clock_s: f64, charge: Charge, reserved: bool) {
+        self.model(index).capacity.sent(clock_s, charge, reserved);
     }
 
-    /// Promises model `index`'s room for an attempt of `tokens` that waits for it.
-    pub fn reserve(&self, index: usize, clock_s: f64, tokens: u64) {
-        self.model(index).capacity.reserve(clock_s, tokens);
+    /// Promises model `index`'s room for an attempt of `charge` that waits for it.
+    pub fn reserve(&self, index: usize, clock_s: f64, charge: Charge) {
+        self.model(index).capacity.reserve(clock_s, charge);
     }
 
-    /// The attempt of `tokens` sent at `sent_at` came back from model `index` at `clock_s`:
-    /// throttled or not. Returns whether a throttle cut the capacity estimates.
+    /// The attempt of `charge` sent at `sent_at` came back from model `index` at `clock_s`.
+    /// Returns whether a throttle cut the capacity estimates.
     pub fn returned(
         &self,
         index: usize,
         clock_s: f64,
         sent_at: f64,
-        tokens: u64,
-        throttled: bool,
+        charge: Charge,
+        how: Returned,
     ) -> bool {
         self.model(index)
             .capacity
-            .returned(clock_s, sent_at, tokens, throttled)
+            .returned(clock_s, sent_at, charge, how)
+    }
+
+    /// An answered attempt on model `index` settled to `actual` tokens where `expected` were
+    /// counted (its usage is known at `clock_s`).
+    pub fn settled(&self, index: usize, clock_s: f64, expected: u64, actual: u64) {
+        self.model(index).capacity.settled(clock_s, expected, actual);
     }
 
     /// Another process was throttled by model `index` for an attempt sent at `sent_at` (this

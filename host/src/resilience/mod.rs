@@ -21,16 +21,18 @@ use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
     ModelCapacity, Route, Workload,
 };
+use crate::catalogue::{self, Facts};
 use crate::decision::domain;
 use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
 use budget::Budget;
+use capacity::{Charge, Returned};
 use error::{AttemptRecord, BoxError, CallError, Served, Untold};
 use fleet::{Fleet, FleetMember};
 use health::HealthBoard;
 use limits::AttemptLimits;
 use metrics::Metrics;
-use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions};
+use options::{ClientOptions, Cost, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
 use queue::BatchQueue;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +58,14 @@ pub struct Resilience {
     rng: Mutex<fastrand::Rng>,
     /// When the loop started: the capacity estimates' clock.
     started: Instant,
+    /// Each chain model's facts: what a request reserves and settles to on it.
+    facts: Vec<Facts>,
+    /// Each chain model's expected output per answer, learned from usage (a moving average).
+    expected_output: Vec<AtomicU64>,
 }
+
+/// What a model is expected to draw per answer before any usage was seen.
+const FIRST_EXPECTED_OUTPUT: u64 = 1_000;
 
 /// Where a request stands between attempts.
 struct Progress {
@@ -140,6 +149,16 @@ impl Resilience {
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             started: Instant::now(),
+            facts: options
+                .models
+                .iter()
+                .map(|model| catalogue::facts(model, &options.facts))
+                .collect(),
+            expected_output: options
+                .models
+                .iter()
+                .map(|_| AtomicU64::new(FIRST_EXPECTED_OUTPUT))
+                .collect(),
             options,
         })
     }
@@ -208,6 +227,50 @@ impl Resilience {
         self.queue.depth()
     }
 
+    /// Each chain model's facts, as the host costs its requests.
+    pub fn facts(&self) -> &[Facts] {
+        &self.facts
+    }
+
+    /// What a request of `cost` reserves on model `index` and is expected to settle to.
+    pub fn charge(&self, index: usize, cost: Cost) -> Charge {
+        let facts = &self.facts[index];
+        let max_output = cost.max_output.unwrap_or(facts.max_output_tokens);
+        let expected = self.expected_output[index]
+            .load(Ordering::Relaxed)
+            .min(max_output);
+        Charge {
+            reserve: cost.input.saturating_add(max_output),
+            settle: cost
+                .input
+                .saturating_add(expected.saturating_mul(facts.burndown)),
+        }
+    }
+
+    /// The real usage of a served request is known (a unary answer's `usage`, a stream's
+    /// metadata at its end): its model's tokens estimate settles to it instead of the expected
+    /// cost, and the model's expected output learns from it.
+    pub fn settle<T>(&self, served: &Served<T>, usage: Usage) {
+        let index = served.model_index;
+        let Some(facts) = self.facts.get(index) else {
+            return;
+        };
+        let actual = usage
+            .input
+            .saturating_add(usage.output.saturating_mul(facts.burndown));
+        self.health.settled(
+            index,
+            self.clock_s(Instant::now()),
+            served.charge.settle,
+            actual,
+        );
+        // A moving average (one eighth of the newest): a few long answers move it, one does
+        // not.
+        let expected = &self.expected_output[index];
+        let old = expected.load(Ordering::Relaxed);
+        expected.store((old * 7 + usage.output) / 8, Ordering::Relaxed);
+    }
+
     /// Policy seconds since the loop started.
     fn clock_s(&self, now: Instant) -> f64 {
         fleet::policy_seconds(self.started, now, self.options.time_scale)
@@ -238,7 +301,7 @@ impl Resilience {
     pub async fn call<T, F, Fut>(
         &self,
         request: RequestOptions,
-        input_tokens: u64,
+        cost: Cost,
         mut attempt: F,
     ) -> Result<Served<T>, CallError>
     where
@@ -268,7 +331,7 @@ impl Resilience {
             last_decided_by: None,
             deferred: request.deferred,
         };
-        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens);
+        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
         let result = async {
             let mut last: Option<(ErrorInfo, BoxError)> = None;
             // Set while a routed attempt waits for the room it reserved: it is then sent
@@ -282,7 +345,7 @@ impl Resilience {
                 if self.policy.routes() && !waited_for_room {
                     // Routing comes before the breaker's admission, so a probe slot is only
                     // taken by the attempt that will use it.
-                    match self.route(&mut p, input_tokens, now) {
+                    match self.route(&mut p, cost, now) {
                         Route::Send { model, delay_ms } => {
                             self.switch(&mut p, model as usize);
                             if delay_ms == 0 {
@@ -294,8 +357,11 @@ impl Resilience {
                             } else {
                                 // The room is promised now, so the next request waits behind
                                 // this one instead of for the same room.
-                                self.health
-                                    .reserve(p.model, self.clock_s(now), input_tokens);
+                                self.health.reserve(
+                                    p.model,
+                                    self.clock_s(now),
+                                    self.charge(p.model, cost),
+                                );
                                 waited_for_room = true;
                                 let wait = self.real(delay_ms);
                                 tokio::time::sleep(wait.min(p.deadline - now)).await;
@@ -337,17 +403,27 @@ impl Resilience {
                 let span = tracing::info_span!("attempt", model, attempt = p.total);
                 let sent_at = self.clock_s(now);
                 p.sent_at = now;
-                self.health.sent(p.model, sent_at, input_tokens, reserved);
+                let charge = self.charge(p.model, cost);
+                self.health.sent(p.model, sent_at, charge, reserved);
                 let outcome = tokio::time::timeout(limit, attempt(model))
                     .instrument(span)
                     .await;
-                let throttled = matches!(&outcome, Ok(Err((info, _))) if info.kind.is_throttle());
+                let how = match &outcome {
+                    Ok(Err((info, _))) if info.kind.is_throttle() => {
+                        if info.message.contains("Too many tokens") {
+                            Returned::TokensThrottled
+                        } else {
+                            Returned::Throttled
+                        }
+                    }
+                    _ => Returned::Answered,
+                };
                 let cut = self.health.returned(
                     p.model,
                     self.clock_s(Instant::now()),
                     sent_at,
-                    input_tokens,
-                    throttled,
+                    charge,
+                    how,
                 );
                 if cut && let Some(fleet) = self.fleet.get() {
                     // The others cut too: one throttle teaches the fleet, not one per process.
@@ -376,6 +452,7 @@ impl Resilience {
                             started: p.started,
                             sent_at: p.sent_at,
                             history: std::mem::take(&mut p.history),
+                            charge,
                             untold: streamed.then(|| Untold {
                                 breaker_opens: p.breaker_opens,
                                 last_decided_by: p.last_decided_by.clone(),
@@ -562,7 +639,16 @@ impl Resilience {
                 resends: refused.resends,
                 allowed: refused.allowed,
             };
-            verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted);
+            // The budget bounds how fast resends go, not whether a request may be answered: a
+            // resend waits until the window lets it go, when that is within the deadline.
+            let remaining = p.deadline.saturating_duration_since(now);
+            let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
+            match budget.resend_later(now) {
+                Some(wait) if wait.max(delay) < remaining => {
+                    verdict.delay_at_least(clamp, self.policy_ms(wait));
+                }
+                _ => verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
+            }
         }
         if verdict.fault.is_some() {
             self.metrics.policy_faults.inc();
@@ -591,9 +677,21 @@ impl Resilience {
     /// Asks the decider where the next attempt goes, under the guardrails: a model of the
     /// chain whose breaker is closed (otherwise the current model), a wait no longer than the
     /// longest the guardrails allow, the queue only for batch work.
-    fn route(&self, p: &mut Progress, tokens: u64, now: Instant) -> Route {
+    fn route(&self, p: &mut Progress, cost: Cost, now: Instant) -> Route {
         let health = self.health.snapshot(now, |d| self.policy_ms(d));
-        let capacity = self.health.capacity(self.clock_s(now));
+        // The question is "does this request's reservation fit on each model?", and the
+        // contract asks it with one `tokens`: the reservation on the current model. A model
+        // where the request reserves more (an unset `maxTokens` on a model with a larger
+        // output) has its token figures shown in the same unit — scaled by `tokens` over its
+        // own reservation — so `fits` and `wait_ms` answer exactly for each.
+        let tokens = self.charge(p.model, cost).reserve.max(1);
+        let mut capacity = self.health.capacity(self.clock_s(now));
+        for (index, view) in capacity.iter_mut().enumerate() {
+            let reserve = self.charge(index, cost).reserve.max(1);
+            let scale = tokens as f64 / reserve as f64;
+            view.headroom_tokens = view.headroom_tokens.map(|h| h * scale);
+            view.tokens_per_minute = view.tokens_per_minute.map(|r| r * scale);
+        }
         let ctx = RouteQuery {
             request_id: &p.request_id,
             workload: p.workload,

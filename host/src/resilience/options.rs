@@ -1,5 +1,6 @@
 //! How the attempt loop behaves, for a whole client and for one request.
 
+use crate::contract::ModelFacts;
 use crate::contract::Workload;
 use crate::decision::Guardrails;
 use crate::resilience::budget::RetryBudget;
@@ -37,6 +38,10 @@ pub struct ClientOptions {
     /// How much resending the whole client allows, whatever the policy decides; `None` for no
     /// budget (the guardrails' attempt cap is then the only bound).
     pub retry_budget: Option<RetryBudget>,
+    /// What the operator said of the models (maximum output, burndown, context window…),
+    /// over the built-in [catalogue](crate::catalogue): what a request reserves and settles
+    /// to on each model of the chain.
+    pub facts: Vec<ModelFacts>,
 }
 
 impl ClientOptions {
@@ -58,9 +63,44 @@ impl ClientOptions {
             time_scale: 1.0,
             seed: None,
             retry_budget: Some(RetryBudget::default()),
+            facts: Vec::new(),
         }
     }
 }
+
+/// What a request asks of a model's quota, before the model is chosen: its input and the most
+/// output it allows. On each model it reserves input + `max_output` (the model's maximum output
+/// when `None`, as Bedrock does) and settles to input + output × the model's burndown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Estimated input tokens (text, images, documents, cache reads and writes).
+    pub input: u64,
+    /// The request's `maxTokens`, when it sets one.
+    pub max_output: Option<u64>,
+}
+
+impl Cost {
+    /// A request of `input` tokens with `maxTokens` unset.
+    pub fn input(input: u64) -> Cost {
+        Cost {
+            input,
+            max_output: None,
+        }
+    }
+
+    /// A request that reserves and settles to exactly `tokens`: that input, and no output.
+    pub fn flat(tokens: u64) -> Cost {
+        Cost::input(tokens).with_max_output(0)
+    }
+
+    /// The same with `maxTokens` set to `max_output`.
+    pub fn with_max_output(mut self, max_output: u64) -> Cost {
+        self.max_output = Some(max_output);
+        self
+    }
+}
+
+pub use crate::catalogue::Usage;
 
 /// The most batch requests any client may let wait at once.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
