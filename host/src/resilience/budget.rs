@@ -196,41 +196,4 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(budget.try_resend(Instant::now()).is_ok());
     }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_refused_resend_waits_for_the_window_and_the_next_waits_behind_it() {
-        let budget = Budget::new(
-            RetryBudget {
-                percent: 0,
-                min_per_second: 1,
-                window_ms: 10_000,
-            },
-            1.0,
-        );
-        let start = Instant::now();
-        // The floor allows 10 resends in the window; they go in its first second.
-        for _ in 0..10 {
-            assert!(budget.try_resend(start).is_ok());
-        }
-        tokio::time::advance(Duration::from_millis(500)).await;
-        let now = Instant::now();
-        assert!(budget.try_resend(now).is_err());
-        // The first second's slot ages out 10 s after it began: 9.5 s from now.
-        let first = budget.resend_later(now).expect("within the window");
-        assert_eq!(first, Duration::from_millis(9_500));
-        // That resend is counted now: the next one refused waits a slot longer... or the
-        // same slot, never less.
-        let second = budget.resend_later(now).expect("within the window");
-        assert!(second >= first, "{second:?} < {first:?}");
-        // A budget of nothing never lets one go.
-        let none = Budget::new(
-            RetryBudget {
-                percent: 0,
-                min_per_second: 0,
-                window_ms: 10_000,
-            },
-            1.0,
-        );
-        assert_eq!(none.resend_later(now), None);
-    }
 }
