@@ -122,42 +122,6 @@ impl Budget {
         Ok(())
     }
 
-    /// How long from `now` until the window lets one more resend go, as its oldest slots
-    /// age out (`None` when even an empty window would not: a budget of nothing), and that
-    /// resend counted now: a request waits for the budget instead of failing, and the next one
-    /// refused waits behind it.
-    pub(crate) fn resend_later(&self, now: Instant) -> Option<Duration> {
-        let mut ring = self.ring(now);
-        let floor = u64::from(self.rule.min_per_second) * self.rule.window_ms / 1000;
-        let (mut requests, mut resends): (u64, u64) =
-            (ring.requests.iter().sum(), ring.resends.iter().sum());
-        let until_next = self.slot.as_nanos() as u64
-            - (now.saturating_duration_since(ring.epoch).as_nanos() as u64
-                % self.slot.as_nanos().max(1) as u64);
-        // Oldest first: the slot of period newest - SLOTS + 1 + j ages out j slots after the
-        // current one ends.
-        for age in 0..SLOTS as u64 {
-            let allowed = (requests * u64::from(self.rule.percent) / 100).max(floor);
-            if resends < allowed {
-                let index = (ring.newest % SLOTS as u64) as usize;
-                ring.resends[index] += 1;
-                let wait = if age == 0 {
-                    0
-                } else {
-                    until_next + (age - 1) * self.slot.as_nanos() as u64
-                };
-                return Some(Duration::from_nanos(wait));
-            }
-            let index = ((ring.newest + 1 + age) % SLOTS as u64) as usize;
-            requests -= ring.requests[index];
-            resends -= ring.resends[index];
-        }
-        (floor > 0).then(|| {
-            let index = (ring.newest % SLOTS as u64) as usize;
-            ring.resends[index] += 1;
-            Duration::from_nanos(until_next + (SLOTS as u64 - 1) * self.slot.as_nanos() as u64)
-        })
-    }
 }
 
 #[cfg(test)]

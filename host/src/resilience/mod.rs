@@ -639,16 +639,7 @@ impl Resilience {
                 resends: refused.resends,
                 allowed: refused.allowed,
             };
-            // The budget bounds how fast resends go, not whether a request may be answered: a
-            // resend waits until the window lets it go, when that is within the deadline.
-            let remaining = p.deadline.saturating_duration_since(now);
-            let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
-            match budget.resend_later(now) {
-                Some(wait) if wait.max(delay) < remaining => {
-                    verdict.delay_at_least(clamp, self.policy_ms(wait));
-                }
-                _ => verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
-            }
+            verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted);
         }
         if verdict.fault.is_some() {
             self.metrics.policy_faults.inc();
