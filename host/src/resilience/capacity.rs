@@ -200,20 +200,11 @@ impl Cubic {
     pub fn sent_charged(&mut self, now: f64, taken: f64, measured: f64) {
         self.refill(now);
         self.largest = self.largest.max(taken);
-        self.level = if self.settles && !self.limited {
-            // Before the first throttle there is no bucket to take from: the level waits for
-            // the first cut to mean something.
-            self.level
-        } else if self.settles {
-            // Bedrock takes the whole reservation whatever the host expected, and returns part
-            // of it at the answer (`refund`): the level follows it, bounded as promises are.
-            (self.level - taken).max(-MAX_RESERVED_S * self.rate)
-        } else {
-            // Sent past the headroom without a reservation (the policy's choice) leaves it no
-            // deeper below zero than it was, so the next probe is never further away than what
-            // was promised plus one unit at the least rate.
-            (self.level - taken).max(self.level.min(0.0))
-        };
+        // Sent past the headroom leaves it no deeper below zero than it was: a model that
+        // admits an attempt the estimate said had no room had that room (Bedrock admits a
+        // reservation only whole), and one that throttles it took nothing. So the next probe
+        // is never further away than what was promised plus one unit at the least rate.
+        self.level = (self.level - taken).max(self.level.min(0.0));
         self.measure(now, measured);
     }
 
@@ -841,8 +832,11 @@ mod tests {
             charges in proptest::collection::vec((1u64..20_000, 0u64..20_000, 0u64..20_000), 1..40),
         ) {
             // A quota large enough that neither the floor of promises nor the burst cuts.
+            // Right after the throttle (the rate still), with the bucket filled to its burst so
+            // every reservation fits.
             let mut capacity = learned_tokens(2_000_000.0);
             let now = 10.0;
+            capacity.tokens.refund(now, f64::MAX);
             let before = capacity.view(now).headroom_tokens.unwrap();
             let mut kept = 0.0;
             for &(reserve, settle, actual) in &charges {
