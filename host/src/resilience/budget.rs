@@ -122,6 +122,39 @@ impl Budget {
         Ok(())
     }
 
+    /// How long from `now` until the window would let one more resend go as its oldest slots
+    /// age out, if no request came meanwhile; `None` when even an empty window would not (a
+    /// budget of nothing). Nothing is counted: a resend waiting for the budget asks again
+    /// with [`try_resend`](Self::try_resend) when it is about to go, so the window counts it
+    /// where it is sent and bounds what is sent.
+    pub(crate) fn next_room(&self, now: Instant) -> Option<Duration> {
+        let ring = self.ring(now);
+        let floor = u64::from(self.rule.min_per_second) * self.rule.window_ms / 1000;
+        let slot = self.slot.as_nanos().max(1) as u64;
+        let into_slot = now.saturating_duration_since(ring.epoch).as_nanos() as u64 % slot;
+        let (mut requests, mut resends): (u64, u64) =
+            (ring.requests.iter().sum(), ring.resends.iter().sum());
+        // The oldest slot ages out when the current one ends, the next a slot later, and so on
+        // until the current slot itself has aged out and the window is empty.
+        for age in 0..=SLOTS as u64 {
+            let allowed = (requests * u64::from(self.rule.percent) / 100).max(floor);
+            if resends < allowed {
+                let wait = if age == 0 {
+                    0
+                } else {
+                    slot - into_slot + (age - 1) * slot
+                };
+                return Some(Duration::from_nanos(wait));
+            }
+            if age == SLOTS as u64 {
+                break;
+            }
+            let index = ((ring.newest + 1 + age) % SLOTS as u64) as usize;
+            requests -= ring.requests[index];
+            resends -= ring.resends[index];
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +192,43 @@ mod tests {
         // The window moves on: old counts fall out.
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(budget.try_resend(Instant::now()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_resend_learns_when_the_window_will_let_one_go_and_nothing_is_counted() {
+        let rule = RetryBudget {
+            percent: 50,
+            min_per_second: 1,
+            window_ms: 10_000,
+        };
+        let budget = Budget::new(rule, 1.0);
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(budget.try_resend(start).is_ok());
+        }
+        // All ten were spent in the current slot: room returns when it has aged out.
+        assert_eq!(budget.next_room(start), Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = Instant::now();
+        assert_eq!(budget.next_room(now), Some(Duration::from_secs(7)));
+        assert_eq!(budget.next_room(now), Some(Duration::from_secs(7)), "asking counts nothing");
+        assert!(budget.try_resend(now).is_err());
+        // Traffic raises what the window allows: 30 requests allow 15 resends.
+        for _ in 0..30 {
+            budget.on_request(now);
+        }
+        assert_eq!(budget.next_room(now), Some(Duration::ZERO));
+        assert!(budget.try_resend(now).is_ok());
+
+        let nothing = Budget::new(
+            RetryBudget {
+                percent: 0,
+                min_per_second: 0,
+                ..rule
+            },
+            1.0,
+        );
+        nothing.on_request(start);
+        assert_eq!(nothing.next_room(start), None, "a budget of nothing never lets one go");
     }
 }

@@ -85,6 +85,9 @@ struct Progress {
     last_decided_by: Option<String>,
     /// Parked by the caller, not here ([`RequestOptions::deferred`]).
     deferred: bool,
+    /// The next attempt is a resend the retry budget refused: it asks the budget again when
+    /// it is about to go, and waits for the window while the deadline allows.
+    resend_owed: bool,
 }
 
 impl Progress {
@@ -330,6 +333,7 @@ impl Resilience {
             breaker_opens: 0,
             last_decided_by: None,
             deferred: request.deferred,
+            resend_owed: false,
         };
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
         let result = async {
@@ -341,6 +345,23 @@ impl Resilience {
                 let now = Instant::now();
                 if now >= p.deadline {
                     return Err(p.gave_up(GiveUpReason::Deadline, last));
+                }
+                if p.resend_owed
+                    && let Some(budget) = &self.budget
+                {
+                    // Counted when it goes, so the window bounds what is sent; before routing,
+                    // so a resend that waits for the budget holds no model's room.
+                    if budget.try_resend(now).is_ok() {
+                        p.resend_owed = false;
+                    } else {
+                        match budget.next_room(now) {
+                            Some(wait) if now + wait < p.deadline => {
+                                tokio::time::sleep(wait).await;
+                                continue;
+                            }
+                            _ => return Err(p.gave_up(GiveUpReason::AttemptsExhausted, last)),
+                        }
+                    }
                 }
                 if self.policy.routes() && !waited_for_room {
                     // Routing comes before the breaker's admission, so a probe slot is only
@@ -564,6 +585,7 @@ impl Resilience {
             breaker_opens: 0,
             last_decided_by: None,
             deferred: false,
+            resend_owed: false,
         };
         let verdict = self.ask(&mut p, &error, true);
         self.metrics.failed.inc();
@@ -639,7 +661,17 @@ impl Resilience {
                 resends: refused.resends,
                 allowed: refused.allowed,
             };
-            verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted);
+            // The budget bounds how fast resends go, not whether a request may be answered:
+            // the resend waits until the window would let it go, when that is within the
+            // deadline, and asks again then.
+            let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
+            match budget.next_room(now) {
+                Some(wait) if now + wait.max(delay) < p.deadline => {
+                    verdict.delay_at_least(clamp, self.policy_ms(wait));
+                    p.resend_owed = verdict.decision.sends_again();
+                }
+                _ => verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
+            }
         }
         if verdict.fault.is_some() {
             self.metrics.policy_faults.inc();
