@@ -39,13 +39,17 @@ fn main() {
 
 async fn one(core: &Resilience, throttled: bool) {
     let _ = core
-        .call(RequestOptions::default(), backstop::Cost::flat(100), |_| async move {
-            if throttled {
-                Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
-            } else {
-                Ok(())
-            }
-        })
+        .call(
+            RequestOptions::default(),
+            backstop::Cost::flat(100),
+            |_| async move {
+                if throttled {
+                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .await;
 }
 

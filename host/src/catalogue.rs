@@ -308,7 +308,12 @@ fn value_tokens(value: &serde_json::Value, key: Option<&str>, in_document: bool)
         Value::Object(fields) => fields
             .iter()
             // Generation settings are not input.
-            .filter(|(k, _)| !matches!(k.as_str(), "inferenceConfig" | "additionalModelRequestFields"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "inferenceConfig" | "additionalModelRequestFields"
+                )
+            })
             .map(|(k, v)| value_tokens(v, Some(k), in_document || k == "document"))
             .sum(),
         _ => 0,
@@ -322,15 +327,55 @@ mod tests {
     #[test]
     fn every_family_names_its_maximum_output_where_bedrock_reads_it() {
         let cases: [(bool, &str, &str, Option<u64>); 10] = [
-            (true, "any", r#"{"inferenceConfig":{"maxTokens":1024}}"#, Some(1024)),
+            (
+                true,
+                "any",
+                r#"{"inferenceConfig":{"maxTokens":1024}}"#,
+                Some(1024),
+            ),
             (true, "any", r#"{"messages":[]}"#, None),
-            (false, "anthropic.claude-sonnet-4-20250514-v1:0", r#"{"max_tokens":4096}"#, Some(4096)),
-            (false, "us.anthropic.claude-sonnet-4-20250514-v1:0", r#"{"max_tokens":512}"#, Some(512)),
-            (false, "us.amazon.nova-pro-v1:0", r#"{"inferenceConfig":{"max_new_tokens":300}}"#, Some(300)),
-            (false, "amazon.titan-text-express-v1", r#"{"textGenerationConfig":{"maxTokenCount":200}}"#, Some(200)),
-            (false, "meta.llama3-70b-instruct-v1:0", r#"{"max_gen_len":128}"#, Some(128)),
-            (false, "mistral.mistral-large-2402-v1:0", r#"{"max_tokens":64}"#, Some(64)),
-            (false, "anthropic.claude-3-haiku-20240307-v1:0", r#"{"messages":[]}"#, None),
+            (
+                false,
+                "anthropic.claude-sonnet-4-20250514-v1:0",
+                r#"{"max_tokens":4096}"#,
+                Some(4096),
+            ),
+            (
+                false,
+                "us.anthropic.claude-sonnet-4-20250514-v1:0",
+                r#"{"max_tokens":512}"#,
+                Some(512),
+            ),
+            (
+                false,
+                "us.amazon.nova-pro-v1:0",
+                r#"{"inferenceConfig":{"max_new_tokens":300}}"#,
+                Some(300),
+            ),
+            (
+                false,
+                "amazon.titan-text-express-v1",
+                r#"{"textGenerationConfig":{"maxTokenCount":200}}"#,
+                Some(200),
+            ),
+            (
+                false,
+                "meta.llama3-70b-instruct-v1:0",
+                r#"{"max_gen_len":128}"#,
+                Some(128),
+            ),
+            (
+                false,
+                "mistral.mistral-large-2402-v1:0",
+                r#"{"max_tokens":64}"#,
+                Some(64),
+            ),
+            (
+                false,
+                "anthropic.claude-3-haiku-20240307-v1:0",
+                r#"{"messages":[]}"#,
+                None,
+            ),
             (false, "cohere.command-r-v1:0", r#"{"max_tokens":64}"#, None),
         ];
         for (converse, model, body, expected) in cases {

@@ -614,7 +614,11 @@ impl HostConfig {
                 Some("max_output_tokens must be at least 1")
             } else if facts.burndown.is_some_and(|b| !(1..=100).contains(&b)) {
                 Some("burndown must be between 1 and 100")
-            } else if facts.same_model_as.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
+            } else if facts
+                .same_model_as
+                .as_ref()
+                .is_some_and(|m| m.is_empty() || m.len() > 256)
+            {
                 Some("same_model_as must be 1 to 256 characters")
             } else {
                 None

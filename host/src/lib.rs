@@ -56,9 +56,9 @@ pub use decision::{
 };
 pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;
+pub use resilience::capacity::Charge;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
-pub use resilience::capacity::Charge;
 pub use resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions, Usage};
 pub use wasm::cache::{CacheUse, Cached, ModuleCache};
 pub use wasm::engine::{Engine, is_precompiled, sha256_hex};

@@ -13,8 +13,14 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("decision", &[]),
     ("wasm", &["decision", "untrusted"]),
     ("resilience", &["decision", "untrusted", "catalogue"]),
-    ("bedrock", &["decision", "wasm", "resilience", "untrusted", "catalogue"]),
-    ("config", &["decision", "wasm", "resilience", "untrusted", "catalogue"]),
+    (
+        "bedrock",
+        &["decision", "wasm", "resilience", "untrusted", "catalogue"],
+    ),
+    (
+        "config",
+        &["decision", "wasm", "resilience", "untrusted", "catalogue"],
+    ),
 ];
 
 /// A module path from the crate root (`["wasm", "engine"]`); the root is empty.

@@ -4,8 +4,8 @@
 use backstop::contract::{
     AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts,
 };
-use backstop::{Cost, 
-    BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
+use backstop::{
+    BoxError, ClientOptions, Cost, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
     Verdict,
 };
 use std::sync::Mutex;
@@ -131,13 +131,17 @@ async fn the_loop_learns_each_models_capacity_from_its_throttles() {
     );
     for i in 0..50u32 {
         let _ = core
-            .call(RequestOptions::default(), Cost::flat(100), |_model| async move {
-                if i % 2 == 0 {
-                    Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
-                } else {
-                    Ok(())
-                }
-            })
+            .call(
+                RequestOptions::default(),
+                Cost::flat(100),
+                |_model| async move {
+                    if i % 2 == 0 {
+                        Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -256,9 +260,11 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
     let outcomes = std::sync::Arc::new(Outcomes::default());
     let core = Resilience::new(outcomes.clone(), ClientOptions::new(["primary"])).unwrap();
     let serve = || {
-        core.call(RequestOptions::default().streamed(), Cost::flat(100), |_model| async {
-            Ok::<(), (ErrorInfo, BoxError)>(())
-        })
+        core.call(
+            RequestOptions::default().streamed(),
+            Cost::flat(100),
+            |_model| async { Ok::<(), (ErrorInfo, BoxError)>(()) },
+        )
     };
     // A stream that completes: served, told once, at its end.
     let whole = serve().await.unwrap();

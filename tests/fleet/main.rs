@@ -9,8 +9,8 @@ mod untrusted_redis;
 use backstop::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind,
 };
-use backstop::{Cost, 
-    BoxError, CallError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Verdict,
+use backstop::{
+    BoxError, CallError, ClientOptions, Cost, Decided, Decider, RequestOptions, Resilience, Verdict,
 };
 use backstop_fleet::RedisFleet;
 use backstop_test_support::RedisServer;
@@ -342,16 +342,18 @@ async fn learner(
 async fn traffic(core: &Resilience, count: usize, throttled: bool) {
     let mut calls = Vec::new();
     for _ in 0..count {
-        calls.push(
-            core.call(RequestOptions::default(), Cost::flat(100), move |_| async move {
+        calls.push(core.call(
+            RequestOptions::default(),
+            Cost::flat(100),
+            move |_| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if throttled {
                     Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))
                 } else {
                     Ok(())
                 }
-            }),
-        );
+            },
+        ));
     }
     futures_util::future::join_all(calls).await;
 }

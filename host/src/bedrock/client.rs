@@ -3,13 +3,13 @@
 //! after every failed attempt.
 
 use crate::bedrock::classify::{sdk_failure, stream_failure};
+use crate::catalogue::{self, Usage};
 use crate::contract::GiveUpReason;
 use crate::contract::{ErrorInfo, ErrorKind, Workload};
 use crate::resilience::Resilience;
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
 use crate::resilience::metrics::Metrics;
-use crate::catalogue::{self, Usage};
 use crate::resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions};
 use crate::wasm::handle::PolicyHandle;
 use aws_sdk_bedrockruntime::Client;
@@ -78,8 +78,11 @@ impl ChatRequest {
     }
 
     fn inference_config(&self) -> Option<InferenceConfiguration> {
-        self.max_tokens
-            .map(|max| InferenceConfiguration::builder().max_tokens(max as i32).build())
+        self.max_tokens.map(|max| {
+            InferenceConfiguration::builder()
+                .max_tokens(max as i32)
+                .build()
+        })
     }
 
     /// The same request as batch work.
@@ -339,29 +342,24 @@ impl ResilientClient {
         let served = self
             .inner
             .core
-            .call(
-                request.options().streamed(),
-                request.cost(),
-                |model| {
-                    let call = sdk
-                        .converse_stream()
-                        .model_id(model)
-                        .set_messages(Some(request.messages.clone()))
-                        .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
-                        .set_inference_config(request.inference_config());
-                    async move {
-                        let mut output = within(limits.headers, Phase::Headers, call.send())
-                            .await?
-                            .map_err(sdk_failure)?;
-                        let first =
-                            within(limits.first_event, Phase::FirstEvent, output.stream.recv())
-                                .await?
-                                .map_err(stream_failure)?
-                                .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
-                        Ok((output.stream, first))
-                    }
-                },
-            )
+            .call(request.options().streamed(), request.cost(), |model| {
+                let call = sdk
+                    .converse_stream()
+                    .model_id(model)
+                    .set_messages(Some(request.messages.clone()))
+                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
+                    .set_inference_config(request.inference_config());
+                async move {
+                    let mut output = within(limits.headers, Phase::Headers, call.send())
+                        .await?
+                        .map_err(sdk_failure)?;
+                    let first = within(limits.first_event, Phase::FirstEvent, output.stream.recv())
+                        .await?
+                        .map_err(stream_failure)?
+                        .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
+                    Ok((output.stream, first))
+                }
+            })
             .await?;
         let ((receiver, first), served) = served.split();
         Ok(ResilientStream {

@@ -12,10 +12,10 @@
 
 use crate::bedrock::classify::{kind_from_status, sdk_failure};
 use crate::bedrock::client::{Committed, ResilientClient, StreamFailure};
+use crate::catalogue::{self, Usage};
 use crate::contract::{ErrorInfo, ErrorKind};
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
-use crate::catalogue::{self, Usage};
 use crate::resilience::options::{Cost, RequestOptions};
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::interceptors::{
@@ -600,8 +600,8 @@ impl Frames {
                 .and_then(|json: serde_json::Value| catalogue::usage_in(&json)),
             _ => invocation_metrics.and_then(catalogue::usage_in),
         };
-        let terminal = message_type == "event"
-            && (kind == "messageStop" || invocation_metrics.is_some());
+        let terminal =
+            message_type == "event" && (kind == "messageStop" || invocation_metrics.is_some());
         Ok(Some(Frame {
             terminal,
             message_type,

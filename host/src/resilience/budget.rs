@@ -211,7 +211,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = Instant::now();
         assert_eq!(budget.next_room(now), Some(Duration::from_secs(7)));
-        assert_eq!(budget.next_room(now), Some(Duration::from_secs(7)), "asking counts nothing");
+        assert_eq!(
+            budget.next_room(now),
+            Some(Duration::from_secs(7)),
+            "asking counts nothing"
+        );
         assert!(budget.try_resend(now).is_err());
         // Traffic raises what the window allows: 30 requests allow 15 resends.
         for _ in 0..30 {
@@ -229,6 +233,10 @@ mod tests {
             1.0,
         );
         nothing.on_request(start);
-        assert_eq!(nothing.next_room(start), None, "a budget of nothing never lets one go");
+        assert_eq!(
+            nothing.next_room(start),
+            None,
+            "a budget of nothing never lets one go"
+        );
     }
 }

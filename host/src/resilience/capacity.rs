@@ -809,7 +809,10 @@ mod tests {
         // A minute later the bucket is full again: a minute's worth at the learned rate.
         let full = capacity.view(70.0).headroom_tokens.unwrap();
         let rate = capacity.view(70.0).tokens_per_minute.unwrap();
-        assert!((full - rate).abs() < 10.0, "{full} held, {rate}/min learned");
+        assert!(
+            (full - rate).abs() < 10.0,
+            "{full} held, {rate}/min learned"
+        );
         // Reservations of 8,000 settle to 1,000 each: while in flight each holds 8,000.
         let charge = Charge {
             reserve: 8_000,

@@ -192,7 +192,9 @@ impl HealthBoard {
     /// An answered attempt on model `index` settled to `actual` tokens where `expected` were
     /// counted (its usage is known at `clock_s`).
     pub fn settled(&self, index: usize, clock_s: f64, expected: u64, actual: u64) {
-        self.model(index).capacity.settled(clock_s, expected, actual);
+        self.model(index)
+            .capacity
+            .settled(clock_s, expected, actual);
     }
 
     /// Another process was throttled by model `index` for an attempt sent at `sent_at` (this
