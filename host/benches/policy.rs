@@ -126,6 +126,7 @@ fn route(c: &mut Criterion) {
         request_id: &ctx.request_id,
         workload: ctx.workload,
         tokens: 1_200,
+        input_tokens: 800,
         attempts_total: 0,
         current: 0,
         elapsed_ms: 0,

@@ -84,6 +84,16 @@ impl Baseline {
         Baseline::ALL.into_iter().find(|b| b.name() == name)
     }
 
+    /// A fresh decider for a chain whose models' quotas the operator knows (`tpm`, per chain
+    /// model): `router-cooldown` enters them as LiteLLM's deployment `tpm`; the others ignore
+    /// them, as the SDK knows no quota.
+    pub fn decider_for(self, tpm: Vec<Option<u64>>) -> std::sync::Arc<dyn Decider> {
+        match self {
+            Baseline::RouterCooldown => std::sync::Arc::new(RouterCooldown::with_tpm(tpm)),
+            other => other.decider(),
+        }
+    }
+
     /// A fresh decider (with a full retry quota, for the SDK).
     pub fn decider(self) -> std::sync::Arc<dyn Decider> {
         match self {
@@ -399,10 +409,40 @@ const FAILED_SHARE: f64 = 0.5;
 /// ... with at least this many requests in it.
 const FAILED_SHARE_MIN_REQUESTS: usize = 5;
 
-/// LiteLLM's router: cooldowns per model, retries, then fallbacks.
+/// LiteLLM's router: cooldowns per model, retries, then fallbacks; and, where the operator
+/// entered a model's `tpm`, usage-based routing's pre-call check (LiteLLM's
+/// `router_strategy/lowest_tpm_rpm_v2.py`): a model whose tokens counted this minute plus the
+/// request's input would pass its `tpm` is skipped, and when every model is skipped the request
+/// fails without a call ("No deployments available"). Tokens are counted on actual usage
+/// (`total_tokens`, input + output) when an answer succeeds, per wall-clock minute.
 #[derive(Default)]
 struct RouterCooldown {
     state: Mutex<Cooldowns>,
+    /// The operator's `tpm` per chain model; `None` for none entered (no check).
+    tpm: Vec<Option<u64>>,
+}
+
+impl RouterCooldown {
+    fn with_tpm(tpm: Vec<Option<u64>>) -> RouterCooldown {
+        RouterCooldown {
+            tpm,
+            ..RouterCooldown::default()
+        }
+    }
+
+    /// Whether LiteLLM's check lets a request of `input` tokens go to `model` now.
+    fn under_tpm(&self, state: &Cooldowns, model: u32, input: u64) -> bool {
+        let Some(Some(tpm)) = self.tpm.get(model as usize) else {
+            return true;
+        };
+        let minute = state.minute();
+        let used = state
+            .models
+            .get(&model)
+            .filter(|m| m.minute == minute)
+            .map_or(0, |m| m.minute_tokens);
+        used + input <= *tpm
+    }
 }
 
 #[derive(Default)]
@@ -421,9 +461,17 @@ struct ModelCooldown {
     failed: Vec<f64>,
     /// Until when it is cooled down.
     until: f64,
+    /// The wall-clock minute `minute_tokens` counts (LiteLLM keys usage by `%H-%M`).
+    minute: u64,
+    /// Tokens of successful answers within `minute`.
+    minute_tokens: u64,
 }
 
 impl Cooldowns {
+    fn minute(&self) -> u64 {
+        (self.clock_s / 60.0) as u64
+    }
+
     fn cooling(&self, model: u32) -> bool {
         self.models
             .get(&model)
@@ -442,7 +490,10 @@ impl Decider for RouterCooldown {
 
         let count = ctx.models.len() as u32;
         let usable = std::iter::once(ctx.current).chain(0..count);
-        let Some(model) = usable.into_iter().find(|&m| !state.cooling(m)) else {
+        let Some(model) = usable
+            .into_iter()
+            .find(|&m| !state.cooling(m) && self.under_tpm(&state, m, ctx.input_tokens))
+        else {
             return Route::GiveUp {
                 reason: GiveUpReason::NoModelAvailable,
             };
@@ -452,6 +503,17 @@ impl Decider for RouterCooldown {
         sent.retain(|at| now - at <= COOLDOWN_WINDOW_S);
         sent.push(now);
         Route::Send { model, delay_ms: 0 }
+    }
+
+    fn on_usage(&self, model: u32, tokens: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let minute = state.minute();
+        let counted = state.models.entry(model).or_default();
+        if counted.minute != minute {
+            counted.minute = minute;
+            counted.minute_tokens = 0;
+        }
+        counted.minute_tokens = counted.minute_tokens.saturating_add(tokens);
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
@@ -654,6 +716,7 @@ mod tests {
             request_id,
             workload: backstop::Workload::Interactive,
             tokens: 100,
+            input_tokens: 100,
             attempts_total: 0,
             current,
             elapsed_ms: 0,
@@ -703,6 +766,33 @@ mod tests {
             Route::Send {
                 model: 0,
                 delay_ms: 0
+            }
+        );
+    }
+
+    #[test]
+    fn router_cooldown_skips_a_model_whose_counted_minute_and_the_input_pass_its_tpm() {
+        // The operator entered 10,000 for the primary and nothing for the fallback.
+        let router = RouterCooldown::with_tpm(vec![Some(10_000), None]);
+        let models = ["primary".to_string(), "fallback".to_string()];
+        let sent_to =
+            |id: &str, clock_ms: u64| match router.route(&route_ctx(id, clock_ms, 0, &models)) {
+                Route::Send { model, .. } => model,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(sent_to("a", 1_000), 0);
+        // 9,950 counted from answers this minute: 9,950 + 100 input passes 10,000.
+        router.on_usage(0, 9_950);
+        assert_eq!(sent_to("b", 2_000), 1, "the fallback has no tpm entered");
+        // A new wall-clock minute counts from nothing.
+        assert_eq!(sent_to("c", 60_000), 0);
+        // With every model over its tpm the request fails without a call, as LiteLLM's
+        // "No deployments available" does.
+        let full = RouterCooldown::with_tpm(vec![Some(50), Some(50)]);
+        assert_eq!(
+            full.route(&route_ctx("d", 0, 0, &models)),
+            Route::GiveUp {
+                reason: GiveUpReason::NoModelAvailable
             }
         );
     }

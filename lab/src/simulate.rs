@@ -14,9 +14,9 @@ use crate::bedrock_model::{Ask, BedrockModel, Outcome};
 use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
-use backstop::{Cost, Usage, 
-    BoxError, ConfigError, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
-    PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError,
+use backstop::{
+    BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
+    PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError, Usage,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -98,6 +98,7 @@ impl Contender {
     fn decider(
         &self,
         host: &HostConfig,
+        tpm: &[Option<u64>],
     ) -> Result<(Arc<dyn Decider>, Option<PolicyHandle>), SimError> {
         Ok(match self {
             Contender::Module {
@@ -116,7 +117,7 @@ impl Contender {
                 }
                 (Arc::new(handle.clone()), Some(handle))
             }
-            Contender::Baseline(baseline) => (baseline.decider(), None),
+            Contender::Baseline(baseline) => (baseline.decider_for(tpm.to_vec()), None),
             Contender::Decider { decider, .. } => (decider.clone(), None),
         })
     }
@@ -327,8 +328,21 @@ pub fn run_replicas(
     let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
     // A decider per replica: a baseline that keeps state (router-cooldown's cooldowns) keeps it
     // per process too. A shadow candidate is reported from the first replica.
+    // What an operator would enter as each chain model's quota (a peer that is told it, as
+    // LiteLLM's `tpm` is): its pool's, or the old quotas' `tpm`.
+    let tpm: Vec<Option<u64>> = traffic
+        .models
+        .iter()
+        .map(|id| {
+            let model = scenario.models.get(id)?;
+            match &model.pool {
+                Some(pool) => scenario.pools.get(pool).map(|p| p.tpm),
+                None => model.tpm.map(u64::from),
+            }
+        })
+        .collect();
     let mut deciders = (0..replicas)
-        .map(|_| contender.decider(host))
+        .map(|_| contender.decider(host, &tpm))
         .collect::<Result<Vec<_>, _>>()?;
     let handle = deciders.first_mut().and_then(|(_, handle)| handle.take());
     let mut options = host.client_options(traffic.models.iter().cloned());

@@ -638,6 +638,7 @@ fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
                 request_id: "r1",
                 workload: Workload::Interactive,
                 tokens: 1_000,
+                input_tokens: 1_000,
                 attempts_total: 0,
                 current: 0,
                 elapsed_ms: 0,

@@ -583,6 +583,7 @@ fn route(ctx: &RouteContext) -> Route {
         request_id: &ctx.request_id,
         workload: ctx.workload,
         tokens: ctx.tokens,
+        input_tokens: ctx.tokens,
         attempts_total: ctx.attempts_total,
         current: ctx.current,
         elapsed_ms: ctx.elapsed_ms,

@@ -38,6 +38,10 @@ pub trait Decider: Send + Sync {
     /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
     /// handle judges a new module by these outcomes.
     fn on_finished(&self, _finished: &Finished) {}
+    /// A served request's real usage is known: `tokens` (input and output as the model
+    /// reported them, before any burndown) on chain model `model`. Deciders that count usage
+    /// themselves (LiteLLM's `tpm` check) hear it here.
+    fn on_usage(&self, _model: u32, _tokens: u64) {}
     /// Adds the decider's own metrics to the loop's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

@@ -13,8 +13,12 @@ pub struct RouteQuery<'a> {
     pub request_id: &'a str,
     /// Interactive or batch.
     pub workload: Workload,
-    /// The request's estimated tokens (input and expected output).
+    /// What the request reserves on the current model: its input and its `maxTokens` (or the
+    /// model's maximum output).
     pub tokens: u64,
+    /// The request's estimated input tokens alone (what a router that counts input, as
+    /// LiteLLM's usage-based routing does, checks against a model's remaining minute).
+    pub input_tokens: u64,
     /// Attempts made so far (0 before the first).
     pub attempts_total: u32,
     /// The model the request is on now (index into `models`).

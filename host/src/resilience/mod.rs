@@ -17,11 +17,11 @@ pub mod metrics;
 pub mod options;
 mod queue;
 
+use crate::catalogue::{self, Facts};
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
     ModelCapacity, Route, Workload,
 };
-use crate::catalogue::{self, Facts};
 use crate::decision::domain;
 use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
@@ -267,6 +267,8 @@ impl Resilience {
             served.charge.settle,
             actual,
         );
+        self.policy
+            .on_usage(index as u32, usage.input.saturating_add(usage.output));
         // A moving average (one eighth of the newest): a few long answers move it, one does
         // not.
         let expected = &self.expected_output[index];
@@ -719,6 +721,7 @@ impl Resilience {
             request_id: &p.request_id,
             workload: p.workload,
             tokens,
+            input_tokens: cost.input,
             attempts_total: p.total,
             current: p.model as u32,
             elapsed_ms: self.policy_ms(now - p.started),

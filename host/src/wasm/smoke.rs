@@ -238,6 +238,7 @@ impl RouteCase {
             request_id: &self.request_id,
             workload: self.workload,
             tokens: self.tokens,
+            input_tokens: self.tokens,
             attempts_total: self.attempts_total,
             current: 0,
             elapsed_ms: self.elapsed_ms,
