@@ -708,3 +708,37 @@ async fn after_a_throttle_the_next_requests_go_where_there_is_room_before_the_ne
     let capacity = client.capacity();
     assert!(capacity[0].requests_per_minute.is_some(), "{capacity:?}");
 }
+
+#[tokio::test]
+async fn reserved_and_settled_tokens_and_an_unset_max_tokens_are_counted_for_the_operator() {
+    let server = FaultServer::start(scenario(vec![("primary", faults(&["ok", "ok"]))]), 0)
+        .await
+        .unwrap();
+    let client = connect(&server, &["primary"], "{}").await;
+    let metrics = || client.metrics().snapshot();
+    // An unknown model id is costed with the catalogue's safe maximum output.
+    let max_output = backstop::catalogue::facts("primary", &[]).max_output_tokens;
+
+    let unset = client.converse(&ChatRequest::user("hello")).await.unwrap();
+    let after_unset = metrics();
+    let capped = client
+        .converse(&ChatRequest::user("hello").with_max_tokens(100))
+        .await
+        .unwrap();
+    let after_capped = metrics();
+
+    assert_eq!(after_capped.requests_without_max_tokens, 1);
+    // Same input, so the two reservations differ by their output alone.
+    let second = after_capped.tokens_reserved - after_unset.tokens_reserved;
+    assert_eq!(after_unset.tokens_reserved - second, max_output - 100);
+    // Settled from what each answer's usage reported (burndown 1 for an unknown model).
+    let reported: u64 = [&unset, &capped]
+        .iter()
+        .map(|served| {
+            let usage = served.output.usage().unwrap();
+            (usage.input_tokens() + usage.output_tokens()) as u64
+        })
+        .sum();
+    assert!(reported > 0);
+    assert_eq!(after_capped.tokens_settled, reported);
+}

@@ -261,6 +261,7 @@ impl Resilience {
         let actual = usage
             .input
             .saturating_add(usage.output.saturating_mul(facts.burndown));
+        self.metrics.tokens_settled.inc_by(actual);
         self.health.settled(
             index,
             self.clock_s(Instant::now()),
@@ -314,6 +315,9 @@ impl Resilience {
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
         self.metrics.requests.inc();
+        if cost.max_output.is_none() {
+            self.metrics.requests_without_max_tokens.inc();
+        }
         let started = Instant::now();
         if let Some(budget) = &self.budget {
             budget.on_request(started);
@@ -427,6 +431,7 @@ impl Resilience {
                 let sent_at = self.clock_s(now);
                 p.sent_at = now;
                 let charge = self.charge(p.model, cost);
+                self.metrics.tokens_reserved.inc_by(charge.reserve);
                 self.health.sent(p.model, sent_at, charge, reserved);
                 let outcome = tokio::time::timeout(limit, attempt(model))
                     .instrument(span)
