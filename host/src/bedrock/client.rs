@@ -29,6 +29,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A Converse or ConverseStream call builder with `request`'s messages, system prompt and
+/// inference configuration (two builder types with the same setters).
+macro_rules! with_chat {
+    ($builder:expr, $request:expr) => {
+        $builder
+            .set_messages(Some($request.messages.clone()))
+            .set_system(Some($request.system.clone()).filter(|s| !s.is_empty()))
+            .set_inference_config($request.inference_config())
+    };
+}
+
 /// One chat request for Converse / ConverseStream.
 #[derive(Clone, Debug)]
 pub struct ChatRequest {
@@ -278,12 +289,7 @@ impl ResilientClient {
         let core = &self.inner.core;
         let served = core
             .call(request.options(), request.cost(), |model| {
-                let call = sdk
-                    .converse()
-                    .model_id(model)
-                    .set_messages(Some(request.messages.clone()))
-                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
-                    .set_inference_config(request.inference_config());
+                let call = with_chat!(sdk.converse().model_id(model), request);
                 async move { call.send().await.map_err(sdk_failure) }
             })
             .await?;
@@ -343,12 +349,7 @@ impl ResilientClient {
             .inner
             .core
             .call(request.options().streamed(), request.cost(), |model| {
-                let call = sdk
-                    .converse_stream()
-                    .model_id(model)
-                    .set_messages(Some(request.messages.clone()))
-                    .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
-                    .set_inference_config(request.inference_config());
+                let call = with_chat!(sdk.converse_stream().model_id(model), request);
                 async move {
                     let mut output = within(limits.headers, Phase::Headers, call.send())
                         .await?
