@@ -93,6 +93,33 @@ pub fn max_output_tokens(converse: bool, model: &str, body: &[u8]) -> Option<u64
         .as_u64()
 }
 
+/// `body` with its maximum output set to `max_tokens` in the same field
+/// [`max_output_tokens`] reads (objects on the way created); `None` when the body is not a JSON
+/// object or the model's body family is unknown.
+pub fn with_max_output_tokens(
+    converse: bool,
+    model: &str,
+    body: &[u8],
+    max_tokens: u64,
+) -> Option<Vec<u8>> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let path: &[&str] = if converse {
+        &["inferenceConfig", "maxTokens"]
+    } else {
+        BodyFamily::of(model)?.path()
+    };
+    let (last, parents) = path.split_last()?;
+    let mut object = json.as_object_mut()?;
+    for key in parents {
+        object = object
+            .entry(*key)
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()?;
+    }
+    object.insert((*last).to_string(), max_tokens.into());
+    serde_json::to_vec(&json).ok()
+}
+
 /// One model's facts as the host uses them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Facts {
@@ -323,6 +350,37 @@ fn value_tokens(value: &serde_json::Value, key: Option<&str>, in_document: bool)
 #[cfg(test)]
 mod tests {
     use crate::catalogue::*;
+
+    #[test]
+    fn a_default_max_tokens_is_written_where_each_family_reads_it_and_the_rest_is_kept() {
+        for (converse, model) in [
+            (true, "any"),
+            (false, "anthropic.claude-sonnet-4-20250514-v1:0"),
+            (false, "us.amazon.nova-pro-v1:0"),
+            (false, "amazon.titan-text-express-v1"),
+            (false, "meta.llama3-70b-instruct-v1:0"),
+            (false, "mistral.mistral-large-2407-v1:0"),
+        ] {
+            let body = br#"{"messages":[{"role":"user"}],"inferenceConfig":{"temperature":0.5}}"#;
+            assert_eq!(max_output_tokens(converse, model, body), None);
+            let set = with_max_output_tokens(converse, model, body, 777).unwrap();
+            assert_eq!(
+                max_output_tokens(converse, model, &set),
+                Some(777),
+                "{model}"
+            );
+            let json: serde_json::Value = serde_json::from_slice(&set).unwrap();
+            assert_eq!(json["messages"][0]["role"], "user", "{model}");
+            assert_eq!(json["inferenceConfig"]["temperature"], 0.5, "{model}");
+        }
+        assert_eq!(with_max_output_tokens(true, "any", b"not json", 1), None);
+        assert_eq!(with_max_output_tokens(true, "any", b"[1]", 1), None);
+        assert_eq!(
+            with_max_output_tokens(false, "cohere.command-r-v1:0", b"{}", 1),
+            None,
+            "an unknown family is left as it came"
+        );
+    }
 
     #[test]
     fn every_family_names_its_maximum_output_where_bedrock_reads_it() {

@@ -238,6 +238,11 @@ pub struct ServeSettings {
     /// The same request body from the same caller within this window is counted as a client
     /// retry (and warned about: the client's own retries multiply with Backstop's).
     pub repeat_window_ms: u64,
+    /// Right-sizing, opt-in: the `maxTokens` set on a request that left it unset, by the
+    /// model id the caller asked for (a chain's name), `*` for any other. Bedrock reserves an
+    /// unset `maxTokens` as the model's whole maximum output; the answer says when the
+    /// sidecar set it (`x-backstop-default-max-tokens`). Empty: requests go as they came.
+    pub default_max_tokens: BTreeMap<String, u64>,
 }
 
 impl Default for ServeSettings {
@@ -254,11 +259,21 @@ impl Default for ServeSettings {
             otlp_endpoint: None,
             admin_token_file: None,
             repeat_window_ms: 10_000,
+            default_max_tokens: BTreeMap::new(),
         }
     }
 }
 
 impl ServeSettings {
+    /// The `maxTokens` to set on a request to `model` that left it unset, if the operator
+    /// chose one.
+    pub fn default_max_tokens_for(&self, model: &str) -> Option<u64> {
+        self.default_max_tokens
+            .get(model)
+            .or_else(|| self.default_max_tokens.get("*"))
+            .copied()
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let serve = |field: &'static str, why: String| ConfigError::Serve { field, why };
         for (field, value, floor, ceiling) in [
@@ -282,6 +297,22 @@ impl ServeSettings {
                     format!("{value} is outside {floor}..={ceiling}"),
                 ));
             }
+        }
+        if self.default_max_tokens.len() > MAX_CHAINS + 1 {
+            return Err(serve(
+                "default_max_tokens",
+                format!("at most {} entries (one per chain and `*`)", MAX_CHAINS + 1),
+            ));
+        }
+        if let Some((model, tokens)) = self.default_max_tokens.iter().find(|(model, tokens)| {
+            model.is_empty() || model.len() > 256 || !(1..=1_000_000).contains(*tokens)
+        }) {
+            return Err(serve(
+                "default_max_tokens",
+                format!(
+                    "{model:?}: {tokens} (a model id of 1 to 256 characters, 1..=1000000 tokens)"
+                ),
+            ));
         }
         if self.batch_callers.len() > 10_000 {
             return Err(serve("batch_callers", "at most 10000 callers".into()));

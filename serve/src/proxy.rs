@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::bedrock::passthrough::{Operation, RawRequest, RawStream, forwarded_response_header};
+use backstop::catalogue;
 use backstop::contract::Workload;
 use backstop::{CallError, RequestOptions};
 use bytes::Bytes;
@@ -79,6 +80,19 @@ pub async fn invoke(
         Ok(client) => client,
         Err(error) => return wire::validation(400, &error.to_string()),
     };
+    // Right-sizing, when the operator opted in: an unset maxTokens would reserve the model's
+    // whole maximum output. The caller's signature was checked on the body as sent.
+    let converse = matches!(operation, Operation::Converse | Operation::ConverseStream);
+    let mut body = body;
+    let defaulted_max_tokens = shared
+        .settings
+        .default_max_tokens_for(&model)
+        .filter(|_| catalogue::max_output_tokens(converse, &model, &body).is_none())
+        .and_then(|tokens| {
+            let set = catalogue::with_max_output_tokens(converse, &model, &body, tokens)?;
+            body = Bytes::from(set);
+            Some(tokens)
+        });
     let options = match request_options(&shared, &headers, &caller) {
         Ok(options) => options,
         Err(message) => return wire::validation(400, &message),
@@ -110,6 +124,7 @@ pub async fn invoke(
         trace,
         workload: options.workload,
         ended: false,
+        defaulted_max_tokens,
         _permit: permit,
         _active: active,
     };
@@ -287,6 +302,8 @@ struct Ticket {
     trace: Option<crate::otlp::RequestTrace>,
     workload: Workload,
     ended: bool,
+    /// The `maxTokens` the sidecar set on a request that left it unset.
+    defaulted_max_tokens: Option<u64>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     _active: crate::drain::Active,
 }
@@ -313,6 +330,9 @@ impl Ticket {
             if forwarded_response_header(name) {
                 wire::put(&mut headers, name, value);
             }
+        }
+        if let Some(tokens) = self.defaulted_max_tokens {
+            wire::put(&mut headers, wire::DEFAULT_MAX_TOKENS, &tokens.to_string());
         }
         headers
     }

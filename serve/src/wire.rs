@@ -22,6 +22,9 @@ pub const QUEUED: &str = "x-backstop-queued";
 pub const REQUEST_ID: &str = "x-backstop-request-id";
 /// Why a request failed (`attempts-exhausted`, `circuit-open`, `in-flight-limit`, …).
 pub const CAUSE: &str = "x-backstop-cause";
+/// The `maxTokens` the sidecar set because the request left it unset
+/// (`serve.default_max_tokens`).
+pub const DEFAULT_MAX_TOKENS: &str = "x-backstop-default-max-tokens";
 /// The live policy's sha256.
 pub const POLICY: &str = "x-backstop-policy";
 /// Request header: `batch` marks the request as batch work (it may wait in the queue).

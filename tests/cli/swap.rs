@@ -113,6 +113,10 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
             "serve.max_in_flight: 0 is outside 1..=100000",
         ),
         (
+            r#"{"serve": {"default_max_tokens": {"*": 0}}}"#,
+            r#"serve.default_max_tokens: "*": 0 (a model id of 1 to 256 characters, 1..=1000000 tokens)"#,
+        ),
+        (
             r#"{"serve": {"otlp_endpoint": "https://collector:4318"}}"#,
             "serve.otlp_endpoint",
         ),

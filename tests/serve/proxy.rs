@@ -5,8 +5,8 @@ use crate::{CONVERSE_BODY, faults, hello, http, scenario, sdk, sidecar, sidecar_
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{ConverseStreamOutput, ResponseStream};
 use backstop::ErrorKind;
-use backstop_lab::FaultServer;
 use backstop_lab::scenario::{Misbehaviour, ModelFaults};
+use backstop_lab::{FaultServer, Scenario};
 
 const ANTHROPIC: &str = "anthropic.claude-3-5-sonnet";
 const MESSAGES_BODY: &str = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
@@ -443,5 +443,51 @@ async fn a_clients_own_retry_is_counted() {
         retries().await,
         2,
         "the same body again from the same caller"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so() {
+    // A pool of 3,000 tokens a minute: an unset maxTokens reserves the model's maximum output
+    // (4,096 here) and never fits; 256 does.
+    let server = FaultServer::start(
+        Scenario::from_json(
+            r#"{ "pools": { "small": { "tpm": 3000 } },
+                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096 } } }"#,
+        )
+        .unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    let deadline = [
+        ("content-type", "application/json"),
+        ("x-backstop-deadline-ms", "1500"),
+    ];
+    let plain = sidecar_with(&server, r#"{ "chains": { "primary": [] } }"#, None).await;
+    let url = format!("{}/model/primary/converse", plain.endpoint_url());
+    let unset = http("POST", &url, &deadline, CONVERSE_BODY).await;
+    assert_eq!(unset.status, 429, "without the setting: {:?}", unset.body);
+
+    let sidecar = sidecar_with(
+        &server,
+        r#"{ "chains": { "primary": [] }, "serve": { "default_max_tokens": { "*": 256 } } }"#,
+        None,
+    )
+    .await;
+    let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
+    let answer = http("POST", &url, &deadline, CONVERSE_BODY).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.header("x-backstop-default-max-tokens"), "256");
+
+    // A request that sets its own is left alone, and the answer says nothing.
+    let own = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":100}}"#;
+    let answer = http("POST", &url, &deadline, own).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(
+        answer
+            .headers
+            .get("x-backstop-default-max-tokens")
+            .is_none()
     );
 }
