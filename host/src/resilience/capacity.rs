@@ -30,8 +30,10 @@
 //!
 //! The tokens estimate runs its bucket as Bedrock runs a 2026 quota pool (see
 //! [`catalogue`](crate::catalogue)): it holds a minute's worth at the estimated rate; an
-//! attempt takes its whole **reservation** (input + `maxTokens`) when it is sent, and when it
-//! is answered the difference to what it **settles** to (input + output × burndown) returns.
+//! attempt takes its whole **reservation** (input + `maxTokens`) when it is sent (past the
+//! headroom, no deeper than the bucket was: an admitted reservation had its room, a throttled
+//! one took nothing), and when it is answered the difference to what it **settles** to
+//! (input + output × burndown) returns.
 //! The rate learned is the settled rate (what the pool really keeps), so "does a reservation of
 //! R fit now?" is the headroom against R. A token throttle ("Too many tokens") cuts only the
 //! tokens estimate: Bedrock has no requests-per-minute quota since 27 May 2026.
@@ -139,10 +141,6 @@ pub struct Cubic {
     largest: f64,
     /// Seconds of the rate the bucket holds (1 for requests, [`TOKENS_BURST_S`] for tokens).
     burst_s: f64,
-    /// Whether a send takes its whole amount even past the headroom, and an answer returns
-    /// part of it (tokens, reserved and settled), or a send past the headroom leaves it no
-    /// deeper than it was (requests).
-    settles: bool,
     /// How fast the cubic grows back, in units per second³.
     scale: f64,
 }
@@ -166,7 +164,6 @@ impl Cubic {
             unit: 1.0,
             largest: 1.0,
             burst_s: 1.0,
-            settles: false,
             scale: SCALE,
             last_max: 0.0,
             last_throttle: now,
@@ -185,7 +182,6 @@ impl Cubic {
     pub fn tokens(now: f64) -> Cubic {
         Cubic {
             burst_s: TOKENS_BURST_S,
-            settles: true,
             ..Cubic::new(now)
         }
     }
