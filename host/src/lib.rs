@@ -58,6 +58,7 @@ pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;
 pub use resilience::capacity::Charge;
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
+pub use resilience::health::TokenTally;
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
 pub use resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions, Usage};
 pub use wasm::cache::{CacheUse, Cached, ModuleCache};

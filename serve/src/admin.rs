@@ -65,6 +65,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         .map(|(requested, client)| {
             let health = client.health();
             let capacity = client.capacity();
+            let tokens = client.tokens();
             let models: Vec<_> = client
                 .models()
                 .iter()
@@ -74,6 +75,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                         "id": id,
                         "health": health.get(i),
                         "capacity": capacity.get(i),
+                        "tokens": tokens.get(i),
                     })
                 })
                 .collect();

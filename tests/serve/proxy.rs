@@ -476,9 +476,9 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
     )
     .await;
     let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
-    let answer = http("POST", &url, &deadline, CONVERSE_BODY).await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_eq!(answer.header("x-backstop-default-max-tokens"), "256");
+    let defaulted = http("POST", &url, &deadline, CONVERSE_BODY).await;
+    assert_eq!(defaulted.status, 200, "{:?}", defaulted.body);
+    assert_eq!(defaulted.header("x-backstop-default-max-tokens"), "256");
 
     // A request that sets its own is left alone, and the answer says nothing.
     let own = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":100}}"#;
@@ -490,4 +490,28 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
             .get("x-backstop-default-max-tokens")
             .is_none()
     );
+
+    // /status shows each model's reserved and settled tokens: the two reservations differ by
+    // their maxTokens (256 set by the sidecar, 100 by the caller) over the same input, and what
+    // they kept came from their usage.
+    let admin = sidecar.admin_url().unwrap();
+    let status = http("GET", &format!("{admin}/status"), &[], "")
+        .await
+        .json();
+    let chain = &status["chains"][0];
+    assert_eq!(chain["requested"], "primary");
+    let tokens = &chain["models"][0]["tokens"];
+    let (reserved, settled) = (
+        tokens["reserved"].as_u64().unwrap(),
+        tokens["settled"].as_u64().unwrap(),
+    );
+    let input = |body: &str| backstop::catalogue::input_tokens(body.as_bytes());
+    assert_eq!(reserved, input(CONVERSE_BODY) + 256 + input(own) + 100);
+    let kept = |answer: &crate::Answer| {
+        let usage = &answer.json()["usage"];
+        usage["inputTokens"].as_u64().unwrap() + usage["outputTokens"].as_u64().unwrap()
+    };
+    assert_eq!(settled, kept(&defaulted) + kept(&answer), "{tokens}");
+    assert_eq!(chain["counters"]["tokens_reserved"], reserved);
+    assert_eq!(chain["counters"]["requests_without_max_tokens"], 0);
 }

@@ -256,6 +256,12 @@ impl ResilientClient {
         self.inner.core.options().deadline
     }
 
+    /// Each model's tokens reserved and settled since the client started, by index of the
+    /// chain.
+    pub fn tokens(&self) -> Vec<crate::TokenTally> {
+        self.inner.core.tokens()
+    }
+
     /// What the client has learned of each model's capacity, by index of the chain (see
     /// [`capacity`](crate::resilience::capacity)).
     pub fn capacity(&self) -> Vec<crate::contract::ModelCapacity> {

@@ -97,6 +97,18 @@ struct Model {
     consecutive_errors: u32,
     breaker: Breaker,
     capacity: Capacity,
+    tokens: TokenTally,
+}
+
+/// What one model's quota was asked for and kept, since the client started: an operator's
+/// view of the waste an unset or oversized `maxTokens` costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TokenTally {
+    /// Tokens the attempts sent to it reserved at admission (input + `maxTokens`, or the
+    /// model's maximum output).
+    pub reserved: u64,
+    /// Tokens its served requests settled to, from their usage (input + output × burndown).
+    pub settled: u64,
 }
 
 /// Health of every model of a client's chain, by index.
@@ -118,6 +130,7 @@ impl HealthBoard {
                     consecutive_errors: 0,
                     breaker: Breaker::new(now, open_ceiling),
                     capacity: Capacity::new(0.0),
+                    tokens: TokenTally::default(),
                 })
             })
             .collect();
@@ -166,7 +179,9 @@ impl HealthBoard {
     /// An attempt of `charge` went to model `index` at `clock_s` (policy seconds);
     /// `reserved` when its room was [reserved](Self::reserve) before.
     pub fn sent(&self, index: usize, clock_s: f64, charge: Charge, reserved: bool) {
-        self.model(index).capacity.sent(clock_s, charge, reserved);
+        let mut model = self.model(index);
+        model.tokens.reserved = model.tokens.reserved.saturating_add(charge.reserve);
+        model.capacity.sent(clock_s, charge, reserved);
     }
 
     /// Promises model `index`'s room for an attempt of `charge` that waits for it.
@@ -192,9 +207,9 @@ impl HealthBoard {
     /// An answered attempt on model `index` settled to `actual` tokens where `expected` were
     /// counted (its usage is known at `clock_s`).
     pub fn settled(&self, index: usize, clock_s: f64, expected: u64, actual: u64) {
-        self.model(index)
-            .capacity
-            .settled(clock_s, expected, actual);
+        let mut model = self.model(index);
+        model.tokens.settled = model.tokens.settled.saturating_add(actual);
+        model.capacity.settled(clock_s, expected, actual);
     }
 
     /// Another process was throttled by model `index` for an attempt sent at `sent_at` (this
@@ -223,7 +238,14 @@ impl HealthBoard {
         self.model(index).capacity.grant(clock_s, grant, ttl);
     }
 
-    /// Every model's learned capacity at `clock_s`.
+    /// Every model's tokens reserved and settled so far, by index.
+    pub fn tokens(&self) -> Vec<TokenTally> {
+        (0..self.models.len())
+            .map(|index| self.model(index).tokens)
+            .collect()
+    }
+
+    /// Every model's learned capacity at `clock_s`, by index.
     pub fn capacity(&self, clock_s: f64) -> Vec<ModelCapacity> {
         (0..self.models.len())
             .map(|index| self.model(index).capacity.view(clock_s))

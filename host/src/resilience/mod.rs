@@ -29,7 +29,7 @@ use budget::Budget;
 use capacity::{Charge, Returned};
 use error::{AttemptRecord, BoxError, CallError, Served, Untold};
 use fleet::{Fleet, FleetMember};
-use health::HealthBoard;
+use health::{HealthBoard, TokenTally};
 use limits::AttemptLimits;
 use metrics::Metrics;
 use options::{ClientOptions, Cost, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
@@ -213,6 +213,12 @@ impl Resilience {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .u64(..)
+    }
+
+    /// Every model's tokens reserved and settled since the client started, by index of the
+    /// chain.
+    pub fn tokens(&self) -> Vec<TokenTally> {
+        self.health.tokens()
     }
 
     /// Every model's learned capacity now, by index of the chain.
