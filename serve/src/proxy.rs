@@ -82,7 +82,7 @@ pub async fn invoke(
     };
     // Right-sizing, when the operator opted in: an unset maxTokens would reserve the model's
     // whole maximum output. The caller's signature was checked on the body as sent.
-    let converse = matches!(operation, Operation::Converse | Operation::ConverseStream);
+    let converse = operation.is_converse();
     let mut body = body;
     let defaulted_max_tokens = shared
         .settings

@@ -79,6 +79,11 @@ impl Operation {
         }
     }
 
+    /// Whether its body is Converse's (`inferenceConfig.maxTokens`), not a model family's.
+    pub fn is_converse(self) -> bool {
+        matches!(self, Operation::Converse | Operation::ConverseStream)
+    }
+
     /// Whether its answer is an event stream.
     pub fn streams(self) -> bool {
         matches!(
@@ -139,10 +144,7 @@ impl RawRequest {
         Cost {
             input: catalogue::input_tokens(&self.body),
             max_output: catalogue::max_output_tokens(
-                matches!(
-                    self.operation,
-                    Operation::Converse | Operation::ConverseStream
-                ),
+                self.operation.is_converse(),
                 model,
                 &self.body,
             ),
