@@ -62,12 +62,6 @@ pub(crate) struct Refused {
     pub(crate) allowed: u64,
 }
 
-impl Refused {
-    fn of(resends: u64, allowed: u64) -> Refused {
-        Refused { resends, allowed }
-    }
-}
-
 impl Budget {
     /// A budget for `rule`, in real time scaled by `time_scale` (policy seconds per real one).
     pub(crate) fn new(rule: RetryBudget, time_scale: f64) -> Budget {
@@ -100,6 +94,12 @@ impl Budget {
         ring
     }
 
+    /// Resends the window allows with `requests` in it: their share, never below the floor.
+    fn allowed(&self, requests: u64) -> u64 {
+        let floor = u64::from(self.rule.min_per_second) * self.rule.window_ms / 1000;
+        (requests * u64::from(self.rule.percent) / 100).max(floor)
+    }
+
     /// A request started.
     pub(crate) fn on_request(&self, now: Instant) {
         let mut ring = self.ring(now);
@@ -112,10 +112,9 @@ impl Budget {
         let mut ring = self.ring(now);
         let requests: u64 = ring.requests.iter().sum();
         let resends: u64 = ring.resends.iter().sum();
-        let floor = u64::from(self.rule.min_per_second) * self.rule.window_ms / 1000;
-        let allowed = (requests * u64::from(self.rule.percent) / 100).max(floor);
+        let allowed = self.allowed(requests);
         if resends >= allowed {
-            return Err(Refused::of(resends, allowed));
+            return Err(Refused { resends, allowed });
         }
         let index = (ring.newest % SLOTS as u64) as usize;
         ring.resends[index] += 1;
@@ -129,7 +128,6 @@ impl Budget {
     /// where it is sent and bounds what is sent.
     pub(crate) fn next_room(&self, now: Instant) -> Option<Duration> {
         let ring = self.ring(now);
-        let floor = u64::from(self.rule.min_per_second) * self.rule.window_ms / 1000;
         let slot = self.slot.as_nanos().max(1) as u64;
         let into_slot = now.saturating_duration_since(ring.epoch).as_nanos() as u64 % slot;
         let (mut requests, mut resends): (u64, u64) =
@@ -137,8 +135,7 @@ impl Budget {
         // The oldest slot ages out when the current one ends, the next a slot later, and so on
         // until the current slot itself has aged out and the window is empty.
         for age in 0..=SLOTS as u64 {
-            let allowed = (requests * u64::from(self.rule.percent) / 100).max(floor);
-            if resends < allowed {
+            if resends < self.allowed(requests) {
                 let wait = if age == 0 {
                     0
                 } else {
