@@ -326,21 +326,22 @@ pub fn run_replicas(
         return Err(SimError::Replicas(replicas));
     }
     let traffic = scenario.traffic.as_ref().ok_or(SimError::NoTraffic)?;
-    // A decider per replica: a baseline that keeps state (router-cooldown's cooldowns) keeps it
-    // per process too. A shadow candidate is reported from the first replica.
     // What an operator would enter as each chain model's quota (a peer that is told it, as
-    // LiteLLM's `tpm` is): its pool's, or the old quotas' `tpm`.
+    // LiteLLM's `tpm` is): its pool's, or the old quotas' `tpm`, of the faults the lab runs it
+    // with (the scenario's `default` for a model it does not list).
     let tpm: Vec<Option<u64>> = traffic
         .models
         .iter()
         .map(|id| {
-            let model = scenario.models.get(id)?;
+            let model = scenario.faults(id);
             match &model.pool {
                 Some(pool) => scenario.pools.get(pool).map(|p| p.tpm),
                 None => model.tpm.map(u64::from),
             }
         })
         .collect();
+    // A decider per replica: a baseline that keeps state (router-cooldown's cooldowns) keeps it
+    // per process too. A shadow candidate is reported from the first replica.
     let mut deciders = (0..replicas)
         .map(|_| contender.decider(host, &tpm))
         .collect::<Result<Vec<_>, _>>()?;
