@@ -19,6 +19,9 @@ use std::time::Duration;
 /// The longest deadline a caller may ask for with `x-backstop-deadline-ms`.
 pub const MAX_DEADLINE_MS: u64 = 3_600_000;
 
+/// The longest wait a refused caller is told (`Retry-After`).
+const MAX_HINT_MS: u64 = 60_000;
+
 /// `POST /model/{modelId}/{operation}`.
 pub async fn invoke(
     State(shared): State<Arc<Shared>>,
@@ -420,12 +423,17 @@ impl Ticket {
         self.end(&Ended::Failed(error));
         let headers =
             wire::failed_headers(&self.requested, error.cause().as_str(), error.history());
-        let hint = self.hint_ms();
+        // A request that failed on a throttle is told when its own reservation is expected to
+        // fit somewhere in its chain; any other failure, the chain's general hint.
+        let hint = error
+            .room_in()
+            .map(|wait| (wait.as_millis() as u64).min(MAX_HINT_MS))
+            .unwrap_or_else(|| self.hint_ms());
         wire::call_error(error, hint, headers)
     }
 
-    /// The wait a refused caller is told: what the chain's first model needs before it has
-    /// room again, at least a second.
+    /// The wait a refused caller is told when its own is not known: what the chain's first
+    /// model needs before it has room again, at least a second.
     fn hint_ms(&self) -> u64 {
         let learned = self
             .shared
@@ -434,7 +442,7 @@ impl Ticket {
             .ok()
             .and_then(|c| c.capacity().first().map(|m| m.wait_ms(1)))
             .unwrap_or(0);
-        learned.clamp(1_000, 60_000)
+        learned.clamp(1_000, MAX_HINT_MS)
     }
 
     fn cut_off(mut self) -> Response {

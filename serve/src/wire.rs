@@ -101,8 +101,9 @@ pub fn call_error(error: &CallError, hint_ms: u64, headers: HeaderMap) -> Respon
         ),
     };
     let message = format!(
-        "{upstream} [backstop: {} after {attempts} attempt(s)]",
-        error.cause()
+        "{upstream} [backstop: {} after {attempts} attempt(s){}]",
+        error.cause(),
+        error.room_note()
     );
     error_response(status, code, &message, retry_after, headers)
 }

@@ -515,3 +515,56 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
     assert_eq!(chain["counters"]["tokens_reserved"], reserved);
     assert_eq!(chain["counters"]["requests_without_max_tokens"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_refused_for_room_is_told_when_its_own_reservation_is_expected_to_fit() {
+    // A pool of 6,000 tokens a minute; each request reserves its maxTokens (4,000) and holds it
+    // for the second it runs, so a second request beside the first is throttled.
+    let server = FaultServer::start(
+        Scenario::from_json(
+            r#"{ "pools": { "small": { "tpm": 6000 } },
+                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096,
+                                          "latency_ms": { "min": 1000, "max": 1000 } } } }"#,
+        )
+        .unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    let sidecar = sidecar_with(&server, r#"{ "chains": { "primary": [] } }"#, None).await;
+    let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
+    let large = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":4000}}"#;
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { http("POST", &url, &[("content-type", "application/json")], large).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let refused = http(
+        "POST",
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("x-backstop-deadline-ms", "1500"),
+        ],
+        large,
+    )
+    .await;
+    assert_eq!(refused.status, 429, "{:?}", refused.body);
+    let message = refused.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("Too many tokens"), "{message}");
+    let wait_ms: u64 = refused.header("x-amz-retry-after").parse().unwrap();
+    let wait_s: u64 = refused.header("retry-after").parse().unwrap();
+    // The wait is this request's: when its 4,000-token reservation is expected to fit, as the
+    // message says it, not the chain's general hint of a second.
+    let said: f64 = message
+        .split("room for its reservation expected in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the message says when room is expected: {message}"));
+    assert!(
+        (said - wait_ms as f64 / 1000.0).abs() <= 0.05,
+        "{said} s said, {wait_ms} ms hinted"
+    );
+    assert_eq!(wait_s, wait_ms.div_ceil(1000).max(1));
+    assert_eq!(first.await.unwrap().status, 200);
+}

@@ -32,7 +32,7 @@ pub struct AttemptRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The policy (or the guardrails) gave up.
-    #[error("gave up after {attempts} attempt(s) ({}): {} {} {}", reason.kebab(), last.code, last.http_status, last.message)]
+    #[error("gave up after {attempts} attempt(s) ({}): {} {} {}{}", reason.kebab(), last.code, last.http_status, last.message, RoomIn(*room_in))]
     GaveUp {
         /// Why.
         reason: GiveUpReason,
@@ -45,6 +45,11 @@ pub enum CallError {
         /// The last attempt's original error.
         #[source]
         source: Option<BoxError>,
+        /// When the request failed on a throttle: how soon a model of its chain is expected to
+        /// have room for its reservation, by the learned capacity (`None` when no room is
+        /// expected, or the last error was not a throttle). What a caller should wait before
+        /// sending it again; the sidecar's `Retry-After`.
+        room_in: Option<std::time::Duration>,
     },
     /// Every model the request could use has an open breaker; nothing more was sent.
     #[error("every usable model's circuit breaker is open ({attempts} attempt(s) made)")]
@@ -78,6 +83,22 @@ pub enum CallError {
         /// Every failed attempt, oldest first.
         history: Vec<AttemptRecord>,
     },
+}
+
+/// The expected wait in a give-up's message: "; room for it expected in 3.2 s", or nothing.
+struct RoomIn(Option<std::time::Duration>);
+
+impl std::fmt::Display for RoomIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(wait) => write!(
+                f,
+                "; room for its reservation expected in {:.1} s",
+                wait.as_secs_f64()
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a failed request came to, as reports and metrics name it.
@@ -149,6 +170,21 @@ impl CallError {
             | CallError::QueueFull { attempts, .. }
             | CallError::Deferred { attempts, .. } => *attempts,
         }
+    }
+
+    /// How soon a model of the chain is expected to have room for this request's reservation,
+    /// when it failed on a throttle.
+    pub fn room_in(&self) -> Option<std::time::Duration> {
+        match self {
+            CallError::GaveUp { room_in, .. } => *room_in,
+            _ => None,
+        }
+    }
+
+    /// "; room for its reservation expected in 3.2 s" when [`room_in`](Self::room_in) is
+    /// known, else nothing: for messages that quote it.
+    pub fn room_note(&self) -> impl std::fmt::Display + use<> {
+        RoomIn(self.room_in())
     }
 
     /// Every failed attempt, oldest first, with what the host did about it.

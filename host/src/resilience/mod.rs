@@ -102,6 +102,7 @@ impl Progress {
             attempts: self.total,
             history: std::mem::take(&mut self.history),
             source,
+            room_in: None,
         }
     }
 }
@@ -549,6 +550,14 @@ impl Resilience {
         }
         .instrument(span)
         .await;
+        let result = result.map_err(|mut error| {
+            if let CallError::GaveUp { last, room_in, .. } = &mut error
+                && last.kind.is_throttle()
+            {
+                *room_in = self.soonest_room(cost);
+            }
+            error
+        });
         // Handed back to the caller's queue: neither served nor failed yet; the caller sends
         // it again as a request of its own.
         if matches!(result, Err(CallError::Deferred { .. })) {
@@ -776,6 +785,27 @@ impl Resilience {
         tracing::info!(from = %self.options.models[p.model], to = %self.options.models[model], "fallback");
         p.model = model;
         p.on_model = 0;
+    }
+
+    /// How soon a model of the chain whose breaker is not open is expected to have room for a
+    /// request of `cost` (its reservation there), by the learned capacity; `None` when no room
+    /// is expected on any.
+    fn soonest_room(&self, cost: Cost) -> Option<Duration> {
+        let now = Instant::now();
+        let health = self.health.snapshot(now, |d| self.policy_ms(d));
+        self.health
+            .capacity(self.clock_s(now))
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| {
+                health
+                    .get(*index)
+                    .is_some_and(|h| h.breaker != BreakerState::Open)
+            })
+            .map(|(index, capacity)| capacity.wait_ms(self.charge(index, cost).reserve))
+            .filter(|&ms| ms != u64::MAX)
+            .min()
+            .map(|ms| self.real(ms))
     }
 
     /// Waits in the bounded batch queue for `wait` (at most until the deadline), then for a
