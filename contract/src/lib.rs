@@ -543,6 +543,11 @@ pub struct ModelFacts {
     /// Host-side only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_model_as: Option<String>,
+    /// Its pool's tokens-per-minute quota (the Service Quotas console's figure), when the
+    /// operator said: a request whose reservation is larger can never be admitted there, and
+    /// the host fails it at once instead of sending it into throttles. Host-side only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// A model's learned capacity (`model-capacity`): what the host estimated from its throttles

@@ -134,6 +134,9 @@ pub struct Facts {
     pub model: String,
     /// Whether the facts came from the table or the configuration (`false`: safe defaults).
     pub known: bool,
+    /// Its pool's tokens-per-minute quota, when the operator said (no table can know it: it
+    /// is the account's).
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// A well-known model: (base id prefix, maximum output, context window, burndown).
@@ -198,6 +201,7 @@ pub fn facts(model: &str, facts: &[ModelFacts]) -> Facts {
             .and_then(|f| f.same_model_as.clone())
             .unwrap_or_else(|| base.to_string()),
         known,
+        tokens_per_minute: said.and_then(|f| f.tokens_per_minute),
     }
 }
 

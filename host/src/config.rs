@@ -342,6 +342,9 @@ impl ServeSettings {
     }
 }
 
+/// The largest quota a model's `tokens_per_minute` may say (well above any Bedrock grants).
+const MAX_TOKENS_PER_MINUTE: u64 = 10_000_000_000;
+
 /// The most models whose facts a configuration may give.
 pub const MAX_MODEL_FACTS: usize = 64;
 
@@ -651,6 +654,11 @@ impl HostConfig {
                 .is_some_and(|m| m.is_empty() || m.len() > 256)
             {
                 Some("same_model_as must be 1 to 256 characters")
+            } else if facts
+                .tokens_per_minute
+                .is_some_and(|t| !(1..=MAX_TOKENS_PER_MINUTE).contains(&t))
+            {
+                Some("tokens_per_minute must be between 1 and 10,000,000,000")
             } else {
                 None
             };
@@ -795,6 +803,10 @@ mod tests {
             (r#"[{ "id": "a", "context_window": 0 }]"#, "context_window"),
             (r#"[{ "id": "a", "relative_cost": -1 }]"#, "relative_cost"),
             (r#"[{ "id": "a", "context_windo": 5 }]"#, "context_windo"),
+            (
+                r#"[{ "id": "a", "tokens_per_minute": 0 }]"#,
+                "tokens_per_minute",
+            ),
         ] {
             let error = HostConfig::from_json(&format!(r#"{{ "models": {json} }}"#))
                 .unwrap_err()

@@ -57,7 +57,7 @@ pub use decision::{
 pub use resilience::Resilience;
 pub use resilience::budget::RetryBudget;
 pub use resilience::capacity::Charge;
-pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served};
+pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served, Unfit};
 pub use resilience::health::TokenTally;
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
 pub use resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions, Usage};

@@ -81,6 +81,9 @@ pub fn call_error(error: &CallError, hint_ms: u64, headers: HeaderMap) -> Respon
             format!("the batch queue is full ({capacity} requests waiting)"),
             Some(hint_ms),
         ),
+        // The request as sent can never be admitted: the caller must change it (or the
+        // operator the quota), so it is not a throttle an SDK would retry.
+        (CallError::NeverFits { .. }, _) => (400, "ValidationException", error.to_string(), None),
         (CallError::CircuitOpen { .. }, _) => (
             503,
             "ServiceUnavailableException",

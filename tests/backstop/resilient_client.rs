@@ -742,3 +742,69 @@ async fn reserved_and_settled_tokens_and_an_unset_max_tokens_are_counted_for_the
     assert!(reported > 0);
     assert_eq!(after_capped.tokens_settled, reported);
 }
+
+#[tokio::test]
+async fn a_request_no_model_can_ever_admit_fails_at_once_and_one_some_model_can_goes_there() {
+    let server = FaultServer::start(
+        scenario(vec![("small", faults(&[])), ("larger", faults(&[]))]),
+        0,
+    )
+    .await
+    .unwrap();
+    // The operator gave both pools' quotas: 3,000 and 6,000 tokens a minute. A request that
+    // leaves maxTokens unset reserves an unknown model's 8,192 of output on either.
+    let quotas = |small: u64, larger: u64| {
+        move |o: &mut ClientOptions| {
+            o.facts = [("small", small), ("larger", larger)]
+                .map(|(id, tpm)| backstop::ModelFacts {
+                    id: id.into(),
+                    tokens_per_minute: Some(tpm),
+                    ..Default::default()
+                })
+                .to_vec();
+        }
+    };
+    let client = client_with(
+        &server,
+        &["small", "larger"],
+        backstop_policy("{}"),
+        quotas(3_000, 6_000),
+    )
+    .await;
+    let error = client
+        .converse(&ChatRequest::user("hello"))
+        .await
+        .unwrap_err();
+    let CallError::NeverFits {
+        unfit, attempts, ..
+    } = &error
+    else {
+        panic!("expected never-fits: {error}");
+    };
+    assert_eq!(*attempts, 0);
+    assert_eq!(
+        unfit
+            .iter()
+            .map(|u| (u.model.as_str(), u.tokens_per_minute))
+            .collect::<Vec<_>>(),
+        [("small", 3_000), ("larger", 6_000)]
+    );
+    assert!(unfit.iter().all(|u| u.reserve > 8_192), "{unfit:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("small reserves") && message.contains("against 3000 tokens per minute"),
+        "{message}"
+    );
+    assert_eq!(error.cause(), FailureCause::NeverFits);
+    assert_eq!(server.requests("small") + server.requests("larger"), 0);
+
+    // With maxTokens 4,000 it fits the larger pool only: it goes there without a throttle on
+    // the small one.
+    let served = client
+        .converse(&ChatRequest::user("hello").with_max_tokens(4_000))
+        .await
+        .unwrap();
+    assert_eq!(served.model, "larger");
+    assert_eq!(served.attempts, 1);
+    assert_eq!(server.requests("small"), 0);
+}

@@ -568,3 +568,42 @@ async fn a_request_refused_for_room_is_told_when_its_own_reservation_is_expected
     assert_eq!(wait_s, wait_ms.div_ceil(1000).max(1));
     assert_eq!(first.await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_larger_than_every_quota_the_operator_gave_is_refused_at_once_naming_the_numbers()
+{
+    let server = FaultServer::start(
+        Scenario::from_json(
+            r#"{ "pools": { "small": { "tpm": 3000 } },
+                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096 } } }"#,
+        )
+        .unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    let sidecar = sidecar_with(
+        &server,
+        r#"{ "chains": { "primary": [] },
+             "models": [{ "id": "primary", "max_output_tokens": 4096, "tokens_per_minute": 3000 }] }"#,
+        None,
+    )
+    .await;
+    let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
+    let unset = http(
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(unset.status, 400, "{:?}", unset.body);
+    assert_eq!(unset.header("x-amzn-errortype"), "ValidationException");
+    assert_eq!(unset.header("x-backstop-cause"), "never-fits");
+    let message = unset.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("against 3000 tokens per minute") && message.contains("maxTokens"),
+        "{message}"
+    );
+    assert_eq!(server.requests("primary"), 0, "nothing was sent upstream");
+}

@@ -71,6 +71,18 @@ pub enum CallError {
         /// Every failed attempt, oldest first.
         history: Vec<AttemptRecord>,
     },
+    /// No model of the chain can ever admit the request: on every one its reservation is
+    /// larger than the pool's tokens-per-minute quota the operator gave. Failed at once, so it
+    /// does not become a storm of throttles.
+    #[error("{}", NeverFitsMessage(unfit))]
+    NeverFits {
+        /// Each model of the chain: what the request reserves there, and the quota.
+        unfit: Vec<Unfit>,
+        /// Attempts sent before (0 when it was known at once).
+        attempts: u32,
+        /// Every failed attempt, oldest first.
+        history: Vec<AttemptRecord>,
+    },
     /// The request was to wait in the batch queue, and its caller keeps the queue
     /// ([`RequestOptions::deferred`](super::options::RequestOptions::deferred)): it is handed
     /// back to be parked there, and sent again no earlier than `wait` from now.
@@ -101,6 +113,36 @@ impl std::fmt::Display for RoomIn {
     }
 }
 
+/// A model that can never admit a request: what the request reserves there (input +
+/// `maxTokens`, or the model's maximum output when unset) against its pool's quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfit {
+    /// The model id.
+    pub model: String,
+    /// Tokens the request reserves there.
+    pub reserve: u64,
+    /// The pool's tokens-per-minute quota, as the operator gave it.
+    pub tokens_per_minute: u64,
+}
+
+/// The never-fits message: the numbers, and what to change.
+struct NeverFitsMessage<'a>(&'a [Unfit]);
+
+impl std::fmt::Display for NeverFitsMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no model of the chain can ever admit this request, its reservation (input + maxTokens) is larger than each one's quota:")?;
+        for (index, unfit) in self.0.iter().enumerate() {
+            let sep = if index == 0 { " " } else { "; " };
+            write!(
+                f,
+                "{sep}{} reserves {} tokens against {} tokens per minute",
+                unfit.model, unfit.reserve, unfit.tokens_per_minute
+            )?;
+        }
+        f.write_str(". Set maxTokens lower (serve.default_max_tokens does it for requests that leave it unset), or raise the quota")
+    }
+}
+
 /// What a failed request came to, as reports and metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureCause {
@@ -112,16 +154,20 @@ pub enum FailureCause {
     QueueFull,
     /// Handed back to the caller's own queue.
     Deferred,
+    /// Its reservation is larger than every model's quota.
+    NeverFits,
 }
 
 impl FailureCause {
-    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`, `deferred`.
+    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`, `deferred`,
+    /// `never-fits`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCause::GaveUp(reason) => reason.kebab(),
             FailureCause::CircuitOpen => "circuit-open",
             FailureCause::QueueFull => "queue-full",
             FailureCause::Deferred => "deferred",
+            FailureCause::NeverFits => "never-fits",
         }
     }
 }
@@ -138,9 +184,9 @@ impl CallError {
         match self {
             CallError::GaveUp { last, .. } => Some(last),
             CallError::CircuitOpen { last, .. } => last.as_ref(),
-            CallError::QueueFull { history, .. } | CallError::Deferred { history, .. } => {
-                history.last().map(|a| &a.error)
-            }
+            CallError::QueueFull { history, .. }
+            | CallError::Deferred { history, .. }
+            | CallError::NeverFits { history, .. } => history.last().map(|a| &a.error),
         }
     }
 
@@ -151,6 +197,7 @@ impl CallError {
             CallError::CircuitOpen { .. } => FailureCause::CircuitOpen,
             CallError::QueueFull { .. } => FailureCause::QueueFull,
             CallError::Deferred { .. } => FailureCause::Deferred,
+            CallError::NeverFits { .. } => FailureCause::NeverFits,
         }
     }
 
@@ -168,7 +215,8 @@ impl CallError {
             CallError::GaveUp { attempts, .. }
             | CallError::CircuitOpen { attempts, .. }
             | CallError::QueueFull { attempts, .. }
-            | CallError::Deferred { attempts, .. } => *attempts,
+            | CallError::Deferred { attempts, .. }
+            | CallError::NeverFits { attempts, .. } => *attempts,
         }
     }
 
@@ -193,7 +241,8 @@ impl CallError {
             CallError::GaveUp { history, .. }
             | CallError::CircuitOpen { history, .. }
             | CallError::QueueFull { history, .. }
-            | CallError::Deferred { history, .. } => history,
+            | CallError::Deferred { history, .. }
+            | CallError::NeverFits { history, .. } => history,
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict}
 use breaker::Admission;
 use budget::Budget;
 use capacity::{Charge, Returned};
-use error::{AttemptRecord, BoxError, CallError, Served, Untold};
+use error::{AttemptRecord, BoxError, CallError, Served, Unfit, Untold};
 use fleet::{Fleet, FleetMember};
 use health::{HealthBoard, TokenTally};
 use limits::AttemptLimits;
@@ -410,6 +410,23 @@ impl Resilience {
                     }
                 }
                 let reserved = std::mem::take(&mut waited_for_room);
+                if self.unfit(p.model, cost).is_some() {
+                    // A model whose quota can never admit this reservation would only throttle
+                    // it: the next that can takes it, and when none can, the request fails
+                    // now and says why.
+                    match self.first_fitting(p.model, cost) {
+                        Some(model) => self.switch(&mut p, model),
+                        None => {
+                            return Err(CallError::NeverFits {
+                                unfit: (0..self.options.models.len())
+                                    .filter_map(|index| self.unfit(index, cost))
+                                    .collect(),
+                                attempts: p.total,
+                                history: std::mem::take(&mut p.history),
+                            });
+                        }
+                    }
+                }
                 if let Admission::Refused { retry_in } = self.health.admit(p.model, now) {
                     self.metrics.breaker_refusals.inc();
                     if p.model + 1 < self.options.models.len() {
@@ -755,10 +772,15 @@ impl Resilience {
         let guard = &self.options.guardrails;
         match self.policy.route(&ctx) {
             // Another model only when it exists and its breaker is closed: an open or probing
-            // breaker is the admission's business, and routing must not loop around it.
+            // breaker is the admission's business, and routing must not loop around it. A
+            // model whose quota can never admit the request gives way to the next that can, so
+            // no room is promised where none will come.
             Route::Send { model, delay_ms } => Route::Send {
                 model: match health.get(model as usize) {
-                    Some(h) if h.breaker == BreakerState::Closed => model,
+                    Some(h) if h.breaker == BreakerState::Closed => {
+                        self.first_fitting(model as usize, cost)
+                            .unwrap_or(model as usize) as u32
+                    }
                     _ => p.model as u32,
                 },
                 delay_ms: delay_ms.min(guard.max_delay_ms),
@@ -785,6 +807,27 @@ impl Resilience {
         tracing::info!(from = %self.options.models[p.model], to = %self.options.models[model], "fallback");
         p.model = model;
         p.on_model = 0;
+    }
+
+    /// What a request of `cost` reserves on model `index` against its pool's quota, when the
+    /// operator gave one and the reservation is larger: that model can never admit it.
+    fn unfit(&self, index: usize, cost: Cost) -> Option<Unfit> {
+        let quota = self.facts.get(index)?.tokens_per_minute?;
+        let reserve = self.charge(index, cost).reserve;
+        (reserve > quota).then(|| Unfit {
+            model: self.options.models[index].clone(),
+            reserve,
+            tokens_per_minute: quota,
+        })
+    }
+
+    /// The first model from `from` on, then from the primary, that may admit a request of
+    /// `cost` (its quota unknown, or large enough).
+    fn first_fitting(&self, from: usize, cost: Cost) -> Option<usize> {
+        let count = self.options.models.len();
+        (from..count)
+            .chain(0..from)
+            .find(|&index| self.unfit(index, cost).is_none())
     }
 
     /// How soon a model of the chain whose breaker is not open is expected to have room for a
