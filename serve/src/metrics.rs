@@ -31,6 +31,12 @@ struct ChainLabels {
     chain: LabelValue,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    chain: LabelValue,
+    model: LabelValue,
+}
+
 /// Counters of the sidecar itself.
 #[derive(Default)]
 pub struct ServeMetrics {
@@ -114,26 +120,44 @@ impl ServeMetrics {
         policy.register_metrics(&mut registry);
         let mut families: Vec<(&'static str, &'static str, Family<ChainLabels, Counter>)> =
             Vec::new();
+        let reserved = Family::<ModelLabels, Counter>::default();
+        let settled = Family::<ModelLabels, Counter>::default();
         for (chain, client) in chains.all() {
+            // An unlisted chain's id is the caller's choice (and its only model): one label for
+            // all of them. A listed chain's models are the operator's.
+            let listed = chains.is_listed(&chain);
+            let chain = if listed { chain.as_str() } else { UNLISTED };
             for (index, (name, help, value)) in client.metrics().values().into_iter().enumerate() {
                 if families.len() <= index {
                     families.push((name, help, Family::default()));
                 }
-                // An unlisted chain's id is the caller's choice: one label for all of them.
-                let chain = if chains.is_listed(&chain) {
-                    chain.as_str()
-                } else {
-                    UNLISTED
-                };
                 let labels = ChainLabels {
                     chain: LabelValue::new(chain),
                 };
                 families[index].2.get_or_create(&labels).inc_by(value);
             }
+            for (model, tally) in client.models().iter().zip(client.tokens()) {
+                let labels = ModelLabels {
+                    chain: LabelValue::new(chain),
+                    model: LabelValue::new(if listed { model } else { UNLISTED }),
+                };
+                reserved.get_or_create(&labels).inc_by(tally.reserved);
+                settled.get_or_create(&labels).inc_by(tally.settled);
+            }
         }
         for (name, help, family) in families {
             registry.register(name, help, family);
         }
+        registry.register(
+            "model_tokens_reserved",
+            "Tokens the attempts sent to each model of each chain reserved at admission",
+            reserved,
+        );
+        registry.register(
+            "model_tokens_settled",
+            "Tokens the requests each model of each chain served settled to, from their usage",
+            settled,
+        );
         let serve = registry.sub_registry_with_prefix("serve");
         serve.register(
             "requests",

@@ -514,6 +514,16 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
     assert_eq!(settled, kept(&defaulted) + kept(&answer), "{tokens}");
     assert_eq!(chain["counters"]["tokens_reserved"], reserved);
     assert_eq!(chain["counters"]["requests_without_max_tokens"], 0);
+
+    // /metrics has the same per model of each chain.
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for (family, value) in [("reserved", reserved), ("settled", settled)] {
+        let line = format!(
+            r#"backstop_model_tokens_{family}_total{{chain="primary",model="primary"}} {value}"#
+        );
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
