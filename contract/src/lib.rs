@@ -650,3 +650,21 @@ pub enum Route {
         reason: GiveUpReason,
     },
 }
+
+/// The geographies of cross-Region inference profiles, as the ids spell them.
+const PROFILES: [&str; 8] = [
+    "us.", "eu.", "apac.", "global.", "us-gov.", "ca.", "jp.", "au.",
+];
+
+/// The model behind an id: the id without its ARN prefix and its inference profile's
+/// geography (`us.anthropic.claude-sonnet-4-20250514-v1:0` → `anthropic.claude-sonnet-4-…`).
+/// Ids with the same base reach the same model through different quota pools: the host costs
+/// them alike, and a policy that sees only the chain's ids can tell them apart from a
+/// different model.
+pub fn base_model(model: &str) -> &str {
+    let id = model.rsplit('/').next().unwrap_or(model);
+    PROFILES
+        .iter()
+        .find_map(|geo| id.strip_prefix(geo))
+        .unwrap_or(id)
+}

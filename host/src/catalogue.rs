@@ -17,13 +17,9 @@
 //! log line.
 
 use crate::contract::ModelFacts;
+pub use crate::contract::base_model;
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
-
-/// The geographies of cross-Region inference profiles, as the ids spell them.
-const PROFILES: [&str; 8] = [
-    "us.", "eu.", "apac.", "global.", "us-gov.", "ca.", "jp.", "au.",
-];
 
 /// The model families whose request bodies name their maximum output differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,16 +62,6 @@ impl BodyFamily {
             BodyFamily::Llama => &["max_gen_len"],
         }
     }
-}
-
-/// The model behind an id: the id without its ARN prefix and its inference profile's
-/// geography (`us.anthropic.claude-sonnet-4-20250514-v1:0` → `anthropic.claude-sonnet-4-…`).
-pub fn base_model(model: &str) -> &str {
-    let id = model.rsplit('/').next().unwrap_or(model);
-    PROFILES
-        .iter()
-        .find_map(|geo| id.strip_prefix(geo))
-        .unwrap_or(id)
 }
 
 /// The maximum output a request asks for: Converse's `inferenceConfig.maxTokens`, or the

@@ -84,9 +84,9 @@ struct DefaultPolicy;
 impl wit::Guest for DefaultPolicy {
     fn configure(config: String, models: Vec<wit::ModelFacts>) -> Result<(), String> {
         // The chain's length comes with every context (one health entry per model); of the
-        // facts the default reads the context windows.
+        // facts the default reads the context windows and which ids reach the same model.
         let mut params = Params::from_json(&config)?;
-        params.context_windows = models.iter().map(|m| m.context_window).collect();
+        params.learn_chain(models.iter().map(|m| (m.id.as_str(), m.context_window)));
         // SAFETY: single-threaded; no reference to the cell is alive.
         unsafe { *PARAMS.0.get() = Some(params) };
         Ok(())

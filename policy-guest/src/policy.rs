@@ -24,11 +24,15 @@
 //!    off where it is (rule 9): its deadline ends it, not a count;
 //! 9. otherwise → exponential backoff with full jitter, honouring a server wait hint.
 //!
+//! "The next model" is always pools before models: the same model's other pools (the chain's
+//! ids that differ only by a cross-Region profile or an ARN prefix) first, then the others,
+//! each in chain order.
+//!
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Route,
-    RouteContext, Workload,
+    RouteContext, Workload, base_model,
 };
 use alloc::format;
 use alloc::string::String;
@@ -84,6 +88,11 @@ pub struct Params {
     /// (not part of the JSON configuration).
     #[serde(skip)]
     pub context_windows: Vec<Option<u32>>,
+    /// Each model's group, in chain order: the chain index of the first id that reaches the
+    /// same model (an in-Region id and its cross-Region profiles), from the ids given at
+    /// `configure` (not part of the JSON configuration). Empty: every model is its own.
+    #[serde(skip)]
+    pub same_model: Vec<u32>,
 }
 
 impl Default for Params {
@@ -104,6 +113,7 @@ impl Default for Params {
             route_max_wait_ms: 250,
             context_window_fallback: false,
             context_windows: Vec::new(),
+            same_model: Vec::new(),
         }
     }
 }
@@ -120,6 +130,22 @@ impl Params {
         };
         params.validate()?;
         Ok(params)
+    }
+
+    /// Learns the chain from the facts `configure` gives: each model's context window, and
+    /// which ids reach the same model ([`base_model`]).
+    pub fn learn_chain<'a>(&mut self, models: impl IntoIterator<Item = (&'a str, Option<u32>)>) {
+        let (ids, windows): (Vec<&str>, Vec<Option<u32>>) = models.into_iter().unzip();
+        self.context_windows = windows;
+        self.same_model = ids
+            .iter()
+            .map(|id| {
+                let first = ids
+                    .iter()
+                    .position(|other| base_model(other) == base_model(id));
+                first.map_or(0, |i| i as u32)
+            })
+            .collect();
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -195,7 +221,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     }
 
     let health = ctx.health_of(ctx.model);
-    let next = next_model(ctx);
+    let next = next_model(params, ctx);
 
     if kind.is_outage()
         && health.consecutive_errors >= params.breaker_failure_threshold
@@ -310,7 +336,15 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
                 .is_none_or(|capacity| capacity.fits(ctx.tokens))
     };
     let from = (ctx.current as usize).min(count);
-    if let Some(model) = (from..count).find(|&i| fits(i)) {
+    // The model the request is on, then its other pools, then the other models: pools before
+    // models.
+    let candidates = || {
+        (from < count)
+            .then_some(from)
+            .into_iter()
+            .chain(onward(params, from, count))
+    };
+    if let Some(model) = candidates().find(|&i| fits(i)) {
         return Route::Send {
             model: model as u32,
             delay_ms: 0,
@@ -322,13 +356,15 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
     // work waits in the queue instead, which lets interactive work go first. When even the
     // soonest room comes after the deadline, the request goes where it is and the throttle,
     // and `decide`, say what next.
-    let soonest = (from..count)
-        .filter(|&i| usable(i))
-        .map(|i| {
+    let soonest = candidates()
+        .enumerate()
+        .filter(|&(_, i)| usable(i))
+        .map(|(rank, i)| {
             let wait = ctx.capacity.get(i).map_or(0, |c| c.wait_ms(ctx.tokens));
-            (wait, i)
+            (wait, rank, i)
         })
-        .min();
+        .min()
+        .map(|(wait, _, i)| (wait, i));
     match (soonest, ctx.workload) {
         (Some((wait_ms, model)), Workload::Interactive)
             if wait_ms < ctx.remaining_ms && wait_ms <= params.route_max_wait_ms =>
@@ -389,11 +425,25 @@ fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
             >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent)
 }
 
-/// The first model after the current one in the chain whose breaker is not open. The chain's
-/// length is that of `health` (one entry per model), which every contract version carries.
-fn next_model(ctx: &AttemptContext) -> Option<u32> {
-    let count = u32::try_from(ctx.health.len()).unwrap_or(u32::MAX);
-    (ctx.model.saturating_add(1)..count).find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
+/// The models after `from` in the order the default spends them: the same model's other pools
+/// first, then the other models, each in chain order.
+fn onward(params: &Params, from: usize, count: usize) -> impl Iterator<Item = usize> + '_ {
+    let group = |i: usize| params.same_model.get(i).copied().unwrap_or(i as u32);
+    let same = move |i: usize| group(i) == group(from);
+    let later = (from + 1)..count;
+    later
+        .clone()
+        .filter(move |&i| same(i))
+        .chain(later.filter(move |&i| !same(i)))
+}
+
+/// The first model after the current one, pools before models, whose breaker is not open. The
+/// chain's length is that of `health` (one entry per model), which every contract version
+/// carries.
+fn next_model(params: &Params, ctx: &AttemptContext) -> Option<u32> {
+    onward(params, ctx.model as usize, ctx.health.len())
+        .map(|i| i as u32)
+        .find(|&i| ctx.health_of(i).breaker != BreakerState::Open)
 }
 
 /// The first model of the chain whose context window is larger than the current model's (any

@@ -842,3 +842,65 @@ fn an_input_too_long_goes_to_the_first_model_with_a_larger_window_only_when_opte
     c.error.message = "Malformed input request".into();
     assert_eq!(decide_opted(on, &c), give_up(GiveUpReason::NotRetryable));
 }
+
+#[test]
+fn the_same_models_other_pools_are_spent_before_a_different_model() {
+    // Listed with the fallback between them: Claude Sonnet 4 in-Region, Nova Pro, then Claude
+    // Sonnet 4 through the us. profile (a pool of its own, the same model).
+    let chain = [
+        "anthropic.claude-sonnet-4-20250514-v1:0",
+        "us.amazon.nova-pro-v1:0",
+        "us.anthropic.claude-sonnet-4-20250514-v1:0",
+    ];
+    let facts: Vec<backstop::ModelFacts> = chain
+        .iter()
+        .map(|id| backstop::ModelFacts {
+            id: (*id).into(),
+            ..backstop::ModelFacts::default()
+        })
+        .collect();
+    let policy = support::default_module()
+        .configure_with("{}", &facts)
+        .unwrap();
+    let mut params = Params::default();
+    params.learn_chain(chain.iter().map(|id| (*id, None)));
+    let models: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
+
+    // The in-Region pool has no room: the profile's pool, not Nova.
+    let mut c = route_ctx(3);
+    c.capacity[0] = full();
+    let query = RouteQuery {
+        request_id: &c.request_id,
+        workload: c.workload,
+        tokens: c.tokens,
+        input_tokens: c.tokens,
+        attempts_total: c.attempts_total,
+        current: c.current,
+        elapsed_ms: c.elapsed_ms,
+        remaining_ms: c.remaining_ms,
+        clock_ms: 0,
+        models: &models,
+        health: &c.health,
+        capacity: &c.capacity,
+        entropy: c.entropy,
+    };
+    let (answer, fault) = policy.route(&query).unwrap();
+    assert_eq!(fault, None);
+    assert_eq!(answer, native_default::route(&params, &c));
+    assert_eq!(answer, send(2));
+    // Without the facts the chain is spent in order.
+    assert_eq!(route(&c), send(1));
+
+    // Extended throttling on the in-Region id moves to the profile too.
+    let mut c = ctx(ErrorKind::Throttling, &chain);
+    (c.attempts_on_model, c.attempts_total) = (5, 5);
+    let switch = |model| Decision::SwitchModel { model, delay_ms: 0 };
+    assert_eq!(decide_with(&policy, &params, &c), switch(2));
+    // With the profile's breaker open, Nova.
+    c.health[2].breaker = BreakerState::Open;
+    assert_eq!(decide_with(&policy, &params, &c), switch(1));
+    // From Nova, the chain's next model in order.
+    c.health[2].breaker = BreakerState::Closed;
+    c.model = 1;
+    assert_eq!(decide_with(&policy, &params, &c), switch(2));
+}
