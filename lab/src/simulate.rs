@@ -215,15 +215,18 @@ impl Tally {
 
 /// One arrival.
 #[derive(Clone, Copy, Debug)]
-struct Arrival {
-    at: Duration,
-    workload: Workload,
+pub struct Arrival {
+    /// When it arrives, from the traffic's start.
+    pub at: Duration,
+    /// Interactive or batch.
+    pub workload: Workload,
     /// The `maxTokens` it sets, if any.
-    max_tokens: Option<u64>,
+    pub max_tokens: Option<u64>,
 }
 
-/// The arrivals of `traffic`, the same for every contender of a seed.
-fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
+/// The arrivals of `traffic`, the same for every contender of a seed (and for a real-time
+/// replay of it: `backstop simulate --arrivals`).
+pub fn arrivals(traffic: &Traffic, seed: u64) -> Vec<Arrival> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_a881_7a15);
     let mut list = Vec::new();
     let peak = traffic.phases.iter().map(|p| p.rps).fold(0.0_f64, f64::max);

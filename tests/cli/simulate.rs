@@ -64,6 +64,24 @@ fn json_and_plot_carry_the_per_minute_series() {
     let offered: u64 = minutes.iter().map(|m| m["offered"].as_u64().unwrap()).sum();
     assert_eq!(offered, reports[0]["requests"].as_u64().unwrap());
 
+    // `--arrivals` lists the very requests the run offered, minute by minute: what a real-time
+    // replay sends.
+    let out = backstop(&["simulate", "--scenario", "brownout", "--arrivals"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut per_minute = vec![0u64; minutes.len()];
+    for line in text(&out.stdout).lines() {
+        let arrival: Value = serde_json::from_str(line).unwrap();
+        let minute = arrival["at_ms"].as_u64().unwrap() / 60_000;
+        per_minute[minute as usize] += 1;
+        assert!(["interactive", "batch"].contains(&arrival["workload"].as_str().unwrap()));
+        assert!(arrival["model"].is_string() && arrival["deadline_ms"].as_u64().unwrap() > 0);
+    }
+    let offered: Vec<u64> = minutes
+        .iter()
+        .map(|m| m["offered"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_minute, offered);
+
     let svg = std::fs::read_to_string(&svg).unwrap();
     for title in [
         "offered load",

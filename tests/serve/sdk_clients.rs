@@ -113,3 +113,78 @@ async fn the_javascript_sdk_uses_the_sidecar_for_every_operation_and_gets_bedroc
     .await;
     assert_eq!(stdout.matches("OK: ").count(), 8, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_time_replay_tallies_what_boto3_got_through_the_sidecar() {
+    if !available(
+        Command::new("python3").args(["-c", "import boto3"]),
+        "boto3",
+        "pip install boto3",
+    ) {
+        return;
+    }
+    // Thirty requests within 300 ms against a primary pool that admits about half of them at
+    // once: the rest are throttled and served by a retry or the fallback.
+    let server = FaultServer::start(
+        backstop_lab::Scenario::from_json(
+            r#"{ "pools": { "p": { "tpm": 16000 }, "f": { "tpm": 1000000 } },
+                 "models": {
+                   "primary": { "pool": "p", "max_output_tokens": 4096,
+                                "latency_ms": { "min": 200, "max": 200 } },
+                   "fallback": { "pool": "f", "max_output_tokens": 4096 } } }"#,
+        )
+        .unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
+    let sidecar = sidecar_with(
+        &server,
+        r#"{ "chains": { "primary": ["fallback"] } }"#,
+        None,
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("backstop-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let arrivals = dir.join("arrivals.jsonl");
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                r#"{{"at_ms":{},"model":"primary","workload":"{}","max_tokens":1000,"input_tokens":200,"deadline_ms":10000}}"#,
+                i * 10,
+                if i % 5 == 0 { "batch" } else { "interactive" }
+            )
+        })
+        .collect();
+    std::fs::write(&arrivals, lines.join("\n")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../lab/realtime/replay.py");
+    let args: Vec<String> = vec![
+        script.into(),
+        "--arrivals".into(),
+        arrivals.to_str().unwrap().into(),
+        "--endpoint".into(),
+        sidecar.endpoint_url(),
+        "--stats".into(),
+        format!("{}/_backstop/stats", server.endpoint_url()),
+        "--mode".into(),
+        "backstop".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new("python3").args(args).output())
+        .await
+        .unwrap()
+        .expect("the replay runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["requests"], 30);
+    assert_eq!(report["served"], 30, "{report}");
+    let (primary, fallback) = (server.requests("primary"), server.requests("fallback"));
+    assert!(primary + fallback > 30, "some were throttled: {report}");
+    assert_eq!(report["calls"], primary + fallback, "{report}");
+    assert_eq!(report["by_model"]["primary"], primary);
+    let _ = std::fs::remove_dir_all(dir);
+}

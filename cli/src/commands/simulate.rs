@@ -58,6 +58,12 @@ pub struct SimulateArgs {
     /// Write per-minute charts (offered load, served, throttles, fallbacks) to this SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Print the scenario's arrivals instead of running it, one JSON line each (`at_ms`,
+    /// `model`, `workload`, `max_tokens`, `input_tokens`, `deadline_ms`): the same requests
+    /// at the same moments, for a real-time replay through real clients
+    /// (`lab/realtime/replay.py`).
+    #[arg(long)]
+    arrivals: bool,
 }
 
 pub fn run(args: SimulateArgs) -> Result<()> {
@@ -78,6 +84,9 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     };
     if let Some(seed) = args.seed {
         scenario.seed = seed;
+    }
+    if args.arrivals {
+        return print_arrivals(&scenario);
     }
     let host = host_config(args.host_config.as_ref())?;
     let config = config_text(&args.config)?;
@@ -188,4 +197,37 @@ enum FleetArg {
     Local,
     Shared,
     Both,
+}
+
+/// `--arrivals`: the scenario's requests as JSON lines, with what each carries.
+fn print_arrivals(scenario: &Scenario) -> Result<()> {
+    use std::io::Write;
+    let traffic = scenario
+        .traffic
+        .as_ref()
+        .context("the scenario has no `traffic` section: it has no arrivals")?;
+    let model = traffic
+        .models
+        .first()
+        .context("the scenario's traffic names no model")?;
+    let mut out = std::io::stdout().lock();
+    for arrival in simulate::arrivals(traffic, scenario.seed) {
+        let line = serde_json::json!({
+            "at_ms": arrival.at.as_millis() as u64,
+            "model": model,
+            "workload": match arrival.workload {
+                backstop::Workload::Interactive => "interactive",
+                backstop::Workload::Batch => "batch",
+            },
+            "max_tokens": arrival.max_tokens,
+            "input_tokens": traffic.input_tokens,
+            "deadline_ms": traffic.deadline_s * 1000,
+        });
+        match writeln!(out, "{line}") {
+            // A reader that has what it wants (`| head`) ends the listing, not in an error.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written?,
+        }
+    }
+    Ok(())
 }
