@@ -7,6 +7,7 @@ mod component_shape;
 mod hostile_modules;
 mod hot_swap;
 mod policy_table;
+mod recovery;
 mod resilient_client;
 mod routing;
 mod runtime_conformance;

@@ -4,7 +4,10 @@
 //! `GROWTH_LIMIT` times the period decided, and never past the guardrails' longest opening).
 //! So a policy can open briefly: a model back from a short outage is probed and used again
 //! within seconds, a model that fails one request in four is not kept out by one unlucky
-//! probe, and a long outage costs a probe per doubling period, not one per short period.
+//! probe, and a long outage costs a probe per doubling period, not one per short period. At a
+//! few requests a minute the doubling would outgrow the traffic (a one-minute outage probed
+//! again half a minute after it ended), so while an opening holds back only a few requests it
+//! is at most a third of how long the model has been down.
 //!
 //! The policy decides *when* to open and for how long; this state machine, owned by the host,
 //! decides who may send meanwhile, so an open breaker fails requests fast without reaching
@@ -30,6 +33,11 @@ pub enum Admission {
 
 /// How many times the decided open period a breaker may grow to while its probes fail.
 pub const GROWTH_LIMIT: u32 = 16;
+/// At low traffic, a failed probe's new period is at most the model's downtime so far divided
+/// by this.
+pub const DOWNTIME_SHARE: u32 = 3;
+/// The most requests an opening may hold back for its period to be cut to the downtime share.
+pub const FEW_REQUESTS: f64 = 10.0;
 
 /// One model's breaker.
 #[derive(Clone, Debug)]
@@ -43,6 +51,8 @@ pub struct Breaker {
     ceiling: Duration,
     /// Probes failed since the policy opened the breaker.
     failed_probes: u32,
+    /// When the policy opened the breaker: how long the model has been down.
+    down_since: Instant,
     probe_in_flight: bool,
 }
 
@@ -56,6 +66,7 @@ impl Breaker {
             decided: Duration::ZERO,
             ceiling,
             failed_probes: 0,
+            down_since: now,
             probe_in_flight: false,
         }
     }
@@ -119,6 +130,7 @@ impl Breaker {
     pub fn open(&mut self, now: Instant, period: Duration) -> bool {
         self.decided = period.min(self.ceiling);
         self.failed_probes = 0;
+        self.down_since = now;
         self.reopen(now, self.decided)
     }
 
@@ -128,6 +140,7 @@ impl Breaker {
     pub fn open_behind(&mut self, now: Instant, period: Duration, grace: Duration) -> bool {
         self.decided = period.min(self.ceiling);
         self.failed_probes = 0;
+        self.down_since = now;
         self.reopen(now, self.decided + grace)
     }
 
@@ -152,9 +165,11 @@ impl Breaker {
     }
 
     /// A request failed. A failed probe opens the breaker again, for the same period the first
-    /// time and then for twice the period (within [`GROWTH_LIMIT`] and the ceiling); returns
-    /// whether that happened.
-    pub fn on_failure(&mut self, now: Instant) -> bool {
+    /// time and then for twice the period (within [`GROWTH_LIMIT`] and the ceiling); while the
+    /// chain's traffic (`requests_per_s`) is so low that the opening would hold back at most
+    /// [`FEW_REQUESTS`], for at most a [`DOWNTIME_SHARE`] of how long the model has been down.
+    /// Returns whether it opened again.
+    pub fn on_failure(&mut self, now: Instant, requests_per_s: f64) -> bool {
         if self.state != BreakerState::HalfOpen {
             return false;
         }
@@ -162,9 +177,18 @@ impl Breaker {
         // often): the period grows from the second in a row.
         let factor = if self.failed_probes == 0 { 1 } else { 2 };
         self.failed_probes = self.failed_probes.saturating_add(1);
-        let period = (self.open_for * factor)
+        let mut period = (self.open_for * factor)
             .min(self.decided * GROWTH_LIMIT)
             .min(self.ceiling);
+        // At a few requests a minute the doubling alone outgrows the traffic: the next probe
+        // would come half a minute after a one-minute outage ended, and every request between
+        // went elsewhere. Where the opening holds back only a few requests, it is at most a
+        // share of the downtime, so the probes follow the outage's length; under real traffic
+        // the doubling stands (more probes there would be more calls into an outage).
+        if requests_per_s * period.as_secs_f64() <= FEW_REQUESTS {
+            let down_for = now.saturating_duration_since(self.down_since);
+            period = period.min((down_for / DOWNTIME_SHARE).max(self.decided));
+        }
         self.reopen(now, period);
         true
     }
@@ -194,7 +218,7 @@ mod tests {
         assert!(matches!(breaker.admit(t1), Admission::Refused { .. }));
 
         // A failed probe opens it again.
-        assert!(breaker.on_failure(t1));
+        assert!(breaker.on_failure(t1, 100.0));
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(
             breaker.admit(t1 + Duration::from_secs(9)),
@@ -209,7 +233,7 @@ mod tests {
         assert!(breaker.on_success(t2));
         assert_eq!(breaker.admit(t2), Admission::Send);
         assert!(
-            !breaker.on_failure(t2),
+            !breaker.on_failure(t2, 100.0),
             "a closed breaker does not open by itself"
         );
     }
@@ -246,7 +270,7 @@ mod tests {
             for _ in 0..failed_probes {
                 now += breaker.open_for;
                 assert_eq!(breaker.admit(now), Admission::Probe);
-                assert!(breaker.on_failure(now));
+                assert!(breaker.on_failure(now, 100.0));
             }
             breaker.open_for
         };
@@ -265,5 +289,32 @@ mod tests {
             "ceiling"
         );
         assert_eq!(opened(30 * second, 60 * second, 0), 30 * second, "ceiling");
+    }
+
+    #[test]
+    fn at_a_few_requests_a_minute_an_opening_is_at_most_a_third_of_the_downtime() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        // Down since t0; probes failed at 2, 4, 8 and 16 s, and now one at 50 s.
+        let after_probe_at = |requests_per_s: f64| {
+            let mut breaker = Breaker::new(t0, 300 * second);
+            breaker.open(t0, 2 * second);
+            let mut now = t0;
+            for at in [2, 4, 8, 16] {
+                now = t0 + at * second;
+                breaker.admit(now);
+                breaker.on_failure(now, 1_000.0);
+            }
+            assert_eq!(breaker.open_for, 16 * second, "the doubling so far");
+            let now = t0 + 50 * second;
+            assert_eq!(breaker.admit(now), Admission::Probe);
+            breaker.on_failure(now, requests_per_s);
+            breaker.open_for
+        };
+        // One request every four seconds: 32 s would hold back 8 requests; a third of the
+        // 50 s down is 16.7 s.
+        assert_eq!(after_probe_at(0.25), 50 * second / 3);
+        // Ten a second: the doubling stands.
+        assert_eq!(after_probe_at(10.0), 32 * second);
     }
 }

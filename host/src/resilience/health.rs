@@ -3,7 +3,7 @@
 //! and it outlives any policy module.
 
 use crate::contract::ModelCapacity;
-use crate::contract::{ErrorKind, ModelHealth};
+use crate::contract::{BreakerState, ErrorKind, ModelHealth};
 use crate::resilience::breaker::{Admission, Breaker};
 use crate::resilience::capacity::{Capacity, Charge, LeaseAsk, LeaseGrant, Returned};
 use std::collections::VecDeque;
@@ -159,6 +159,14 @@ impl HealthBoard {
 
     /// Records a failure; returns whether a failed probe re-opened the breaker.
     pub fn record_failure(&self, index: usize, now: Instant, kind: ErrorKind) -> bool {
+        // A failed probe's next opening depends on how much traffic it holds back: read the
+        // chain's rate first (one model locked at a time), and only for a probe.
+        let probing = self.model(index).breaker.state() == BreakerState::HalfOpen;
+        let rate = if probing {
+            self.requests_per_s(now)
+        } else {
+            0.0
+        };
         let mut model = self.model(index);
         model.consecutive_failures = model.consecutive_failures.saturating_add(1);
         // A throttle, or the caller's own error, came from a model that is up.
@@ -173,7 +181,19 @@ impl HealthBoard {
             Outcome::Failed
         };
         self.push(&mut model, now, outcome);
-        model.breaker.on_failure(now)
+        model.breaker.on_failure(now, rate)
+    }
+
+    /// Attempts answered per second across the chain over the health window.
+    fn requests_per_s(&self, now: Instant) -> f64 {
+        let total: u64 = (0..self.models.len())
+            .map(|index| {
+                let mut model = self.model(index);
+                model.window.expire(now, self.window);
+                u64::from(model.window.requests)
+            })
+            .sum();
+        total as f64 / self.window.as_secs_f64().max(f64::MIN_POSITIVE)
     }
 
     /// An attempt of `charge` went to model `index` at `clock_s` (policy seconds);

@@ -1,0 +1,84 @@
+//! Recovery, not just safe failure: traffic goes back to a model when it returns.
+
+use backstop_test_support as support;
+
+use backstop::{ChatRequest, ClientOptions, ErrorKind, ResilientClient, sdk_client_for_endpoint};
+use backstop_lab::scenario::{ModelFaults, Outage};
+use backstop_lab::{FaultServer, Scenario};
+use std::time::Duration;
+
+/// Policy time runs 20x faster than real time: a policy second is 50 ms.
+const SCALE: f64 = 0.05;
+
+fn policy_s(real: Duration) -> f64 {
+    real.as_secs_f64() / SCALE
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_back_after_a_minute_down_gets_its_traffic_back_within_ten_seconds_at_one_request_every_four()
+ {
+    // The primary is down for the first minute (policy time); one request every four seconds
+    // for a hundred seconds.
+    let outage_s = 60.0;
+    let down = ModelFaults {
+        outages: vec![Outage {
+            start_ms: 0,
+            end_ms: (outage_s * SCALE * 1000.0) as u64,
+            error: ErrorKind::ServiceUnavailable,
+        }],
+        ..ModelFaults::default()
+    };
+    let mut options = ClientOptions::new(["primary", "fallback"]);
+    options.time_scale = SCALE;
+    let policy = support::default_policy("{}");
+    let server = FaultServer::start(
+        Scenario::with_models([("primary", down), ("fallback", ModelFaults::default())]),
+        0,
+    )
+    .await
+    .unwrap();
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let client = ResilientClient::new(sdk, policy, options).unwrap();
+    let start = tokio::time::Instant::now();
+    let mut served = Vec::new();
+    for i in 0..25u32 {
+        let at = start + Duration::from_secs_f64(4.0 * f64::from(i) * SCALE);
+        tokio::time::sleep_until(at).await;
+        let arrived = policy_s(start.elapsed());
+        let answer = client
+            .converse(&ChatRequest::user(format!("request {i}")))
+            .await
+            .expect("every request is answered, by the fallback while the primary is down");
+        served.push((arrived, answer.model.clone()));
+    }
+    let primary_calls_in_outage = server
+        .stats()
+        .get("primary")
+        .map_or(0, |s| s.errors.values().sum::<u64>());
+    let back = served
+        .iter()
+        .find(|(arrived, model)| *arrived >= outage_s && model == "primary")
+        .map(|(arrived, _)| *arrived);
+    let back = back.unwrap_or_else(|| panic!("the primary never got traffic back: {served:?}"));
+    assert!(
+        back <= outage_s + 10.0,
+        "back on the primary at {back:.1} s, more than 10 s after it returned: {served:?}"
+    );
+    assert!(
+        served
+            .iter()
+            .filter(|(arrived, _)| *arrived >= back)
+            .all(|(_, model)| model == "primary"),
+        "and it stays there: {served:?}"
+    );
+    // Not by probing all the time: beyond the errors that open the breaker (5 in a row), at
+    // most every other request of the outage paid for a failed probe.
+    let in_outage = served
+        .iter()
+        .filter(|(arrived, _)| *arrived < outage_s)
+        .count() as u64;
+    assert!(
+        primary_calls_in_outage <= 5 + in_outage / 2,
+        "{primary_calls_in_outage} failed calls to the primary for {in_outage} requests"
+    );
+}
