@@ -362,6 +362,9 @@ pub enum Misbehaviour {
     Cut,
     /// Some events, then a frame that does not decode.
     Malformed,
+    /// Some events, then an event whose checksums hold but whose payload is not JSON (what a
+    /// broken proxy or a truncating buffer in front of the model sends).
+    Garbage,
 }
 
 /// The header a throttle's wait hint travels in.

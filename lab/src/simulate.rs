@@ -595,7 +595,9 @@ async fn request(
                     Some(Phase::Idle.failure(limits.idle))
                 }
                 Some(Misbehaviour::Cut) => Some(stream_incomplete(2, "messageStop")),
-                Some(Misbehaviour::Malformed) => Some(failure(ErrorKind::Unknown, None)),
+                Some(Misbehaviour::Malformed | Misbehaviour::Garbage) => {
+                    Some(failure(ErrorKind::Unknown, None))
+                }
                 _ => None,
             };
             match after_output {

@@ -204,6 +204,13 @@ async fn a_malformed_frame_ends_the_stream_with_an_error() {
 }
 
 #[tokio::test]
+async fn an_event_whose_payload_is_not_json_ends_the_stream_with_an_error() {
+    let (events, error, _) = broken_stream("garbage", None).await;
+    assert_eq!(events, 3);
+    assert_eq!(reason(&error), GiveUpReason::OutputCommitted);
+}
+
+#[tokio::test]
 async fn the_deadline_ends_a_stream_still_open_after_output() {
     // The idle limit is longer than the deadline here: the deadline must end the stream.
     let server = FaultServer::start(scenario(vec![("primary", misbehaving(&["stall"]))]), 0)

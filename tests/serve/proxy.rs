@@ -617,3 +617,60 @@ async fn a_request_larger_than_every_quota_the_operator_gave_is_refused_at_once_
     );
     assert_eq!(server.requests("primary"), 0, "nothing was sent upstream");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_whose_payload_is_garbage_ends_the_stream_as_an_error_never_as_a_served_answer() {
+    // Sound frames (length and checksums hold), then one whose payload is not JSON.
+    let garbage = ModelFaults {
+        misbehaviour_rates: [(Misbehaviour::Garbage, 1.0)].into(),
+        events_before_fault: Some(2),
+        ..ModelFaults::default()
+    };
+    let server = FaultServer::start(scenario(vec![("garbage", garbage)]), 0)
+        .await
+        .unwrap();
+    let sidecar = sidecar(&server, r#"{ "garbage": ["fallback"] }"#).await;
+    let client = sdk(&sidecar);
+    let mut stream = client
+        .converse_stream()
+        .model_id("garbage")
+        .messages(hello())
+        .send()
+        .await
+        .unwrap();
+    let (events, end) = read_to_end!(stream.stream);
+    assert_eq!(events, 3, "messageStart and two deltas arrived");
+    let service = end
+        .expect_err("the garbage is not passed on as an event")
+        .into_service_error();
+    assert!(service.is_model_stream_error_exception(), "{service:?}");
+
+    let mut stream = client
+        .invoke_model_with_response_stream()
+        .model_id("garbage")
+        .body(Blob::new(MESSAGES_BODY))
+        .send()
+        .await
+        .unwrap();
+    let (_, end) = read_to_end!(stream.body);
+    let service = end
+        .expect_err("a chunk that is not JSON ends the stream")
+        .into_service_error();
+    assert!(service.is_model_stream_error_exception(), "{service:?}");
+
+    let admin = sidecar.admin_url().unwrap();
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("backstop_serve_requests_total")
+                && l.contains(r#"outcome="served""#)),
+        "neither stream is counted served:\n{text}"
+    );
+    assert_eq!(
+        server.requests("fallback"),
+        0,
+        "output was delivered: nothing is resent"
+    );
+}

@@ -14,11 +14,17 @@ async fn served_fault_server() -> FaultServer {
         events_before_fault: Some(2),
         ..ModelFaults::default()
     };
+    let garbage = ModelFaults {
+        misbehaviour_rates: [(Misbehaviour::Garbage, 1.0)].into(),
+        events_before_fault: Some(2),
+        ..ModelFaults::default()
+    };
     FaultServer::start(
         scenario(vec![
             ("primary", ModelFaults::always(ErrorKind::Throttling)),
             ("throttled", ModelFaults::always(ErrorKind::Throttling)),
             ("cut", cut),
+            ("garbage", garbage),
         ]),
         0,
     )
@@ -87,7 +93,7 @@ async fn boto3_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions
         "/../tests/serve/clients/boto3_client.py"
     );
     let stdout = run_client("python3", vec![script.into()], Vec::new()).await;
-    assert_eq!(stdout.matches("OK: ").count(), 9, "{stdout}");
+    assert_eq!(stdout.matches("OK: ").count(), 10, "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -582,6 +582,14 @@ impl Frames {
                 .unwrap_or_default()
         };
         let message_type = header(":message-type");
+        if message_type == "event"
+            && let Err(why) = event_payload_sound(&header(":event-type"), message.payload())
+        {
+            return Err(malformed(format!(
+                "a `{}` event whose payload {why}",
+                header(":event-type").chars().take(64).collect::<String>()
+            )));
+        }
         let (kind, text) = match message_type.as_str() {
             "event" => (header(":event-type"), String::new()),
             "exception" => (
@@ -613,6 +621,24 @@ impl Frames {
             usage,
         }))
     }
+}
+
+/// Whether an event's payload is what the caller's SDK reads, as the SDK judges it: a JSON
+/// object (every ConverseStream event), and for InvokeModelWithResponseStream's `chunk` a
+/// base64 `bytes` member (the model's own body inside is the caller's to read). A frame whose
+/// checksums hold can still carry garbage; forwarded, the caller's SDK fails on it (boto3 with
+/// a `KeyError`) while the sidecar would count the answer served.
+fn event_payload_sound(event_type: &str, payload: &[u8]) -> Result<(), &'static str> {
+    let json: serde_json::Value = serde_json::from_slice(payload).map_err(|_| "is not JSON")?;
+    let object = json.as_object().ok_or("is not a JSON object")?;
+    if event_type == "chunk" {
+        let bytes = object
+            .get("bytes")
+            .and_then(|b| b.as_str())
+            .ok_or("has no `bytes` string")?;
+        aws_smithy_types::base64::decode(bytes).map_err(|_| "has `bytes` that are not base64")?;
+    }
+    Ok(())
 }
 
 /// An exception frame's JSON `message`, or its payload as text.

@@ -408,7 +408,9 @@ async fn unary_answer(state: &ServerState, accepted: &Accepted<'_>, body: String
             tokio::time::sleep(faults.silence()).await;
             body
         }
-        Some(Misbehaviour::Cut | Misbehaviour::Malformed) => body[..body.len() / 2].to_string(),
+        Some(Misbehaviour::Cut | Misbehaviour::Malformed | Misbehaviour::Garbage) => {
+            body[..body.len() / 2].to_string()
+        }
         Some(Misbehaviour::Silent) | None => body,
     };
     ok_response(state, "application/json", body)
@@ -642,7 +644,12 @@ fn stream_pieces(
     write_step(&mut frames, shape, model, Step::Start);
     let faulty = matches!(
         accepted.misbehaviour,
-        Some(Misbehaviour::Stall | Misbehaviour::Cut | Misbehaviour::Malformed)
+        Some(
+            Misbehaviour::Stall
+                | Misbehaviour::Cut
+                | Misbehaviour::Malformed
+                | Misbehaviour::Garbage
+        )
     );
     let deltas = if faulty {
         faults.events_before_fault()
@@ -660,6 +667,12 @@ fn stream_pieces(
             // Silence with the connection open, then an end without the terminal event.
             Some(Misbehaviour::Stall) => pieces.push(Piece::Wait(faults.silence())),
             Some(Misbehaviour::Malformed) => pieces.push(Piece::Send(wire::malformed_frame())),
+            Some(Misbehaviour::Garbage) => {
+                pieces.push(Piece::Send(wire::garbage_frame(match shape {
+                    Shape::Converse => "contentBlockDelta",
+                    Shape::Invoke => "chunk",
+                })))
+            }
             _ => {} // A clean cut: the body just ends.
         }
         return pieces;

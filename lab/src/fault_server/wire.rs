@@ -77,6 +77,19 @@ pub(crate) fn exception_frame(out: &mut Vec<u8>, kind: ErrorKind) {
     frame(out, "exception", (":exception-type", name), payload);
 }
 
+/// An event of `event_type` whose frame is sound (length and checksums hold) but whose payload
+/// is not JSON.
+pub(crate) fn garbage_frame(event_type: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    raw_frame(
+        &mut out,
+        "event",
+        (":event-type", event_type.to_string()),
+        b"{\"delta\": {\"text\": \"trunc".to_vec(),
+    );
+    out
+}
+
 /// One frame with the three headers the SDK's unmarshaller reads: the message type, the
 /// event or exception type, and the content type.
 fn frame(
@@ -85,8 +98,17 @@ fn frame(
     kind: (&'static str, String),
     payload: serde_json::Value,
 ) {
+    raw_frame(out, message_type, kind, payload.to_string().into_bytes());
+}
+
+fn raw_frame(
+    out: &mut Vec<u8>,
+    message_type: &'static str,
+    kind: (&'static str, String),
+    payload: Vec<u8>,
+) {
     let (kind_header, kind_name) = kind;
-    let message = Message::new(payload.to_string().into_bytes())
+    let message = Message::new(payload)
         .add_header(Header::new(
             ":message-type",
             HeaderValue::String(message_type.into()),

@@ -2,7 +2,8 @@
 
 Usage: python3 boto3_client.py SIDECAR_URL
 The sidecar's chains send `primary` (always throttled) to `fallback`; `throttled` is always
-throttled and alone; `cut` cuts its streams after two deltas; any other model answers.
+throttled and alone; `cut` cuts its streams after two deltas; `garbage` sends a delta whose
+payload is not JSON after two; any other model answers.
 Prints one `OK: ...` line per check; exits non-zero at the first failure.
 """
 import json
@@ -78,6 +79,17 @@ except EventStreamError as error:
     check(
         error.response["Error"]["Code"] == "modelStreamErrorException" and received == 3,
         f"a stream cut after output raises {error.response['Error']['Code']} after {received} events",
+    )
+
+try:
+    received = 0
+    for _ in client.converse_stream(modelId="garbage", messages=messages)["stream"]:
+        received += 1
+    check(False, "a stream with a garbage event raises")
+except EventStreamError as error:
+    check(
+        error.response["Error"]["Code"] == "modelStreamErrorException" and received == 3,
+        f"a garbage event after output raises {error.response['Error']['Code']} after {received} events",
     )
 
 deadline_ms(30000)
