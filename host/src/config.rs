@@ -560,6 +560,20 @@ impl HostConfig {
                 100,
                 600_000,
             ),
+            // A floor above its limit is the limit (nothing learned): an `idle_ms` set below
+            // the default floor stays valid.
+            (
+                "limits.first_event_floor_ms",
+                config.limits.first_event_floor.as_millis() as u64,
+                100,
+                600_000,
+            ),
+            (
+                "limits.idle_floor_ms",
+                config.limits.idle_floor.as_millis() as u64,
+                100,
+                600_000,
+            ),
             (
                 "compile.timeout_ms",
                 config.compile.timeout_ms,

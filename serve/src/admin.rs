@@ -56,7 +56,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// The live surface as JSON: the policy (digest, version, swaps, shadow, quarantine, recent
-/// events), each chain's models (breaker, health, learned capacity) and queue, in-flight.
+/// events), each chain's models (breaker, health, learned capacity, tokens, learned stream
+/// limits) and queue, in-flight.
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let chains: Vec<_> = shared
         .chains
@@ -71,11 +72,17 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
+                    let limits = client.attempt_limits(id);
                     json!({
                         "id": id,
                         "health": health.get(i),
                         "capacity": capacity.get(i),
                         "tokens": tokens.get(i),
+                        // What its streams are held to now, learned from its own.
+                        "limits": {
+                            "first_event_ms": limits.first_event.as_millis() as u64,
+                            "idle_ms": limits.idle.as_millis() as u64,
+                        },
                     })
                 })
                 .collect();

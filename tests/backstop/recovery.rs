@@ -82,3 +82,53 @@ async fn a_primary_back_after_a_minute_down_gets_its_traffic_back_within_ten_sec
         "{primary_calls_in_outage} failed calls to the primary for {in_outage} requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_that_usually_starts_at_once_is_left_after_seconds_of_silence_not_the_configured_twenty()
+ {
+    // Twenty-five streams that start at once, then one whose first event would come after
+    // twenty seconds: the configured limit (20 s) would wait it out.
+    let mut script = vec!["ok"; 25];
+    script.push("slow-first-event");
+    let primary = ModelFaults {
+        first_event_delay_ms: Some(20_000),
+        ..ModelFaults::scripted(&script).unwrap()
+    };
+    let server = FaultServer::start(
+        Scenario::with_models([("primary", primary), ("fallback", ModelFaults::default())]),
+        0,
+    )
+    .await
+    .unwrap();
+    let options = ClientOptions::new(["primary", "fallback"]);
+    assert_eq!(options.limits.first_event, Duration::from_secs(20));
+    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(60));
+    let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
+    for i in 0..25 {
+        let mut stream = client
+            .converse_stream(&ChatRequest::user(format!("quick {i}")))
+            .await
+            .unwrap();
+        while stream.recv().await.unwrap().is_some() {}
+    }
+    assert_eq!(
+        client.attempt_limits("primary").first_event,
+        Duration::from_secs(2),
+        "learned: the floor, for a model whose first event follows its headers at once"
+    );
+    assert_eq!(
+        client.attempt_limits("fallback").first_event,
+        Duration::from_secs(20)
+    );
+    let started = std::time::Instant::now();
+    let stream = client
+        .converse_stream(&ChatRequest::user("slow"))
+        .await
+        .expect("the fallback answers");
+    let took = started.elapsed();
+    assert_eq!(stream.model(), "fallback");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "left after the learned 2 s, not the configured 20 s: {took:?}"
+    );
+}

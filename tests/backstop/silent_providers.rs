@@ -33,6 +33,7 @@ async fn client(server: &FaultServer, models: &[&str]) -> ResilientClient {
         headers: LIMIT,
         first_event: LIMIT,
         idle: LIMIT,
+        ..AttemptLimits::default()
     };
     let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
     ResilientClient::new(sdk, backstop_test_support::default_policy("{}"), options).unwrap()

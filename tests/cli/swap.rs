@@ -101,6 +101,10 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
             "limits.idle_ms must be at least 100",
         ),
         (
+            r#"{"limits": {"first_event_floor_ms": 10}}"#,
+            "limits.first_event_floor_ms must be at least 100",
+        ),
+        (
             r#"{"compile": {"timeout_ms": 99999999}}"#,
             "compile.timeout_ms is 99999999; at most 600000",
         ),

@@ -674,3 +674,55 @@ async fn an_event_whose_payload_is_garbage_ends_the_stream_as_an_error_never_as_
         "output was delivered: nothing is resent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_first_event_is_left_at_the_limit_learned_from_the_models_own_streams() {
+    let mut script = vec!["ok"; 25];
+    script.push("slow-first-event");
+    let primary = ModelFaults {
+        first_event_delay_ms: Some(20_000),
+        ..ModelFaults::scripted(&script).unwrap()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", primary)]), 0)
+        .await
+        .unwrap();
+    let sidecar = sidecar(&server, r#"{ "primary": ["fallback"] }"#).await;
+    let client = sdk(&sidecar);
+    for _ in 0..25 {
+        let mut stream = client
+            .converse_stream()
+            .model_id("primary")
+            .messages(hello())
+            .send()
+            .await
+            .unwrap();
+        let (_, end) = read_to_end!(stream.stream);
+        end.unwrap();
+    }
+    let admin = sidecar.admin_url().unwrap();
+    let status = http("GET", &format!("{admin}/status"), &[], "")
+        .await
+        .json();
+    let models = &status["chains"][0]["models"];
+    assert_eq!(models[0]["limits"]["first_event_ms"], 2000, "{models}");
+    assert_eq!(
+        models[1]["limits"]["first_event_ms"], 20000,
+        "nothing learned yet"
+    );
+
+    let started = std::time::Instant::now();
+    let answer = client
+        .converse_stream()
+        .model_id("primary")
+        .messages(hello())
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "left after the learned 2 s, not the configured 20 s: {took:?}"
+    );
+    drop(answer);
+    assert_eq!(server.requests("fallback"), 1);
+}

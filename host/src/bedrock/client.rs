@@ -262,6 +262,12 @@ impl ResilientClient {
         self.inner.core.tokens()
     }
 
+    /// The attempt limits `model`'s attempts run under now (real time): its first-event and
+    /// idle limits as learned from its own streams, within the configured floors and limits.
+    pub fn attempt_limits(&self, model: &str) -> crate::resilience::limits::AttemptLimits {
+        self.inner.core.limits_for(model)
+    }
+
     /// What the client has learned of each model's capacity, by index of the chain (see
     /// [`capacity`](crate::resilience::capacity)).
     pub fn capacity(&self) -> Vec<crate::contract::ModelCapacity> {
@@ -350,20 +356,22 @@ impl ResilientClient {
         request: &ChatRequest,
     ) -> Result<ResilientStream, CallError> {
         let sdk = &self.inner.sdk;
-        let limits = self.inner.core.limits();
-        let served = self
-            .inner
-            .core
+        let core = &self.inner.core;
+        let served = core
             .call(request.options().streamed(), request.cost(), |model| {
+                let limits = core.limits_for(model);
                 let call = with_chat!(sdk.converse_stream().model_id(model), request);
+                let model = model.to_string();
                 async move {
                     let mut output = within(limits.headers, Phase::Headers, call.send())
                         .await?
                         .map_err(sdk_failure)?;
+                    let headers_at = tokio::time::Instant::now();
                     let first = within(limits.first_event, Phase::FirstEvent, output.stream.recv())
                         .await?
                         .map_err(stream_failure)?
                         .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
+                    core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
                     Ok((output.stream, first))
                 }
             })
@@ -449,7 +457,8 @@ impl ResilientStream {
 pub(crate) type StreamFailure = (ErrorInfo, BoxError, Option<GiveUpReason>);
 
 /// What every stream keeps once its first event reached the caller: the request is committed
-/// to its model, each later wait is bounded by the idle limit and the deadline, and its end is
+/// to its model, each later wait is bounded by the model's idle limit (learned from its own
+/// gaps, each of which it observes) and the deadline, and its end is
 /// reported to the loop exactly once — complete, or as a failure after output.
 pub(crate) struct Committed {
     client: ResilientClient,
@@ -469,7 +478,7 @@ impl Committed {
     /// A stream `served` by `client`, whose first event is about to be handed over.
     pub(crate) fn new(client: &ResilientClient, served: Served<()>) -> Committed {
         Committed {
-            idle: client.inner.core.limits().idle,
+            idle: client.inner.core.limits_for(&served.model).idle,
             client: client.clone(),
             served,
             delivered: 0,
@@ -509,7 +518,11 @@ impl Committed {
         let idle_ends = now + self.idle;
         let ends = idle_ends.min(self.served.deadline);
         match tokio::time::timeout_at(ends, next).await {
-            Ok(Ok(event)) => Ok(event),
+            Ok(Ok(event)) => {
+                let core = &self.client.inner.core;
+                core.observe(&self.served.model, Phase::Idle, now.elapsed());
+                Ok(event)
+            }
             Ok(Err(error)) => {
                 let (info, source) = classify(error);
                 Err((info, source, None))

@@ -218,19 +218,20 @@ impl ResilientClient {
     /// [`RawStream::next_frame`] returns the frames as they arrive.
     pub async fn stream_raw(&self, request: &RawRequest) -> Result<RawStream, CallError> {
         let sdk = &self.inner.sdk;
-        let limits = self.inner.core.limits();
+        let core = &self.inner.core;
         let operation = request.operation;
-        let served = self
-            .inner
-            .core
+        let served = core
             .call(
                 request.options.streamed(),
                 self.raw_cost(request),
                 |model| {
+                    let limits = core.limits_for(model);
                     let capture = Capture::new(request, true);
-                    let send = send_once(sdk, operation, model.to_string(), capture.clone());
+                    let model = model.to_string();
+                    let send = send_once(sdk, operation, model.clone(), capture.clone());
                     async move {
                         within(limits.headers, Phase::Headers, send).await??;
+                        let headers_at = tokio::time::Instant::now();
                         let (headers, _) = capture.take();
                         let body = capture
                             .stream()
@@ -239,6 +240,7 @@ impl ResilientClient {
                         let first = within(limits.first_event, Phase::FirstEvent, frames.next())
                             .await??
                             .ok_or_else(|| stream_incomplete(0, operation.terminal()))?;
+                        core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
                         if let Some(error) = first.error() {
                             return Err(error);
                         }

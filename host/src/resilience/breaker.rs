@@ -299,9 +299,8 @@ mod tests {
         let after_probe_at = |requests_per_s: f64| {
             let mut breaker = Breaker::new(t0, 300 * second);
             breaker.open(t0, 2 * second);
-            let mut now = t0;
             for at in [2, 4, 8, 16] {
-                now = t0 + at * second;
+                let now = t0 + at * second;
                 breaker.admit(now);
                 breaker.on_failure(now, 1_000.0);
             }

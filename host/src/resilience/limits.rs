@@ -29,6 +29,18 @@ pub struct AttemptLimits {
     /// The longest silence between two events of a stream (`idle_ms`).
     #[serde(with = "crate::decision::outcome::millis", rename = "idle_ms")]
     pub idle: Duration,
+    /// The least a first-event limit learned from a model's own times may be
+    /// (`first_event_floor_ms`); `first_event` is the most. Equal to it: nothing is learned.
+    #[serde(
+        with = "crate::decision::outcome::millis",
+        rename = "first_event_floor_ms"
+    )]
+    pub first_event_floor: Duration,
+    /// The least an idle limit learned from a model's own gaps may be (`idle_floor_ms`);
+    /// `idle` is the most. Higher than the first event's: a stall after output cannot be
+    /// retried, where a slow start can go to another model.
+    #[serde(with = "crate::decision::outcome::millis", rename = "idle_floor_ms")]
+    pub idle_floor: Duration,
 }
 
 impl Default for AttemptLimits {
@@ -37,6 +49,79 @@ impl Default for AttemptLimits {
             headers: Duration::from_secs(10),
             first_event: Duration::from_secs(20),
             idle: Duration::from_secs(15),
+            first_event_floor: Duration::from_secs(2),
+            idle_floor: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Samples a learned limit keeps (the newest).
+const SAMPLES: usize = 64;
+/// Samples needed before a limit is learned; until then the configured one holds.
+const MIN_SAMPLES: usize = 20;
+/// The learned limit is this many times the samples' 95th percentile, as TCP's retransmission
+/// timeout sits well above the round trips it has seen.
+const MARGIN: u32 = 3;
+
+/// One limit learned from a model's own times (to its first event, or between events): the
+/// 95th percentile of the newest samples times a margin, within a floor and the configured
+/// limit. A model that usually starts in a second is left after a few seconds of silence; one
+/// that takes twelve is not cut early.
+#[derive(Clone, Debug, Default)]
+pub struct Learned {
+    samples: std::collections::VecDeque<Duration>,
+    /// Samples taken since the percentile was last computed.
+    stale: usize,
+    percentile: Option<Duration>,
+}
+
+impl Learned {
+    /// One observed time.
+    pub fn observe(&mut self, took: Duration) {
+        if self.samples.len() == SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(took);
+        self.stale += 1;
+        // Gaps between events come by the hundred a stream: the percentile is worked out
+        // again every eighth sample, not on each.
+        if self.samples.len() >= MIN_SAMPLES && (self.percentile.is_none() || self.stale >= 8) {
+            let mut sorted: Vec<Duration> = self.samples.iter().copied().collect();
+            sorted.sort_unstable();
+            let index = (sorted.len() * 95).div_ceil(100).saturating_sub(1);
+            self.percentile = sorted.get(index).copied();
+            self.stale = 0;
+        }
+    }
+
+    /// The limit: the configured `ceiling` until enough samples came, then the learned one
+    /// within `[floor, ceiling]`.
+    pub fn limit(&self, floor: Duration, ceiling: Duration) -> Duration {
+        match self.percentile {
+            Some(p95) => (p95 * MARGIN).clamp(floor.min(ceiling), ceiling),
+            None => ceiling,
+        }
+    }
+}
+
+/// A model's learned first-event and idle limits.
+#[derive(Clone, Debug, Default)]
+pub struct LearnedLimits {
+    /// Times from the response's headers to a stream's first event.
+    pub first_event: Learned,
+    /// Silences between events of a stream.
+    pub idle: Learned,
+}
+
+impl LearnedLimits {
+    /// `configured` with its first-event and idle limits as learned for this model.
+    pub fn applied_to(&self, configured: AttemptLimits) -> AttemptLimits {
+        AttemptLimits {
+            first_event: self
+                .first_event
+                .limit(configured.first_event_floor, configured.first_event),
+            idle: self.idle.limit(configured.idle_floor, configured.idle),
+            ..configured
         }
     }
 }
@@ -114,6 +199,40 @@ pub fn stream_incomplete(events: u64, terminal: &str) -> (ErrorInfo, BoxError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_is_learned_from_a_models_own_times_within_the_floor_and_the_configured_limit() {
+        let (floor, ceiling) = (Duration::from_secs(2), Duration::from_secs(20));
+        let mut quick = Learned::default();
+        for _ in 0..MIN_SAMPLES - 1 {
+            quick.observe(Duration::from_millis(900));
+        }
+        assert_eq!(
+            quick.limit(floor, ceiling),
+            ceiling,
+            "too few to learn from"
+        );
+        quick.observe(Duration::from_millis(900));
+        assert_eq!(quick.limit(floor, ceiling), Duration::from_millis(2_700));
+        // One slow start in twenty does not move the 95th percentile much; the floor holds
+        // for a model that starts at once.
+        let mut instant = Learned::default();
+        for _ in 0..40 {
+            instant.observe(Duration::from_millis(5));
+        }
+        assert_eq!(instant.limit(floor, ceiling), floor);
+        // A model that takes twelve seconds keeps the configured limit: never cut early.
+        let mut slow = Learned::default();
+        for _ in 0..40 {
+            slow.observe(Duration::from_secs(12));
+        }
+        assert_eq!(slow.limit(floor, ceiling), ceiling);
+        // The newest samples count: a model that slowed down is given more time again.
+        for _ in 0..SAMPLES {
+            quick.observe(Duration::from_secs(5));
+        }
+        assert_eq!(quick.limit(floor, ceiling), Duration::from_secs(15));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_phase_becomes_a_timeout_naming_it() {

@@ -30,7 +30,7 @@ use capacity::{Charge, Returned};
 use error::{AttemptRecord, BoxError, CallError, Served, Unfit, Untold};
 use fleet::{Fleet, FleetMember};
 use health::{HealthBoard, TokenTally};
-use limits::AttemptLimits;
+use limits::{AttemptLimits, LearnedLimits, Phase};
 use metrics::Metrics;
 use options::{ClientOptions, Cost, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
 use queue::BatchQueue;
@@ -62,6 +62,8 @@ pub struct Resilience {
     facts: Vec<Facts>,
     /// Each chain model's expected output per answer, learned from usage (a moving average).
     expected_output: Vec<AtomicU64>,
+    /// Each chain model's first-event and idle limits, learned from its own streams.
+    learned: Vec<Mutex<LearnedLimits>>,
 }
 
 /// What a model is expected to draw per answer before any usage was seen.
@@ -163,6 +165,7 @@ impl Resilience {
                 .iter()
                 .map(|_| AtomicU64::new(FIRST_EXPECTED_OUTPUT))
                 .collect(),
+            learned: options.models.iter().map(|_| Mutex::default()).collect(),
             options,
         })
     }
@@ -289,14 +292,47 @@ impl Resilience {
         fleet::policy_seconds(self.started, now, self.options.time_scale)
     }
 
-    /// The attempt limits in real time (scaled like every other duration).
+    /// The configured attempt limits in real time (scaled like every other duration).
     pub fn limits(&self) -> AttemptLimits {
         let limits = self.options.limits;
+        let scaled = |d| scale(d, self.options.time_scale);
         AttemptLimits {
-            headers: scale(limits.headers, self.options.time_scale),
-            first_event: scale(limits.first_event, self.options.time_scale),
-            idle: scale(limits.idle, self.options.time_scale),
+            headers: scaled(limits.headers),
+            first_event: scaled(limits.first_event),
+            idle: scaled(limits.idle),
+            first_event_floor: scaled(limits.first_event_floor),
+            idle_floor: scaled(limits.idle_floor),
         }
+    }
+
+    /// The attempt limits for `model` in real time: its first-event and idle limits learned
+    /// from its own streams (see [`limits::Learned`]), within the configured floors and limits.
+    pub fn limits_for(&self, model: &str) -> AttemptLimits {
+        let configured = self.limits();
+        match self.options.models.iter().position(|m| m == model) {
+            Some(index) => self.learned_of(index).applied_to(configured),
+            None => configured,
+        }
+    }
+
+    /// A stream of `model` took `took` (real time) in `phase`: from its headers to its first
+    /// event, or between two events. Other phases are not learned.
+    pub fn observe(&self, model: &str, phase: Phase, took: Duration) {
+        let Some(index) = self.options.models.iter().position(|m| m == model) else {
+            return;
+        };
+        let mut learned = self.learned_of(index);
+        match phase {
+            Phase::FirstEvent => learned.first_event.observe(took),
+            Phase::Idle => learned.idle.observe(took),
+            Phase::Headers => {}
+        }
+    }
+
+    fn learned_of(&self, index: usize) -> std::sync::MutexGuard<'_, LearnedLimits> {
+        self.learned[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn real(&self, policy_ms: u64) -> Duration {
