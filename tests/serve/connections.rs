@@ -4,7 +4,7 @@
 //! however many, cannot lock applications out. Only when every connection has a request in
 //! progress is a new one refused, at once, with a 503.
 
-use crate::{CONVERSE_BODY, http, scenario, sidecar_with};
+use crate::{CONVERSE_BODY, http, post_json, scenario, sidecar_with};
 use backstop_lab::FaultServer;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,17 +40,9 @@ async fn idle_connections_beyond_the_cap_cannot_lock_an_application_out() {
         idle.push(stream);
     }
     let url = format!("{}/model/m/converse", sidecar.endpoint_url());
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        http(
-            "POST",
-            &url,
-            &[("content-type", "application/json")],
-            CONVERSE_BODY,
-        ),
-    )
-    .await
-    .expect("an application gets through at once");
+    let answer = tokio::time::timeout(Duration::from_secs(5), post_json(&url, CONVERSE_BODY))
+        .await
+        .expect("an application gets through at once");
     assert_eq!(answer.status, 200);
     // Every silent connection is closed: the ones evicted to make room at once, the rest
     // after the header timeout. None is held.

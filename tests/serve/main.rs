@@ -102,6 +102,11 @@ impl Answer {
     }
 }
 
+/// A JSON POST (a Converse body) to `url`.
+pub async fn post_json(url: &str, body: &'static str) -> Answer {
+    http("POST", url, &[("content-type", "application/json")], body).await
+}
+
 /// One plain HTTP request (no SigV4: the sidecar signs upstream requests itself).
 pub async fn http(
     method: &str,

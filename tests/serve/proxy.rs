@@ -1,7 +1,7 @@
 //! The data listener through the real Rust SDK: every operation, fallbacks, final errors,
 //! cut streams and bad requests.
 
-use crate::{CONVERSE_BODY, faults, hello, http, scenario, sdk, sidecar, sidecar_with};
+use crate::{CONVERSE_BODY, faults, hello, http, post_json, scenario, sdk, sidecar, sidecar_with};
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{ConverseStreamOutput, ResponseStream};
 use backstop::ErrorKind;
@@ -117,13 +117,7 @@ async fn a_throttled_primary_is_served_by_the_fallback_and_the_headers_say_so() 
         .unwrap();
     let sidecar = sidecar(&server, r#"{ "primary": ["fallback"] }"#).await;
     let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
-    let answer = http(
-        "POST",
-        &url,
-        &[("content-type", "application/json")],
-        CONVERSE_BODY,
-    )
-    .await;
+    let answer = post_json(&url, CONVERSE_BODY).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.header("x-backstop-requested-model"), "primary");
     assert_eq!(answer.header("x-backstop-model"), "fallback");
@@ -450,16 +444,7 @@ async fn a_clients_own_retry_is_counted() {
 async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so() {
     // A pool of 3,000 tokens a minute: an unset maxTokens reserves the model's maximum output
     // (4,096 here) and never fits; 256 does.
-    let server = FaultServer::start(
-        Scenario::from_json(
-            r#"{ "pools": { "small": { "tpm": 3000 } },
-                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096 } } }"#,
-        )
-        .unwrap(),
-        0,
-    )
-    .await
-    .unwrap();
+    let server = pooled_primary(3000, 0).await;
     let deadline = [
         ("content-type", "application/json"),
         ("x-backstop-deadline-ms", "1500"),
@@ -530,23 +515,13 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
 async fn a_request_refused_for_room_is_told_when_its_own_reservation_is_expected_to_fit() {
     // A pool of 6,000 tokens a minute; each request reserves its maxTokens (4,000) and holds it
     // for the second it runs, so a second request beside the first is throttled.
-    let server = FaultServer::start(
-        Scenario::from_json(
-            r#"{ "pools": { "small": { "tpm": 6000 } },
-                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096,
-                                          "latency_ms": { "min": 1000, "max": 1000 } } } }"#,
-        )
-        .unwrap(),
-        0,
-    )
-    .await
-    .unwrap();
+    let server = pooled_primary(6000, 1000).await;
     let sidecar = sidecar_with(&server, r#"{ "chains": { "primary": [] } }"#, None).await;
     let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
     let large = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":4000}}"#;
     let first = tokio::spawn({
         let url = url.clone();
-        async move { http("POST", &url, &[("content-type", "application/json")], large).await }
+        async move { post_json(&url, large).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let refused = http(
@@ -582,16 +557,7 @@ async fn a_request_refused_for_room_is_told_when_its_own_reservation_is_expected
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_larger_than_every_quota_the_operator_gave_is_refused_at_once_naming_the_numbers()
 {
-    let server = FaultServer::start(
-        Scenario::from_json(
-            r#"{ "pools": { "small": { "tpm": 3000 } },
-                 "models": { "primary": { "pool": "small", "max_output_tokens": 4096 } } }"#,
-        )
-        .unwrap(),
-        0,
-    )
-    .await
-    .unwrap();
+    let server = pooled_primary(3000, 0).await;
     let sidecar = sidecar_with(
         &server,
         r#"{ "chains": { "primary": [] },
@@ -600,13 +566,7 @@ async fn a_request_larger_than_every_quota_the_operator_gave_is_refused_at_once_
     )
     .await;
     let url = format!("{}/model/primary/converse", sidecar.endpoint_url());
-    let unset = http(
-        "POST",
-        &url,
-        &[("content-type", "application/json")],
-        CONVERSE_BODY,
-    )
-    .await;
+    let unset = post_json(&url, CONVERSE_BODY).await;
     assert_eq!(unset.status, 400, "{:?}", unset.body);
     assert_eq!(unset.header("x-amzn-errortype"), "ValidationException");
     assert_eq!(unset.header("x-backstop-cause"), "never-fits");
@@ -725,4 +685,17 @@ async fn a_slow_first_event_is_left_at_the_limit_learned_from_the_models_own_str
     );
     drop(answer);
     assert_eq!(server.requests("fallback"), 1);
+}
+
+/// A fault server whose model `primary` draws from a pool of `tpm` tokens a minute, with a
+/// maximum output of 4,096 and answers after `latency_ms`.
+async fn pooled_primary(tpm: u64, latency_ms: u64) -> FaultServer {
+    let scenario = format!(
+        r#"{{ "pools": {{ "small": {{ "tpm": {tpm} }} }},
+              "models": {{ "primary": {{ "pool": "small", "max_output_tokens": 4096,
+                                        "latency_ms": {{ "min": {latency_ms}, "max": {latency_ms} }} }} }} }}"#
+    );
+    FaultServer::start(Scenario::from_json(&scenario).unwrap(), 0)
+        .await
+        .unwrap()
 }

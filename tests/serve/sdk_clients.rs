@@ -67,6 +67,14 @@ async fn run_client(program: &str, args: Vec<String>, env: Vec<(String, String)>
     stdout
 }
 
+fn boto3_available() -> bool {
+    available(
+        Command::new("python3").args(["-c", "import boto3"]),
+        "boto3",
+        "pip install boto3",
+    )
+}
+
 fn available(check: &mut Command, what: &str, install: &str) -> bool {
     if check.status().is_ok_and(|s| s.success()) {
         return true;
@@ -81,11 +89,7 @@ fn available(check: &mut Command, what: &str, install: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn boto3_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions() {
-    if !available(
-        Command::new("python3").args(["-c", "import boto3"]),
-        "boto3",
-        "pip install boto3",
-    ) {
+    if !boto3_available() {
         return;
     }
     let script = concat!(
@@ -122,11 +126,7 @@ async fn the_javascript_sdk_uses_the_sidecar_for_every_operation_and_gets_bedroc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_time_replay_tallies_what_boto3_got_through_the_sidecar() {
-    if !available(
-        Command::new("python3").args(["-c", "import boto3"]),
-        "boto3",
-        "pip install boto3",
-    ) {
+    if !boto3_available() {
         return;
     }
     // Thirty requests within 300 ms against a primary pool that admits about half of them at

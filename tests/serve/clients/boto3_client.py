@@ -70,27 +70,26 @@ check(
     "InvokeModelWithResponseStream",
 )
 
-try:
-    received = 0
-    for _ in client.converse_stream(modelId="cut", messages=messages)["stream"]:
-        received += 1
-    check(False, "a cut stream raises")
-except EventStreamError as error:
-    check(
-        error.response["Error"]["Code"] == "modelStreamErrorException" and received == 3,
-        f"a stream cut after output raises {error.response['Error']['Code']} after {received} events",
-    )
 
-try:
+
+def ends_in_stream_error(model, what):
+    """A stream that fails after messageStart and two deltas raises modelStreamErrorException."""
     received = 0
-    for _ in client.converse_stream(modelId="garbage", messages=messages)["stream"]:
-        received += 1
-    check(False, "a stream with a garbage event raises")
-except EventStreamError as error:
-    check(
-        error.response["Error"]["Code"] == "modelStreamErrorException" and received == 3,
-        f"a garbage event after output raises {error.response['Error']['Code']} after {received} events",
-    )
+    try:
+        for _ in client.converse_stream(modelId=model, messages=messages)["stream"]:
+            received += 1
+        check(False, f"{what} raises")
+    except EventStreamError as error:
+        code = error.response["Error"]["Code"]
+        check(
+            code == "modelStreamErrorException" and received == 3,
+            f"{what} raises {code} after {received} events",
+        )
+
+
+ends_in_stream_error("cut", "a stream cut after output")
+
+ends_in_stream_error("garbage", "a garbage event after output")
 
 deadline_ms(30000)
 try:
