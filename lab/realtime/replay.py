@@ -22,6 +22,7 @@ Prints one JSON line of results on stdout; progress goes to stderr every 30 s.
 """
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -150,28 +151,46 @@ def main():
 
     start = time.monotonic()
     last_report = start
-    with ThreadPoolExecutor(max_workers=2000) as pool:
-        for arrival in arrivals:
-            wait = start + arrival["at"] - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            pool.submit(send, arrival, time.monotonic())
-            now = time.monotonic()
-            if now - last_report >= 30:
-                last_report = now
-                with tally.lock:
-                    print(
-                        f"{args.label or args.mode}: {now - start:.0f} s, {tally.done} done, "
-                        f"{tally.served} served",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+
+    def report(now):
+        with tally.lock:
+            print(
+                f"{args.label or args.mode}: {now - start:.0f} s, {tally.done} done, "
+                f"{tally.served} served",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    pool = ThreadPoolExecutor(max_workers=2000)
+    for arrival in arrivals:
+        wait = start + arrival["at"] - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        pool.submit(send, arrival, time.monotonic())
+        now = time.monotonic()
+        if now - last_report >= 30:
+            last_report = now
+            report(now)
+    # Every caller gives up at its deadline: a request still waiting then (in a client-side
+    # rate limiter, say) failed, and the replay does not wait for it.
+    cutoff = start + max((a["at"] + a["deadline"] for a in arrivals), default=0.0) + 1.0
+    while time.monotonic() < cutoff:
+        with tally.lock:
+            if tally.done == len(arrivals):
+                break
+        time.sleep(0.2)
     elapsed = time.monotonic() - start
+    # What the callers got by now, frozen: threads still running may add to the tally later.
+    with tally.lock:
+        served, late, failed = tally.served, tally.late, dict(tally.failed)
+        latencies = sorted(tally.latencies)
+        unfinished = len(arrivals) - tally.done
+    if unfinished:
+        failed["still waiting at its deadline"] = unfinished
 
     with urllib.request.urlopen(args.stats, timeout=10) as answer:
         stats = json.loads(answer.read(10_000_000))
     calls = sum(int(model.get("requests", 0)) for model in stats.values())
-    latencies = sorted(tally.latencies)
 
     def percentile(p):
         if not latencies:
@@ -185,12 +204,12 @@ def main():
             {
                 "label": args.label or args.mode,
                 "requests": requests,
-                "served": tally.served,
-                "late": tally.late,
-                "failed": tally.failed,
+                "served": served,
+                "late": late,
+                "failed": failed,
                 "calls": calls,
                 "calls_per_request": round(calls / requests, 3) if requests else 0,
-                "calls_per_served": round(calls / tally.served, 3) if tally.served else None,
+                "calls_per_served": round(calls / served, 3) if served else None,
                 "p50_ms": percentile(0.50),
                 "p95_ms": percentile(0.95),
                 "p99_ms": percentile(0.99),
@@ -204,3 +223,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    # Threads still waiting (past their callers' deadlines) are not waited for.
+    os._exit(0)
