@@ -584,14 +584,7 @@ impl Frames {
                 .unwrap_or_default()
         };
         let message_type = header(":message-type");
-        if message_type == "event"
-            && let Err(why) = event_payload_sound(&header(":event-type"), message.payload())
-        {
-            return Err(malformed(format!(
-                "a `{}` event whose payload {why}",
-                header(":event-type").chars().take(64).collect::<String>()
-            )));
-        }
+
         let (kind, text) = match message_type.as_str() {
             "event" => (header(":event-type"), String::new()),
             "exception" => (
@@ -600,6 +593,14 @@ impl Frames {
             ),
             _ => (header(":error-code"), header(":error-message")),
         };
+        if message_type == "event"
+            && let Err(why) = event_payload_sound(&kind, message.payload())
+        {
+            return Err(malformed(format!(
+                "a `{}` event whose payload {why}",
+                kind.chars().take(64).collect::<String>()
+            )));
+        }
         let chunk = (message_type == "event" && kind == "chunk")
             .then(|| chunk_json(message.payload()))
             .flatten();
