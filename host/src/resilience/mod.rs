@@ -309,7 +309,7 @@ impl Resilience {
     /// from its own streams (see [`limits::Learned`]), within the configured floors and limits.
     pub fn limits_for(&self, model: &str) -> AttemptLimits {
         let configured = self.limits();
-        match self.options.models.iter().position(|m| m == model) {
+        match self.index_of(model) {
             Some(index) => self.learned_of(index).applied_to(configured),
             None => configured,
         }
@@ -318,7 +318,7 @@ impl Resilience {
     /// A stream of `model` took `took` (real time) in `phase`: from its headers to its first
     /// event, or between two events. Other phases are not learned.
     pub fn observe(&self, model: &str, phase: Phase, took: Duration) {
-        let Some(index) = self.options.models.iter().position(|m| m == model) else {
+        let Some(index) = self.index_of(model) else {
             return;
         };
         let mut learned = self.learned_of(index);
@@ -327,6 +327,11 @@ impl Resilience {
             Phase::Idle => learned.idle.observe(took),
             Phase::Headers => {}
         }
+    }
+
+    /// The chain index of `model`.
+    fn index_of(&self, model: &str) -> Option<usize> {
+        self.options.models.iter().position(|m| m == model)
     }
 
     fn learned_of(&self, index: usize) -> std::sync::MutexGuard<'_, LearnedLimits> {
