@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[macro_export]
 macro_rules! wit_version {
     () => {
-        "0.2.0"
+        "0.3.0"
     };
 }
 
@@ -300,6 +300,12 @@ pub struct ModelHealth {
     pub breaker: BreakerState,
     /// How long the breaker has been in that state.
     pub in_state_ms: u64,
+    /// How long the host now waits for a stream's first event from the model, learned from
+    /// its own times within the configured bounds (0: not given). Contract 0.3.0 and later.
+    pub first_event_limit_ms: u64,
+    /// How long the host now lets the model's stream fall silent between events, learned the
+    /// same way (0: not given). Contract 0.3.0 and later.
+    pub idle_limit_ms: u64,
 }
 
 /// Everything a decision may depend on (`attempt-context`).
@@ -331,6 +337,17 @@ pub struct AttemptContext {
     pub health: Vec<ModelHealth>,
     /// 64 random bits from the host: the only randomness a policy may use.
     pub entropy: u64,
+    /// Continuations already made for this request. Contract 0.3.0 and later.
+    #[serde(default)]
+    pub continuations: u32,
+    /// Tokens the request reserves of the failed model's quota when admitted (0: not
+    /// given). Contract 0.3.0 and later.
+    #[serde(default)]
+    pub reservation: u64,
+    /// Tokens it is expected to keep of that quota once answered (0: not given). Contract
+    /// 0.3.0 and later.
+    #[serde(default)]
+    pub expected_settled: u64,
 }
 
 impl AttemptContext {
@@ -373,6 +390,9 @@ impl AttemptContext {
             output_delivered: false,
             health,
             entropy: 0,
+            continuations: 0,
+            reservation: 0,
+            expected_settled: 0,
         }
     }
 
@@ -448,6 +468,15 @@ pub enum Decision {
         /// Why.
         reason: GiveUpReason,
     },
+    /// Resume a stream cut after output: re-ask a model with the delivered text as the start
+    /// of its answer and carry the continuation on in the caller's stream. Contract 0.3.0 and
+    /// later.
+    ContinueAnswer {
+        /// The index of the model to continue on (the same one or another).
+        model: u32,
+        /// The wait, in milliseconds.
+        delay_ms: u64,
+    },
 }
 
 impl GiveUpReason {
@@ -464,11 +493,25 @@ impl GiveUpReason {
 }
 
 impl Decision {
+    /// The WIT case name (`retry`, `switch-model`, …), as reports and spans name it.
+    pub fn case(&self) -> &'static str {
+        match self {
+            Decision::Retry { .. } => "retry",
+            Decision::SwitchModel { .. } => "switch-model",
+            Decision::BreakCircuit { .. } => "break-circuit",
+            Decision::Queue { .. } => "queue",
+            Decision::GiveUp { .. } => "give-up",
+            Decision::ContinueAnswer { .. } => "continue-answer",
+        }
+    }
+
     /// Whether this resends to a model other than `model` (a switch, or a break that falls
     /// back), the only resend that may follow an input too long for `model`.
     pub fn moves_from(&self, model: u32) -> bool {
         match *self {
-            Decision::SwitchModel { model: to, .. } => to != model,
+            Decision::SwitchModel { model: to, .. } | Decision::ContinueAnswer { model: to, .. } => {
+                to != model
+            }
             Decision::BreakCircuit {
                 then: AfterBreak::Fallback { model: to },
                 ..
@@ -480,7 +523,10 @@ impl Decision {
     /// Whether the request will be sent again (now, later, or on another model).
     pub fn sends_again(&self) -> bool {
         match self {
-            Decision::Retry { .. } | Decision::SwitchModel { .. } | Decision::Queue { .. } => true,
+            Decision::Retry { .. }
+            | Decision::SwitchModel { .. }
+            | Decision::Queue { .. }
+            | Decision::ContinueAnswer { .. } => true,
             Decision::BreakCircuit { then, .. } => !matches!(then, AfterBreak::GiveUp),
             Decision::GiveUp { .. } => false,
         }
@@ -489,7 +535,9 @@ impl Decision {
     /// How long the request waits before its next attempt, if it has one.
     pub fn delay_ms(&self) -> Option<u64> {
         match *self {
-            Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } => Some(delay_ms),
+            Decision::Retry { delay_ms }
+            | Decision::SwitchModel { delay_ms, .. }
+            | Decision::ContinueAnswer { delay_ms, .. } => Some(delay_ms),
             Decision::Queue { not_before_ms } => Some(not_before_ms),
             Decision::BreakCircuit {
                 then: AfterBreak::Fallback { .. },
@@ -530,24 +578,52 @@ pub struct ModelFacts {
     /// Its region, when the operator said.
     pub region: Option<String>,
     /// The most output tokens it draws (what an unset `maxTokens` reserves of its quota),
-    /// when the operator said; the host's catalogue knows well-known ids. Host-side only: not
-    /// part of `model-facts`.
+    /// when the operator said; the host's catalogue knows well-known ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
     /// How many times each output token counts against its quota (5 for Claude 3.7 / 4
-    /// output, 1 for others), when the operator said. Host-side only.
+    /// output, 1 for others), when the operator said; the catalogue knows well-known ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burndown: Option<u32>,
     /// Another id that reaches the same model through another quota pool (a provisioned
     /// throughput's ARN, say), when the operator said; profiles of well-known ids are known.
-    /// Host-side only.
+    /// Contract 0.3.0 gives a policy its index in the chain (`same-model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_model_as: Option<String>,
     /// Its pool's tokens-per-minute quota (the Service Quotas console's figure), when the
     /// operator said: a request whose reservation is larger can never be admitted there, and
-    /// the host fails it at once instead of sending it into throttles. Host-side only.
+    /// the host fails it at once instead of sending it into throttles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
+    /// Whether it accepts a partial answer as the start of its turn (assistant prefill), so a
+    /// stream cut after output can be continued on it, when the operator said; the catalogue
+    /// knows well-known ids (Claude before 4.6 and Nova do; Claude 4.6 and later refuse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<bool>,
+}
+
+impl ModelFacts {
+    /// The model these facts' id reaches: the operator's `same_model_as`, or the id's
+    /// [`base_model`]. Ids with the same answer share a model, each through its own pool.
+    pub fn model(&self) -> &str {
+        self.same_model_as
+            .as_deref()
+            .unwrap_or_else(|| base_model(&self.id))
+    }
+
+    /// For each of a chain's facts, the index of the first that reaches the same
+    /// [`model`](Self::model) (`same-model` in the contract): its own index when none earlier
+    /// does.
+    pub fn same_model(chain: &[ModelFacts]) -> Vec<u32> {
+        chain
+            .iter()
+            .enumerate()
+            .map(|(index, facts)| {
+                let first = chain.iter().position(|other| other.model() == facts.model());
+                first.unwrap_or(index) as u32
+            })
+            .collect()
+    }
 }
 
 /// A model's learned capacity (`model-capacity`): what the host estimated from its throttles
@@ -610,8 +686,14 @@ pub struct RouteContext {
     pub request_id: String,
     /// Interactive or batch.
     pub workload: Workload,
-    /// The request's estimated tokens (input and expected output).
-    pub tokens: u64,
+    /// Tokens the request reserves on the current model when admitted; every model's
+    /// capacity is given in this unit. Contract 0.2.0 called it `tokens`.
+    #[serde(alias = "tokens")]
+    pub reservation: u64,
+    /// Tokens it is expected to keep of the current model's quota once answered (0: not
+    /// given). Contract 0.3.0 and later.
+    #[serde(default)]
+    pub expected_settled: u64,
     /// Attempts made so far (0 before the first).
     pub attempts_total: u32,
     /// Index of the model the request is on now.

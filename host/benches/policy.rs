@@ -125,7 +125,8 @@ fn route(c: &mut Criterion) {
     let query = RouteQuery {
         request_id: &ctx.request_id,
         workload: ctx.workload,
-        tokens: 1_200,
+        reservation: 1_200,
+        expected_settled: 1_000,
         input_tokens: 800,
         attempts_total: 0,
         current: 0,

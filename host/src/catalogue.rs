@@ -123,40 +123,48 @@ pub struct Facts {
     /// Its pool's tokens-per-minute quota, when the operator said (no table can know it: it
     /// is the account's).
     pub tokens_per_minute: Option<u64>,
+    /// Whether it takes a partial answer as the start of its turn (assistant prefill), so a
+    /// cut answer may be continued on it. `false` for an id nobody vouched for: a guess that
+    /// failed would cost the caller the answer it already has half of.
+    pub continues: bool,
 }
 
-/// A well-known model: (base id prefix, maximum output, context window, burndown).
-type Known = (&'static str, u64, u32, u64);
+/// A well-known model: (base id prefix, maximum output, context window, burndown, continues).
+type Known = (&'static str, u64, u32, u64, bool);
 
 /// Well-known Bedrock models, longest prefixes first where one prefix extends another.
 /// Maximum outputs and windows from the providers' model cards; burndown from the quotas page.
+/// Continuation (assistant prefill): Anthropic's "What's new in Claude 4.6" says prefilling
+/// returns a 400 on Claude 4.6 models and later, earlier Claude models take it; the Nova user
+/// guide ("Invoking Amazon Nova understanding models") says Nova continues from a final
+/// assistant message. Titan, Llama and Mistral document nothing, so they are not asked.
 const KNOWN: &[Known] = &[
-    ("anthropic.claude-opus-4-7", 128_000, 200_000, 5),
-    ("anthropic.claude-opus-4-6", 128_000, 200_000, 5),
-    ("anthropic.claude-sonnet-4-6", 128_000, 200_000, 5),
-    ("anthropic.claude-opus-4-5", 64_000, 200_000, 5),
-    ("anthropic.claude-opus-4-1", 32_000, 200_000, 5),
-    ("anthropic.claude-opus-4", 32_000, 200_000, 5),
-    ("anthropic.claude-sonnet-4-5", 64_000, 200_000, 5),
-    ("anthropic.claude-sonnet-4", 64_000, 200_000, 5),
-    ("anthropic.claude-haiku-4-5", 64_000, 200_000, 5),
-    ("anthropic.claude-3-7-sonnet", 64_000, 200_000, 5),
-    ("anthropic.claude-3-5-sonnet", 8_192, 200_000, 1),
-    ("anthropic.claude-3-5-haiku", 8_192, 200_000, 1),
-    ("anthropic.claude-3-haiku", 4_096, 200_000, 1),
-    ("anthropic.claude-3-sonnet", 4_096, 200_000, 1),
-    ("anthropic.claude-3-opus", 4_096, 200_000, 1),
-    ("amazon.nova-premier", 32_000, 1_000_000, 1),
-    ("amazon.nova-pro", 10_000, 300_000, 1),
-    ("amazon.nova-lite", 10_000, 300_000, 1),
-    ("amazon.nova-micro", 10_000, 128_000, 1),
-    ("amazon.titan-text-premier", 3_072, 32_000, 1),
-    ("amazon.titan-text-express", 8_192, 8_000, 1),
-    ("amazon.titan-text-lite", 4_096, 4_000, 1),
-    ("meta.llama4", 8_192, 128_000, 1),
-    ("meta.llama3", 2_048, 128_000, 1),
-    ("mistral.mistral-large", 8_192, 128_000, 1),
-    ("mistral.pixtral-large", 8_192, 128_000, 1),
+    ("anthropic.claude-opus-4-7", 128_000, 200_000, 5, false),
+    ("anthropic.claude-opus-4-6", 128_000, 200_000, 5, false),
+    ("anthropic.claude-sonnet-4-6", 128_000, 200_000, 5, false),
+    ("anthropic.claude-opus-4-5", 64_000, 200_000, 5, true),
+    ("anthropic.claude-opus-4-1", 32_000, 200_000, 5, true),
+    ("anthropic.claude-opus-4", 32_000, 200_000, 5, true),
+    ("anthropic.claude-sonnet-4-5", 64_000, 200_000, 5, true),
+    ("anthropic.claude-sonnet-4", 64_000, 200_000, 5, true),
+    ("anthropic.claude-haiku-4-5", 64_000, 200_000, 5, true),
+    ("anthropic.claude-3-7-sonnet", 64_000, 200_000, 5, true),
+    ("anthropic.claude-3-5-sonnet", 8_192, 200_000, 1, true),
+    ("anthropic.claude-3-5-haiku", 8_192, 200_000, 1, true),
+    ("anthropic.claude-3-haiku", 4_096, 200_000, 1, true),
+    ("anthropic.claude-3-sonnet", 4_096, 200_000, 1, true),
+    ("anthropic.claude-3-opus", 4_096, 200_000, 1, true),
+    ("amazon.nova-premier", 32_000, 1_000_000, 1, true),
+    ("amazon.nova-pro", 10_000, 300_000, 1, true),
+    ("amazon.nova-lite", 10_000, 300_000, 1, true),
+    ("amazon.nova-micro", 10_000, 128_000, 1, true),
+    ("amazon.titan-text-premier", 3_072, 32_000, 1, false),
+    ("amazon.titan-text-express", 8_192, 8_000, 1, false),
+    ("amazon.titan-text-lite", 4_096, 4_000, 1, false),
+    ("meta.llama4", 8_192, 128_000, 1, false),
+    ("meta.llama3", 2_048, 128_000, 1, false),
+    ("mistral.mistral-large", 8_192, 128_000, 1, false),
+    ("mistral.pixtral-large", 8_192, 128_000, 1, false),
 ];
 
 /// What an id the table does not know is taken to be: a reservation large enough not to
@@ -169,9 +177,11 @@ pub fn facts(model: &str, facts: &[ModelFacts]) -> Facts {
     let base = base_model(model);
     let table = KNOWN.iter().find(|(prefix, ..)| base.starts_with(prefix));
     let said = facts.iter().find(|f| f.id == model);
-    let (max_output, window, burndown) = match table {
-        Some(&(_, max_output, window, burndown)) => (max_output, Some(window), burndown),
-        None => (UNKNOWN.0, None, UNKNOWN.1),
+    let (max_output, window, burndown, continues) = match table {
+        Some(&(_, max_output, window, burndown, continues)) => {
+            (max_output, Some(window), burndown, continues)
+        }
+        None => (UNKNOWN.0, None, UNKNOWN.1, false),
     };
     let known = table.is_some() || said.is_some_and(|f| f.max_output_tokens.is_some());
     if !known {
@@ -183,11 +193,10 @@ pub fn facts(model: &str, facts: &[ModelFacts]) -> Facts {
             .map_or(max_output, u64::from),
         burndown: said.and_then(|f| f.burndown).map_or(burndown, u64::from),
         context_window: said.and_then(|f| f.context_window).or(window),
-        model: said
-            .and_then(|f| f.same_model_as.clone())
-            .unwrap_or_else(|| base.to_string()),
+        model: said.map_or(base, ModelFacts::model).to_string(),
         known,
         tokens_per_minute: said.and_then(|f| f.tokens_per_minute),
+        continues: said.and_then(|f| f.continues).unwrap_or(continues),
     }
 }
 

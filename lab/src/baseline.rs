@@ -715,7 +715,8 @@ mod tests {
         RouteQuery {
             request_id,
             workload: backstop::Workload::Interactive,
-            tokens: 100,
+            reservation: 100,
+            expected_settled: 100,
             input_tokens: 100,
             attempts_total: 0,
             current,

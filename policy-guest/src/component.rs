@@ -84,9 +84,14 @@ struct DefaultPolicy;
 impl wit::Guest for DefaultPolicy {
     fn configure(config: String, models: Vec<wit::ModelFacts>) -> Result<(), String> {
         // The chain's length comes with every context (one health entry per model); of the
-        // facts the default reads the context windows and which ids reach the same model.
+        // facts the default reads the context windows, which ids reach the same model and
+        // which models continue a cut answer.
         let mut params = Params::from_json(&config)?;
-        params.learn_chain(models.iter().map(|m| (m.id.as_str(), m.context_window)));
+        params.learn_chain(models.iter().map(|m| policy::ChainFact {
+            context_window: m.context_window,
+            same_model: m.same_model,
+            continues: m.continues,
+        }));
         // SAFETY: single-threaded; no reference to the cell is alive.
         unsafe { *PARAMS.0.get() = Some(params) };
         Ok(())
@@ -100,7 +105,8 @@ impl wit::Guest for DefaultPolicy {
         let ctx = c::RouteContext {
             request_id: context.request_id,
             workload: workload_from_wit(context.workload),
-            tokens: context.tokens,
+            reservation: context.reservation,
+            expected_settled: context.expected_settled,
             attempts_total: context.attempts_total,
             current: context.current,
             elapsed_ms: context.elapsed_ms,
@@ -149,7 +155,8 @@ fn from_wit(ctx: wit::AttemptContext) -> c::AttemptContext {
             message: ctx.error.message,
             retry_after_ms: ctx.error.retry_after_ms,
         },
-        // 0.2.0 contexts name models by index only; the policy counts `health` for the chain.
+        // Contexts name models by index only (0.2.0 on); the policy counts `health` for the
+        // chain.
         models: Vec::new(),
         model: ctx.model,
         attempts_on_model: ctx.attempts_on_model,
@@ -160,6 +167,9 @@ fn from_wit(ctx: wit::AttemptContext) -> c::AttemptContext {
         output_delivered: ctx.output_delivered,
         health: ctx.health.into_iter().map(health_from_wit).collect(),
         entropy: ctx.entropy,
+        continuations: ctx.continuations,
+        reservation: ctx.reservation,
+        expected_settled: ctx.expected_settled,
     }
 }
 
@@ -183,6 +193,8 @@ fn health_from_wit(h: wit::ModelHealth) -> c::ModelHealth {
             wit::BreakerState::HalfOpen => c::BreakerState::HalfOpen,
         },
         in_state_ms: h.in_state_ms,
+        first_event_limit_ms: h.first_event_limit_ms,
+        idle_limit_ms: h.idle_limit_ms,
     }
 }
 
@@ -238,5 +250,8 @@ fn to_wit(decision: c::Decision) -> wit::Decision {
         }),
         c::Decision::Queue { not_before_ms } => wit::Decision::Queue(not_before_ms),
         c::Decision::GiveUp { reason } => wit::Decision::GiveUp(reason_to_wit(reason)),
+        c::Decision::ContinueAnswer { model, delay_ms } => {
+            wit::Decision::ContinueAnswer(wit::SwitchModel { model, delay_ms })
+        }
     }
 }

@@ -32,7 +32,7 @@
 
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Route,
-    RouteContext, Workload, base_model,
+    RouteContext, Workload,
 };
 use alloc::format;
 use alloc::string::String;
@@ -80,6 +80,9 @@ pub struct Params {
     /// throttle cuts it below what a model takes): a bounded wait keeps a low guess from
     /// queueing every request behind it.
     pub route_max_wait_ms: u64,
+    /// Continuations one request may make after its stream was cut, stalled or failed after
+    /// output (0: never continue; the request fails as `output-committed`).
+    pub max_continuations: u32,
     /// Opt-in: an input too long for a model's context window (a `ValidationException` that
     /// says so, final for that model) goes to the first model of the chain whose window, as
     /// the operator's facts give it at `configure`, is larger; without it, it fails at once.
@@ -93,6 +96,22 @@ pub struct Params {
     /// `configure` (not part of the JSON configuration). Empty: every model is its own.
     #[serde(skip)]
     pub same_model: Vec<u32>,
+    /// Whether each model, in chain order, continues a cut answer (takes a partial answer as
+    /// the start of its turn), from the facts given at `configure`. Empty: not known; the
+    /// default asks the model that failed, and the host refuses what it cannot do.
+    #[serde(skip)]
+    pub continues: Vec<bool>,
+}
+
+/// What the default learns of one model of the chain at `configure`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainFact {
+    /// The most input tokens it takes, when known.
+    pub context_window: Option<u32>,
+    /// The index of the first model of the chain that is the same model (its own when none).
+    pub same_model: u32,
+    /// Whether it continues a cut answer.
+    pub continues: bool,
 }
 
 impl Default for Params {
@@ -111,9 +130,11 @@ impl Default for Params {
             breaker_error_percent: 50,
             batch_queue_ms: 10_000,
             route_max_wait_ms: 250,
+            max_continuations: 2,
             context_window_fallback: false,
             context_windows: Vec::new(),
             same_model: Vec::new(),
+            continues: Vec::new(),
         }
     }
 }
@@ -132,20 +153,13 @@ impl Params {
         Ok(params)
     }
 
-    /// Learns the chain from the facts `configure` gives: each model's context window, and
-    /// which ids reach the same model ([`base_model`]).
-    pub fn learn_chain<'a>(&mut self, models: impl IntoIterator<Item = (&'a str, Option<u32>)>) {
-        let (ids, windows): (Vec<&str>, Vec<Option<u32>>) = models.into_iter().unzip();
-        self.context_windows = windows;
-        self.same_model = ids
-            .iter()
-            .map(|id| {
-                let first = ids
-                    .iter()
-                    .position(|other| base_model(other) == base_model(id));
-                first.map_or(0, |i| i as u32)
-            })
-            .collect();
+    /// Learns the chain from the facts `configure` gives: each model's context window, which
+    /// ids reach the same model, and which continue a cut answer.
+    pub fn learn_chain(&mut self, chain: impl IntoIterator<Item = ChainFact>) {
+        let chain: Vec<ChainFact> = chain.into_iter().collect();
+        self.context_windows = chain.iter().map(|f| f.context_window).collect();
+        self.same_model = chain.iter().map(|f| f.same_model).collect();
+        self.continues = chain.iter().map(|f| f.continues).collect();
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -201,7 +215,7 @@ fn uniform_inclusive(max: u64, entropy: u64) -> u64 {
 pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     let kind = ctx.error.kind;
     if ctx.output_delivered {
-        return give_up(GiveUpReason::OutputCommitted);
+        return after_output(params, ctx);
     }
     if params.context_window_fallback
         && ctx.error.input_too_long()
@@ -333,7 +347,7 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
             && ctx
                 .capacity
                 .get(i)
-                .is_none_or(|capacity| capacity.fits(ctx.tokens))
+                .is_none_or(|capacity| capacity.fits(ctx.reservation))
     };
     let from = (ctx.current as usize).min(count);
     // The model the request is on, then its other pools, then the other models: pools before
@@ -360,7 +374,7 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
         .enumerate()
         .filter(|&(_, i)| usable(i))
         .map(|(rank, i)| {
-            let wait = ctx.capacity.get(i).map_or(0, |c| c.wait_ms(ctx.tokens));
+            let wait = ctx.capacity.get(i).map_or(0, |c| c.wait_ms(ctx.reservation));
             (wait, rank, i)
         })
         .min()
@@ -467,6 +481,46 @@ fn other_model(params: &Params, ctx: &AttemptContext) -> Option<u32> {
         let health = ctx.health_of(i);
         i != ctx.model && health.breaker != BreakerState::Open && !saturated(params, &health)
     })
+}
+
+/// A stream failed after delivering output: continue the answer on the failed model when it
+/// continues and is not broken, else on the first model onward (pools before models) that
+/// continues and whose breaker is closed; at once, or after a backoff for a throttle. Never
+/// for an error that cannot heal, past `max_continuations` or the attempt budget, or without
+/// time left.
+fn after_output(params: &Params, ctx: &AttemptContext) -> Decision {
+    if ctx.continuations >= params.max_continuations || !ctx.error.kind.heals() {
+        return give_up(GiveUpReason::OutputCommitted);
+    }
+    if ctx.remaining_ms == 0 {
+        return give_up(GiveUpReason::Deadline);
+    }
+    if ctx.attempts_total >= params.max_total_attempts {
+        return give_up(GiveUpReason::AttemptsExhausted);
+    }
+    let continues = |i: usize| {
+        params.continues.get(i).copied().unwrap_or(params.continues.is_empty())
+    };
+    let from = ctx.model as usize;
+    let here = continues(from) && ctx.health_of(ctx.model).breaker == BreakerState::Closed;
+    let model = if here {
+        Some(ctx.model)
+    } else {
+        onward(params, from, ctx.health.len())
+            .find(|&i| continues(i) && ctx.health_of(i as u32).breaker == BreakerState::Closed)
+            .map(|i| i as u32)
+    };
+    match model {
+        Some(model) => Decision::ContinueAnswer {
+            model,
+            delay_ms: if ctx.error.kind.is_throttle() && model == ctx.model {
+                backoff(params, ctx)
+            } else {
+                0
+            },
+        },
+        None => give_up(GiveUpReason::OutputCommitted),
+    }
 }
 
 fn give_up(reason: GiveUpReason) -> Decision {

@@ -372,14 +372,7 @@ impl RequestTrace {
 
 /// The decision's WIT case name.
 fn decision_name(decision: &backstop::contract::Decision) -> &'static str {
-    use backstop::contract::Decision;
-    match decision {
-        Decision::Retry { .. } => "retry",
-        Decision::SwitchModel { .. } => "switch-model",
-        Decision::BreakCircuit { .. } => "break-circuit",
-        Decision::Queue { .. } => "queue",
-        Decision::GiveUp { .. } => "give-up",
-    }
+    decision.case()
 }
 
 fn random_id<const N: usize>() -> [u8; N] {

@@ -11,7 +11,7 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("untrusted", &[]),
     ("catalogue", &[]),
     ("decision", &[]),
-    ("wasm", &["decision", "untrusted"]),
+    ("wasm", &["decision", "untrusted", "catalogue"]),
     ("resilience", &["decision", "untrusted", "catalogue"]),
     (
         "bedrock",

@@ -637,7 +637,8 @@ fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
             &RouteQuery {
                 request_id: "r1",
                 workload: Workload::Interactive,
-                tokens: 1_000,
+                reservation: 1_000,
+                expected_settled: 1_000,
                 input_tokens: 1_000,
                 attempts_total: 0,
                 current: 0,

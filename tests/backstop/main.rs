@@ -4,6 +4,7 @@
 
 mod architecture;
 mod component_shape;
+mod continuation;
 mod hostile_modules;
 mod hot_swap;
 mod policy_table;

@@ -363,10 +363,82 @@ fn the_deadline_and_the_attempt_budget_stop_retries() {
 }
 
 #[test]
-fn delivered_stream_output_is_never_retried() {
-    let mut c = ctx(ErrorKind::ModelStreamError, &["primary", "fallback"]);
-    c.output_delivered = true;
+fn delivered_stream_output_is_continued_never_resent() {
+    let cut = |kind: ErrorKind| {
+        let mut c = ctx(kind, &["primary", "fallback"]);
+        c.output_delivered = true;
+        c
+    };
+    let go_on = |model: u32| Decision::ContinueAnswer { model, delay_ms: 0 };
+    // The facts unknown, the model that was cut goes on, at once, whatever cut it.
+    for kind in [
+        ErrorKind::ModelStreamError,
+        ErrorKind::Timeout,
+        ErrorKind::Unknown,
+        ErrorKind::InternalServer,
+    ] {
+        assert_eq!(decide(&cut(kind)), go_on(0), "{kind:?}");
+    }
+    // A throttle on the same model: after a backoff in the first window.
+    let mut c = cut(ErrorKind::Throttling);
+    c.entropy = HALF;
+    assert_eq!(
+        decide(&c),
+        Decision::ContinueAnswer {
+            model: 0,
+            delay_ms: expected_jitter(1_000, 60_000, 0, HALF)
+        }
+    );
+    // Its breaker open: the next model.
+    let mut c = cut(ErrorKind::ServiceUnavailable);
+    c.health[0].breaker = BreakerState::Open;
+    assert_eq!(decide(&c), go_on(1));
+    // Bounded: two continuations a request, never for what cannot heal, never without time.
+    let mut c = cut(ErrorKind::ModelStreamError);
+    c.continuations = 2;
     assert_eq!(decide(&c), give_up(GiveUpReason::OutputCommitted));
+    assert_eq!(
+        decide(&cut(ErrorKind::Validation)),
+        give_up(GiveUpReason::OutputCommitted)
+    );
+    let mut c = cut(ErrorKind::ModelStreamError);
+    c.remaining_ms = 0;
+    assert_eq!(decide(&c), give_up(GiveUpReason::Deadline));
+    // Off by configuration: the clean error, as before continuation existed.
+    let config = r#"{"max_continuations": 0}"#;
+    let (off, params) = (default_policy(config), Params::from_json(config).unwrap());
+    assert_eq!(
+        decide_with(&off, &params, &cut(ErrorKind::ModelStreamError)),
+        give_up(GiveUpReason::OutputCommitted)
+    );
+}
+
+#[test]
+fn a_cut_answer_goes_on_only_where_the_facts_say_a_model_continues() {
+    use native_default::ChainFact;
+    let fact = |same_model, continues| ChainFact {
+        same_model,
+        continues,
+        ..ChainFact::default()
+    };
+    let mut c = ctx(ErrorKind::ModelStreamError, &["a", "b", "c"]);
+    c.output_delivered = true;
+    let mut params = Params::default();
+    // The cut model refuses a prefilled turn: the next that takes one.
+    params.learn_chain([fact(0, false), fact(1, false), fact(2, true)]);
+    assert_eq!(
+        native_default::decide(&params, &c),
+        Decision::ContinueAnswer {
+            model: 2,
+            delay_ms: 0
+        }
+    );
+    // None does: the clean error.
+    params.learn_chain([fact(0, false), fact(1, false), fact(2, false)]);
+    assert_eq!(
+        native_default::decide(&params, &c),
+        give_up(GiveUpReason::OutputCommitted)
+    );
 }
 
 #[test]
@@ -444,6 +516,8 @@ fn arb_health() -> impl Strategy<Value = ModelHealth> {
                         BreakerState::HalfOpen,
                     ][breaker as usize],
                     in_state_ms,
+                    first_event_limit_ms: in_state_ms % 20_000,
+                    idle_limit_ms: in_state_ms % 30_000,
                 }
             },
         )
@@ -514,9 +588,24 @@ proptest! {
                 }
             }
             Decision::GiveUp { .. } => {}
+            Decision::ContinueAnswer { model, delay_ms } => {
+                // Only an answer cut after output is continued, on a model that is up, a
+                // bounded number of times, within the deadline.
+                prop_assert!(c.output_delivered && c.error.kind.heals());
+                prop_assert!((model as usize) < c.models.len());
+                prop_assert_eq!(c.health[model as usize].breaker, BreakerState::Closed);
+                prop_assert!(c.continuations < params.max_continuations);
+                prop_assert!(delay_ms <= params.max_delay_ms && c.remaining_ms > 0);
+            }
         }
-        if !c.error.kind.heals() || c.output_delivered || c.attempts_total >= params.max_total_attempts {
+        if !c.error.kind.heals() || c.attempts_total >= params.max_total_attempts {
             prop_assert!(!decision.sends_again(), "{:?} resends", decision);
+        }
+        if c.output_delivered {
+            prop_assert!(
+                matches!(decision, Decision::ContinueAnswer { .. } | Decision::GiveUp { .. }),
+                "{:?} after output", decision
+            );
         }
     }
 }
@@ -582,8 +671,9 @@ fn route(ctx: &RouteContext) -> Route {
     let query = RouteQuery {
         request_id: &ctx.request_id,
         workload: ctx.workload,
-        tokens: ctx.tokens,
-        input_tokens: ctx.tokens,
+        reservation: ctx.reservation,
+        expected_settled: ctx.expected_settled,
+        input_tokens: ctx.reservation,
         attempts_total: ctx.attempts_total,
         current: ctx.current,
         elapsed_ms: ctx.elapsed_ms,
@@ -608,7 +698,8 @@ fn route_ctx(models: usize) -> RouteContext {
     RouteContext {
         request_id: "r".into(),
         workload: Workload::Interactive,
-        tokens: 1_000,
+        reservation: 1_000,
+        expected_settled: 600,
         attempts_total: 0,
         current: 0,
         elapsed_ms: 0,
@@ -749,7 +840,8 @@ fn arb_route_context() -> impl Strategy<Value = RouteContext> {
                 } else {
                     Workload::Interactive
                 },
-                tokens,
+                reservation: tokens,
+                expected_settled: tokens / 2,
                 attempts_total: 1,
                 current,
                 elapsed_ms: 0,
@@ -774,14 +866,14 @@ proptest! {
                     prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
                 }
                 if delay_ms == 0 && model != c.current {
-                    prop_assert!(c.capacity[model as usize].fits(c.tokens));
+                    prop_assert!(c.capacity[model as usize].fits(c.reservation));
                 }
                 if delay_ms > 0 {
                     // Only interactive work waits, for the room the estimate promises, within
                     // its deadline and the policy's longest wait.
                     prop_assert_eq!(c.workload, Workload::Interactive);
                     prop_assert_ne!(c.health[model as usize].breaker, BreakerState::Open);
-                    prop_assert_eq!(delay_ms, c.capacity[model as usize].wait_ms(c.tokens));
+                    prop_assert_eq!(delay_ms, c.capacity[model as usize].wait_ms(c.reservation));
                     prop_assert!(delay_ms < c.remaining_ms);
                     prop_assert!(delay_ms <= Params::default().route_max_wait_ms);
                 }
@@ -863,7 +955,14 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
         .configure_with("{}", &facts)
         .unwrap();
     let mut params = Params::default();
-    params.learn_chain(chain.iter().map(|id| (*id, None)));
+    params.learn_chain(
+        backstop::ModelFacts::same_model(&facts)
+            .into_iter()
+            .map(|same_model| native_default::ChainFact {
+                same_model,
+                ..Default::default()
+            }),
+    );
     let models: Vec<String> = chain.iter().map(|id| id.to_string()).collect();
 
     // The in-Region pool has no room: the profile's pool, not Nova.
@@ -872,8 +971,9 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
     let query = RouteQuery {
         request_id: &c.request_id,
         workload: c.workload,
-        tokens: c.tokens,
-        input_tokens: c.tokens,
+        reservation: c.reservation,
+        expected_settled: c.expected_settled,
+        input_tokens: c.reservation,
         attempts_total: c.attempts_total,
         current: c.current,
         elapsed_ms: c.elapsed_ms,

@@ -38,6 +38,9 @@ fn js_context(c: &AttemptContext) -> Value {
         "remainingMs": c.remaining_ms.to_string(),
         "workload": kebab(c.workload),
         "outputDelivered": c.output_delivered,
+        "continuations": c.continuations,
+        "reservation": c.reservation.to_string(),
+        "expectedSettled": c.expected_settled.to_string(),
         "health": c.health.iter().map(|h| json!({
             "requests": h.requests,
             "throttles": h.throttles,
@@ -46,6 +49,8 @@ fn js_context(c: &AttemptContext) -> Value {
             "consecutiveErrors": h.consecutive_errors,
             "breaker": kebab(h.breaker),
             "inStateMs": h.in_state_ms.to_string(),
+            "firstEventLimitMs": h.first_event_limit_ms.to_string(),
+            "idleLimitMs": h.idle_limit_ms.to_string(),
         })).collect::<Vec<_>>(),
         "entropy": c.entropy.to_string(),
     })
@@ -78,6 +83,9 @@ fn js_decision(d: &Decision) -> Value {
             json!({"tag": "queue", "val": not_before_ms.to_string()})
         }
         Decision::GiveUp { reason } => json!({"tag": "give-up", "val": kebab(reason)}),
+        Decision::ContinueAnswer { model, delay_ms } => json!({
+            "tag": "continue-answer", "val": {"model": model, "delayMs": delay_ms.to_string()}
+        }),
     }
 }
 
@@ -110,7 +118,12 @@ fn table() -> Vec<AttemptContext> {
                 if chain.len() > 1 && seed.is_multiple_of(4) {
                     c.health[1].breaker = BreakerState::Open;
                 }
-                c.output_delivered = seed.is_multiple_of(11);
+                c.output_delivered = seed.is_multiple_of(11) || seed % 7 == 1;
+                c.continuations = (seed % 4) as u32;
+                c.reservation = 1_000 + seed % 9_000;
+                c.expected_settled = c.reservation / 2;
+                c.health[0].first_event_limit_ms = 2_000 + seed % 18_000;
+                c.health[0].idle_limit_ms = 5_000 + seed % 25_000;
                 contexts.push(c);
             }
         }
@@ -162,7 +175,7 @@ fn agrees_with_wasmtime(mut runtime: Command) {
         kinds.insert(expected["tag"].as_str().unwrap().to_string());
     }
     // The table reaches every kind of decision, so the comparison covers every shape.
-    assert_eq!(kinds.len(), 5, "decisions seen: {kinds:?}");
+    assert_eq!(kinds.len(), 6, "decisions seen: {kinds:?}");
 }
 
 fn skip(runtime: &str, install: &str) {

@@ -54,8 +54,9 @@ fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
         ..CoreParts::default()
     };
     let core = core_wat(&parts, backstop::WIT_VERSION);
-    // 0.2.0's configure also takes the chain's facts (a list: two more flat parameters), and
-    // route's context flattens to 13 parameters.
+    // Since 0.2.0 configure also takes the chain's facts (a list: two more flat parameters);
+    // 0.3.0's route context (a reservation and an expected settled cost where 0.2.0 had
+    // tokens) flattens to 14 parameters.
     let configure = "#configure\") (param i32 i32) (result i32)";
     assert!(
         core.contains(configure),
@@ -64,7 +65,8 @@ fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
     let export = format!("backstop:policy/decider@{}", backstop::WIT_VERSION);
     let route = format!(
         "(func (export \"{export}#route\") \
-         (param i32 i32 i32 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) {route_body})\n)"
+         (param i32 i32 i32 i64 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) \
+         {route_body})\n)"
     );
     let core = core
         .replace(
@@ -81,6 +83,10 @@ fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
 /// The default policy as it was built against contract 0.1.0 (it has no `route`), kept so that
 /// every release shows the host still loads and runs 0.1.0 modules.
 pub const POLICY_0_1_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.1.0.wasm");
+
+/// The default policy as it was built against contract 0.2.0 (it routes, and never continues
+/// an answer), kept so that every release shows the host still loads and runs 0.2.0 modules.
+pub const POLICY_0_2_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.2.0.wasm");
 
 /// [`POLICY_0_1_0`], loaded and configured with `config`.
 pub fn policy_0_1_0(config: &str) -> Policy {

@@ -6,11 +6,13 @@ use crate::bedrock::classify::{sdk_failure, stream_failure};
 use crate::catalogue::{self, Usage};
 use crate::contract::GiveUpReason;
 use crate::contract::{ErrorInfo, ErrorKind, Workload};
-use crate::resilience::Resilience;
+use crate::bedrock::continuation::Transcript;
+use crate::resilience::{AfterOutput, Resilience};
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
 use crate::resilience::metrics::Metrics;
-use crate::resilience::options::{ClientOptions, Cost, OptionsError, RequestOptions};
+use crate::resilience::capacity::Cost;
+use crate::resilience::options::{ClientOptions, OptionsError, RequestOptions};
 use crate::wasm::handle::PolicyHandle;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
@@ -347,33 +349,19 @@ impl ResilientClient {
 
     /// ConverseStream. An error before the first event — a refusal, no headers or no first
     /// event within the [limits](crate::resilience::limits), a stream that ends at once — is
-    /// handled like any failed attempt (retry, fall back, …); once an event has been returned
-    /// the request is committed, and a later error is surfaced by [`ResilientStream::recv`],
-    /// never retried. A stream that ends without `messageStop` is such an error: never a
+    /// handled like any failed attempt (retry, fall back, …). Once an event has been returned
+    /// a failure is never answered by sending the request again (it would repeat output): the
+    /// policy may continue the answer instead (see [`ResilientStream::recv`]), or the failure
+    /// is surfaced. A stream that ends without `messageStop` is such a failure: never a
     /// complete answer.
     pub async fn converse_stream(
         &self,
         request: &ChatRequest,
     ) -> Result<ResilientStream, CallError> {
-        let sdk = &self.inner.sdk;
         let core = &self.inner.core;
         let served = core
             .call(request.options().streamed(), request.cost(), |model| {
-                let limits = core.limits_for(model);
-                let call = with_chat!(sdk.converse_stream().model_id(model), request);
-                let model = model.to_string();
-                async move {
-                    let mut output = within(limits.headers, Phase::Headers, call.send())
-                        .await?
-                        .map_err(sdk_failure)?;
-                    let headers_at = tokio::time::Instant::now();
-                    let first = within(limits.first_event, Phase::FirstEvent, output.stream.recv())
-                        .await?
-                        .map_err(stream_failure)?
-                        .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
-                    core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
-                    Ok((output.stream, first))
-                }
+                self.open_stream(model, request.messages.clone(), request)
             })
             .await?;
         let ((receiver, first), served) = served.split();
@@ -381,9 +369,49 @@ impl ResilientClient {
             receiver,
             pending: Some(first),
             tail: Committed::new(self, served),
+            request: request.clone(),
+            transcript: Transcript::default(),
         })
     }
+
+    /// Sends `request` with `messages` to `model` and waits for its first event, each within
+    /// the model's (learned) limits.
+    fn open_stream(
+        &self,
+        model: &str,
+        messages: Vec<Message>,
+        request: &ChatRequest,
+    ) -> impl Future<Output = Result<(StreamReceiver, ConverseStreamOutput), (ErrorInfo, BoxError)>>
+    + use<> {
+        let client = self.clone();
+        let limits = self.inner.core.limits_for(model);
+        let call = self
+            .inner
+            .sdk
+            .converse_stream()
+            .model_id(model)
+            .set_messages(Some(messages))
+            .set_system(Some(request.system.clone()).filter(|s| !s.is_empty()))
+            .set_inference_config(request.inference_config());
+        let model = model.to_string();
+        async move {
+            let mut output = within(limits.headers, Phase::Headers, call.send())
+                .await?
+                .map_err(sdk_failure)?;
+            let headers_at = tokio::time::Instant::now();
+            let first = within(limits.first_event, Phase::FirstEvent, output.stream.recv())
+                .await?
+                .map_err(stream_failure)?
+                .ok_or_else(|| stream_incomplete(0, TERMINAL_EVENT))?;
+            let core = &client.inner.core;
+            core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
+            Ok((output.stream, first))
+        }
+    }
 }
+
+/// A ConverseStream's events as the SDK receives them.
+type StreamReceiver = EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>;
 
 /// Converse's usage as the quota counts it: cache reads and writes are input.
 fn converse_usage(usage: &TokenUsage) -> Usage {
@@ -401,9 +429,13 @@ const TERMINAL_EVENT: &str = "messageStop";
 
 /// A ConverseStream whose first event has arrived.
 pub struct ResilientStream {
-    receiver: EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>,
+    receiver: StreamReceiver,
     pending: Option<ConverseStreamOutput>,
     tail: Committed,
+    /// The request, to ask for a continuation.
+    request: ChatRequest,
+    /// What the caller was handed, to continue from.
+    transcript: Transcript,
 }
 
 impl ResilientStream {
@@ -422,33 +454,97 @@ impl ResilientStream {
         self.tail.delivered
     }
 
-    /// The next event; `None` only after a complete answer (`messageStop` arrived). After
-    /// output was delivered every failure is a [`CallError::GaveUp`] that says so, never
-    /// retried (a resend would repeat output): an error from Bedrock (`output-committed`), a
-    /// silence longer than the idle limit (`StreamStalled`), an end without `messageStop`
-    /// (`StreamIncomplete`), or the request's deadline (`deadline`). Its message counts the
-    /// events delivered.
+    /// The next event; `None` only after a complete answer (`messageStop` arrived).
+    ///
+    /// After output was delivered a failure — an error from Bedrock, a silence longer than the
+    /// idle limit (`StreamStalled`), an end without `messageStop` (`StreamIncomplete`) — goes
+    /// to the policy. When it continues the answer (contract 0.3.0 `continue-answer`, on a
+    /// model that takes a partial answer as the start of its turn), the delivered text is sent
+    /// back as the start of the assistant's turn and the continuation's events follow in this
+    /// same stream: no second `messageStart`, no repeated text, one `messageStop`;
+    /// [`served`](Self::served)`().continuations` counts them. Otherwise, and at the request's
+    /// deadline, the failure is a [`CallError::GaveUp`] whose message counts the events
+    /// delivered. The metadata event's usage is the last call's: a cut call reports none.
     pub async fn recv(&mut self) -> Result<Option<ConverseStreamOutput>, CallError> {
-        if self.tail.finished {
-            return Ok(None);
-        }
-        let next = match self.pending.take() {
-            Some(event) => Ok(Some(event)),
-            None => self.tail.wait(self.receiver.recv(), stream_failure).await,
-        };
-        match next {
-            Ok(Some(event)) => {
-                if let ConverseStreamOutput::Metadata(metadata) = &event
-                    && let Some(usage) = metadata.usage()
-                {
-                    self.tail.usage = Some(converse_usage(usage));
-                }
-                let whole = matches!(event, ConverseStreamOutput::MessageStop(_));
-                self.tail.delivered(whole);
-                Ok(Some(event))
+        loop {
+            if self.tail.finished {
+                return Ok(None);
             }
-            Ok(None) => self.tail.ended(TERMINAL_EVENT).map(|()| None),
-            Err(failure) => Err(self.tail.fail(failure)),
+            let next = match self.pending.take() {
+                Some(event) => Ok(Some(event)),
+                None => self.tail.wait(self.receiver.recv(), stream_failure).await,
+            };
+            let failure = match next {
+                Ok(Some(event)) => {
+                    let Some(event) = self.transcript.stitch(event) else {
+                        continue;
+                    };
+                    self.transcript.delivered(&event);
+                    if let ConverseStreamOutput::Metadata(metadata) = &event
+                        && let Some(usage) = metadata.usage()
+                    {
+                        self.tail.usage = Some(converse_usage(usage));
+                    }
+                    let whole = matches!(event, ConverseStreamOutput::MessageStop(_));
+                    self.tail.delivered(whole);
+                    return Ok(Some(event));
+                }
+                Ok(None) => match self.tail.end(TERMINAL_EVENT) {
+                    Ok(()) => return Ok(None),
+                    Err(failure) => failure,
+                },
+                Err(failure) => failure,
+            };
+            self.resume(failure).await?;
+        }
+    }
+
+    /// A failure after output: the policy decides, and while it continues the answer, each
+    /// continuation is sent until one produces its first event (then kept as pending) or the
+    /// policy stops. Errs with what the caller gets when the answer cannot be continued.
+    async fn resume(&mut self, mut failure: StreamFailure) -> Result<(), CallError> {
+        let client = self.tail.client.clone();
+        let core = &client.inner.core;
+        loop {
+            let (info, source, reason) = failure;
+            let messages = self
+                .transcript
+                .continuable()
+                .then(|| self.transcript.messages(&self.request.messages))
+                .flatten();
+            // The deadline passing is final whatever the policy would say.
+            if reason.is_some() {
+                return Err(self.tail.fail((info, source, reason)));
+            }
+            let served = &self.tail.served;
+            let (model, delay) = match core.after_output(served, messages.is_some(), info, source) {
+                AfterOutput::Continue { model, delay } => (model, delay),
+                AfterOutput::Fail(error) => {
+                    self.tail.finished = true;
+                    return Err(error);
+                }
+            };
+            let Some(messages) = messages else {
+                unreachable!("the loop continues only what was declared continuable");
+            };
+            let deadline = self.tail.served.deadline;
+            tokio::time::sleep_until((tokio::time::Instant::now() + delay).min(deadline)).await;
+            let request = self.request.clone();
+            let opened = core
+                .continue_on(&mut self.tail.served, model, |model| {
+                    client.open_stream(model, messages.clone(), &request)
+                })
+                .await;
+            match opened {
+                Ok((receiver, first)) => {
+                    self.receiver = receiver;
+                    self.transcript.resumed();
+                    self.pending = Some(first);
+                    self.tail.continued();
+                    return Ok(());
+                }
+                Err((info, source)) => failure = (info, source, None),
+            }
         }
     }
 }
@@ -461,7 +557,7 @@ pub(crate) type StreamFailure = (ErrorInfo, BoxError, Option<GiveUpReason>);
 /// gaps, each of which it observes) and the deadline, and its end is
 /// reported to the loop exactly once — complete, or as a failure after output.
 pub(crate) struct Committed {
-    client: ResilientClient,
+    pub(crate) client: ResilientClient,
     pub(crate) served: Served<()>,
     /// The longest silence allowed between events.
     idle: Duration,
@@ -488,6 +584,11 @@ impl Committed {
         }
     }
 
+    /// The stream goes on from a continuation on `served.model`: its own idle limit.
+    pub(crate) fn continued(&mut self) {
+        self.idle = self.client.inner.core.limits_for(&self.served.model).idle;
+    }
+
     /// One more event handed to the caller; `whole` when it was the terminal one.
     pub(crate) fn delivered(&mut self, whole: bool) {
         self.delivered += 1;
@@ -496,6 +597,12 @@ impl Committed {
 
     /// The stream ended on the wire: complete if the terminal event came, else a cut answer.
     pub(crate) fn ended(&mut self, terminal: &str) -> Result<(), CallError> {
+        self.end(terminal).map_err(|failure| self.fail(failure))
+    }
+
+    /// As [`ended`](Self::ended), a cut answer given back as the failure it is, for a
+    /// caller that may continue it.
+    pub(crate) fn end(&mut self, terminal: &str) -> Result<(), StreamFailure> {
         if self.complete {
             self.finished = true;
             if let Some(usage) = self.usage {
@@ -505,7 +612,7 @@ impl Committed {
             return Ok(());
         }
         let (info, source) = stream_incomplete(self.delivered, terminal);
-        Err(self.fail((info, source, None)))
+        Err((info, source, None))
     }
 
     /// `next` from the wire, within the idle limit and the request's deadline.

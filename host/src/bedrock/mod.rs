@@ -3,4 +3,5 @@
 
 pub mod classify;
 pub mod client;
+mod continuation;
 pub mod passthrough;

@@ -16,7 +16,8 @@ use crate::catalogue::{self, Usage};
 use crate::contract::{ErrorInfo, ErrorKind};
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
-use crate::resilience::options::{Cost, RequestOptions};
+use crate::resilience::capacity::Cost;
+use crate::resilience::options::RequestOptions;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::interceptors::{
     AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,

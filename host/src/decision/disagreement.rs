@@ -100,7 +100,9 @@ impl Shape {
     fn of(decision: &Decision, current: u32) -> Shape {
         let (breaks, queues, model) = match *decision {
             Decision::Retry { .. } => (None, false, Some(current)),
-            Decision::SwitchModel { model, .. } => (None, false, Some(model)),
+            Decision::SwitchModel { model, .. } | Decision::ContinueAnswer { model, .. } => {
+                (None, false, Some(model))
+            }
             Decision::BreakCircuit {
                 model,
                 open_ms,

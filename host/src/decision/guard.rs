@@ -51,7 +51,14 @@ impl Guardrails {
         if !verdict.decision.sends_again() {
             return verdict;
         }
-        let stop = if ctx.output_delivered {
+        if let Decision::ContinueAnswer { model, delay_ms } = verdict.decision
+            && !ctx.output_delivered
+        {
+            // Nothing was delivered: continuing is sending the request again, on that model.
+            verdict.decision = Decision::SwitchModel { model, delay_ms };
+        }
+        let continues = matches!(verdict.decision, Decision::ContinueAnswer { .. });
+        let stop = if ctx.output_delivered && !continues {
             Some((Clamp::OutputCommitted, GiveUpReason::OutputCommitted))
         } else if !ctx.may_resend(&verdict.decision) {
             // What cannot heal is never resent (an input too long for one model may go to
@@ -71,8 +78,9 @@ impl Guardrails {
             verdict.stop_resend(clamp, reason);
             return verdict;
         }
-        if let Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. } =
-            &mut verdict.decision
+        if let Decision::Retry { delay_ms }
+        | Decision::SwitchModel { delay_ms, .. }
+        | Decision::ContinueAnswer { delay_ms, .. } = &mut verdict.decision
             && *delay_ms > self.max_delay_ms
         {
             verdict.clamps.push(Clamp::MaxDelay {

@@ -20,4 +20,4 @@ pub use disagreement::Disagreement;
 pub use guard::Guardrails;
 pub use outcome::{Breach, Finished, OutcomeRule, Tally};
 pub use route::RouteQuery;
-pub use verdict::{Clamp, PolicyFault, Verdict};
+pub use verdict::{Clamp, ContinueRefusal, PolicyFault, Verdict};

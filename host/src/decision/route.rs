@@ -14,8 +14,11 @@ pub struct RouteQuery<'a> {
     /// Interactive or batch.
     pub workload: Workload,
     /// What the request reserves on the current model: its input and its `maxTokens` (or the
-    /// model's maximum output).
-    pub tokens: u64,
+    /// model's maximum output). Every model's `capacity` is in this unit.
+    pub reservation: u64,
+    /// What it is expected to keep of the current model's quota once answered: input plus
+    /// expected output times burndown.
+    pub expected_settled: u64,
     /// The request's estimated input tokens alone (what a router that counts input, as
     /// LiteLLM's usage-based routing does, checks against a model's remaining minute).
     pub input_tokens: u64,

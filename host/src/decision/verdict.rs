@@ -70,7 +70,9 @@ impl Verdict {
     /// to stretch: it is stopped instead, as [`stop_resend`](Self::stop_resend) does.
     pub fn delay_at_least(&mut self, clamp: Clamp, delay_ms: u64) {
         match &mut self.decision {
-            Decision::Retry { delay_ms: d } | Decision::SwitchModel { delay_ms: d, .. } => {
+            Decision::Retry { delay_ms: d }
+            | Decision::SwitchModel { delay_ms: d, .. }
+            | Decision::ContinueAnswer { delay_ms: d, .. } => {
                 *d = (*d).max(delay_ms);
                 self.clamps.push(clamp);
             }
@@ -120,6 +122,13 @@ pub enum Clamp {
         /// What the budget allows in that window.
         allowed: u64,
     },
+    /// A continuation the host cannot carry out became a give-up (`output-committed`).
+    CannotContinue {
+        /// The model the policy named.
+        model: u32,
+        /// Why not.
+        why: ContinueRefusal,
+    },
     /// The breaker's open period was shortened to the cap.
     MaxOpen {
         /// What the policy asked for.
@@ -127,4 +136,15 @@ pub enum Clamp {
         /// The cap.
         limit_ms: u64,
     },
+}
+
+/// Why the host refused a policy's `continue-answer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinueRefusal {
+    /// What was delivered cannot be continued: not plain text, or a stream the host only
+    /// forwards (the sidecar's raw streams).
+    NotContinuable,
+    /// The model does not take a partial answer as the start of its turn (its facts say so).
+    ModelDoesNotContinue,
 }

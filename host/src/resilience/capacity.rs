@@ -418,6 +418,38 @@ pub struct LeaseGrant {
     pub holders: u32,
 }
 
+/// What a request asks of a model's quota, before the model is chosen: its input and the most
+/// output it allows. On each model it reserves input + `max_output` (the model's maximum output
+/// when `None`, as Bedrock does) and settles to input + output × the model's burndown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Estimated input tokens (text, images, documents, cache reads and writes).
+    pub input: u64,
+    /// The request's `maxTokens`, when it sets one.
+    pub max_output: Option<u64>,
+}
+
+impl Cost {
+    /// A request of `input` tokens with `maxTokens` unset.
+    pub fn input(input: u64) -> Cost {
+        Cost {
+            input,
+            max_output: None,
+        }
+    }
+
+    /// A request that reserves and settles to exactly `tokens`: that input, and no output.
+    pub fn flat(tokens: u64) -> Cost {
+        Cost::input(tokens).with_max_output(0)
+    }
+
+    /// The same with `maxTokens` set to `max_output`.
+    pub fn with_max_output(mut self, max_output: u64) -> Cost {
+        self.max_output = Some(max_output);
+        self
+    }
+}
+
 /// What one attempt asks of a model's tokens quota: what it reserves when it is admitted
 /// (input + `maxTokens`, or the model's maximum output) and what it is expected to settle to
 /// (input + expected output × burndown).

@@ -3,6 +3,7 @@
 
 use crate::contract::{Decision, ErrorInfo, GiveUpReason, Workload};
 use crate::resilience::capacity::Charge;
+use crate::resilience::capacity::Cost;
 
 /// The original error of a failed attempt, for callers who want the SDK's typed error
 /// (downcast to `SdkError<ConverseError>` and so on).
@@ -276,6 +277,10 @@ pub struct Served<T> {
     /// What the answering attempt reserved of its model's quota and was expected to settle
     /// to: [`Resilience::settle`](crate::Resilience::settle) corrects it with the real usage.
     pub charge: Charge,
+    /// What the request asks of a model's quota, for a continuation's costing.
+    pub(crate) cost: Cost,
+    /// Continuations made after its stream was cut (0: the answer came in one stream).
+    pub continuations: u32,
     /// What the policy is told when a streamed request ends; `None` once told (or for a
     /// request that is not streamed, told when it was served).
     pub(crate) untold: Option<Untold>,
@@ -305,6 +310,8 @@ impl<T> Served<T> {
             sent_at,
             history,
             charge,
+            cost,
+            continuations,
             untold,
         } = self;
         let rest = Served {
@@ -320,6 +327,8 @@ impl<T> Served<T> {
             sent_at,
             history,
             charge,
+            cost,
+            continuations,
             untold,
         };
         (output, rest)

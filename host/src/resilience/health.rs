@@ -322,6 +322,9 @@ impl HealthBoard {
                     consecutive_errors: model.consecutive_errors,
                     breaker,
                     in_state_ms: to_ms(now.saturating_duration_since(since)),
+                    // The learned stream limits are the loop's: it fills them in.
+                    first_event_limit_ms: 0,
+                    idle_limit_ms: 0,
                 }
             })
             .collect()

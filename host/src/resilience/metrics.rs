@@ -78,6 +78,7 @@ counters! {
     policy_faults => "policy_faults", "Decisions where the policy module faulted and the safe decision was used";
     guard_clamps => "guard_clamps", "Decisions the host's guardrails corrected";
     retry_budget_refusals => "retry_budget_refusals", "Resends refused because the client's retry budget was spent";
+    continuations => "continuations", "Continuations sent for answers cut after output (each re-ask counts)";
     requests_without_max_tokens => "requests_without_max_tokens", "Requests that left maxTokens unset, so Bedrock reserves the model's maximum output";
     tokens_reserved => "tokens_reserved", "Tokens the attempts sent reserved at admission (input + maxTokens, or the model's maximum output)";
     tokens_settled => "tokens_settled", "Tokens served requests settled to (input + output x burndown, from their usage)";

@@ -23,16 +23,16 @@ use crate::contract::{
     ModelCapacity, Route, Workload,
 };
 use crate::decision::domain;
-use crate::decision::{Clamp, Decider, Finished, Guardrails, RouteQuery, Verdict};
+use crate::decision::{Clamp, ContinueRefusal, Decider, Finished, Guardrails, RouteQuery, Verdict};
 use breaker::Admission;
 use budget::Budget;
-use capacity::{Charge, Returned};
+use capacity::{Charge, Cost, Returned};
 use error::{AttemptRecord, BoxError, CallError, Served, Unfit, Untold};
 use fleet::{Fleet, FleetMember};
 use health::{HealthBoard, TokenTally};
 use limits::{AttemptLimits, LearnedLimits, Phase};
 use metrics::Metrics;
-use options::{ClientOptions, Cost, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
+use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
 use queue::BatchQueue;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +90,38 @@ struct Progress {
     /// The next attempt is a resend the retry budget refused: it asks the budget again when
     /// it is about to go, and waits for the window while the deadline allows.
     resend_owed: bool,
+    /// What the request asks of a model's quota.
+    cost: Cost,
+    /// Continuations made after its stream was cut.
+    continuations: u32,
+    /// Whether what the stream delivered can be continued (plain text through a client that
+    /// stitches continuations): a policy's `continue-answer` is refused otherwise.
+    continuable: bool,
+}
+
+/// What the host does about a stream that failed after output.
+#[derive(Debug)]
+pub enum AfterOutput {
+    /// Continue the answer on the model at this index of the chain, after `delay`: send the
+    /// continuation with [`Resilience::continue_on`].
+    Continue {
+        /// The model's index in the chain.
+        model: usize,
+        /// The wait before sending, in real time.
+        delay: Duration,
+    },
+    /// The request failed; hand the caller this error.
+    Fail(CallError),
+}
+
+/// How one attempt came back.
+enum Sent<T> {
+    /// Answered, having reserved `Charge` of its model's quota.
+    Answered(T, Charge),
+    /// Failed.
+    Failed((ErrorInfo, BoxError)),
+    /// Timed out at the request's deadline, before the attempt's own timeout.
+    CutByDeadline((ErrorInfo, BoxError)),
 }
 
 impl Progress {
@@ -232,7 +264,20 @@ impl Resilience {
 
     /// Every model's health now (breaker state and recent outcomes), by index of the chain.
     pub fn health(&self) -> Vec<crate::contract::ModelHealth> {
-        self.health.snapshot(Instant::now(), |d| self.policy_ms(d))
+        self.health_at(Instant::now())
+    }
+
+    /// Every model's health at `now` with the stream limits learned for it, in the policy's
+    /// milliseconds: what a policy is shown.
+    fn health_at(&self, now: Instant) -> Vec<crate::contract::ModelHealth> {
+        let configured = self.limits();
+        let mut health = self.health.snapshot(now, |d| self.policy_ms(d));
+        for (index, model) in health.iter_mut().enumerate() {
+            let limits = self.learned_of(index).applied_to(configured);
+            model.first_event_limit_ms = self.policy_ms(limits.first_event);
+            model.idle_limit_ms = self.policy_ms(limits.idle);
+        }
+        health
     }
 
     /// Batch requests waiting in the queue now.
@@ -388,6 +433,9 @@ impl Resilience {
             last_decided_by: None,
             deferred: request.deferred,
             resend_owed: false,
+            cost,
+            continuations: 0,
+            continuable: false,
         };
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
         let result = async {
@@ -485,57 +533,14 @@ impl Resilience {
                         history: std::mem::take(&mut p.history),
                     });
                 }
-                p.on_model += 1;
-                p.total += 1;
-                self.metrics.attempts.inc();
-                let model = self.options.models[p.model].as_str();
-                let attempt_timeout = scale(self.options.attempt_timeout, self.options.time_scale);
-                let limit = attempt_timeout.min(p.deadline - now);
-                let cut_by_deadline = limit < attempt_timeout;
-                let span = tracing::info_span!("attempt", model, attempt = p.total);
-                let sent_at = self.clock_s(now);
-                p.sent_at = now;
-                let charge = self.charge(p.model, cost);
-                self.metrics.tokens_reserved.inc_by(charge.reserve);
-                self.health.sent(p.model, sent_at, charge, reserved);
-                let outcome = tokio::time::timeout(limit, attempt(model))
-                    .instrument(span)
-                    .await;
-                let how = match &outcome {
-                    Ok(Err((info, _))) if info.kind.is_throttle() => {
-                        if info.message.contains("Too many tokens") {
-                            Returned::TokensThrottled
-                        } else {
-                            Returned::Throttled
-                        }
-                    }
-                    _ => Returned::Answered,
-                };
-                let cut = self.health.returned(
-                    p.model,
-                    self.clock_s(Instant::now()),
-                    sent_at,
-                    charge,
-                    how,
-                );
-                if cut && let Some(fleet) = self.fleet.get() {
-                    // The others cut too: one throttle teaches the fleet, not one per process.
-                    fleet.congested(model, now.elapsed());
-                }
-                let failure = match outcome {
-                    Ok(Ok(output)) => {
-                        if self.health.record_success(p.model, Instant::now()) {
-                            self.metrics.breaker_closes.inc();
-                            if let Some(fleet) = self.fleet.get() {
-                                fleet.breaker_closed(model);
-                            }
-                        }
+                let failure = match self.send_attempt(&mut p, reserved, &mut attempt).await {
+                    Sent::Answered(output, charge) => {
                         self.metrics.succeeded.inc();
-                        self.queue.release();
-                        tracing::info!(model, attempts = p.total, "served");
+                        let model = self.options.models[p.model].clone();
+                        tracing::info!(%model, attempts = p.total, "served");
                         return Ok(Served {
                             output,
-                            model: model.to_string(),
+                            model,
                             model_index: p.model,
                             attempts: p.total,
                             queued: p.queued,
@@ -546,26 +551,22 @@ impl Resilience {
                             sent_at: p.sent_at,
                             history: std::mem::take(&mut p.history),
                             charge,
+                            cost,
+                            continuations: 0,
                             untold: streamed.then(|| Untold {
                                 breaker_opens: p.breaker_opens,
                                 last_decided_by: p.last_decided_by.clone(),
                             }),
                         });
                     }
-                    Ok(Err(failure)) => failure,
+                    Sent::Failed(failure) => failure,
                     // The request's own deadline ended the attempt, not the model: the caller
                     // hears the last answer a model gave (not a timeout of our making), and the
                     // model's health is not charged with our deadline.
-                    Err(_) if cut_by_deadline && last.is_some() => {
+                    Sent::CutByDeadline(_) if last.is_some() => {
                         return Err(p.gave_up(GiveUpReason::Deadline, last));
                     }
-                    Err(_) => (
-                        ErrorInfo {
-                            message: "the attempt timed out".into(),
-                            ..ErrorInfo::of(ErrorKind::Timeout)
-                        },
-                        BoxError::from("attempt timed out"),
-                    ),
+                    Sent::CutByDeadline(failure) => failure,
                 };
                 let verdict = self.ask(&mut p, &failure.0, false);
                 last = Some(failure);
@@ -574,7 +575,10 @@ impl Resilience {
                         self.metrics.retries.inc();
                         tokio::time::sleep(self.real(delay_ms)).await;
                     }
-                    Decision::SwitchModel { model, delay_ms } => {
+                    // Nothing was delivered yet, so the guardrails made any continuation a
+                    // switch; the arm is shared for the compiler's sake.
+                    Decision::SwitchModel { model, delay_ms }
+                    | Decision::ContinueAnswer { model, delay_ms } => {
                         tokio::time::sleep(self.real(delay_ms)).await;
                         self.switch(&mut p, model as usize);
                     }
@@ -639,23 +643,90 @@ impl Resilience {
         result
     }
 
-    /// A request that was served failed after its output reached the caller (a stream cut
-    /// part-way). The failure is recorded in the model's health, the policy sees it with
-    /// `output-delivered` (the guardrails turn any resend into a give-up), the request counts
-    /// as failed, and the error to hand the caller is returned: nothing is ever resent.
-    pub fn fail_after_output(
-        &self,
-        served: &Served<()>,
-        error: ErrorInfo,
-        source: BoxError,
-    ) -> CallError {
+    /// Sends one attempt of `p` on its current model: counted, admitted to the model's
+    /// capacity (`reserved` when its room was promised while it waited), bounded by the
+    /// attempt timeout and the deadline, and its outcome recorded in the model's health and
+    /// capacity. The caller checked the breaker's admission.
+    async fn send_attempt<T, F, Fut>(&self, p: &mut Progress, reserved: bool, attempt: &mut F) -> Sent<T>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
         let now = Instant::now();
-        let mut p = Progress {
+        p.on_model += 1;
+        p.total += 1;
+        self.metrics.attempts.inc();
+        let model = self.options.models[p.model].as_str();
+        let attempt_timeout = scale(self.options.attempt_timeout, self.options.time_scale);
+        let limit = attempt_timeout.min(p.deadline.saturating_duration_since(now));
+        let cut_by_deadline = limit < attempt_timeout;
+        let span = tracing::info_span!("attempt", model, attempt = p.total);
+        let sent_at = self.clock_s(now);
+        p.sent_at = now;
+        let charge = self.charge(p.model, p.cost);
+        self.metrics.tokens_reserved.inc_by(charge.reserve);
+        self.health.sent(p.model, sent_at, charge, reserved);
+        let outcome = tokio::time::timeout(limit, attempt(model))
+            .instrument(span)
+            .await;
+        let how = match &outcome {
+            Ok(Err((info, _))) if info.kind.is_throttle() => {
+                if info.message.contains("Too many tokens") {
+                    Returned::TokensThrottled
+                } else {
+                    Returned::Throttled
+                }
+            }
+            _ => Returned::Answered,
+        };
+        let cut = self.health.returned(
+            p.model,
+            self.clock_s(Instant::now()),
+            sent_at,
+            charge,
+            how,
+        );
+        if cut && let Some(fleet) = self.fleet.get() {
+            // The others cut too: one throttle teaches the fleet, not one per process.
+            fleet.congested(model, now.elapsed());
+        }
+        match outcome {
+            Ok(Ok(output)) => {
+                if self.health.record_success(p.model, Instant::now()) {
+                    self.metrics.breaker_closes.inc();
+                    if let Some(fleet) = self.fleet.get() {
+                        fleet.breaker_closed(model);
+                    }
+                }
+                self.queue.release();
+                Sent::Answered(output, charge)
+            }
+            Ok(Err(failure)) => Sent::Failed(failure),
+            Err(_) => {
+                let failure = (
+                    ErrorInfo {
+                        message: "the attempt timed out".into(),
+                        ..ErrorInfo::of(ErrorKind::Timeout)
+                    },
+                    BoxError::from("attempt timed out"),
+                );
+                if cut_by_deadline {
+                    Sent::CutByDeadline(failure)
+                } else {
+                    Sent::Failed(failure)
+                }
+            }
+        }
+    }
+
+    /// The request `served` as the loop tracks it, to decide about or continue its stream.
+    fn progress_of(&self, served: &Served<()>, continuable: bool) -> Progress {
+        Progress {
             // A mid-stream failure is logged under the request it belongs to.
             request_id: served.request_id.clone(),
             workload: served.workload,
-            started: now,
-            deadline: now,
+            started: served.started,
+            deadline: served.deadline,
             model: served.model_index,
             on_model: served.attempts,
             total: served.attempts,
@@ -666,15 +737,119 @@ impl Resilience {
             last_decided_by: None,
             deferred: false,
             resend_owed: false,
-        };
+            cost: served.cost,
+            continuations: served.continuations,
+            continuable,
+        }
+    }
+
+    /// A request that was served failed after its output reached the caller (a stream cut
+    /// part-way), and its answer cannot be continued here. The failure is recorded in the
+    /// model's health, the policy sees it with `output-delivered` (any resend becomes a
+    /// give-up), the request counts as failed, and the error to hand the caller is returned:
+    /// nothing is ever resent.
+    pub fn fail_after_output(
+        &self,
+        served: &Served<()>,
+        error: ErrorInfo,
+        source: BoxError,
+    ) -> CallError {
+        match self.after_output(served, false, error, source) {
+            AfterOutput::Fail(error) => error,
+            // Not continuable: the loop turned any continuation into a give-up.
+            AfterOutput::Continue { .. } => CallError::GaveUp {
+                reason: GiveUpReason::OutputCommitted,
+                last: ErrorInfo::of(ErrorKind::Unknown),
+                attempts: served.attempts,
+                history: Vec::new(),
+                source: None,
+                room_in: None,
+            },
+        }
+    }
+
+    /// A stream failed after its output reached the caller: the failure is recorded in the
+    /// model's health and the policy decides with `output-delivered`. When it asks to
+    /// continue the answer, `continuable` says the caller can stitch a continuation (plain
+    /// text so far) and the model it names continues answers, the caller is told to send the
+    /// continuation ([`continue_on`](Self::continue_on)) after a wait; otherwise the request
+    /// counts as failed and the error to hand the caller is returned.
+    pub fn after_output(
+        &self,
+        served: &Served<()>,
+        continuable: bool,
+        error: ErrorInfo,
+        source: BoxError,
+    ) -> AfterOutput {
+        let mut p = self.progress_of(served, continuable);
         let verdict = self.ask(&mut p, &error, true);
+        if let Decision::ContinueAnswer { model, delay_ms } = verdict.decision {
+            return AfterOutput::Continue {
+                model: model as usize,
+                delay: self.real(delay_ms),
+            };
+        }
         self.metrics.failed.inc();
         self.tell(served, false);
         let reason = match verdict.decision {
             Decision::GiveUp { reason } => reason,
             _ => GiveUpReason::OutputCommitted,
         };
-        p.gave_up(reason, Some((error, source)))
+        AfterOutput::Fail(p.gave_up(reason, Some((error, source))))
+    }
+
+    /// Sends the continuation of `served`'s cut answer to the model at `model`, which the
+    /// policy chose: `attempt` re-asks it with the delivered text as the start of its answer.
+    /// Admitted by the model's breaker, counted as an attempt and a continuation, bounded by
+    /// the attempt timeout and the deadline, recorded in the model's health like any attempt.
+    /// On success `served` names the model now answering; on failure the caller asks again
+    /// with [`after_output`](Self::after_output).
+    pub async fn continue_on<T, F, Fut>(
+        &self,
+        served: &mut Served<()>,
+        model: usize,
+        mut attempt: F,
+    ) -> Result<T, (ErrorInfo, BoxError)>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        let now = Instant::now();
+        let mut p = self.progress_of(served, true);
+        p.model = model.min(self.options.models.len().saturating_sub(1));
+        p.continuations += 1;
+        served.continuations = p.continuations;
+        served.model_index = p.model;
+        served.model = self.options.models[p.model].clone();
+        if now >= p.deadline {
+            let message = "the request's deadline passed before its answer could be continued";
+            let info = ErrorInfo {
+                message: message.into(),
+                ..ErrorInfo::of(ErrorKind::Timeout)
+            };
+            return Err((info, BoxError::from(message)));
+        }
+        if let Admission::Refused { .. } = self.health.admit(p.model, now) {
+            self.metrics.breaker_refusals.inc();
+            let message = "the model's circuit breaker is open: the continuation was not sent";
+            let info = ErrorInfo {
+                message: message.into(),
+                ..ErrorInfo::of(ErrorKind::ServiceUnavailable)
+            };
+            return Err((info, BoxError::from(message)));
+        }
+        self.metrics.continuations.inc();
+        let sent = self.send_attempt(&mut p, false, &mut attempt).await;
+        served.attempts = p.total;
+        served.sent_at = p.sent_at;
+        match sent {
+            Sent::Answered(output, charge) => {
+                served.charge = charge;
+                tracing::info!(model = %served.model, attempts = p.total, continuations = p.continuations, "answer continued");
+                Ok(output)
+            }
+            Sent::Failed(failure) | Sent::CutByDeadline(failure) => Err(failure),
+        }
     }
 
     /// A streamed request's stream ended complete: the policy hears that it was served.
@@ -715,12 +890,31 @@ impl Resilience {
             remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
             workload: p.workload,
             output_delivered,
-            health: self.health.snapshot(now, |d| self.policy_ms(d)),
+            health: self.health_at(now),
             entropy: self.entropy(),
+            continuations: p.continuations,
+            reservation: self.charge(p.model, p.cost).reserve,
+            expected_settled: self.charge(p.model, p.cost).settle,
         };
         let decided = self.policy.decide(&ctx);
         p.last_decided_by = decided.module_digest.clone();
         let mut verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
+        if let Decision::ContinueAnswer { model, .. } = verdict.decision {
+            // The host vouches for what it does: a continuation only where the caller can
+            // stitch it and the model takes a partial answer as the start of its turn (a
+            // model that refuses prefill would fail it; one that ignored it would repeat
+            // what the caller has).
+            let refusal = if !p.continuable {
+                Some(ContinueRefusal::NotContinuable)
+            } else if !self.facts.get(model as usize).is_some_and(|f| f.continues) {
+                Some(ContinueRefusal::ModelDoesNotContinue)
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                verdict.stop_resend(Clamp::CannotContinue { model, why }, GiveUpReason::OutputCommitted);
+            }
+        }
         // Queued work is paced by the queue (one release per success): only direct resends
         // are charged.
         let queued = matches!(
@@ -781,7 +975,7 @@ impl Resilience {
     /// chain whose breaker is closed (otherwise the current model), a wait no longer than the
     /// longest the guardrails allow, the queue only for batch work.
     fn route(&self, p: &mut Progress, cost: Cost, now: Instant) -> Route {
-        let health = self.health.snapshot(now, |d| self.policy_ms(d));
+        let health = self.health_at(now);
         // The question is "does this request's reservation fit on each model?", and the
         // contract asks it with one `tokens`: the reservation on the current model. A model
         // where the request reserves more (an unset `maxTokens` on a model with a larger
@@ -798,7 +992,8 @@ impl Resilience {
         let ctx = RouteQuery {
             request_id: &p.request_id,
             workload: p.workload,
-            tokens,
+            reservation: tokens,
+            expected_settled: self.charge(p.model, cost).settle,
             input_tokens: cost.input,
             attempts_total: p.total,
             current: p.model as u32,
@@ -876,7 +1071,7 @@ impl Resilience {
     /// is expected on any.
     fn soonest_room(&self, cost: Cost) -> Option<Duration> {
         let now = Instant::now();
-        let health = self.health.snapshot(now, |d| self.policy_ms(d));
+        let health = self.health_at(now);
         self.health
             .capacity(self.clock_s(now))
             .iter()

@@ -7,28 +7,30 @@ use crate::decision::{PolicyFault, RouteQuery};
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
 use crate::wasm::sandbox::{MemoryLimitHit, Sandbox, escape_controls};
-use crate::wasm::{v0_1_0, v0_2_0};
+use crate::wasm::{v0_1_0, v0_2_0, v0_3_0};
 use wasmtime::{Store, Trap};
 
 /// A compiled module ready to instantiate, for the contract version it exports: the newest
-/// (0.2.0), or the frozen 0.1.0 that the host keeps loading.
+/// (0.3.0), or a frozen one (0.1.0, 0.2.0) that the host keeps loading.
 #[derive(Clone)]
 pub(crate) enum Pre {
     V0_1(v0_1_0::PolicyPre<Sandbox>),
     V0_2(v0_2_0::PolicyPre<Sandbox>),
+    V0_3(v0_3_0::PolicyPre<Sandbox>),
 }
 
 impl Pre {
     /// Whether modules of this version answer `route`.
     pub(crate) fn routes(&self) -> bool {
-        matches!(self, Pre::V0_2(_))
+        !matches!(self, Pre::V0_1(_))
     }
 
     /// The contract version the module exports.
     pub(crate) fn contract(&self) -> &'static str {
         match self {
             Pre::V0_1(_) => "0.1.0",
-            Pre::V0_2(_) => crate::contract::WIT_VERSION,
+            Pre::V0_2(_) => "0.2.0",
+            Pre::V0_3(_) => crate::contract::WIT_VERSION,
         }
     }
 
@@ -36,6 +38,7 @@ impl Pre {
         Ok(match self {
             Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut *store)?),
             Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut *store)?),
+            Pre::V0_3(pre) => Bindings::V0_3(pre.instantiate(&mut *store)?),
         })
     }
 }
@@ -44,6 +47,7 @@ impl Pre {
 pub(crate) enum Bindings {
     V0_1(v0_1_0::Policy),
     V0_2(v0_2_0::Policy),
+    V0_3(v0_3_0::Policy),
 }
 
 /// One sandboxed instance of a policy in its own store.
@@ -91,6 +95,16 @@ impl Instance {
                 })?;
                 v0_2_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
             }
+            Bindings::V0_3(bindings) => {
+                let answer = call(&mut self.store, fuel, |store| {
+                    v0_3_0::with_wit(ctx, |wit_ctx| {
+                        bindings
+                            .backstop_policy_decider()
+                            .call_decide(store, wit_ctx)
+                    })
+                })?;
+                v0_3_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
+            }
         }
     }
 
@@ -102,21 +116,26 @@ impl Instance {
         fuel: u64,
         query: &RouteQuery,
     ) -> Option<Result<Route, PolicyFault>> {
-        let Bindings::V0_2(bindings) = &self.bindings else {
-            return None;
-        };
-        let answer = call(&mut self.store, fuel, |store| {
-            v0_2_0::with_route_wit(query, |wit_ctx| {
-                bindings
-                    .backstop_policy_decider()
-                    .call_route(store, wit_ctx)
+        let answer = match &self.bindings {
+            Bindings::V0_1(_) => return None,
+            Bindings::V0_2(bindings) => call(&mut self.store, fuel, |store| {
+                v0_2_0::with_route_wit(query, |wit_ctx| {
+                    bindings
+                        .backstop_policy_decider()
+                        .call_route(store, wit_ctx)
+                })
             })
-        });
-        Some(
-            answer.and_then(|a| {
-                v0_2_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)
-            }),
-        )
+            .and_then(|a| v0_2_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)),
+            Bindings::V0_3(bindings) => call(&mut self.store, fuel, |store| {
+                v0_3_0::with_route_wit(query, |wit_ctx| {
+                    bindings
+                        .backstop_policy_decider()
+                        .call_route(store, wit_ctx)
+                })
+            })
+            .and_then(|a| v0_3_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)),
+        };
+        Some(answer)
     }
 }
 
@@ -172,7 +191,7 @@ fn new_instance(engine: &Engine, pre: &Pre, origin: &str) -> Result<Instance, Lo
 }
 
 /// A new instance, configured with the operator's `config` and, for a module that takes
-/// them (0.2.0), the chain's `facts`: ready to decide.
+/// them (0.2.0 on), the chain's `facts`: ready to decide.
 pub(crate) fn configured(
     engine: &Engine,
     pre: &Pre,
@@ -190,6 +209,14 @@ pub(crate) fn configured(
         }),
         Bindings::V0_2(bindings) => {
             let facts = v0_2_0::facts_to_wit(facts);
+            call(&mut instance.store, fuel, |store| {
+                bindings
+                    .backstop_policy_decider()
+                    .call_configure(store, config, &facts)
+            })
+        }
+        Bindings::V0_3(bindings) => {
+            let facts = v0_3_0::facts_to_wit(facts);
             call(&mut instance.store, fuel, |store| {
                 bindings
                     .backstop_policy_decider()
@@ -285,6 +312,10 @@ pub(crate) fn probe_info(
             Ok((info.name, info.version, info.wit_version))
         }),
         Bindings::V0_2(bindings) => call(&mut instance.store, fuel, |store| {
+            let info = bindings.backstop_policy_decider().call_info(store)?;
+            Ok((info.name, info.version, info.wit_version))
+        }),
+        Bindings::V0_3(bindings) => call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),

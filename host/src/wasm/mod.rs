@@ -2,9 +2,9 @@
 //! the attempt loop or the AWS SDK.
 //!
 //! Read it bottom-up: [`sandbox`] (what an instance is given and its limits), [`engine`]
-//! (wasmtime, set up once), the frozen contract bindings (`v0_1_0`), one guest call
-//! (`instance`), [`module`] (what makes a component a policy), [`policy`] (a pool of
-//! configured instances), [`cache`] (`.cwasm` on disk), [`smoke`] and [`vetting`] (what a module
+//! (wasmtime, set up once), the frozen contract bindings (`v0_1_0`, `v0_2_0`) and the current
+//! one (`v0_3_0`), one guest call (`instance`), [`module`] (what makes a component a policy),
+//! [`policy`] (a pool of configured instances), [`cache`] (`.cwasm` on disk), [`smoke`] and [`vetting`] (what a module
 //! must pass to go live), `probation` (a new module's outcomes against its predecessor's),
 //! [`shadow`] (a candidate asked beside the live module), [`handle`] (the live policy, swaps
 //! and rollback) and, behind the
@@ -14,9 +14,10 @@
 /// so each version module (`v0_1_0`, `v0_2_0`, …) expands this once against its own `wit`.
 /// Error text is cut to [`MAX_ERROR_TEXT_BYTES`] before lowering; model indices are checked
 /// against the chain the host offered. The arguments name the `model-health` fields a version
-/// added after 0.1.0 (same name, same type on both sides).
+/// added after 0.1.0 (same name, same type on both sides) and, after a `;`, the `decision`
+/// cases it added, as match arms that check indices with `$model` and read the context `$ctx`.
 macro_rules! shared_wit_conversions {
-    ($($added_health_field:ident),*) => {
+    ($($added_health_field:ident),* $(; |$model:ident, $ctx:ident| { $($added_decision:tt)* })?) => {
         /// `text` cut to the most the host lowers, on a character boundary: a borrow, never a
         /// copy.
         fn capped(text: &str) -> &str {
@@ -106,7 +107,7 @@ macro_rules! shared_wit_conversions {
             decision: wit::Decision,
             ctx: &AttemptContext,
         ) -> Result<Decision, String> {
-            let model = |index: u32| {
+            let check = |index: u32| {
                 if (index as usize) < ctx.models.len() {
                     Ok(index)
                 } else {
@@ -119,15 +120,15 @@ macro_rules! shared_wit_conversions {
             Ok(match decision {
                 wit::Decision::Retry(delay_ms) => Decision::Retry { delay_ms },
                 wit::Decision::SwitchModel(s) => Decision::SwitchModel {
-                    model: model(s.model)?,
+                    model: check(s.model)?,
                     delay_ms: s.delay_ms,
                 },
                 wit::Decision::BreakCircuit(b) => Decision::BreakCircuit {
-                    model: model(b.model)?,
+                    model: check(b.model)?,
                     open_ms: b.open_ms,
                     then: match b.then {
                         wit::AfterBreak::Fallback(index) => AfterBreak::Fallback {
-                            model: model(index)?,
+                            model: check(index)?,
                         },
                         wit::AfterBreak::Queue => AfterBreak::Queue,
                         wit::AfterBreak::GiveUp => AfterBreak::GiveUp,
@@ -135,6 +136,59 @@ macro_rules! shared_wit_conversions {
                 },
                 wit::Decision::Queue(not_before_ms) => Decision::Queue { not_before_ms },
                 wit::Decision::GiveUp(reason) => Decision::GiveUp {
+                    reason: reason_from_wit(reason),
+                },
+                $(other => {
+                    let ($model, $ctx) = (check, ctx);
+                    match other {
+                        $($added_decision)*
+                        _ => unreachable!("every earlier case is matched above"),
+                    }
+                })?
+            })
+        }
+    };
+}
+
+/// What every contract version with `route` (0.2.0 on) converts the same way: the learned
+/// capacity it lowers and the destination it lifts, refusing a model outside the chain.
+macro_rules! route_wit_conversions {
+    () => {
+        /// Every model's learned capacity, lowered.
+        fn capacity_to_wit(capacity: &[ModelCapacity]) -> Vec<wit::ModelCapacity> {
+            capacity
+                .iter()
+                .map(|c| wit::ModelCapacity {
+                    requests_per_minute: c.requests_per_minute,
+                    tokens_per_minute: c.tokens_per_minute,
+                    headroom_requests: c.headroom_requests,
+                    headroom_tokens: c.headroom_tokens,
+                    in_flight: c.in_flight,
+                })
+                .collect()
+        }
+
+        /// Converts the module's routing answer, refusing a model outside the chain.
+        pub(crate) fn route_from_wit(
+            answer: wit::Destination,
+            query: &RouteQuery,
+        ) -> Result<Route, String> {
+            Ok(match answer {
+                wit::Destination::Send(send) if (send.model as usize) < query.models.len() => {
+                    Route::Send {
+                        model: send.model,
+                        delay_ms: send.delay_ms,
+                    }
+                }
+                wit::Destination::Send(send) => {
+                    return Err(format!(
+                        "model index {} is outside the chain of {} model(s)",
+                        send.model,
+                        query.models.len()
+                    ));
+                }
+                wit::Destination::Queue(not_before_ms) => Route::Queue { not_before_ms },
+                wit::Destination::GiveUp(reason) => Route::GiveUp {
                     reason: reason_from_wit(reason),
                 },
             })
@@ -164,6 +218,7 @@ pub mod shadow;
 pub mod smoke;
 mod v0_1_0;
 mod v0_2_0;
+mod v0_3_0;
 pub mod vetting;
 #[cfg(feature = "watch")]
 pub mod watch;

@@ -8,7 +8,7 @@ use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
 use crate::wasm::instance::{self, Pre};
 use crate::wasm::sandbox::is_granted;
-use crate::wasm::{v0_1_0, v0_2_0};
+use crate::wasm::{v0_1_0, v0_2_0, v0_3_0};
 use std::path::Path;
 use wasmtime::component::Component;
 
@@ -102,10 +102,10 @@ impl Engine {
             expected: export.to_string(),
             exports: format!("an incompatible {export}: {e:#}"),
         };
-        let pre = if export == DECIDER_EXPORT {
-            Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(incompatible)?)
-        } else {
-            Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(incompatible)?)
+        let pre = match export {
+            DECIDER_EXPORT => Pre::V0_3(v0_3_0::PolicyPre::new(pre).map_err(incompatible)?),
+            V0_2_EXPORT => Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(incompatible)?),
+            _ => Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(incompatible)?),
         };
         let info = instance::probe_info(self, &pre, origin)?;
         tracing::info!(
@@ -122,8 +122,11 @@ impl Engine {
     }
 }
 
+/// The frozen contract 0.2.0's export.
+const V0_2_EXPORT: &str = "backstop:policy/decider@0.2.0";
+
 /// The frozen contract versions the host still loads, besides the newest.
-const EARLIER_EXPORTS: [&str; 1] = ["backstop:policy/decider@0.1.0"];
+const EARLIER_EXPORTS: [&str; 2] = [V0_2_EXPORT, "backstop:policy/decider@0.1.0"];
 
 /// The contract export the component provides: the newest, or a frozen earlier one.
 fn check_exports(

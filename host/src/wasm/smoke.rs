@@ -117,13 +117,17 @@ fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Resul
             "{decision:?} resends an error that cannot heal; a policy must give up on it"
         ));
     }
-    if decision.sends_again() && ctx.output_delivered {
+    let continues = matches!(decision, Decision::ContinueAnswer { .. });
+    if decision.sends_again() && ctx.output_delivered && !continues {
         return Err(format!(
-            "{decision:?} resends after output was delivered, which would repeat it"
+            "{decision:?} resends after output was delivered, which would repeat it; only \
+             continue-answer may go on from there"
         ));
     }
     match *decision {
-        Decision::Retry { delay_ms } | Decision::SwitchModel { delay_ms, .. }
+        Decision::Retry { delay_ms }
+        | Decision::SwitchModel { delay_ms, .. }
+        | Decision::ContinueAnswer { delay_ms, .. }
             if delay_ms > guard.max_delay_ms =>
         {
             Err(format!(
@@ -170,6 +174,8 @@ fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> Vec<AttemptContext>
         ctx.health = plausible_health(ctx.models.len(), ctx.elapsed_ms, rng);
         ctx.attempts_on_model = attempt;
         ctx.attempts_total = attempt;
+        ctx.reservation = rng.u64(100..70_000);
+        ctx.expected_settled = rng.u64(50..=ctx.reservation);
         let failing = &mut ctx.health[0];
         failing.consecutive_failures = failing.consecutive_failures.max(attempt);
         failing.requests = failing
@@ -192,6 +198,7 @@ fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> Vec<AttemptContext>
         }
         let mut streamed = base(kind, 1, &mut rng);
         streamed.output_delivered = true;
+        streamed.continuations = rng.u32(0..3);
         list.push(streamed);
     }
     list
@@ -210,6 +217,8 @@ fn plausible_health(models: usize, elapsed_ms: u64, rng: &mut fastrand::Rng) -> 
                 throttles,
                 errors,
                 in_state_ms: elapsed_ms + rng.u64(0..86_400_000),
+                first_event_limit_ms: rng.u64(2_000..=20_000),
+                idle_limit_ms: rng.u64(5_000..=15_000),
                 ..ModelHealth::default()
             }
         })
@@ -237,7 +246,8 @@ impl RouteCase {
         RouteQuery {
             request_id: &self.request_id,
             workload: self.workload,
-            tokens: self.tokens,
+            reservation: self.tokens,
+            expected_settled: self.tokens,
             input_tokens: self.tokens,
             attempts_total: self.attempts_total,
             current: 0,

@@ -1,8 +1,9 @@
-//! The contract `backstop:policy@0.2.0`: wasmtime's bindings for it and the conversions between
-//! its generated types and the one internal form (the `contract` crate's types), beside the
-//! frozen [`v0_1_0`](super::v0_1_0) as Zed's extension host keeps one module per
-//! `since_vX_Y_Z`. New here: `route` (lowered from the loop's borrowed [`RouteQuery`]), the
-//! chain's facts at `configure`, and contexts that name models by index only.
+//! The frozen contract `backstop:policy@0.2.0`: wasmtime's bindings for it and the conversions
+//! between its generated types and the one internal form (the `contract` crate's types), beside
+//! [`v0_1_0`](super::v0_1_0) and [`v0_3_0`](super::v0_3_0), as Zed's extension host keeps one
+//! module per `since_vX_Y_Z`. New in 0.2.0: `route` (lowered from the loop's borrowed
+//! [`RouteQuery`]), the chain's facts at `configure`, and contexts that name models by index
+//! only. A 0.2.0 module never continues an answer.
 
 use crate::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
@@ -11,7 +12,7 @@ use crate::contract::{
 use crate::decision::RouteQuery;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/v0.2.0",
     world: "policy",
     // Contexts are lowered straight from borrowed host data: no per-call String clones.
     ownership: Borrowing { duplicate_if_necessary: true },
@@ -20,6 +21,7 @@ wasmtime::component::bindgen!({
 pub(crate) use exports::backstop::policy::decider as wit;
 
 shared_wit_conversions!(consecutive_errors);
+route_wit_conversions!();
 
 /// Runs `f` on the wit view of `ctx`, which borrows its strings: nothing is cloned per call,
 /// and for usual chains nothing is allocated either. The chain's names are not lowered: a
@@ -60,22 +62,12 @@ pub(crate) fn with_route_wit<R>(
     query: &RouteQuery,
     f: impl FnOnce(wit::RouteContext<'_>) -> R,
 ) -> R {
-    let capacity: Vec<wit::ModelCapacity> = query
-        .capacity
-        .iter()
-        .map(|c: &ModelCapacity| wit::ModelCapacity {
-            requests_per_minute: c.requests_per_minute,
-            tokens_per_minute: c.tokens_per_minute,
-            headroom_requests: c.headroom_requests,
-            headroom_tokens: c.headroom_tokens,
-            in_flight: c.in_flight,
-        })
-        .collect();
+    let capacity = capacity_to_wit(query.capacity);
     with_health(query.health, |health| {
         f(wit::RouteContext {
             request_id: query.request_id,
             workload: workload_to_wit(query.workload),
-            tokens: query.tokens,
+            tokens: query.reservation,
             attempts_total: query.attempts_total,
             current: query.current,
             elapsed_ms: query.elapsed_ms,
@@ -84,29 +76,5 @@ pub(crate) fn with_route_wit<R>(
             capacity: &capacity,
             entropy: query.entropy,
         })
-    })
-}
-
-/// Converts the module's routing answer, refusing a model outside the chain.
-pub(crate) fn route_from_wit(
-    answer: wit::Destination,
-    query: &RouteQuery,
-) -> Result<Route, String> {
-    Ok(match answer {
-        wit::Destination::Send(send) if (send.model as usize) < query.models.len() => Route::Send {
-            model: send.model,
-            delay_ms: send.delay_ms,
-        },
-        wit::Destination::Send(send) => {
-            return Err(format!(
-                "model index {} is outside the chain of {} model(s)",
-                send.model,
-                query.models.len()
-            ));
-        }
-        wit::Destination::Queue(not_before_ms) => Route::Queue { not_before_ms },
-        wit::Destination::GiveUp(reason) => Route::GiveUp {
-            reason: reason_from_wit(reason),
-        },
     })
 }

@@ -211,8 +211,47 @@ fn check_request(
                 "Malformed input request: `messages` must be a non-empty list.",
             ));
         }
+        if prefill(&json).is_some() && refuses_prefill(model) {
+            return Err(invalid(
+                state,
+                "This model does not support assistant message prefill. The conversation must \
+                 end with a user message.",
+            ));
+        }
     }
     Ok(json)
+}
+
+/// The start of the answer a Converse request gives its model (a final assistant turn's
+/// text), which the model continues from.
+fn prefill(request: &serde_json::Value) -> Option<String> {
+    let last = request.get("messages")?.as_array()?.last()?;
+    if last.get("role")?.as_str()? != "assistant" {
+        return None;
+    }
+    let text = last.get("content")?.as_array()?.iter();
+    Some(text.filter_map(|c| c.get("text")?.as_str()).collect())
+}
+
+/// Whether `model` refuses a final assistant turn: Anthropic's "What's new in Claude 4.6"
+/// (platform.claude.com, "Prefill removal") says prefilling returns a 400 on Claude 4.6 models
+/// and later, with the message above; earlier Claude models and Nova continue from it.
+fn refuses_prefill(model: &str) -> bool {
+    let base = backstop::contract::base_model(model);
+    [
+        "anthropic.claude-opus-4-6",
+        "anthropic.claude-sonnet-4-6",
+        "anthropic.claude-opus-4-7",
+    ]
+    .iter()
+    .any(|prefix| base.starts_with(prefix))
+}
+
+/// The deltas a prefill already holds: the lab's answers are `{model} part {i}. ` deltas, so a
+/// model asked to go on from `prefill` goes on from the next part (and the start of its text
+/// is the space the prefill's trailing whitespace, when trimmed, left out).
+fn parts_in(prefill: &str) -> u32 {
+    prefill.matches(" part ").count() as u32
 }
 
 /// A rough token count (4 characters a token), for usage figures.
@@ -651,13 +690,25 @@ fn stream_pieces(
                 | Misbehaviour::Garbage
         )
     );
-    let deltas = if faulty {
-        faults.events_before_fault()
+    // A continuation goes on from the part its prefill ends with; a mid-stream error the
+    // scenario places at a part it has passed is behind it.
+    let prefill = prefill(&accepted.request).unwrap_or_default();
+    let first = parts_in(&prefill).min(STREAM_DELTAS);
+    let cut_here = !faulty && cut_after.is_some_and(|n| n > first);
+    let last = if faulty {
+        first.saturating_add(faults.events_before_fault())
     } else {
-        cut_after.unwrap_or(STREAM_DELTAS).min(STREAM_DELTAS)
-    };
-    for i in 0..deltas {
-        let text = format!("{model} part {i}. ");
+        cut_after.filter(|_| cut_here).unwrap_or(STREAM_DELTAS)
+    }
+    .min(STREAM_DELTAS);
+    for i in first..last {
+        let space = if i == first && !prefill.is_empty() && !prefill.ends_with(char::is_whitespace)
+        {
+            " "
+        } else {
+            ""
+        };
+        let text = format!("{space}{model} part {i}. ");
         write_step(&mut frames, shape, model, Step::Delta(&text));
     }
     if faulty {
@@ -677,7 +728,7 @@ fn stream_pieces(
         }
         return pieces;
     }
-    if cut_after.is_some() {
+    if cut_here {
         state.stream_cut(model);
         wire::exception_frame(&mut frames, cut_with);
     } else {

@@ -16,7 +16,14 @@ const answers = input.contexts.map((c) => {
     elapsedMs: big(c.elapsedMs),
     remainingMs: big(c.remainingMs),
     entropy: big(c.entropy),
-    health: c.health.map((h) => ({ ...h, inStateMs: big(h.inStateMs) })),
+    reservation: big(c.reservation),
+    expectedSettled: big(c.expectedSettled),
+    health: c.health.map((h) => ({
+      ...h,
+      inStateMs: big(h.inStateMs),
+      firstEventLimitMs: big(h.firstEventLimitMs),
+      idleLimitMs: big(h.idleLimitMs),
+    })),
   };
   return decider.decide(ctx);
 });

@@ -8,7 +8,17 @@ import sys
 from wasmtime import Engine, Store
 from wasmtime import component as c
 
-U64_FIELDS = {"elapsed-ms", "remaining-ms", "entropy", "in-state-ms", "retry-after-ms"}
+U64_FIELDS = {
+    "elapsed-ms",
+    "remaining-ms",
+    "entropy",
+    "in-state-ms",
+    "retry-after-ms",
+    "reservation",
+    "expected-settled",
+    "first-event-limit-ms",
+    "idle-limit-ms",
+}
 
 
 def kebab(name):
