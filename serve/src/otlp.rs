@@ -226,6 +226,8 @@ pub struct Ending<'a> {
     pub policy: &'a str,
     /// Interactive or batch.
     pub workload: &'a str,
+    /// Continuations that carried a cut answer on (0: one stream answered it).
+    pub continuations: u32,
 }
 
 impl RequestTrace {
@@ -291,6 +293,7 @@ impl RequestTrace {
             text("backstop.requested_model", &self.requested),
             text("backstop.model", ending.model.unwrap_or("")),
             int("backstop.attempts", u64::from(ending.attempts)),
+            int("backstop.continuations", u64::from(ending.continuations)),
             text("backstop.outcome", ending.outcome),
             text("backstop.workload", ending.workload),
             int("backstop.estimated_tokens", self.estimated_tokens),

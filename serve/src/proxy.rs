@@ -362,6 +362,7 @@ impl Ticket {
                     request_id: &served.request_id,
                     policy: &policy,
                     workload,
+                    continuations: served.continuations,
                 },
             ),
             Ended::Failed(error) => {
@@ -378,6 +379,7 @@ impl Ticket {
                         request_id: "",
                         policy: &policy,
                         workload,
+                        continuations: 0,
                     },
                 )
             }
@@ -395,6 +397,7 @@ impl Ticket {
                         request_id: "",
                         policy: &policy,
                         workload,
+                        continuations: 0,
                     },
                 )
             }
@@ -410,6 +413,7 @@ impl Ticket {
                     request_id: "",
                     policy: &policy,
                     workload,
+                    continuations: 0,
                 },
             ),
         };

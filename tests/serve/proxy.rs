@@ -699,3 +699,96 @@ async fn pooled_primary(tpm: u64, latency_ms: u64) -> FaultServer {
         .await
         .unwrap()
 }
+
+/// Claude Sonnet 4.5 and Claude 3.5 Haiku take a prefilled assistant turn: a cut answer may be
+/// continued on them.
+const CONTINUES: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+const CONTINUES_TOO: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+
+/// The parts' numbers as the fault server's text gives them (`{model} part {i}. `), in order.
+fn parts(text: &str) -> Vec<u32> {
+    text.split(" part ")
+        .skip(1)
+        .map(|rest| rest.split('.').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer() {
+    let cut_once = || ModelFaults {
+        events_before_fault: Some(2),
+        ..faults(&["cut"])
+    };
+    let server = FaultServer::start(
+        scenario(vec![(CONTINUES, cut_once()), (CONTINUES_TOO, cut_once())]),
+        0,
+    )
+    .await
+    .unwrap();
+    let chains = format!(r#"{{ "{CONTINUES}": [], "{CONTINUES_TOO}": [] }}"#);
+    let sidecar = sidecar(&server, &chains).await;
+    let client = sdk(&sidecar);
+
+    // ConverseStream: one messageStart, every part once, one messageStop.
+    let mut stream = client
+        .converse_stream()
+        .model_id(CONTINUES)
+        .messages(hello())
+        .send()
+        .await
+        .unwrap();
+    let (mut text, mut starts, mut stops) = (String::new(), 0, 0);
+    while let Some(event) = stream.stream.recv().await.expect("the answer is recovered") {
+        match event {
+            ConverseStreamOutput::MessageStart(_) => starts += 1,
+            ConverseStreamOutput::MessageStop(_) => stops += 1,
+            ConverseStreamOutput::ContentBlockDelta(delta) => {
+                text.push_str(delta.delta().unwrap().as_text().unwrap())
+            }
+            _ => {}
+        }
+    }
+    let whole: String = (0..4).map(|i| format!("{CONTINUES} part {i}. ")).collect();
+    assert_eq!(text, whole);
+    assert_eq!((starts, stops), (1, 1));
+    assert_eq!(server.requests(CONTINUES), 2);
+
+    // InvokeModelWithResponseStream with an Anthropic Messages body: the same, in chunks.
+    let mut stream = client
+        .invoke_model_with_response_stream()
+        .model_id(CONTINUES_TOO)
+        .body(Blob::new(MESSAGES_BODY))
+        .send()
+        .await
+        .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(event) = stream.body.recv().await.expect("the answer is recovered") {
+        if let ResponseStream::Chunk(chunk) = event {
+            let json: serde_json::Value =
+                serde_json::from_slice(chunk.bytes().unwrap().as_ref()).unwrap();
+            chunks.push(json);
+        }
+    }
+    let text: String = chunks
+        .iter()
+        .filter(|c| c["type"] == "content_block_delta")
+        .map(|c| c["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts(&text), [0, 1, 2, 3], "{text}");
+    let count = |kind: &str| chunks.iter().filter(|c| c["type"] == kind).count();
+    assert_eq!(
+        (count("message_start"), count("content_block_start"), count("message_stop")),
+        (1, 1, 1)
+    );
+    assert_eq!(server.requests(CONTINUES_TOO), 2);
+
+    // The operator sees them: one continuation on each chain's counter.
+    let admin = sidecar.admin_url().unwrap();
+    let metrics = http("GET", &format!("{admin}/metrics"), &[], "").await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let continued = metrics
+        .lines()
+        .filter(|l| l.starts_with("backstop_continuations_total") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(continued, 2, "{metrics}");
+}

@@ -25,6 +25,13 @@ async fn served_fault_server() -> FaultServer {
             ("throttled", ModelFaults::always(ErrorKind::Throttling)),
             ("cut", cut),
             ("garbage", garbage),
+            (
+                "anthropic.claude-sonnet-4-5-20250929-v1:0",
+                ModelFaults {
+                    events_before_fault: Some(2),
+                    ..ModelFaults::scripted(&["cut"]).unwrap()
+                },
+            ),
         ]),
         0,
     )
@@ -97,7 +104,7 @@ async fn boto3_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions
         "/../tests/serve/clients/boto3_client.py"
     );
     let stdout = run_client("python3", vec![script.into()], Vec::new()).await;
-    assert_eq!(stdout.matches("OK: ").count(), 10, "{stdout}");
+    assert_eq!(stdout.matches("OK: ").count(), 12, "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

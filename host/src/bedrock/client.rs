@@ -489,7 +489,7 @@ impl ResilientStream {
                     self.tail.delivered(whole);
                     return Ok(Some(event));
                 }
-                Ok(None) => match self.tail.end(TERMINAL_EVENT) {
+                Ok(None) => match self.tail.ended(TERMINAL_EVENT) {
                     Ok(()) => return Ok(None),
                     Err(failure) => failure,
                 },
@@ -502,50 +502,23 @@ impl ResilientStream {
     /// A failure after output: the policy decides, and while it continues the answer, each
     /// continuation is sent until one produces its first event (then kept as pending) or the
     /// policy stops. Errs with what the caller gets when the answer cannot be continued.
-    async fn resume(&mut self, mut failure: StreamFailure) -> Result<(), CallError> {
-        let client = self.tail.client.clone();
-        let core = &client.inner.core;
-        loop {
-            let (info, source, reason) = failure;
-            let messages = self
-                .transcript
-                .continuable()
-                .then(|| self.transcript.messages(&self.request.messages))
-                .flatten();
-            // The deadline passing is final whatever the policy would say.
-            if reason.is_some() {
-                return Err(self.tail.fail((info, source, reason)));
-            }
-            let served = &self.tail.served;
-            let (model, delay) = match core.after_output(served, messages.is_some(), info, source) {
-                AfterOutput::Continue { model, delay } => (model, delay),
-                AfterOutput::Fail(error) => {
-                    self.tail.finished = true;
-                    return Err(error);
-                }
-            };
-            let Some(messages) = messages else {
-                unreachable!("the loop continues only what was declared continuable");
-            };
-            let deadline = self.tail.served.deadline;
-            tokio::time::sleep_until((tokio::time::Instant::now() + delay).min(deadline)).await;
-            let request = self.request.clone();
-            let opened = core
-                .continue_on(&mut self.tail.served, model, |model| {
-                    client.open_stream(model, messages.clone(), &request)
-                })
-                .await;
-            match opened {
-                Ok((receiver, first)) => {
-                    self.receiver = receiver;
-                    self.transcript.resumed();
-                    self.pending = Some(first);
-                    self.tail.continued();
-                    return Ok(());
-                }
-                Err((info, source)) => failure = (info, source, None),
-            }
-        }
+    async fn resume(&mut self, failure: StreamFailure) -> Result<(), CallError> {
+        let messages = self
+            .transcript
+            .continuable()
+            .then(|| self.transcript.messages(&self.request.messages))
+            .flatten();
+        let request = &self.request;
+        let (receiver, first) = self
+            .tail
+            .resume(failure, messages, |client, messages, model| {
+                client.open_stream(model, messages.clone(), request)
+            })
+            .await?;
+        self.receiver = receiver;
+        self.transcript.resumed();
+        self.pending = Some(first);
+        Ok(())
     }
 }
 
@@ -584,9 +557,55 @@ impl Committed {
         }
     }
 
-    /// The stream goes on from a continuation on `served.model`: its own idle limit.
-    pub(crate) fn continued(&mut self) {
-        self.idle = self.client.inner.core.limits_for(&self.served.model).idle;
+    /// A failure after output: the policy decides. While it continues the answer and
+    /// `continuation` (what the model is asked to go on from) exists, each continuation is
+    /// opened with `open` on the model the policy chose, after its wait, until one produces
+    /// its first event — the stream then goes on from it, under that model's idle limit — or
+    /// the policy stops. Errs with what the caller gets when the answer cannot be continued.
+    pub(crate) async fn resume<C, O, Fut>(
+        &mut self,
+        mut failure: StreamFailure,
+        continuation: Option<C>,
+        open: impl Fn(&ResilientClient, &C, &str) -> Fut,
+    ) -> Result<O, CallError>
+    where
+        Fut: Future<Output = Result<O, (ErrorInfo, BoxError)>>,
+    {
+        let client = self.client.clone();
+        let core = &client.inner.core;
+        loop {
+            let (info, source, reason) = failure;
+            // The deadline passing is final whatever the policy would say.
+            if reason.is_some() {
+                return Err(self.fail((info, source, reason)));
+            }
+            let continuable = continuation.is_some();
+            let decided = core.after_output(&self.served, continuable, info, source);
+            let (model, delay, continuation) = match (decided, &continuation) {
+                (AfterOutput::Continue { model, delay }, Some(c)) => (model, delay, c),
+                (AfterOutput::Fail(error), _) => {
+                    self.finished = true;
+                    return Err(error);
+                }
+                (AfterOutput::Continue { .. }, None) => {
+                    unreachable!("the loop continues only what was declared continuable")
+                }
+            };
+            let deadline = self.served.deadline;
+            tokio::time::sleep_until((tokio::time::Instant::now() + delay).min(deadline)).await;
+            let opened = core
+                .continue_on(&mut self.served, model, |model| {
+                    open(&client, continuation, model)
+                })
+                .await;
+            match opened {
+                Ok(opened) => {
+                    self.idle = core.limits_for(&self.served.model).idle;
+                    return Ok(opened);
+                }
+                Err((info, source)) => failure = (info, source, None),
+            }
+        }
     }
 
     /// One more event handed to the caller; `whole` when it was the terminal one.
@@ -595,14 +614,9 @@ impl Committed {
         self.complete |= whole;
     }
 
-    /// The stream ended on the wire: complete if the terminal event came, else a cut answer.
-    pub(crate) fn ended(&mut self, terminal: &str) -> Result<(), CallError> {
-        self.end(terminal).map_err(|failure| self.fail(failure))
-    }
-
-    /// As [`ended`](Self::ended), a cut answer given back as the failure it is, for a
-    /// caller that may continue it.
-    pub(crate) fn end(&mut self, terminal: &str) -> Result<(), StreamFailure> {
+    /// The stream ended on the wire: complete if the terminal event came, else a cut answer,
+    /// given back as the failure it is (the caller may continue it).
+    pub(crate) fn ended(&mut self, terminal: &str) -> Result<(), StreamFailure> {
         if self.complete {
             self.finished = true;
             if let Some(usage) = self.usage {

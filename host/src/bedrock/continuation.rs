@@ -1,48 +1,48 @@
-//! Continuing a ConverseStream answer cut after output: what the caller was handed, the
-//! conversation that asks a model to go on from it, and the continuation's events made part of
-//! the same answer — no second `messageStart`, no whitespace repeated at the seam. The loop
-//! decides whether and where to continue ([`Resilience::after_output`](crate::Resilience::after_output));
-//! this is only the text.
+//! Continuing a stream answer cut after output: what the caller was handed, the request that
+//! asks a model to go on from it, and the continuation's events made part of the same answer —
+//! no second start, no whitespace repeated at the seam. For the client's ConverseStream
+//! ([`Transcript`], SDK events) and for the streams the sidecar forwards ([`RawTranscript`],
+//! event-stream frames of ConverseStream and of InvokeModelWithResponseStream with Anthropic
+//! Messages bodies). The loop decides whether and where to continue
+//! ([`Resilience::after_output`](crate::Resilience::after_output)); this is only the text.
 
 use aws_sdk_bedrockruntime::types::{
     ContentBlock, ContentBlockDelta, ContentBlockDeltaEvent, ConversationRole,
     ConverseStreamOutput, Message,
 };
+use aws_smithy_types::event_stream::{Header, HeaderValue};
+use bytes::Bytes;
 
-/// What a stream handed its caller, as far as a continuation needs it.
+/// The answer's text as the caller has it, whatever the format.
 #[derive(Debug, Default)]
-pub(crate) struct Transcript {
-    /// The answer's text so far (the first content block's deltas).
+struct Answer {
+    /// The answer's text so far (the first content block's text deltas).
     text: String,
-    /// Whether the answer so far is one block of plain text: tool use, reasoning or a second
-    /// block cannot be given back as the start of a turn.
+    /// Whether anything but one block of plain text was delivered (tool use, reasoning, a
+    /// second block, a format not known): that cannot be given back as the start of a turn.
     mixed: bool,
-    /// Set from a continuation's start until its `messageStart` was dropped.
-    skip_start: bool,
+    /// A continuation's start events still to drop (the caller has its own).
+    starts: u8,
     /// From a continuation's start until its text passes it: the whitespace the caller's text
     /// ended in, which the prefill leaves out, so the continuation's first characters are
     /// already the caller's.
     seam: String,
 }
 
-impl Transcript {
-    /// Notes an event handed to the caller.
-    pub(crate) fn delivered(&mut self, event: &ConverseStreamOutput) {
-        match event {
-            ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta() {
-                Some(ContentBlockDelta::Text(text)) if delta.content_block_index() == 0 => {
-                    self.text.push_str(text);
-                }
-                _ => self.mixed = true,
-            },
-            ConverseStreamOutput::ContentBlockStart(_) => self.mixed = true,
-            _ => {}
-        }
-    }
+/// What to do with a continuation's text delta.
+enum Seamed<'a> {
+    /// Hand it on as it is.
+    Whole,
+    /// Drop it: the caller has all of it.
+    Drop,
+    /// Hand on only this rest.
+    Rest(&'a str),
+}
 
+impl Answer {
     /// Whether a model can be asked to go on from here: plain text, and some of it (with
     /// nothing delivered the request is simply sent again).
-    pub(crate) fn continuable(&self) -> bool {
+    fn continuable(&self) -> bool {
         !self.mixed && !self.prefill().is_empty()
     }
 
@@ -50,6 +50,62 @@ impl Transcript {
     /// which Anthropic's Messages API refuses in a final assistant turn.
     fn prefill(&self) -> &str {
         self.text.trim_end()
+    }
+
+    /// A continuation that begins with `starts` start events is about to be read.
+    fn resumed(&mut self, starts: u8) {
+        self.starts = starts;
+        self.seam = self.text[self.prefill().len()..].to_string();
+    }
+
+    /// A continuation's text delta at the seam: the characters the caller already has are
+    /// not handed on twice.
+    fn seamed<'a>(&mut self, text: &'a str) -> Seamed<'a> {
+        if self.seam.is_empty() {
+            return Seamed::Whole;
+        }
+        let common = text
+            .char_indices()
+            .zip(self.seam.chars())
+            .take_while(|((_, a), b)| a == b)
+            .last()
+            .map_or(0, |((at, c), _)| at + c.len_utf8());
+        if common == text.len() {
+            // All of it is what the caller has: the seam goes on.
+            self.seam.drain(..common);
+            return Seamed::Drop;
+        }
+        self.seam.clear();
+        match common {
+            0 => Seamed::Whole,
+            _ => Seamed::Rest(&text[common..]),
+        }
+    }
+}
+
+/// What a ConverseStream handed its caller through the client, as far as a continuation needs
+/// it.
+#[derive(Debug, Default)]
+pub(crate) struct Transcript(Answer);
+
+impl Transcript {
+    /// Notes an event handed to the caller.
+    pub(crate) fn delivered(&mut self, event: &ConverseStreamOutput) {
+        match event {
+            ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta() {
+                Some(ContentBlockDelta::Text(text)) if delta.content_block_index() == 0 => {
+                    self.0.text.push_str(text);
+                }
+                _ => self.0.mixed = true,
+            },
+            ConverseStreamOutput::ContentBlockStart(_) => self.0.mixed = true,
+            _ => {}
+        }
+    }
+
+    /// Whether a model can be asked to go on from here.
+    pub(crate) fn continuable(&self) -> bool {
+        self.0.continuable()
     }
 
     /// The conversation that asks a model to go on: `messages`, then the delivered text as the
@@ -64,7 +120,7 @@ impl Transcript {
         }
         let turn = Message::builder()
             .role(ConversationRole::Assistant)
-            .content(ContentBlock::Text(self.prefill().to_string()))
+            .content(ContentBlock::Text(self.0.prefill().to_string()))
             .build()
             .ok()?;
         let mut continued = messages.to_vec();
@@ -74,49 +130,243 @@ impl Transcript {
 
     /// A continuation is about to be read.
     pub(crate) fn resumed(&mut self) {
-        self.skip_start = true;
-        self.seam = self.text[self.prefill().len()..].to_string();
+        self.0.resumed(1);
     }
 
     /// A continuation's event as the caller gets it, or `None` to drop it: its
     /// `messageStart` (the caller has one), and whitespace at the seam the caller has already.
     pub(crate) fn stitch(&mut self, event: ConverseStreamOutput) -> Option<ConverseStreamOutput> {
         match event {
-            ConverseStreamOutput::MessageStart(_) if self.skip_start => {
-                self.skip_start = false;
+            ConverseStreamOutput::MessageStart(_) if self.0.starts > 0 => {
+                self.0.starts -= 1;
                 None
             }
-            ConverseStreamOutput::ContentBlockDelta(delta) if !self.seam.is_empty() => {
+            ConverseStreamOutput::ContentBlockDelta(delta) => {
                 let index = delta.content_block_index();
-                let Some(ContentBlockDelta::Text(text)) = delta.delta() else {
-                    self.seam.clear();
-                    return Some(ConverseStreamOutput::ContentBlockDelta(delta));
+                let rest = match delta.delta() {
+                    Some(ContentBlockDelta::Text(text)) => match self.0.seamed(text) {
+                        Seamed::Whole => None,
+                        Seamed::Drop => return None,
+                        Seamed::Rest(rest) => Some(rest.to_string()),
+                    },
+                    _ => None,
                 };
-                let common = text
-                    .char_indices()
-                    .zip(self.seam.chars())
-                    .take_while(|((_, a), b)| a == b)
-                    .last()
-                    .map_or(0, |((at, c), _)| at + c.len_utf8());
-                if common == text.len() {
-                    // All of it is what the caller has: drop it, the seam goes on.
-                    self.seam.drain(..common);
-                    return None;
+                match rest {
+                    None => Some(ConverseStreamOutput::ContentBlockDelta(delta)),
+                    Some(rest) => ContentBlockDeltaEvent::builder()
+                        .delta(ContentBlockDelta::Text(rest))
+                        .content_block_index(index)
+                        .build()
+                        .ok()
+                        .map(ConverseStreamOutput::ContentBlockDelta),
                 }
-                self.seam.clear();
-                if common == 0 {
-                    return Some(ConverseStreamOutput::ContentBlockDelta(delta));
-                }
-                ContentBlockDeltaEvent::builder()
-                    .delta(ContentBlockDelta::Text(text[common..].to_string()))
-                    .content_block_index(index)
-                    .build()
-                    .ok()
-                    .map(ConverseStreamOutput::ContentBlockDelta)
             }
             other => Some(other),
         }
     }
+}
+
+/// What the sidecar does with a continuation's frame.
+pub(crate) enum Stitched {
+    /// Forward it as it came.
+    Keep,
+    /// Drop it.
+    Drop,
+    /// Forward this frame in its place.
+    Replace(Bytes),
+}
+
+/// The forwarded stream's body family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// ConverseStream's events.
+    Converse,
+    /// InvokeModelWithResponseStream `chunk`s of an Anthropic Messages body.
+    Anthropic,
+    /// Any other body: never continued.
+    Other,
+}
+
+/// What a forwarded stream (the sidecar's) handed its caller, read from its events.
+#[derive(Debug)]
+pub(crate) struct RawTranscript {
+    family: Family,
+    answer: Answer,
+}
+
+impl RawTranscript {
+    /// A transcript for a ConverseStream (`converse`) or an InvokeModelWithResponseStream
+    /// whose request body is `body`.
+    pub(crate) fn new(converse: bool, body: &[u8]) -> RawTranscript {
+        let family = if converse {
+            Family::Converse
+        } else if serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .is_some_and(|json| json.get("anthropic_version").is_some())
+        {
+            Family::Anthropic
+        } else {
+            Family::Other
+        };
+        RawTranscript {
+            family,
+            answer: Answer {
+                mixed: family == Family::Other,
+                ..Answer::default()
+            },
+        }
+    }
+
+    /// The text delta an event carries (`Some(None)`: an event of the answer that is not
+    /// plain text of its first block), or `None` for an event that carries no content.
+    fn content(&self, kind: &str, payload: &[u8]) -> Option<Option<String>> {
+        match self.family {
+            Family::Converse => {
+                let json: serde_json::Value = serde_json::from_slice(payload).ok()?;
+                match kind {
+                    "contentBlockDelta" => {
+                        let text = json["delta"]["text"].as_str();
+                        let first = json["contentBlockIndex"].as_u64() == Some(0);
+                        Some(text.filter(|_| first).map(String::from))
+                    }
+                    "contentBlockStart" => Some(None),
+                    _ => None,
+                }
+            }
+            Family::Anthropic => {
+                let chunk = (kind == "chunk").then(|| chunk_json(payload)).flatten()?;
+                let first = chunk["index"].as_u64() == Some(0);
+                match chunk["type"].as_str()? {
+                    "content_block_delta" => {
+                        let text = (chunk["delta"]["type"] == "text_delta")
+                            .then(|| chunk["delta"]["text"].as_str())
+                            .flatten();
+                        Some(text.filter(|_| first).map(String::from))
+                    }
+                    "content_block_start" if first && chunk["content_block"]["type"] == "text" => {
+                        None
+                    }
+                    "content_block_start" => Some(None),
+                    _ => None,
+                }
+            }
+            Family::Other => Some(None),
+        }
+    }
+
+    /// Notes an event handed to the caller.
+    pub(crate) fn delivered(&mut self, kind: &str, payload: &[u8]) {
+        match self.content(kind, payload) {
+            Some(Some(text)) => self.answer.text.push_str(&text),
+            Some(None) => self.answer.mixed = true,
+            None => {}
+        }
+    }
+
+    /// The request body that asks a model to go on: the caller's, with the delivered text as
+    /// a final assistant turn. `None` when the answer cannot be continued: not plain text, a
+    /// body family not known, or a conversation that already ends with an assistant turn.
+    pub(crate) fn continued_body(&self, body: &[u8]) -> Option<Bytes> {
+        if !self.answer.continuable() {
+            return None;
+        }
+        let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let messages = json.get_mut("messages")?.as_array_mut()?;
+        if messages.last()?.get("role")?.as_str()? != "user" {
+            return None;
+        }
+        let prefill = self.answer.prefill();
+        messages.push(match self.family {
+            Family::Converse => {
+                serde_json::json!({ "role": "assistant", "content": [{ "text": prefill }] })
+            }
+            Family::Anthropic => serde_json::json!({
+                "role": "assistant", "content": [{ "type": "text", "text": prefill }]
+            }),
+            Family::Other => return None,
+        });
+        serde_json::to_vec(&json).ok().map(Bytes::from)
+    }
+
+    /// A continuation is about to be read.
+    pub(crate) fn resumed(&mut self) {
+        let starts = match self.family {
+            Family::Converse => 1,
+            Family::Anthropic => 2,
+            Family::Other => 0,
+        };
+        self.answer.resumed(starts);
+    }
+
+    /// What to forward of a continuation's event: its start (the caller has one: Converse's
+    /// `messageStart`, Anthropic's `message_start` and first `content_block_start`) is
+    /// dropped, and whitespace the caller already has at the seam is cut from its text.
+    pub(crate) fn stitch(&mut self, kind: &str, payload: &[u8]) -> Stitched {
+        let start = match self.family {
+            Family::Converse => kind == "messageStart",
+            Family::Anthropic => chunk_json(payload).is_some_and(|chunk| {
+                chunk["type"] == "message_start"
+                    || (chunk["type"] == "content_block_start" && chunk["index"] == 0)
+            }),
+            Family::Other => false,
+        };
+        if start && self.answer.starts > 0 {
+            self.answer.starts -= 1;
+            return Stitched::Drop;
+        }
+        let Some(Some(text)) = self.content(kind, payload) else {
+            return Stitched::Keep;
+        };
+        match self.answer.seamed(&text) {
+            Seamed::Whole => Stitched::Keep,
+            Seamed::Drop => Stitched::Drop,
+            Seamed::Rest(rest) => {
+                let payload = match self.family {
+                    Family::Converse => {
+                        serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": rest } })
+                    }
+                    _ => {
+                        let chunk = serde_json::json!({
+                            "type": "content_block_delta", "index": 0,
+                            "delta": { "type": "text_delta", "text": rest },
+                        });
+                        let bytes = aws_smithy_types::base64::encode(chunk.to_string());
+                        serde_json::json!({ "bytes": bytes })
+                    }
+                };
+                Stitched::Replace(event_frame(kind, payload.to_string().into_bytes()))
+            }
+        }
+    }
+}
+
+/// What a `chunk` event (`{"bytes": base64}`) carries, as JSON.
+pub(crate) fn chunk_json(payload: &[u8]) -> Option<serde_json::Value> {
+    let chunk = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+    let encoded = chunk.get("bytes")?.as_str()?;
+    let decoded = aws_smithy_types::base64::decode(encoded).ok()?;
+    serde_json::from_slice(&decoded).ok()
+}
+
+/// An event-stream frame of the event `kind` with a JSON `payload`, as Bedrock writes one.
+fn event_frame(kind: &str, payload: Vec<u8>) -> Bytes {
+    let message = aws_smithy_types::event_stream::Message::new(payload)
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String(kind.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ));
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail for lack of space; the headers are well-formed.
+    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -147,7 +397,7 @@ mod tests {
     fn text_of(events: &[ConverseStreamOutput]) -> String {
         let mut t = Transcript::default();
         events.iter().for_each(|e| t.delivered(e));
-        t.text
+        t.0.text
     }
 
     /// A model that continues faithfully: from the prefill it was given, the rest of `answer`
@@ -189,7 +439,7 @@ mod tests {
             first.iter().for_each(|e| transcript.delivered(e));
             prop_assert!(transcript.continuable());
             transcript.resumed();
-            let prefill = transcript.prefill().to_string();
+            let prefill = transcript.0.prefill().to_string();
             let mut handed = first.clone();
             for event in continuation(&answer, &prefill, chunk) {
                 if let Some(event) = transcript.stitch(event) {

@@ -12,6 +12,7 @@
 
 use crate::bedrock::classify::{kind_from_status, sdk_failure};
 use crate::bedrock::client::{Committed, ResilientClient, StreamFailure};
+use crate::bedrock::continuation::{RawTranscript, Stitched, chunk_json};
 use crate::catalogue::{self, Usage};
 use crate::contract::{ErrorInfo, ErrorKind};
 use crate::resilience::error::{BoxError, CallError, Served};
@@ -215,51 +216,67 @@ impl ResilientClient {
 
     /// A ConverseStream or InvokeModelWithResponseStream call with the body passed through.
     /// Like [`converse_stream`](ResilientClient::converse_stream): an error before the first
-    /// frame is handled like any failed attempt; after it the request is committed, and
-    /// [`RawStream::next_frame`] returns the frames as they arrive.
+    /// frame is handled like any failed attempt; after it a failure is never answered by
+    /// sending the request again — the policy may continue the answer (see
+    /// [`RawStream::next_frame`]) — and the frames are returned as they arrive.
     pub async fn stream_raw(&self, request: &RawRequest) -> Result<RawStream, CallError> {
-        let sdk = &self.inner.sdk;
         let core = &self.inner.core;
-        let operation = request.operation;
         let served = core
             .call(
                 request.options.streamed(),
                 self.raw_cost(request),
-                |model| {
-                    let limits = core.limits_for(model);
-                    let capture = Capture::new(request, true);
-                    let model = model.to_string();
-                    let send = send_once(sdk, operation, model.clone(), capture.clone());
-                    async move {
-                        within(limits.headers, Phase::Headers, send).await??;
-                        let headers_at = tokio::time::Instant::now();
-                        let (headers, _) = capture.take();
-                        let body = capture
-                            .stream()
-                            .ok_or_else(|| missing("the answer had no stream"))?;
-                        let mut frames = Frames::new(body);
-                        let first = within(limits.first_event, Phase::FirstEvent, frames.next())
-                            .await??
-                            .ok_or_else(|| stream_incomplete(0, operation.terminal()))?;
-                        core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
-                        if let Some(error) = first.error() {
-                            return Err(error);
-                        }
-                        Ok((headers, frames, first))
-                    }
-                },
+                |model| self.open_raw(request, model),
             )
             .await?;
         let ((headers, frames, first), served) = served.split();
         Ok(RawStream {
-            operation,
+            operation: request.operation,
             headers,
             frames,
             pending: Some(first),
             tail: Committed::new(self, served),
+            transcript: RawTranscript::new(request.operation.is_converse(), &request.body),
+            request: request.clone(),
         })
     }
+
+    /// Sends `request` to `model` and waits for its first frame, each within the model's
+    /// (learned) limits; an exception as the first frame is the attempt's failure.
+    fn open_raw(
+        &self,
+        request: &RawRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<RawOpened, (ErrorInfo, BoxError)>> + use<> {
+        let client = self.clone();
+        let operation = request.operation;
+        let limits = self.inner.core.limits_for(model);
+        let capture = Capture::new(request, true);
+        let model = model.to_string();
+        async move {
+            let sdk = &client.inner.sdk;
+            let send = send_once(sdk, operation, model.clone(), capture.clone());
+            within(limits.headers, Phase::Headers, send).await??;
+            let headers_at = tokio::time::Instant::now();
+            let (headers, _) = capture.take();
+            let body = capture
+                .stream()
+                .ok_or_else(|| missing("the answer had no stream"))?;
+            let mut frames = Frames::new(body);
+            let first = within(limits.first_event, Phase::FirstEvent, frames.next())
+                .await??
+                .ok_or_else(|| stream_incomplete(0, operation.terminal()))?;
+            let core = &client.inner.core;
+            core.observe(&model, Phase::FirstEvent, headers_at.elapsed());
+            if let Some(error) = first.error() {
+                return Err(error);
+            }
+            Ok((headers, frames, first))
+        }
+    }
 }
+
+/// A forwarded stream once its first frame arrived: its headers, the frames to come, the first.
+type RawOpened = (Vec<(String, String)>, Frames, Frame);
 
 /// One SDK call of `operation` on `model`, its body and headers swapped by `capture`.
 async fn send_once(
@@ -435,6 +452,8 @@ pub struct Frame {
     /// The usage it reports (a ConverseStream `metadata` event, or the invocation metrics
     /// of an InvokeModelWithResponseStream's last chunk).
     usage: Option<Usage>,
+    /// Its payload, for a continuation's transcript.
+    payload: Bytes,
 }
 
 impl Frame {
@@ -623,6 +642,7 @@ impl Frames {
             message: text,
             bytes,
             usage,
+            payload: message.payload().clone(),
         }))
     }
 }
@@ -658,14 +678,6 @@ fn payload_message(payload: &Bytes) -> String {
         })
 }
 
-/// What a `chunk` event (`{"bytes": base64}`) carries, as JSON.
-fn chunk_json(payload: &Bytes) -> Option<serde_json::Value> {
-    let chunk = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
-    let encoded = chunk.get("bytes")?.as_str()?;
-    let decoded = aws_smithy_types::base64::decode(encoded).ok()?;
-    serde_json::from_slice(&decoded).ok()
-}
-
 fn malformed(message: String) -> (ErrorInfo, BoxError) {
     let info = ErrorInfo {
         kind: ErrorKind::ModelStreamError,
@@ -684,6 +696,10 @@ pub struct RawStream {
     frames: Frames,
     pending: Option<Frame>,
     tail: Committed,
+    /// The request, to ask for a continuation.
+    request: RawRequest,
+    /// What the caller was handed, to continue from.
+    transcript: RawTranscript,
 }
 
 impl RawStream {
@@ -702,30 +718,73 @@ impl RawStream {
         self.tail.delivered
     }
 
-    /// The next frame, as it came; `None` only after a whole answer. An exception frame from
-    /// Bedrock, a silence past the idle limit, the deadline, a broken or malformed stream, or
-    /// an end without the terminal event is a [`CallError::GaveUp`] counting the frames
-    /// delivered (end the caller's stream with [`exception_frame`] of its last error).
+    /// The next frame, as it came; `None` only after a whole answer.
+    ///
+    /// After output, a failure — an exception frame from Bedrock, a silence past the idle
+    /// limit, a broken or malformed stream, an end without the terminal event — goes to the
+    /// policy. When it continues the answer (ConverseStream, or InvokeModelWithResponseStream
+    /// with an Anthropic Messages body, on a model that takes a partial answer), the request
+    /// is sent again with the delivered text as a final assistant turn and the continuation's
+    /// frames follow: its start events dropped, whitespace the caller has at the seam cut
+    /// (that frame written anew). Otherwise, and at the deadline, it is a
+    /// [`CallError::GaveUp`] counting the frames delivered (end the caller's stream with
+    /// [`exception_frame`] of its last error).
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, CallError> {
-        if self.tail.finished {
-            return Ok(None);
+        loop {
+            if self.tail.finished {
+                return Ok(None);
+            }
+            let next = match self.pending.take() {
+                Some(frame) => Ok(Some(frame)),
+                None => self.tail.wait(self.frames.next(), |e| e).await,
+            };
+            let failure = match next {
+                Ok(Some(frame)) => match frame.error() {
+                    Some((info, source)) => (info, source, None),
+                    None => {
+                        let mut frame = frame;
+                        match self.transcript.stitch(&frame.kind, &frame.payload) {
+                            Stitched::Keep => {}
+                            Stitched::Drop => continue,
+                            Stitched::Replace(bytes) => frame.bytes = bytes,
+                        }
+                        self.transcript.delivered(&frame.kind, &frame.payload);
+                        self.tail.usage = frame.usage.or(self.tail.usage);
+                        self.tail.delivered(frame.terminal);
+                        return Ok(Some(frame));
+                    }
+                },
+                Ok(None) => match self.tail.ended(self.operation.terminal()) {
+                    Ok(()) => return Ok(None),
+                    Err(failure) => failure,
+                },
+                Err(failure) => failure,
+            };
+            self.resume(failure).await?;
         }
-        let next = match self.pending.take() {
-            Some(frame) => Ok(Some(frame)),
-            None => self.tail.wait(self.frames.next(), |e| e).await,
-        };
-        match next {
-            Ok(Some(frame)) => match frame.error() {
-                Some((info, source)) => Err(self.tail.fail((info, source, None))),
-                None => {
-                    self.tail.usage = frame.usage.or(self.tail.usage);
-                    self.tail.delivered(frame.terminal);
-                    Ok(Some(frame))
-                }
-            },
-            Ok(None) => self.tail.ended(self.operation.terminal()).map(|()| None),
-            Err(failure) => Err(self.tail.fail(failure)),
-        }
+    }
+
+    /// A failure after output: the policy decides, and while it continues the answer, each
+    /// continuation is sent until one produces its first frame (then kept as pending) or the
+    /// policy stops. Errs with what the caller gets when the answer cannot be continued.
+    async fn resume(&mut self, failure: StreamFailure) -> Result<(), CallError> {
+        let continuation = self
+            .transcript
+            .continued_body(&self.request.body)
+            .map(|body| RawRequest {
+                body,
+                ..self.request.clone()
+            });
+        let (_, frames, first) = self
+            .tail
+            .resume(failure, continuation, |client, request, model| {
+                client.open_raw(request, model)
+            })
+            .await?;
+        self.frames = frames;
+        self.transcript.resumed();
+        self.pending = Some(first);
+        Ok(())
     }
 
     /// Ends the stream early (the caller went away, the host is stopping) for `why`: reported

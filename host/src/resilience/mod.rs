@@ -845,7 +845,10 @@ impl Resilience {
         match sent {
             Sent::Answered(output, charge) => {
                 served.charge = charge;
-                tracing::info!(model = %served.model, attempts = p.total, continuations = p.continuations, "answer continued");
+                tracing::info!(
+                    request_id = %served.request_id, model = %served.model, attempts = p.total,
+                    continuations = p.continuations, "answer continued"
+                );
                 Ok(output)
             }
             Sent::Failed(failure) | Sent::CutByDeadline(failure) => Err(failure),

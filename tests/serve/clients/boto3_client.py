@@ -3,7 +3,8 @@
 Usage: python3 boto3_client.py SIDECAR_URL
 The sidecar's chains send `primary` (always throttled) to `fallback`; `throttled` is always
 throttled and alone; `cut` cuts its streams after two deltas; `garbage` sends a delta whose
-payload is not JSON after two; any other model answers.
+payload is not JSON after two; Claude Sonnet 4.5 cuts its first stream after two deltas (and,
+taking a prefilled turn, is asked to go on); any other model answers.
 Prints one `OK: ...` line per check; exits non-zero at the first failure.
 """
 import json
@@ -90,6 +91,16 @@ def ends_in_stream_error(model, what):
 ends_in_stream_error("cut", "a stream cut after output")
 
 ends_in_stream_error("garbage", "a garbage event after output")
+
+CONTINUES = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+events = list(client.converse_stream(modelId=CONTINUES, messages=messages)["stream"])
+text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+whole = "".join(f"{CONTINUES} part {i}. " for i in range(4))
+check(text == whole, f"a stream cut after output is continued into one answer: {text!r}")
+check(
+    sum("messageStart" in e for e in events) == 1 and sum("messageStop" in e for e in events) == 1,
+    "with one messageStart and one messageStop",
+)
 
 deadline_ms(30000)
 try:
