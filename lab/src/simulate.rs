@@ -15,7 +15,7 @@ use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
 use backstop::{
-    BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
+    AfterOutput, BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
     PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError, Usage,
 };
 use serde::Serialize;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The scenarios that ship with Backstop, by name (also in the repository's `scenarios/`).
-pub const SHIPPED: [(&str, &str); 6] = [
+pub const SHIPPED: [(&str, &str); 7] = [
     (
         "monday-spike",
         include_str!("../../scenarios/monday-spike.json"),
@@ -48,6 +48,11 @@ pub const SHIPPED: [(&str, &str); 6] = [
     (
         "token-spike",
         include_str!("../../scenarios/token-spike.json"),
+    ),
+    // Streams cut, stalled or broken after their output began: continued or lost.
+    (
+        "mid-stream",
+        include_str!("../../scenarios/mid-stream.json"),
     ),
 ];
 
@@ -486,6 +491,27 @@ struct Tokens {
     legacy: bool,
 }
 
+/// How a modelled stream ends once its first event reached the caller: whole (`None`), or the
+/// failure the client sees after output — a stall at the idle limit, a cut, a broken event, or
+/// (for a continuation) a failure before its own first event.
+async fn broke_after_output(
+    answered: Result<Option<Misbehaviour>, (ErrorInfo, BoxError)>,
+    idle: Duration,
+) -> Option<(ErrorInfo, BoxError)> {
+    match answered {
+        Err(failure) => Some(failure),
+        Ok(Some(Misbehaviour::Stall)) => {
+            tokio::time::sleep(idle).await;
+            Some(Phase::Idle.failure(idle))
+        }
+        Ok(Some(Misbehaviour::Cut)) => Some(stream_incomplete(2, "messageStop")),
+        Ok(Some(Misbehaviour::Malformed | Misbehaviour::Garbage)) => {
+            Some(failure(ErrorKind::Unknown, None))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// One request through the production loop against the modelled Bedrock.
 async fn request(
     core: &Resilience,
@@ -499,16 +525,8 @@ async fn request(
     let chain = core.models();
     let limits = core.limits();
     let usage: Mutex<Option<Usage>> = Mutex::new(None);
-    let result = core
-        .call(
-            RequestOptions::from(arrival.workload).streamed(),
-            Cost {
-                input: tokens.input,
-                max_output: arrival
-                    .max_tokens
-                    .or(tokens.legacy.then_some(tokens.output)),
-            },
-            |model| {
+    // One modelled Bedrock call: the loop's attempts and a cut answer's continuations alike.
+    let mut attempt = |model: &str| {
                 let now = start.elapsed();
                 let fallback = chain.first().is_some_and(|primary| primary != model);
                 let ask = Ask {
@@ -578,34 +596,41 @@ async fn request(
                         }
                     }
                 }
-            },
-        )
-        .await;
+    };
+    let cost = Cost {
+        input: tokens.input,
+        max_output: arrival
+            .max_tokens
+            .or(tokens.legacy.then_some(tokens.output)),
+    };
+    let options = RequestOptions::from(arrival.workload).streamed();
+    let result = core.call(options, cost, &mut attempt).await;
     // A stream that stalls, is cut or breaks after its output began fails as it does behind
-    // the real client: after output, never resent.
+    // the real client: after output it is never resent, and the policy may continue it
+    // (the modelled answers are plain text) on a model that takes a partial answer — each
+    // continuation one more modelled call, which may itself be cut.
     let result = match result {
         Ok(served) => {
-            if let Some(usage) = *lock(&usage) {
-                core.settle(&served, usage);
-            }
-            let (misbehaviour, served) = served.split();
-            let after_output = match misbehaviour {
-                Some(Misbehaviour::Stall) => {
-                    tokio::time::sleep(limits.idle).await;
-                    Some(Phase::Idle.failure(limits.idle))
+            let (misbehaviour, mut served) = served.split();
+            let mut answered = Ok(misbehaviour);
+            loop {
+                if let Some(usage) = lock(&usage).take() {
+                    core.settle(&served, usage);
                 }
-                Some(Misbehaviour::Cut) => Some(stream_incomplete(2, "messageStop")),
-                Some(Misbehaviour::Malformed | Misbehaviour::Garbage) => {
-                    Some(failure(ErrorKind::Unknown, None))
-                }
-                _ => None,
-            };
-            match after_output {
-                Some((info, source)) => Err(core.fail_after_output(&served, info, source)),
-                None => {
+                let Some((info, source)) = broke_after_output(answered, limits.idle).await
+                else {
                     core.stream_ended(&served);
-                    Ok(served)
-                }
+                    break Ok(served);
+                };
+                let (model, delay) = match core.after_output(&served, true, info, source) {
+                    AfterOutput::Continue { model, delay } => (model, delay),
+                    AfterOutput::Fail(error) => break Err(error),
+                };
+                let deadline = served.deadline;
+                tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
+                // A continuation that fails before its first event is decided again, as a
+                // failure after output.
+                answered = core.continue_on(&mut served, model, &mut attempt).await;
             }
         }
         Err(error) => Err(error),

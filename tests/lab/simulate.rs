@@ -533,3 +533,26 @@ fn replicas_that_learn_alone_spend_more_calls_than_one_process_and_a_fleet_spend
         one.calls_sent
     );
 }
+
+#[test]
+fn answers_cut_mid_stream_are_continued_where_a_policy_that_cannot_continue_loses_them() {
+    // The shipped mid-stream: 9 % of the primary's streams cut, stalled or broken after
+    // their output began. The default continues them; the same policy built for contract
+    // 0.2.0 (which has no way to say so) loses every one, as every baseline does.
+    let scenario = simulate::shipped("mid-stream").unwrap().unwrap();
+    let fixture = support::engine()
+        .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
+        .unwrap();
+    let before = Contender::Module {
+        module: fixture,
+        config: "{}".into(),
+        shadow: None,
+    };
+    let (now, then) = (run(&scenario, &default_policy()), run(&scenario, &before));
+    let share = |r: &SimReport| r.served as f64 / r.requests as f64;
+    assert!(share(&now) > 0.995, "{now:?}");
+    assert!(share(&then) < 0.95, "{then:?}");
+    assert!(now.amplification < 1.15, "{now:?}");
+    let lost = |r: &SimReport| r.failures.get("output-committed").copied().unwrap_or(0);
+    assert!(lost(&now) * 20 < lost(&then), "{:?} vs {:?}", now.failures, then.failures);
+}

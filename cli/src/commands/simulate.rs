@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 pub struct SimulateArgs {
     /// A shipped scenario (monday-spike, regional-outage, spike-outage, brownout,
-    /// batch-backlog) or a scenario JSON file with a `traffic` section.
+    /// batch-backlog, token-spike, mid-stream) or a scenario JSON file with a `traffic`
+    /// section.
     #[arg(long)]
     scenario: String,
     /// A policy to compare (repeat the flag); the built-in default when none is given.
