@@ -509,9 +509,8 @@ impl Decision {
     /// back), the only resend that may follow an input too long for `model`.
     pub fn moves_from(&self, model: u32) -> bool {
         match *self {
-            Decision::SwitchModel { model: to, .. } | Decision::ContinueAnswer { model: to, .. } => {
-                to != model
-            }
+            Decision::SwitchModel { model: to, .. }
+            | Decision::ContinueAnswer { model: to, .. } => to != model,
             Decision::BreakCircuit {
                 then: AfterBreak::Fallback { model: to },
                 ..
@@ -619,7 +618,9 @@ impl ModelFacts {
             .iter()
             .enumerate()
             .map(|(index, facts)| {
-                let first = chain.iter().position(|other| other.model() == facts.model());
+                let first = chain
+                    .iter()
+                    .position(|other| other.model() == facts.model());
                 first.unwrap_or(index) as u32
             })
             .collect()

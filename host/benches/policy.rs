@@ -44,6 +44,8 @@ fn full_context() -> AttemptContext {
     ctx.elapsed_ms = 2_400;
     ctx.remaining_ms = 57_600;
     ctx.entropy = 0x9e37_79b9_7f4a_7c15;
+    ctx.reservation = 5_096;
+    ctx.expected_settled = 2_000;
     ctx.health = vec![
         ModelHealth {
             requests: 120,
@@ -53,6 +55,8 @@ fn full_context() -> AttemptContext {
             consecutive_errors: 0,
             breaker: BreakerState::Closed,
             in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
         },
         ModelHealth {
             requests: 30,
@@ -62,6 +66,8 @@ fn full_context() -> AttemptContext {
             consecutive_errors: 0,
             breaker: BreakerState::Closed,
             in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
         },
         ModelHealth {
             requests: 0,
@@ -71,6 +77,8 @@ fn full_context() -> AttemptContext {
             consecutive_errors: 0,
             breaker: BreakerState::Closed,
             in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
         },
     ];
     ctx

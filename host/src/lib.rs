@@ -54,13 +54,13 @@ pub use decision::{
     Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
     RouteQuery, Tally, Verdict,
 };
-pub use resilience::{AfterOutput, Resilience};
 pub use resilience::budget::RetryBudget;
+pub use resilience::capacity::{Charge, Cost};
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served, Unfit};
 pub use resilience::health::TokenTally;
 pub use resilience::metrics::{Metrics, MetricsSnapshot};
-pub use resilience::capacity::{Charge, Cost};
 pub use resilience::options::{ClientOptions, OptionsError, RequestOptions, Usage};
+pub use resilience::{AfterOutput, Resilience};
 pub use wasm::cache::{CacheUse, Cached, ModuleCache};
 pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
 pub use wasm::error::LoadError;

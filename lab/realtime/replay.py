@@ -1,11 +1,13 @@
 """Replays a scenario's arrivals in real time through boto3, and reports what the callers got.
 
 The arrivals come from `backstop simulate --scenario NAME --arrivals` (the same requests, at
-the same moments, the simulator runs). Each is one Converse call on its own thread, sent at its
-moment whatever the others are doing, with the input the scenario gives (text sized so both
-Backstop's estimate and the fault server's count come to it) and its `maxTokens` when it sets
-one. A request is served when it answered within its deadline after its arrival; an answer
-that came later is counted as late, not served.
+the same moments, the simulator runs). Each is one Converse call (ConverseStream with
+`--stream`, read to its end) on its own thread, sent at its moment whatever the others are
+doing, with the input the scenario gives (text sized so both Backstop's estimate and the fault
+server's count come to it) and its `maxTokens` when it sets one. A request is served when it
+answered within its deadline after its arrival — a stream only when it ended with
+`messageStop` and nothing failed inside it; an answer that came later is counted as late, not
+served.
 
 Modes (what sends to Bedrock):
   backstop   through `backstop serve`: boto3 with its retries off (one attempt), batch work
@@ -18,6 +20,7 @@ Calls are what reached the fault server (its `/_backstop/stats`, read after the 
 server must be fresh for each run.
 
 Usage: python3 replay.py --arrivals FILE --endpoint URL --stats URL --mode MODE [--label NAME]
+                         [--stream]
 Prints one JSON line of results on stdout; progress goes to stderr every 30 s.
 """
 import argparse
@@ -31,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EventStreamError
 
 # The most requests a replay may hold: the arrivals file is outside input.
 MAX_ARRIVALS = 100_000
@@ -110,6 +113,7 @@ def main():
     parser.add_argument("--stats", required=True)
     parser.add_argument("--mode", required=True, choices=["backstop", "standard", "adaptive", "none"])
     parser.add_argument("--label")
+    parser.add_argument("--stream", action="store_true", help="ConverseStream, read to its end")
     args = parser.parse_args()
 
     arrivals = read_arrivals(args.arrivals)
@@ -124,6 +128,7 @@ def main():
 
         local = threading.local()
         client.meta.events.register("before-sign.bedrock-runtime.Converse", add_headers)
+        client.meta.events.register("before-sign.bedrock-runtime.ConverseStream", add_headers)
     tally = Tally()
 
     def send(arrival, arrived):
@@ -141,8 +146,17 @@ def main():
             if arrival["batch"]:
                 local.headers["x-backstop-workload"] = "batch"
         try:
-            client.converse(**request)
+            if args.stream:
+                events = client.converse_stream(**request)["stream"]
+                if not any("messageStop" in event for event in events):
+                    tally.record(False, 0.0, 0.0, "no messageStop")
+                    return
+            else:
+                client.converse(**request)
             tally.record(True, time.monotonic() - arrived, arrival["deadline"])
+        except EventStreamError as error:
+            code = error.response.get("Error", {}).get("Code", "EventStreamError")
+            tally.record(False, 0.0, 0.0, code)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "ClientError")
             tally.record(False, 0.0, 0.0, code)

@@ -8,7 +8,9 @@
 # its calls are that run's alone. A run lasts the scenario's duration (token-spike: 10 min).
 #
 # Usage: lab/realtime/run.sh [SCENARIO] [MODE...]   (defaults: token-spike, all four modes;
-# SCENARIO is a name under scenarios/ or a scenario file)
+# SCENARIO is a name under scenarios/ or a scenario file). A scenario whose models misbehave
+# inside streams (`misbehaviour_rates`, as mid-stream's do) is replayed as ConverseStream calls,
+# read to their end.
 # Needs: a built `backstop` (target/release, else target/debug), python3 with boto3.
 # Writes target/realtime/SCENARIO-MODE.json (one line each) and prints them.
 set -euo pipefail
@@ -26,6 +28,9 @@ file=$scenario
 [ -f "$file" ] || file=scenarios/$scenario.json
 [ -f "$file" ] || { echo "no scenario $scenario (a file, or a name under scenarios/)" >&2; exit 1; }
 scenario=$(basename "$file" .json)
+
+stream=
+grep -q '"misbehaviour_rates"' "$file" && stream=--stream
 
 out=target/realtime
 mkdir -p "$out"
@@ -67,7 +72,7 @@ for mode in "${modes[@]}"; do
     echo "$scenario / $mode: replaying $(wc -l < "$out/$scenario.arrivals.jsonl") arrivals in real time" >&2
     python3 lab/realtime/replay.py --arrivals "$out/$scenario.arrivals.jsonl" \
         --endpoint "$endpoint" --stats http://127.0.0.1:4710/_backstop/stats \
-        --mode "$mode" --label "$mode" > "$out/$scenario-$mode.json"
+        --mode "$mode" --label "$mode" $stream > "$out/$scenario-$mode.json"
     cat "$out/$scenario-$mode.json"
     cleanup
     pids=()

@@ -15,8 +15,8 @@ use crate::scenario::{Misbehaviour, Scenario, Traffic};
 use backstop::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop::resilience::limits::{Phase, stream_incomplete, within};
 use backstop::{
-    AfterOutput, BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError, PolicyHandle,
-    PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError, Usage,
+    AfterOutput, BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError,
+    PolicyHandle, PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError, Usage,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -527,75 +527,74 @@ async fn request(
     let usage: Mutex<Option<Usage>> = Mutex::new(None);
     // One modelled Bedrock call: the loop's attempts and a cut answer's continuations alike.
     let mut attempt = |model: &str| {
-                let now = start.elapsed();
-                let fallback = chain.first().is_some_and(|primary| primary != model);
-                let ask = Ask {
-                    input: tokens.input,
-                    tokens: tokens.input + tokens.output,
-                    max_output: arrival.max_tokens,
-                };
-                let outcome = lock(bedrock).admit(model, now.as_millis() as u64, ask);
-                {
-                    let mut tally = lock(tally);
-                    tally.calls += 1;
-                    let minute = tally.minute(now);
-                    minute.fallbacks += u64::from(fallback);
-                    if matches!(outcome, Outcome::Error { kind, .. } if kind.is_throttle()) {
-                        minute.throttles += 1;
-                    }
+        let now = start.elapsed();
+        let fallback = chain.first().is_some_and(|primary| primary != model);
+        let ask = Ask {
+            input: tokens.input,
+            tokens: tokens.input + tokens.output,
+            max_output: arrival.max_tokens,
+        };
+        let outcome = lock(bedrock).admit(model, now.as_millis() as u64, ask);
+        {
+            let mut tally = lock(tally);
+            tally.calls += 1;
+            let minute = tally.minute(now);
+            minute.fallbacks += u64::from(fallback);
+            if matches!(outcome, Outcome::Error { kind, .. } if kind.is_throttle()) {
+                minute.throttles += 1;
+            }
+        }
+        let (silence, first_event_delay) = {
+            let bedrock = lock(bedrock);
+            let faults = bedrock.faults(model);
+            (faults.silence(), faults.first_event_delay())
+        };
+        let usage = &usage;
+        async move {
+            tokio::time::sleep(outcome.latency()).await;
+            // Requests are modelled as streams: the attempt limits end a silent provider
+            // or a slow first event exactly as they do behind the real client.
+            match outcome {
+                Outcome::Ok {
+                    misbehaviour: Some(Misbehaviour::Silent),
+                    ..
+                } => {
+                    within(limits.headers, Phase::Headers, tokio::time::sleep(silence)).await?;
+                    Err(failure(ErrorKind::ServiceUnavailable, None))
                 }
-                let (silence, first_event_delay) = {
-                    let bedrock = lock(bedrock);
-                    let faults = bedrock.faults(model);
-                    (faults.silence(), faults.first_event_delay())
-                };
-                let usage = &usage;
-                async move {
-                    tokio::time::sleep(outcome.latency()).await;
-                    // Requests are modelled as streams: the attempt limits end a silent provider
-                    // or a slow first event exactly as they do behind the real client.
-                    match outcome {
-                        Outcome::Ok {
-                            misbehaviour: Some(Misbehaviour::Silent),
-                            ..
-                        } => {
-                            within(limits.headers, Phase::Headers, tokio::time::sleep(silence))
-                                .await?;
-                            Err(failure(ErrorKind::ServiceUnavailable, None))
-                        }
-                        Outcome::Ok {
-                            misbehaviour: Some(Misbehaviour::SlowFirstEvent),
-                            ..
-                        } => {
-                            let first = tokio::time::sleep(first_event_delay);
-                            within(limits.first_event, Phase::FirstEvent, first).await?;
-                            Ok(None)
-                        }
-                        Outcome::Ok {
-                            misbehaviour,
-                            output_tokens,
-                            ..
-                        } => {
-                            // What the answer reports in its usage (the old quotas' lab
-                            // draws none: the expected output).
-                            *lock(usage) = Some(Usage {
-                                input: tokens.input,
-                                output: output_tokens.unwrap_or(tokens.output),
-                            });
-                            Ok(misbehaviour)
-                        }
-                        Outcome::Error {
-                            kind,
-                            retry_after_ms,
-                            message,
-                            ..
-                        } => {
-                            let (mut info, source) = failure(kind, retry_after_ms);
-                            info.message = message.unwrap_or_default().to_string();
-                            Err((info, source))
-                        }
-                    }
+                Outcome::Ok {
+                    misbehaviour: Some(Misbehaviour::SlowFirstEvent),
+                    ..
+                } => {
+                    let first = tokio::time::sleep(first_event_delay);
+                    within(limits.first_event, Phase::FirstEvent, first).await?;
+                    Ok(None)
                 }
+                Outcome::Ok {
+                    misbehaviour,
+                    output_tokens,
+                    ..
+                } => {
+                    // What the answer reports in its usage (the old quotas' lab
+                    // draws none: the expected output).
+                    *lock(usage) = Some(Usage {
+                        input: tokens.input,
+                        output: output_tokens.unwrap_or(tokens.output),
+                    });
+                    Ok(misbehaviour)
+                }
+                Outcome::Error {
+                    kind,
+                    retry_after_ms,
+                    message,
+                    ..
+                } => {
+                    let (mut info, source) = failure(kind, retry_after_ms);
+                    info.message = message.unwrap_or_default().to_string();
+                    Err((info, source))
+                }
+            }
+        }
     };
     let cost = Cost {
         input: tokens.input,
@@ -617,8 +616,7 @@ async fn request(
                 if let Some(usage) = lock(&usage).take() {
                     core.settle(&served, usage);
                 }
-                let Some((info, source)) = broke_after_output(answered, limits.idle).await
-                else {
+                let Some((info, source)) = broke_after_output(answered, limits.idle).await else {
                     core.stream_ended(&served);
                     break Ok(served);
                 };

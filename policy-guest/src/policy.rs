@@ -374,7 +374,10 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
         .enumerate()
         .filter(|&(_, i)| usable(i))
         .map(|(rank, i)| {
-            let wait = ctx.capacity.get(i).map_or(0, |c| c.wait_ms(ctx.reservation));
+            let wait = ctx
+                .capacity
+                .get(i)
+                .map_or(0, |c| c.wait_ms(ctx.reservation));
             (wait, rank, i)
         })
         .min()
@@ -499,7 +502,11 @@ fn after_output(params: &Params, ctx: &AttemptContext) -> Decision {
         return give_up(GiveUpReason::AttemptsExhausted);
     }
     let continues = |i: usize| {
-        params.continues.get(i).copied().unwrap_or(params.continues.is_empty())
+        params
+            .continues
+            .get(i)
+            .copied()
+            .unwrap_or(params.continues.is_empty())
     };
     let from = ctx.model as usize;
     let here = continues(from) && ctx.health_of(ctx.model).breaker == BreakerState::Closed;

@@ -4,11 +4,10 @@
 //! that refuses a prefilled turn is never asked; a policy of contract 0.2.0 never continues.
 
 use crate::resilient_client::scenario;
+use crate::silent_providers::{client_deciding, misbehaving};
 use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ConverseStreamOutput};
-use backstop::resilience::limits::AttemptLimits;
 use backstop::{
-    CallError, ChatRequest, ClientOptions, ErrorKind, GiveUpReason, ModelFacts, Policy,
-    ResilientClient, ResilientStream, sdk_client_for_endpoint,
+    CallError, ChatRequest, ErrorKind, GiveUpReason, ModelFacts, Policy, ResilientStream,
 };
 use backstop_lab::FaultServer;
 use backstop_lab::scenario::ModelFaults;
@@ -24,30 +23,6 @@ const NOVA: &str = "amazon.nova-pro-v1:0";
 
 /// The fault server streams `{model} part {i}. ` for parts 0 to 3.
 const PARTS: u32 = 4;
-
-/// Far below the faults' own waits, so a test that waited for a fault would show.
-const LIMIT: Duration = Duration::from_millis(400);
-
-fn misbehaving(script: &[&str]) -> ModelFaults {
-    ModelFaults {
-        silence_ms: Some(20_000),
-        ..ModelFaults::scripted(script).unwrap()
-    }
-}
-
-/// A client in real time over `models`, deciding with `policy`, with tight stream limits.
-fn client_of(server: &FaultServer, models: &[&str], policy: Policy) -> ResilientClient {
-    let mut options = ClientOptions::new(models.iter().copied());
-    options.attempt_timeout = Duration::from_secs(3);
-    options.limits = AttemptLimits {
-        headers: LIMIT,
-        first_event: LIMIT,
-        idle: LIMIT,
-        ..AttemptLimits::default()
-    };
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
-    ResilientClient::new(sdk, policy, options).unwrap()
-}
 
 /// The default policy, told the chain's facts as a host configuration's `models` would.
 fn default_with_facts(models: &[&str]) -> Policy {
@@ -69,6 +44,23 @@ struct Read {
     starts: usize,
     stops: usize,
     end: Result<(), CallError>,
+}
+
+/// A ConverseStream through a client over `chain` deciding with `policy`, against a fault
+/// server playing `faults`, read to its end.
+async fn read_one(
+    faults: Vec<(&str, ModelFaults)>,
+    chain: &[&str],
+    policy: Policy,
+) -> (FaultServer, ResilientStream, Read) {
+    let server = FaultServer::start(scenario(faults), 0).await.unwrap();
+    let client = client_deciding(&server, chain, policy);
+    let mut stream = client
+        .converse_stream(&ChatRequest::user("hello"))
+        .await
+        .expect("starts");
+    let read = read_all(&mut stream).await;
+    (server, stream, read)
 }
 
 async fn read_all(stream: &mut ResilientStream) -> Read {
@@ -108,24 +100,18 @@ fn parts(text: &str) -> Vec<u32> {
 #[tokio::test]
 async fn a_stream_cut_stalled_or_broken_after_output_is_continued_into_one_complete_answer() {
     for misbehaviour in ["cut", "stall", "malformed", "garbage"] {
-        let server = FaultServer::start(
-            scenario(vec![(SONNET_4_5, misbehaving(&[misbehaviour]))]),
-            0,
-        )
-        .await
-        .unwrap();
-        let client = client_of(&server, &[SONNET_4_5, NOVA], support::default_policy("{}"));
         let started = Instant::now();
-        let mut stream = client
-            .converse_stream(&ChatRequest::user("hello"))
-            .await
-            .expect("starts");
-        let read = read_all(&mut stream).await;
+        let faults = vec![(SONNET_4_5, misbehaving(&[misbehaviour]))];
+        let policy = support::default_policy("{}");
+        let (server, stream, read) = read_one(faults, &[SONNET_4_5, NOVA], policy).await;
         read.end.expect("the answer is recovered");
         let expected: String = (0..PARTS)
             .map(|i| format!("{SONNET_4_5} part {i}. "))
             .collect();
-        assert_eq!(read.text, expected, "{misbehaviour}: one answer, nothing twice");
+        assert_eq!(
+            read.text, expected,
+            "{misbehaviour}: one answer, nothing twice"
+        );
         assert_eq!((read.starts, read.stops), (1, 1), "{misbehaviour}");
         let served = stream.served();
         assert_eq!(
@@ -140,7 +126,6 @@ async fn a_stream_cut_stalled_or_broken_after_output_is_continued_into_one_compl
             "{misbehaviour}: {:?}",
             started.elapsed()
         );
-        assert_eq!(client.metrics().snapshot().continuations, 1);
     }
 }
 
@@ -151,52 +136,37 @@ async fn an_exception_event_after_output_is_continued_past_it() {
         stream_error: Some(ErrorKind::ModelStreamError),
         ..ModelFaults::default()
     };
-    let server = FaultServer::start(scenario(vec![(SONNET_4_5, faults)]), 0)
-        .await
-        .unwrap();
-    let client = client_of(&server, &[SONNET_4_5], support::default_policy("{}"));
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .unwrap();
-    let read = read_all(&mut stream).await;
+    let policy = support::default_policy("{}");
+    let (server, _, read) = read_one(vec![(SONNET_4_5, faults)], &[SONNET_4_5], policy).await;
     read.end.expect("continued past the exception");
     assert_eq!(parts(&read.text), [0, 1, 2, 3]);
     assert_eq!((read.starts, read.stops), (1, 1));
+    assert_eq!(server.requests(SONNET_4_5), 2);
 }
 
 #[tokio::test]
 async fn a_model_that_refuses_a_prefilled_turn_is_not_asked_the_next_that_takes_one_goes_on() {
     let chain = [SONNET_4_6, NOVA];
-    let server = FaultServer::start(scenario(vec![(SONNET_4_6, misbehaving(&["cut"]))]), 0)
-        .await
-        .unwrap();
+    let cut = || vec![(SONNET_4_6, misbehaving(&["cut"]))];
     // Told the chain's facts, the default continues on Nova: pools before models, and only
     // models that take a partial answer.
-    let client = client_of(&server, &chain, default_with_facts(&chain));
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .unwrap();
-    let read = read_all(&mut stream).await;
+    let (server, stream, read) = read_one(cut(), &chain, default_with_facts(&chain)).await;
     read.end.expect("Nova goes on");
     assert_eq!(parts(&read.text), [0, 1, 2, 3], "{}", read.text);
-    assert!(read.text.starts_with(&format!("{SONNET_4_6} part 0. {SONNET_4_6} part 1. ")));
-    assert!(read.text.ends_with(&format!("{NOVA} part 2. {NOVA} part 3. ")));
+    assert!(
+        read.text
+            .starts_with(&format!("{SONNET_4_6} part 0. {SONNET_4_6} part 1. "))
+    );
+    assert!(
+        read.text
+            .ends_with(&format!("{NOVA} part 2. {NOVA} part 3. "))
+    );
     assert_eq!(stream.served().model, NOVA);
     assert_eq!(server.requests(SONNET_4_6), 1, "never asked with a prefill");
 
     // Without the facts the default asks the model that failed; the host refuses, and the
     // caller gets the clean error it had before continuation existed.
-    let server = FaultServer::start(scenario(vec![(SONNET_4_6, misbehaving(&["cut"]))]), 0)
-        .await
-        .unwrap();
-    let client = client_of(&server, &chain, support::default_policy("{}"));
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .unwrap();
-    let read = read_all(&mut stream).await;
+    let (server, _, read) = read_one(cut(), &chain, support::default_policy("{}")).await;
     match read.end {
         Err(CallError::GaveUp { reason, .. }) => {
             assert_eq!(reason, GiveUpReason::OutputCommitted)
@@ -210,21 +180,14 @@ async fn a_model_that_refuses_a_prefilled_turn_is_not_asked_the_next_that_takes_
 
 #[tokio::test]
 async fn a_policy_of_contract_0_2_0_never_continues_an_answer() {
-    let server = FaultServer::start(scenario(vec![(SONNET_4_5, misbehaving(&["cut"]))]), 0)
-        .await
-        .unwrap();
     let policy = support::engine()
         .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
         .expect("the 0.2.0 fixture loads")
         .configure("{}")
         .expect("configures");
     assert_eq!(policy.module().contract_version(), "0.2.0");
-    let client = client_of(&server, &[SONNET_4_5], policy);
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .unwrap();
-    let read = read_all(&mut stream).await;
+    let cut = vec![(SONNET_4_5, misbehaving(&["cut"]))];
+    let (server, _, read) = read_one(cut, &[SONNET_4_5], policy).await;
     assert!(read.end.is_err(), "the clean error stays");
     assert_eq!(parts(&read.text), [0, 1]);
     assert_eq!(server.requests(SONNET_4_5), 1);
@@ -238,15 +201,8 @@ async fn continuations_stop_at_the_policys_bound_with_the_clean_error() {
         events_before_fault: Some(1),
         ..ModelFaults::default()
     };
-    let server = FaultServer::start(scenario(vec![(SONNET_4_5, faults)]), 0)
-        .await
-        .unwrap();
-    let client = client_of(&server, &[SONNET_4_5], support::default_policy("{}"));
-    let mut stream = client
-        .converse_stream(&ChatRequest::user("hello"))
-        .await
-        .unwrap();
-    let read = read_all(&mut stream).await;
+    let policy = support::default_policy("{}");
+    let (server, stream, read) = read_one(vec![(SONNET_4_5, faults)], &[SONNET_4_5], policy).await;
     assert!(read.end.is_err());
     // One part a stream, the first and two continuations (the default's bound): three parts,
     // none twice.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// that waited for a fault instead of its limit would show in its elapsed time.
 const LIMIT: Duration = Duration::from_millis(400);
 
-fn misbehaving(script: &[&str]) -> ModelFaults {
+pub(crate) fn misbehaving(script: &[&str]) -> ModelFaults {
     ModelFaults {
         silence_ms: Some(20_000),
         first_event_delay_ms: Some(10_000),
@@ -27,6 +27,15 @@ fn misbehaving(script: &[&str]) -> ModelFaults {
 /// A client in real time with the default policy, tight attempt limits and a 3 s attempt
 /// timeout.
 async fn client(server: &FaultServer, models: &[&str]) -> ResilientClient {
+    client_deciding(server, models, backstop_test_support::default_policy("{}"))
+}
+
+/// [`client`], deciding with `policy`.
+pub(crate) fn client_deciding(
+    server: &FaultServer,
+    models: &[&str],
+    policy: backstop::Policy,
+) -> ResilientClient {
     let mut options = ClientOptions::new(models.iter().copied());
     options.attempt_timeout = Duration::from_secs(3);
     options.limits = AttemptLimits {
@@ -36,7 +45,7 @@ async fn client(server: &FaultServer, models: &[&str]) -> ResilientClient {
         ..AttemptLimits::default()
     };
     let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
-    ResilientClient::new(sdk, backstop_test_support::default_policy("{}"), options).unwrap()
+    ResilientClient::new(sdk, policy, options).unwrap()
 }
 
 /// Reads a stream to its end: the events delivered, and how it ended.

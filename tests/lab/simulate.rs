@@ -554,5 +554,10 @@ fn answers_cut_mid_stream_are_continued_where_a_policy_that_cannot_continue_lose
     assert!(share(&then) < 0.95, "{then:?}");
     assert!(now.amplification < 1.15, "{now:?}");
     let lost = |r: &SimReport| r.failures.get("output-committed").copied().unwrap_or(0);
-    assert!(lost(&now) * 20 < lost(&then), "{:?} vs {:?}", now.failures, then.failures);
+    assert!(
+        lost(&now) * 20 < lost(&then),
+        "{:?} vs {:?}",
+        now.failures,
+        then.failures
+    );
 }

@@ -713,26 +713,12 @@ fn parts(text: &str) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer() {
-    let cut_once = || ModelFaults {
-        events_before_fault: Some(2),
-        ..faults(&["cut"])
-    };
-    let server = FaultServer::start(
-        scenario(vec![(CONTINUES, cut_once()), (CONTINUES_TOO, cut_once())]),
-        0,
-    )
-    .await
-    .unwrap();
-    let chains = format!(r#"{{ "{CONTINUES}": [], "{CONTINUES_TOO}": [] }}"#);
-    let sidecar = sidecar(&server, &chains).await;
-    let client = sdk(&sidecar);
-
-    // ConverseStream: one messageStart, every part once, one messageStop.
+/// A ConverseStream through the sidecar, read to its end: its text, and its start and stop
+/// events counted.
+async fn converse_text(client: &aws_sdk_bedrockruntime::Client, model: &str) -> (String, u32, u32) {
     let mut stream = client
         .converse_stream()
-        .model_id(CONTINUES)
+        .model_id(model)
         .messages(hello())
         .send()
         .await
@@ -748,6 +734,41 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
             _ => {}
         }
     }
+    (text, starts, stops)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer() {
+    let once = |misbehaviour: &str| ModelFaults {
+        events_before_fault: Some(2),
+        silence_ms: Some(20_000),
+        ..faults(&[misbehaviour])
+    };
+    // Cut, stalled (past a 500 ms idle limit), malformed, garbage: each continued.
+    for misbehaviour in ["stall", "malformed", "garbage"] {
+        let server = FaultServer::start(scenario(vec![(CONTINUES, once(misbehaviour))]), 0)
+            .await
+            .unwrap();
+        let host = r#"{ "limits": { "idle_ms": 500, "idle_floor_ms": 500 } }"#;
+        let sidecar = crate::sidecar_with(&server, host, None).await;
+        let (text, starts, stops) = converse_text(&sdk(&sidecar), CONTINUES).await;
+        assert_eq!(parts(&text), [0, 1, 2, 3], "{misbehaviour}: {text}");
+        assert_eq!((starts, stops), (1, 1), "{misbehaviour}");
+        assert_eq!(server.requests(CONTINUES), 2, "{misbehaviour}");
+    }
+
+    let server = FaultServer::start(
+        scenario(vec![(CONTINUES, once("cut")), (CONTINUES_TOO, once("cut"))]),
+        0,
+    )
+    .await
+    .unwrap();
+    let chains = format!(r#"{{ "{CONTINUES}": [], "{CONTINUES_TOO}": [] }}"#);
+    let sidecar = sidecar(&server, &chains).await;
+    let client = sdk(&sidecar);
+
+    // ConverseStream: one messageStart, every part once, one messageStop.
+    let (text, starts, stops) = converse_text(&client, CONTINUES).await;
     let whole: String = (0..4).map(|i| format!("{CONTINUES} part {i}. ")).collect();
     assert_eq!(text, whole);
     assert_eq!((starts, stops), (1, 1));
@@ -777,7 +798,11 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
     assert_eq!(parts(&text), [0, 1, 2, 3], "{text}");
     let count = |kind: &str| chunks.iter().filter(|c| c["type"] == kind).count();
     assert_eq!(
-        (count("message_start"), count("content_block_start"), count("message_stop")),
+        (
+            count("message_start"),
+            count("content_block_start"),
+            count("message_stop")
+        ),
         (1, 1, 1)
     );
     assert_eq!(server.requests(CONTINUES_TOO), 2);

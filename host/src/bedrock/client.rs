@@ -3,16 +3,16 @@
 //! after every failed attempt.
 
 use crate::bedrock::classify::{sdk_failure, stream_failure};
+use crate::bedrock::continuation::Transcript;
 use crate::catalogue::{self, Usage};
 use crate::contract::GiveUpReason;
 use crate::contract::{ErrorInfo, ErrorKind, Workload};
-use crate::bedrock::continuation::Transcript;
-use crate::resilience::{AfterOutput, Resilience};
+use crate::resilience::capacity::Cost;
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
 use crate::resilience::metrics::Metrics;
-use crate::resilience::capacity::Cost;
 use crate::resilience::options::{ClientOptions, OptionsError, RequestOptions};
+use crate::resilience::{AfterOutput, Resilience};
 use crate::wasm::handle::PolicyHandle;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;

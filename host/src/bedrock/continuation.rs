@@ -6,11 +6,11 @@
 //! Messages bodies). The loop decides whether and where to continue
 //! ([`Resilience::after_output`](crate::Resilience::after_output)); this is only the text.
 
+use crate::bedrock::event_frame;
 use aws_sdk_bedrockruntime::types::{
     ContentBlock, ContentBlockDelta, ContentBlockDeltaEvent, ConversationRole,
     ConverseStreamOutput, Message,
 };
-use aws_smithy_types::event_stream::{Header, HeaderValue};
 use bytes::Bytes;
 
 /// The answer's text as the caller has it, whatever the format.
@@ -350,23 +350,12 @@ pub(crate) fn chunk_json(payload: &[u8]) -> Option<serde_json::Value> {
 
 /// An event-stream frame of the event `kind` with a JSON `payload`, as Bedrock writes one.
 fn event_frame(kind: &str, payload: Vec<u8>) -> Bytes {
-    let message = aws_smithy_types::event_stream::Message::new(payload)
-        .add_header(Header::new(
-            ":event-type",
-            HeaderValue::String(kind.to_string().into()),
-        ))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ))
-        .add_header(Header::new(
-            ":message-type",
-            HeaderValue::String("event".into()),
-        ));
-    let mut out = Vec::new();
-    // Writing into a Vec cannot fail for lack of space; the headers are well-formed.
-    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
-    Bytes::from(out)
+    let headers = [
+        (":event-type", kind.to_string()),
+        (":content-type", "application/json".to_string()),
+        (":message-type", "event".to_string()),
+    ];
+    event_frame::encode(&headers, payload)
 }
 
 #[cfg(test)]
@@ -465,10 +454,7 @@ mod tests {
         let messages = t.messages(std::slice::from_ref(&user)).unwrap();
         assert_eq!(messages.len(), 2);
         assert_eq!(*messages[1].role(), ConversationRole::Assistant);
-        assert_eq!(
-            messages[1].content()[0].as_text().unwrap(),
-            "The answer is"
-        );
+        assert_eq!(messages[1].content()[0].as_text().unwrap(), "The answer is");
         // The caller's own prefill: not extended.
         assert!(t.messages(&messages).is_none());
     }

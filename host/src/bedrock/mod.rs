@@ -4,4 +4,5 @@
 pub mod classify;
 pub mod client;
 mod continuation;
+mod event_frame;
 pub mod passthrough;

@@ -13,11 +13,12 @@
 use crate::bedrock::classify::{kind_from_status, sdk_failure};
 use crate::bedrock::client::{Committed, ResilientClient, StreamFailure};
 use crate::bedrock::continuation::{RawTranscript, Stitched, chunk_json};
+use crate::bedrock::event_frame;
 use crate::catalogue::{self, Usage};
 use crate::contract::{ErrorInfo, ErrorKind};
+use crate::resilience::capacity::Cost;
 use crate::resilience::error::{BoxError, CallError, Served};
 use crate::resilience::limits::{Phase, stream_incomplete, within};
-use crate::resilience::capacity::Cost;
 use crate::resilience::options::RequestOptions;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::config::interceptors::{
@@ -28,7 +29,6 @@ use aws_sdk_bedrockruntime::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
-use aws_smithy_types::event_stream::HeaderValue;
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -499,7 +499,6 @@ fn exception_info(exception_type: &str, message: &str) -> (ErrorInfo, BoxError) 
 /// `message`): the caller's SDK raises it as that exception. Classes a stream cannot carry
 /// (a timeout, a broken connection, a cut) become `modelStreamErrorException`.
 pub fn exception_frame(error: &ErrorInfo) -> Bytes {
-    use aws_smithy_types::event_stream::{Header, Message};
     let kind = match error.kind {
         kind @ (ErrorKind::Throttling
         | ErrorKind::ServiceUnavailable
@@ -513,23 +512,12 @@ pub fn exception_frame(error: &ErrorInfo) -> Bytes {
         first.make_ascii_lowercase();
     }
     let payload = serde_json::json!({ "message": error.message }).to_string();
-    let message = Message::new(payload.into_bytes())
-        .add_header(Header::new(
-            ":message-type",
-            HeaderValue::String("exception".into()),
-        ))
-        .add_header(Header::new(
-            ":exception-type",
-            HeaderValue::String(name.into()),
-        ))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ));
-    let mut out = Vec::new();
-    // Writing into a Vec cannot fail for lack of space; the headers are well-formed.
-    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
-    Bytes::from(out)
+    let headers = [
+        (":message-type", "exception".to_string()),
+        (":exception-type", name),
+        (":content-type", "application/json".to_string()),
+    ];
+    event_frame::encode(&headers, payload.into_bytes())
 }
 
 /// Reads whole frames off a streamed body.

@@ -647,7 +647,12 @@ impl Resilience {
     /// capacity (`reserved` when its room was promised while it waited), bounded by the
     /// attempt timeout and the deadline, and its outcome recorded in the model's health and
     /// capacity. The caller checked the breaker's admission.
-    async fn send_attempt<T, F, Fut>(&self, p: &mut Progress, reserved: bool, attempt: &mut F) -> Sent<T>
+    async fn send_attempt<T, F, Fut>(
+        &self,
+        p: &mut Progress,
+        reserved: bool,
+        attempt: &mut F,
+    ) -> Sent<T>
     where
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
@@ -679,13 +684,9 @@ impl Resilience {
             }
             _ => Returned::Answered,
         };
-        let cut = self.health.returned(
-            p.model,
-            self.clock_s(Instant::now()),
-            sent_at,
-            charge,
-            how,
-        );
+        let cut = self
+            .health
+            .returned(p.model, self.clock_s(Instant::now()), sent_at, charge, how);
         if cut && let Some(fleet) = self.fleet.get() {
             // The others cut too: one throttle teaches the fleet, not one per process.
             fleet.congested(model, now.elapsed());
@@ -915,7 +916,10 @@ impl Resilience {
                 None
             };
             if let Some(why) = refusal {
-                verdict.stop_resend(Clamp::CannotContinue { model, why }, GiveUpReason::OutputCommitted);
+                verdict.stop_resend(
+                    Clamp::CannotContinue { model, why },
+                    GiveUpReason::OutputCommitted,
+                );
             }
         }
         // Queued work is paced by the queue (one release per success): only direct resends
