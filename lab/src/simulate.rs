@@ -492,14 +492,16 @@ struct Tokens {
 }
 
 /// How a modelled stream ends once its first event reached the caller: whole (`None`), or the
-/// failure the client sees after output — a stall at the idle limit, a cut, a broken event, or
-/// (for a continuation) a failure before its own first event.
+/// failure the client sees after output — an exception event, a stall at the idle limit, a
+/// cut, a broken event, or (for a continuation) a failure before its own first event.
 async fn broke_after_output(
     answered: Result<Option<Misbehaviour>, (ErrorInfo, BoxError)>,
+    exception: Option<ErrorKind>,
     idle: Duration,
 ) -> Option<(ErrorInfo, BoxError)> {
     match answered {
         Err(failure) => Some(failure),
+        Ok(_) if exception.is_some() => exception.map(|kind| failure(kind, None)),
         Ok(Some(Misbehaviour::Stall)) => {
             tokio::time::sleep(idle).await;
             Some(Phase::Idle.failure(idle))
@@ -525,6 +527,10 @@ async fn request(
     let chain = core.models();
     let limits = core.limits();
     let usage: Mutex<Option<Usage>> = Mutex::new(None);
+    // An exception event the answering stream carries after its output began.
+    let exception: Mutex<Option<ErrorKind>> = Mutex::new(None);
+    // Set while the calls are a cut answer's continuations.
+    let continuing = std::sync::atomic::AtomicBool::new(false);
     // One modelled Bedrock call: the loop's attempts and a cut answer's continuations alike.
     let mut attempt = |model: &str| {
         let now = start.elapsed();
@@ -549,7 +555,8 @@ async fn request(
             let faults = bedrock.faults(model);
             (faults.silence(), faults.first_event_delay())
         };
-        let usage = &usage;
+        let continuing = continuing.load(std::sync::atomic::Ordering::Relaxed);
+        let (usage, exception) = (&usage, &exception);
         async move {
             tokio::time::sleep(outcome.latency()).await;
             // Requests are modelled as streams: the attempt limits end a silent provider
@@ -570,9 +577,17 @@ async fn request(
                     within(limits.first_event, Phase::FirstEvent, first).await?;
                     Ok(None)
                 }
+                // An exception event before any output: a failed attempt like any other.
+                Outcome::Ok {
+                    stream_error_after: Some(0),
+                    stream_error,
+                    ..
+                } => Err(failure(stream_error, None)),
                 Outcome::Ok {
                     misbehaviour,
                     output_tokens,
+                    stream_error_after,
+                    stream_error,
                     ..
                 } => {
                     // What the answer reports in its usage (the old quotas' lab
@@ -581,6 +596,11 @@ async fn request(
                         input: tokens.input,
                         output: output_tokens.unwrap_or(tokens.output),
                     });
+                    // An exception event after output, as the fault server sends it; a
+                    // continuation starts past the part where the scenario places it.
+                    if stream_error_after.is_some() && !continuing {
+                        *lock(exception) = Some(stream_error);
+                    }
                     Ok(misbehaviour)
                 }
                 Outcome::Error {
@@ -616,7 +636,9 @@ async fn request(
                 if let Some(usage) = lock(&usage).take() {
                     core.settle(&served, usage);
                 }
-                let Some((info, source)) = broke_after_output(answered, limits.idle).await else {
+                let broken = lock(&exception).take();
+                let Some((info, source)) = broke_after_output(answered, broken, limits.idle).await
+                else {
                     core.stream_ended(&served);
                     break Ok(served);
                 };
@@ -628,6 +650,7 @@ async fn request(
                 tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
                 // A continuation that fails before its first event is decided again, as a
                 // failure after output.
+                continuing.store(true, std::sync::atomic::Ordering::Relaxed);
                 answered = core.continue_on(&mut served, model, &mut attempt).await;
             }
         }

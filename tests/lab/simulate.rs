@@ -535,6 +535,45 @@ fn replicas_that_learn_alone_spend_more_calls_than_one_process_and_a_fleet_spend
 }
 
 #[test]
+fn an_exception_after_output_is_played_by_the_simulator_and_continued_past() {
+    // Every stream of the primary (a model that takes a partial answer) throws an exception
+    // event after two parts, as the fault server plays `stream_error_after`; a continuation
+    // starts past that part.
+    let mut scenario = small_scenario(7);
+    let primary = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+    let faults = ModelFaults {
+        stream_error_after: Some(2),
+        latency_ms: Latency { min: 200, max: 800 },
+        ..ModelFaults::default()
+    };
+    scenario.models = [(primary.to_string(), faults)].into();
+    let traffic = scenario.traffic.as_mut().unwrap();
+    traffic.models = vec![primary.into()];
+    traffic.batch_share = 0.0;
+    let report = run(&scenario, &default_policy());
+    assert_eq!(report.served, report.requests, "{report:?}");
+    assert_eq!(
+        report.calls_sent,
+        2 * report.requests,
+        "one continuation each"
+    );
+    let fixture = support::engine()
+        .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
+        .unwrap();
+    let before = Contender::Module {
+        module: fixture,
+        config: "{}".into(),
+        shadow: None,
+    };
+    let report = run(&scenario, &before);
+    assert_eq!(report.served, 0, "{report:?}");
+    assert_eq!(
+        report.failures.get("output-committed"),
+        Some(&report.requests)
+    );
+}
+
+#[test]
 fn answers_cut_mid_stream_are_continued_where_a_policy_that_cannot_continue_loses_them() {
     // The shipped mid-stream: 9 % of the primary's streams cut, stalled or broken after
     // their output began. The default continues them; the same policy built for contract
