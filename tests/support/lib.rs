@@ -623,7 +623,7 @@ fn trap_when(name: &str, condition: &str) -> Vec<u8> {
 /// own for tests that need a good module that is not the default.
 pub fn variant_component() -> Vec<u8> {
     let mut bytes = backstop::DEFAULT_POLICY_WASM.to_vec();
-    let from = format!("backstop-default{}", env!("CARGO_PKG_VERSION"));
+    let from = format!("backstop-default{}", default_module().info().version);
     let to = "backstop-variant2.0.0";
     assert_eq!(from.len(), to.len(), "the identity's length is kept");
     let at = bytes
