@@ -128,7 +128,7 @@ async fn the_javascript_sdk_uses_the_sidecar_for_every_operation_and_gets_bedroc
         vec![("NODE_PATH".into(), modules.into())],
     )
     .await;
-    assert_eq!(stdout.matches("OK: ").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("OK: ").count(), 9, "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

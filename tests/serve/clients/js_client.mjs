@@ -79,6 +79,20 @@ try {
     `a stream cut after output raises ${error.name} after ${received} events`);
 }
 
+// Claude Sonnet 4.5 cuts its first stream after two parts and takes a prefilled turn: the
+// sidecar continues the answer in the same stream.
+const CONTINUES = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+const continued = await client.send(new ConverseStreamCommand({ modelId: CONTINUES, messages }));
+let text = "", starts = 0, stops = 0;
+for await (const event of continued.stream) {
+  if (event.contentBlockDelta) text += event.contentBlockDelta.delta.text;
+  if (event.messageStart) starts++;
+  if (event.messageStop) stops++;
+}
+const whole = [0, 1, 2, 3].map((i) => `${CONTINUES} part ${i}. `).join("");
+check(text === whole && starts === 1 && stops === 1,
+  `a stream cut after output is continued into one answer (${starts} start, ${stops} stop)`);
+
 client.middlewareStack.add(
   (next) => async (args) => {
     args.request.headers["x-backstop-deadline-ms"] = "30000";
