@@ -66,6 +66,15 @@ fn default_policy() -> Contender {
     }
 }
 
+/// A policy built earlier (a fixture's bytes, `name` for errors), as the default is configured.
+fn fixture(bytes: &[u8], name: &str) -> Contender {
+    Contender::Module {
+        module: support::engine().load_bytes(bytes, name).unwrap(),
+        config: "{}".into(),
+        shadow: None,
+    }
+}
+
 fn run(scenario: &Scenario, contender: &Contender) -> SimReport {
     simulate::run(scenario, contender, &HostConfig::default(), |_| {}).expect("runs")
 }
@@ -432,14 +441,7 @@ async fn in_real_time_through_the_sdk_routing_shows_the_simulators_ordering() {
     // The simulator, on the shipped spike-outage, orders the two the same way.
     let (simulated_routed, simulated_unrouted) = tokio::task::spawn_blocking(|| {
         let scenario = simulate::shipped("spike-outage").unwrap().unwrap();
-        let fixture = support::engine()
-            .load_bytes(support::POLICY_0_1_0, "policy-guest-0.1.0.wasm")
-            .unwrap();
-        let unrouted = Contender::Module {
-            module: fixture,
-            config: "{}".into(),
-            shadow: None,
-        };
+        let unrouted = fixture(support::POLICY_0_1_0, "policy-guest-0.1.0.wasm");
         (run(&scenario, &default_policy()), run(&scenario, &unrouted))
     })
     .await
@@ -557,14 +559,7 @@ fn an_exception_after_output_is_played_by_the_simulator_and_continued_past() {
         2 * report.requests,
         "one continuation each"
     );
-    let fixture = support::engine()
-        .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
-        .unwrap();
-    let before = Contender::Module {
-        module: fixture,
-        config: "{}".into(),
-        shadow: None,
-    };
+    let before = fixture(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm");
     let report = run(&scenario, &before);
     assert_eq!(report.served, 0, "{report:?}");
     assert_eq!(
@@ -579,14 +574,7 @@ fn answers_cut_mid_stream_are_continued_where_a_policy_that_cannot_continue_lose
     // their output began. The default continues them; the same policy built for contract
     // 0.2.0 (which has no way to say so) loses every one, as every baseline does.
     let scenario = simulate::shipped("mid-stream").unwrap().unwrap();
-    let fixture = support::engine()
-        .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
-        .unwrap();
-    let before = Contender::Module {
-        module: fixture,
-        config: "{}".into(),
-        shadow: None,
-    };
+    let before = fixture(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm");
     let (now, then) = (run(&scenario, &default_policy()), run(&scenario, &before));
     let share = |r: &SimReport| r.served as f64 / r.requests as f64;
     assert!(share(&now) > 0.995, "{now:?}");
