@@ -474,4 +474,119 @@ mod tests {
         ));
         assert!(!t.continuable(), "a second block");
     }
+
+    /// A forwarded stream's event of `kind` for one family: ConverseStream's, or an
+    /// InvokeModelWithResponseStream `chunk` of Anthropic's Messages stream.
+    fn raw(converse: bool, kind: &str, body: serde_json::Value) -> (String, Vec<u8>) {
+        if converse {
+            return (kind.to_string(), body.to_string().into_bytes());
+        }
+        let bytes = aws_smithy_types::base64::encode(body.to_string());
+        let chunk = serde_json::json!({ "bytes": bytes });
+        ("chunk".to_string(), chunk.to_string().into_bytes())
+    }
+
+    fn raw_delta(converse: bool, text: &str) -> (String, Vec<u8>) {
+        let body = if converse {
+            serde_json::json!({ "contentBlockIndex": 0, "delta": { "text": text } })
+        } else {
+            serde_json::json!({
+                "type": "content_block_delta", "index": 0,
+                "delta": { "type": "text_delta", "text": text },
+            })
+        };
+        raw(converse, "contentBlockDelta", body)
+    }
+
+    fn raw_starts(converse: bool) -> Vec<(String, Vec<u8>)> {
+        if converse {
+            return vec![raw(
+                true,
+                "messageStart",
+                serde_json::json!({ "role": "assistant" }),
+            )];
+        }
+        vec![
+            raw(
+                false,
+                "",
+                serde_json::json!({ "type": "message_start", "message": {} }),
+            ),
+            raw(
+                false,
+                "",
+                serde_json::json!({
+                    "type": "content_block_start", "index": 0,
+                    "content_block": { "type": "text", "text": "" },
+                }),
+            ),
+        ]
+    }
+
+    /// The text delta an event carries, and whether it is a start event.
+    fn raw_read(converse: bool, kind: &str, payload: &[u8]) -> (String, bool) {
+        let json = if converse {
+            serde_json::from_slice::<serde_json::Value>(payload).unwrap()
+        } else {
+            chunk_json(payload).unwrap()
+        };
+        let text = json["delta"]["text"].as_str();
+        let start = kind == "messageStart" || json["type"] == "message_start";
+        (text.unwrap_or_default().to_string(), start)
+    }
+
+    proptest! {
+        /// The sidecar's frames, both families: whatever the cut and the chunking, the caller
+        /// reads the answer once, with one start.
+        #[test]
+        fn a_forwarded_stream_continued_never_repeats_delivered_text(
+            words in proptest::collection::vec("[a-z]{1,8}", 2..20),
+            separators in proptest::collection::vec(prop_oneof![Just(" "), Just("  "), Just("\n")], 20),
+            cut in 1usize..200,
+            chunk in 1usize..7,
+            converse in proptest::bool::ANY,
+        ) {
+            let answer: String = words.iter().zip(&separators).map(|(w, s)| format!("{w}{s}")).collect();
+            let answer = answer.trim_end().to_string();
+            let cut = answer.floor_char_boundary(cut.min(answer.len() - 1)).max(1);
+            let body = serde_json::json!({
+                "anthropic_version": "bedrock-2023-05-31",
+                "messages": [{ "role": "user", "content": "q" }],
+            });
+            let mut transcript = RawTranscript::new(converse, body.to_string().as_bytes());
+            let mut handed = raw_starts(converse);
+            handed.push(raw_delta(converse, &answer[..cut]));
+            for (kind, payload) in &handed {
+                transcript.delivered(kind, payload);
+            }
+            let continued = transcript.continued_body(body.to_string().as_bytes());
+            prop_assert!(continued.is_some());
+            transcript.resumed();
+            let prefill = transcript.answer.prefill().to_string();
+            let rest: Vec<char> = answer[prefill.len()..].chars().collect();
+            let mut events = raw_starts(converse);
+            for piece in rest.chunks(chunk) {
+                events.push(raw_delta(converse, &piece.iter().collect::<String>()));
+            }
+            for (kind, payload) in events {
+                match transcript.stitch(&kind, &payload) {
+                    Stitched::Keep => handed.push((kind, payload)),
+                    Stitched::Drop => {}
+                    Stitched::Replace(frame) => {
+                        let message = aws_smithy_eventstream::frame::read_message_from(frame).unwrap();
+                        handed.push((kind, message.payload().to_vec()));
+                    }
+                }
+            }
+            let mut text = String::new();
+            let mut starts = 0;
+            for (kind, payload) in &handed {
+                let (delta, start) = raw_read(converse, kind, payload);
+                text.push_str(&delta);
+                starts += usize::from(start);
+            }
+            prop_assert_eq!(text, answer);
+            prop_assert_eq!(starts, 1);
+        }
+    }
 }
