@@ -134,14 +134,54 @@ fn table() -> Vec<AttemptContext> {
 /// The table's input for the runtime scripts: the configuration and the contexts.
 const CONFIG: &str = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
 
+/// The chain's facts the policy is configured with: a model that refuses a prefilled turn,
+/// then one that takes it through two pools — so `continue-answer` moves on, pools first.
+fn chain_facts() -> Vec<backstop::ModelFacts> {
+    [
+        "anthropic.claude-sonnet-4-6",
+        "amazon.nova-pro-v1:0",
+        "us.amazon.nova-pro-v1:0",
+    ]
+    .into_iter()
+    .map(|id| backstop::ModelFacts {
+        id: id.into(),
+        ..backstop::ModelFacts::default()
+    })
+    .collect()
+}
+
+/// The facts as the host hands them to `configure` (completed from the catalogue, with each
+/// id's first same-model index), in the shape jco's bindings take.
+fn js_facts(facts: &[backstop::ModelFacts]) -> Value {
+    let same = backstop::ModelFacts::same_model(facts);
+    facts
+        .iter()
+        .zip(same)
+        .map(|(f, same_model)| {
+            let known = backstop::catalogue::facts(&f.id, facts);
+            json!({
+                "id": f.id,
+                "contextWindow": known.context_window,
+                "relativeCost": null,
+                "region": null,
+                "maxOutputTokens": known.max_output_tokens,
+                "burndown": known.burndown,
+                "tokensPerMinute": null,
+                "sameModel": same_model,
+                "continues": known.continues,
+            })
+        })
+        .collect()
+}
+
 /// Feeds the table to a runtime script and checks its answers against the host's.
 fn agrees_with_wasmtime(mut runtime: Command) {
     let contexts = table();
+    let facts = chain_facts();
     let input = json!({
         "export": backstop::DECIDER_EXPORT,
         "config": CONFIG,
-        // The chain's facts: the default policy reads the chain's length from `health`.
-        "models": [],
+        "models": js_facts(&facts),
         "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
     });
     let mut child = runtime
@@ -164,7 +204,9 @@ fn agrees_with_wasmtime(mut runtime: Command) {
     );
     let answers: Vec<Value> = serde_json::from_slice(&answered.stdout).unwrap();
 
-    let policy = support::default_policy(CONFIG);
+    let policy = support::default_module()
+        .configure_with(CONFIG, &facts)
+        .expect("configures");
     assert_eq!(answers.len(), contexts.len());
     let mut kinds = std::collections::BTreeSet::new();
     for (c, theirs) in contexts.iter().zip(&answers) {

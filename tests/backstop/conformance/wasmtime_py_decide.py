@@ -18,6 +18,7 @@ U64_FIELDS = {
     "expected-settled",
     "first-event-limit-ms",
     "idle-limit-ms",
+    "tokens-per-minute",
 }
 
 
@@ -70,7 +71,7 @@ def main():
         return instance.get_func(store, instance.get_export_index(store, name, decider))
 
     configure, decide = func("configure"), func("decide")
-    configure(store, request["config"], request["models"])
+    configure(store, request["config"], to_wasm(request["models"]))
     answers = [from_wasm(decide(store, to_wasm(ctx))) for ctx in request["contexts"]]
     json.dump(answers, sys.stdout)
 
