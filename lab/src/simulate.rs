@@ -491,6 +491,18 @@ struct Tokens {
     legacy: bool,
 }
 
+/// The gaps a client waits through after a whole stream's first event, as the fault server
+/// streams an answer: four deltas, the block's stop, the message's stop and the metadata.
+const WHOLE_STREAM_GAPS: u32 = 7;
+
+/// `gaps` silences of nil between a modelled stream's events, observed for `model` as the
+/// client observes each wait.
+fn observe_gaps(core: &Resilience, model: &str, gaps: u32) {
+    for _ in 0..gaps {
+        core.observe(model, Phase::Idle, Duration::ZERO);
+    }
+}
+
 /// How a modelled stream ends once its first event reached the caller: whole (`None`), or the
 /// failure the client sees after output — an exception event, a stall at the idle limit, a
 /// cut, a broken event, or (for a continuation) a failure before its own first event.
@@ -525,7 +537,6 @@ async fn request(
 ) {
     lock(tally).minute(arrival.at).offered += 1;
     let chain = core.models();
-    let limits = core.limits();
     let usage: Mutex<Option<Usage>> = Mutex::new(None);
     // An exception event the answering stream carries after its output began.
     let exception: Mutex<Option<ErrorKind>> = Mutex::new(None);
@@ -550,11 +561,19 @@ async fn request(
                 minute.throttles += 1;
             }
         }
-        let (silence, first_event_delay) = {
+        let (silence, first_event_delay, events_before_fault) = {
             let bedrock = lock(bedrock);
             let faults = bedrock.faults(model);
-            (faults.silence(), faults.first_event_delay())
+            (
+                faults.silence(),
+                faults.first_event_delay(),
+                faults.events_before_fault(),
+            )
         };
+        // The limits this model is held to now, learned from its streams as the client learns
+        // them (the fault server's events come at once: their gaps are nil).
+        let limits = core.limits_for(model);
+        let model = model.to_string();
         let continuing = continuing.load(std::sync::atomic::Ordering::Relaxed);
         let (usage, exception) = (&usage, &exception);
         async move {
@@ -575,6 +594,8 @@ async fn request(
                 } => {
                     let first = tokio::time::sleep(first_event_delay);
                     within(limits.first_event, Phase::FirstEvent, first).await?;
+                    core.observe(&model, Phase::FirstEvent, first_event_delay);
+                    observe_gaps(core, &model, WHOLE_STREAM_GAPS);
                     Ok(None)
                 }
                 // An exception event before any output: a failed attempt like any other.
@@ -601,6 +622,24 @@ async fn request(
                     if stream_error_after.is_some() && !continuing {
                         *lock(exception) = Some(stream_error);
                     }
+                    // The fault server sends a stream's first event with its headers, and
+                    // the rest at once: what the client observes of each.
+                    core.observe(&model, Phase::FirstEvent, Duration::ZERO);
+                    let broken = matches!(
+                        misbehaviour,
+                        Some(
+                            Misbehaviour::Stall
+                                | Misbehaviour::Cut
+                                | Misbehaviour::Malformed
+                                | Misbehaviour::Garbage
+                        )
+                    );
+                    let gaps = if broken {
+                        events_before_fault
+                    } else {
+                        WHOLE_STREAM_GAPS
+                    };
+                    observe_gaps(core, &model, gaps);
                     Ok(misbehaviour)
                 }
                 Outcome::Error {
@@ -637,8 +676,8 @@ async fn request(
                     core.settle(&served, usage);
                 }
                 let broken = lock(&exception).take();
-                let Some((info, source)) = broke_after_output(answered, broken, limits.idle).await
-                else {
+                let idle = core.limits_for(&served.model).idle;
+                let Some((info, source)) = broke_after_output(answered, broken, idle).await else {
                     core.stream_ended(&served);
                     break Ok(served);
                 };
