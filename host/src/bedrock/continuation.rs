@@ -256,6 +256,10 @@ impl RawTranscript {
 
     /// Notes an event handed to the caller.
     pub(crate) fn delivered(&mut self, kind: &str, payload: &[u8]) {
+        if self.answer.mixed {
+            // Not continuable whatever follows: no need to read the rest.
+            return;
+        }
         match self.content(kind, payload) {
             Some(Some(text)) => self.answer.text.push_str(&text),
             Some(None) => self.answer.mixed = true,
@@ -302,6 +306,10 @@ impl RawTranscript {
     /// `messageStart`, Anthropic's `message_start` and first `content_block_start`) is
     /// dropped, and whitespace the caller already has at the seam is cut from its text.
     pub(crate) fn stitch(&mut self, kind: &str, payload: &[u8]) -> Stitched {
+        if self.answer.starts == 0 && self.answer.seam.is_empty() {
+            // Nothing of a continuation left to mend (the usual case: no continuation at all).
+            return Stitched::Keep;
+        }
         let start = match self.family {
             Family::Converse => kind == "messageStart",
             Family::Anthropic => chunk_json(payload).is_some_and(|chunk| {

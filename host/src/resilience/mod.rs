@@ -883,6 +883,7 @@ impl Resilience {
             p.breaker_opens += 1;
             self.announce_opened(p.model, now);
         }
+        let charge = self.charge(p.model, p.cost);
         let ctx = AttemptContext {
             request_id: p.request_id.clone(),
             error: error.clone(),
@@ -897,8 +898,8 @@ impl Resilience {
             health: self.health_at(now),
             entropy: self.entropy(),
             continuations: p.continuations,
-            reservation: self.charge(p.model, p.cost).reserve,
-            expected_settled: self.charge(p.model, p.cost).settle,
+            reservation: charge.reserve,
+            expected_settled: charge.settle,
         };
         let decided = self.policy.decide(&ctx);
         p.last_decided_by = decided.module_digest.clone();
