@@ -503,11 +503,7 @@ impl ResilientStream {
     /// continuation is sent until one produces its first event (then kept as pending) or the
     /// policy stops. Errs with what the caller gets when the answer cannot be continued.
     async fn resume(&mut self, failure: StreamFailure) -> Result<(), CallError> {
-        let messages = self
-            .transcript
-            .continuable()
-            .then(|| self.transcript.messages(&self.request.messages))
-            .flatten();
+        let messages = self.transcript.messages(&self.request.messages);
         let request = &self.request;
         let (receiver, first) = self
             .tail

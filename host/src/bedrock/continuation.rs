@@ -109,12 +109,15 @@ impl Transcript {
     }
 
     /// The conversation that asks a model to go on: `messages`, then the delivered text as the
-    /// assistant's turn. `None` when the conversation already ends with an assistant turn (the
-    /// caller's own prefill), which one more turn could not extend faithfully.
+    /// assistant's turn. `None` when the answer cannot be continued
+    /// ([`continuable`](Self::continuable)), or when the conversation already ends with an
+    /// assistant turn (the caller's own prefill), which one more turn could not extend
+    /// faithfully.
     pub(crate) fn messages(&self, messages: &[Message]) -> Option<Vec<Message>> {
-        if messages
-            .last()
-            .is_none_or(|m| *m.role() == ConversationRole::Assistant)
+        if !self.continuable()
+            || messages
+                .last()
+                .is_none_or(|m| *m.role() == ConversationRole::Assistant)
         {
             return None;
         }
