@@ -367,6 +367,20 @@ pub enum Misbehaviour {
     Garbage,
 }
 
+impl Misbehaviour {
+    /// Whether it breaks a stream after its output began (stall, cut, malformed, garbage),
+    /// rather than before any (silent, a slow first event).
+    pub fn after_output(self) -> bool {
+        matches!(
+            self,
+            Misbehaviour::Stall
+                | Misbehaviour::Cut
+                | Misbehaviour::Malformed
+                | Misbehaviour::Garbage
+        )
+    }
+}
+
 /// The header a throttle's wait hint travels in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -625,15 +625,7 @@ async fn request(
                     // The fault server sends a stream's first event with its headers, and
                     // the rest at once: what the client observes of each.
                     core.observe(&model, Phase::FirstEvent, Duration::ZERO);
-                    let broken = matches!(
-                        misbehaviour,
-                        Some(
-                            Misbehaviour::Stall
-                                | Misbehaviour::Cut
-                                | Misbehaviour::Malformed
-                                | Misbehaviour::Garbage
-                        )
-                    );
+                    let broken = misbehaviour.is_some_and(Misbehaviour::after_output);
                     let gaps = if broken {
                         events_before_fault
                     } else {

@@ -681,15 +681,9 @@ fn stream_pieces(
         return pieces;
     }
     write_step(&mut frames, shape, model, Step::Start);
-    let faulty = matches!(
-        accepted.misbehaviour,
-        Some(
-            Misbehaviour::Stall
-                | Misbehaviour::Cut
-                | Misbehaviour::Malformed
-                | Misbehaviour::Garbage
-        )
-    );
+    let faulty = accepted
+        .misbehaviour
+        .is_some_and(Misbehaviour::after_output);
     // A continuation goes on from the part its prefill ends with; a mid-stream error the
     // scenario places at a part it has passed is behind it.
     let prefill = prefill(&accepted.request).unwrap_or_default();
