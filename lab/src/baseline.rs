@@ -40,6 +40,14 @@ pub enum Baseline {
     SdkAdaptive,
     /// The adaptive mode over the pre-2026 standard retries.
     SdkAdaptivePre2026,
+    /// boto3's adaptive mode as botocore 1.43 runs it (`botocore/retries/adaptive.py`,
+    /// `bucket.py`), over the pre-2026 standard retries that pip's botocore still defaults to:
+    /// every send takes one token, and a send that finds none **blocks** in the limiter until
+    /// its turn (the smithy-rs limiter above names a delay and then sends); the send rate is
+    /// measured on responses. Waiters here are served first come, first served at the rate of
+    /// their arrival, where botocore's threads race for each token as it refills and re-time
+    /// their wait when the rate moves: the same throughput, another order.
+    Boto3Adaptive,
     /// A LiteLLM-style router: a model that fails `allowed_fails` (3) times within a minute,
     /// or more than half of at least 5 requests in the minute, is cooled down for 5 s and
     /// skipped meanwhile (with every model cooling, the request fails, as LiteLLM's router
@@ -54,13 +62,14 @@ pub enum Baseline {
 
 impl Baseline {
     /// Every baseline.
-    pub const ALL: [Baseline; 8] = [
+    pub const ALL: [Baseline; 9] = [
         Baseline::Naive,
         Baseline::NaiveOnSdk,
         Baseline::SdkStandard,
         Baseline::SdkStandardPre2026,
         Baseline::SdkAdaptive,
         Baseline::SdkAdaptivePre2026,
+        Baseline::Boto3Adaptive,
         Baseline::RouterCooldown,
         Baseline::NoRetries,
     ];
@@ -74,6 +83,7 @@ impl Baseline {
             Baseline::SdkStandardPre2026 => "sdk-standard-pre2026",
             Baseline::SdkAdaptive => "sdk-adaptive",
             Baseline::SdkAdaptivePre2026 => "sdk-adaptive-pre2026",
+            Baseline::Boto3Adaptive => "boto3-adaptive",
             Baseline::RouterCooldown => "router-cooldown",
             Baseline::NoRetries => "no-retries",
         }
@@ -104,7 +114,12 @@ impl Baseline {
             Baseline::SdkAdaptive => std::sync::Arc::new(SdkAdaptive::default()),
             Baseline::SdkAdaptivePre2026 => std::sync::Arc::new(SdkAdaptive {
                 standard: SdkStandard::pre_2026(),
-                limiter: Mutex::default(),
+                ..SdkAdaptive::default()
+            }),
+            Baseline::Boto3Adaptive => std::sync::Arc::new(SdkAdaptive {
+                standard: SdkStandard::pre_2026(),
+                blocking: true,
+                ..SdkAdaptive::default()
             }),
             Baseline::RouterCooldown => std::sync::Arc::new(RouterCooldown::default()),
             Baseline::NoRetries => std::sync::Arc::new(NoRetries),
@@ -323,6 +338,10 @@ impl Decider for SdkStandard {
 struct SdkAdaptive {
     standard: SdkStandard,
     limiter: Mutex<Limiter>,
+    /// botocore's limiter: one token a send, waiting in line for it, the rate measured on
+    /// responses; else smithy-rs's: a cost by the send's reason, a delay named without taking
+    /// anything, the rate measured on sends.
+    blocking: bool,
 }
 
 #[derive(Default)]
@@ -333,6 +352,8 @@ struct Limiter {
     clock_s: f64,
     /// Per request: the error of its last failed attempt (what the next send costs).
     requests: HashMap<String, ErrorKind>,
+    /// Per request waiting in a blocking limiter's line: when its turn comes (seconds).
+    turns: HashMap<String, f64>,
 }
 
 impl Limiter {
@@ -351,15 +372,24 @@ impl Decider for SdkAdaptive {
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         limiter.clock_s = ctx.clock_ms as f64 / 1000.0;
         let now = limiter.clock_s;
-        let amount = match limiter.requests.get(ctx.request_id) {
-            None => 1.0,
-            Some(ErrorKind::Timeout | ErrorKind::ModelTimeout) => 10.0,
-            Some(_) => 5.0,
+        let wait_s = if self.blocking {
+            let wait_s = limiter.bucket().take_in_line(now, 1.0);
+            if let Some(wait) = wait_s {
+                limiter.turns.insert(ctx.request_id.to_string(), now + wait);
+            }
+            wait_s
+        } else {
+            let amount = match limiter.requests.get(ctx.request_id) {
+                None => 1.0,
+                Some(ErrorKind::Timeout | ErrorKind::ModelTimeout) => 10.0,
+                Some(_) => 5.0,
+            };
+            // The SDK sends after its sleep without asking again, and so does the host after
+            // a routed delay: the send is measured now.
+            let wait_s = limiter.bucket().acquire(now, amount);
+            limiter.bucket().measure(now, 1.0);
+            wait_s
         };
-        // The SDK sends after its sleep without asking again, and so does the host after a
-        // routed delay: the send is measured now.
-        let wait_s = limiter.bucket().acquire(now, amount);
-        limiter.bucket().measure(now, 1.0);
         Route::Send {
             model: ctx.current,
             delay_ms: wait_s.map_or(0, |s| (s * 1000.0).ceil() as u64),
@@ -370,6 +400,10 @@ impl Decider for SdkAdaptive {
         {
             let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
             let now = limiter.clock_s;
+            if self.blocking {
+                limiter.turns.remove(&ctx.request_id);
+                limiter.bucket().measure(now, 1.0);
+            }
             if ctx.error.kind.is_throttle() {
                 // One throttle at a time, each one a cut: the SDK's limiter.
                 let _ = limiter.bucket().throttled(now, now);
@@ -387,8 +421,19 @@ impl Decider for SdkAdaptive {
         {
             let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
             limiter.requests.remove(finished.request_id);
+            let now = limiter.clock_s;
+            let turn = limiter.turns.remove(finished.request_id);
+            if !finished.served && turn.is_some_and(|turn| turn > now) {
+                // Its caller stopped waiting before its turn: the token goes back, the line
+                // moves up. botocore's thread would keep its place and send late, for nobody;
+                // giving the turn back serves more here than boto3 does (BENCHMARKS.md).
+                limiter.bucket().give_back(now, 1.0);
+            }
             if finished.served {
                 let now = limiter.clock_s;
+                if self.blocking {
+                    limiter.bucket().measure(now, 1.0);
+                }
                 limiter.bucket().answered(now, 1.0);
             }
         }
@@ -768,6 +813,41 @@ mod tests {
                 model: 0,
                 delay_ms: 0
             }
+        );
+    }
+
+    /// The delays ten requests routed at one instant after a throttle are given.
+    fn burst_after_a_throttle(baseline: Baseline) -> Vec<u64> {
+        let sdk = baseline.decider();
+        let models = ["primary".to_string()];
+        sdk.route(&route_ctx("first", 0, 0, &models));
+        decision(sdk.as_ref(), &ctx(ErrorKind::Throttling, 1));
+        (0..10)
+            .map(|i| {
+                let id = format!("s{i}");
+                match sdk.route(&route_ctx(&id, 200, 0, &models)) {
+                    Route::Send { delay_ms, .. } => delay_ms,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn boto3_adaptive_lines_its_waiters_up_so_a_burst_drains_at_the_rate_where_smithy_sends_them_together()
+     {
+        let lined_up = burst_after_a_throttle(Baseline::Boto3Adaptive);
+        // The rate after one throttle is botocore's floor, 0.5 a second: a turn every 2 s.
+        for pair in lined_up.windows(2) {
+            assert!(
+                pair[1] >= pair[0] + 1_900,
+                "each waiter goes a token's refill after the one before: {lined_up:?}"
+            );
+        }
+        let named = burst_after_a_throttle(Baseline::SdkAdaptive);
+        assert!(
+            named.iter().all(|d| *d == named[0]),
+            "smithy-rs names every waiter the same delay: {named:?}"
         );
     }
 

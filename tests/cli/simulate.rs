@@ -28,6 +28,7 @@ fn a_shipped_scenario_prints_one_row_per_policy_and_baseline() {
         "sdk-standard-pre2026",
         "sdk-adaptive ",
         "sdk-adaptive-pre2026",
+        "boto3-adaptive",
         "router-cooldown",
         "no-retries",
     ]) {

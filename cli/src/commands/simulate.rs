@@ -30,7 +30,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "{}")]
     config: String,
     /// A baseline to run alongside: naive, naive-on-sdk, sdk-standard, sdk-standard-pre2026,
-    /// sdk-adaptive, sdk-adaptive-pre2026,
+    /// sdk-adaptive, sdk-adaptive-pre2026, boto3-adaptive,
     /// router-cooldown, no-retries (repeat the flag); all of them when none is given.
     #[arg(long)]
     baseline: Vec<String>,

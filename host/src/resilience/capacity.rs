@@ -382,6 +382,26 @@ impl Cubic {
         None
     }
 
+    /// Takes `amount` at `now` behind everyone already waiting: `None` when it goes now, else the
+    /// seconds until its turn, the bucket left in debt so the next taker waits behind it.
+    /// botocore's blocking rate limiter (`TokenBucket.acquire`): its waiting threads each take
+    /// a token as the bucket refills, so a line drains at the rate however long it is. Before
+    /// the first throttle everything passes.
+    pub fn take_in_line(&mut self, now: f64, amount: f64) -> Option<f64> {
+        if !self.limited {
+            return None;
+        }
+        self.refill(now);
+        self.level -= amount;
+        (self.level < 0.0).then(|| -self.level / self.rate)
+    }
+
+    /// Returns `amount` taken at `now` and not sent (its taker stopped waiting).
+    pub fn give_back(&mut self, now: f64, amount: f64) {
+        self.refill(now);
+        self.level = (self.level + amount).min(self.cap());
+    }
+
     /// What can be sent now without expecting a throttle; `None` when no limit was seen.
     pub fn headroom(&mut self, now: f64) -> Option<f64> {
         if !self.limited {
