@@ -10,7 +10,7 @@
 # Usage: lab/realtime/run.sh [SCENARIO] [MODE...]   (defaults: token-spike, all four modes;
 # SCENARIO is a name under scenarios/ or a scenario file). A scenario whose models misbehave
 # inside streams (`misbehaviour_rates`, as mid-stream's do) is replayed as ConverseStream calls,
-# read to their end.
+# read to their end, unless its traffic is unary.
 # Needs: a built `backstop` (target/release, else target/debug), python3 with boto3.
 # Writes target/realtime/SCENARIO-MODE.json (one line each) and prints them.
 set -euo pipefail
@@ -30,7 +30,8 @@ file=$scenario
 scenario=$(basename "$file" .json)
 
 stream=
-grep -q '"misbehaviour_rates"' "$file" && stream=--stream
+# A scenario of unary calls (`"unary": true`, as slow-tails) is replayed as Converse calls.
+grep -q '"misbehaviour_rates"' "$file" && ! grep -q '"unary": *true' "$file" && stream=--stream
 
 out=target/realtime
 mkdir -p "$out"

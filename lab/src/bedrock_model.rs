@@ -37,6 +37,8 @@ pub enum Outcome {
         stream_error: ErrorKind,
         /// How the accepted request misbehaves, if it does.
         misbehaviour: Option<Misbehaviour>,
+        /// How long a `slow-first-event` answer waits before its first event.
+        first_event_delay: Duration,
         /// The output it produces, drawn apart from its `maxTokens` (for a model in a 2026
         /// pool; `None` otherwise), as the answer's usage reports it.
         output_tokens: Option<u64>,
@@ -253,6 +255,15 @@ impl BedrockModel {
                     Some(_) => None,
                     None => draw(&faults.misbehaviour_rates, misbehaviour_roll),
                 };
+                // Drawn only for a slow tail, so seeded runs of other scenarios keep their
+                // numbers.
+                let first_event_delay = match (misbehaviour, faults.first_event_delay_max_ms) {
+                    (Some(Misbehaviour::SlowFirstEvent), Some(max)) => {
+                        let min = faults.first_event_delay().as_millis() as u64;
+                        Duration::from_millis(self.rng.u64(min..=max.max(min)))
+                    }
+                    _ => faults.first_event_delay(),
+                };
                 match misbehaviour {
                     Some(how) => {
                         let name = serde_json::to_value(how)
@@ -268,6 +279,7 @@ impl BedrockModel {
                     stream_error_after: faults.stream_error_after,
                     stream_error: faults.stream_error.unwrap_or(ErrorKind::ModelStreamError),
                     misbehaviour,
+                    first_event_delay,
                     output_tokens: pooled.as_ref().map(|(_, _, _, output)| *output),
                 }
             }

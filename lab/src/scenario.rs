@@ -79,6 +79,11 @@ pub struct Traffic {
     /// Each request's total deadline, in seconds.
     #[serde(default = "deadline_s")]
     pub deadline_s: u64,
+    /// Requests are unary calls (Converse, InvokeModel) rather than streams: a slow first event
+    /// holds back the whole answer with no first-event limit to end it (only the attempt
+    /// timeout), and a body cut or broken by a misbehaviour fails before any output.
+    #[serde(default)]
+    pub unary: bool,
     /// How long the clients have run when the first request arrives, in seconds: their clocks
     /// (the policy's `clock-ms`) read this much more. 0 by default: clients that just started.
     #[serde(default)]
@@ -342,6 +347,9 @@ pub struct ModelFaults {
     pub silence_ms: Option<u64>,
     /// How long a `slow-first-event` stream waits before its first event (default 20 s).
     pub first_event_delay_ms: Option<u64>,
+    /// With it, a slow first event's wait is drawn for each request, uniformly from
+    /// `first_event_delay_ms` to this: a slow tail rather than one fixed delay.
+    pub first_event_delay_max_ms: Option<u64>,
     /// Text deltas a `stall`, `cut` or `malformed` stream sends first (default 2); with 0, a
     /// `cut` stream ends before its first event (headers, then nothing).
     pub events_before_fault: Option<u32>,
@@ -504,12 +512,22 @@ impl ModelFaults {
         for (name, value) in [
             ("silence_ms", self.silence_ms),
             ("first_event_delay_ms", self.first_event_delay_ms),
+            ("first_event_delay_max_ms", self.first_event_delay_max_ms),
         ] {
             if value.is_some_and(|ms| ms > MAX_LATENCY_MS) {
                 return Err(format!(
                     "`{name}` is at most {MAX_LATENCY_MS} (ten minutes)"
                 ));
             }
+        }
+        if self
+            .first_event_delay_max_ms
+            .is_some_and(|max| max < self.first_event_delay().as_millis() as u64)
+        {
+            return Err(
+                "`first_event_delay_max_ms` is below `first_event_delay_ms` (20000 when left out)"
+                    .into(),
+            );
         }
         if self.events_before_fault.is_some_and(|n| n > 1_000) {
             return Err("`events_before_fault` is at most 1000".into());

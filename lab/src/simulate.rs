@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The scenarios that ship with Backstop, by name (also in the repository's `scenarios/`).
-pub const SHIPPED: [(&str, &str); 7] = [
+pub const SHIPPED: [(&str, &str); 8] = [
     (
         "monday-spike",
         include_str!("../../scenarios/monday-spike.json"),
@@ -53,6 +53,11 @@ pub const SHIPPED: [(&str, &str); 7] = [
     (
         "mid-stream",
         include_str!("../../scenarios/mid-stream.json"),
+    ),
+    // A slow tail of first events on the primary: what a hedge is for.
+    (
+        "slow-tails",
+        include_str!("../../scenarios/slow-tails.json"),
     ),
 ];
 
@@ -375,6 +380,7 @@ pub fn run_replicas(
         // and knows no `maxTokens`: its requests are costed as asking for that output, so the
         // host's reservation is what that lab charges.
         legacy: scenario.pools.is_empty(),
+        unary: traffic.unary,
     };
 
     // Failed requests are the report's business here, not thousands of log lines.
@@ -489,6 +495,8 @@ struct Tokens {
     output: u64,
     /// The scenario models the old quotas (no pools).
     legacy: bool,
+    /// Requests are unary calls, not streams.
+    unary: bool,
 }
 
 /// The gaps a client waits through after a whole stream's first event, as the fault server
@@ -561,20 +569,17 @@ async fn request(
                 minute.throttles += 1;
             }
         }
-        let (silence, first_event_delay, events_before_fault) = {
+        let (silence, events_before_fault) = {
             let bedrock = lock(bedrock);
             let faults = bedrock.faults(model);
-            (
-                faults.silence(),
-                faults.first_event_delay(),
-                faults.events_before_fault(),
-            )
+            (faults.silence(), faults.events_before_fault())
         };
         // The limits this model is held to now, learned from its streams as the client learns
         // them (the fault server's events come at once: their gaps are nil).
         let limits = core.limits_for(model);
         let model = model.to_string();
         let continuing = continuing.load(std::sync::atomic::Ordering::Relaxed);
+        let unary = tokens.unary;
         let (usage, exception) = (&usage, &exception);
         async move {
             tokio::time::sleep(outcome.latency()).await;
@@ -585,14 +590,27 @@ async fn request(
                     misbehaviour: Some(Misbehaviour::Silent),
                     ..
                 } => {
-                    within(limits.headers, Phase::Headers, tokio::time::sleep(silence)).await?;
+                    let silent = tokio::time::sleep(silence);
+                    if unary {
+                        // A unary call's headers come with its answer: the attempt timeout
+                        // ends the wait.
+                        silent.await;
+                    } else {
+                        within(limits.headers, Phase::Headers, silent).await?;
+                    }
                     Err(failure(ErrorKind::ServiceUnavailable, None))
                 }
                 Outcome::Ok {
                     misbehaviour: Some(Misbehaviour::SlowFirstEvent),
+                    first_event_delay,
                     ..
                 } => {
                     let first = tokio::time::sleep(first_event_delay);
+                    if unary {
+                        // The answer comes late, whole: only the attempt timeout bounds it.
+                        first.await;
+                        return Ok(None);
+                    }
                     within(limits.first_event, Phase::FirstEvent, first).await?;
                     core.observe(&model, Phase::FirstEvent, first_event_delay);
                     observe_gaps(core, &model, WHOLE_STREAM_GAPS);
@@ -617,6 +635,20 @@ async fn request(
                         input: tokens.input,
                         output: output_tokens.unwrap_or(tokens.output),
                     });
+                    if unary {
+                        // A whole body, late, or cut or broken: the client cannot parse what
+                        // it got, and nothing reached the caller yet.
+                        return match misbehaviour {
+                            Some(Misbehaviour::Stall) => {
+                                tokio::time::sleep(silence).await;
+                                Ok(None)
+                            }
+                            Some(how) if how.after_output() => {
+                                Err(failure(ErrorKind::Unknown, None))
+                            }
+                            _ => Ok(None),
+                        };
+                    }
                     // An exception event after output, as the fault server sends it; a
                     // continuation starts past the part where the scenario places it.
                     if stream_error_after.is_some() && !continuing {
@@ -653,13 +685,25 @@ async fn request(
             .max_tokens
             .or(tokens.legacy.then_some(tokens.output)),
     };
-    let options = RequestOptions::from(arrival.workload).streamed();
+    let options = if tokens.unary {
+        RequestOptions::from(arrival.workload)
+    } else {
+        RequestOptions::from(arrival.workload).streamed()
+    };
     let result = core.call(options, cost, &mut attempt).await;
     // A stream that stalls, is cut or breaks after its output began fails as it does behind
     // the real client: after output it is never resent, and the policy may continue it
     // (the modelled answers are plain text) on a model that takes a partial answer — each
     // continuation one more modelled call, which may itself be cut.
     let result = match result {
+        // A unary answer is whole when it comes; the loop told the policy it was served.
+        Ok(served) if tokens.unary => {
+            let (_, served) = served.split();
+            if let Some(usage) = lock(&usage).take() {
+                core.settle(&served, usage);
+            }
+            Ok(served)
+        }
         Ok(served) => {
             let (misbehaviour, mut served) = served.split();
             let mut answered = Ok(misbehaviour);

@@ -52,6 +52,7 @@ fn small_scenario(seed: u64) -> Scenario {
             output_tokens: 300,
             deadline_s: 60,
             client_age_s: 0,
+            unary: false,
             max_tokens: Vec::new(),
         }),
         ..Scenario::default()

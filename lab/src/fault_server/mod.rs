@@ -266,6 +266,8 @@ struct Accepted<'a> {
     stream_error_after: Option<u32>,
     stream_error: ErrorKind,
     misbehaviour: Option<Misbehaviour>,
+    /// How long a `slow-first-event` answer waits before its first event.
+    first_event_delay: Duration,
     /// The output the model drew for it (a 2026-pool model), reported in its usage.
     output_tokens: Option<u64>,
     faults: &'a ModelFaults,
@@ -323,6 +325,7 @@ async fn accept<'a>(
             stream_error_after,
             stream_error,
             misbehaviour,
+            first_event_delay,
             output_tokens,
         } => Ok(Accepted {
             request,
@@ -330,6 +333,7 @@ async fn accept<'a>(
             stream_error_after,
             stream_error,
             misbehaviour,
+            first_event_delay,
             output_tokens,
             faults,
         }),
@@ -440,7 +444,7 @@ async fn unary_answer(state: &ServerState, accepted: &Accepted<'_>, body: String
     let faults = accepted.faults;
     let body = match accepted.misbehaviour {
         Some(Misbehaviour::SlowFirstEvent) => {
-            tokio::time::sleep(faults.first_event_delay()).await;
+            tokio::time::sleep(accepted.first_event_delay).await;
             body
         }
         Some(Misbehaviour::Stall) => {
@@ -666,7 +670,7 @@ fn stream_pieces(
     let (cut_after, cut_with) = (accepted.stream_error_after, accepted.stream_error);
     let mut pieces = Vec::new();
     if accepted.misbehaviour == Some(Misbehaviour::SlowFirstEvent) {
-        pieces.push(Piece::Wait(faults.first_event_delay()));
+        pieces.push(Piece::Wait(accepted.first_event_delay));
     }
     let mut frames = Vec::new();
     if cut_after == Some(0) {
