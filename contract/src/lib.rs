@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[macro_export]
 macro_rules! wit_version {
     () => {
-        "0.3.0"
+        "0.4.0"
     };
 }
 
@@ -306,6 +306,10 @@ pub struct ModelHealth {
     /// How long the host now lets the model's stream fall silent between events, learned the
     /// same way (0: not given). Contract 0.3.0 and later.
     pub idle_limit_ms: u64,
+    /// The 95th percentile of the model's recent times from a send to its first event (a
+    /// stream) or its answer (a unary call): when an attempt still silent is late (0: not
+    /// learned yet, or not given). Contract 0.4.0 and later.
+    pub start_p95_ms: u64,
 }
 
 /// Everything a decision may depend on (`attempt-context`).
@@ -721,6 +725,10 @@ pub enum Route {
         model: u32,
         /// The wait before sending, in milliseconds.
         delay_ms: u64,
+        /// A second attempt to race against this one if it is still silent (contract 0.4.0
+        /// and later; `None` for none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hedge: Option<Hedge>,
     },
     /// Park the request in the batch queue first.
     Queue {
@@ -732,6 +740,29 @@ pub enum Route {
         /// Why.
         reason: GiveUpReason,
     },
+}
+
+/// A hedge (`route`, contract 0.4.0): if the attempt has neither failed nor produced its first
+/// event (a stream) or its answer (a unary call) `after_ms` after it was sent, the host may
+/// send the same request to `model` too, within its hedge budget; the first to produce an
+/// event wins and the other is cancelled. Both are calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Hedge {
+    /// The model's index in the chain.
+    pub model: u32,
+    /// How long the first attempt may stay silent first, in milliseconds.
+    pub after_ms: u64,
+}
+
+impl Route {
+    /// Send to `model` after `delay_ms`, without a hedge.
+    pub const fn send(model: u32, delay_ms: u64) -> Route {
+        Route::Send {
+            model,
+            delay_ms,
+            hedge: None,
+        }
+    }
 }
 
 /// The geographies of cross-Region inference profiles, as the ids spell them.

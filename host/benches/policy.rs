@@ -57,6 +57,7 @@ fn full_context() -> AttemptContext {
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,
+            start_p95_ms: 2_400,
         },
         ModelHealth {
             requests: 30,
@@ -68,6 +69,7 @@ fn full_context() -> AttemptContext {
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,
+            start_p95_ms: 1_500,
         },
         ModelHealth {
             requests: 0,
@@ -79,6 +81,7 @@ fn full_context() -> AttemptContext {
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,
+            start_p95_ms: 0,
         },
     ];
     ctx

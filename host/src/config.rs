@@ -6,7 +6,7 @@
 
 use crate::contract::ModelFacts;
 use crate::decision::Guardrails;
-use crate::resilience::budget::RetryBudget;
+use crate::resilience::budget::{HedgeBudget, RetryBudget};
 use crate::resilience::limits::AttemptLimits;
 use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
 use crate::wasm::cache::ModuleCache;
@@ -67,6 +67,9 @@ pub struct HostConfig {
     /// How much resending the client allows whatever the policy decides; `null` turns the
     /// budget off.
     pub retry_budget: Option<RetryBudget>,
+    /// How much hedging the client allows, whatever the policy asks (a share of requests);
+    /// `null` turns hedging off.
+    pub hedge_budget: Option<HedgeBudget>,
     /// How modules from outside are compiled.
     pub compile: CompileBounds,
     /// Limits inside an attempt: time to headers, to the first stream event, and the longest
@@ -382,6 +385,7 @@ impl Default for HostConfig {
             cache_dir: None,
             queue_capacity: 4096,
             retry_budget: Some(RetryBudget::default()),
+            hedge_budget: Some(HedgeBudget::default()),
             compile: CompileBounds::default(),
             limits: AttemptLimits::default(),
             quarantine_file: None,
@@ -497,6 +501,7 @@ impl HostConfig {
         }
         let guard = &config.guardrails;
         let budget = config.retry_budget.unwrap_or_default();
+        let hedges = config.hedge_budget.unwrap_or_default();
         for (field, value, floor, limit) in [
             ("retry_budget.percent", u64::from(budget.percent), 0, 1_000),
             (
@@ -506,6 +511,8 @@ impl HostConfig {
                 10_000,
             ),
             ("retry_budget.window_ms", budget.window_ms, 1_000, 3_600_000),
+            ("hedge_budget.percent", u64::from(hedges.percent), 0, 100),
+            ("hedge_budget.window_ms", hedges.window_ms, 1_000, 3_600_000),
             (
                 "guardrails.max_total_attempts",
                 u64::from(guard.max_total_attempts),
@@ -755,6 +762,7 @@ impl HostConfig {
         options.guardrails = self.guardrails.clone();
         options.queue_capacity = self.queue_capacity;
         options.retry_budget = self.retry_budget;
+        options.hedge_budget = self.hedge_budget;
         options.limits = self.limits;
         options.facts = self.models.clone();
         options

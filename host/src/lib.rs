@@ -54,7 +54,7 @@ pub use decision::{
     Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
     RouteQuery, Tally, Verdict,
 };
-pub use resilience::budget::RetryBudget;
+pub use resilience::budget::{HedgeBudget, RetryBudget};
 pub use resilience::capacity::{Charge, Cost};
 pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served, Unfit};
 pub use resilience::health::TokenTally;

@@ -390,10 +390,10 @@ impl Decider for SdkAdaptive {
             limiter.bucket().measure(now, 1.0);
             wait_s
         };
-        Route::Send {
-            model: ctx.current,
-            delay_ms: wait_s.map_or(0, |s| (s * 1000.0).ceil() as u64),
-        }
+        Route::send(
+            ctx.current,
+            wait_s.map_or(0, |s| (s * 1000.0).ceil() as u64),
+        )
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
@@ -547,7 +547,7 @@ impl Decider for RouterCooldown {
         let sent = &mut state.models.entry(model).or_default().sent;
         sent.retain(|at| now - at <= COOLDOWN_WINDOW_S);
         sent.push(now);
-        Route::Send { model, delay_ms: 0 }
+        Route::send(model, 0)
     }
 
     fn on_usage(&self, model: u32, tokens: u64) {
@@ -783,10 +783,7 @@ mod tests {
             let id = format!("r{i}");
             assert_eq!(
                 sdk.route(&route_ctx(&id, i * 10, 0, &models)),
-                Route::Send {
-                    model: 0,
-                    delay_ms: 0
-                },
+                Route::send(0, 0),
                 "no limit before a throttle"
             );
         }
@@ -809,10 +806,7 @@ mod tests {
         let id = format!("s{delayed}");
         assert_eq!(
             sdk.route(&route_ctx(&id, 5_000, 0, &models)),
-            Route::Send {
-                model: 0,
-                delay_ms: 0
-            }
+            Route::send(0, 0)
         );
     }
 
@@ -899,18 +893,12 @@ mod tests {
         );
         assert_eq!(
             router.route(&route_ctx("b", 2_000, 0, &models)),
-            Route::Send {
-                model: 1,
-                delay_ms: 0
-            },
+            Route::send(1, 0),
             "a new request skips the cooled-down primary"
         );
         assert_eq!(
             router.route(&route_ctx("c", 6_500, 0, &models)),
-            Route::Send {
-                model: 0,
-                delay_ms: 0
-            },
+            Route::send(0, 0),
             "back after 5 s"
         );
     }

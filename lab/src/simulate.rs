@@ -191,6 +191,9 @@ pub struct SimReport {
     pub policy_faults: u64,
     /// Resends the client's retry budget refused.
     pub retry_budget_refusals: u64,
+    /// Hedges sent (each a call, in `calls_sent`), and of those the ones that answered first.
+    pub hedges: u64,
+    pub hedges_won: u64,
     /// Request tasks that panicked (counted in `failed` too), and the first panic's message:
     /// a run with any is not a result to trust, and the CLI exits non-zero.
     pub panicked: u64,
@@ -479,6 +482,8 @@ pub fn run_replicas(
                 breaker_opens: total(|m| m.breaker_opens),
                 policy_faults: total(|m| m.policy_faults),
                 retry_budget_refusals: total(|m| m.retry_budget_refusals),
+                hedges: total(|m| m.hedges),
+                hedges_won: total(|m| m.hedges_won),
                 panicked,
                 first_panic,
                 per_minute: tally.minutes,

@@ -126,9 +126,18 @@ impl wit::Guest for DefaultPolicy {
             entropy: context.entropy,
         };
         match with_params(|params| policy::route(params, &ctx)) {
-            c::Route::Send { model, delay_ms } => {
-                wit::Destination::Send(wit::RouteSend { model, delay_ms })
-            }
+            c::Route::Send {
+                model,
+                delay_ms,
+                hedge,
+            } => wit::Destination::Send(wit::RouteSend {
+                model,
+                delay_ms,
+                hedge: hedge.map(|h| wit::Hedge {
+                    model: h.model,
+                    after_ms: h.after_ms,
+                }),
+            }),
             c::Route::Queue { not_before_ms } => wit::Destination::Queue(not_before_ms),
             c::Route::GiveUp { reason } => wit::Destination::GiveUp(reason_to_wit(reason)),
         }
@@ -195,6 +204,7 @@ fn health_from_wit(h: wit::ModelHealth) -> c::ModelHealth {
         in_state_ms: h.in_state_ms,
         first_event_limit_ms: h.first_event_limit_ms,
         idle_limit_ms: h.idle_limit_ms,
+        start_p95_ms: h.start_p95_ms,
     }
 }
 

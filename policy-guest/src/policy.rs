@@ -31,7 +31,7 @@
 //! Everything is a function of the arguments: the jitter comes from `ctx.entropy`.
 
 use crate::contract::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Route,
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Hedge, Route,
     RouteContext, Workload,
 };
 use alloc::format;
@@ -83,6 +83,15 @@ pub struct Params {
     /// Continuations one request may make after its stream was cut, stalled or failed after
     /// output (0: never continue; the request fails as `output-committed`).
     pub max_continuations: u32,
+    /// Interactive work sent at once asks for a hedge: once the attempt is later than this
+    /// share (percent) of its model's learned 95th-percentile start, the same request races on
+    /// the next model of the chain with room (pools first), within the host's hedge budget.
+    /// 0: never hedge.
+    pub hedge_after_percent: u32,
+    /// A hedge never goes sooner than this after the send: a model that answers in tens of
+    /// milliseconds is late by the host's own scheduling noise, and a hedge would save less
+    /// than it costs (a whole call, and a reservation on another pool).
+    pub hedge_min_ms: u64,
     /// Opt-in: an input too long for a model's context window (a `ValidationException` that
     /// says so, final for that model) goes to the first model of the chain whose window, as
     /// the operator's facts give it at `configure`, is larger; without it, it fails at once.
@@ -131,6 +140,8 @@ impl Default for Params {
             batch_queue_ms: 10_000,
             route_max_wait_ms: 250,
             max_continuations: 2,
+            hedge_after_percent: 125,
+            hedge_min_ms: 500,
             context_window_fallback: false,
             context_windows: Vec::new(),
             same_model: Vec::new(),
@@ -190,6 +201,9 @@ impl Params {
         }
         if self.batch_queue_ms == 0 {
             return fail("batch_queue_ms", "must be at least 1");
+        }
+        if self.hedge_after_percent > 1_000 {
+            return fail("hedge_after_percent", "must be at most 1000");
         }
         Ok(())
     }
@@ -362,6 +376,7 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
         return Route::Send {
             model: model as u32,
             delay_ms: 0,
+            hedge: hedge(params, ctx, model, fits),
         };
     }
     // No model has room now: wait for the one whose room comes first, behind the requests
@@ -386,19 +401,40 @@ pub fn route(params: &Params, ctx: &RouteContext) -> Route {
         (Some((wait_ms, model)), Workload::Interactive)
             if wait_ms < ctx.remaining_ms && wait_ms <= params.route_max_wait_ms =>
         {
-            Route::Send {
-                model: model as u32,
-                delay_ms: wait_ms,
-            }
+            Route::send(model as u32, wait_ms)
         }
         (Some((wait_ms, _)), Workload::Batch) if wait_ms < ctx.remaining_ms => Route::Queue {
             not_before_ms: wait_ms,
         },
-        _ => Route::Send {
-            model: ctx.current,
-            delay_ms: 0,
-        },
+        _ => Route::send(ctx.current, 0),
     }
+}
+
+/// A hedge for interactive work sent to `model` now: once the attempt is later than
+/// `hedge_after_percent` of the model's 95th-percentile start (and `hedge_min_ms`), race it on
+/// the next model of the chain (pools first) with a closed breaker and room. None until the
+/// model's start is learned.
+fn hedge(
+    params: &Params,
+    ctx: &RouteContext,
+    model: usize,
+    fits: impl Fn(usize) -> bool,
+) -> Option<Hedge> {
+    if params.hedge_after_percent == 0 || ctx.workload != Workload::Interactive {
+        return None;
+    }
+    let start = ctx.health.get(model)?.start_p95_ms;
+    if start == 0 {
+        return None;
+    }
+    let after_ms = (start.saturating_mul(u64::from(params.hedge_after_percent)) / 100)
+        .max(params.hedge_min_ms);
+    onward(params, model, ctx.health.len())
+        .find(|&i| ctx.health[i].breaker == BreakerState::Closed && fits(i))
+        .map(|i| Hedge {
+            model: i as u32,
+            after_ms: after_ms.max(1),
+        })
 }
 
 /// The decision the host falls back to when a policy module faults: the textbook capped

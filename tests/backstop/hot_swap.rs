@@ -420,9 +420,11 @@ async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
         "{by_digest:?}"
     );
     let decided: u64 = by_digest.iter().map(|(_, n)| n).sum();
+    // A hedge's race leaves one of its two attempts undecided: cancelled, or failed while the
+    // other still ran.
     assert_eq!(
         decided,
-        metrics.attempts - metrics.succeeded,
+        metrics.attempts - metrics.succeeded - metrics.hedges,
         "one decision per failed attempt"
     );
     assert!(
@@ -654,18 +656,12 @@ fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
     };
     assert_eq!(
         ask(&[full, ModelCapacity::default()]),
-        Route::Send {
-            model: 1,
-            delay_ms: 0
-        },
+        Route::send(1, 0),
         "the live default's answer stands"
     );
     assert_eq!(
         ask(&[ModelCapacity::default(), ModelCapacity::default()]),
-        Route::Send {
-            model: 0,
-            delay_ms: 0
-        }
+        Route::send(0, 0)
     );
     let shadow = handle.status().shadow.expect("a shadow runs");
     assert_eq!((shadow.decisions, shadow.agreed), (2, 1));

@@ -5,6 +5,7 @@
 mod architecture;
 mod component_shape;
 mod continuation;
+mod hedging;
 mod hostile_modules;
 mod hot_swap;
 mod policy_table;

@@ -6,7 +6,7 @@ use backstop_test_support as support;
 
 use backstop::native_default::{self, Params};
 use backstop::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, LoadError,
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Hedge, LoadError,
     ModelCapacity, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
 };
 use proptest::prelude::*;
@@ -518,6 +518,8 @@ fn arb_health() -> impl Strategy<Value = ModelHealth> {
                     in_state_ms,
                     first_event_limit_ms: in_state_ms % 20_000,
                     idle_limit_ms: in_state_ms % 30_000,
+                    // Unlearned (0) for about one model in three.
+                    start_p95_ms: (in_state_ms % 3_000) * u64::from(requests % 3 != 0),
                 }
             },
         )
@@ -711,7 +713,7 @@ fn route_ctx(models: usize) -> RouteContext {
 }
 
 fn send(model: u32) -> Route {
-    Route::Send { model, delay_ms: 0 }
+    Route::send(model, 0)
 }
 
 fn full() -> ModelCapacity {
@@ -750,42 +752,18 @@ fn requests_go_to_the_first_model_with_room_before_it_throttles() {
     // waits in the queue for it.
     let mut c = route_ctx(2);
     c.capacity = vec![full(), full()];
-    assert_eq!(
-        route(&c),
-        Route::Send {
-            model: 0,
-            delay_ms: 70
-        }
-    );
+    assert_eq!(route(&c), Route::send(0, 70));
     c.capacity[1].headroom_requests = Some(0.9);
-    assert_eq!(
-        route(&c),
-        Route::Send {
-            model: 1,
-            delay_ms: 10
-        }
-    );
+    assert_eq!(route(&c), Route::send(1, 10));
     c.workload = Workload::Batch;
     assert_eq!(route(&c), Route::Queue { not_before_ms: 10 });
     // Room promised to waiting requests (headroom below zero) puts this one behind them; past
     // `route_max_wait_ms` (250 ms) it goes now, where it is: the estimate is a guess.
     c.workload = Workload::Interactive;
     c.capacity[1].headroom_requests = Some(-1.0);
-    assert_eq!(
-        route(&c),
-        Route::Send {
-            model: 0,
-            delay_ms: 70
-        }
-    );
+    assert_eq!(route(&c), Route::send(0, 70));
     c.capacity[0].headroom_requests = Some(-3.0);
-    assert_eq!(
-        route(&c),
-        Route::Send {
-            model: 1,
-            delay_ms: 200
-        }
-    );
+    assert_eq!(route(&c), Route::send(1, 200));
     c.capacity[1].headroom_requests = Some(-3.0);
     assert_eq!(route(&c), send(0));
     // A decision that moved the request on is not undone, even when the primary has room again.
@@ -859,7 +837,22 @@ proptest! {
     #[test]
     fn a_route_stays_in_the_chain_never_goes_back_and_never_to_an_open_breaker(c in arb_route_context()) {
         match route(&c) {
-            Route::Send { model, delay_ms } => {
+            Route::Send { model, delay_ms, hedge } => {
+                if let Some(hedge) = hedge {
+                    // A hedge races interactive work sent at once, after its model's learned
+                    // start, on another model of the chain with a closed breaker and room.
+                    prop_assert_eq!(c.workload, Workload::Interactive);
+                    prop_assert_eq!(delay_ms, 0);
+                    prop_assert_ne!(hedge.model, model);
+                    prop_assert!((hedge.model as usize) < c.health.len());
+                    prop_assert_eq!(c.health[hedge.model as usize].breaker, BreakerState::Closed);
+                    prop_assert!(c.capacity[hedge.model as usize].fits(c.reservation));
+                    let start = c.health[model as usize].start_p95_ms;
+                    prop_assert!(start > 0, "no hedge before the start is learned");
+                    let params = Params::default();
+                    let percent = u64::from(params.hedge_after_percent);
+                    prop_assert_eq!(hedge.after_ms, (start * percent / 100).max(params.hedge_min_ms));
+                }
                 prop_assert!((model as usize) < c.health.len());
                 prop_assert!(model >= c.current, "went back from {} to {model}", c.current);
                 if model != c.current {
@@ -1003,4 +996,51 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
     c.health[2].breaker = BreakerState::Closed;
     c.model = 1;
     assert_eq!(decide_with(&policy, &params, &c), switch(2));
+}
+
+#[test]
+fn a_hedge_waits_for_the_models_learned_start_and_never_comes_sooner_than_the_floor() {
+    let mut c = route_ctx(3);
+    // Nothing learned yet: no hedge.
+    assert_eq!(route(&c), send(0));
+    // A model that starts within 2 s at the 95th percentile: hedge at 2.5 s, pools first (no
+    // pools here: the next model).
+    c.health[0].start_p95_ms = 2_000;
+    assert_eq!(
+        route(&c),
+        Route::Send {
+            model: 0,
+            delay_ms: 0,
+            hedge: Some(Hedge {
+                model: 1,
+                after_ms: 2_500
+            }),
+        }
+    );
+    // A model that answers in 40 ms is not hedged 50 ms after the send, but at the floor.
+    c.health[0].start_p95_ms = 40;
+    let Route::Send {
+        hedge: Some(hedge), ..
+    } = route(&c)
+    else {
+        panic!("a hedge")
+    };
+    assert_eq!(hedge.after_ms, 500);
+    // The next model's breaker open: the one after it.
+    c.health[0].start_p95_ms = 2_000;
+    c.health[1].breaker = BreakerState::Open;
+    assert!(matches!(
+        route(&c),
+        Route::Send {
+            hedge: Some(Hedge { model: 2, .. }),
+            ..
+        }
+    ));
+    // Batch work is never hedged.
+    c.workload = Workload::Batch;
+    assert_eq!(route(&c), send(0));
+    // Off, or out of range.
+    assert!(Params::from_json(r#"{"hedge_after_percent": 0}"#).is_ok());
+    let error = Params::from_json(r#"{"hedge_after_percent": 5000}"#).unwrap_err();
+    assert!(error.contains("hedge_after_percent"), "{error}");
 }

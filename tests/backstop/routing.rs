@@ -28,10 +28,7 @@ impl Decider for Router {
             .lock()
             .unwrap()
             .push((ctx.attempts_total, ctx.current));
-        Route::Send {
-            model: self.to,
-            delay_ms: self.delay_ms,
-        }
+        Route::send(self.to, self.delay_ms)
     }
 
     fn decide(&self, _ctx: &AttemptContext) -> Decided {
@@ -310,10 +307,7 @@ impl Decider for Stays {
     }
 
     fn route(&self, ctx: &RouteQuery) -> Route {
-        Route::Send {
-            model: ctx.current,
-            delay_ms: 0,
-        }
+        Route::send(ctx.current, 0)
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {

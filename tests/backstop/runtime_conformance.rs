@@ -5,7 +5,10 @@
 
 use backstop_test_support as support;
 
-use backstop::{AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Workload};
+use backstop::contract::{ModelCapacity, ModelHealth, RouteContext};
+use backstop::{
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, RouteQuery, Workload,
+};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,19 +44,130 @@ fn js_context(c: &AttemptContext) -> Value {
         "continuations": c.continuations,
         "reservation": c.reservation.to_string(),
         "expectedSettled": c.expected_settled.to_string(),
-        "health": c.health.iter().map(|h| json!({
-            "requests": h.requests,
-            "throttles": h.throttles,
-            "errors": h.errors,
-            "consecutiveFailures": h.consecutive_failures,
-            "consecutiveErrors": h.consecutive_errors,
-            "breaker": kebab(h.breaker),
-            "inStateMs": h.in_state_ms.to_string(),
-            "firstEventLimitMs": h.first_event_limit_ms.to_string(),
-            "idleLimitMs": h.idle_limit_ms.to_string(),
+        "health": js_health(&c.health),
+        "entropy": c.entropy.to_string(),
+    })
+}
+
+fn js_health(health: &[ModelHealth]) -> Vec<Value> {
+    health
+        .iter()
+        .map(|h| {
+            json!({
+                "requests": h.requests,
+                "throttles": h.throttles,
+                "errors": h.errors,
+                "consecutiveFailures": h.consecutive_failures,
+                "consecutiveErrors": h.consecutive_errors,
+                "breaker": kebab(h.breaker),
+                "inStateMs": h.in_state_ms.to_string(),
+                "firstEventLimitMs": h.first_event_limit_ms.to_string(),
+                "idleLimitMs": h.idle_limit_ms.to_string(),
+                "startP95Ms": h.start_p95_ms.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A routing context in the shape jco's bindings take.
+fn js_route_context(c: &RouteContext) -> Value {
+    json!({
+        "requestId": c.request_id,
+        "workload": kebab(c.workload),
+        "reservation": c.reservation.to_string(),
+        "expectedSettled": c.expected_settled.to_string(),
+        "attemptsTotal": c.attempts_total,
+        "current": c.current,
+        "elapsedMs": c.elapsed_ms.to_string(),
+        "remainingMs": c.remaining_ms.to_string(),
+        "health": js_health(&c.health),
+        "capacity": c.capacity.iter().map(|m| json!({
+            "requestsPerMinute": m.requests_per_minute,
+            "tokensPerMinute": m.tokens_per_minute,
+            "headroomRequests": m.headroom_requests,
+            "headroomTokens": m.headroom_tokens,
+            "inFlight": m.in_flight,
         })).collect::<Vec<_>>(),
         "entropy": c.entropy.to_string(),
     })
+}
+
+/// A routing answer in the shape jco's bindings return (a send's hedge `null` when none).
+fn js_route(route: &Route) -> Value {
+    match *route {
+        Route::Send {
+            model,
+            delay_ms,
+            hedge,
+        } => json!({
+            "tag": "send",
+            "val": {
+                "model": model,
+                "delayMs": delay_ms.to_string(),
+                "hedge": hedge.map(|h| json!({"model": h.model, "afterMs": h.after_ms.to_string()})),
+            }
+        }),
+        Route::Queue { not_before_ms } => json!({"tag": "queue", "val": not_before_ms.to_string()}),
+        Route::GiveUp { reason } => json!({"tag": "give-up", "val": kebab(reason)}),
+    }
+}
+
+/// Routing questions across workloads, learned starts (none yet, or learned), breakers,
+/// headroom (none, room, none left) and deadlines: sends at once, with and without a hedge,
+/// waits for room, queues and give-ups.
+fn route_table() -> Vec<RouteContext> {
+    let mut contexts = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for workload in [Workload::Interactive, Workload::Batch] {
+        for models in [1usize, 3] {
+            for case in 0..12u64 {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let health = (0..models)
+                    .map(|i| ModelHealth {
+                        requests: 30,
+                        breaker: if i > 0 && case % 5 == 4 {
+                            BreakerState::Open
+                        } else {
+                            BreakerState::Closed
+                        },
+                        start_p95_ms: if case % 3 == 0 { 0 } else { 800 + seed % 2_000 },
+                        ..ModelHealth::default()
+                    })
+                    .collect();
+                let capacity = (0..models)
+                    .map(|i| ModelCapacity {
+                        tokens_per_minute: (case % 4 != 0).then_some(600_000.0),
+                        // The primary full now and then; the others with room.
+                        headroom_tokens: match case % 4 {
+                            0 => None,
+                            1 if i == 0 => Some(3_000.0),
+                            _ => Some(50_000.0),
+                        },
+                        in_flight: (seed % 5) as u32,
+                        ..ModelCapacity::default()
+                    })
+                    .collect();
+                contexts.push(RouteContext {
+                    request_id: format!("route-{}", contexts.len()),
+                    workload,
+                    reservation: 5_000,
+                    expected_settled: 2_500,
+                    attempts_total: (case % 3) as u32,
+                    current: 0,
+                    elapsed_ms: seed % 1_000,
+                    remaining_ms: if case == 11 {
+                        0
+                    } else {
+                        10_000 + seed % 50_000
+                    },
+                    health,
+                    capacity,
+                    entropy: seed,
+                });
+            }
+        }
+    }
+    contexts
 }
 
 /// A decision in the shape jco's bindings return.
@@ -177,12 +291,14 @@ fn js_facts(facts: &[backstop::ModelFacts]) -> Value {
 /// Feeds the table to a runtime script and checks its answers against the host's.
 fn agrees_with_wasmtime(mut runtime: Command) {
     let contexts = table();
+    let routes = route_table();
     let facts = chain_facts();
     let input = json!({
         "export": backstop::DECIDER_EXPORT,
         "config": CONFIG,
         "models": js_facts(&facts),
         "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),
+        "routes": routes.iter().map(js_route_context).collect::<Vec<_>>(),
     });
     let mut child = runtime
         .stdin(Stdio::piped())
@@ -202,14 +318,15 @@ fn agrees_with_wasmtime(mut runtime: Command) {
         "{}",
         String::from_utf8_lossy(&answered.stderr)
     );
-    let answers: Vec<Value> = serde_json::from_slice(&answered.stdout).unwrap();
+    let answered: Value = serde_json::from_slice(&answered.stdout).unwrap();
+    let answers = answered["decisions"].as_array().unwrap();
 
     let policy = support::default_module()
         .configure_with(CONFIG, &facts)
         .expect("configures");
     assert_eq!(answers.len(), contexts.len());
     let mut kinds = std::collections::BTreeSet::new();
-    for (c, theirs) in contexts.iter().zip(&answers) {
+    for (c, theirs) in contexts.iter().zip(answers) {
         let verdict = policy.decide(c);
         assert_eq!(verdict.fault, None);
         let expected = js_decision(&verdict.decision);
@@ -218,6 +335,42 @@ fn agrees_with_wasmtime(mut runtime: Command) {
     }
     // The table reaches every kind of decision, so the comparison covers every shape.
     assert_eq!(kinds.len(), 6, "decisions seen: {kinds:?}");
+
+    let routed = answered["routes"].as_array().unwrap();
+    assert_eq!(routed.len(), routes.len());
+    let models: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
+    let mut shapes = std::collections::BTreeSet::new();
+    for (c, theirs) in routes.iter().zip(routed) {
+        let query = RouteQuery {
+            request_id: &c.request_id,
+            workload: c.workload,
+            reservation: c.reservation,
+            expected_settled: c.expected_settled,
+            input_tokens: c.reservation,
+            attempts_total: c.attempts_total,
+            current: c.current,
+            elapsed_ms: c.elapsed_ms,
+            remaining_ms: c.remaining_ms,
+            clock_ms: 0,
+            models: &models[..c.health.len()],
+            health: &c.health,
+            capacity: &c.capacity,
+            entropy: c.entropy,
+        };
+        let (route, fault) = policy.route(&query).expect("the default routes");
+        assert_eq!(fault, None);
+        let expected = js_route(&route);
+        assert_eq!(theirs, &expected, "route context {}", c.request_id);
+        shapes.insert(match route {
+            Route::Send { hedge: Some(_), .. } => "send with a hedge",
+            Route::Send { delay_ms: 0, .. } => "send now",
+            Route::Send { .. } => "send after a wait",
+            Route::Queue { .. } => "queue",
+            Route::GiveUp { .. } => "give up",
+        });
+    }
+    // Every shape of answer, the hedge among them, crossed the runtimes' boundary.
+    assert_eq!(shapes.len(), 5, "routes seen: {shapes:?}");
 }
 
 fn skip(runtime: &str, install: &str) {

@@ -589,3 +589,26 @@ fn answers_cut_mid_stream_are_continued_where_a_policy_that_cannot_continue_lose
         then.failures
     );
 }
+
+#[test]
+fn slow_starts_are_hedged_cutting_the_tail_where_a_policy_that_cannot_hedge_waits_them_out() {
+    // The shipped slow-tails: unary calls, 4 % of the primary's answers 5–25 s late. The
+    // default hedges a late one on the same model's other pool; the same policy built for
+    // contract 0.3.0 (which cannot ask) waits, as every baseline does.
+    let scenario = simulate::shipped("slow-tails").unwrap().unwrap();
+    let before = fixture(support::POLICY_0_3_0, "policy-guest-0.3.0.wasm");
+    let (now, then) = (run(&scenario, &default_policy()), run(&scenario, &before));
+    assert_eq!(now.served, now.requests, "{now:?}");
+    assert!(
+        now.p99_ms * 2 < then.p99_ms,
+        "p99 {} ms hedged, {} ms not",
+        now.p99_ms,
+        then.p99_ms
+    );
+    assert!(
+        now.calls_sent * 100 <= then.calls_sent * 105,
+        "at most 5 % more calls: {} against {}",
+        now.calls_sent,
+        then.calls_sent
+    );
+}

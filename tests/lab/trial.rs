@@ -92,10 +92,7 @@ impl backstop::Decider for ClockWatch {
     fn route(&self, query: &backstop::RouteQuery) -> backstop::contract::Route {
         self.0
             .fetch_min(query.clock_ms, std::sync::atomic::Ordering::Relaxed);
-        backstop::contract::Route::Send {
-            model: query.current,
-            delay_ms: 0,
-        }
+        backstop::contract::Route::send(query.current, 0)
     }
 
     fn decide(&self, _ctx: &backstop::contract::AttemptContext) -> backstop::Decided {

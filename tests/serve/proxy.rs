@@ -817,3 +817,50 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
         .count();
     assert_eq!(continued, 2, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_answer_is_hedged_on_the_fallback_and_the_caller_gets_the_first_whole_answer() {
+    let mut script = vec!["ok"; 20];
+    script.push("slow-first-event");
+    let primary = ModelFaults {
+        first_event_delay_ms: Some(5_000),
+        ..ModelFaults::scripted(&script).unwrap()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", primary)]), 0)
+        .await
+        .unwrap();
+    let sidecar = sidecar(&server, r#"{ "primary": ["fallback"] }"#).await;
+    let client = sdk(&sidecar);
+    let converse = || {
+        client
+            .converse()
+            .model_id("primary")
+            .messages(hello())
+            .send()
+    };
+    for _ in 0..20 {
+        converse().await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let answer = converse().await.expect("the hedge answers");
+    let took = started.elapsed();
+    assert!(answer.output().is_some());
+    assert!(
+        took < std::time::Duration::from_millis(2_500),
+        "answered by the hedge, not after the primary's 5 s: {took:?}"
+    );
+    assert_eq!(
+        (server.requests("primary"), server.requests("fallback")),
+        (21, 1)
+    );
+    let admin = sidecar.admin_url().unwrap();
+    let metrics =
+        String::from_utf8_lossy(&http("GET", &format!("{admin}/metrics"), &[], "").await.body)
+            .into_owned();
+    for counter in ["backstop_hedges_total", "backstop_hedges_won_total"] {
+        assert!(
+            metrics.contains(&format!(r#"{counter}{{chain="primary"}} 1"#)),
+            "{counter}: {metrics}"
+        );
+    }
+}

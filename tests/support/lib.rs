@@ -88,6 +88,10 @@ pub const POLICY_0_1_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.1.0.w
 /// an answer), kept so that every release shows the host still loads and runs 0.2.0 modules.
 pub const POLICY_0_2_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.2.0.wasm");
 
+/// The default policy as it was built against contract 0.3.0 (it continues answers, and never
+/// hedges), kept so that every release shows the host still loads and runs 0.3.0 modules.
+pub const POLICY_0_3_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.3.0.wasm");
+
 /// [`POLICY_0_1_0`], loaded and configured with `config`.
 pub fn policy_0_1_0(config: &str) -> Policy {
     engine()

@@ -30,10 +30,7 @@ pub trait Decider: Send + Sync {
     /// Where the next attempt goes. The default is the host's own choice: the model the
     /// request is on (the first of the chain, or where the last decision moved it).
     fn route(&self, ctx: &RouteQuery) -> Route {
-        Route::Send {
-            model: ctx.current,
-            delay_ms: 0,
-        }
+        Route::send(ctx.current, 0)
     }
     /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
     /// handle judges a new module by these outcomes.

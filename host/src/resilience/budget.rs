@@ -36,6 +36,40 @@ impl Default for RetryBudget {
     }
 }
 
+/// How much hedging the loop allows: hedges (second attempts raced against a slow first one)
+/// are at most a share of recent requests, whatever the policy asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HedgeBudget {
+    /// Hedges allowed per 100 requests that started within the window.
+    pub percent: u32,
+    /// How far back requests and hedges are counted, in milliseconds.
+    pub window_ms: u64,
+}
+
+impl Default for HedgeBudget {
+    /// Five hedges per hundred requests over the last minute: a policy that hedges after its
+    /// model's 95th-percentile start hedges about that many, and no module can make more.
+    fn default() -> Self {
+        HedgeBudget {
+            percent: 5,
+            window_ms: 60_000,
+        }
+    }
+}
+
+impl HedgeBudget {
+    /// The same window's rule, as the budget counts it (no floor: a quiet client hedges
+    /// nothing until a share of its requests allows one).
+    pub(crate) fn rule(self) -> RetryBudget {
+        RetryBudget {
+            percent: self.percent,
+            min_per_second: 0,
+            window_ms: self.window_ms,
+        }
+    }
+}
+
 /// Ring slots the window is counted in.
 const SLOTS: usize = 10;
 

@@ -325,6 +325,7 @@ impl HealthBoard {
                     // The learned stream limits are the loop's: it fills them in.
                     first_event_limit_ms: 0,
                     idle_limit_ms: 0,
+                    start_p95_ms: 0,
                 }
             })
             .collect()

@@ -94,6 +94,11 @@ impl Learned {
         }
     }
 
+    /// The 95th percentile of the newest samples, once enough came.
+    pub fn p95(&self) -> Option<Duration> {
+        self.percentile
+    }
+
     /// The limit: the configured `ceiling` until enough samples came, then the learned one
     /// within `[floor, ceiling]`.
     pub fn limit(&self, floor: Duration, ceiling: Duration) -> Duration {
@@ -111,6 +116,9 @@ pub struct LearnedLimits {
     pub first_event: Learned,
     /// Silences between events of a stream.
     pub idle: Learned,
+    /// Times from a send to the attempt's first event (a stream) or answer (a unary call),
+    /// and a cancelled attempt's time until it was cancelled: when a silent attempt is late.
+    pub start: Learned,
 }
 
 impl LearnedLimits {

@@ -79,6 +79,9 @@ counters! {
     guard_clamps => "guard_clamps", "Decisions the host's guardrails corrected";
     retry_budget_refusals => "retry_budget_refusals", "Resends refused because the client's retry budget was spent";
     continuations => "continuations", "Continuations sent for answers cut after output (each re-ask counts)";
+    hedges => "hedges", "Second attempts raced against a slow first one (each is a call)";
+    hedges_won => "hedges_won", "Hedges that produced the first event or answer, so the first attempt was cancelled";
+    hedge_budget_refusals => "hedge_budget_refusals", "Hedges a policy asked for that the client's hedge budget refused";
     requests_without_max_tokens => "requests_without_max_tokens", "Requests that left maxTokens unset, so Bedrock reserves the model's maximum output";
     tokens_reserved => "tokens_reserved", "Tokens the attempts sent reserved at admission (input + maxTokens, or the model's maximum output)";
     tokens_settled => "tokens_settled", "Tokens served requests settled to (input + output x burndown, from their usage)";

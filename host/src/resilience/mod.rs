@@ -19,7 +19,7 @@ mod queue;
 
 use crate::catalogue::{self, Facts};
 use crate::contract::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason,
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason, Hedge,
     ModelCapacity, Route, Workload,
 };
 use crate::decision::domain;
@@ -54,6 +54,8 @@ pub struct Resilience {
     metrics: Metrics,
     queue: BatchQueue,
     budget: Option<Budget>,
+    /// Hedges as a share of requests; `None`: no hedging.
+    hedges: Option<Budget>,
     next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
     /// When the loop started: the capacity estimates' clock.
@@ -97,6 +99,8 @@ struct Progress {
     /// Whether what the stream delivered can be continued (plain text through a client that
     /// stitches continuations): a policy's `continue-answer` is refused otherwise.
     continuable: bool,
+    /// The hedge the latest route asked for the next attempt, as the guardrails left it.
+    hedge: Option<Hedge>,
 }
 
 /// What the host does about a stream that failed after output.
@@ -122,6 +126,30 @@ enum Sent<T> {
     Failed((ErrorInfo, BoxError)),
     /// Timed out at the request's deadline, before the attempt's own timeout.
     CutByDeadline((ErrorInfo, BoxError)),
+}
+
+/// One attempt on its way: what was counted when it was sent, to record how it came back.
+struct Launch {
+    /// The model's index in the chain.
+    index: usize,
+    sent: Instant,
+    /// `sent` on the capacity estimates' clock.
+    sent_clock: f64,
+    charge: Charge,
+    /// The attempt timeout, or less when the deadline comes first.
+    limit: Duration,
+    cut_by_deadline: bool,
+    span: tracing::Span,
+}
+
+impl Launch {
+    /// `call` bounded by the attempt's limit, in its span.
+    fn bound<F: Future>(
+        &self,
+        call: F,
+    ) -> tracing::instrument::Instrumented<tokio::time::Timeout<F>> {
+        tokio::time::timeout(self.limit, call).instrument(self.span.clone())
+    }
 }
 
 impl Progress {
@@ -184,6 +212,9 @@ impl Resilience {
             budget: options
                 .retry_budget
                 .map(|rule| Budget::new(rule, options.time_scale)),
+            hedges: options
+                .hedge_budget
+                .map(|rule| Budget::new(rule.rule(), options.time_scale)),
             next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             started: Instant::now(),
@@ -276,6 +307,11 @@ impl Resilience {
             let limits = self.learned_of(index).applied_to(configured);
             model.first_event_limit_ms = self.policy_ms(limits.first_event);
             model.idle_limit_ms = self.policy_ms(limits.idle);
+            model.start_p95_ms = self
+                .learned_of(index)
+                .start
+                .p95()
+                .map_or(0, |p95| self.policy_ms(p95));
         }
         health
     }
@@ -412,7 +448,7 @@ impl Resilience {
             self.metrics.requests_without_max_tokens.inc();
         }
         let started = Instant::now();
-        if let Some(budget) = &self.budget {
+        for budget in [&self.budget, &self.hedges].into_iter().flatten() {
             budget.on_request(started);
         }
         let workload = request.workload;
@@ -436,6 +472,7 @@ impl Resilience {
             cost,
             continuations: 0,
             continuable: false,
+            hedge: None,
         };
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
         let result = async {
@@ -469,8 +506,13 @@ impl Resilience {
                     // Routing comes before the breaker's admission, so a probe slot is only
                     // taken by the attempt that will use it.
                     match self.route(&mut p, cost, now) {
-                        Route::Send { model, delay_ms } => {
+                        Route::Send {
+                            model,
+                            delay_ms,
+                            hedge,
+                        } => {
                             self.switch(&mut p, model as usize);
+                            p.hedge = hedge;
                             if delay_ms == 0 {
                                 // Sent now: a parked request may find room too (it routes
                                 // again, and parks again if there is none). Without this the
@@ -646,7 +688,9 @@ impl Resilience {
     /// Sends one attempt of `p` on its current model: counted, admitted to the model's
     /// capacity (`reserved` when its room was promised while it waited), bounded by the
     /// attempt timeout and the deadline, and its outcome recorded in the model's health and
-    /// capacity. The caller checked the breaker's admission.
+    /// capacity. The caller checked the breaker's admission. When the route asked for a hedge
+    /// and the attempt is still silent when it is due, a second attempt races it (see
+    /// [`race`](Self::race)).
     async fn send_attempt<T, F, Fut>(
         &self,
         p: &mut Progress,
@@ -657,23 +701,144 @@ impl Resilience {
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
+        let hedge = p.hedge.take().filter(|h| h.model as usize != p.model);
+        let first = self.launch(p, p.model, reserved);
+        let call = first.bound(attempt(&self.options.models[first.index]));
+        let Some(hedge) = hedge else {
+            let outcome = call.await;
+            return self.landed(p, &first, outcome);
+        };
+        let mut call = std::pin::pin!(call);
+        let due = first.sent + self.real(hedge.after_ms);
+        tokio::select! {
+            outcome = call.as_mut() => return self.landed(p, &first, outcome),
+            () = tokio::time::sleep_until(due) => {}
+        }
+        let index = hedge.model as usize;
+        if !self.may_hedge(p, index, Instant::now()) {
+            let outcome = call.await;
+            return self.landed(p, &first, outcome);
+        }
+        self.race(p, first, call, index, attempt).await
+    }
+
+    /// Whether a hedge to model `index` may go at `now`: within the deadline, on a model whose
+    /// quota can admit the request and whose breaker admits it, and within the hedge budget.
+    fn may_hedge(&self, p: &Progress, index: usize, now: Instant) -> bool {
+        if now >= p.deadline || self.unfit(index, p.cost).is_some() {
+            return false;
+        }
+        if !matches!(self.health.admit(index, now), Admission::Send) {
+            return false;
+        }
+        let Some(hedges) = &self.hedges else {
+            return false;
+        };
+        if hedges.try_resend(now).is_err() {
+            self.metrics.hedge_budget_refusals.inc();
+            return false;
+        }
+        true
+    }
+
+    /// Races a hedge on model `index` against `first`'s attempt, still running as `call`: the
+    /// first of the two to produce an event or an answer wins and the other is cancelled
+    /// (dropped; its call counted, its reservation returned). A failure of one while the other
+    /// runs is recorded in its model's health and the request rides on the other; when both
+    /// fail, the later failure is the one decided about.
+    async fn race<T, F, Fut, C>(
+        &self,
+        p: &mut Progress,
+        first: Launch,
+        mut call: std::pin::Pin<&mut C>,
+        index: usize,
+        attempt: &mut F,
+    ) -> Sent<T>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+        C: Future<Output = Result<Result<T, (ErrorInfo, BoxError)>, tokio::time::error::Elapsed>>,
+    {
+        let second = self.launch(p, index, false);
+        self.metrics.hedges.inc();
+        tracing::info!(
+            request_id = %p.request_id,
+            from = %self.options.models[first.index],
+            to = %self.options.models[index],
+            "hedged"
+        );
+        let hedge = std::pin::pin!(second.bound(attempt(&self.options.models[index])));
+        let mut hedge = hedge;
+        let (done, outcome) = tokio::select! {
+            outcome = call.as_mut() => (0, outcome),
+            outcome = hedge.as_mut() => (1, outcome),
+        };
+        let (winner, loser) = if done == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        if matches!(outcome, Ok(Ok(_))) {
+            if done == 1 {
+                self.metrics.hedges_won.inc();
+            }
+            self.cancelled(&loser);
+            return self.landed(p, &winner, outcome);
+        }
+        // The one that ended first failed: its model hears of it, and the other may still
+        // answer.
+        if let Sent::Failed((info, _)) | Sent::CutByDeadline((info, _)) =
+            self.landed(p, &winner, outcome)
+        {
+            self.charge_failure(p, winner.index, info.kind, Instant::now());
+        }
+        let outcome = if done == 0 { hedge.await } else { call.await };
+        if done == 0 && matches!(outcome, Ok(Ok(_))) {
+            self.metrics.hedges_won.inc();
+        }
+        self.landed(p, &loser, outcome)
+    }
+
+    /// Counts an attempt of `p` on model `index` and admits it to the model's capacity.
+    fn launch(&self, p: &mut Progress, index: usize, reserved: bool) -> Launch {
         let now = Instant::now();
-        p.on_model += 1;
+        if index == p.model {
+            p.on_model += 1;
+        }
         p.total += 1;
         self.metrics.attempts.inc();
-        let model = self.options.models[p.model].as_str();
         let attempt_timeout = scale(self.options.attempt_timeout, self.options.time_scale);
         let limit = attempt_timeout.min(p.deadline.saturating_duration_since(now));
-        let cut_by_deadline = limit < attempt_timeout;
-        let span = tracing::info_span!("attempt", model, attempt = p.total);
-        let sent_at = self.clock_s(now);
-        p.sent_at = now;
-        let charge = self.charge(p.model, p.cost);
+        let sent_clock = self.clock_s(now);
+        let charge = self.charge(index, p.cost);
         self.metrics.tokens_reserved.inc_by(charge.reserve);
-        self.health.sent(p.model, sent_at, charge, reserved);
-        let outcome = tokio::time::timeout(limit, attempt(model))
-            .instrument(span)
-            .await;
+        self.health.sent(index, sent_clock, charge, reserved);
+        Launch {
+            index,
+            sent: now,
+            sent_clock,
+            charge,
+            limit,
+            cut_by_deadline: limit < attempt_timeout,
+            span: tracing::info_span!("attempt", model = %self.options.models[index], attempt = p.total),
+        }
+    }
+
+    /// Records how `launch`'s attempt came back in its model's health and capacity; the
+    /// request is now on that model, as sent then.
+    fn landed<T>(
+        &self,
+        p: &mut Progress,
+        launch: &Launch,
+        outcome: Result<Result<T, (ErrorInfo, BoxError)>, tokio::time::error::Elapsed>,
+    ) -> Sent<T> {
+        let index = launch.index;
+        if index != p.model {
+            // A hedge is the request's attempt from here on.
+            p.model = index;
+            p.on_model = 1;
+        }
+        p.sent_at = launch.sent;
         let how = match &outcome {
             Ok(Err((info, _))) if info.kind.is_throttle() => {
                 if info.message.contains("Too many tokens") {
@@ -684,23 +849,30 @@ impl Resilience {
             }
             _ => Returned::Answered,
         };
-        let cut = self
-            .health
-            .returned(p.model, self.clock_s(Instant::now()), sent_at, charge, how);
+        let now = Instant::now();
+        let cut = self.health.returned(
+            index,
+            self.clock_s(now),
+            launch.sent_clock,
+            launch.charge,
+            how,
+        );
+        let model = self.options.models[index].as_str();
         if cut && let Some(fleet) = self.fleet.get() {
             // The others cut too: one throttle teaches the fleet, not one per process.
-            fleet.congested(model, now.elapsed());
+            fleet.congested(model, launch.sent.elapsed());
         }
         match outcome {
             Ok(Ok(output)) => {
-                if self.health.record_success(p.model, Instant::now()) {
+                self.learned_of(index).start.observe(now - launch.sent);
+                if self.health.record_success(index, now) {
                     self.metrics.breaker_closes.inc();
                     if let Some(fleet) = self.fleet.get() {
                         fleet.breaker_closed(model);
                     }
                 }
                 self.queue.release();
-                Sent::Answered(output, charge)
+                Sent::Answered(output, launch.charge)
             }
             Ok(Err(failure)) => Sent::Failed(failure),
             Err(_) => {
@@ -711,13 +883,30 @@ impl Resilience {
                     },
                     BoxError::from("attempt timed out"),
                 );
-                if cut_by_deadline {
+                if launch.cut_by_deadline {
                     Sent::CutByDeadline(failure)
                 } else {
                     Sent::Failed(failure)
                 }
             }
         }
+    }
+
+    /// `launch`'s attempt lost a race and was cancelled: its reservation returns as an
+    /// answer's would, its breaker hears nothing, and its time so far is a start time (a lower
+    /// bound on what it would have taken), so cancelled slow starts still count as slow.
+    fn cancelled(&self, launch: &Launch) {
+        let now = Instant::now();
+        self.health.returned(
+            launch.index,
+            self.clock_s(now),
+            launch.sent_clock,
+            launch.charge,
+            Returned::Answered,
+        );
+        self.learned_of(launch.index)
+            .start
+            .observe(now - launch.sent);
     }
 
     /// The request `served` as the loop tracks it, to decide about or continue its stream.
@@ -741,6 +930,7 @@ impl Resilience {
             cost: served.cost,
             continuations: served.continuations,
             continuable,
+            hedge: None,
         }
     }
 
@@ -876,13 +1066,19 @@ impl Resilience {
 
     /// Records a failed attempt, asks the policy under the guardrails what to do, and keeps
     /// the attempt in the request's history.
-    fn ask(&self, p: &mut Progress, error: &ErrorInfo, output_delivered: bool) -> Verdict {
-        let now = Instant::now();
-        if self.health.record_failure(p.model, now, error.kind) {
+    /// Records a failure of kind `kind` on model `index` in its health; a breaker it opens is
+    /// counted and announced.
+    fn charge_failure(&self, p: &mut Progress, index: usize, kind: ErrorKind, now: Instant) {
+        if self.health.record_failure(index, now, kind) {
             self.metrics.breaker_opens.inc();
             p.breaker_opens += 1;
-            self.announce_opened(p.model, now);
+            self.announce_opened(index, now);
         }
+    }
+
+    fn ask(&self, p: &mut Progress, error: &ErrorInfo, output_delivered: bool) -> Verdict {
+        let now = Instant::now();
+        self.charge_failure(p, p.model, error.kind, now);
         let charge = self.charge(p.model, p.cost);
         let ctx = AttemptContext {
             request_id: p.request_id.clone(),
@@ -1019,23 +1215,40 @@ impl Resilience {
             // breaker is the admission's business, and routing must not loop around it. A
             // model whose quota can never admit the request gives way to the next that can, so
             // no room is promised where none will come.
-            Route::Send { model, delay_ms } => Route::Send {
-                model: match health.get(model as usize) {
+            Route::Send {
+                model,
+                delay_ms,
+                hedge,
+            } => {
+                let model = match health.get(model as usize) {
                     Some(h) if h.breaker == BreakerState::Closed => {
                         self.first_fitting(model as usize, cost)
                             .unwrap_or(model as usize) as u32
                     }
                     _ => p.model as u32,
-                },
-                delay_ms: delay_ms.min(guard.max_delay_ms),
-            },
+                };
+                // A hedge races interactive work only (batch work can wait), on another model
+                // whose breaker is closed now; whether it goes is decided when it is due.
+                let hedge = hedge.filter(|h| {
+                    p.workload == Workload::Interactive
+                        && h.model != model
+                        && health
+                            .get(h.model as usize)
+                            .is_some_and(|m| m.breaker == BreakerState::Closed)
+                });
+                Route::Send {
+                    model,
+                    delay_ms: delay_ms.min(guard.max_delay_ms),
+                    hedge: hedge.map(|h| Hedge {
+                        after_ms: h.after_ms.min(guard.max_delay_ms),
+                        ..h
+                    }),
+                }
+            }
             Route::Queue { not_before_ms } if p.workload == Workload::Batch => Route::Queue {
                 not_before_ms: not_before_ms.min(guard.max_open_ms),
             },
-            Route::Queue { .. } => Route::Send {
-                model: p.model as u32,
-                delay_ms: 0,
-            },
+            Route::Queue { .. } => Route::send(p.model as u32, 0),
             give_up @ Route::GiveUp { .. } => give_up,
         }
     }

@@ -3,7 +3,7 @@
 use crate::contract::ModelFacts;
 use crate::contract::Workload;
 use crate::decision::Guardrails;
-use crate::resilience::budget::RetryBudget;
+use crate::resilience::budget::{HedgeBudget, RetryBudget};
 use crate::resilience::limits::AttemptLimits;
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct ClientOptions {
     /// How much resending the whole client allows, whatever the policy decides; `None` for no
     /// budget (the guardrails' attempt cap is then the only bound).
     pub retry_budget: Option<RetryBudget>,
+    /// How much hedging the whole client allows, whatever the policy asks; `None` for none.
+    pub hedge_budget: Option<HedgeBudget>,
     /// What the operator said of the models (maximum output, burndown, context window…),
     /// over the built-in [catalogue](crate::catalogue): what a request reserves and settles
     /// to on each model of the chain.
@@ -63,6 +65,7 @@ impl ClientOptions {
             time_scale: 1.0,
             seed: None,
             retry_budget: Some(RetryBudget::default()),
+            hedge_budget: Some(HedgeBudget::default()),
             facts: Vec::new(),
         }
     }

@@ -740,10 +740,7 @@ impl Decider for PolicyHandle {
             }
             // A module of a contract without `route` (swapped in since `routes` was asked):
             // the host's own choice.
-            None => Route::Send {
-                model: query.current,
-                delay_ms: 0,
-            },
+            None => Route::send(query.current, 0),
         };
         if let Some(shadow) = &*self.shared.shadow.load() {
             shadow.compare_route(query, &route, &self.shared.shadow_disagreements);

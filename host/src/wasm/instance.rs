@@ -7,16 +7,17 @@ use crate::decision::{PolicyFault, RouteQuery};
 use crate::wasm::engine::Engine;
 use crate::wasm::error::LoadError;
 use crate::wasm::sandbox::{MemoryLimitHit, Sandbox, escape_controls};
-use crate::wasm::{v0_1_0, v0_2_0, v0_3_0};
+use crate::wasm::{v0_1_0, v0_2_0, v0_3_0, v0_4_0};
 use wasmtime::{Store, Trap};
 
 /// A compiled module ready to instantiate, for the contract version it exports: the newest
-/// (0.3.0), or a frozen one (0.1.0, 0.2.0) that the host keeps loading.
+/// (0.4.0), or a frozen one (0.1.0, 0.2.0, 0.3.0) that the host keeps loading.
 #[derive(Clone)]
 pub(crate) enum Pre {
     V0_1(v0_1_0::PolicyPre<Sandbox>),
     V0_2(v0_2_0::PolicyPre<Sandbox>),
     V0_3(v0_3_0::PolicyPre<Sandbox>),
+    V0_4(v0_4_0::PolicyPre<Sandbox>),
 }
 
 impl Pre {
@@ -30,7 +31,8 @@ impl Pre {
         match self {
             Pre::V0_1(_) => "0.1.0",
             Pre::V0_2(_) => "0.2.0",
-            Pre::V0_3(_) => crate::contract::WIT_VERSION,
+            Pre::V0_3(_) => "0.3.0",
+            Pre::V0_4(_) => crate::contract::WIT_VERSION,
         }
     }
 
@@ -39,6 +41,7 @@ impl Pre {
             Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut *store)?),
             Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut *store)?),
             Pre::V0_3(pre) => Bindings::V0_3(pre.instantiate(&mut *store)?),
+            Pre::V0_4(pre) => Bindings::V0_4(pre.instantiate(&mut *store)?),
         })
     }
 }
@@ -48,6 +51,7 @@ pub(crate) enum Bindings {
     V0_1(v0_1_0::Policy),
     V0_2(v0_2_0::Policy),
     V0_3(v0_3_0::Policy),
+    V0_4(v0_4_0::Policy),
 }
 
 /// One sandboxed instance of a policy in its own store.
@@ -105,6 +109,16 @@ impl Instance {
                 })?;
                 v0_3_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
             }
+            Bindings::V0_4(bindings) => {
+                let answer = call(&mut self.store, fuel, |store| {
+                    v0_4_0::with_wit(ctx, |wit_ctx| {
+                        bindings
+                            .backstop_policy_decider()
+                            .call_decide(store, wit_ctx)
+                    })
+                })?;
+                v0_4_0::from_wit(answer, ctx).map_err(PolicyFault::InvalidDecision)
+            }
         }
     }
 
@@ -134,6 +148,14 @@ impl Instance {
                 })
             })
             .and_then(|a| v0_3_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)),
+            Bindings::V0_4(bindings) => call(&mut self.store, fuel, |store| {
+                v0_4_0::with_route_wit(query, |wit_ctx| {
+                    bindings
+                        .backstop_policy_decider()
+                        .call_route(store, wit_ctx)
+                })
+            })
+            .and_then(|a| v0_4_0::route_from_wit(a, query).map_err(PolicyFault::InvalidDecision)),
         };
         Some(answer)
     }
@@ -217,6 +239,14 @@ pub(crate) fn configured(
         }
         Bindings::V0_3(bindings) => {
             let facts = v0_3_0::facts_to_wit(facts);
+            call(&mut instance.store, fuel, |store| {
+                bindings
+                    .backstop_policy_decider()
+                    .call_configure(store, config, &facts)
+            })
+        }
+        Bindings::V0_4(bindings) => {
+            let facts = v0_4_0::facts_to_wit(facts);
             call(&mut instance.store, fuel, |store| {
                 bindings
                     .backstop_policy_decider()
@@ -316,6 +346,10 @@ pub(crate) fn probe_info(
             Ok((info.name, info.version, info.wit_version))
         }),
         Bindings::V0_3(bindings) => call(&mut instance.store, fuel, |store| {
+            let info = bindings.backstop_policy_decider().call_info(store)?;
+            Ok((info.name, info.version, info.wit_version))
+        }),
+        Bindings::V0_4(bindings) => call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),

@@ -2,8 +2,8 @@
 //! the attempt loop or the AWS SDK.
 //!
 //! Read it bottom-up: [`sandbox`] (what an instance is given and its limits), [`engine`]
-//! (wasmtime, set up once), the frozen contract bindings (`v0_1_0`, `v0_2_0`) and the current
-//! one (`v0_3_0`), one guest call (`instance`), [`module`] (what makes a component a policy),
+//! (wasmtime, set up once), the frozen contract bindings (`v0_1_0`, `v0_2_0`, `v0_3_0`) and the
+//! current one (`v0_4_0`), one guest call (`instance`), [`module`] (what makes a component a policy),
 //! [`policy`] (a pool of configured instances), [`cache`] (`.cwasm` on disk), [`smoke`] and [`vetting`] (what a module
 //! must pass to go live), `probation` (a new module's outcomes against its predecessor's),
 //! [`shadow`] (a candidate asked beside the live module), [`handle`] (the live policy, swaps
@@ -151,9 +151,29 @@ macro_rules! shared_wit_conversions {
 }
 
 /// What every contract version with `route` (0.2.0 on) converts the same way: the learned
-/// capacity it lowers and the destination it lifts, refusing a model outside the chain.
+/// capacity it lowers and the destination it lifts, refusing a model outside the chain. With
+/// `hedge` (0.4.0 on), a send's hedge is lifted too, its model checked the same way.
 macro_rules! route_wit_conversions {
-    () => {
+    (@hedge $send:ident, $query:ident) => {
+        None
+    };
+    (@hedge $send:ident, $query:ident, hedge) => {
+        match $send.hedge {
+            None => None,
+            Some(h) if (h.model as usize) < $query.models.len() => Some($crate::contract::Hedge {
+                model: h.model,
+                after_ms: h.after_ms,
+            }),
+            Some(h) => {
+                return Err(format!(
+                    "hedge model index {} is outside the chain of {} model(s)",
+                    h.model,
+                    $query.models.len()
+                ));
+            }
+        }
+    };
+    ($($hedge:ident)?) => {
         /// Every model's learned capacity, lowered.
         fn capacity_to_wit(capacity: &[ModelCapacity]) -> Vec<wit::ModelCapacity> {
             capacity
@@ -178,6 +198,7 @@ macro_rules! route_wit_conversions {
                     Route::Send {
                         model: send.model,
                         delay_ms: send.delay_ms,
+                        hedge: route_wit_conversions!(@hedge send, query $(, $hedge)?),
                     }
                 }
                 wit::Destination::Send(send) => {
@@ -219,6 +240,7 @@ pub mod smoke;
 mod v0_1_0;
 mod v0_2_0;
 mod v0_3_0;
+mod v0_4_0;
 pub mod vetting;
 #[cfg(feature = "watch")]
 pub mod watch;

@@ -8,7 +8,7 @@ use crate::wasm::engine::{Engine, sha256_hex};
 use crate::wasm::error::LoadError;
 use crate::wasm::instance::{self, Pre};
 use crate::wasm::sandbox::is_granted;
-use crate::wasm::{v0_1_0, v0_2_0, v0_3_0};
+use crate::wasm::{v0_1_0, v0_2_0, v0_3_0, v0_4_0};
 use std::path::Path;
 use wasmtime::component::Component;
 
@@ -103,7 +103,8 @@ impl Engine {
             exports: format!("an incompatible {export}: {e:#}"),
         };
         let pre = match export {
-            DECIDER_EXPORT => Pre::V0_3(v0_3_0::PolicyPre::new(pre).map_err(incompatible)?),
+            DECIDER_EXPORT => Pre::V0_4(v0_4_0::PolicyPre::new(pre).map_err(incompatible)?),
+            V0_3_EXPORT => Pre::V0_3(v0_3_0::PolicyPre::new(pre).map_err(incompatible)?),
             V0_2_EXPORT => Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(incompatible)?),
             _ => Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(incompatible)?),
         };
@@ -122,11 +123,14 @@ impl Engine {
     }
 }
 
+/// The frozen contract 0.3.0's export.
+const V0_3_EXPORT: &str = "backstop:policy/decider@0.3.0";
+
 /// The frozen contract 0.2.0's export.
 const V0_2_EXPORT: &str = "backstop:policy/decider@0.2.0";
 
 /// The frozen contract versions the host still loads, besides the newest.
-const EARLIER_EXPORTS: [&str; 2] = [V0_2_EXPORT, "backstop:policy/decider@0.1.0"];
+const EARLIER_EXPORTS: [&str; 3] = [V0_3_EXPORT, V0_2_EXPORT, "backstop:policy/decider@0.1.0"];
 
 /// The contract export the component provides: the newest, or a frozen earlier one.
 fn check_exports(

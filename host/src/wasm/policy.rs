@@ -177,10 +177,7 @@ impl Policy {
         if !self.routes() {
             return None;
         }
-        let here = Route::Send {
-            model: query.current,
-            delay_ms: 0,
-        };
+        let here = Route::send(query.current, 0);
         let mut instance = match self.take() {
             Ok(instance) => instance,
             Err(fault) => return Some(self.route_fault(here, fault)),

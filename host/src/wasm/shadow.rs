@@ -36,8 +36,12 @@ struct Asked<'a> {
 /// switch, a send to the same one a retry.
 fn as_decision(route: &Route, current: u32) -> Decision {
     match *route {
-        Route::Send { model, delay_ms } if model == current => Decision::Retry { delay_ms },
-        Route::Send { model, delay_ms } => Decision::SwitchModel { model, delay_ms },
+        Route::Send {
+            model, delay_ms, ..
+        } if model == current => Decision::Retry { delay_ms },
+        Route::Send {
+            model, delay_ms, ..
+        } => Decision::SwitchModel { model, delay_ms },
         Route::Queue { not_before_ms } => Decision::Queue { not_before_ms },
         Route::GiveUp { reason } => Decision::GiveUp { reason },
     }

@@ -219,6 +219,7 @@ fn plausible_health(models: usize, elapsed_ms: u64, rng: &mut fastrand::Rng) -> 
                 in_state_ms: elapsed_ms + rng.u64(0..86_400_000),
                 first_event_limit_ms: rng.u64(2_000..=20_000),
                 idle_limit_ms: rng.u64(5_000..=15_000),
+                start_p95_ms: rng.u64(300..=8_000),
                 ..ModelHealth::default()
             }
         })
@@ -356,6 +357,14 @@ fn smoke_routes(
                 return Err(fail(format!(
                     "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
                     guard.max_delay_ms
+                )));
+            }
+            Route::Send {
+                hedge: Some(hedge), ..
+            } if hedge.after_ms > guard.max_delay_ms => {
+                return Err(fail(format!(
+                    "hedges after {} ms, beyond the host's longest wait of {} ms",
+                    hedge.after_ms, guard.max_delay_ms
                 )));
             }
             Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {

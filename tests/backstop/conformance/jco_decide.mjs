@@ -1,5 +1,6 @@
-// Runs the transpiled default policy under Node (jco): reads contexts as JSON on stdin (64-bit
-// fields as decimal strings), answers decisions as JSON on stdout (64-bit fields as strings).
+// Runs the transpiled default policy under Node (jco): reads contexts and routing contexts as
+// JSON on stdin (64-bit fields as decimal strings), answers decisions and routes as JSON on
+// stdout (64-bit fields as strings).
 // Usage: node jco_decide.mjs <dir with the transpiled policy_guest.js>
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -9,7 +10,16 @@ const { decider } = await import(pathToFileURL(join(process.argv[2], 'policy_gue
 const big = (v) => (v === null || v === undefined ? undefined : BigInt(v));
 const input = JSON.parse(readFileSync(0, 'utf8'));
 decider.configure(input.config, input.models);
-const answers = input.contexts.map((c) => {
+const opt = (v) => (v === null ? undefined : v);
+const health = (list) =>
+  list.map((h) => ({
+    ...h,
+    inStateMs: big(h.inStateMs),
+    firstEventLimitMs: big(h.firstEventLimitMs),
+    idleLimitMs: big(h.idleLimitMs),
+    startP95Ms: big(h.startP95Ms),
+  }));
+const decisions = input.contexts.map((c) => {
   const ctx = {
     ...c,
     error: { ...c.error, retryAfterMs: big(c.error.retryAfterMs) },
@@ -18,13 +28,31 @@ const answers = input.contexts.map((c) => {
     entropy: big(c.entropy),
     reservation: big(c.reservation),
     expectedSettled: big(c.expectedSettled),
-    health: c.health.map((h) => ({
-      ...h,
-      inStateMs: big(h.inStateMs),
-      firstEventLimitMs: big(h.firstEventLimitMs),
-      idleLimitMs: big(h.idleLimitMs),
-    })),
+    health: health(c.health),
   };
   return decider.decide(ctx);
 });
-process.stdout.write(JSON.stringify(answers, (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
+const routes = input.routes.map((c) => {
+  const route = decider.route({
+    ...c,
+    elapsedMs: big(c.elapsedMs),
+    remainingMs: big(c.remainingMs),
+    entropy: big(c.entropy),
+    reservation: big(c.reservation),
+    expectedSettled: big(c.expectedSettled),
+    health: health(c.health),
+    capacity: c.capacity.map((m) => ({
+      ...m,
+      requestsPerMinute: opt(m.requestsPerMinute),
+      tokensPerMinute: opt(m.tokensPerMinute),
+      headroomRequests: opt(m.headroomRequests),
+      headroomTokens: opt(m.headroomTokens),
+    })),
+  });
+  // An absent option is `undefined` to jco; the table writes it as null.
+  if (route.tag === 'send') route.val.hedge = route.val.hedge ?? null;
+  return route;
+});
+process.stdout.write(
+  JSON.stringify({ decisions, routes }, (_, v) => (typeof v === 'bigint' ? v.toString() : v)),
+);

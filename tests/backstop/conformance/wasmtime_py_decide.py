@@ -1,5 +1,6 @@
 """Runs the default policy component under wasmtime-py: reads the same JSON as jco_decide.mjs on
-stdin (camelCase fields, 64-bit numbers as decimal strings) and answers in the same shape.
+stdin (camelCase fields, 64-bit numbers as decimal strings) and answers decisions and routes in
+the same shape.
 Usage: python3 wasmtime_py_decide.py <policy.wasm>"""
 import json
 import re
@@ -18,6 +19,7 @@ U64_FIELDS = {
     "expected-settled",
     "first-event-limit-ms",
     "idle-limit-ms",
+    "start-p95-ms",
     "tokens-per-minute",
 }
 
@@ -39,7 +41,9 @@ def to_wasm(value, name=None):
         return record
     if isinstance(value, list):
         return [to_wasm(item) for item in value]
-    if name in U64_FIELDS and value is not None:
+    # 64-bit integers travel as decimal strings; a float of the same name (model-capacity's
+    # tokens-per-minute is an f64 where model-facts' is a u64) stays a float.
+    if name in U64_FIELDS and isinstance(value, str):
         return int(value)
     return value
 
@@ -53,10 +57,22 @@ def from_wasm(value):
         return out
     if isinstance(value, c.Record):
         return {
-            camel(key): str(item) if key in ("delay-ms", "open-ms") else from_wasm(item)
+            camel(key): str(item) if key in ("delay-ms", "open-ms", "after-ms") else from_wasm(item)
             for key, item in vars(value).items()
         }
     return value
+
+
+def destination(value):
+    """A route's answer in the tagged shape: wasmtime-py lifts a variant whose cases' payloads
+    differ in type (here a record, a u64 and an enum) without its tag."""
+    if isinstance(value, c.Variant):
+        return from_wasm(value)
+    if isinstance(value, c.Record):
+        return {"tag": "send", "val": from_wasm(value)}
+    if isinstance(value, int):
+        return {"tag": "queue", "val": str(value)}
+    return {"tag": "give-up", "val": value}
 
 
 def main():
@@ -70,10 +86,11 @@ def main():
     def func(name):
         return instance.get_func(store, instance.get_export_index(store, name, decider))
 
-    configure, decide = func("configure"), func("decide")
+    configure, decide, route = func("configure"), func("decide"), func("route")
     configure(store, request["config"], to_wasm(request["models"]))
-    answers = [from_wasm(decide(store, to_wasm(ctx))) for ctx in request["contexts"]]
-    json.dump(answers, sys.stdout)
+    decisions = [from_wasm(decide(store, to_wasm(ctx))) for ctx in request["contexts"]]
+    routes = [destination(route(store, to_wasm(ctx))) for ctx in request["routes"]]
+    json.dump({"decisions": decisions, "routes": routes}, sys.stdout)
 
 
 main()
