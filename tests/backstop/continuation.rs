@@ -180,11 +180,7 @@ async fn a_model_that_refuses_a_prefilled_turn_is_not_asked_the_next_that_takes_
 
 #[tokio::test]
 async fn a_policy_of_contract_0_2_0_never_continues_an_answer() {
-    let policy = support::engine()
-        .load_bytes(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm")
-        .expect("the 0.2.0 fixture loads")
-        .configure("{}")
-        .expect("configures");
+    let policy = support::fixture_policy(support::POLICY_0_2_0, "policy-guest-0.2.0.wasm", "{}");
     assert_eq!(policy.module().contract_version(), "0.2.0");
     let cut = vec![(SONNET_4_5, misbehaving(&["cut"]))];
     let (server, _, read) = read_one(cut, &[SONNET_4_5], policy).await;

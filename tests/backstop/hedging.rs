@@ -155,11 +155,7 @@ async fn with_the_hedge_budget_off_or_spent_the_late_answer_is_waited_for() {
 
 #[tokio::test]
 async fn a_policy_of_contract_0_3_0_never_hedges() {
-    let policy = support::engine()
-        .load_bytes(support::POLICY_0_3_0, "policy-guest-0.3.0.wasm")
-        .expect("the 0.3.0 fixture loads")
-        .configure("{}")
-        .expect("configures");
+    let policy = support::fixture_policy(support::POLICY_0_3_0, "policy-guest-0.3.0.wasm", "{}");
     assert_eq!(policy.module().contract_version(), "0.3.0");
     let server = started_server().await;
     let client = hedging_client(&server, policy, one_in_twenty());

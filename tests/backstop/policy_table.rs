@@ -670,22 +670,7 @@ fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
 /// Asks the component where to route, checks it did not fault and agrees with the native build.
 fn route(ctx: &RouteContext) -> Route {
     let models: Vec<String> = (0..ctx.health.len()).map(|i| format!("m{i}")).collect();
-    let query = RouteQuery {
-        request_id: &ctx.request_id,
-        workload: ctx.workload,
-        reservation: ctx.reservation,
-        expected_settled: ctx.expected_settled,
-        input_tokens: ctx.reservation,
-        attempts_total: ctx.attempts_total,
-        current: ctx.current,
-        elapsed_ms: ctx.elapsed_ms,
-        remaining_ms: ctx.remaining_ms,
-        clock_ms: 0,
-        models: &models,
-        health: &ctx.health,
-        capacity: &ctx.capacity,
-        entropy: ctx.entropy,
-    };
+    let query = support::route_query(ctx, &models);
     let (answer, fault) = policy().route(&query).expect("the default routes");
     assert_eq!(fault, None, "the default policy faulted on {ctx:?}");
     assert_eq!(
@@ -961,22 +946,7 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
     // The in-Region pool has no room: the profile's pool, not Nova.
     let mut c = route_ctx(3);
     c.capacity[0] = full();
-    let query = RouteQuery {
-        request_id: &c.request_id,
-        workload: c.workload,
-        reservation: c.reservation,
-        expected_settled: c.expected_settled,
-        input_tokens: c.reservation,
-        attempts_total: c.attempts_total,
-        current: c.current,
-        elapsed_ms: c.elapsed_ms,
-        remaining_ms: c.remaining_ms,
-        clock_ms: 0,
-        models: &models,
-        health: &c.health,
-        capacity: &c.capacity,
-        entropy: c.entropy,
-    };
+    let query = support::route_query(&c, &models);
     let (answer, fault) = policy.route(&query).unwrap();
     assert_eq!(fault, None);
     assert_eq!(answer, native_default::route(&params, &c));

@@ -341,22 +341,7 @@ fn agrees_with_wasmtime(mut runtime: Command) {
     let models: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
     let mut shapes = std::collections::BTreeSet::new();
     for (c, theirs) in routes.iter().zip(routed) {
-        let query = RouteQuery {
-            request_id: &c.request_id,
-            workload: c.workload,
-            reservation: c.reservation,
-            expected_settled: c.expected_settled,
-            input_tokens: c.reservation,
-            attempts_total: c.attempts_total,
-            current: c.current,
-            elapsed_ms: c.elapsed_ms,
-            remaining_ms: c.remaining_ms,
-            clock_ms: 0,
-            models: &models[..c.health.len()],
-            health: &c.health,
-            capacity: &c.capacity,
-            entropy: c.entropy,
-        };
+        let query = support::route_query(c, &models[..c.health.len()]);
         let (route, fault) = policy.route(&query).expect("the default routes");
         assert_eq!(fault, None);
         let expected = js_route(&route);

@@ -7,6 +7,7 @@ use aws_sdk_bedrockruntime::types::{ConverseStreamOutput, ResponseStream};
 use backstop::ErrorKind;
 use backstop_lab::scenario::{Misbehaviour, ModelFaults};
 use backstop_lab::{FaultServer, Scenario};
+use backstop_serve::Sidecar;
 
 const ANTHROPIC: &str = "anthropic.claude-3-5-sonnet";
 const MESSAGES_BODY: &str = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
@@ -637,16 +638,8 @@ async fn an_event_whose_payload_is_garbage_ends_the_stream_as_an_error_never_as_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_first_event_is_left_at_the_limit_learned_from_the_models_own_streams() {
-    let mut script = vec!["ok"; 25];
-    script.push("slow-first-event");
-    let primary = ModelFaults {
-        first_event_delay_ms: Some(20_000),
-        ..ModelFaults::scripted(&script).unwrap()
-    };
-    let server = FaultServer::start(scenario(vec![("primary", primary)]), 0)
-        .await
-        .unwrap();
-    let sidecar = sidecar(&server, r#"{ "primary": ["fallback"] }"#).await;
+    // The limit alone: no hedge may answer the slow start first.
+    let (server, sidecar) = slow_after(25, 20_000, r#", "hedge_budget": null"#).await;
     let client = sdk(&sidecar);
     for _ in 0..25 {
         let mut stream = client
@@ -685,6 +678,24 @@ async fn a_slow_first_event_is_left_at_the_limit_learned_from_the_models_own_str
     );
     drop(answer);
     assert_eq!(server.requests("fallback"), 1);
+}
+
+/// A fault server whose `primary` answers `answers` times, then once only after `delay_ms`
+/// (a slow first event), and a sidecar on the chain `primary` → `fallback` with `more` host
+/// configuration (`, "key": value` pairs, or nothing).
+async fn slow_after(answers: usize, delay_ms: u64, more: &str) -> (FaultServer, Sidecar) {
+    let mut script = vec!["ok"; answers];
+    script.push("slow-first-event");
+    let primary = ModelFaults {
+        first_event_delay_ms: Some(delay_ms),
+        ..ModelFaults::scripted(&script).unwrap()
+    };
+    let server = FaultServer::start(scenario(vec![("primary", primary)]), 0)
+        .await
+        .unwrap();
+    let host = format!(r#"{{ "chains": {{ "primary": ["fallback"] }}{more} }}"#);
+    let sidecar = sidecar_with(&server, &host, None).await;
+    (server, sidecar)
 }
 
 /// A fault server whose model `primary` draws from a pool of `tpm` tokens a minute, with a
@@ -820,16 +831,7 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_answer_is_hedged_on_the_fallback_and_the_caller_gets_the_first_whole_answer() {
-    let mut script = vec!["ok"; 20];
-    script.push("slow-first-event");
-    let primary = ModelFaults {
-        first_event_delay_ms: Some(5_000),
-        ..ModelFaults::scripted(&script).unwrap()
-    };
-    let server = FaultServer::start(scenario(vec![("primary", primary)]), 0)
-        .await
-        .unwrap();
-    let sidecar = sidecar(&server, r#"{ "primary": ["fallback"] }"#).await;
+    let (server, sidecar) = slow_after(20, 5_000, "").await;
     let client = sdk(&sidecar);
     let converse = || {
         client

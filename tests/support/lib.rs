@@ -94,11 +94,7 @@ pub const POLICY_0_3_0: &[u8] = include_bytes!("../fixtures/policy-guest-0.3.0.w
 
 /// [`POLICY_0_1_0`], loaded and configured with `config`.
 pub fn policy_0_1_0(config: &str) -> Policy {
-    engine()
-        .load_bytes(POLICY_0_1_0, "policy-guest-0.1.0.wasm")
-        .expect("the 0.1.0 fixture loads")
-        .configure(config)
-        .expect("the 0.1.0 fixture takes the configuration")
+    fixture_policy(POLICY_0_1_0, "policy-guest-0.1.0.wasm", config)
 }
 
 /// One engine for the whole test binary, as a host would have.
@@ -646,4 +642,37 @@ pub fn late_trap_component() -> Vec<u8> {
         "late-trap",
         "(i64.lt_u (i64.load offset=80 (local.get 0)) (i64.const 20000))",
     )
+}
+
+/// The loop's routing question for `ctx` on a chain of `models`, as a table writes it: the
+/// input is the reservation, the clock reads 0.
+pub fn route_query<'a>(
+    ctx: &'a backstop::RouteContext,
+    models: &'a [String],
+) -> backstop::RouteQuery<'a> {
+    backstop::RouteQuery {
+        request_id: &ctx.request_id,
+        workload: ctx.workload,
+        reservation: ctx.reservation,
+        expected_settled: ctx.expected_settled,
+        input_tokens: ctx.reservation,
+        attempts_total: ctx.attempts_total,
+        current: ctx.current,
+        elapsed_ms: ctx.elapsed_ms,
+        remaining_ms: ctx.remaining_ms,
+        clock_ms: 0,
+        models,
+        health: &ctx.health,
+        capacity: &ctx.capacity,
+        entropy: ctx.entropy,
+    }
+}
+
+/// A policy built earlier (a fixture's `bytes`, `name` for errors), configured with `config`.
+pub fn fixture_policy(bytes: &[u8], name: &str, config: &str) -> Policy {
+    engine()
+        .load_bytes(bytes, name)
+        .unwrap_or_else(|e| panic!("the fixture {name} loads: {e}"))
+        .configure(config)
+        .unwrap_or_else(|e| panic!("the fixture {name} takes {config}: {e}"))
 }

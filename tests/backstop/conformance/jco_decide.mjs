@@ -19,28 +19,22 @@ const health = (list) =>
     idleLimitMs: big(h.idleLimitMs),
     startP95Ms: big(h.startP95Ms),
   }));
-const decisions = input.contexts.map((c) => {
-  const ctx = {
-    ...c,
-    error: { ...c.error, retryAfterMs: big(c.error.retryAfterMs) },
-    elapsedMs: big(c.elapsedMs),
-    remainingMs: big(c.remainingMs),
-    entropy: big(c.entropy),
-    reservation: big(c.reservation),
-    expectedSettled: big(c.expectedSettled),
-    health: health(c.health),
-  };
-  return decider.decide(ctx);
+// The fields both contexts share.
+const shared = (c) => ({
+  ...c,
+  elapsedMs: big(c.elapsedMs),
+  remainingMs: big(c.remainingMs),
+  entropy: big(c.entropy),
+  reservation: big(c.reservation),
+  expectedSettled: big(c.expectedSettled),
+  health: health(c.health),
 });
+const decisions = input.contexts.map((c) =>
+  decider.decide({ ...shared(c), error: { ...c.error, retryAfterMs: big(c.error.retryAfterMs) } }),
+);
 const routes = input.routes.map((c) => {
   const route = decider.route({
-    ...c,
-    elapsedMs: big(c.elapsedMs),
-    remainingMs: big(c.remainingMs),
-    entropy: big(c.entropy),
-    reservation: big(c.reservation),
-    expectedSettled: big(c.expectedSettled),
-    health: health(c.health),
+    ...shared(c),
     capacity: c.capacity.map((m) => ({
       ...m,
       requestsPerMinute: opt(m.requestsPerMinute),
