@@ -7,7 +7,7 @@ use backstop_test_support as support;
 use backstop::native_default::{self, Params};
 use backstop::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Hedge, LoadError,
-    ModelCapacity, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
+    ModelCapacity, ModelHealth, Policy, Route, RouteContext, Workload,
 };
 use proptest::prelude::*;
 use std::sync::OnceLock;

@@ -6,9 +6,7 @@
 use backstop_test_support as support;
 
 use backstop::contract::{ModelCapacity, ModelHealth, RouteContext};
-use backstop::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, RouteQuery, Workload,
-};
+use backstop::{AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, Workload};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
