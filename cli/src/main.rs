@@ -46,6 +46,11 @@ enum Command {
     /// Compare policies on a scenario in virtual time: the real modules through the real host
     /// loop against a modelled Bedrock, next to built-in baselines. Same seed, same numbers.
     Simulate(commands::simulate::SimulateArgs),
+    /// Check a policy against its author's expectations: a case file of contexts and what each
+    /// answer must be (exactly, or "retries within 1–4 s", "falls back", "gives up", …).
+    /// Prints PASS or FAIL per case, with what was expected beside what came; exits non-zero
+    /// on any failure.
+    Test(commands::test::TestArgs),
     /// Precompile a policy component to a `.cwasm` for this host's engine.
     Compile(commands::compile::CompileArgs),
     /// List the modules a host keeps from going live again, or release one.
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::admin::status(args),
         Command::Swap(args) => commands::admin::swap(args),
         Command::Simulate(args) => commands::simulate::run(args),
+        Command::Test(args) => commands::test::run(args),
         Command::Compile(args) => commands::compile::run(args),
         Command::Quarantine(args) => commands::quarantine::run(args),
         Command::CompileWorker { .. } => Ok(()), // Served above, before logging started.

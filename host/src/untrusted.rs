@@ -56,11 +56,30 @@ impl FileKind {
         name: "compiled module",
         cap: 128 << 20,
     };
+    /// A policy author's test cases (`backstop test`).
+    pub const CASES: FileKind = FileKind {
+        name: "case file",
+        cap: 4 << 20,
+    };
     /// The quarantine's list of held digests.
     pub const QUARANTINE: FileKind = FileKind {
         name: "quarantine file",
         cap: 1 << 20,
     };
+}
+
+/// `text` with control characters (newlines, ANSI escapes, …) written as `\n`, `\u{1b}`: what
+/// came from outside, safe to print as one line of a log or a terminal.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why a file from outside was not read.

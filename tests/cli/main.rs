@@ -6,6 +6,7 @@ mod fleet;
 mod serve;
 mod simulate;
 mod swap;
+mod test_cases;
 
 /// Runs the `backstop` binary with `args`, as an operator would.
 pub fn backstop(args: &[&str]) -> std::process::Output {

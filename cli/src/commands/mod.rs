@@ -11,6 +11,7 @@ pub mod invoke;
 pub mod quarantine;
 pub mod serve;
 pub mod simulate;
+pub mod test;
 
 /// A multi-threaded runtime for the subcommands that talk to servers.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -254,18 +254,7 @@ impl ModuleLog {
     }
 }
 
-/// `text` with control characters (newlines, ANSI escapes, …) written as `\n`, `\u{1b}`.
-pub(crate) fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(crate) use crate::untrusted::escape_controls;
 
 fn emit(module: &str, stream: Stream, line: &[u8]) {
     // A module's output is data: a newline or a terminal escape in it cannot forge log lines.
