@@ -25,7 +25,7 @@ fn the_default_policy_meets_its_own_case_file() {
     );
     let report = text(&out.stdout);
     assert!(report.lines().all(|l| !l.starts_with("FAIL")), "{report}");
-    assert!(report.ends_with("14 passed, 0 failed\n"), "{report}");
+    assert!(report.ends_with("17 passed, 0 failed\n"), "{report}");
 }
 
 #[test]
@@ -51,8 +51,8 @@ fn a_policy_that_answers_otherwise_fails_with_what_was_expected_beside_what_came
         ) && report.contains(r#"     got: {"action":"send","model":0,"delay_ms":0}"#),
         "{report}"
     );
-    assert!(report.ends_with("13 passed, 1 failed\n"), "{report}");
-    assert!(text(&out.stderr).contains("1 of 14 cases failed"));
+    assert!(report.ends_with("16 passed, 1 failed\n"), "{report}");
+    assert!(text(&out.stderr).contains("1 of 17 cases failed"));
 }
 
 #[test]
