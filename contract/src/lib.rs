@@ -715,6 +715,27 @@ pub struct RouteContext {
     pub entropy: u64,
 }
 
+impl RouteContext {
+    /// The routing question of a request's first attempt on a chain of `models`: interactive,
+    /// 1,000 tokens reserved (600 expected to settle), a minute left, every model healthy and
+    /// unlimited, no entropy. Callers set what differs.
+    pub fn first_send(models: usize) -> RouteContext {
+        RouteContext {
+            request_id: String::new(),
+            workload: Workload::Interactive,
+            reservation: 1_000,
+            expected_settled: 600,
+            attempts_total: 0,
+            current: 0,
+            elapsed_ms: 0,
+            remaining_ms: 60_000,
+            health: alloc::vec![ModelHealth::default(); models],
+            capacity: alloc::vec![ModelCapacity::default(); models],
+            entropy: 0,
+        }
+    }
+}
+
 /// Where the next attempt goes (`route`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]

@@ -7,7 +7,7 @@ use backstop_test_support as support;
 use backstop::native_default::{self, Params};
 use backstop::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Hedge, LoadError,
-    ModelCapacity, ModelHealth, Policy, Route, RouteContext, Workload,
+    ModelCapacity, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
 };
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -670,7 +670,7 @@ fn a_silent_model_is_failed_over_at_once_and_broken_when_silence_repeats() {
 /// Asks the component where to route, checks it did not fault and agrees with the native build.
 fn route(ctx: &RouteContext) -> Route {
     let models: Vec<String> = (0..ctx.health.len()).map(|i| format!("m{i}")).collect();
-    let query = support::route_query(ctx, &models);
+    let query = RouteQuery::of(ctx, &models);
     let (answer, fault) = policy().route(&query).expect("the default routes");
     assert_eq!(fault, None, "the default policy faulted on {ctx:?}");
     assert_eq!(
@@ -684,16 +684,7 @@ fn route(ctx: &RouteContext) -> Route {
 fn route_ctx(models: usize) -> RouteContext {
     RouteContext {
         request_id: "r".into(),
-        workload: Workload::Interactive,
-        reservation: 1_000,
-        expected_settled: 600,
-        attempts_total: 0,
-        current: 0,
-        elapsed_ms: 0,
-        remaining_ms: 60_000,
-        health: vec![ModelHealth::default(); models],
-        capacity: vec![ModelCapacity::default(); models],
-        entropy: 0,
+        ..RouteContext::first_send(models)
     }
 }
 
@@ -946,7 +937,7 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
     // The in-Region pool has no room: the profile's pool, not Nova.
     let mut c = route_ctx(3);
     c.capacity[0] = full();
-    let query = support::route_query(&c, &models);
+    let query = RouteQuery::of(&c, &models);
     let (answer, fault) = policy.route(&query).unwrap();
     assert_eq!(fault, None);
     assert_eq!(answer, native_default::route(&params, &c));

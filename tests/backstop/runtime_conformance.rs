@@ -6,7 +6,9 @@
 use backstop_test_support as support;
 
 use backstop::contract::{ModelCapacity, ModelHealth, RouteContext};
-use backstop::{AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, Workload};
+use backstop::{
+    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, RouteQuery, Workload,
+};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -339,7 +341,7 @@ fn agrees_with_wasmtime(mut runtime: Command) {
     let models: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
     let mut shapes = std::collections::BTreeSet::new();
     for (c, theirs) in routes.iter().zip(routed) {
-        let query = support::route_query(c, &models[..c.health.len()]);
+        let query = RouteQuery::of(c, &models[..c.health.len()]);
         let (route, fault) = policy.route(&query).expect("the default routes");
         assert_eq!(fault, None);
         let expected = js_route(&route);

@@ -644,30 +644,6 @@ pub fn late_trap_component() -> Vec<u8> {
     )
 }
 
-/// The loop's routing question for `ctx` on a chain of `models`, as a table writes it: the
-/// input is the reservation, the clock reads 0.
-pub fn route_query<'a>(
-    ctx: &'a backstop::RouteContext,
-    models: &'a [String],
-) -> backstop::RouteQuery<'a> {
-    backstop::RouteQuery {
-        request_id: &ctx.request_id,
-        workload: ctx.workload,
-        reservation: ctx.reservation,
-        expected_settled: ctx.expected_settled,
-        input_tokens: ctx.reservation,
-        attempts_total: ctx.attempts_total,
-        current: ctx.current,
-        elapsed_ms: ctx.elapsed_ms,
-        remaining_ms: ctx.remaining_ms,
-        clock_ms: 0,
-        models,
-        health: &ctx.health,
-        capacity: &ctx.capacity,
-        entropy: ctx.entropy,
-    }
-}
-
 /// A policy built earlier (a fixture's `bytes`, `name` for errors), configured with `config`.
 pub fn fixture_policy(bytes: &[u8], name: &str, config: &str) -> Policy {
     engine()

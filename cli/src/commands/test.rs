@@ -9,8 +9,8 @@ use crate::policy_args::{PolicyArgs, engine};
 use anyhow::{Context, Result, bail};
 use backstop::untrusted::{FileKind, escape_controls, read_text};
 use backstop::{
-    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelCapacity,
-    ModelFacts, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
+    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts, Policy,
+    Route, RouteContext, RouteQuery,
 };
 use clap::Args;
 use serde::Deserialize;
@@ -165,23 +165,7 @@ fn check(
         }
         (None, Some(fields)) => {
             let ctx = route_context(chain, fields)?;
-            let query = RouteQuery {
-                request_id: &ctx.request_id,
-                workload: ctx.workload,
-                reservation: ctx.reservation,
-                expected_settled: ctx.expected_settled,
-                input_tokens: ctx.reservation,
-                attempts_total: ctx.attempts_total,
-                current: ctx.current,
-                elapsed_ms: ctx.elapsed_ms,
-                remaining_ms: ctx.remaining_ms,
-                clock_ms: 0,
-                models: chain,
-                health: &ctx.health,
-                capacity: &ctx.capacity,
-                entropy: ctx.entropy,
-            };
-            match policy.route(&query) {
+            match policy.route(&RouteQuery::of(&ctx, chain)) {
                 None => bail!("the policy's contract has no `route` (0.1.0): it cannot be asked"),
                 Some((_, Some(fault))) => Ok(Err(format!("the policy faulted: {fault}"))),
                 Some((route, None)) => Ok(judge_route(&case.expect, &route)),
@@ -233,16 +217,7 @@ fn attempt_context(chain: &[String], fields: &Map<String, Value>) -> Result<Atte
 fn route_context(chain: &[String], fields: &Map<String, Value>) -> Result<RouteContext> {
     let mut base = serde_json::to_value(RouteContext {
         request_id: "test".into(),
-        workload: Workload::Interactive,
-        reservation: 1_000,
-        expected_settled: 600,
-        attempts_total: 0,
-        current: 0,
-        elapsed_ms: 0,
-        remaining_ms: 60_000,
-        health: vec![ModelHealth::default(); chain.len()],
-        capacity: vec![ModelCapacity::default(); chain.len()],
-        entropy: 0,
+        ..RouteContext::first_send(chain.len())
     })?;
     for (key, value) in fields {
         match (key.as_str(), value) {

@@ -3,7 +3,7 @@
 //! (health, learned capacity) and of the request. The answer is the contract's
 //! [`Route`](crate::contract::Route).
 
-use crate::contract::{ModelCapacity, ModelHealth, Workload};
+use crate::contract::{ModelCapacity, ModelHealth, RouteContext, Workload};
 
 /// What the loop knows before an attempt, borrowed from its state (a policy module receives it
 /// lowered as the contract's `route-context`).
@@ -41,4 +41,28 @@ pub struct RouteQuery<'a> {
     pub capacity: &'a [ModelCapacity],
     /// 64 random bits from the host for this answer.
     pub entropy: u64,
+}
+
+impl<'a> RouteQuery<'a> {
+    /// The question a policy's `route-context` asks, on the chain `models`: its input counted
+    /// as its reservation, the client's clock at 0 (a table's or a test case's question, where
+    /// the loop would fill both in).
+    pub fn of(ctx: &'a RouteContext, models: &'a [String]) -> RouteQuery<'a> {
+        RouteQuery {
+            request_id: &ctx.request_id,
+            workload: ctx.workload,
+            reservation: ctx.reservation,
+            expected_settled: ctx.expected_settled,
+            input_tokens: ctx.reservation,
+            attempts_total: ctx.attempts_total,
+            current: ctx.current,
+            elapsed_ms: ctx.elapsed_ms,
+            remaining_ms: ctx.remaining_ms,
+            clock_ms: 0,
+            models,
+            health: &ctx.health,
+            capacity: &ctx.capacity,
+            entropy: ctx.entropy,
+        }
+    }
 }
