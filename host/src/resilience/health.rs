@@ -148,6 +148,12 @@ impl HealthBoard {
         self.model(index).breaker.admit(now)
     }
 
+    /// Whether model `index`'s breaker is closed at `now`. Unlike [`admit`](Self::admit), it
+    /// takes no probe slot: for an attempt that may not be sent.
+    pub fn closed(&self, index: usize, now: Instant) -> bool {
+        self.model(index).breaker.state_at(now) == BreakerState::Closed
+    }
+
     /// Records a success; returns whether it closed the breaker.
     pub fn record_success(&self, index: usize, now: Instant) -> bool {
         let mut model = self.model(index);

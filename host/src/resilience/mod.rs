@@ -304,14 +304,12 @@ impl Resilience {
         let configured = self.limits();
         let mut health = self.health.snapshot(now, |d| self.policy_ms(d));
         for (index, model) in health.iter_mut().enumerate() {
-            let limits = self.learned_of(index).applied_to(configured);
+            // One lock a model: this runs before every decision and route.
+            let learned = self.learned_of(index);
+            let limits = learned.applied_to(configured);
             model.first_event_limit_ms = self.policy_ms(limits.first_event);
             model.idle_limit_ms = self.policy_ms(limits.idle);
-            model.start_p95_ms = self
-                .learned_of(index)
-                .start
-                .p95()
-                .map_or(0, |p95| self.policy_ms(p95));
+            model.start_p95_ms = learned.start.p95().map_or(0, |p95| self.policy_ms(p95));
         }
         health
     }
@@ -723,12 +721,14 @@ impl Resilience {
     }
 
     /// Whether a hedge to model `index` may go at `now`: within the deadline, on a model whose
-    /// quota can admit the request and whose breaker admits it, and within the hedge budget.
+    /// quota can admit the request and whose breaker is closed, and within the hedge budget.
     fn may_hedge(&self, p: &Progress, index: usize, now: Instant) -> bool {
-        if now >= p.deadline || self.unfit(index, p.cost).is_some() {
-            return false;
-        }
-        if !matches!(self.health.admit(index, now), Admission::Send) {
+        // A closed breaker admits without a probe slot; asking `admit` of one that could
+        // half-open would take the slot for a hedge that may not go.
+        if now >= p.deadline
+            || self.unfit(index, p.cost).is_some()
+            || !self.health.closed(index, now)
+        {
             return false;
         }
         let Some(hedges) = &self.hedges else {
