@@ -7,11 +7,14 @@ use crate::resilient_client::scenario;
 use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ConverseStreamOutput};
 use backstop::resilience::limits::AttemptLimits;
 use backstop::{
-    ChatRequest, ClientOptions, HedgeBudget, Policy, ResilientClient, sdk_client_for_endpoint,
+    AfterBreak, AttemptContext, BoxError, ChatRequest, ClientOptions, Cost, Decided, Decider,
+    Decision, ErrorInfo, ErrorKind, Hedge, HedgeBudget, Policy, RequestOptions, Resilience,
+    ResilientClient, Route, RouteQuery, Verdict, sdk_client_for_endpoint,
 };
 use backstop_lab::FaultServer;
 use backstop_lab::scenario::ModelFaults;
 use backstop_test_support as support;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Answers that teach the primary's start (the host learns it from 20), then one whose answer
@@ -164,4 +167,190 @@ async fn a_policy_of_contract_0_3_0_never_hedges() {
     assert_eq!(served.model, "primary");
     assert_eq!(server.requests("fallback"), 0);
     assert_eq!(client.metrics().snapshot().hedges, 0);
+}
+
+/// A decider that answers from scripts: each route and each decision the next of its list.
+struct Scripted {
+    routes: std::sync::Mutex<std::collections::VecDeque<Route>>,
+    decisions: std::sync::Mutex<std::collections::VecDeque<Decision>>,
+}
+
+impl Decider for Scripted {
+    fn routes(&self) -> bool {
+        true
+    }
+
+    fn route(&self, _ctx: &RouteQuery) -> Route {
+        self.routes
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a route scripted")
+    }
+
+    fn decide(&self, _ctx: &AttemptContext) -> Decided {
+        let decision = self.decisions.lock().unwrap().pop_front();
+        Decided {
+            verdict: Verdict::of_policy(decision.expect("a decision scripted")),
+            module_digest: None,
+        }
+    }
+}
+
+/// The loop on `primary` → `fallback` deciding from scripts, with a budget that allows a
+/// hedge for every request.
+fn scripted(routes: Vec<Route>, decisions: Vec<Decision>) -> Resilience {
+    let mut options = ClientOptions::new(["primary", "fallback"]);
+    options.hedge_budget = Some(HedgeBudget {
+        percent: 100,
+        window_ms: 60_000,
+    });
+    let decider = Scripted {
+        routes: std::sync::Mutex::new(routes.into()),
+        decisions: std::sync::Mutex::new(decisions.into()),
+    };
+    Resilience::new(std::sync::Arc::new(decider), options).unwrap()
+}
+
+fn hedged(after_ms: u64) -> Route {
+    Route::Send {
+        model: 0,
+        delay_ms: 0,
+        hedge: Some(Hedge { model: 1, after_ms }),
+    }
+}
+
+/// One modelled call: the model's name, or the failure.
+type Call = std::pin::Pin<Box<dyn Future<Output = Result<String, (ErrorInfo, BoxError)>> + Send>>;
+
+/// An attempt that answers its model's name after `primary` or `fallback` of time.
+fn answers_after(primary: Duration, fallback: Duration) -> impl FnMut(&str) -> Call {
+    move |model: &str| {
+        let model = model.to_string();
+        let wait = if model == "primary" {
+            primary
+        } else {
+            fallback
+        };
+        Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            Ok(model)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_races_a_hedge_after_its_delay_and_the_first_answer_is_the_requests() {
+    let core = scripted(vec![hedged(500)], vec![]);
+    let started = tokio::time::Instant::now();
+    let served = core
+        .call(
+            RequestOptions::default(),
+            Cost::flat(100),
+            answers_after(Duration::from_secs(10), Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served.output, "fallback");
+    assert_eq!(started.elapsed(), Duration::from_millis(600));
+    assert_eq!(served.attempts, 2);
+    let metrics = core.metrics().snapshot();
+    assert_eq!(
+        (metrics.attempts, metrics.hedges, metrics.hedges_won),
+        (2, 1, 1)
+    );
+    // An attempt that answers before the hedge is due sends none.
+    let core = scripted(vec![hedged(500)], vec![]);
+    let served = core
+        .call(
+            RequestOptions::default(),
+            Cost::flat(100),
+            answers_after(Duration::from_millis(400), Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((served.output.as_str(), served.attempts), ("primary", 1));
+    assert_eq!(core.metrics().snapshot().hedges, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_may_not_go_leaves_a_breaker_ready_for_its_probe_untouched() {
+    // B is hedged after 500 ms. Meanwhile C fails on the fallback, whose breaker opens for
+    // 100 ms: when B's hedge is due the breaker waits for its probe, so no hedge goes — and
+    // the probe slot must stay free for the next request that is sent there (D).
+    let core = scripted(
+        vec![
+            hedged(500),
+            Route::send(1, 0),
+            Route::send(0, 0),
+            Route::send(1, 0),
+        ],
+        vec![
+            Decision::BreakCircuit {
+                model: 1,
+                open_ms: 100,
+                then: AfterBreak::GiveUp,
+            },
+            Decision::SwitchModel {
+                model: 1,
+                delay_ms: 0,
+            },
+        ],
+    );
+    let fails_on_fallback = |model: &str| {
+        let failing = model == "fallback";
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if failing {
+                Err((
+                    ErrorInfo::of(ErrorKind::ServiceUnavailable),
+                    BoxError::from("503"),
+                ))
+            } else {
+                Ok(String::new())
+            }
+        }
+    };
+    let b = core.call(
+        RequestOptions::default(),
+        Cost::flat(100),
+        answers_after(Duration::from_secs(2), Duration::from_millis(100)),
+    );
+    let c = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        core.call(
+            RequestOptions::default(),
+            Cost::flat(100),
+            fails_on_fallback,
+        )
+        .await
+    };
+    let (b, c) = tokio::join!(b, c);
+    assert_eq!(b.unwrap().output, "primary", "no hedge went");
+    assert!(c.is_err(), "C gave up after opening the fallback's breaker");
+    // D fails on the primary and is switched to the fallback, where it is the probe.
+    let fails_on_primary = |model: &str| {
+        let failing = model == "primary";
+        async move {
+            if failing {
+                Err((
+                    ErrorInfo::of(ErrorKind::ServiceUnavailable),
+                    BoxError::from("503"),
+                ))
+            } else {
+                Ok(model_name(failing))
+            }
+        }
+    };
+    let d = core
+        .call(RequestOptions::default(), Cost::flat(100), fails_on_primary)
+        .await
+        .expect("the fallback's probe goes");
+    assert_eq!(d.output, "fallback");
+    let metrics = core.metrics().snapshot();
+    assert_eq!((metrics.hedges, metrics.breaker_refusals), (0, 0));
+}
+
+fn model_name(primary: bool) -> String {
+    if primary { "primary" } else { "fallback" }.to_string()
 }
