@@ -89,16 +89,22 @@ pub fn run(args: DecideArgs) -> Result<()> {
     output::json(&report)
 }
 
-fn context(args: &DecideArgs) -> Result<AttemptContext> {
-    let kind = ErrorKind::from_code(&args.error);
-    if kind == ErrorKind::Unknown && !args.error.eq_ignore_ascii_case("unknown") {
+/// The error kind `name` names: a Bedrock code (`ThrottlingException`), a case name
+/// (`throttling`), or `timeout`, `connection`, `unknown`; anything else is refused, listing them.
+pub(crate) fn error_kind(name: &str) -> Result<ErrorKind> {
+    let kind = ErrorKind::from_code(name);
+    if kind == ErrorKind::Unknown && !name.eq_ignore_ascii_case("unknown") {
         let known: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
         bail!(
-            "unknown error `{}`; expected one of: {}",
-            args.error,
+            "unknown error `{name}`; expected one of: {}",
             known.join(", ")
         );
     }
+    Ok(kind)
+}
+
+fn context(args: &DecideArgs) -> Result<AttemptContext> {
+    let kind = error_kind(&args.error)?;
     if args.attempt == 0 {
         bail!("--attempt counts the attempt that failed, so it is at least 1");
     }

@@ -4,13 +4,14 @@
 //! as a predicate ("retries within 1–4 s", "falls back", "gives up"). Every case runs; a failed
 //! one prints what was expected beside what came, and the command exits non-zero.
 
+use super::decide::error_kind;
 use crate::output;
 use crate::policy_args::{PolicyArgs, engine};
 use anyhow::{Context, Result, bail};
 use backstop::untrusted::{FileKind, escape_controls, read_text};
 use backstop::{
-    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts, Policy,
-    Route, RouteContext, RouteQuery,
+    AfterBreak, AttemptContext, Decision, ErrorInfo, GiveUpReason, ModelFacts, Policy, Route,
+    RouteContext, RouteQuery,
 };
 use clap::Args;
 use serde::Deserialize;
@@ -180,9 +181,9 @@ fn check(
 fn attempt_context(chain: &[String], fields: &Map<String, Value>) -> Result<AttemptContext> {
     let kind = match fields.get("error") {
         None => bail!("`decide` names no `error`"),
-        Some(Value::String(name)) => kind_named(name)?,
+        Some(Value::String(name)) => error_kind(name)?,
         Some(Value::Object(error)) => match error.get("kind") {
-            Some(Value::String(name)) => kind_named(name)?,
+            Some(Value::String(name)) => error_kind(name)?,
             _ => bail!("`error` names no `kind`"),
         },
         Some(_) => bail!("`error` is a kind's name or an `error-info` object"),
@@ -233,18 +234,6 @@ fn route_context(chain: &[String], fields: &Map<String, Value>) -> Result<RouteC
         );
     }
     Ok(ctx)
-}
-
-fn kind_named(name: &str) -> Result<ErrorKind> {
-    let kind = ErrorKind::from_code(name);
-    if kind == ErrorKind::Unknown && !name.eq_ignore_ascii_case("unknown") {
-        let known: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
-        bail!(
-            "unknown error `{name}`; expected one of: {}",
-            known.join(", ")
-        );
-    }
-    Ok(kind)
 }
 
 /// `fields` over the object `base`.

@@ -767,36 +767,34 @@ impl Resilience {
             to = %self.options.models[index],
             "hedged"
         );
-        let hedge = std::pin::pin!(second.bound(attempt(&self.options.models[index])));
-        let mut hedge = hedge;
-        let (done, outcome) = tokio::select! {
-            outcome = call.as_mut() => (0, outcome),
-            outcome = hedge.as_mut() => (1, outcome),
+        let mut hedge = std::pin::pin!(second.bound(attempt(&self.options.models[index])));
+        let (first_ended, outcome) = tokio::select! {
+            outcome = call.as_mut() => (true, outcome),
+            outcome = hedge.as_mut() => (false, outcome),
         };
-        let (winner, loser) = if done == 0 {
+        let (ended, running) = if first_ended {
             (first, second)
         } else {
             (second, first)
         };
-        if matches!(outcome, Ok(Ok(_))) {
-            if done == 1 {
-                self.metrics.hedges_won.inc();
+        // The one that ended answered: the other is cancelled. Or it failed: its model hears
+        // of it, and the other may still answer.
+        let (last, hedge_last, outcome) = if matches!(outcome, Ok(Ok(_))) {
+            self.cancelled(&running);
+            (ended, !first_ended, outcome)
+        } else {
+            if let Sent::Failed((info, _)) | Sent::CutByDeadline((info, _)) =
+                self.landed(p, &ended, outcome)
+            {
+                self.charge_failure(p, ended.index, info.kind, Instant::now());
             }
-            self.cancelled(&loser);
-            return self.landed(p, &winner, outcome);
-        }
-        // The one that ended first failed: its model hears of it, and the other may still
-        // answer.
-        if let Sent::Failed((info, _)) | Sent::CutByDeadline((info, _)) =
-            self.landed(p, &winner, outcome)
-        {
-            self.charge_failure(p, winner.index, info.kind, Instant::now());
-        }
-        let outcome = if done == 0 { hedge.await } else { call.await };
-        if done == 0 && matches!(outcome, Ok(Ok(_))) {
+            let outcome = if first_ended { hedge.await } else { call.await };
+            (running, first_ended, outcome)
+        };
+        if hedge_last && matches!(outcome, Ok(Ok(_))) {
             self.metrics.hedges_won.inc();
         }
-        self.landed(p, &loser, outcome)
+        self.landed(p, &last, outcome)
     }
 
     /// Counts an attempt of `p` on model `index` and admits it to the model's capacity.
