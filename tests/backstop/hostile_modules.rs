@@ -252,20 +252,142 @@ fn a_component_of_another_world_is_refused() {
 #[test]
 fn an_ungranted_wasi_import_is_refused_at_load_by_name() {
     let wit = format!(
-        "{}\nworld timed {{ import wasi:clocks/monotonic-clock@0.2.0; export decider; }}\n\
-         package wasi:clocks@0.2.0 {{ interface monotonic-clock {{ now: func() -> u64; }} }}",
+        "{}\nworld online {{ import wasi:http/outgoing-handler@0.2.0; export decider; }}\n\
+         package wasi:http@0.2.0 {{ interface outgoing-handler {{ handle: func() -> u64; }} }}",
         support::WIT
     );
     let parts = CoreParts {
-        imports: r#"(import "wasi:clocks/monotonic-clock@0.2.0" "now" (func (result i64)))"#,
+        imports: r#"(import "wasi:http/outgoing-handler@0.2.0" "handle" (func (result i64)))"#,
         ..Default::default()
     };
-    let bytes = component(&core_wat(&parts, support::WIT_VERSION), &wit, "timed");
-    let err = engine().load_bytes(&bytes, "timed.wasm").unwrap_err();
+    let bytes = component(&core_wat(&parts, support::WIT_VERSION), &wit, "online");
+    let err = engine().load_bytes(&bytes, "online.wasm").unwrap_err();
     assert!(
-        matches!(&err, LoadError::UngrantedImport { import, .. } if import == "wasi:clocks/monotonic-clock@0.2.0"),
+        matches!(&err, LoadError::UngrantedImport { import, .. } if import == "wasi:http/outgoing-handler@0.2.0"),
         "{err}"
     );
+}
+
+/// The WIT of a policy that imports the clocks, a timer and randomness, as Python and
+/// JavaScript runtimes do.
+fn ambient_wit() -> String {
+    format!(
+        "{}\nworld ambient {{\n\
+           import wasi:clocks/monotonic-clock@0.2.0; import wasi:clocks/wall-clock@0.2.0;\n\
+           import wasi:random/random@0.2.0; export decider;\n\
+         }}\n\
+         package wasi:io@0.2.0 {{ interface poll {{ resource pollable {{ block: func(); }} }} }}\n\
+         package wasi:clocks@0.2.0 {{\n\
+           interface monotonic-clock {{\n\
+             use wasi:io/poll@0.2.0.{{pollable}};\n\
+             now: func() -> u64; subscribe-duration: func(when: u64) -> pollable;\n\
+           }}\n\
+           interface wall-clock {{ record datetime {{ seconds: u64, nanoseconds: u32 }} now: func() -> datetime; }}\n\
+         }}\n\
+         package wasi:random@0.2.0 {{ interface random {{ get-random-u64: func() -> u64; get-random-bytes: func(len: u64) -> list<u8>; }} }}",
+        support::WIT
+    )
+}
+
+const AMBIENT_IMPORTS: &str = r#"
+    (import "wasi:clocks/monotonic-clock@0.2.0" "now" (func $now (result i64)))
+    (import "wasi:clocks/monotonic-clock@0.2.0" "subscribe-duration" (func $sleep (param i64) (result i32)))
+    (import "wasi:io/poll@0.2.0" "[method]pollable.block" (func $block (param i32)))
+    (import "wasi:io/poll@0.2.0" "[resource-drop]pollable" (func $drop (param i32)))
+    (import "wasi:clocks/wall-clock@0.2.0" "now" (func $wall (param i32)))
+    (import "wasi:random/random@0.2.0" "get-random-u64" (func $random (result i64)))
+    (import "wasi:random/random@0.2.0" "get-random-bytes" (func $bytes (param i64 i32)))
+    (global $drawn (mut i64) (i64.const 0))"#;
+
+/// `retry(value)` from the decide body.
+fn retry_with(value: &str) -> String {
+    format!(
+        "(i64.store (i32.const 2056) {value}) (i32.store8 (i32.const 2048) (i32.const 0)) i32.const 2048"
+    )
+}
+
+fn ambient_policy(configure: &str, decide: &str) -> Result<Policy, LoadError> {
+    let parts = CoreParts {
+        imports: AMBIENT_IMPORTS,
+        configure,
+        decide,
+        ..Default::default()
+    };
+    let bytes = component(
+        &core_wat(&parts, support::WIT_VERSION),
+        &ambient_wit(),
+        "ambient",
+    );
+    engine().load_bytes(&bytes, "ambient.wasm")?.configure("{}")
+}
+
+#[test]
+fn a_decision_that_reads_the_clock_is_an_impure_fault_and_the_safe_decision_is_used() {
+    let policy = ambient_policy("i32.const 0", &retry_with("(call $now)")).expect("loads");
+    assert_contained(
+        &policy,
+        |f| matches!(f, PolicyFault::Impure(why) if why.contains("read the clock 1 time")),
+    );
+    let wall = ambient_policy(
+        "i32.const 0",
+        &retry_with("(call $wall (i32.const 5000)) (i64.load (i32.const 5000))"),
+    )
+    .expect("loads");
+    assert_contained(&wall, |f| matches!(f, PolicyFault::Impure(_)));
+}
+
+#[test]
+fn a_decision_that_draws_randomness_is_an_impure_fault() {
+    let policy = ambient_policy("i32.const 0", &retry_with("(call $random)")).expect("loads");
+    assert_contained(
+        &policy,
+        |f| matches!(f, PolicyFault::Impure(why) if why.contains("drew randomness 1 time")),
+    );
+}
+
+#[test]
+fn a_sleep_in_a_policy_costs_no_time_and_blocks_no_thread() {
+    // A minute's sleep while configuring (where reading the clock is allowed: runtimes do).
+    let started = Instant::now();
+    let policy = ambient_policy(
+        "(local $timer i32) (local.set $timer (call $sleep (i64.const 60000000000))) \
+         (call $block (local.get $timer)) (call $drop (local.get $timer)) i32.const 0",
+        &retry_with("(i64.const 1)"),
+    )
+    .expect("loads and configures");
+    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    let verdict = policy.decide(&ctx(ErrorKind::Throttling, &["primary"]));
+    assert_eq!(verdict.fault, None);
+}
+
+#[test]
+fn a_gigantic_random_draw_is_refused_with_a_clear_error() {
+    let err = ambient_policy(
+        "(call $bytes (i64.const 1073741824) (i32.const 5000)) i32.const 0",
+        &retry_with("(i64.const 1)"),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1073741824 random bytes; at most 65536"),
+        "{err}"
+    );
+}
+
+#[test]
+fn randomness_drawn_while_configuring_is_the_same_in_every_fresh_instance() {
+    // configure keeps a random word; decide answers with it (reading only memory).
+    let configure = "(global.set $drawn (i64.rem_u (call $random) (i64.const 100000))) i32.const 0";
+    let decide = retry_with("(global.get $drawn)");
+    let delays: Vec<Decision> = (0..3)
+        .map(|_| {
+            let policy = ambient_policy(configure, &decide).expect("loads");
+            let verdict = policy.decide(&ctx(ErrorKind::Throttling, &["primary"]));
+            assert_eq!(verdict.fault, None);
+            verdict.decision
+        })
+        .collect();
+    assert!(delays.windows(2).all(|w| w[0] == w[1]), "{delays:?}");
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub enum PolicyFault {
     /// the chain).
     #[error("invalid decision: {0}")]
     InvalidDecision(String),
+    /// The call read a clock or drew randomness, so its answer was not a function of the
+    /// context alone; the host keeps its safe decision instead.
+    #[error("impure: {0}")]
+    Impure(String),
     /// A new instance could not be created or configured.
     #[error("instantiation failed: {0}")]
     Instantiate(String),

@@ -53,6 +53,7 @@ impl Engine {
         // Everything of WASI p2 is linked, and `check_imports` refuses what is not granted, so
         // the refusal names the import instead of failing deep inside instantiation.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| crate::wasm::ambient::shadow_wasi(&mut linker))
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Engine {
             inner: Arc::new(EngineInner {

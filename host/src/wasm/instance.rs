@@ -161,8 +161,25 @@ impl Instance {
     }
 }
 
-/// Runs one guest call with a fresh fuel budget and the module's output budget.
+/// Runs one decision (`decide` or `route`) with a fresh fuel budget and the module's output
+/// budget. A decision that read a clock or drew randomness is
+/// [`Impure`](PolicyFault::Impure): its answer is dropped.
 pub(crate) fn call<R>(
+    store: &mut Store<Sandbox>,
+    fuel: u64,
+    f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
+) -> Result<R, PolicyFault> {
+    let answer = setup_call(store, fuel, f)?;
+    match store.data().ambient().describe() {
+        Some(impure) => Err(PolicyFault::Impure(impure)),
+        None => Ok(answer),
+    }
+}
+
+/// Runs one guest call with a fresh fuel budget and the module's output budget. Setting up
+/// (`configure`, `info`) may read the virtual clocks and randomness: a language runtime seeds
+/// itself then, and a fresh instance reads the same values, so nothing becomes impure.
+pub(crate) fn setup_call<R>(
     store: &mut Store<Sandbox>,
     fuel: u64,
     f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
@@ -170,7 +187,7 @@ pub(crate) fn call<R>(
     store
         .set_fuel(fuel)
         .map_err(|e| PolicyFault::Trap(format!("cannot set fuel: {e}")))?;
-    store.data().begin_call();
+    store.data_mut().begin_call();
     let result = f(store);
     store.data().end_call();
     result.map_err(|e| classify(&e, fuel))
@@ -224,14 +241,14 @@ pub(crate) fn configured(
     let mut instance = new_instance(engine, pre, origin)?;
     let fuel = engine.limits().fuel_per_call;
     let configured = match &instance.bindings {
-        Bindings::V0_1(bindings) => call(&mut instance.store, fuel, |store| {
+        Bindings::V0_1(bindings) => setup_call(&mut instance.store, fuel, |store| {
             bindings
                 .backstop_policy_decider()
                 .call_configure(store, config)
         }),
         Bindings::V0_2(bindings) => {
             let facts = v0_2_0::facts_to_wit(facts);
-            call(&mut instance.store, fuel, |store| {
+            setup_call(&mut instance.store, fuel, |store| {
                 bindings
                     .backstop_policy_decider()
                     .call_configure(store, config, &facts)
@@ -239,7 +256,7 @@ pub(crate) fn configured(
         }
         Bindings::V0_3(bindings) => {
             let facts = v0_3_0::facts_to_wit(facts);
-            call(&mut instance.store, fuel, |store| {
+            setup_call(&mut instance.store, fuel, |store| {
                 bindings
                     .backstop_policy_decider()
                     .call_configure(store, config, &facts)
@@ -247,7 +264,7 @@ pub(crate) fn configured(
         }
         Bindings::V0_4(bindings) => {
             let facts = v0_4_0::facts_to_wit(facts);
-            call(&mut instance.store, fuel, |store| {
+            setup_call(&mut instance.store, fuel, |store| {
                 bindings
                     .backstop_policy_decider()
                     .call_configure(store, config, &facts)
@@ -337,19 +354,19 @@ pub(crate) fn probe_info(
     let mut instance = new_instance(engine, pre, origin)?;
     let fuel = engine.limits().fuel_per_call;
     let info = match &instance.bindings {
-        Bindings::V0_1(bindings) => call(&mut instance.store, fuel, |store| {
+        Bindings::V0_1(bindings) => setup_call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),
-        Bindings::V0_2(bindings) => call(&mut instance.store, fuel, |store| {
+        Bindings::V0_2(bindings) => setup_call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),
-        Bindings::V0_3(bindings) => call(&mut instance.store, fuel, |store| {
+        Bindings::V0_3(bindings) => setup_call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),
-        Bindings::V0_4(bindings) => call(&mut instance.store, fuel, |store| {
+        Bindings::V0_4(bindings) => setup_call(&mut instance.store, fuel, |store| {
             let info = bindings.backstop_policy_decider().call_info(store)?;
             Ok((info.name, info.version, info.wit_version))
         }),

@@ -312,6 +312,7 @@ macro_rules! since_v0_3_0_conversions {
 /// fault a good module (its memory is bounded) and cost time on every decision.
 pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
 
+mod ambient;
 pub mod cache;
 pub mod compile_worker;
 pub mod engine;

@@ -2,16 +2,18 @@
 //! WASI context whose only outputs are log lines.
 //!
 //! A policy that imports WASI (written in Python or JavaScript, say) gets working stdio, an empty
-//! environment and stdin, a filesystem with no directories, and deterministic "random" bytes, so
-//! its decisions stay a pure function of the context. Clocks, sockets and HTTP are not granted:
-//! the engine refuses such modules at load (see [`GRANTED_INTERFACES`]).
+//! environment and stdin, a filesystem with no directories, sockets that refuse every address
+//! and lookup, and frozen clocks and fixed-seed randomness whose every read during a call is a
+//! fault (see [`ambient`](super::ambient)), so its decisions stay a pure function of the
+//! context. HTTP and anything else are not granted: the engine refuses such modules at load
+//! (see [`GRANTED_INTERFACES`]).
 
+use crate::wasm::ambient::{Ambient, AmbientReads, FixedRandom};
 use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// WASI interfaces (without version) a policy may import. Anything else is refused at load.
@@ -29,11 +31,23 @@ pub(crate) const GRANTED_INTERFACES: &[&str] = &[
     "wasi:cli/terminal-stdin",
     "wasi:cli/terminal-stdout",
     "wasi:cli/terminal-stderr",
+    // Virtual: frozen, counted, and a fault when read during a call (`ambient.rs`).
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    // Linked because language runtimes import them, inert because the context allows no TCP,
+    // no UDP, no name lookup and no address: every operation fails with `access-denied`.
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
 ];
 
 /// Per-instance and per-call cost limits. The defaults leave the default policy a wide margin
@@ -134,6 +148,9 @@ pub(crate) struct Sandbox {
     table: ResourceTable,
     limiter: Limiter,
     log: Arc<Mutex<ModuleLog>>,
+    /// Clock and random reads since the current call began.
+    ambient: AmbientReads,
+    random: FixedRandom,
 }
 
 impl WasiView for Sandbox {
@@ -142,6 +159,20 @@ impl WasiView for Sandbox {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl Ambient for Sandbox {
+    fn ambient_mut(&mut self) -> &mut AmbientReads {
+        &mut self.ambient
+    }
+
+    fn random_mut(&mut self) -> &mut FixedRandom {
+        &mut self.random
+    }
+
+    fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -165,10 +196,10 @@ impl Sandbox {
                 log: log.clone(),
                 stream: Stream::Stderr,
             })
-            // Language runtimes seed hash tables from here; fixed bytes keep decisions pure.
-            .secure_random(Deterministic::new(vec![0x42; 32]))
-            .insecure_random(Deterministic::new(vec![0x17; 32]))
-            .insecure_random_seed(0)
+            // Clocks and randomness are the host's own (`ambient.rs`); sockets stay inert.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let sandbox = Sandbox {
             wasi,
@@ -179,6 +210,8 @@ impl Sandbox {
                 held: 0,
             },
             log,
+            ambient: AmbientReads::default(),
+            random: FixedRandom::default(),
         };
         let mut store = Store::new(engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
@@ -190,10 +223,17 @@ impl Sandbox {
         self.limiter.held
     }
 
-    /// Starts a call: the module's output budget is renewed.
-    pub(crate) fn begin_call(&self) {
+    /// Starts a call: the module's output budget is renewed and its ambient reads are counted
+    /// afresh.
+    pub(crate) fn begin_call(&mut self) {
+        self.ambient = AmbientReads::default();
         let mut log = lock(&self.log);
         log.remaining = log.budget;
+    }
+
+    /// The clock and random reads of the current (or last) call.
+    pub(crate) fn ambient(&self) -> AmbientReads {
+        self.ambient
     }
 
     /// Ends a call: a partial last line is logged, not held for the next call.
