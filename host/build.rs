@@ -53,16 +53,17 @@ fn main() {
     write(&out_dir.join("policy_guest.wasm"), &wasm);
 }
 
-/// Every file the component is built from: the contract, the policy, the WIT and the guest
-/// profile (in the workspace manifest), in a fixed order.
+/// Every file the component is built from: the contract, the authoring crate, the policy, the
+/// WIT and the guest profile (in the workspace manifest), in a fixed order.
 fn guest_sources(root: &Path) -> Vec<PathBuf> {
     let mut files = vec![
         root.join("Cargo.toml"),
         root.join("contract/Cargo.toml"),
+        root.join("authoring/Cargo.toml"),
         root.join("policy-guest/Cargo.toml"),
         root.join("policy-guest/build.rs"),
     ];
-    for dir in ["contract/src", "policy-guest/src", "wit"] {
+    for dir in ["contract/src", "authoring/src", "policy-guest/src", "wit"] {
         collect(&root.join(dir), &mut files);
     }
     files.sort();

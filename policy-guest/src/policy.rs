@@ -209,21 +209,8 @@ impl Params {
     }
 }
 
-/// Full jitter (AWS Architecture blog): uniform over `[0, min(cap, base * 2^exponent)]`, drawn
-/// from `entropy` so the same inputs give the same delay.
-pub fn full_jitter(base_ms: u64, cap_ms: u64, exponent: u32, entropy: u64) -> u64 {
-    let window = base_ms
-        .checked_shl(exponent.min(63))
-        .filter(|w| w >> exponent.min(63) == base_ms);
-    let window = window.unwrap_or(u64::MAX).min(cap_ms);
-    uniform_inclusive(window, entropy)
-}
-
-/// Maps 64 random bits onto `[0, max]` without the bias of `%` (Lemire's multiply-shift).
-fn uniform_inclusive(max: u64, entropy: u64) -> u64 {
-    let span = u128::from(max) + 1;
-    ((u128::from(entropy) * span) >> 64) as u64
-}
+/// Full jitter, from the authoring crate's helpers (re-exported: the host's tables use it).
+pub use backstop_policy::helpers::full_jitter;
 
 /// The default policy's decision for one failed attempt.
 pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
@@ -459,16 +446,7 @@ pub fn safe_decision(ctx: &AttemptContext) -> Decision {
 
 /// Full jitter for this attempt, never shorter than the server's wait hint, never above the cap.
 fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
-    let exponent = ctx.attempts_on_model.saturating_sub(1);
-    let jitter = full_jitter(
-        params.base_delay_ms,
-        params.max_delay_ms,
-        exponent,
-        ctx.entropy,
-    );
-    jitter
-        .max(ctx.error.retry_after_ms.unwrap_or(0))
-        .min(params.max_delay_ms)
+    backstop_policy::helpers::backoff(ctx, params.base_delay_ms, params.max_delay_ms)
 }
 
 /// Whether most of a model's recent requests were throttled (enough of them to tell).

@@ -1005,3 +1005,31 @@ fn a_hedge_waits_for_the_models_learned_start_and_never_comes_sooner_than_the_fl
     let error = Params::from_json(r#"{"hedge_after_percent": 5000}"#).unwrap_err();
     assert!(error.contains("hedge_after_percent"), "{error}");
 }
+
+#[test]
+fn one_instance_configured_for_a_chain_decides_and_routes_indefinitely_without_a_memory_fault() {
+    // What `configure` keeps (the chain's windows and pools) must not stop the arena from
+    // reclaiming each call's memory: before it settled, one instance hit the 16 MiB limit
+    // after ~35,000 decisions and answered with the safe decision from then on.
+    let facts: Vec<backstop::ModelFacts> = ["primary", "fallback", "last"]
+        .iter()
+        .map(|id| backstop::ModelFacts {
+            id: id.to_string(),
+            context_window: Some(200_000),
+            ..Default::default()
+        })
+        .collect();
+    let policy = support::default_module()
+        .configure_with("{}", &facts)
+        .expect("configures");
+    let failure = ctx(ErrorKind::Throttling, &["primary", "fallback", "last"]);
+    let models: Vec<String> = facts.iter().map(|f| f.id.clone()).collect();
+    let first = RouteContext::first_send(models.len());
+    let question = RouteQuery::of(&first, &models);
+    for call in 0..60_000u32 {
+        let verdict = policy.decide(&failure);
+        assert_eq!(verdict.fault, None, "decision {call} faulted");
+        let route = policy.route(&question).expect("the default routes");
+        assert_eq!(route.1, None, "route {call} faulted");
+    }
+}
