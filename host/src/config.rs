@@ -72,6 +72,8 @@ pub struct HostConfig {
     pub hedge_budget: Option<HedgeBudget>,
     /// How modules from outside are compiled.
     pub compile: CompileBounds,
+    /// What one policy instance may use: fuel per call and memory.
+    pub sandbox: SandboxBounds,
     /// Limits inside an attempt: time to headers, to the first stream event, and the longest
     /// silence between events.
     pub limits: AttemptLimits,
@@ -369,8 +371,52 @@ impl Default for CompileBounds {
     fn default() -> Self {
         CompileBounds {
             isolated: true,
-            timeout_ms: 20_000,
+            // An 18 MB Python policy (CPython inside) takes ~13 s to compile on one core of a
+            // 2-core machine; a minute leaves room for a 35 MB one on a busy host.
+            timeout_ms: 60_000,
             memory_mib: 2_048,
+        }
+    }
+}
+
+/// What one policy instance may use (the sandbox's [`Limits`]). The defaults suit a policy
+/// compiled from Rust; a policy in an interpreted language (JavaScript's StarlingMonkey lifts a
+/// context into objects for ~0.8 M fuel before its code runs) needs a larger fuel budget to
+/// stay within the smoke table's share of it, and says so by failing `backstop check` with
+/// the figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxBounds {
+    /// Fuel (roughly wasm instructions) one `decide` or `route` call may burn; a decision may
+    /// use at most 5 % of it on the request path.
+    pub fuel_per_call: u64,
+    /// Linear memory one instance may hold, in MiB.
+    pub memory_mib: u64,
+}
+
+impl Default for SandboxBounds {
+    fn default() -> Self {
+        let limits = Limits::default();
+        SandboxBounds {
+            fuel_per_call: limits.fuel_per_call,
+            memory_mib: (limits.memory_bytes >> 20) as u64,
+        }
+    }
+}
+
+impl SandboxBounds {
+    /// The engine's limits: these, and idle instances may hold four instances' memory (at
+    /// least the default's).
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        let memory_bytes = (self.memory_mib << 20) as usize;
+        Limits {
+            fuel_per_call: self.fuel_per_call,
+            memory_bytes,
+            idle_memory_bytes: defaults
+                .idle_memory_bytes
+                .max(memory_bytes.saturating_mul(4)),
+            ..defaults
         }
     }
 }
@@ -387,6 +433,7 @@ impl Default for HostConfig {
             retry_budget: Some(RetryBudget::default()),
             hedge_budget: Some(HedgeBudget::default()),
             compile: CompileBounds::default(),
+            sandbox: SandboxBounds::default(),
             limits: AttemptLimits::default(),
             quarantine_file: None,
             models: Vec::new(),
@@ -589,6 +636,13 @@ impl HostConfig {
             ),
             ("compile.memory_mib", config.compile.memory_mib, 256, 65_536),
             (
+                "sandbox.fuel_per_call",
+                config.sandbox.fuel_per_call,
+                100_000,
+                1_000_000_000,
+            ),
+            ("sandbox.memory_mib", config.sandbox.memory_mib, 1, 1_024),
+            (
                 "rollback.outcomes.min_requests",
                 u64::from(config.rollback.outcomes.min_requests),
                 0,
@@ -740,14 +794,14 @@ impl HostConfig {
     pub fn engine(&self, worker: Option<&Path>) -> Result<Engine, LoadError> {
         match worker {
             Some(program) if self.compile.isolated => Engine::with_isolated_compiles(
-                Limits::default(),
+                self.sandbox.limits(),
                 CompileChild {
                     timeout: Duration::from_millis(self.compile.timeout_ms),
                     memory_bytes: self.compile.memory_mib << 20,
                     ..CompileChild::backstop(program)
                 },
             ),
-            _ => Engine::new(Limits::default()),
+            _ => Engine::new(self.sandbox.limits()),
         }
     }
 
@@ -801,6 +855,47 @@ impl HostConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandbox_section_sets_the_engine_limits_within_bounds() {
+        let config = HostConfig::from_json(
+            r#"{ "sandbox": { "fuel_per_call": 100000000, "memory_mib": 64 } }"#,
+        )
+        .unwrap();
+        let limits = config.sandbox.limits();
+        assert_eq!(limits.fuel_per_call, 100_000_000);
+        assert_eq!(limits.memory_bytes, 64 << 20);
+        assert_eq!(limits.idle_memory_bytes, 256 << 20, "four instances' worth");
+        assert_eq!(
+            config.engine(None).unwrap().limits().fuel_per_call,
+            100_000_000
+        );
+        assert_eq!(
+            HostConfig::from_json("{}").unwrap().sandbox.limits(),
+            Limits::default()
+        );
+        for (text, field) in [
+            (
+                r#"{ "sandbox": { "fuel_per_call": 10 } }"#,
+                "sandbox.fuel_per_call",
+            ),
+            (
+                r#"{ "sandbox": { "fuel_per_call": 10000000000 } }"#,
+                "sandbox.fuel_per_call",
+            ),
+            (
+                r#"{ "sandbox": { "memory_mib": 0 } }"#,
+                "sandbox.memory_mib",
+            ),
+            (
+                r#"{ "sandbox": { "memory_mib": 4096 } }"#,
+                "sandbox.memory_mib",
+            ),
+        ] {
+            let err = HostConfig::from_json(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn model_facts_reach_every_policy_and_bad_ones_are_named() {

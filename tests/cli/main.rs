@@ -1,6 +1,7 @@
 //! The command line's integration tests, one binary: `backstop` run as an operator runs it.
 
 mod decide;
+mod example_policies;
 mod files;
 mod fleet;
 mod serve;

@@ -652,3 +652,72 @@ pub fn fixture_policy(bytes: &[u8], name: &str, config: &str) -> Policy {
         .configure(config)
         .unwrap_or_else(|e| panic!("the fixture {name} takes {config}: {e}"))
 }
+
+/// A test that needs a tool this machine lacks: a visible `SKIPPED` line, or a failure in CI
+/// (where `.ci/run` installs every tool).
+pub fn skip_missing(tool: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {tool} (see .ci/run)"
+    );
+    eprintln!("SKIPPED: {tool} is not installed ({install})");
+}
+
+/// The workspace's root directory.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// An example policy of `examples/policies/` (`cost-aware-py`, `latency-first-js`), built from
+/// source by its own `build.sh` once per test process, as its author would; `None` (after
+/// [`skip_missing`]) when the language's tool is not installed.
+pub fn example_policy(name: &str) -> Option<std::path::PathBuf> {
+    static BUILT: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>>,
+    > = OnceLock::new();
+    let (tool, install) = if name.ends_with("-py") {
+        ("componentize-py", "pip install componentize-py==0.25.1")
+    } else {
+        (
+            "componentize-js",
+            "npm install --prefix target/jco @bytecodealliance/jco@1.35.0",
+        )
+    };
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+        || workspace()
+            .join("target/jco/node_modules/.bin")
+            .join(tool)
+            .is_file();
+    if !found {
+        skip_missing(tool, install);
+        return None;
+    }
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = built.get(name) {
+        return Some(path.clone());
+    }
+    let out = scratch_dir(&format!("example-{name}")).join(format!("{name}.wasm"));
+    let script = workspace()
+        .join("examples/policies")
+        .join(name)
+        .join("build.sh");
+    let status = std::process::Command::new(&script)
+        .arg(&out)
+        .output()
+        .expect("the build script runs");
+    assert!(
+        status.status.success() && out.is_file(),
+        "{} failed: {}{}",
+        script.display(),
+        text(&status.stdout),
+        text(&status.stderr)
+    );
+    built.insert(name.to_string(), out.clone());
+    Some(out)
+}

@@ -22,6 +22,9 @@ pub struct SimulateArgs {
     /// A policy to compare (repeat the flag); the built-in default when none is given.
     #[arg(long)]
     policy: Vec<PathBuf>,
+    /// Run the built-in default too, first, beside the policies given with --policy.
+    #[arg(long)]
+    with_default: bool,
     /// A candidate module to run in shadow beside the first policy: asked every context that
     /// policy is asked, changing nothing; the report counts how its decisions would differ.
     #[arg(long)]
@@ -94,14 +97,13 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     let engine = engine(&host)?;
     // The host configuration's allow-list holds here too: checked before a byte is compiled.
     let options = host.swap_options(&engine, &config)?;
-    let modules = if args.policy.is_empty() {
-        vec![policy_bytes(None)?]
-    } else {
-        args.policy
-            .iter()
-            .map(|path| policy_bytes(Some(path)))
-            .collect::<Result<Vec<_>>>()?
-    };
+    let mut modules = Vec::new();
+    if args.policy.is_empty() || args.with_default {
+        modules.push(policy_bytes(None)?);
+    }
+    for path in &args.policy {
+        modules.push(policy_bytes(Some(path))?);
+    }
     let mut shadow = match &args.shadow {
         Some(path) => Some(policy_bytes(Some(path))?),
         None => None,

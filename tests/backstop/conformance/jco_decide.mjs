@@ -1,4 +1,4 @@
-// Runs the transpiled default policy under Node (jco): reads contexts and routing contexts as
+// Runs a transpiled policy component under Node (jco): reads contexts and routing contexts as
 // JSON on stdin (64-bit fields as decimal strings), answers decisions and routes as JSON on
 // stdout (64-bit fields as strings).
 // Usage: node jco_decide.mjs <dir with the transpiled policy_guest.js>
@@ -6,9 +6,11 @@ import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { join } from 'node:path';
 
+// Read before the component is loaded: jco's WASI shims (for a component that imports WASI)
+// make stdin non-blocking.
+const input = JSON.parse(readFileSync(0, 'utf8'));
 const { decider } = await import(pathToFileURL(join(process.argv[2], 'policy_guest.js')));
 const big = (v) => (v === null || v === undefined ? undefined : BigInt(v));
-const input = JSON.parse(readFileSync(0, 'utf8'));
 decider.configure(input.config, input.models);
 const opt = (v) => (v === null ? undefined : v);
 const health = (list) =>

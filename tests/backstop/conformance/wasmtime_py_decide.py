@@ -1,4 +1,4 @@
-"""Runs the default policy component under wasmtime-py: reads the same JSON as jco_decide.mjs on
+"""Runs a policy component under wasmtime-py: reads the same JSON as jco_decide.mjs on
 stdin (camelCase fields, 64-bit numbers as decimal strings) and answers decisions and routes in
 the same shape.
 Usage: python3 wasmtime_py_decide.py <policy.wasm>"""
@@ -6,7 +6,7 @@ import json
 import re
 import sys
 
-from wasmtime import Engine, Store
+from wasmtime import Engine, Store, WasiConfig
 from wasmtime import component as c
 
 U64_FIELDS = {
@@ -78,8 +78,12 @@ def destination(value):
 def main():
     engine = Engine()
     store = Store(engine)
+    # A component that imports WASI (a Python policy's runtime does) gets wasmtime-py's own.
+    store.set_wasi(WasiConfig())
     component = c.Component.from_file(engine, sys.argv[1])
-    instance = c.Linker(engine).instantiate(store, component)
+    linker = c.Linker(engine)
+    linker.add_wasip2()
+    instance = linker.instantiate(store, component)
     request = json.load(sys.stdin)
     decider = instance.get_export_index(store, request["export"])
 
