@@ -51,6 +51,10 @@ enum Command {
     /// Prints PASS or FAIL per case, with what was expected beside what came; exits non-zero
     /// on any failure.
     Test(commands::test::TestArgs),
+    /// Make a new project: `backstop new policy NAME --lang rust|python|js` writes a buildable
+    /// policy with its build script, a case table and a README.
+    #[command(subcommand)]
+    New(commands::new::NewCommand),
     /// Precompile a policy component to a `.cwasm` for this host's engine.
     Compile(commands::compile::CompileArgs),
     /// List the modules a host keeps from going live again, or release one.
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Swap(args) => commands::admin::swap(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Test(args) => commands::test::run(args),
+        Command::New(command) => commands::new::run(command),
         Command::Compile(args) => commands::compile::run(args),
         Command::Quarantine(args) => commands::quarantine::run(args),
         Command::CompileWorker { .. } => Ok(()), // Served above, before logging started.

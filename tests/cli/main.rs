@@ -4,6 +4,7 @@ mod decide;
 mod example_policies;
 mod files;
 mod fleet;
+mod new_policy;
 mod serve;
 mod simulate;
 mod swap;

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod fault_server;
 pub mod info;
 pub mod invoke;
+pub mod new;
 pub mod quarantine;
 pub mod serve;
 pub mod simulate;
