@@ -21,11 +21,12 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
     let dir = support::scratch_dir("cli-check");
     let sane = dir.join("sane.wasm");
     std::fs::write(&sane, support::variant_component()).unwrap();
-    let out = backstop(&["check", "--policy", path(&sane)]);
+    let out = backstop(&["check", "--policy", path(&sane), "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["verdict"], "would go live");
-    assert_eq!(report["version"], "2.0.0");
+    assert_eq!(report["name"], "backstop-variant");
+    assert_eq!(report["version"], support::variant_version().as_str());
     assert!(report["smoke_decisions"].as_u64().unwrap() > 100);
 
     let reckless = dir.join("reckless.wasm");
@@ -34,8 +35,14 @@ fn check_passes_a_good_module_and_says_why_a_bad_one_would_be_refused() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("failed the smoke table") && stderr.contains("resends"),
+        stderr.contains("never-resends-what-cannot-heal")
+            && stderr.contains("never-resends-after-output"),
         "{stderr}"
+    );
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("resends an error that cannot heal") && table.contains("context: {"),
+        "the first failing context is shown: {table}"
     );
 
     // A module that answers every smoke question sanely and gives up on everything: judged by
@@ -230,7 +237,10 @@ fn sighup_swaps_the_policy_of_a_running_demo() {
         assert!(killed.success());
     });
     assert!(
-        stdout.contains("policy at the end: backstop-variant 2.0.0") && stdout.contains("swaps 1,"),
+        stdout.contains(&format!(
+            "policy at the end: backstop-variant {}",
+            support::variant_version()
+        )) && stdout.contains("swaps 1,"),
         "{stdout}"
     );
 }
@@ -243,8 +253,10 @@ fn watch_swaps_the_policy_of_a_running_demo_and_keeps_it_through_garbage() {
         std::fs::write(policy, b"garbage").unwrap();
     });
     assert!(
-        stdout.contains("policy at the end: backstop-variant 2.0.0")
-            && stdout.contains("swaps 1,")
+        stdout.contains(&format!(
+            "policy at the end: backstop-variant {}",
+            support::variant_version()
+        )) && stdout.contains("swaps 1,")
             && stdout.contains("rejected 1,"),
         "{stdout}"
     );
@@ -348,7 +360,7 @@ fn the_demo_runs_the_newest_module_of_a_watched_directory() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["policy"]["version"], "2.0.0");
+    assert_eq!(report["policy"]["name"], "backstop-variant");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -357,9 +369,10 @@ fn a_module_too_costly_to_compile_is_refused_with_the_bound_it_passed() {
     let dir = support::scratch_dir("cli-costly");
     let host = dir.join("host.json");
     std::fs::write(&host, r#"{"compile": {"timeout_ms": 300}}"#).unwrap();
-    // Bulk: 500 functions compile for about 2 s in a debug build; the child is stopped at 300 ms.
+    // Bulk: 5,000 functions compile for seconds (Cranelift is optimised even in test builds);
+    // the child is stopped at 300 ms.
     let heavy = dir.join("heavy.wasm");
-    std::fs::write(&heavy, support::heavy_component(500)).unwrap();
+    std::fs::write(&heavy, support::heavy_component(5_000)).unwrap();
     // Depth: a function nesting 2,000 blocks is refused before anything compiles.
     let (info, data) = support::info_parts("deep", "1.0.0");
     let extra = format!(

@@ -617,21 +617,28 @@ fn trap_when(name: &str, condition: &str) -> Vec<u8> {
     })
 }
 
-/// The built-in default under another name: `backstop-variant 2.0.0`, its identity's bytes
-/// patched in place (same lengths, so the component stays valid) — a module that decides
-/// exactly as the default does, so it passes the effect trial, with a digest and a name of its
-/// own for tests that need a good module that is not the default.
+/// The built-in default under another name: `backstop-variant`, at the default's version, its
+/// name's bytes patched in place (same length, so the component stays valid) — a module that
+/// decides exactly as the default does, so it passes the effect trial, with a digest and a
+/// name of its own for tests that need a good module that is not the default.
 pub fn variant_component() -> Vec<u8> {
     let mut bytes = backstop::DEFAULT_POLICY_WASM.to_vec();
-    let from = format!("backstop-default{}", default_module().info().version);
-    let to = "backstop-variant2.0.0";
-    assert_eq!(from.len(), to.len(), "the identity's length is kept");
+    let (from, to) = ("backstop-default", "backstop-variant");
     let at = bytes
         .windows(from.len())
         .position(|w| w == from.as_bytes())
-        .expect("the default's identity is in its data");
+        .expect("the default's name is in its data");
     bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    assert!(
+        !bytes.windows(from.len()).any(|w| w == from.as_bytes()),
+        "the name is written once"
+    );
     bytes
+}
+
+/// The version [`variant_component`] reports: the default's own.
+pub fn variant_version() -> String {
+    default_module().info().version.clone()
 }
 
 /// A module that answers every smoke question (their `remaining-ms` is always 20 s or more)
@@ -720,4 +727,63 @@ pub fn example_policy(name: &str) -> Option<std::path::PathBuf> {
     );
     built.insert(name.to_string(), out.clone());
     Some(out)
+}
+
+/// A throttle on the primary, third attempt, realistic ids and a full health snapshot.
+pub fn full_context() -> AttemptContext {
+    let mut error = ErrorInfo::of(ErrorKind::Throttling);
+    error.message = "Too many requests, please wait before trying again.".into();
+    let models = [
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "us.amazon.nova-pro-v1:0",
+    ];
+    let mut ctx = AttemptContext::first_failure(error, models);
+    ctx.request_id = "req-123456".into();
+    ctx.attempts_on_model = 3;
+    ctx.attempts_total = 3;
+    ctx.elapsed_ms = 2_400;
+    ctx.remaining_ms = 57_600;
+    ctx.entropy = 0x9e37_79b9_7f4a_7c15;
+    ctx.reservation = 5_096;
+    ctx.expected_settled = 2_000;
+    ctx.health = vec![
+        backstop::ModelHealth {
+            requests: 120,
+            throttles: 40,
+            errors: 2,
+            consecutive_failures: 3,
+            consecutive_errors: 0,
+            breaker: backstop::BreakerState::Closed,
+            in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
+            start_p95_ms: 2_400,
+        },
+        backstop::ModelHealth {
+            requests: 30,
+            throttles: 1,
+            errors: 0,
+            consecutive_failures: 0,
+            consecutive_errors: 0,
+            breaker: backstop::BreakerState::Closed,
+            in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
+            start_p95_ms: 1_500,
+        },
+        backstop::ModelHealth {
+            requests: 0,
+            throttles: 0,
+            errors: 0,
+            consecutive_failures: 0,
+            consecutive_errors: 0,
+            breaker: backstop::BreakerState::Closed,
+            in_state_ms: 600_000,
+            first_event_limit_ms: 2_000,
+            idle_limit_ms: 5_000,
+            start_p95_ms: 0,
+        },
+    ];
+    ctx
 }
