@@ -56,6 +56,7 @@ fn the_python_and_javascript_examples_build_from_source_and_pass_check() {
             path(&wasm),
             "--host-config",
             path(host_config()),
+            "--json",
         ]);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -85,12 +86,18 @@ fn the_javascript_example_needs_the_fuel_its_runtime_costs_and_check_says_how_mu
     let Some(wasm) = support::example_policy("latency-first-js") else {
         return;
     };
-    let out = backstop(&["check", "--policy", path(&wasm)]);
+    let out = backstop(&["check", "--policy", path(&wasm), "--rounds", "1"]);
     assert!(!out.status.success());
-    let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("of its budget of 10000000; at most 5 %"),
-        "{stderr}"
+        text(&out.stderr).contains("breaks 1 of 11 invariants: fuel-per-decision"),
+        "{}",
+        text(&out.stderr)
+    );
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("the 99th percentile of its decisions burned")
+            && table.contains("of its budget of 10000000; at most 5 %"),
+        "{table}"
     );
 }
 
@@ -128,13 +135,17 @@ fn a_python_policy_that_reads_the_clock_while_deciding_is_refused_by_check() {
         .unwrap();
     assert!(built.status.success(), "{}", text(&built.stderr));
 
-    let out = backstop(&["check", "--policy", path(&wasm)]);
+    let out = backstop(&["check", "--policy", path(&wasm), "--rounds", "1"]);
     assert!(!out.status.success());
-    let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("failed the smoke table")
-            && stderr.contains("impure: read the clock 1 time(s) during the call"),
-        "{stderr}"
+        text(&out.stderr).contains("breaks 1 of 11 invariants: pure"),
+        "{}",
+        text(&out.stderr)
+    );
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("impure: read the clock 1 time(s) during the call"),
+        "{table}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,6 @@
 //! The command line's integration tests, one binary: `backstop` run as an operator runs it.
 
+mod conformance_kit;
 mod decide;
 mod example_policies;
 mod files;

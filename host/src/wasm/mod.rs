@@ -315,6 +315,7 @@ pub const MAX_ERROR_TEXT_BYTES: usize = 4 << 10;
 mod ambient;
 pub mod cache;
 pub mod compile_worker;
+pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod handle;

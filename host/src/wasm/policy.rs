@@ -81,6 +81,7 @@ pub struct Policy {
     faults: AtomicU64,
     /// The most fuel one decision burned so far.
     peak_fuel: AtomicU64,
+    last_fuel: AtomicU64,
 }
 
 impl Policy {
@@ -98,6 +99,7 @@ impl Policy {
             decisions: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             peak_fuel: AtomicU64::new(0),
+            last_fuel: AtomicU64::new(0),
         })
     }
 
@@ -130,6 +132,12 @@ impl Policy {
     /// [`Limits::fuel_per_call`](crate::Limits::fuel_per_call)).
     pub fn peak_fuel_per_decision(&self) -> u64 {
         self.peak_fuel.load(Ordering::Relaxed)
+    }
+
+    /// The fuel the latest decision burned, by whichever thread asked it: right after its own
+    /// `decide`, a caller that alone uses this policy reads its own decision's cost.
+    pub fn last_fuel_per_decision(&self) -> u64 {
+        self.last_fuel.load(Ordering::Relaxed)
     }
 
     /// Asks the module what to do about one failed attempt. Never panics and never hangs: a
@@ -212,6 +220,7 @@ impl Policy {
         let answer = instance.decide(fuel, ctx);
         // A plain load on the usual path; the read-modify-write only when a new peak is set.
         let used = instance.fuel_used(fuel);
+        self.last_fuel.store(used, Ordering::Relaxed);
         if used > self.peak_fuel.load(Ordering::Relaxed) {
             self.peak_fuel.fetch_max(used, Ordering::Relaxed);
         }

@@ -17,9 +17,33 @@ use crate::contract::{
 use crate::decision::{Guardrails, RouteQuery, domain};
 use crate::wasm::policy::Policy;
 
-/// The share of a call's fuel one decision may burn, in percent. The default policy uses under
-/// 1 %; a module near its budget would make every decision slow, inline on the request path.
+/// The share of a call's fuel a module's decisions may burn, in percent, at their 99th
+/// percentile. The default policy uses under 1 %; a module near its budget would make every
+/// decision slow, inline on the request path. A percentile, not the peak: a garbage-collected
+/// runtime (JavaScript's) spends several times its usual cost on the decision that collects,
+/// once in hundreds, and the fuel budget still bounds that one.
 pub const MAX_FUEL_PERCENT: u64 = 5;
+
+/// The 99th percentile of decisions' fuel (0 for none).
+pub(crate) fn fuel_p99(samples: &mut [u64]) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort_unstable();
+    samples[(samples.len() * 99).div_ceil(100) - 1]
+}
+
+/// The problem with decisions whose 99th percentile burned `p99` of `budget`, if any.
+pub(crate) fn fuel_broken(p99: u64, budget: u64) -> Option<String> {
+    (p99 * 100 > budget * MAX_FUEL_PERCENT).then(|| {
+        format!(
+            "the 99th percentile of its decisions burned {p99} fuel, {:.1} % of its budget of \
+             {budget}; at most {MAX_FUEL_PERCENT} % is accepted, so decisions stay fast on the \
+             request path",
+            p99 as f64 * 100.0 / budget as f64
+        )
+    })
+}
 
 /// The first smoke case a module got wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,13 +82,16 @@ pub fn smoke_test(
     // keeps state between calls (a counter, a cache, a first-call flag) answers some context
     // at a different point of its history than the live one did.
     let mut elsewhere: Vec<Decision> = Vec::with_capacity(contexts.len());
+    let mut fuel = Vec::with_capacity(2 * contexts.len());
     for ctx in contexts[1..].iter().chain(&contexts[..1]) {
         elsewhere.push(fresh.decide(ctx).decision);
+        fuel.push(fresh.last_fuel_per_decision());
     }
     elsewhere.rotate_right(1);
     let mut checked = 0;
     for (ctx, elsewhere) in contexts.iter().zip(elsewhere) {
         let verdict = policy.decide(ctx);
+        fuel.push(policy.last_fuel_per_decision());
         let fail = |problem: String| SmokeFailure {
             case: format!(
                 "{} on attempt {} ({:?}, entropy {:#x}{})",
@@ -95,69 +122,122 @@ pub fn smoke_test(
     }
     checked += smoke_routes(policy, &fresh, guard, &chain, &mut rng)?;
     let budget = policy.module().engine().limits().fuel_per_call;
-    let peak = policy
-        .peak_fuel_per_decision()
-        .max(fresh.peak_fuel_per_decision());
-    if peak * 100 > budget * MAX_FUEL_PERCENT {
+    if let Some(problem) = fuel_broken(fuel_p99(&mut fuel), budget) {
         return Err(SmokeFailure {
             case: "every case".to_string(),
-            problem: format!(
-                "a decision burned {peak} fuel, {:.1} % of its budget of {budget}; at most \
-                 {MAX_FUEL_PERCENT} % is accepted, so decisions stay fast on the request path",
-                peak as f64 * 100.0 / budget as f64
-            ),
+            problem,
         });
     }
     Ok(checked)
 }
 
-fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Result<(), String> {
-    if decision.sends_again() && !ctx.may_resend(decision) {
-        return Err(format!(
-            "{decision:?} resends an error that cannot heal; a policy must give up on it"
-        ));
-    }
-    let continues = matches!(decision, Decision::ContinueAnswer { .. });
-    if decision.sends_again() && ctx.output_delivered && !continues {
-        return Err(format!(
-            "{decision:?} resends after output was delivered, which would repeat it; only \
-             continue-answer may go on from there"
-        ));
-    }
-    match *decision {
-        Decision::Retry { delay_ms }
-        | Decision::SwitchModel { delay_ms, .. }
-        | Decision::ContinueAnswer { delay_ms, .. }
-            if delay_ms > guard.max_delay_ms =>
-        {
-            Err(format!(
-                "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
-                guard.max_delay_ms
-            ))
-        }
-        Decision::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => Err(format!(
+/// One rule every decision must keep: its name (in `backstop check`'s table) and what a
+/// decision that breaks it did, in words.
+pub(crate) struct DecisionRule {
+    pub name: &'static str,
+    pub broken: fn(&AttemptContext, &Decision, &Guardrails) -> Option<String>,
+}
+
+/// The rules a decision is held to, in the order the smoke table applies them.
+pub(crate) const DECISION_RULES: &[DecisionRule] = &[
+    DecisionRule {
+        name: "never-resends-what-cannot-heal",
+        broken: |ctx, decision, _| {
+            (decision.sends_again() && !ctx.may_resend(decision)).then(|| {
+                format!(
+                    "{decision:?} resends an error that cannot heal; a policy must give up on it"
+                )
+            })
+        },
+    },
+    DecisionRule {
+        name: "never-resends-after-output",
+        broken: |ctx, decision, _| {
+            let continues = matches!(decision, Decision::ContinueAnswer { .. });
+            (decision.sends_again() && ctx.output_delivered && !continues).then(|| {
+                format!(
+                    "{decision:?} resends after output was delivered, which would repeat it; \
+                     only continue-answer may go on from there"
+                )
+            })
+        },
+    },
+    DecisionRule {
+        name: "waits-within-guardrails",
+        broken: |_, decision, guard| match *decision {
+            Decision::Retry { delay_ms }
+            | Decision::SwitchModel { delay_ms, .. }
+            | Decision::ContinueAnswer { delay_ms, .. }
+                if delay_ms > guard.max_delay_ms =>
+            {
+                Some(format!(
+                    "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
+                    guard.max_delay_ms
+                ))
+            }
+            Decision::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {
+                Some(format!(
+                    "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
+                    guard.max_open_ms
+                ))
+            }
+            _ => None,
+        },
+    },
+    DecisionRule {
+        name: "breaker-periods-within-guardrails",
+        broken: |_, decision, guard| match *decision {
+            Decision::BreakCircuit { open_ms, .. } if open_ms > guard.max_open_ms => Some(format!(
+                "opens a breaker for {open_ms} ms, beyond the host's cap of {} ms",
+                guard.max_open_ms
+            )),
+            Decision::BreakCircuit {
+                then: AfterBreak::Fallback { model },
+                model: broken,
+                ..
+            } if model == broken => Some(format!(
+                "opens the breaker of model {broken} and falls back to the same model"
+            )),
+            _ => None,
+        },
+    },
+];
+
+/// What a route that breaks the guardrails did, in words.
+pub(crate) fn route_broken(route: &Route, guard: &Guardrails) -> Option<String> {
+    match *route {
+        Route::Send { delay_ms, .. } if delay_ms > guard.max_delay_ms => Some(format!(
+            "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
+            guard.max_delay_ms
+        )),
+        Route::Send {
+            hedge: Some(hedge), ..
+        } if hedge.after_ms > guard.max_delay_ms => Some(format!(
+            "hedges after {} ms, beyond the host's longest wait of {} ms",
+            hedge.after_ms, guard.max_delay_ms
+        )),
+        Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => Some(format!(
             "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
             guard.max_open_ms
         )),
-        Decision::BreakCircuit { open_ms, .. } if open_ms > guard.max_open_ms => Err(format!(
-            "opens a breaker for {open_ms} ms, beyond the host's cap of {} ms",
-            guard.max_open_ms
-        )),
-        Decision::BreakCircuit {
-            then: AfterBreak::Fallback { model },
-            model: broken,
-            ..
-        } if model == broken => Err(format!(
-            "opens the breaker of model {broken} and falls back to the same model"
-        )),
-        _ => Ok(()),
+        _ => None,
+    }
+}
+
+fn check(ctx: &AttemptContext, decision: &Decision, guard: &Guardrails) -> Result<(), String> {
+    match DECISION_RULES
+        .iter()
+        .find_map(|rule| (rule.broken)(ctx, decision, guard))
+    {
+        Some(problem) => Err(problem),
+        None => Ok(()),
     }
 }
 
 /// Every error class × a first and a later attempt × two jitter draws × both workloads, plus
 /// a mid-stream failure per class; ids, counts, times and entropy drawn from `seed` over the
 /// whole range production uses (see [`domain`]), so no field marks a context as a test.
-fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> Vec<AttemptContext> {
+pub(crate) fn cases(chain: &[String], guard: &Guardrails, seed: u64) -> Vec<AttemptContext> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let later = rng.u32(2..guard.max_total_attempts.max(3));
     let attempts = [1u32, later.min(guard.max_total_attempts)];
@@ -227,9 +307,9 @@ fn plausible_health(models: usize, elapsed_ms: u64, rng: &mut fastrand::Rng) -> 
 }
 
 /// One routing question of the smoke table, owned (a [`RouteQuery`] borrows it).
-struct RouteCase {
+pub(crate) struct RouteCase {
     /// The case, in words.
-    case: String,
+    pub case: String,
     request_id: String,
     workload: Workload,
     tokens: u64,
@@ -243,7 +323,7 @@ struct RouteCase {
 }
 
 impl RouteCase {
-    fn query<'a>(&'a self, chain: &'a [String]) -> RouteQuery<'a> {
+    pub(crate) fn query<'a>(&'a self, chain: &'a [String]) -> RouteQuery<'a> {
         RouteQuery {
             request_id: &self.request_id,
             workload: self.workload,
@@ -265,7 +345,11 @@ impl RouteCase {
 
 /// Every breaker state of the primary, headroom and no headroom, both workloads, time left
 /// and none; the rest drawn from `rng` over production's range.
-fn route_cases(chain: &[String], guard: &Guardrails, rng: &mut fastrand::Rng) -> Vec<RouteCase> {
+pub(crate) fn route_cases(
+    chain: &[String],
+    guard: &Guardrails,
+    rng: &mut fastrand::Rng,
+) -> Vec<RouteCase> {
     let full = ModelCapacity {
         requests_per_minute: Some(60.0),
         tokens_per_minute: Some(60_000.0),
@@ -352,28 +436,8 @@ fn smoke_routes(
                 "answered {here:?}, and {elsewhere:?} on a fresh instance: an answer must be a pure function of its context"
             )));
         }
-        match here {
-            Route::Send { delay_ms, .. } if delay_ms > guard.max_delay_ms => {
-                return Err(fail(format!(
-                    "waits {delay_ms} ms, beyond the host's longest wait of {} ms",
-                    guard.max_delay_ms
-                )));
-            }
-            Route::Send {
-                hedge: Some(hedge), ..
-            } if hedge.after_ms > guard.max_delay_ms => {
-                return Err(fail(format!(
-                    "hedges after {} ms, beyond the host's longest wait of {} ms",
-                    hedge.after_ms, guard.max_delay_ms
-                )));
-            }
-            Route::Queue { not_before_ms } if not_before_ms > guard.max_open_ms => {
-                return Err(fail(format!(
-                    "queues for {not_before_ms} ms, beyond the host's longest open period of {} ms",
-                    guard.max_open_ms
-                )));
-            }
-            _ => {}
+        if let Some(problem) = route_broken(&here, guard) {
+            return Err(fail(problem));
         }
     }
     Ok(cases.len())
