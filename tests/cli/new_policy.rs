@@ -65,12 +65,12 @@ fn template_builds_tests_and_checks(lang: &str, tool: &str, install: &str) {
         text(&tested.stderr)
     );
     assert!(
-        text(&tested.stdout).contains("6 passed, 0 failed"),
+        text(&tested.stdout).contains("7 passed, 0 failed"),
         "{}",
         text(&tested.stdout)
     );
 
-    let mut check = vec!["check", "--policy", wasm];
+    let mut check = vec!["check", "--policy", wasm, "--json"];
     let host = dir.join("host.json");
     if host.is_file() {
         check.extend(["--host-config", host.to_str().unwrap()]);

@@ -25,17 +25,15 @@ export const decider = {
   decide(ctx) {
     if (ctx.outputDelivered) return giveUp("output-committed");
     if (NEVER_HEALS.has(ctx.error.kind)) return giveUp("not-retryable");
-    if (ctx.attemptsOnModel < 3) {
-      const wait = backoff(ctx, 500, 20000);
-      if (wait >= ctx.remainingMs) return giveUp("deadline");
-      return { tag: "retry", val: wait };
-    }
     for (let model = ctx.model + 1; model < ctx.health.length; model++) {
       if (ctx.health[model].breaker === "closed") {
         return { tag: "switch-model", val: { model, delayMs: 0n } };
       }
     }
-    return giveUp("attempts-exhausted");
+    if (ctx.attemptsOnModel >= 3) return giveUp("attempts-exhausted");
+    const wait = backoff(ctx, 500, 20000);
+    if (wait >= ctx.remainingMs) return giveUp("deadline");
+    return { tag: "retry", val: wait };
   },
 
   // The host's own routing: the model the request is on, at once.

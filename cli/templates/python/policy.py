@@ -31,15 +31,15 @@ class Decider(wit_world.exports.Decider):
             return d.Decision_GiveUp(d.GiveUpReason.OUTPUT_COMMITTED)
         if ctx.error.kind in NEVER_HEALS:
             return d.Decision_GiveUp(d.GiveUpReason.NOT_RETRYABLE)
-        if ctx.attempts_on_model < 3:
-            wait = backoff(ctx, 500, 20_000)
-            if wait >= ctx.remaining_ms:
-                return d.Decision_GiveUp(d.GiveUpReason.DEADLINE)
-            return d.Decision_Retry(wait)
         for model in range(ctx.model + 1, len(ctx.health)):
             if ctx.health[model].breaker == d.BreakerState.CLOSED:
                 return d.Decision_SwitchModel(d.SwitchModel(model, 0))
-        return d.Decision_GiveUp(d.GiveUpReason.ATTEMPTS_EXHAUSTED)
+        if ctx.attempts_on_model >= 3:
+            return d.Decision_GiveUp(d.GiveUpReason.ATTEMPTS_EXHAUSTED)
+        wait = backoff(ctx, 500, 20_000)
+        if wait >= ctx.remaining_ms:
+            return d.Decision_GiveUp(d.GiveUpReason.DEADLINE)
+        return d.Decision_Retry(wait)
 
     def route(self, ctx):
         # The host's own routing: the model the request is on, at once.

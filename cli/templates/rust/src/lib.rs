@@ -15,17 +15,17 @@ impl Policy for MyPolicy {
         if !helpers::may_resend(ctx) {
             return Decision::GiveUp { reason: GiveUpReason::NotRetryable };
         }
-        if ctx.attempts_on_model < 3 {
-            let delay_ms = helpers::backoff(ctx, 500, 20_000);
-            if delay_ms >= ctx.remaining_ms {
-                return Decision::GiveUp { reason: GiveUpReason::Deadline };
-            }
-            return Decision::Retry { delay_ms };
+        if let Some(model) = helpers::next_closed(&ctx.health, ctx.model) {
+            return Decision::SwitchModel { model, delay_ms: 0 };
         }
-        match helpers::next_closed(&ctx.health, ctx.model) {
-            Some(model) => Decision::SwitchModel { model, delay_ms: 0 },
-            None => Decision::GiveUp { reason: GiveUpReason::AttemptsExhausted },
+        if ctx.attempts_on_model >= 3 {
+            return Decision::GiveUp { reason: GiveUpReason::AttemptsExhausted };
         }
+        let delay_ms = helpers::backoff(ctx, 500, 20_000);
+        if delay_ms >= ctx.remaining_ms {
+            return Decision::GiveUp { reason: GiveUpReason::Deadline };
+        }
+        Decision::Retry { delay_ms }
     }
 }
 
