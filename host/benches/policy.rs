@@ -28,68 +28,9 @@ fn floor(engine: &Engine) -> backstop::Policy {
         .unwrap()
 }
 
-/// A throttle on the primary, third attempt, realistic ids and a full health snapshot.
-fn full_context() -> AttemptContext {
-    let mut error = ErrorInfo::of(ErrorKind::Throttling);
-    error.message = "Too many requests, please wait before trying again.".into();
-    let models = [
-        "anthropic.claude-3-5-sonnet-20240620-v1:0",
-        "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
-        "us.amazon.nova-pro-v1:0",
-    ];
-    let mut ctx = AttemptContext::first_failure(error, models);
-    ctx.request_id = "req-123456".into();
-    ctx.attempts_on_model = 3;
-    ctx.attempts_total = 3;
-    ctx.elapsed_ms = 2_400;
-    ctx.remaining_ms = 57_600;
-    ctx.entropy = 0x9e37_79b9_7f4a_7c15;
-    ctx.reservation = 5_096;
-    ctx.expected_settled = 2_000;
-    ctx.health = vec![
-        ModelHealth {
-            requests: 120,
-            throttles: 40,
-            errors: 2,
-            consecutive_failures: 3,
-            consecutive_errors: 0,
-            breaker: BreakerState::Closed,
-            in_state_ms: 600_000,
-            first_event_limit_ms: 2_000,
-            idle_limit_ms: 5_000,
-            start_p95_ms: 2_400,
-        },
-        ModelHealth {
-            requests: 30,
-            throttles: 1,
-            errors: 0,
-            consecutive_failures: 0,
-            consecutive_errors: 0,
-            breaker: BreakerState::Closed,
-            in_state_ms: 600_000,
-            first_event_limit_ms: 2_000,
-            idle_limit_ms: 5_000,
-            start_p95_ms: 1_500,
-        },
-        ModelHealth {
-            requests: 0,
-            throttles: 0,
-            errors: 0,
-            consecutive_failures: 0,
-            consecutive_errors: 0,
-            breaker: BreakerState::Closed,
-            in_state_ms: 600_000,
-            first_event_limit_ms: 2_000,
-            idle_limit_ms: 5_000,
-            start_p95_ms: 0,
-        },
-    ];
-    ctx
-}
-
 fn decide(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
-    let ctx = full_context();
+    let ctx = support::full_context();
     let params = backstop::native_default::Params::default();
     let policy = engine.load_default().unwrap().configure("{}").unwrap();
     let floor = floor(&engine);
@@ -115,7 +56,7 @@ fn decide(c: &mut Criterion) {
 /// Routing a request on the primary, with learned capacity on every model.
 fn route(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
-    let ctx = full_context();
+    let ctx = support::full_context();
     let capacity = [
         ModelCapacity {
             requests_per_minute: Some(600.0),

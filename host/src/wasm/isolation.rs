@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The largest `.cwasm` accepted back from a child: native code is a few times the size of
-/// the WebAssembly it came from (at most 32 MiB).
+/// The largest `.cwasm` accepted back from a child: native code is two to three times the size
+/// of the WebAssembly it came from (an 18 MB Python policy makes 38 MB), so this holds what a
+/// 100 MB module makes; a larger result is refused, naming the bound.
 const MAX_OUTPUT_BYTES: u64 = 256 << 20;
 /// What is kept of a child's error text.
 const MAX_ERROR_BYTES: u64 = 4096;
