@@ -65,7 +65,7 @@ pub(crate) struct FixedRandom(u64);
 
 impl Default for FixedRandom {
     fn default() -> Self {
-        FixedRandom(0x5eed_0f_ba_c6_5707)
+        FixedRandom(0x005e_ed0f_bac6_5707)
     }
 }
 
