@@ -8,20 +8,10 @@ use support::text;
 
 /// Makes, builds, tests and checks a `lang` project; `tool` is what its build needs.
 fn template_builds_tests_and_checks(lang: &str, tool: &str, install: &str) {
-    let jco_bin = support::workspace().join("target/jco/node_modules/.bin");
-    let path = format!(
-        "{}:{}",
-        std::env::var("PATH").unwrap_or_default(),
-        jco_bin.display()
-    );
-    let has_tool = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .env("PATH", &path)
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !has_tool {
+    if !support::has_tool(tool) {
         return support::skip_missing(tool, install);
     }
+    let path = support::path_with_jco();
     let scratch = support::scratch_dir(&format!("new-{lang}"));
     let dir = scratch.join(format!("my-{lang}-policy"));
     let name = format!("my-{lang}-policy");

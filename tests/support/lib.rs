@@ -675,6 +675,26 @@ pub fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `PATH` with the tools `.ci/run` installs under `target/jco` (componentize-js, jco) after
+/// the machine's own.
+pub fn path_with_jco() -> String {
+    let jco_bin = workspace().join("target/jco/node_modules/.bin");
+    format!(
+        "{}:{}",
+        std::env::var("PATH").unwrap_or_default(),
+        jco_bin.display()
+    )
+}
+
+/// Whether `tool` runs from [`path_with_jco`].
+pub fn has_tool(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .env("PATH", path_with_jco())
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
 /// An example policy of `examples/policies/` (`cost-aware-py`, `latency-first-js`), built from
 /// source by its own `build.sh` once per test process, as its author would; `None` (after
 /// [`skip_missing`]) when the language's tool is not installed.
@@ -690,15 +710,7 @@ pub fn example_policy(name: &str) -> Option<std::path::PathBuf> {
             "npm install --prefix target/jco @bytecodealliance/jco@1.35.0",
         )
     };
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|out| out.status.success())
-        || workspace()
-            .join("target/jco/node_modules/.bin")
-            .join(tool)
-            .is_file();
-    if !found {
+    if !has_tool(tool) {
         skip_missing(tool, install);
         return None;
     }
