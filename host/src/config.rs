@@ -4,17 +4,17 @@
 //! one source of both the loop's [`ClientOptions`] and the handle's [`SwapOptions`], so the
 //! guardrails a module is vetted against are the ones the loop enforces.
 
-use crate::contract::ModelFacts;
-use crate::decision::Guardrails;
-use crate::resilience::budget::{HedgeBudget, RetryBudget};
-use crate::resilience::limits::AttemptLimits;
-use crate::resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
-use crate::wasm::cache::ModuleCache;
-use crate::wasm::engine::Engine;
-use crate::wasm::error::LoadError;
-use crate::wasm::isolation::CompileChild;
-use crate::wasm::sandbox::Limits;
-use crate::wasm::vetting::{RollbackRule, SwapOptions};
+use backstop_core::contract::ModelFacts;
+use backstop_core::decision::Guardrails;
+use backstop_resilience::budget::{HedgeBudget, RetryBudget};
+use backstop_resilience::limits::AttemptLimits;
+use backstop_resilience::options::{ClientOptions, MAX_QUEUE_CAPACITY};
+use backstop_runtime::cache::ModuleCache;
+use backstop_runtime::engine::Engine;
+use backstop_runtime::error::LoadError;
+use backstop_runtime::isolation::CompileChild;
+use backstop_runtime::sandbox::Limits;
+use backstop_runtime::vetting::{RollbackRule, SwapOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

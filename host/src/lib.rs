@@ -34,50 +34,54 @@
 //! line in `backstop-cli`.
 #![deny(missing_docs)]
 
-pub mod bedrock;
-pub mod catalogue;
 pub mod config;
-pub mod decision;
-pub mod resilience;
-pub mod untrusted;
-pub mod wasm;
+pub use backstop_bedrock as bedrock;
+pub use backstop_core::{catalogue, decision, untrusted};
+pub use backstop_resilience as resilience;
+pub use backstop_runtime as wasm;
 
+pub use backstop_bedrock::client::{
+    ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
+};
+pub use backstop_bedrock::passthrough::{Operation, RawRequest, RawResponse, RawStream};
 /// The contract's types (a Rust mirror of `wit/policy.wit`), shared with the default policy.
 pub use backstop_contract as contract;
 pub use backstop_contract::*;
-pub use bedrock::client::{
-    ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
-};
-pub use bedrock::passthrough::{Operation, RawRequest, RawResponse, RawStream};
-pub use config::{CompileBounds, ConfigError, FleetSettings, HostConfig, ServeSettings};
-pub use decision::{
+pub use backstop_core::decision::{
     Breach, Clamp, Decided, Decider, Disagreement, Finished, Guardrails, OutcomeRule, PolicyFault,
     RouteQuery, Tally, Verdict,
 };
-pub use resilience::budget::{HedgeBudget, RetryBudget};
-pub use resilience::capacity::{Charge, Cost};
-pub use resilience::error::{AttemptRecord, BoxError, CallError, FailureCause, Served, Unfit};
-pub use resilience::health::TokenTally;
-pub use resilience::metrics::{Metrics, MetricsSnapshot};
-pub use resilience::options::{ClientOptions, OptionsError, RequestOptions, Usage};
-pub use resilience::{AfterOutput, Resilience};
-pub use wasm::cache::{CacheUse, Cached, ModuleCache};
-pub use wasm::engine::{Engine, is_precompiled, sha256_hex};
-pub use wasm::error::LoadError;
-pub use wasm::handle::{PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped};
-pub use wasm::isolation::CompileChild;
-pub use wasm::module::{DEFAULT_POLICY_WASM, MAX_MODULE_BYTES, PolicyModule, read_module_file};
-pub use wasm::policy::{IdlePool, Policy};
-pub use wasm::quarantine::{QuarantineError, Quarantined};
-pub use wasm::sandbox::Limits;
-pub use wasm::shadow::{ShadowSample, ShadowStatus};
-pub use wasm::smoke::SmokeFailure;
-pub use wasm::vetting::{
+pub use backstop_resilience::budget::{HedgeBudget, RetryBudget};
+pub use backstop_resilience::capacity::{Charge, Cost};
+pub use backstop_resilience::error::{
+    AttemptRecord, BoxError, CallError, FailureCause, Served, Unfit,
+};
+pub use backstop_resilience::health::TokenTally;
+pub use backstop_resilience::metrics::{Metrics, MetricsSnapshot};
+pub use backstop_resilience::options::{ClientOptions, OptionsError, RequestOptions, Usage};
+pub use backstop_resilience::{AfterOutput, Resilience};
+pub use backstop_runtime::cache::{CacheUse, Cached, ModuleCache};
+pub use backstop_runtime::engine::{Engine, is_precompiled, sha256_hex};
+pub use backstop_runtime::error::LoadError;
+pub use backstop_runtime::handle::{
+    PolicyHandle, PolicyRef, PolicyStatus, SwapEvent, SwapEventKind, Swapped,
+};
+pub use backstop_runtime::isolation::CompileChild;
+pub use backstop_runtime::module::{
+    DEFAULT_POLICY_WASM, MAX_MODULE_BYTES, PolicyModule, read_module_file,
+};
+pub use backstop_runtime::policy::{IdlePool, Policy};
+pub use backstop_runtime::quarantine::{QuarantineError, Quarantined};
+pub use backstop_runtime::sandbox::Limits;
+pub use backstop_runtime::shadow::{ShadowSample, ShadowStatus};
+pub use backstop_runtime::smoke::SmokeFailure;
+pub use backstop_runtime::vetting::{
     Admitted, EffectTrial, RollbackRule, SwapError, SwapErrorKind, SwapOptions, TrialOutcome,
     Vetted, load_allowed, vet_bytes, vet_module,
 };
 #[cfg(feature = "watch")]
-pub use wasm::watch::PolicyWatcher;
+pub use backstop_runtime::watch::PolicyWatcher;
+pub use config::{CompileBounds, ConfigError, FleetSettings, HostConfig, ServeSettings};
 
 /// The default policy's logic compiled natively: the same code as [`DEFAULT_POLICY_WASM`], for
 /// comparison and benchmarks. Hosts should call the component, which can be swapped.

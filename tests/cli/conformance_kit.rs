@@ -47,7 +47,7 @@ fn invariant<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn the_default_keeps_every_invariant_over_thousands_of_contexts() {
-    let path = support::workspace().join("host/default-policy/policy_guest.wasm");
+    let path = support::workspace().join("runtime/default-policy/policy_guest.wasm");
     let out = backstop(&["check", "--policy", path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
