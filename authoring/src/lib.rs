@@ -151,11 +151,11 @@ macro_rules! export {
                 ) -> $crate::__glue::wit::Destination {
                     $crate::__glue::route(&SLOT, context)
                 }
-                fn info() -> $crate::__glue::wit::PolicyInfo {
+        fn info() -> $crate::__glue::wit::PolicyInfo {
                     $crate::__glue::info(&SLOT, env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
                 }
             }
-    $crate::__glue::__export_decider!(Exported with_types_in $crate::__glue);
+            $crate::__glue::__export_decider!(Exported with_types_in $crate::__glue);
         };
     };
 }
