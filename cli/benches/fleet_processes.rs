@@ -92,7 +92,7 @@ fn main() {
         down.outages.push(Outage {
             start_ms: 0,
             end_ms: 3_600_000,
-            error: backstop::contract::ErrorKind::ServiceUnavailable,
+            error: backstop_core::contract::ErrorKind::ServiceUnavailable,
         });
         faults.push((format!("p{i}"), down));
     }

@@ -3,7 +3,11 @@
 //!
 //! `cargo bench -p backstop-cli --bench swap_isolated`
 
-use backstop::{CompileChild, Engine, Limits, PolicyHandle, SwapOptions};
+use backstop::Engine;
+use backstop::Limits;
+use backstop::PolicyHandle;
+use backstop::SwapOptions;
+use backstop_runtime::isolation::CompileChild;
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 15;
@@ -28,7 +32,7 @@ fn median_swap(engine: &Engine, modules: [&[u8]; 2]) -> Duration {
 fn main() {
     // Two different modules of the default's size: the default itself and a copy with a custom
     // section appended (another digest, the same code).
-    let default = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let default = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
     let mut other = default.clone();
     other.extend_from_slice(&[0, 6, 5, b'b', b'e', b'n', b'c', b'h']);
     let modules = [default.as_slice(), other.as_slice()];

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     if let Command::CompileWorker { args } = &command {
         // Nothing else of the CLI runs in the child: no logging, no runtime.
-        let code = backstop::wasm::compile_worker::serve_compile_request(args);
+        let code = backstop_runtime::compile_worker::serve_compile_request(args);
         return ExitCode::from(code as u8);
     }
     tracing_subscriber::fmt()

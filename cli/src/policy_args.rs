@@ -1,12 +1,19 @@
 //! The flags every policy-running subcommand shares, and turning them into a policy.
 
 use anyhow::{Context, Result};
-use backstop::untrusted::{FileKind, read_text};
-use backstop::wasm::watch::policy_file;
-use backstop::{
-    DEFAULT_POLICY_WASM, Engine, HostConfig, Policy, PolicyHandle, PolicyModule, SwapOptions,
-    load_allowed, read_module_file, vet_bytes,
-};
+use backstop::Engine;
+use backstop::HostConfig;
+use backstop::PolicyHandle;
+use backstop::PolicyModule;
+use backstop::SwapOptions;
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::read_text;
+use backstop_runtime::module::DEFAULT_POLICY_WASM;
+use backstop_runtime::module::read_module_file;
+use backstop_runtime::policy::Policy;
+use backstop_runtime::vetting::load_allowed;
+use backstop_runtime::vetting::vet_bytes;
+use backstop_runtime::watch::policy_file;
 use clap::Args;
 use std::path::{Path, PathBuf};
 

@@ -5,9 +5,19 @@
 //! the commands it ran (`INFO commandstats`) during each fleet round says how many went per
 //! request: the background's renewals and pings, none on a request's way.
 
-use backstop::contract::{AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason};
-use backstop::{BoxError, ClientOptions, Decided, Decider, RequestOptions, Resilience, Verdict};
+use backstop::ClientOptions;
+use backstop::Decider;
+use backstop::RequestOptions;
+use backstop::Resilience;
+use backstop::Verdict;
+use backstop_core::contract::AttemptContext;
+use backstop_core::contract::Decision;
+use backstop_core::contract::ErrorInfo;
+use backstop_core::contract::ErrorKind;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::decision::Decided;
 use backstop_fleet::RedisFleet;
+use backstop_resilience::error::BoxError;
 use backstop_test_support::RedisServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +51,7 @@ async fn one(core: &Resilience, throttled: bool) {
     let _ = core
         .call(
             RequestOptions::default(),
-            backstop::Cost::flat(100),
+            backstop_resilience::capacity::Cost::flat(100),
             |_| async move {
                 if throttled {
                     Err((ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429")))

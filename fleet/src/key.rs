@@ -19,7 +19,7 @@ pub const MIN_KEY_CHARS: usize = 32;
 pub enum KeyError {
     /// The file is not one to read a key from.
     #[error("fleet key: {0}")]
-    File(#[from] backstop::untrusted::FileError),
+    File(#[from] backstop_core::untrusted::FileError),
     /// The key is too short to resist guessing.
     #[error(
         "the fleet key from {from} is {chars} characters; at least {MIN_KEY_CHARS} are required"
@@ -58,7 +58,7 @@ impl FleetKey {
 
     /// The key in `file`, else in [`KEY_ENV`]; `None` when neither holds one.
     pub fn load(file: Option<&Path>) -> Result<Option<FleetKey>, KeyError> {
-        match backstop::untrusted::read_secret(file, KEY_ENV)? {
+        match backstop_core::untrusted::read_secret(file, KEY_ENV)? {
             Some((text, from)) => FleetKey::new(&text, &from).map(Some),
             None => Ok(None),
         }

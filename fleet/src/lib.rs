@@ -4,7 +4,7 @@
 //! (pub/sub: measured in BENCHMARKS.md), and every other replica applies it to the loops that
 //! [joined](RedisFleet::join) it. A replica that (re)connects reads the openings still in
 //! force. The replica that opened a breaker probes it for the fleet, and a throttle that cuts
-//! one replica's capacity estimate cuts every replica's (see `backstop::resilience::fleet`).
+//! one replica's capacity estimate cuts every replica's (see `backstop_resilience::fleet`).
 //!
 //! **Redis trouble is not an outage.** The loop never waits on Redis: announcements go out in
 //! the background, each given [`WRITE_TIMEOUT`]. A replica that cannot reach Redis — at
@@ -24,8 +24,12 @@
 pub mod key;
 pub mod queue;
 
-use backstop::resilience::capacity::LeaseGrant;
-use backstop::resilience::fleet::{BUDGET_SPAN_S, Fleet, FleetMember, LEASE_PERIOD, LEASE_TTL};
+use backstop_resilience::capacity::LeaseGrant;
+use backstop_resilience::fleet::BUDGET_SPAN_S;
+use backstop_resilience::fleet::Fleet;
+use backstop_resilience::fleet::FleetMember;
+use backstop_resilience::fleet::LEASE_PERIOD;
+use backstop_resilience::fleet::LEASE_TTL;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

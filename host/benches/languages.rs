@@ -10,7 +10,11 @@
 
 use backstop_test_support as support;
 
-use backstop::{Engine, Limits, ModuleCache, PolicyHandle, SwapOptions};
+use backstop::Engine;
+use backstop::Limits;
+use backstop::PolicyHandle;
+use backstop::SwapOptions;
+use backstop_runtime::cache::ModuleCache;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -116,7 +120,10 @@ fn main() {
         ..Limits::default()
     })
     .expect("engine");
-    let mut subjects = vec![("Rust", backstop::DEFAULT_POLICY_WASM.to_vec())];
+    let mut subjects = vec![(
+        "Rust",
+        backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec(),
+    )];
     for (language, example) in [
         ("Python", "cost-aware-py"),
         ("JavaScript", "latency-first-js"),

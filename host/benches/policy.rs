@@ -12,15 +12,24 @@
 
 use backstop_test_support as support;
 
-use backstop::{
-    AttemptContext, BreakerState, Engine, ErrorInfo, ErrorKind, Limits, ModelCapacity, ModelHealth,
-    ModuleCache, PolicyHandle, RouteQuery, SwapOptions, Swapped,
-};
+use backstop::AttemptContext;
+use backstop::Engine;
+use backstop::ErrorInfo;
+use backstop::ErrorKind;
+use backstop::Limits;
+use backstop::PolicyHandle;
+use backstop::SwapOptions;
+use backstop_core::contract::BreakerState;
+use backstop_core::contract::ModelCapacity;
+use backstop_core::contract::ModelHealth;
+use backstop_core::decision::RouteQuery;
+use backstop_runtime::cache::ModuleCache;
+use backstop_runtime::handle::Swapped;
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 /// The empty component of the default's signature, configured.
-fn floor(engine: &Engine) -> backstop::Policy {
+fn floor(engine: &Engine) -> backstop_runtime::policy::Policy {
     engine
         .load_bytes(&support::floor_component(), "floor")
         .unwrap()
@@ -31,19 +40,19 @@ fn floor(engine: &Engine) -> backstop::Policy {
 fn decide(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
     let ctx = support::full_context();
-    let params = backstop::native_default::Params::default();
+    let params = backstop_runtime::native_default::Params::default();
     let policy = engine.load_default().unwrap().configure("{}").unwrap();
     let floor = floor(&engine);
     let handle = PolicyHandle::from(engine.load_default().unwrap().configure("{}").unwrap());
     // Same answer natively and in wasm: the comparison is like for like.
     assert_eq!(
-        backstop::native_default::decide(&params, &ctx),
+        backstop_runtime::native_default::decide(&params, &ctx),
         policy.decide(&ctx).decision
     );
 
     let mut group = c.benchmark_group("decide");
     group.bench_function("native", |b| {
-        b.iter(|| backstop::native_default::decide(&params, black_box(&ctx)))
+        b.iter(|| backstop_runtime::native_default::decide(&params, black_box(&ctx)))
     });
     group.bench_function("wasm", |b| b.iter(|| policy.decide(black_box(&ctx))));
     group.bench_function("wasm-via-handle", |b| {
@@ -94,7 +103,7 @@ fn route(c: &mut Criterion) {
     let floor = floor(&engine);
     assert!(matches!(
         policy.route(&query),
-        Some((backstop::Route::Send { model: 1, .. }, None))
+        Some((backstop_core::contract::Route::Send { model: 1, .. }, None))
     ));
     let mut group = c.benchmark_group("route");
     group.bench_function("wasm", |b| b.iter(|| policy.route(black_box(&query))));
@@ -104,7 +113,7 @@ fn route(c: &mut Criterion) {
 
 fn load(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
-    let wasm = backstop::DEFAULT_POLICY_WASM;
+    let wasm = backstop_runtime::module::DEFAULT_POLICY_WASM;
     let cwasm = engine.precompile(wasm, "default").unwrap();
     // SAFETY: precompiled just above by this engine.
     let module = unsafe { engine.load_trusted_precompiled(&cwasm, "default.cwasm") }.unwrap();
@@ -129,7 +138,7 @@ fn load(c: &mut Criterion) {
 
 fn swap(c: &mut Criterion) {
     let engine = Engine::new(Limits::default()).expect("engine");
-    let a = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let a = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
     let b = support::sane_component("2.0.0");
     let dir = support::scratch_dir("bench-swap");
     let cached = PolicyHandle::new(
@@ -150,7 +159,7 @@ fn swap(c: &mut Criterion) {
     let allowed = cwasm
         .iter()
         .chain([&a, &b])
-        .map(|bytes| backstop::sha256_hex(bytes))
+        .map(|bytes| backstop_runtime::engine::sha256_hex(bytes))
         .collect();
     let allow_listed = PolicyHandle::new(
         engine.load_default().unwrap(),
@@ -181,7 +190,7 @@ fn swap(c: &mut Criterion) {
 /// Swaps `handle` to whichever of two modules is not live, each call: every swap is real.
 fn alternately<'a>(handle: &'a PolicyHandle, modules: &'a [Vec<u8>; 2]) -> impl FnMut() + 'a {
     let live = handle.status().digest;
-    let mut next = usize::from(backstop::sha256_hex(&modules[0]) == live);
+    let mut next = usize::from(backstop_runtime::engine::sha256_hex(&modules[0]) == live);
     move || {
         let swapped = handle.swap_bytes(&modules[next], "bench").unwrap();
         assert!(matches!(swapped, Swapped::Live { .. }));

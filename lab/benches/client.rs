@@ -7,7 +7,10 @@
 use backstop_test_support as support;
 
 use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
-use backstop::{ChatRequest, ClientOptions, ResilientClient, sdk_client_for_endpoint};
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::ResilientClient;
+use backstop::sdk_client_for_endpoint;
 use backstop_lab::{FaultServer, Scenario};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;

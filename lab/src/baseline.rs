@@ -3,10 +3,18 @@
 //! policy modules. They are comparisons, not policies: they hold host-side state (the SDK's
 //! retry quota) that a contract policy may not.
 
-use backstop::contract::{AttemptContext, Decision, ErrorKind, GiveUpReason};
-use backstop::native_default::full_jitter;
-use backstop::resilience::capacity::Cubic;
-use backstop::{Decided, Decider, Finished, Route, RouteQuery, Verdict};
+use backstop::Decider;
+use backstop::Verdict;
+use backstop_core::contract::AttemptContext;
+use backstop_core::contract::Decision;
+use backstop_core::contract::ErrorKind;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::Route;
+use backstop_core::decision::Decided;
+use backstop_core::decision::Finished;
+use backstop_core::decision::RouteQuery;
+use backstop_resilience::capacity::Cubic;
+use backstop_runtime::native_default::full_jitter;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -35,7 +43,7 @@ pub enum Baseline {
     SdkStandardPre2026,
     /// The AWS SDK's adaptive retry mode: standard retries plus the client-side rate limiter —
     /// a token bucket filled at a CUBIC-learned rate, with smithy-rs's constants (the very
-    /// estimator the host keeps, [`capacity`](backstop::resilience::capacity)); a first attempt
+    /// estimator the host keeps, [`capacity`](backstop_resilience::capacity)); a first attempt
     /// costs 1 token, a retry 5, a retry after a timeout 10, and a short bucket delays the send.
     SdkAdaptive,
     /// The adaptive mode over the pre-2026 standard retries.
@@ -600,7 +608,7 @@ impl Decider for RouterCooldown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop::contract::ErrorInfo;
+    use backstop_core::contract::ErrorInfo;
 
     fn ctx(kind: ErrorKind, attempt: u32) -> AttemptContext {
         let mut ctx = AttemptContext::first_failure(ErrorInfo::of(kind), ["primary", "fallback"]);
@@ -759,7 +767,7 @@ mod tests {
     ) -> RouteQuery<'a> {
         RouteQuery {
             request_id,
-            workload: backstop::Workload::Interactive,
+            workload: backstop_core::contract::Workload::Interactive,
             reservation: 100,
             expected_settled: 100,
             input_tokens: 100,

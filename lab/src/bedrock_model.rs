@@ -5,7 +5,7 @@
 
 use crate::quota::{PoolBucket, TOO_MANY_TOKENS};
 use crate::scenario::{Latency, Misbehaviour, ModelFaults, Scenario, Scripted, TokenBucket};
-use backstop::contract::ErrorKind;
+use backstop_core::contract::ErrorKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;

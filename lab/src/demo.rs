@@ -7,10 +7,14 @@
 
 use crate::fault_server::FaultServer;
 use crate::scenario::{Latency, ModelFaults, Outage, Scenario};
-use backstop::{
-    CallError, ChatRequest, ErrorKind, HostConfig, MetricsSnapshot, PolicyHandle, ResilientClient,
-    sdk_client_for_endpoint,
-};
+use backstop::CallError;
+use backstop::ChatRequest;
+use backstop::ErrorKind;
+use backstop::HostConfig;
+use backstop::MetricsSnapshot;
+use backstop::PolicyHandle;
+use backstop::ResilientClient;
+use backstop::sdk_client_for_endpoint;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,11 @@
 //! Every announcement reaches the other replicas after [`PROPAGATION`] of virtual time.
 
 use backstop::Resilience;
-use backstop::resilience::fleet::{Fleet, FleetMember, LEASE_PERIOD, LEASE_TTL, LeaseBudget};
+use backstop_resilience::fleet::Fleet;
+use backstop_resilience::fleet::FleetMember;
+use backstop_resilience::fleet::LEASE_PERIOD;
+use backstop_resilience::fleet::LEASE_TTL;
+use backstop_resilience::fleet::LeaseBudget;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;

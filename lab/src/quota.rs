@@ -119,7 +119,8 @@ impl PoolBucket {
 
 // One copy of the body families, in the host's catalogue: the host reads a request's
 // `maxTokens` as the modelled Bedrock does.
-pub use backstop::catalogue::{BodyFamily, max_output_tokens};
+pub use backstop_core::catalogue::BodyFamily;
+pub use backstop_core::catalogue::max_output_tokens;
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@
 //! empty; else an error drawn from `error_rates`; else success. Times are milliseconds since the
 //! server started.
 
-use backstop::contract::ErrorKind;
+use backstop_core::contract::ErrorKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;

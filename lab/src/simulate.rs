@@ -12,12 +12,27 @@
 use crate::baseline::Baseline;
 use crate::bedrock_model::{Ask, BedrockModel, Outcome};
 use crate::scenario::{Misbehaviour, Scenario, Traffic};
-use backstop::contract::{ErrorInfo, ErrorKind, Workload};
-use backstop::resilience::limits::{Phase, stream_incomplete, within};
-use backstop::{
-    AfterOutput, BoxError, ConfigError, Cost, Decider, HostConfig, LoadError, OptionsError,
-    PolicyHandle, PolicyModule, RequestOptions, Resilience, ShadowStatus, SwapError, Usage,
-};
+use backstop::ConfigError;
+use backstop::Decider;
+use backstop::HostConfig;
+use backstop::LoadError;
+use backstop::PolicyHandle;
+use backstop::PolicyModule;
+use backstop::RequestOptions;
+use backstop::Resilience;
+use backstop::SwapError;
+use backstop::Usage;
+use backstop_core::contract::ErrorInfo;
+use backstop_core::contract::ErrorKind;
+use backstop_core::contract::Workload;
+use backstop_resilience::AfterOutput;
+use backstop_resilience::capacity::Cost;
+use backstop_resilience::error::BoxError;
+use backstop_resilience::limits::Phase;
+use backstop_resilience::limits::stream_incomplete;
+use backstop_resilience::limits::within;
+use backstop_resilience::options::OptionsError;
+use backstop_runtime::shadow::ShadowStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -2,7 +2,7 @@
 //! simulated traffic — a spike past the primary's quota, a six-second outage of it, some batch
 //! work, a minute in all — in virtual time, over the chain the module will serve. Every swap
 //! and `backstop check` of the `backstop` binary run it before a module goes live; the host
-//! judges the two tallies by the rule probation uses ([`backstop::EffectTrial`]).
+//! judges the two tallies by the rule probation uses ([`backstop_runtime::vetting::EffectTrial`]).
 //!
 //! Nothing in it is a fixed exam: the seed (arrivals, latencies, faults, jitter, and how long
 //! the clients have run, up to a week, so their clock does not start at zero) is drawn afresh
@@ -10,10 +10,16 @@
 
 use crate::scenario::Scenario;
 use crate::simulate::{self, Contender, SimReport};
-use backstop::{
-    Decided, Decider, EffectTrial, HostConfig, PolicyHandle, PolicyModule, RollbackRule,
-    SwapOptions, Tally, TrialOutcome,
-};
+use backstop::Decider;
+use backstop::HostConfig;
+use backstop::PolicyHandle;
+use backstop::PolicyModule;
+use backstop::SwapOptions;
+use backstop_core::decision::Decided;
+use backstop_core::decision::Tally;
+use backstop_runtime::vetting::EffectTrial;
+use backstop_runtime::vetting::RollbackRule;
+use backstop_runtime::vetting::TrialOutcome;
 use std::sync::Arc;
 
 /// The chain a trial uses when the module's is not known yet (`backstop check` without a host
@@ -97,7 +103,7 @@ fn tally(report: &SimReport) -> Tally {
 struct WithoutRoutes(PolicyHandle);
 
 impl Decider for WithoutRoutes {
-    fn decide(&self, ctx: &backstop::contract::AttemptContext) -> Decided {
+    fn decide(&self, ctx: &backstop_core::contract::AttemptContext) -> Decided {
         Decider::decide(&self.0, ctx)
     }
 }

@@ -105,7 +105,8 @@ pub enum OptionsError {
 /// What one request asks of the loop besides how to send it.
 ///
 /// ```
-/// use backstop::{RequestOptions, Workload};
+/// use backstop_core::contract::Workload;
+/// use backstop_resilience::options::RequestOptions;
 /// use std::time::Duration;
 ///
 /// let options = RequestOptions::batch().with_deadline(Duration::from_secs(600));

@@ -155,14 +155,14 @@ struct Live {
 /// The live policy, swappable while requests run. Cheap to clone; clones share everything.
 ///
 /// ```
-/// use backstop::{Engine, Limits, PolicyHandle, SwapOptions};
+/// use backstop_runtime::{engine::Engine, handle::PolicyHandle, sandbox::Limits, vetting::SwapOptions};
 ///
 /// let engine = Engine::new(Limits::default())?;
 /// let handle = PolicyHandle::new(engine.load_default()?, SwapOptions::default())?;
 /// // Later, from an operator's upload (garbage is refused; the old module stays live):
 /// assert!(handle.swap_bytes(b"not a module", "upload").is_err());
 /// assert_eq!(handle.status().rejections, 1);
-/// # Ok::<(), backstop::SwapError>(())
+/// # Ok::<(), backstop_runtime::vetting::SwapError>(())
 /// ```
 #[derive(Clone)]
 pub struct PolicyHandle {

@@ -336,3 +336,8 @@ mod v0_4_0;
 pub mod vetting;
 #[cfg(feature = "watch")]
 pub mod watch;
+
+/// The default policy's logic compiled natively: the same code as
+/// [`DEFAULT_POLICY_WASM`](module::DEFAULT_POLICY_WASM), for comparison and benchmarks. Hosts
+/// should call the component, which can be swapped.
+pub use policy_guest::policy as native_default;

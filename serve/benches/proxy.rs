@@ -13,7 +13,8 @@
 //! server. The throughput is what the sidecar sustains while its clients and upstream run on
 //! the same two cores — a floor, not its ceiling.
 
-use backstop::{HostConfig, PolicyHandle};
+use backstop::HostConfig;
+use backstop::PolicyHandle;
 use backstop_lab::{FaultServer, Scenario};
 use backstop_serve::{Sidecar, SidecarOptions};
 use bytes::Bytes;

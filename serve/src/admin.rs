@@ -10,10 +10,11 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use backstop::{SwapError, Swapped};
+use backstop::SwapError;
+use backstop_runtime::handle::Swapped;
 
 /// The largest module accepted.
-const MAX_MODULE_BYTES: usize = backstop::MAX_MODULE_BYTES as usize;
+const MAX_MODULE_BYTES: usize = backstop_runtime::module::MAX_MODULE_BYTES as usize;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;

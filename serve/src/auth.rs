@@ -1,7 +1,8 @@
 //! The admin listener's bearer token: read from a file or the environment, compared in
 //! constant time.
 
-use backstop::untrusted::{FileError, read_secret};
+use backstop_core::untrusted::FileError;
+use backstop_core::untrusted::read_secret;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::CallError;
 use backstop::RequestOptions;
-use backstop::bedrock::passthrough::{Operation, RawRequest};
+use backstop_bedrock::passthrough::Operation;
+use backstop_bedrock::passthrough::RawRequest;
 use backstop_fleet::queue::{Answer, Parked, Served, epoch_ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,7 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
                 &policy,
             );
             for (name, value) in &output.headers {
-                if backstop::bedrock::passthrough::forwarded_response_header(name) {
+                if backstop_bedrock::passthrough::forwarded_response_header(name) {
                     wire::put(&mut headers, name, value);
                 }
             }

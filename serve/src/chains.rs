@@ -2,7 +2,9 @@
 //! configuration (A, then its fallbacks); a model the configuration does not list is served
 //! by itself alone. Every client shares the SDK client and the policy handle.
 
-use backstop::{HostConfig, PolicyHandle, ResilientClient};
+use backstop::HostConfig;
+use backstop::PolicyHandle;
+use backstop::ResilientClient;
 use backstop_fleet::RedisFleet;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +36,7 @@ pub enum ChainError {
     },
     /// The loop refused its options.
     #[error(transparent)]
-    Options(#[from] backstop::OptionsError),
+    Options(#[from] backstop_resilience::options::OptionsError),
 }
 
 /// How long one upstream attempt may take: the loop's default, or the time to headers the

@@ -32,8 +32,11 @@ pub mod wire;
 
 use auth::AdminToken;
 use axum::Router;
-use backstop::untrusted::{FileKind, read_file, read_secret};
-use backstop::{HostConfig, PolicyHandle};
+use backstop::HostConfig;
+use backstop::PolicyHandle;
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::read_file;
+use backstop_core::untrusted::read_secret;
 use state::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,7 +97,7 @@ pub enum ServeError {
     Fleet(#[from] backstop_fleet::FleetError),
     /// A file of the fleet section (Redis password, CA) cannot be read.
     #[error("fleet: {0}")]
-    FleetFile(#[from] backstop::untrusted::FileError),
+    FleetFile(#[from] backstop_core::untrusted::FileError),
     /// The fleet key cannot be read or is too short.
     #[error(transparent)]
     FleetKey(#[from] backstop_fleet::key::KeyError),
@@ -142,7 +145,7 @@ impl Sidecar {
                 backstop::sdk_client_for_endpoint(url, attempt_timeout)
             }
             endpoint => {
-                backstop::bedrock::client::sdk_client_from_env_at(
+                backstop_bedrock::client::sdk_client_from_env_at(
                     endpoint.as_deref(),
                     attempt_timeout,
                 )

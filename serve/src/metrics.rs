@@ -4,7 +4,7 @@
 
 use crate::chains::Chains;
 use backstop::PolicyHandle;
-use backstop::untrusted::LabelValue;
+use backstop_core::untrusted::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

@@ -7,7 +7,7 @@
 //! sends in batches; a full queue or a failed export drops spans and counts them.
 
 use crate::metrics::ServeMetrics;
-use backstop::AttemptRecord;
+use backstop_resilience::error::AttemptRecord;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -374,7 +374,7 @@ impl RequestTrace {
 }
 
 /// The decision's WIT case name.
-fn decision_name(decision: &backstop::contract::Decision) -> &'static str {
+fn decision_name(decision: &backstop_core::contract::Decision) -> &'static str {
     decision.case()
 }
 

@@ -7,10 +7,14 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use backstop::bedrock::passthrough::{Operation, RawRequest, RawStream, forwarded_response_header};
-use backstop::catalogue;
-use backstop::contract::Workload;
-use backstop::{CallError, RequestOptions};
+use backstop::CallError;
+use backstop::RequestOptions;
+use backstop_bedrock::passthrough::Operation;
+use backstop_bedrock::passthrough::RawRequest;
+use backstop_bedrock::passthrough::RawStream;
+use backstop_bedrock::passthrough::forwarded_response_header;
+use backstop_core::catalogue;
+use backstop_core::contract::Workload;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -102,7 +106,7 @@ pub async fn invoke(
     };
     let forwarded = headers
         .iter()
-        .filter(|(name, _)| backstop::bedrock::passthrough::forwarded_request_header(name.as_str()))
+        .filter(|(name, _)| backstop_bedrock::passthrough::forwarded_request_header(name.as_str()))
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
     let request = RawRequest {

@@ -4,9 +4,10 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use backstop::bedrock::passthrough::wire_error;
-use backstop::contract::ErrorInfo;
-use backstop::{AttemptRecord, CallError};
+use backstop::CallError;
+use backstop_bedrock::passthrough::wire_error;
+use backstop_core::contract::ErrorInfo;
+use backstop_resilience::error::AttemptRecord;
 
 /// The model that answered.
 pub const MODEL: &str = "x-backstop-model";
@@ -158,7 +159,7 @@ pub fn put(headers: &mut HeaderMap, name: &str, value: &str) {
 
 /// The error a stream ends with, as an event-stream exception frame.
 pub fn stream_error_frame(error: &CallError) -> bytes::Bytes {
-    let fallback = ErrorInfo::of(backstop::contract::ErrorKind::ModelStreamError);
+    let fallback = ErrorInfo::of(backstop_core::contract::ErrorKind::ModelStreamError);
     let mut last = error.last_error().cloned().unwrap_or(fallback);
     last.message = format!(
         "{} [backstop: {} after {} attempt(s)]",
@@ -166,5 +167,5 @@ pub fn stream_error_frame(error: &CallError) -> bytes::Bytes {
         error.cause(),
         error.attempts()
     );
-    backstop::bedrock::passthrough::exception_frame(&last)
+    backstop_bedrock::passthrough::exception_frame(&last)
 }

@@ -1,7 +1,9 @@
 //! The default policy component as other runtimes see it: exactly the contract's export, and
 //! no imports at all, so it runs unchanged under jco on Node or wasmtime-py with no WASI shim.
 
-use backstop::{DECIDER_EXPORT, DEFAULT_POLICY_WASM, WIT_VERSION};
+use backstop_core::contract::DECIDER_EXPORT;
+use backstop_core::contract::WIT_VERSION;
+use backstop_runtime::module::DEFAULT_POLICY_WASM;
 use wasmtime::component::{Component, types::ComponentItem};
 
 fn inspect() -> (wasmtime::Engine, Component) {

@@ -6,11 +6,15 @@
 use crate::resilient_client::scenario;
 use crate::silent_providers::{client_deciding, misbehaving};
 use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ConverseStreamOutput};
-use backstop::{
-    CallError, ChatRequest, ErrorKind, GiveUpReason, ModelFacts, Policy, ResilientStream,
-};
+use backstop::CallError;
+use backstop::ChatRequest;
+use backstop::ErrorKind;
+use backstop::ResilientStream;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::ModelFacts;
 use backstop_lab::FaultServer;
 use backstop_lab::scenario::ModelFaults;
+use backstop_runtime::policy::Policy;
 use backstop_test_support as support;
 use std::time::{Duration, Instant};
 

@@ -5,14 +5,30 @@
 
 use crate::resilient_client::scenario;
 use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ConverseStreamOutput};
-use backstop::resilience::limits::AttemptLimits;
-use backstop::{
-    AfterBreak, AttemptContext, BoxError, ChatRequest, ClientOptions, Cost, Decided, Decider,
-    Decision, ErrorInfo, ErrorKind, Hedge, HedgeBudget, Policy, RequestOptions, Resilience,
-    ResilientClient, Route, RouteQuery, Verdict, sdk_client_for_endpoint,
-};
+use backstop::AttemptContext;
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::Decider;
+use backstop::Decision;
+use backstop::ErrorInfo;
+use backstop::ErrorKind;
+use backstop::RequestOptions;
+use backstop::Resilience;
+use backstop::ResilientClient;
+use backstop::Verdict;
+use backstop::sdk_client_for_endpoint;
+use backstop_core::contract::AfterBreak;
+use backstop_core::contract::Hedge;
+use backstop_core::contract::Route;
+use backstop_core::decision::Decided;
+use backstop_core::decision::RouteQuery;
 use backstop_lab::FaultServer;
 use backstop_lab::scenario::ModelFaults;
+use backstop_resilience::budget::HedgeBudget;
+use backstop_resilience::capacity::Cost;
+use backstop_resilience::error::BoxError;
+use backstop_resilience::limits::AttemptLimits;
+use backstop_runtime::policy::Policy;
 use backstop_test_support as support;
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -4,10 +4,16 @@
 
 use backstop_test_support as support;
 
-use backstop::{
-    Clamp, Decision, ErrorKind, GiveUpReason, Guardrails, LoadError, Policy, PolicyFault,
-    PolicyModule, Verdict,
-};
+use backstop::Decision;
+use backstop::ErrorKind;
+use backstop::Guardrails;
+use backstop::LoadError;
+use backstop::PolicyModule;
+use backstop::Verdict;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::decision::Clamp;
+use backstop_core::decision::PolicyFault;
+use backstop_runtime::policy::Policy;
 use std::time::{Duration, Instant};
 use support::{CoreParts, component, core_wat, ctx, engine, policy_component};
 
@@ -224,7 +230,10 @@ fn a_module_for_another_contract_version_is_refused_by_name() {
             found, expected, ..
         } => {
             assert_eq!(found, "backstop:policy/decider@0.9.0");
-            assert!(expected.contains(backstop::DECIDER_EXPORT), "{expected}");
+            assert!(
+                expected.contains(backstop_core::contract::DECIDER_EXPORT),
+                "{expected}"
+            );
             assert!(expected.contains("decider@0.1.0"), "{expected}");
         }
         other => panic!("{other}"),
@@ -453,7 +462,7 @@ fn files_that_are_not_policies_get_a_clear_error() {
     assert!(matches!(err, LoadError::NotComponent { .. }), "{err}");
     assert!(err.to_string().contains("not a component"));
 
-    let mut truncated = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let mut truncated = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
     truncated.truncate(truncated.len() / 2);
     let err = e.load_bytes(&truncated, "half-written.wasm").unwrap_err();
     assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
@@ -466,7 +475,7 @@ fn files_that_are_not_policies_get_a_clear_error() {
 #[test]
 fn precompiled_modules_load_only_into_a_matching_engine() {
     let cwasm = engine()
-        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .precompile(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap();
     // Native code is refused unless the caller vouches for it.
     let refused = engine().load_bytes(&cwasm, "default.cwasm").unwrap_err();
@@ -492,7 +501,7 @@ fn precompiled_modules_load_only_into_a_matching_engine() {
     config.wasm_component_model(true);
     let unmetered = wasmtime::Engine::new(&config).unwrap();
     let foreign = unmetered
-        .precompile_component(backstop::DEFAULT_POLICY_WASM)
+        .precompile_component(backstop_runtime::module::DEFAULT_POLICY_WASM)
         .unwrap();
     // SAFETY: precompiled just above from the default policy (by an engine with other settings).
     let err = unsafe { engine().load_trusted_precompiled(&foreign, "foreign.cwasm") }.unwrap_err();

@@ -3,15 +3,28 @@
 
 use backstop_test_support as support;
 
-#[cfg(feature = "watch")]
-use backstop::wasm::cache::write_atomically;
-use backstop::{
-    CacheUse, ChatRequest, ClientOptions, Decider, Decision, ErrorKind, LoadError, ModuleCache,
-    OutcomeRule, PolicyHandle, ResilientClient, RollbackRule, SwapError, SwapEventKind,
-    SwapOptions, Swapped, sdk_client_for_endpoint, sha256_hex,
-};
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::Decider;
+use backstop::Decision;
+use backstop::ErrorKind;
+use backstop::LoadError;
+use backstop::PolicyHandle;
+use backstop::ResilientClient;
+use backstop::SwapError;
+use backstop::SwapOptions;
+use backstop::sdk_client_for_endpoint;
+use backstop_core::decision::OutcomeRule;
 use backstop_lab::scenario::ModelFaults;
 use backstop_lab::{FaultServer, Scenario};
+use backstop_runtime::cache::CacheUse;
+use backstop_runtime::cache::ModuleCache;
+#[cfg(feature = "watch")]
+use backstop_runtime::cache::write_atomically;
+use backstop_runtime::engine::sha256_hex;
+use backstop_runtime::handle::SwapEventKind;
+use backstop_runtime::handle::Swapped;
+use backstop_runtime::vetting::RollbackRule;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -123,7 +136,7 @@ fn the_operators_config_goes_to_every_new_module() {
     };
     let handle = PolicyHandle::new(sane, options).unwrap();
     let error = handle
-        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "default")
+        .swap_bytes(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap_err();
     assert_eq!(error.kind().as_str(), "config-rejected");
     assert!(error.to_string().contains("no_such_knob"), "{error}");
@@ -131,7 +144,7 @@ fn the_operators_config_goes_to_every_new_module() {
 
 #[test]
 fn only_allow_listed_digests_go_live() {
-    let default_digest = sha256_hex(backstop::DEFAULT_POLICY_WASM);
+    let default_digest = sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM);
     let options = SwapOptions {
         allowed_digests: Some([default_digest.clone()].into()),
         ..SwapOptions::default()
@@ -212,14 +225,14 @@ fn swaps_load_compiled_modules_from_the_cache() {
     let cache = ModuleCache::new(engine, &dir).unwrap();
     let sane = support::sane_component("2.0.0");
 
-    let backstop::Cached {
+    let backstop_runtime::cache::Cached {
         module: first,
         used,
     } = cache.load(engine, &sane, "sane.wasm").unwrap();
     assert_eq!(used, CacheUse::Miss);
     let entry = cache.entry(&sha256_hex(&sane));
     assert!(entry.is_file(), "{} written", entry.display());
-    let backstop::Cached {
+    let backstop_runtime::cache::Cached {
         module: second,
         used,
     } = cache.load(engine, &sane, "sane.wasm").unwrap();
@@ -250,7 +263,7 @@ fn swaps_load_compiled_modules_from_the_cache() {
         cached(handle.swap_bytes(&sane, "sane").unwrap()),
         Some(CacheUse::Hit)
     );
-    let default = backstop::DEFAULT_POLICY_WASM;
+    let default = backstop_runtime::module::DEFAULT_POLICY_WASM;
     assert_eq!(
         cached(handle.swap_bytes(default, "default").unwrap()),
         Some(CacheUse::Miss)
@@ -271,7 +284,7 @@ fn swaps_load_compiled_modules_from_the_cache() {
 fn a_watched_file_swaps_on_change_and_ignores_garbage() {
     let dir = support::scratch_dir("watch-file");
     let path = dir.join("policy.wasm");
-    std::fs::write(&path, backstop::DEFAULT_POLICY_WASM).unwrap();
+    std::fs::write(&path, backstop_runtime::module::DEFAULT_POLICY_WASM).unwrap();
     let handle = default_handle(SwapOptions::default());
     let _watcher = backstop::PolicyWatcher::start(handle.clone(), &path).unwrap();
     let live = || handle.status().digest;
@@ -289,8 +302,9 @@ fn a_watched_file_swaps_on_change_and_ignores_garbage() {
     assert_eq!(throttle(&handle), Decision::Retry { delay_ms: 1 });
 
     // A good module written in place goes live.
-    std::fs::write(&path, backstop::DEFAULT_POLICY_WASM).unwrap();
-    assert!(support::eventually(wait, || live() == sha256_hex(backstop::DEFAULT_POLICY_WASM)));
+    std::fs::write(&path, backstop_runtime::module::DEFAULT_POLICY_WASM).unwrap();
+    assert!(support::eventually(wait, || live()
+        == sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM)));
     assert_eq!(handle.status().swaps, 2);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -309,7 +323,7 @@ fn a_watched_directory_runs_its_newest_module() {
         == "3.1.0"));
     // Files that are not modules are not looked at.
     std::fs::write(dir.join("NOTES.txt"), "v3.1.0 rolled out").unwrap();
-    std::thread::sleep(backstop::wasm::watch::SETTLE * 3);
+    std::thread::sleep(backstop_runtime::watch::SETTLE * 3);
     assert_eq!(handle.status().rejections, 0);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -362,7 +376,7 @@ async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
         })
         .collect();
 
-    let default = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let default = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
     let sane = support::sane_component("2.0.0");
     let valid = [sha256_hex(&default), sha256_hex(&sane)];
     let invalid = [
@@ -604,7 +618,10 @@ fn a_shadow_candidate_is_asked_every_context_and_changes_nothing_until_promoted(
     assert!(text.contains(&series), "{text}");
 
     // Promotion is an explicit swap.
-    assert_eq!(status.digest, sha256_hex(backstop::DEFAULT_POLICY_WASM));
+    assert_eq!(
+        status.digest,
+        sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM)
+    );
     assert!(matches!(
         handle.promote_shadow(),
         Ok(Some(Swapped::Live { .. }))
@@ -617,7 +634,11 @@ fn a_shadow_candidate_is_asked_every_context_and_changes_nothing_until_promoted(
 
 #[test]
 fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
-    use backstop::{ModelCapacity, ModelHealth, Route, RouteQuery, Workload};
+    use backstop_core::contract::ModelCapacity;
+    use backstop_core::contract::ModelHealth;
+    use backstop_core::contract::Route;
+    use backstop_core::contract::Workload;
+    use backstop_core::decision::RouteQuery;
     let handle = default_handle(SwapOptions::default());
     // A 0.2.0 candidate that sends every attempt to the primary.
     handle
@@ -667,7 +688,7 @@ fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
     assert_eq!((shadow.decisions, shadow.agreed), (2, 1));
     assert_eq!(shadow.disagreements["other-model"], 1);
     let sample = &shadow.recent[0];
-    assert_eq!(sample.error, backstop::wasm::shadow::ROUTE);
+    assert_eq!(sample.error, backstop_runtime::shadow::ROUTE);
     assert_eq!(
         (sample.live, sample.candidate),
         (

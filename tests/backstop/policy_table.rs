@@ -4,11 +4,23 @@
 
 use backstop_test_support as support;
 
-use backstop::native_default::{self, Params};
-use backstop::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, GiveUpReason, Hedge, LoadError,
-    ModelCapacity, ModelHealth, Policy, Route, RouteContext, RouteQuery, Workload,
-};
+use backstop::AttemptContext;
+use backstop::Decision;
+use backstop::ErrorKind;
+use backstop::LoadError;
+use backstop_core::contract::AfterBreak;
+use backstop_core::contract::BreakerState;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::Hedge;
+use backstop_core::contract::ModelCapacity;
+use backstop_core::contract::ModelHealth;
+use backstop_core::contract::Route;
+use backstop_core::contract::RouteContext;
+use backstop_core::contract::Workload;
+use backstop_core::decision::RouteQuery;
+use backstop_runtime::native_default;
+use backstop_runtime::native_default::Params;
+use backstop_runtime::policy::Policy;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 use support::{ctx, default_policy, expected_jitter};
@@ -862,13 +874,13 @@ proptest! {
 #[test]
 fn an_input_too_long_goes_to_the_first_model_with_a_larger_window_only_when_opted_in() {
     let windows = [Some(8_000), None, Some(200_000), Some(100_000)];
-    let facts: Vec<backstop::ModelFacts> = windows
+    let facts: Vec<backstop_core::contract::ModelFacts> = windows
         .iter()
         .enumerate()
-        .map(|(i, &context_window)| backstop::ModelFacts {
+        .map(|(i, &context_window)| backstop_core::contract::ModelFacts {
             id: format!("m{i}"),
             context_window,
-            ..backstop::ModelFacts::default()
+            ..backstop_core::contract::ModelFacts::default()
         })
         .collect();
     let decide_opted = |config: &str, c: &AttemptContext| {
@@ -913,11 +925,11 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
         "us.amazon.nova-pro-v1:0",
         "us.anthropic.claude-sonnet-4-20250514-v1:0",
     ];
-    let facts: Vec<backstop::ModelFacts> = chain
+    let facts: Vec<backstop_core::contract::ModelFacts> = chain
         .iter()
-        .map(|id| backstop::ModelFacts {
+        .map(|id| backstop_core::contract::ModelFacts {
             id: (*id).into(),
-            ..backstop::ModelFacts::default()
+            ..backstop_core::contract::ModelFacts::default()
         })
         .collect();
     let policy = support::default_module()
@@ -925,7 +937,7 @@ fn the_same_models_other_pools_are_spent_before_a_different_model() {
         .unwrap();
     let mut params = Params::default();
     params.learn_chain(
-        backstop::ModelFacts::same_model(&facts)
+        backstop_core::contract::ModelFacts::same_model(&facts)
             .into_iter()
             .map(|same_model| native_default::ChainFact {
                 same_model,
@@ -1011,9 +1023,9 @@ fn one_instance_configured_for_a_chain_decides_and_routes_indefinitely_without_a
     // What `configure` keeps (the chain's windows and pools) must not stop the arena from
     // reclaiming each call's memory: before it settled, one instance hit the 16 MiB limit
     // after ~35,000 decisions and answered with the safe decision from then on.
-    let facts: Vec<backstop::ModelFacts> = ["primary", "fallback", "last"]
+    let facts: Vec<backstop_core::contract::ModelFacts> = ["primary", "fallback", "last"]
         .iter()
-        .map(|id| backstop::ModelFacts {
+        .map(|id| backstop_core::contract::ModelFacts {
             id: id.to_string(),
             context_window: Some(200_000),
             ..Default::default()

@@ -2,7 +2,11 @@
 
 use backstop_test_support as support;
 
-use backstop::{ChatRequest, ClientOptions, ErrorKind, ResilientClient, sdk_client_for_endpoint};
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::ErrorKind;
+use backstop::ResilientClient;
+use backstop::sdk_client_for_endpoint;
 use backstop_lab::scenario::{ModelFaults, Outage};
 use backstop_lab::{FaultServer, Scenario};
 use std::time::Duration;

@@ -5,12 +5,19 @@ use backstop_test_support as support;
 
 use aws_sdk_bedrockruntime::error::SdkError;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
-use backstop::{
-    CallError, ChatRequest, ClientOptions, Decision, ErrorKind, FailureCause, GiveUpReason,
-    RequestOptions, ResilientClient, Workload, sdk_client_for_endpoint,
-};
+use backstop::CallError;
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::Decision;
+use backstop::ErrorKind;
+use backstop::RequestOptions;
+use backstop::ResilientClient;
+use backstop::sdk_client_for_endpoint;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::Workload;
 use backstop_lab::scenario::{ModelFaults, Outage};
 use backstop_lab::{FaultServer, Scenario};
+use backstop_resilience::error::FailureCause;
 use std::time::{Duration, Instant};
 
 /// Policy time runs 100x faster than real time: a 1 s backoff sleeps 10 ms.
@@ -28,14 +35,14 @@ async fn connect(server: &FaultServer, models: &[&str], config: &str) -> Resilie
     client_with(server, models, backstop_policy(config), |_| {}).await
 }
 
-fn backstop_policy(config: &str) -> backstop::Policy {
+fn backstop_policy(config: &str) -> backstop_runtime::policy::Policy {
     support::default_policy(config)
 }
 
 async fn client_with(
     server: &FaultServer,
     models: &[&str],
-    policy: backstop::Policy,
+    policy: backstop_runtime::policy::Policy,
     tweak: impl FnOnce(&mut ClientOptions),
 ) -> ResilientClient {
     let mut options = ClientOptions::new(models.iter().copied());
@@ -554,7 +561,7 @@ async fn reqwest_like_post(
 }
 
 /// A module that always answers `retry(u64::MAX)`: only a deadline stops it early.
-fn sleepy_policy() -> backstop::Policy {
+fn sleepy_policy() -> backstop_runtime::policy::Policy {
     let parts = support::CoreParts {
         decide: "(i32.store8 (i32.const 2048) (i32.const 0)) (i64.store (i32.const 2056) (i64.const -1)) i32.const 2048",
         ..Default::default()
@@ -660,7 +667,10 @@ async fn options_past_the_ceilings_are_refused_not_a_panic() {
         .err()
         .expect("refused");
     assert!(
-        matches!(err, backstop::OptionsError::QueueCapacity(_)),
+        matches!(
+            err,
+            backstop_resilience::options::OptionsError::QueueCapacity(_)
+        ),
         "{err}"
     );
     let mut options = ClientOptions::new(["primary"]);
@@ -717,7 +727,7 @@ async fn reserved_and_settled_tokens_and_an_unset_max_tokens_are_counted_for_the
     let client = connect(&server, &["primary"], "{}").await;
     let metrics = || client.metrics().snapshot();
     // An unknown model id is costed with the catalogue's safe maximum output.
-    let max_output = backstop::catalogue::facts("primary", &[]).max_output_tokens;
+    let max_output = backstop_core::catalogue::facts("primary", &[]).max_output_tokens;
 
     let unset = client.converse(&ChatRequest::user("hello")).await.unwrap();
     let after_unset = metrics();
@@ -756,7 +766,7 @@ async fn a_request_no_model_can_ever_admit_fails_at_once_and_one_some_model_can_
     let quotas = |small: u64, larger: u64| {
         move |o: &mut ClientOptions| {
             o.facts = [("small", small), ("larger", larger)]
-                .map(|(id, tpm)| backstop::ModelFacts {
+                .map(|(id, tpm)| backstop_core::contract::ModelFacts {
                     id: id.into(),
                     tokens_per_minute: Some(tpm),
                     ..Default::default()

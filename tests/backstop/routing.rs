@@ -1,13 +1,22 @@
 //! The routing step of the attempt loop: a decider that routes is asked before each attempt,
 //! and the host carries its answer out under the guardrails.
 
-use backstop::contract::{
-    AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason, ModelFacts,
-};
-use backstop::{
-    BoxError, ClientOptions, Cost, Decided, Decider, RequestOptions, Resilience, Route, RouteQuery,
-    Verdict,
-};
+use backstop::ClientOptions;
+use backstop::Decider;
+use backstop::RequestOptions;
+use backstop::Resilience;
+use backstop::Verdict;
+use backstop_core::contract::AttemptContext;
+use backstop_core::contract::Decision;
+use backstop_core::contract::ErrorInfo;
+use backstop_core::contract::ErrorKind;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::ModelFacts;
+use backstop_core::contract::Route;
+use backstop_core::decision::Decided;
+use backstop_core::decision::RouteQuery;
+use backstop_resilience::capacity::Cost;
+use backstop_resilience::error::BoxError;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -205,7 +214,8 @@ async fn an_input_too_long_for_one_model_goes_to_a_larger_window_when_the_operat
 
 #[test]
 fn only_an_input_too_long_may_be_resent_after_a_validation_error_and_only_to_another_model() {
-    use backstop::{Guardrails, Verdict};
+    use backstop::Guardrails;
+    use backstop::Verdict;
     let guard = Guardrails::default();
     let mut ctx = backstop_test_support::ctx(ErrorKind::Validation, &["small", "large"]);
     let switch = Decision::SwitchModel {
@@ -244,7 +254,7 @@ impl Decider for Outcomes {
         }
     }
 
-    fn on_finished(&self, finished: &backstop::Finished) {
+    fn on_finished(&self, finished: &backstop_core::decision::Finished) {
         self.told
             .lock()
             .unwrap()
@@ -400,7 +410,7 @@ impl Decider for DomainWatch {
 
     fn route(&self, query: &RouteQuery) -> Route {
         self.asked.lock().unwrap().0 += 1;
-        if let Some(what) = backstop::decision::domain::route_outside(query, &self.guard) {
+        if let Some(what) = backstop_core::decision::domain::route_outside(query, &self.guard) {
             self.outside
                 .lock()
                 .unwrap()
@@ -411,7 +421,7 @@ impl Decider for DomainWatch {
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         self.asked.lock().unwrap().1 += 1;
-        if let Some(what) = backstop::decision::domain::context_outside(ctx, &self.guard) {
+        if let Some(what) = backstop_core::decision::domain::context_outside(ctx, &self.guard) {
             self.outside
                 .lock()
                 .unwrap()
@@ -444,9 +454,9 @@ async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 37)).await;
             let workload = if i % 5 == 0 {
-                backstop::contract::Workload::Batch
+                backstop_core::contract::Workload::Batch
             } else {
-                backstop::contract::Workload::Interactive
+                backstop_core::contract::Workload::Interactive
             };
             let request = RequestOptions {
                 workload,
@@ -461,7 +471,7 @@ async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
                     let draw = (i * 7 + n * 13 + model.len() as u64) % 23;
                     async move {
                         if draw < 15 {
-                            let kind = backstop::contract::ErrorKind::ALL[draw as usize];
+                            let kind = backstop_core::contract::ErrorKind::ALL[draw as usize];
                             Err((ErrorInfo::of(kind), BoxError::from("fault")))
                         } else {
                             Ok(())

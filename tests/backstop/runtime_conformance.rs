@@ -6,10 +6,17 @@
 
 use backstop_test_support as support;
 
-use backstop::contract::{ModelCapacity, ModelHealth, RouteContext};
-use backstop::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorKind, Route, RouteQuery, Workload,
-};
+use backstop::AttemptContext;
+use backstop::Decision;
+use backstop::ErrorKind;
+use backstop_core::contract::AfterBreak;
+use backstop_core::contract::BreakerState;
+use backstop_core::contract::ModelCapacity;
+use backstop_core::contract::ModelHealth;
+use backstop_core::contract::Route;
+use backstop_core::contract::RouteContext;
+use backstop_core::contract::Workload;
+use backstop_core::decision::RouteQuery;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -251,29 +258,29 @@ const CONFIG: &str = r#"{"base_delay_ms": 250, "max_attempts_per_model": 3}"#;
 
 /// The chain's facts the policy is configured with: a model that refuses a prefilled turn,
 /// then one that takes it through two pools — so `continue-answer` moves on, pools first.
-fn chain_facts() -> Vec<backstop::ModelFacts> {
+fn chain_facts() -> Vec<backstop_core::contract::ModelFacts> {
     [
         "anthropic.claude-sonnet-4-6",
         "amazon.nova-pro-v1:0",
         "us.amazon.nova-pro-v1:0",
     ]
     .into_iter()
-    .map(|id| backstop::ModelFacts {
+    .map(|id| backstop_core::contract::ModelFacts {
         id: id.into(),
-        ..backstop::ModelFacts::default()
+        ..backstop_core::contract::ModelFacts::default()
     })
     .collect()
 }
 
 /// The facts as the host hands them to `configure` (completed from the catalogue, with each
 /// id's first same-model index), in the shape jco's bindings take.
-fn js_facts(facts: &[backstop::ModelFacts]) -> Value {
-    let same = backstop::ModelFacts::same_model(facts);
+fn js_facts(facts: &[backstop_core::contract::ModelFacts]) -> Value {
+    let same = backstop_core::contract::ModelFacts::same_model(facts);
     facts
         .iter()
         .zip(same)
         .map(|(f, same_model)| {
-            let known = backstop::catalogue::facts(&f.id, facts);
+            let known = backstop_core::catalogue::facts(&f.id, facts);
             json!({
                 "id": f.id,
                 "contextWindow": known.context_window,
@@ -302,7 +309,7 @@ impl Subject {
     fn default_policy() -> Subject {
         Subject {
             name: "backstop-default",
-            wasm: backstop::DEFAULT_POLICY_WASM.to_vec(),
+            wasm: backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec(),
             module: support::default_module().clone(),
             config: CONFIG,
         }
@@ -332,7 +339,7 @@ fn agrees_with_wasmtime(mut runtime: Command, subject: &Subject) {
     let routes = route_table();
     let facts = chain_facts();
     let input = json!({
-        "export": backstop::DECIDER_EXPORT,
+        "export": backstop_core::contract::DECIDER_EXPORT,
         "config": config,
         "models": js_facts(&facts),
         "contexts": contexts.iter().map(js_context).collect::<Vec<_>>(),

@@ -3,13 +3,17 @@
 //! limits, the fallback serves what the primary would not, and a healthy call afterwards works.
 
 use crate::resilient_client::{faults, scenario};
-use backstop::resilience::limits::AttemptLimits;
-use backstop::{
-    CallError, ChatRequest, ClientOptions, ErrorKind, GiveUpReason, ResilientClient,
-    ResilientStream, sdk_client_for_endpoint,
-};
+use backstop::CallError;
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::ErrorKind;
+use backstop::ResilientClient;
+use backstop::ResilientStream;
+use backstop::sdk_client_for_endpoint;
+use backstop_core::contract::GiveUpReason;
 use backstop_lab::scenario::{ModelFaults, RetryAfterHeader};
 use backstop_lab::{FaultServer, Scenario};
+use backstop_resilience::limits::AttemptLimits;
 use std::time::{Duration, Instant};
 
 /// Limits far below the faults' durations (silence 20 s, a first event after 10 s), so a test
@@ -34,7 +38,7 @@ async fn client(server: &FaultServer, models: &[&str]) -> ResilientClient {
 pub(crate) fn client_deciding(
     server: &FaultServer,
     models: &[&str],
-    policy: backstop::Policy,
+    policy: backstop_runtime::policy::Policy,
 ) -> ResilientClient {
     let mut options = ClientOptions::new(models.iter().copied());
     options.attempt_timeout = Duration::from_secs(3);

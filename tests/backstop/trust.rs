@@ -3,10 +3,19 @@
 
 use backstop_test_support as support;
 
-use backstop::{
-    AttemptContext, CacheUse, Cached, ErrorInfo, ErrorKind, LoadError, ModuleCache, PolicyHandle,
-    RollbackRule, SwapError, SwapEventKind, SwapOptions, sha256_hex,
-};
+use backstop::AttemptContext;
+use backstop::ErrorInfo;
+use backstop::ErrorKind;
+use backstop::LoadError;
+use backstop::PolicyHandle;
+use backstop::SwapError;
+use backstop::SwapOptions;
+use backstop_runtime::cache::CacheUse;
+use backstop_runtime::cache::Cached;
+use backstop_runtime::cache::ModuleCache;
+use backstop_runtime::engine::sha256_hex;
+use backstop_runtime::handle::SwapEventKind;
+use backstop_runtime::vetting::RollbackRule;
 use std::time::Duration;
 
 fn engine() -> &'static backstop::Engine {
@@ -16,7 +25,7 @@ fn engine() -> &'static backstop::Engine {
 /// The default policy, precompiled, with one byte of its native code changed.
 fn tampered_cwasm() -> Vec<u8> {
     let mut cwasm = engine()
-        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .precompile(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap();
     let middle = cwasm.len() / 2;
     cwasm[middle] ^= 0xff;
@@ -65,23 +74,29 @@ fn a_cwasm_nobody_allow_listed_never_runs_by_any_path() {
 #[test]
 fn an_allow_listed_cwasm_runs_and_a_tampered_one_is_not_on_the_list() {
     let cwasm = engine()
-        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .precompile(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap();
     let options = SwapOptions {
         allowed_digests: Some(
             [
                 sha256_hex(&cwasm),
-                sha256_hex(backstop::DEFAULT_POLICY_WASM),
+                sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM),
             ]
             .into_iter()
             .collect(),
         ),
         ..SwapOptions::default()
     };
-    let admitted = backstop::load_allowed(engine(), &cwasm, "ok.cwasm", &options).unwrap();
+    let admitted =
+        backstop_runtime::vetting::load_allowed(engine(), &cwasm, "ok.cwasm", &options).unwrap();
     assert_eq!(admitted.module.info().name, "backstop-default");
-    let err =
-        backstop::load_allowed(engine(), &tampered_cwasm(), "evil.cwasm", &options).unwrap_err();
+    let err = backstop_runtime::vetting::load_allowed(
+        engine(),
+        &tampered_cwasm(),
+        "evil.cwasm",
+        &options,
+    )
+    .unwrap_err();
     assert!(matches!(err, SwapError::NotAllowed { .. }), "{err}");
 }
 
@@ -146,7 +161,10 @@ fn a_cache_others_may_write_to_is_refused_and_the_key_is_private() {
     let mode =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&private), 0o700);
-    assert_eq!(mode(&private.join(backstop::wasm::cache::KEY_FILE)), 0o600);
+    assert_eq!(
+        mode(&private.join(backstop_runtime::cache::KEY_FILE)),
+        0o600
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -157,7 +175,8 @@ fn the_allow_list_is_consulted_before_a_byte_is_parsed() {
         ..SwapOptions::default()
     };
     // Garbage: refused as not allow-listed, not as "not WebAssembly" (nothing was parsed).
-    let err = backstop::vet_bytes(engine(), b"garbage", "junk", &options).unwrap_err();
+    let err =
+        backstop_runtime::vetting::vet_bytes(engine(), b"garbage", "junk", &options).unwrap_err();
     assert!(matches!(err, SwapError::NotAllowed { .. }), "{err}");
 }
 
@@ -171,7 +190,8 @@ fn device_files_and_oversized_files_are_refused_before_they_are_read() {
     let dir = support::scratch_dir("trust-size");
     let huge = dir.join("huge.wasm");
     let file = std::fs::File::create(&huge).unwrap();
-    file.set_len(backstop::MAX_MODULE_BYTES + 1).unwrap(); // sparse: no disk used
+    file.set_len(backstop_runtime::module::MAX_MODULE_BYTES + 1)
+        .unwrap(); // sparse: no disk used
     let err = engine().load_file(&huge).unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -317,7 +337,8 @@ fn vet(decide: &str, extra: &str) -> Result<(), SwapError> {
         extra: &extra,
         ..Default::default()
     });
-    backstop::vet_bytes(engine(), &bytes, "cheat.wasm", &SwapOptions::default()).map(|_| ())
+    backstop_runtime::vetting::vet_bytes(engine(), &bytes, "cheat.wasm", &SwapOptions::default())
+        .map(|_| ())
 }
 
 /// Behaves only when the request id is five bytes long — as the old, fixed smoke id `smoke`
@@ -493,7 +514,7 @@ fn a_module_whose_route_faults_is_refused_before_it_goes_live() {
 fn ended(handle: &backstop::PolicyHandle, served: bool, attempts: u32) {
     use backstop::Decider;
     let digest = handle.status().digest;
-    handle.on_finished(&backstop::Finished {
+    handle.on_finished(&backstop_core::decision::Finished {
         request_id: "req-1",
         served,
         attempts,
@@ -504,12 +525,12 @@ fn ended(handle: &backstop::PolicyHandle, served: bool, attempts: u32) {
 
 fn judged_after(requests: u32) -> backstop::SwapOptions {
     backstop::SwapOptions {
-        rollback: backstop::RollbackRule {
-            outcomes: backstop::OutcomeRule {
+        rollback: backstop_runtime::vetting::RollbackRule {
+            outcomes: backstop_core::decision::OutcomeRule {
                 min_requests: requests,
-                ..backstop::OutcomeRule::default()
+                ..backstop_core::decision::OutcomeRule::default()
             },
-            ..backstop::RollbackRule::default()
+            ..backstop_runtime::vetting::RollbackRule::default()
         },
         ..backstop::SwapOptions::default()
     }
@@ -532,9 +553,13 @@ fn a_retry_storm_cannot_become_the_yardstick_that_rolls_the_default_back() {
         ended(&handle, true, 8);
     }
     handle
-        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "the built-in default")
+        .swap_bytes(
+            backstop_runtime::module::DEFAULT_POLICY_WASM,
+            "the built-in default",
+        )
         .expect("the default passes vetting");
-    let default_digest = backstop::sha256_hex(backstop::DEFAULT_POLICY_WASM);
+    let default_digest =
+        backstop_runtime::engine::sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM);
     assert!(!handle.status().on_probation, "the default is not on trial");
     for i in 0..40 {
         ended(&handle, i % 4 != 0, 1);
@@ -558,7 +583,10 @@ fn a_retry_storm_cannot_become_the_yardstick_that_rolls_the_default_back() {
         status.quarantined
     );
     handle
-        .swap_bytes(backstop::DEFAULT_POLICY_WASM, "the built-in default")
+        .swap_bytes(
+            backstop_runtime::module::DEFAULT_POLICY_WASM,
+            "the built-in default",
+        )
         .expect("the default can always come back");
 }
 
@@ -603,7 +631,7 @@ fn a_module_that_behaves_only_for_the_smoke_tables_entropy_is_refused() {
         policy.decide(&ctx).fault.is_some(),
         "and traps on a production draw"
     );
-    let refused = backstop::vet_bytes(
+    let refused = backstop_runtime::vetting::vet_bytes(
         engine(),
         &trap,
         "entropy-trap.wasm",

@@ -132,7 +132,7 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
     let dir = std::env::temp_dir().join(format!("backstop-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wasm = dir.join("policy.wasm");
-    std::fs::write(&wasm, backstop::DEFAULT_POLICY_WASM).unwrap();
+    std::fs::write(&wasm, backstop_runtime::module::DEFAULT_POLICY_WASM).unwrap();
     let out = backstop(&["compile", wasm.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -141,7 +141,7 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
     );
     let cwasm = dir.join("policy.cwasm");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let digest = backstop::sha256_hex(&std::fs::read(&cwasm).unwrap());
+    let digest = backstop_runtime::engine::sha256_hex(&std::fs::read(&cwasm).unwrap());
     assert!(
         stderr.contains(&digest),
         "the digest to allow-list is printed: {stderr}"
@@ -149,7 +149,10 @@ fn compile_writes_a_cwasm_that_decides_like_the_wasm() {
 
     // Native code runs only once its digest is allow-listed, and then like the wasm.
     let host = dir.join("host.json");
-    let allowed = [digest, backstop::sha256_hex(backstop::DEFAULT_POLICY_WASM)];
+    let allowed = [
+        digest,
+        backstop_runtime::engine::sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM),
+    ];
     std::fs::write(
         &host,
         serde_json::json!({ "allowed_digests": allowed }).to_string(),

@@ -29,7 +29,7 @@ fn outage_server_on(
     faults.outages.push(Outage {
         start_ms: 0,
         end_ms: down_ms,
-        error: backstop::contract::ErrorKind::ServiceUnavailable,
+        error: backstop_core::contract::ErrorKind::ServiceUnavailable,
     });
     runtime
         .block_on(FaultServer::start(

@@ -4,7 +4,9 @@
 use backstop_test_support as support;
 
 use crate::backstop;
-use backstop::{CacheUse, ModuleCache, sha256_hex};
+use backstop_runtime::cache::CacheUse;
+use backstop_runtime::cache::ModuleCache;
+use backstop_runtime::engine::sha256_hex;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -180,7 +182,7 @@ fn demo_swapped_over(
 ) -> String {
     let dir = support::scratch_dir(name);
     let policy = dir.join("policy.wasm");
-    std::fs::write(&policy, backstop::DEFAULT_POLICY_WASM).unwrap();
+    std::fs::write(&policy, backstop_runtime::module::DEFAULT_POLICY_WASM).unwrap();
     let mut args = vec![
         "demo",
         "--policy",
@@ -228,7 +230,7 @@ fn demo_swapped_over(
 fn sighup_swaps_the_policy_of_a_running_demo() {
     // Long enough for the swap's effect trial (seconds in a debug build under a loaded CI).
     let stdout = demo_swapped_over("cli-sighup", "12", &[], |policy, pid| {
-        backstop::wasm::cache::write_atomically(policy, &support::variant_component()).unwrap();
+        backstop_runtime::cache::write_atomically(policy, &support::variant_component()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let killed = Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -270,7 +272,7 @@ fn every_command_refuses_unlisted_native_code_and_honours_the_allow_list() {
     let dir = support::scratch_dir("cli-native");
     let engine = support::engine();
     let mut cwasm = engine
-        .precompile(backstop::DEFAULT_POLICY_WASM, "default")
+        .precompile(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap();
     let middle = cwasm.len() / 2;
     cwasm[middle] ^= 0xff;
@@ -468,7 +470,11 @@ fn a_demo_ends_on_time_while_a_watched_compile_bomb_is_still_compiling() {
 
 #[test]
 fn a_quarantine_outlives_the_host_and_the_operator_releases_it_from_the_command_line() {
-    use backstop::{Engine, HostConfig, Limits, PolicyHandle, SwapError};
+    use backstop::Engine;
+    use backstop::HostConfig;
+    use backstop::Limits;
+    use backstop::PolicyHandle;
+    use backstop::SwapError;
     let dir = support::scratch_dir("cli-quarantine");
     let host = dir.join("host.json");
     let file = dir.join("quarantine.json");

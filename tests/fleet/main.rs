@@ -6,13 +6,22 @@
 
 mod untrusted_redis;
 
-use backstop::contract::{
-    AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind,
-};
-use backstop::{
-    BoxError, CallError, ClientOptions, Cost, Decided, Decider, RequestOptions, Resilience, Verdict,
-};
+use backstop::CallError;
+use backstop::ClientOptions;
+use backstop::Decider;
+use backstop::RequestOptions;
+use backstop::Resilience;
+use backstop::Verdict;
+use backstop_core::contract::AfterBreak;
+use backstop_core::contract::AttemptContext;
+use backstop_core::contract::BreakerState;
+use backstop_core::contract::Decision;
+use backstop_core::contract::ErrorInfo;
+use backstop_core::contract::ErrorKind;
+use backstop_core::decision::Decided;
 use backstop_fleet::RedisFleet;
+use backstop_resilience::capacity::Cost;
+use backstop_resilience::error::BoxError;
 use backstop_test_support::RedisServer;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -281,10 +290,8 @@ async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
     outage(&owner).await;
     assert!(open_within(&b, Duration::from_secs(1)).await.is_some());
     drop(owner); // gone before its probe
-    let grace = backstop::resilience::fleet::probe_grace(
-        Duration::from_secs(2),
-        Duration::from_millis(200),
-    );
+    let grace =
+        backstop_resilience::fleet::probe_grace(Duration::from_secs(2), Duration::from_millis(200));
     assert_eq!(grace, Duration::from_millis(1_200));
     let opened = Instant::now();
     while breaker(&b) == BreakerState::Open {
@@ -317,7 +324,7 @@ impl Decider for GivesUp {
     fn decide(&self, _: &AttemptContext) -> Decided {
         Decided {
             verdict: Verdict::of_policy(Decision::GiveUp {
-                reason: backstop::contract::GiveUpReason::NotRetryable,
+                reason: backstop_core::contract::GiveUpReason::NotRetryable,
             }),
             module_digest: None,
         }
@@ -409,8 +416,9 @@ async fn a_throttle_anywhere_cuts_every_replica_that_knows_the_limit_once_per_co
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lua_budget_in_redis_grants_what_the_hosts_lease_budget_grants_step_by_step() {
-    use backstop::resilience::capacity::LeaseAsk;
-    use backstop::resilience::fleet::{BUDGET_SPAN_S, LeaseBudget};
+    use backstop_resilience::capacity::LeaseAsk;
+    use backstop_resilience::fleet::BUDGET_SPAN_S;
+    use backstop_resilience::fleet::LeaseBudget;
     let Some(redis) = RedisServer::start(None) else {
         return;
     };

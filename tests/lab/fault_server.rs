@@ -109,7 +109,9 @@ async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
 /// so the parsers real clients use read it (a Messages request once got a Claude-2 body).
 #[tokio::test(flavor = "multi_thread")]
 async fn invoke_model_answers_in_the_shape_of_the_models_family() {
-    use backstop::{ClientOptions, ResilientClient, Workload};
+    use backstop::ClientOptions;
+    use backstop::ResilientClient;
+    use backstop_core::contract::Workload;
     let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
     let messages = br#"{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 50,
         "messages": [{"role": "user", "content": "hi"}]}"#;

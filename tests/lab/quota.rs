@@ -3,7 +3,7 @@
 //! settles to input + output × burndown when it completes; a throttle says "Too many tokens"
 //! with no wait hint; ids that share a pool share its bucket, a cross-Region profile has its own.
 
-use backstop::contract::ErrorKind;
+use backstop_core::contract::ErrorKind;
 use backstop_lab::Scenario;
 use backstop_lab::bedrock_model::{Ask, BedrockModel, Outcome};
 use backstop_lab::quota::TOO_MANY_TOKENS;

@@ -3,9 +3,12 @@
 
 use backstop_test_support as support;
 
-use backstop::{
-    ChatRequest, ClientOptions, ErrorKind, HostConfig, ResilientClient, sdk_client_for_endpoint,
-};
+use backstop::ChatRequest;
+use backstop::ClientOptions;
+use backstop::ErrorKind;
+use backstop::HostConfig;
+use backstop::ResilientClient;
+use backstop::sdk_client_for_endpoint;
 use backstop_lab::baseline::Baseline;
 use backstop_lab::scenario::{Latency, ModelFaults, Phase, Traffic};
 use backstop_lab::simulate::{self, Contender, SimReport};

@@ -2,8 +2,11 @@
 //! spike and outage before it goes live. A module that passes every check of its answers but
 //! gives up on everything, or resends at once, is refused there; a working older policy is not.
 
-use backstop::{HostConfig, SwapError, SwapOptions, vet_bytes};
+use backstop::HostConfig;
+use backstop::SwapError;
+use backstop::SwapOptions;
 use backstop_lab::trial::LabTrial;
+use backstop_runtime::vetting::vet_bytes;
 use backstop_test_support as support;
 use std::sync::Arc;
 
@@ -74,7 +77,7 @@ fn a_policy_as_good_as_the_default_passes_every_trial() {
     }
     vet_bytes(
         support::engine(),
-        backstop::DEFAULT_POLICY_WASM,
+        backstop_runtime::module::DEFAULT_POLICY_WASM,
         "default",
         &judged(),
     )
@@ -89,16 +92,19 @@ impl backstop::Decider for ClockWatch {
         true
     }
 
-    fn route(&self, query: &backstop::RouteQuery) -> backstop::contract::Route {
+    fn route(&self, query: &backstop_core::decision::RouteQuery) -> backstop_core::contract::Route {
         self.0
             .fetch_min(query.clock_ms, std::sync::atomic::Ordering::Relaxed);
-        backstop::contract::Route::send(query.current, 0)
+        backstop_core::contract::Route::send(query.current, 0)
     }
 
-    fn decide(&self, _ctx: &backstop::contract::AttemptContext) -> backstop::Decided {
-        backstop::Decided {
-            verdict: backstop::Verdict::of_policy(backstop::contract::Decision::GiveUp {
-                reason: backstop::contract::GiveUpReason::NotRetryable,
+    fn decide(
+        &self,
+        _ctx: &backstop_core::contract::AttemptContext,
+    ) -> backstop_core::decision::Decided {
+        backstop_core::decision::Decided {
+            verdict: backstop::Verdict::of_policy(backstop_core::contract::Decision::GiveUp {
+                reason: backstop_core::contract::GiveUpReason::NotRetryable,
             }),
             module_digest: None,
         }

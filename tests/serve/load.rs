@@ -34,7 +34,7 @@ async fn every_request_is_answered_while_two_hundred_swaps_happen() {
             } else if live % 2 == 0 {
                 FIXTURE_0_1_0.to_vec()
             } else {
-                backstop::DEFAULT_POLICY_WASM.to_vec()
+                backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec()
             };
             let answer = http(
                 "PUT",

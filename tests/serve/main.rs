@@ -9,7 +9,8 @@ mod proxy;
 mod sdk_clients;
 mod stopping;
 
-use backstop::{HostConfig, PolicyHandle};
+use backstop::HostConfig;
+use backstop::PolicyHandle;
 use backstop_lab::scenario::ModelFaults;
 use backstop_lab::{FaultServer, Scenario};
 use backstop_serve::auth::AdminToken;

@@ -491,7 +491,7 @@ async fn an_unset_max_tokens_gets_the_operators_default_and_the_answer_says_so()
         tokens["reserved"].as_u64().unwrap(),
         tokens["settled"].as_u64().unwrap(),
     );
-    let input = |body: &str| backstop::catalogue::input_tokens(body.as_bytes());
+    let input = |body: &str| backstop_core::catalogue::input_tokens(body.as_bytes());
     assert_eq!(reserved, input(CONVERSE_BODY) + 256 + input(own) + 100);
     let kept = |answer: &crate::Answer| {
         let usage = &answer.json()["usage"];

@@ -3,7 +3,13 @@
 //! A crate of its own (not a `mod` copied into each test binary), so every helper is compiled
 //! once and none is dead code in a binary that does not use it.
 
-use backstop::{AttemptContext, Engine, ErrorInfo, ErrorKind, Limits, Policy, PolicyModule};
+use backstop::AttemptContext;
+use backstop::Engine;
+use backstop::ErrorInfo;
+use backstop::ErrorKind;
+use backstop::Limits;
+use backstop::PolicyModule;
+use backstop_runtime::policy::Policy;
 use std::io::{BufRead, Read, Write};
 use std::sync::OnceLock;
 
@@ -53,7 +59,7 @@ fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
         decide: decide_body,
         ..CoreParts::default()
     };
-    let core = core_wat(&parts, backstop::WIT_VERSION);
+    let core = core_wat(&parts, backstop_core::contract::WIT_VERSION);
     // Since 0.2.0 configure also takes the chain's facts (a list: two more flat parameters);
     // 0.3.0's route context (a reservation and an expected settled cost where 0.2.0 had
     // tokens) flattens to 14 parameters.
@@ -62,7 +68,10 @@ fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
         core.contains(configure),
         "the builder's configure signature"
     );
-    let export = format!("backstop:policy/decider@{}", backstop::WIT_VERSION);
+    let export = format!(
+        "backstop:policy/decider@{}",
+        backstop_core::contract::WIT_VERSION
+    );
     let route = format!(
         "(func (export \"{export}#route\") \
          (param i32 i32 i32 i64 i64 i32 i32 i64 i64 i32 i32 i32 i32 i64) (result i32) \
@@ -622,7 +631,7 @@ fn trap_when(name: &str, condition: &str) -> Vec<u8> {
 /// decides exactly as the default does, so it passes the effect trial, with a digest and a
 /// name of its own for tests that need a good module that is not the default.
 pub fn variant_component() -> Vec<u8> {
-    let mut bytes = backstop::DEFAULT_POLICY_WASM.to_vec();
+    let mut bytes = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
     let (from, to) = ("backstop-default", "backstop-variant");
     let at = bytes
         .windows(from.len())
@@ -760,37 +769,37 @@ pub fn full_context() -> AttemptContext {
     ctx.reservation = 5_096;
     ctx.expected_settled = 2_000;
     ctx.health = vec![
-        backstop::ModelHealth {
+        backstop_core::contract::ModelHealth {
             requests: 120,
             throttles: 40,
             errors: 2,
             consecutive_failures: 3,
             consecutive_errors: 0,
-            breaker: backstop::BreakerState::Closed,
+            breaker: backstop_core::contract::BreakerState::Closed,
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,
             start_p95_ms: 2_400,
         },
-        backstop::ModelHealth {
+        backstop_core::contract::ModelHealth {
             requests: 30,
             throttles: 1,
             errors: 0,
             consecutive_failures: 0,
             consecutive_errors: 0,
-            breaker: backstop::BreakerState::Closed,
+            breaker: backstop_core::contract::BreakerState::Closed,
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,
             start_p95_ms: 1_500,
         },
-        backstop::ModelHealth {
+        backstop_core::contract::ModelHealth {
             requests: 0,
             throttles: 0,
             errors: 0,
             consecutive_failures: 0,
             consecutive_errors: 0,
-            breaker: backstop::BreakerState::Closed,
+            breaker: backstop_core::contract::BreakerState::Closed,
             in_state_ms: 600_000,
             first_event_limit_ms: 2_000,
             idle_limit_ms: 5_000,

@@ -3,7 +3,8 @@
 
 use super::runtime;
 use anyhow::Result;
-use backstop::untrusted::{FileKind, read_text};
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::read_text;
 use backstop_serve::admin_client::AdminClient;
 use clap::Args;
 use std::path::PathBuf;
@@ -139,7 +140,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
 }
 
 pub fn swap(args: SwapArgs) -> Result<()> {
-    let bytes = backstop::read_module_file(&args.file)?;
+    let bytes = backstop_runtime::module::read_module_file(&args.file)?;
     let answer = runtime()?.block_on(async {
         args.admin
             .client()?

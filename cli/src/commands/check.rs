@@ -12,9 +12,11 @@ use crate::output;
 use crate::policy_args::PolicyArgs;
 use crate::policy_args::{engine, judged_swap_options, policy_bytes};
 use anyhow::{Context, Result, bail};
-use backstop::untrusted::escape_controls;
-use backstop::wasm::conformance::{Conformance, conformance};
-use backstop::{load_allowed, vet_module};
+use backstop_core::untrusted::escape_controls;
+use backstop_runtime::conformance::Conformance;
+use backstop_runtime::conformance::conformance;
+use backstop_runtime::vetting::load_allowed;
+use backstop_runtime::vetting::vet_module;
 use clap::Args;
 
 /// The module to check, the configurations it is checked under, and how.

@@ -2,8 +2,11 @@
 
 use crate::policy_args::engine;
 use anyhow::{Context, Result, bail};
-use backstop::wasm::cache::write_atomically;
-use backstop::{HostConfig, ModuleCache, read_module_file, sha256_hex};
+use backstop::HostConfig;
+use backstop_runtime::cache::ModuleCache;
+use backstop_runtime::cache::write_atomically;
+use backstop_runtime::engine::sha256_hex;
+use backstop_runtime::module::read_module_file;
 use clap::Args;
 use std::path::PathBuf;
 

@@ -4,7 +4,12 @@ use super::info::policy_json;
 use crate::output;
 use crate::policy_args::PolicyArgs;
 use anyhow::{Context, Result, bail};
-use backstop::{AttemptContext, ErrorInfo, ErrorKind, Guardrails, ModelHealth, Workload};
+use backstop::AttemptContext;
+use backstop::ErrorInfo;
+use backstop::ErrorKind;
+use backstop::Guardrails;
+use backstop_core::contract::ModelHealth;
+use backstop_core::contract::Workload;
 use clap::Args;
 
 /// The failed attempt to decide about, and the policy to ask.

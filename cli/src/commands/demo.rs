@@ -4,9 +4,10 @@ use super::runtime;
 use crate::output;
 use crate::policy_args::PolicyArgs;
 use anyhow::{Context, Result};
-use backstop::wasm::watch::{PolicyWatcher, reload_on_sighup};
 use backstop_lab::demo::{self as lab_demo, DemoOptions};
 use backstop_lab::simulate::shadow_table;
+use backstop_runtime::watch::PolicyWatcher;
+use backstop_runtime::watch::reload_on_sighup;
 use clap::Args;
 use std::io::Write;
 

@@ -2,7 +2,8 @@
 
 use super::runtime;
 use anyhow::Result;
-use backstop::untrusted::{FileKind, read_text};
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::read_text;
 use backstop_lab::{FaultServer, Scenario};
 use clap::Args;
 use std::path::PathBuf;

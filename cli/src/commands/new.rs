@@ -4,7 +4,7 @@
 //! case table proves each.
 
 use anyhow::{Context, Result, bail};
-use backstop::untrusted::escape_controls;
+use backstop_core::untrusted::escape_controls;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -149,7 +149,10 @@ pub fn run(command: NewCommand) -> Result<()> {
     let mut values: Vec<(&str, String)> = vec![
         ("name", args.name.clone()),
         ("crate", args.name.replace('-', "_")),
-        ("wit_version", backstop::WIT_VERSION.to_string()),
+        (
+            "wit_version",
+            backstop_core::contract::WIT_VERSION.to_string(),
+        ),
         ("authoring", authoring_dependency()),
     ];
     values.extend(args.lang.words().map(|(k, v)| (k, v.to_string())));

@@ -6,7 +6,8 @@
 use crate::output;
 use crate::policy_args::host_config;
 use anyhow::{Context, Result, bail};
-use backstop::wasm::quarantine::{read, write};
+use backstop_runtime::quarantine::read;
+use backstop_runtime::quarantine::write;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 

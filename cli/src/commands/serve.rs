@@ -3,7 +3,8 @@
 use super::runtime;
 use crate::policy_args::PolicyArgs;
 use anyhow::{Context, Result};
-use backstop::wasm::watch::{PolicyWatcher, reload_on_sighup};
+use backstop_runtime::watch::PolicyWatcher;
+use backstop_runtime::watch::reload_on_sighup;
 use backstop_serve::auth::AdminToken;
 use backstop_serve::{Sidecar, SidecarOptions};
 use clap::Args;

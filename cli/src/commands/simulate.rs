@@ -3,11 +3,12 @@
 use crate::output;
 use crate::policy_args::{config_text, engine, host_config, policy_bytes};
 use anyhow::{Context, Result};
-use backstop::load_allowed;
-use backstop::untrusted::{FileKind, read_text};
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::read_text;
 use backstop_lab::baseline::Baseline;
 use backstop_lab::simulate::{self, Contender};
 use backstop_lab::{Scenario, plot};
+use backstop_runtime::vetting::load_allowed;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -219,8 +220,8 @@ fn print_arrivals(scenario: &Scenario) -> Result<()> {
             "at_ms": arrival.at.as_millis() as u64,
             "model": model,
             "workload": match arrival.workload {
-                backstop::Workload::Interactive => "interactive",
-                backstop::Workload::Batch => "batch",
+                backstop_core::contract::Workload::Interactive => "interactive",
+                backstop_core::contract::Workload::Batch => "batch",
             },
             "max_tokens": arrival.max_tokens,
             "input_tokens": traffic.input_tokens,

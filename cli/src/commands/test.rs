@@ -8,11 +8,19 @@ use super::decide::error_kind;
 use crate::output;
 use crate::policy_args::{PolicyArgs, engine};
 use anyhow::{Context, Result, bail};
-use backstop::untrusted::{FileKind, escape_controls, read_text};
-use backstop::{
-    AfterBreak, AttemptContext, Decision, ErrorInfo, GiveUpReason, ModelFacts, Policy, Route,
-    RouteContext, RouteQuery,
-};
+use backstop::AttemptContext;
+use backstop::Decision;
+use backstop::ErrorInfo;
+use backstop_core::contract::AfterBreak;
+use backstop_core::contract::GiveUpReason;
+use backstop_core::contract::ModelFacts;
+use backstop_core::contract::Route;
+use backstop_core::contract::RouteContext;
+use backstop_core::decision::RouteQuery;
+use backstop_core::untrusted::FileKind;
+use backstop_core::untrusted::escape_controls;
+use backstop_core::untrusted::read_text;
+use backstop_runtime::policy::Policy;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{Map, Value};

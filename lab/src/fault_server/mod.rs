@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use backstop::contract::ErrorKind;
+use backstop_core::contract::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -237,7 +237,7 @@ fn prefill(request: &serde_json::Value) -> Option<String> {
 /// (platform.claude.com, "Prefill removal") says prefilling returns a 400 on Claude 4.6 models
 /// and later, with the message above; earlier Claude models and Nova continue from it.
 fn refuses_prefill(model: &str) -> bool {
-    let base = backstop::contract::base_model(model);
+    let base = backstop_core::contract::base_model(model);
     [
         "anthropic.claude-opus-4-6",
         "anthropic.claude-sonnet-4-6",
@@ -308,7 +308,7 @@ async fn accept<'a>(
             ..
         } => Err(wire::error_response(
             kind,
-            message.unwrap_or(backstop::decision::domain::usual_message(kind)),
+            message.unwrap_or(backstop_core::decision::domain::usual_message(kind)),
             &state.request_id(),
             retry_after_ms.map(|ms| (ms, faults.retry_after_header)),
         )),
@@ -647,7 +647,7 @@ fn invoke_chunks(model: &str, step: Step<'_>) -> Vec<serde_json::Value> {
             } else {
                 text_chunk("", Some("stop"))
             };
-            last[backstop::bedrock::passthrough::INVOCATION_METRICS] = serde_json::json!({
+            last[backstop_bedrock::passthrough::INVOCATION_METRICS] = serde_json::json!({
                 "inputTokenCount": input,
                 "outputTokenCount": output,
                 "invocationLatency": latency_ms,

@@ -6,8 +6,8 @@ use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use axum::http::{HeaderMap, HeaderValue as HttpValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use backstop::contract::ErrorKind;
-use backstop::decision::domain::usual_message;
+use backstop_core::contract::ErrorKind;
+use backstop_core::decision::domain::usual_message;
 use std::time::{Duration, SystemTime};
 
 /// The suffix Bedrock appends to `x-amzn-ErrorType`; clients must strip it.
