@@ -153,50 +153,90 @@ impl ChatRequest {
     }
 }
 
-/// An SDK client for a local endpoint (the fault server): static test credentials, the SDK's
-/// retries disabled, one attempt bounded by `attempt_timeout`.
-pub fn sdk_client_for_endpoint(endpoint_url: &str, attempt_timeout: Duration) -> Client {
-    let config = aws_sdk_bedrockruntime::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDBACKSTOPTEST",
-            "backstop-test-secret",
-            None,
-            None,
-            "backstop",
-        ))
-        .endpoint_url(endpoint_url)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(attempt_timeouts(attempt_timeout))
-        .build();
-    Client::from_conf(config)
+/// How to build the AWS SDK client a [`ResilientClient`] sends with: where it sends, whose
+/// credentials it signs with, how long one attempt may take. Whatever is chosen, the SDK's own
+/// retries are off, so the policy alone decides what follows a failure.
+///
+/// ```no_run
+/// # async fn f() {
+/// use backstop_bedrock::client::{SdkOptions, sdk_client};
+/// use std::time::Duration;
+///
+/// // Real Bedrock: the normal AWS credential chain and region.
+/// let real = sdk_client(SdkOptions::new(Duration::from_secs(30))).await;
+/// // Through a VPC endpoint or a proxy, same credentials.
+/// let vpc = sdk_client(
+///     SdkOptions::new(Duration::from_secs(30)).endpoint("https://vpce-0abc.bedrock-runtime.us-east-1.vpce.amazonaws.com"),
+/// ).await;
+/// // The local fault server: any region and dummy keys will do.
+/// let lab = sdk_client(SdkOptions::local("http://127.0.0.1:4566", Duration::from_secs(5))).await;
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SdkOptions {
+    /// The most one attempt may take, connecting included (connecting alone at most 5 s).
+    pub attempt_timeout: Duration,
+    /// Where to send instead of the region's Bedrock endpoint.
+    pub endpoint: Option<String>,
+    /// Sign with fixed test keys in `us-east-1` instead of the AWS credential chain: for a
+    /// local fault server, which checks neither.
+    pub test_credentials: bool,
 }
 
-/// An SDK client for real Bedrock: the normal AWS credential chain and region, the SDK's
-/// retries disabled so the policy alone decides.
-pub async fn sdk_client_from_env(attempt_timeout: Duration) -> Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let config = aws_sdk_bedrockruntime::config::Builder::from(&shared)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(attempt_timeouts(attempt_timeout))
-        .build();
-    Client::from_conf(config)
-}
-
-/// Like [`sdk_client_from_env`], at `endpoint` when given (a VPC endpoint, a proxy): the normal
-/// credential chain and region, the SDK's retries disabled.
-pub async fn sdk_client_from_env_at(endpoint: Option<&str>, attempt_timeout: Duration) -> Client {
-    let mut shared = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(endpoint) = endpoint {
-        shared = shared.endpoint_url(endpoint);
+impl SdkOptions {
+    /// Real Bedrock: the normal AWS credential chain and region.
+    pub fn new(attempt_timeout: Duration) -> SdkOptions {
+        SdkOptions {
+            attempt_timeout,
+            endpoint: None,
+            test_credentials: false,
+        }
     }
-    let shared = shared.load().await;
-    let config = aws_sdk_bedrockruntime::config::Builder::from(&shared)
+
+    /// A local endpoint (the fault server, a sidecar under test): fixed test credentials in
+    /// `us-east-1`, no credential chain to load.
+    pub fn local(endpoint: &str, attempt_timeout: Duration) -> SdkOptions {
+        SdkOptions {
+            attempt_timeout,
+            endpoint: Some(endpoint.to_string()),
+            test_credentials: true,
+        }
+    }
+
+    /// Sends to `endpoint` (a VPC endpoint, a proxy) with the same credentials.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> SdkOptions {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+}
+
+/// The one way to build the SDK client a [`ResilientClient`] sends with: see [`SdkOptions`].
+pub async fn sdk_client(options: SdkOptions) -> Client {
+    let mut config = if options.test_credentials {
+        aws_sdk_bedrockruntime::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "AKIDBACKSTOPTEST",
+                "backstop-test-secret",
+                None,
+                None,
+                "backstop",
+            ))
+    } else {
+        let mut shared = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(endpoint) = &options.endpoint {
+            shared = shared.endpoint_url(endpoint);
+        }
+        aws_sdk_bedrockruntime::config::Builder::from(&shared.load().await)
+    };
+    if let Some(endpoint) = &options.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    let config = config
         .retry_config(RetryConfig::disabled())
-        .timeout_config(attempt_timeouts(attempt_timeout))
+        .timeout_config(attempt_timeouts(options.attempt_timeout))
         .build();
     Client::from_conf(config)
 }
@@ -222,7 +262,7 @@ pub(crate) struct Inner {
 }
 
 impl ResilientClient {
-    /// A client over `sdk` (see [`sdk_client_for_endpoint`] and [`sdk_client_from_env`]),
+    /// A client over `sdk` (built by [`sdk_client`]),
     /// deciding with `policy`: a [`Policy`](crate::Policy), or a [`PolicyHandle`] to swap
     /// modules while the client runs.
     pub fn new(

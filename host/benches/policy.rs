@@ -12,16 +12,11 @@
 
 use backstop_test_support as support;
 
-use backstop::AttemptContext;
 use backstop::Engine;
-use backstop::ErrorInfo;
-use backstop::ErrorKind;
 use backstop::Limits;
 use backstop::PolicyHandle;
 use backstop::SwapOptions;
-use backstop_core::contract::BreakerState;
 use backstop_core::contract::ModelCapacity;
-use backstop_core::contract::ModelHealth;
 use backstop_core::decision::RouteQuery;
 use backstop_runtime::cache::ModuleCache;
 use backstop_runtime::handle::Swapped;

@@ -38,7 +38,7 @@ mod config;
 
 // The Bedrock client.
 pub use backstop_bedrock::client::{
-    ChatRequest, ResilientClient, ResilientStream, sdk_client_for_endpoint, sdk_client_from_env,
+    ChatRequest, ResilientClient, ResilientStream, SdkOptions, sdk_client,
 };
 // The host configuration.
 pub use config::{CompileBounds, ConfigError, FleetSettings, HostConfig, ServeSettings};

@@ -10,7 +10,6 @@ use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
 use backstop::ChatRequest;
 use backstop::ClientOptions;
 use backstop::ResilientClient;
-use backstop::sdk_client_for_endpoint;
 use backstop_lab::{FaultServer, Scenario};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::Duration;
@@ -27,9 +26,15 @@ fn success_path(c: &mut Criterion) {
         .block_on(FaultServer::start(Scenario::default(), 0))
         .expect("fault server");
     let url = server.endpoint_url();
-    let raw = sdk_client_for_endpoint(&url, Duration::from_secs(5));
+    let sdk = || {
+        runtime.block_on(backstop::sdk_client(backstop::SdkOptions::local(
+            &url,
+            Duration::from_secs(5),
+        )))
+    };
+    let raw = sdk();
     let resilient = ResilientClient::new(
-        sdk_client_for_endpoint(&url, Duration::from_secs(5)),
+        sdk(),
         support::default_policy("{}"),
         ClientOptions::new([MODEL, "us.amazon.nova-pro-v1:0"]),
     )

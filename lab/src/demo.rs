@@ -14,7 +14,6 @@ use backstop::HostConfig;
 use backstop::MetricsSnapshot;
 use backstop::PolicyHandle;
 use backstop::ResilientClient;
-use backstop::sdk_client_for_endpoint;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -188,7 +187,11 @@ pub async fn run(
     client_options.time_scale = options.time_scale;
     client_options.deadline = Duration::from_secs(300);
     client_options.attempt_timeout = Duration::from_secs(60);
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(10));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(10),
+    ))
+    .await;
     let client =
         ResilientClient::new(sdk, policy, client_options).map_err(std::io::Error::other)?;
 

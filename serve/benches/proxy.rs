@@ -75,8 +75,16 @@ async fn run() {
 
 async fn latency(direct_url: &str, proxy_url: &str) {
     use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
-    let direct = backstop::sdk_client_for_endpoint(direct_url, Duration::from_secs(5));
-    let proxied = backstop::sdk_client_for_endpoint(proxy_url, Duration::from_secs(5));
+    let direct = backstop::sdk_client(backstop::SdkOptions::local(
+        direct_url,
+        Duration::from_secs(5),
+    ))
+    .await;
+    let proxied = backstop::sdk_client(backstop::SdkOptions::local(
+        proxy_url,
+        Duration::from_secs(5),
+    ))
+    .await;
     let message = Message::builder()
         .role(ConversationRole::User)
         .content(ContentBlock::Text("Summarise ticket #42".into()))

@@ -142,14 +142,12 @@ impl Sidecar {
         let attempt_timeout = chains::attempt_timeout(&options.host);
         let sdk = match &options.upstream_endpoint {
             Some(url) if is_loopback_url(url) => {
-                backstop::sdk_client_for_endpoint(url, attempt_timeout)
+                backstop::sdk_client(backstop::SdkOptions::local(url, attempt_timeout)).await
             }
             endpoint => {
-                backstop_bedrock::client::sdk_client_from_env_at(
-                    endpoint.as_deref(),
-                    attempt_timeout,
-                )
-                .await
+                let mut sdk = backstop::SdkOptions::new(attempt_timeout);
+                sdk.endpoint = endpoint.clone();
+                backstop::sdk_client(sdk).await
             }
         };
         let fleet = match &options.host.fleet {

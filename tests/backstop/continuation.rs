@@ -58,7 +58,7 @@ async fn read_one(
     policy: Policy,
 ) -> (FaultServer, ResilientStream, Read) {
     let server = FaultServer::start(scenario(faults), 0).await.unwrap();
-    let client = client_deciding(&server, chain, policy);
+    let client = client_deciding(&server, chain, policy).await;
     let mut stream = client
         .converse_stream(&ChatRequest::user("hello"))
         .await

@@ -16,7 +16,6 @@ use backstop::RequestOptions;
 use backstop::Resilience;
 use backstop::ResilientClient;
 use backstop::Verdict;
-use backstop::sdk_client_for_endpoint;
 use backstop_core::contract::AfterBreak;
 use backstop_core::contract::Hedge;
 use backstop_core::contract::Route;
@@ -49,7 +48,7 @@ fn slow_after_warm_up(slow: usize) -> ModelFaults {
 
 /// A client in real time on `primary` → `fallback` deciding with `policy`, with a hedge budget
 /// that allows one hedge in the test's 21 requests, or none.
-fn hedging_client(
+async fn hedging_client(
     server: &FaultServer,
     policy: Policy,
     hedge_budget: Option<HedgeBudget>,
@@ -62,7 +61,11 @@ fn hedging_client(
         first_event_floor: Duration::from_secs(10),
         ..AttemptLimits::default()
     };
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(30),
+    ))
+    .await;
     ResilientClient::new(sdk, policy, options).unwrap()
 }
 
@@ -94,7 +97,7 @@ async fn warm_up(client: &ResilientClient) {
 async fn a_late_unary_answer_is_hedged_on_the_next_model_which_answers_while_the_primary_is_cancelled()
  {
     let server = started_server().await;
-    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty());
+    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty()).await;
     warm_up(&client).await;
     assert!(
         client.health()[0].start_p95_ms > 0,
@@ -119,7 +122,7 @@ async fn a_late_unary_answer_is_hedged_on_the_next_model_which_answers_while_the
 #[tokio::test]
 async fn a_late_first_event_is_hedged_and_the_caller_reads_the_hedges_whole_stream() {
     let server = started_server().await;
-    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty());
+    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty()).await;
     warm_up(&client).await;
     let started = Instant::now();
     let mut stream = client
@@ -149,7 +152,7 @@ async fn a_late_first_event_is_hedged_and_the_caller_reads_the_hedges_whole_stre
 async fn with_the_hedge_budget_off_or_spent_the_late_answer_is_waited_for() {
     // Off: the policy asks, the host sends no hedge.
     let server = started_server().await;
-    let client = hedging_client(&server, support::default_policy("{}"), None);
+    let client = hedging_client(&server, support::default_policy("{}"), None).await;
     warm_up(&client).await;
     let started = Instant::now();
     let served = client.converse(&ChatRequest::user("hello")).await.unwrap();
@@ -159,7 +162,7 @@ async fn with_the_hedge_budget_off_or_spent_the_late_answer_is_waited_for() {
     assert_eq!(client.metrics().snapshot().hedges, 0);
     // Spent: 5 % of 22 requests is one hedge; the second late answer is waited for.
     let server = server_with_slow(2).await;
-    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty());
+    let client = hedging_client(&server, support::default_policy("{}"), one_in_twenty()).await;
     warm_up(&client).await;
     let hedged = client.converse(&ChatRequest::user("one")).await.unwrap();
     assert_eq!(hedged.model, "fallback");
@@ -177,7 +180,7 @@ async fn a_policy_of_contract_0_3_0_never_hedges() {
     let policy = support::fixture_policy(support::POLICY_0_3_0, "policy-guest-0.3.0.wasm", "{}");
     assert_eq!(policy.module().contract_version(), "0.3.0");
     let server = started_server().await;
-    let client = hedging_client(&server, policy, one_in_twenty());
+    let client = hedging_client(&server, policy, one_in_twenty()).await;
     warm_up(&client).await;
     let served = client.converse(&ChatRequest::user("hello")).await.unwrap();
     assert_eq!(served.model, "primary");

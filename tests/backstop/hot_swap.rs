@@ -13,7 +13,6 @@ use backstop::PolicyHandle;
 use backstop::ResilientClient;
 use backstop::SwapError;
 use backstop::SwapOptions;
-use backstop::sdk_client_for_endpoint;
 use backstop_core::decision::OutcomeRule;
 use backstop_lab::scenario::ModelFaults;
 use backstop_lab::{FaultServer, Scenario};
@@ -481,7 +480,11 @@ async fn throttled_client(
     options.time_scale = 0.001;
     options.deadline = Duration::from_secs(10_000);
     options.attempt_timeout = Duration::from_secs(5_000);
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(5),
+    ))
+    .await;
     let client = ResilientClient::new(sdk, handle.clone(), options).unwrap();
     (server, client)
 }

@@ -6,7 +6,6 @@ use backstop::ChatRequest;
 use backstop::ClientOptions;
 use backstop::ErrorKind;
 use backstop::ResilientClient;
-use backstop::sdk_client_for_endpoint;
 use backstop_lab::scenario::{ModelFaults, Outage};
 use backstop_lab::{FaultServer, Scenario};
 use std::time::Duration;
@@ -44,7 +43,11 @@ async fn a_primary_back_after_a_minute_down_gets_its_traffic_back_within_ten_sec
     )
     .await
     .unwrap();
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(5),
+    ))
+    .await;
     let client = ResilientClient::new(sdk, policy, options).unwrap();
     let start = tokio::time::Instant::now();
     let mut served = Vec::new();
@@ -111,7 +114,11 @@ async fn a_model_that_usually_starts_at_once_is_left_after_seconds_of_silence_no
     assert_eq!(options.limits.first_event, Duration::from_secs(20));
     // The limit alone, not a hedge (which would answer the slow start sooner still).
     options.hedge_budget = None;
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(60));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(60),
+    ))
+    .await;
     let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
     for i in 0..25 {
         let mut stream = client

@@ -12,7 +12,6 @@ use backstop::Decision;
 use backstop::ErrorKind;
 use backstop::RequestOptions;
 use backstop::ResilientClient;
-use backstop::sdk_client_for_endpoint;
 use backstop_core::contract::GiveUpReason;
 use backstop_core::contract::Workload;
 use backstop_lab::scenario::{ModelFaults, Outage};
@@ -49,7 +48,11 @@ async fn client_with(
     options.time_scale = SCALE;
     options.attempt_timeout = Duration::from_secs(500);
     tweak(&mut options);
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(5),
+    ))
+    .await;
     ResilientClient::new(sdk, policy, options).unwrap()
 }
 
@@ -660,7 +663,11 @@ async fn a_failed_request_tells_its_cause_and_every_attempt_without_serialising(
 #[tokio::test]
 async fn options_past_the_ceilings_are_refused_not_a_panic() {
     let server = FaultServer::start(Scenario::default(), 0).await.unwrap();
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(5),
+    ))
+    .await;
     let mut options = ClientOptions::new(["primary"]);
     options.queue_capacity = usize::MAX;
     let err = ResilientClient::new(sdk.clone(), backstop_policy("{}"), options)

@@ -174,7 +174,11 @@ async fn context_window_client(
     let policy = backstop_test_support::default_module()
         .configure_with(config, &facts)
         .unwrap();
-    let sdk = backstop::sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(30),
+    ))
+    .await;
     backstop::ResilientClient::new(sdk, policy, ClientOptions::new(["small", "large"])).unwrap()
 }
 

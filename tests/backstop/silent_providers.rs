@@ -9,7 +9,6 @@ use backstop::ClientOptions;
 use backstop::ErrorKind;
 use backstop::ResilientClient;
 use backstop::ResilientStream;
-use backstop::sdk_client_for_endpoint;
 use backstop_core::contract::GiveUpReason;
 use backstop_lab::scenario::{ModelFaults, RetryAfterHeader};
 use backstop_lab::{FaultServer, Scenario};
@@ -31,11 +30,11 @@ pub(crate) fn misbehaving(script: &[&str]) -> ModelFaults {
 /// A client in real time with the default policy, tight attempt limits and a 3 s attempt
 /// timeout.
 async fn client(server: &FaultServer, models: &[&str]) -> ResilientClient {
-    client_deciding(server, models, backstop_test_support::default_policy("{}"))
+    client_deciding(server, models, backstop_test_support::default_policy("{}")).await
 }
 
 /// [`client`], deciding with `policy`.
-pub(crate) fn client_deciding(
+pub(crate) async fn client_deciding(
     server: &FaultServer,
     models: &[&str],
     policy: backstop_runtime::policy::Policy,
@@ -48,7 +47,11 @@ pub(crate) fn client_deciding(
         idle: LIMIT,
         ..AttemptLimits::default()
     };
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(30),
+    ))
+    .await;
     ResilientClient::new(sdk, policy, options).unwrap()
 }
 
@@ -232,7 +235,11 @@ async fn the_deadline_ends_a_stream_still_open_after_output() {
         .unwrap();
     let mut options = ClientOptions::new(["primary"]);
     options.limits.idle = Duration::from_secs(60);
-    let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(30));
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+        &server.endpoint_url(),
+        Duration::from_secs(30),
+    ))
+    .await;
     let client =
         ResilientClient::new(sdk, backstop_test_support::default_policy("{}"), options).unwrap();
     let started = Instant::now();
@@ -325,7 +332,11 @@ async fn every_form_of_wait_hint_reaches_the_policy() {
             .unwrap();
         let mut options = ClientOptions::new(["primary"]);
         options.time_scale = 0.01;
-        let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+        let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+            &server.endpoint_url(),
+            Duration::from_secs(5),
+        ))
+        .await;
         let policy = backstop_test_support::default_policy(r#"{"max_total_attempts": 2}"#);
         let client = ResilientClient::new(sdk, policy, options).unwrap();
         let error = client.converse(&ChatRequest::user("hi")).await.unwrap_err();

@@ -33,10 +33,11 @@ async fn made_up_model_ids_do_not_grow_the_fault_server() {
     assert_eq!(stats.len(), 1, "{:?}", stats.keys().collect::<Vec<_>>());
     assert_eq!(stats[backstop_lab::bedrock_model::UNLISTED].requests, 500);
 
-    let sdk = backstop::sdk_client_for_endpoint(
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
         &server.endpoint_url(),
         std::time::Duration::from_secs(5),
-    );
+    ))
+    .await;
     let limit = backstop_lab::bedrock_model::MAX_UNLISTED_MODELS;
     let mut not_found = 0;
     for i in 0..limit + 50 {
@@ -153,10 +154,11 @@ async fn invoke_model_answers_in_the_shape_of_the_models_family() {
         ),
     ];
     for (model, body, answer_at) in cases {
-        let sdk = backstop::sdk_client_for_endpoint(
+        let sdk = backstop::sdk_client(backstop::SdkOptions::local(
             &server.endpoint_url(),
             std::time::Duration::from_secs(5),
-        );
+        ))
+        .await;
         let client = ResilientClient::new(
             sdk,
             backstop_test_support::default_policy("{}"),

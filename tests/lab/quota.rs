@@ -136,10 +136,11 @@ async fn the_fault_server_reserves_what_the_converse_body_asks_for() {
     let server = backstop_lab::FaultServer::start(Scenario::from_json(SCENARIO).unwrap(), 0)
         .await
         .unwrap();
-    let sdk = backstop::sdk_client_for_endpoint(
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
         &server.endpoint_url(),
         std::time::Duration::from_secs(10),
-    );
+    ))
+    .await;
     let message = Message::builder()
         .role(ConversationRole::User)
         .content(ContentBlock::Text("hello".into()))

@@ -8,7 +8,6 @@ use backstop::ClientOptions;
 use backstop::ErrorKind;
 use backstop::HostConfig;
 use backstop::ResilientClient;
-use backstop::sdk_client_for_endpoint;
 use backstop_lab::baseline::Baseline;
 use backstop_lab::scenario::{Latency, ModelFaults, Phase, Traffic};
 use backstop_lab::simulate::{self, Contender, SimReport};
@@ -201,7 +200,11 @@ async fn shipped_scenarios_simulate_and_serve_on_the_fault_server() {
         let server = FaultServer::start(scenario, 0).await.unwrap();
         for model in &traffic.models {
             let options = ClientOptions::new([model.as_str()]);
-            let sdk = sdk_client_for_endpoint(&server.endpoint_url(), Duration::from_secs(5));
+            let sdk = backstop::sdk_client(backstop::SdkOptions::local(
+                &server.endpoint_url(),
+                Duration::from_secs(5),
+            ))
+            .await;
             let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
             let served = client.converse(&ChatRequest::user("hello")).await;
             assert!(served.is_ok(), "{name} {model}: {:?}", served.err());

@@ -61,8 +61,12 @@ pub async fn sidecar(server: &FaultServer, chains: &str) -> Sidecar {
 
 /// The Rust SDK pointed at the sidecar, its own retries off (what the README tells every
 /// application to do).
-pub fn sdk(sidecar: &Sidecar) -> aws_sdk_bedrockruntime::Client {
-    backstop::sdk_client_for_endpoint(&sidecar.endpoint_url(), Duration::from_secs(30))
+pub async fn sdk(sidecar: &Sidecar) -> aws_sdk_bedrockruntime::Client {
+    backstop::sdk_client(backstop::SdkOptions::local(
+        &sidecar.endpoint_url(),
+        Duration::from_secs(30),
+    ))
+    .await
 }
 
 /// One user message for Converse.

@@ -16,7 +16,7 @@ const MESSAGES_BODY: &str = r#"{"anthropic_version":"bedrock-2023-05-31","max_to
 async fn every_operation_answers_through_the_sidecar_as_bedrock_sent_it() {
     let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
     let sidecar = sidecar(&server, "{}").await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
 
     let answer = client
         .converse()
@@ -64,10 +64,11 @@ async fn every_operation_answers_through_the_sidecar_as_bedrock_sent_it() {
     );
 
     // InvokeModel: the body the application gets is byte for byte the upstream's.
-    let direct = backstop::sdk_client_for_endpoint(
+    let direct = backstop::sdk_client(backstop::SdkOptions::local(
         &server.endpoint_url(),
         std::time::Duration::from_secs(5),
-    );
+    ))
+    .await;
     let invoke = |sdk: &aws_sdk_bedrockruntime::Client| {
         sdk.invoke_model()
             .model_id(ANTHROPIC)
@@ -151,7 +152,7 @@ async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
     // Two attempts at most: the request ends on the throttle, not on a race with a deadline.
     let host = r#"{ "guardrails": { "max_total_attempts": 2 } }"#;
     let sidecar = sidecar_with(&server, host, None).await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
 
     let url = format!("{}/model/throttled/converse", sidecar.endpoint_url());
     let answer = http("POST", &url, &[], CONVERSE_BODY).await;
@@ -264,7 +265,7 @@ async fn converse_with_cut_streams(
         .await
         .unwrap();
     let sidecar = sidecar(&server, r#"{ "cut": ["fallback"] }"#).await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
     let stream = client
         .converse_stream()
         .model_id("cut")
@@ -324,7 +325,7 @@ async fn bad_requests_get_bedrock_errors_and_cost_nothing_upstream() {
         None,
     )
     .await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
     let error = client
         .invoke_model()
         .model_id("m")
@@ -591,7 +592,7 @@ async fn an_event_whose_payload_is_garbage_ends_the_stream_as_an_error_never_as_
         .await
         .unwrap();
     let sidecar = sidecar(&server, r#"{ "garbage": ["fallback"] }"#).await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
     let mut stream = client
         .converse_stream()
         .model_id("garbage")
@@ -640,7 +641,7 @@ async fn an_event_whose_payload_is_garbage_ends_the_stream_as_an_error_never_as_
 async fn a_slow_first_event_is_left_at_the_limit_learned_from_the_models_own_streams() {
     // The limit alone: no hedge may answer the slow start first.
     let (server, sidecar) = slow_after(25, 20_000, r#", "hedge_budget": null"#).await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
     for _ in 0..25 {
         let mut stream = client
             .converse_stream()
@@ -762,7 +763,7 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
             .unwrap();
         let host = r#"{ "limits": { "idle_ms": 500, "idle_floor_ms": 500 } }"#;
         let sidecar = crate::sidecar_with(&server, host, None).await;
-        let (text, starts, stops) = converse_text(&sdk(&sidecar), CONTINUES).await;
+        let (text, starts, stops) = converse_text(&sdk(&sidecar).await, CONTINUES).await;
         assert_eq!(parts(&text), [0, 1, 2, 3], "{misbehaviour}: {text}");
         assert_eq!((starts, stops), (1, 1), "{misbehaviour}");
         assert_eq!(server.requests(CONTINUES), 2, "{misbehaviour}");
@@ -776,7 +777,7 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
     .unwrap();
     let chains = format!(r#"{{ "{CONTINUES}": [], "{CONTINUES_TOO}": [] }}"#);
     let sidecar = sidecar(&server, &chains).await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
 
     // ConverseStream: one messageStart, every part once, one messageStop.
     let (text, starts, stops) = converse_text(&client, CONTINUES).await;
@@ -832,7 +833,7 @@ async fn a_stream_cut_after_output_is_continued_by_the_sidecar_into_one_answer()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_answer_is_hedged_on_the_fallback_and_the_caller_gets_the_first_whole_answer() {
     let (server, sidecar) = slow_after(20, 5_000, "").await;
-    let client = sdk(&sidecar);
+    let client = sdk(&sidecar).await;
     let converse = || {
         client
             .converse()

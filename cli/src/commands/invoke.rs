@@ -50,8 +50,10 @@ async fn invoke(
     let policy = policy.handle()?;
     let options = host.client_options(std::iter::once(model).chain(fallback));
     let sdk = match &endpoint_url {
-        Some(url) => backstop::sdk_client_for_endpoint(url, options.attempt_timeout),
-        None => backstop::sdk_client_from_env(options.attempt_timeout).await,
+        Some(url) => {
+            backstop::sdk_client(backstop::SdkOptions::local(url, options.attempt_timeout)).await
+        }
+        None => backstop::sdk_client(backstop::SdkOptions::new(options.attempt_timeout)).await,
     };
     let client = backstop::ResilientClient::new(sdk, policy, options)?;
     let mut request = backstop::ChatRequest::user(prompt);
