@@ -262,15 +262,14 @@ pub(crate) struct Inner {
 }
 
 impl ResilientClient {
-    /// A client over `sdk` (built by [`sdk_client`]),
-    /// deciding with `policy`: a [`Policy`](crate::Policy), or a [`PolicyHandle`] to swap
-    /// modules while the client runs.
+    /// A client over `sdk` (built by [`sdk_client`]), deciding with `policy`, the live module
+    /// that swaps replace while the client runs. A handle is vetted
+    /// ([`PolicyHandle::new`]) unless made with [`PolicyHandle::unchecked`] on purpose.
     pub fn new(
         sdk: Client,
-        policy: impl Into<PolicyHandle>,
+        policy: PolicyHandle,
         options: ClientOptions,
     ) -> Result<ResilientClient, OptionsError> {
-        let policy = policy.into();
         policy.serve_chain(&options.models);
         let core = Resilience::new(Arc::new(policy.clone()), options)?;
         Ok(ResilientClient {

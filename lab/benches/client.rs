@@ -35,7 +35,7 @@ fn success_path(c: &mut Criterion) {
     let raw = sdk();
     let resilient = ResilientClient::new(
         sdk(),
-        support::default_policy("{}"),
+        support::unvetted(support::default_policy("{}")),
         ClientOptions::new([MODEL, "us.amazon.nova-pro-v1:0"]),
     )
     .expect("client");

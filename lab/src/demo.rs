@@ -178,7 +178,7 @@ struct Outcome {
 
 /// Runs the demo; `progress` is called about four times a second.
 pub async fn run(
-    policy: impl Into<PolicyHandle>,
+    policy: PolicyHandle,
     options: DemoOptions,
     mut progress: impl FnMut(&DemoProgress),
 ) -> std::io::Result<DemoReport> {

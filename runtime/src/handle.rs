@@ -217,6 +217,8 @@ impl PolicyHandle {
 
     /// A handle around a policy as it is, without the allow-list or the smoke table (tests,
     /// and hosts that deliberately run a module the table would refuse). Swaps are vetted.
+    /// This is the only way to an unvetted handle, and it is spelled out: no `From<Policy>`
+    /// conversion makes one by accident.
     pub fn unchecked(policy: Policy, options: SwapOptions) -> PolicyHandle {
         let engine = policy.module().engine.clone();
         let decisions = Family::default();
@@ -762,13 +764,6 @@ impl Decider for PolicyHandle {
 
     fn register_metrics(&self, registry: &mut Registry) {
         PolicyHandle::register_metrics(self, registry);
-    }
-}
-
-impl From<Policy> for PolicyHandle {
-    /// [`PolicyHandle::unchecked`] with default options.
-    fn from(policy: Policy) -> PolicyHandle {
-        PolicyHandle::unchecked(policy, SwapOptions::default())
     }
 }
 

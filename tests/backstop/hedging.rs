@@ -66,7 +66,7 @@ async fn hedging_client(
         Duration::from_secs(30),
     ))
     .await;
-    ResilientClient::new(sdk, policy, options).unwrap()
+    ResilientClient::new(sdk, support::unvetted(policy), options).unwrap()
 }
 
 fn one_in_twenty() -> Option<HedgeBudget> {

@@ -48,7 +48,7 @@ async fn a_primary_back_after_a_minute_down_gets_its_traffic_back_within_ten_sec
         Duration::from_secs(5),
     ))
     .await;
-    let client = ResilientClient::new(sdk, policy, options).unwrap();
+    let client = ResilientClient::new(sdk, support::unvetted(policy), options).unwrap();
     let start = tokio::time::Instant::now();
     let mut served = Vec::new();
     for i in 0..25u32 {
@@ -119,7 +119,12 @@ async fn a_model_that_usually_starts_at_once_is_left_after_seconds_of_silence_no
         Duration::from_secs(60),
     ))
     .await;
-    let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
+    let client = ResilientClient::new(
+        sdk,
+        support::unvetted(support::default_policy("{}")),
+        options,
+    )
+    .unwrap();
     for i in 0..25 {
         let mut stream = client
             .converse_stream(&ChatRequest::user(format!("quick {i}")))

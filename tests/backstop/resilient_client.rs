@@ -53,7 +53,7 @@ async fn client_with(
         Duration::from_secs(5),
     ))
     .await;
-    ResilientClient::new(sdk, policy, options).unwrap()
+    ResilientClient::new(sdk, support::unvetted(policy), options).unwrap()
 }
 
 #[tokio::test]
@@ -670,9 +670,13 @@ async fn options_past_the_ceilings_are_refused_not_a_panic() {
     .await;
     let mut options = ClientOptions::new(["primary"]);
     options.queue_capacity = usize::MAX;
-    let err = ResilientClient::new(sdk.clone(), backstop_policy("{}"), options)
-        .err()
-        .expect("refused");
+    let err = ResilientClient::new(
+        sdk.clone(),
+        support::unvetted(backstop_policy("{}")),
+        options,
+    )
+    .err()
+    .expect("refused");
     assert!(
         matches!(
             err,
@@ -682,7 +686,7 @@ async fn options_past_the_ceilings_are_refused_not_a_panic() {
     );
     let mut options = ClientOptions::new(["primary"]);
     options.guardrails.max_total_attempts = u32::MAX;
-    let err = ResilientClient::new(sdk, backstop_policy("{}"), options)
+    let err = ResilientClient::new(sdk, support::unvetted(backstop_policy("{}")), options)
         .err()
         .expect("refused");
     assert!(err.to_string().contains("100 attempts"), "{err}");

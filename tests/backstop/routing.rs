@@ -179,7 +179,12 @@ async fn context_window_client(
         Duration::from_secs(30),
     ))
     .await;
-    backstop::ResilientClient::new(sdk, policy, ClientOptions::new(["small", "large"])).unwrap()
+    backstop::ResilientClient::new(
+        sdk,
+        backstop_test_support::unvetted(policy),
+        ClientOptions::new(["small", "large"]),
+    )
+    .unwrap()
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ pub(crate) async fn client_deciding(
         Duration::from_secs(30),
     ))
     .await;
-    ResilientClient::new(sdk, policy, options).unwrap()
+    ResilientClient::new(sdk, backstop_test_support::unvetted(policy), options).unwrap()
 }
 
 /// Reads a stream to its end: the events delivered, and how it ended.
@@ -240,8 +240,12 @@ async fn the_deadline_ends_a_stream_still_open_after_output() {
         Duration::from_secs(30),
     ))
     .await;
-    let client =
-        ResilientClient::new(sdk, backstop_test_support::default_policy("{}"), options).unwrap();
+    let client = ResilientClient::new(
+        sdk,
+        backstop_test_support::unvetted(backstop_test_support::default_policy("{}")),
+        options,
+    )
+    .unwrap();
     let started = Instant::now();
     let request = ChatRequest::user("hello").with_deadline(Duration::from_millis(800));
     let mut stream = client.converse_stream(&request).await.expect("starts");
@@ -338,7 +342,8 @@ async fn every_form_of_wait_hint_reaches_the_policy() {
         ))
         .await;
         let policy = backstop_test_support::default_policy(r#"{"max_total_attempts": 2}"#);
-        let client = ResilientClient::new(sdk, policy, options).unwrap();
+        let client =
+            ResilientClient::new(sdk, backstop_test_support::unvetted(policy), options).unwrap();
         let error = client.converse(&ChatRequest::user("hi")).await.unwrap_err();
         let first = &error.history()[0];
         let hint = first.error.retry_after_ms;

@@ -161,7 +161,7 @@ async fn invoke_model_answers_in_the_shape_of_the_models_family() {
         .await;
         let client = ResilientClient::new(
             sdk,
-            backstop_test_support::default_policy("{}"),
+            backstop_test_support::unvetted(backstop_test_support::default_policy("{}")),
             ClientOptions::new([model]),
         )
         .unwrap();

@@ -205,7 +205,12 @@ async fn shipped_scenarios_simulate_and_serve_on_the_fault_server() {
                 Duration::from_secs(5),
             ))
             .await;
-            let client = ResilientClient::new(sdk, support::default_policy("{}"), options).unwrap();
+            let client = ResilientClient::new(
+                sdk,
+                support::unvetted(support::default_policy("{}")),
+                options,
+            )
+            .unwrap();
             let served = client.converse(&ChatRequest::user("hello")).await;
             assert!(served.is_ok(), "{name} {model}: {:?}", served.err());
         }
@@ -429,12 +434,20 @@ async fn in_real_time_through_the_sdk_routing_shows_the_simulators_ordering() {
         time_scale: DemoScenario::SpikeOutage.time_scale(),
         ..DemoOptions::default()
     };
-    let routed = demo::run(support::default_policy("{}"), options(), |_| {})
-        .await
-        .unwrap();
-    let unrouted = demo::run(support::policy_0_1_0("{}"), options(), |_| {})
-        .await
-        .unwrap();
+    let routed = demo::run(
+        support::unvetted(support::default_policy("{}")),
+        options(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let unrouted = demo::run(
+        support::unvetted(support::policy_0_1_0("{}")),
+        options(),
+        |_| {},
+    )
+    .await
+    .unwrap();
     let per_request = |calls: u64, requests: usize| calls as f64 / requests as f64;
     assert!(routed.succeeded >= unrouted.succeeded);
     assert!(

@@ -808,3 +808,9 @@ pub fn full_context() -> AttemptContext {
     ];
     ctx
 }
+
+/// A handle around `policy` as it is, without vetting: what a test that drives a client with a
+/// module of its own means, spelled out ([`PolicyHandle::unchecked`]).
+pub fn unvetted(policy: Policy) -> backstop::PolicyHandle {
+    backstop::PolicyHandle::unchecked(policy, backstop::SwapOptions::default())
+}
