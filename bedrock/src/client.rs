@@ -315,7 +315,7 @@ impl ResilientClient {
         self.inner.core.capacity()
     }
 
-    /// Joins a fleet: see [`Resilience::join_fleet`](crate::Resilience::join_fleet).
+    /// Joins a fleet: see [`Resilience::join_fleet`](backstop_resilience::Resilience::join_fleet).
     pub fn join_fleet(
         &self,
         fleet: Arc<dyn backstop_resilience::fleet::Fleet>,

@@ -4,7 +4,7 @@
 //! within the request's deadline. It knows the decision layer and nothing of wasm or the SDK.
 //!
 //! All waiting goes through tokio's clock, so the same loop runs in real time behind
-//! [`ResilientClient`](crate::ResilientClient) and in virtual time in `backstop simulate`.
+//! `ResilientClient` (the Bedrock adapter, above this crate) and in virtual time in `backstop simulate`.
 
 pub mod breaker;
 pub mod budget;
@@ -431,7 +431,7 @@ impl Resilience {
 
     /// Runs one logical request: `attempt(model)` is called for each attempt with the model id
     /// to use, and after each failure the policy decides what happens next. Any operation fits:
-    /// [`ResilientClient`](crate::ResilientClient) passes SDK calls, `backstop simulate` a
+    /// `ResilientClient` (the Bedrock adapter, above this crate) passes SDK calls, `backstop simulate` a
     /// modelled Bedrock in virtual time.
     pub async fn call<T, F, Fut>(
         &self,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 macro_rules! counters {
     ($($field:ident => $name:literal, $help:literal;)*) => {
-        /// Counters of one attempt loop (one [`ResilientClient`](crate::ResilientClient)).
+        /// Counters of one attempt loop (one `ResilientClient`).
         pub struct Metrics {
             registry: Registry,
             $(pub(crate) $field: Counter,)*

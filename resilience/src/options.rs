@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How a client's attempt loop behaves. Durations are in the policy's time; `time_scale`
 /// shrinks every real wait (the demo runs minutes of traffic in seconds). Build it from the
-/// host configuration with [`HostConfig::client_options`](crate::HostConfig::client_options),
+/// host configuration with `HostConfig::client_options` (in the `backstop` facade),
 /// so the guardrails are the ones swaps are vetted against.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {

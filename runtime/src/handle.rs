@@ -8,7 +8,7 @@
 //! A new module goes live only after it compiled (or its `.cwasm` loaded), matched the
 //! contract, accepted the operator's configuration and passed the [smoke table](super::smoke)
 //! ([`vetting`](super::vetting)). If it then faults more than the
-//! [`RollbackRule`](super::vetting::RollbackRule) allows, or its requests fare worse than its
+//! [`RollbackRule`](crate::vetting::RollbackRule)(super::vetting::RollbackRule) allows, or its requests fare worse than its
 //! predecessor's did (the rule's [`OutcomeRule`](backstop_core::decision::OutcomeRule), judged during a
 //! probation after the swap), the handle puts the previous module back by itself.
 //!
@@ -207,7 +207,7 @@ impl PolicyHandle {
         Ok(PolicyHandle::vetted(vetted, options))
     }
 
-    /// A handle whose first live module passed [`vet_bytes`](crate::vetting::vet_bytes) with these
+    /// A handle whose first live module passed [`vet_bytes`] with these
     /// `options`.
     pub fn vetted(vetted: Vetted, options: SwapOptions) -> PolicyHandle {
         let handle = PolicyHandle::unchecked(vetted.policy, options);
@@ -253,7 +253,7 @@ impl PolicyHandle {
     }
 
     /// Asks the live module about one failed attempt; see [`Policy::decide`]. A fault counts
-    /// towards the [`RollbackRule`] and may roll the module back before this returns.
+    /// towards the [`RollbackRule`](crate::vetting::RollbackRule) and may roll the module back before this returns.
     pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
         self.decide_on(&self.shared.live.load(), ctx)
     }
@@ -484,7 +484,7 @@ impl PolicyHandle {
 
     /// Tells the handle the model chain a client serves with it: later swaps draw their smoke
     /// contexts from it, so a module meets the model ids it will see, not a fixed exam.
-    /// [`ResilientClient::new`](crate::ResilientClient::new) calls it.
+    /// `ResilientClient::new` (the Bedrock adapter) calls it.
     pub fn serve_chain(&self, models: &[String]) {
         let facts = &self.shared.options.facts;
         if !facts.is_empty() && !facts.iter().map(|f| &f.id).eq(models.iter()) {

@@ -188,7 +188,7 @@ fn check_imports(engine: &Engine, component: &Component, origin: &str) -> Result
 
 /// A compiled, validated policy component: exports the contract, imports only what is granted,
 /// and answered `info()`. Turn it into a running
-/// [`Policy`](crate::Policy) with [`PolicyModule::configure`].
+/// [`Policy`](crate::policy::Policy) with [`PolicyModule::configure`].
 #[derive(Clone)]
 pub struct PolicyModule {
     pub(crate) engine: Engine,

@@ -129,7 +129,7 @@ impl Policy {
     }
 
     /// The most fuel one of its decisions has burned (out of
-    /// [`Limits::fuel_per_call`](crate::Limits::fuel_per_call)).
+    /// [`Limits::fuel_per_call`](crate::sandbox::Limits::fuel_per_call)).
     pub fn peak_fuel_per_decision(&self) -> u64 {
         self.peak_fuel.load(Ordering::Relaxed)
     }
@@ -142,7 +142,7 @@ impl Policy {
 
     /// Asks the module what to do about one failed attempt. Never panics and never hangs: a
     /// fault yields the safe decision, flagged. The host's caps are applied separately by
-    /// [`Guardrails::enforce`](crate::Guardrails::enforce).
+    /// [`Guardrails::enforce`](backstop_core::decision::Guardrails::enforce).
     pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
         self.decisions.fetch_add(1, Ordering::Relaxed);
         let verdict = self.call_decide(ctx);

@@ -71,7 +71,7 @@ pub struct TrialOutcome {
 }
 
 /// How modules are vetted and run. Build it with
-/// [`HostConfig::swap_options`](crate::HostConfig::swap_options), which also builds the
+/// `HostConfig::swap_options` (in the `backstop` facade), which also builds the
 /// client's options from the same guardrails.
 #[derive(Clone, Debug, Default)]
 pub struct SwapOptions {
@@ -86,7 +86,7 @@ pub struct SwapOptions {
     /// Where compiled modules are kept; `None` compiles every `.wasm` on each swap.
     pub cache: Option<ModuleCache>,
     /// The model chain the module will serve, which the smoke table's contexts use; empty for
-    /// made-up ids. A [`PolicyHandle`](crate::PolicyHandle) fills it from the clients it serves.
+    /// made-up ids. A [`PolicyHandle`](crate::handle::PolicyHandle) fills it from the clients it serves.
     pub models: Vec<String>,
     /// The operator's facts of the chain the clients use, in chain order (context windows,
     /// relative costs, regions), given to every module at `configure`; empty when none were

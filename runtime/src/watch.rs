@@ -35,7 +35,7 @@ pub enum WatchError {
 
 /// Watches a policy file, or a directory of them, and swaps each change in. Stops when
 /// dropped; a compile running in a child process (see
-/// [`Engine::with_isolated_compiles`](crate::Engine::with_isolated_compiles)) is killed
+/// [`Engine::with_isolated_compiles`](crate::engine::Engine::with_isolated_compiles)) is killed
 /// then, so dropping does not wait for it.
 ///
 /// A file: that file is the policy. A directory: the most recently modified `.wasm` or `.cwasm`

@@ -810,7 +810,7 @@ pub fn full_context() -> AttemptContext {
 }
 
 /// A handle around `policy` as it is, without vetting: what a test that drives a client with a
-/// module of its own means, spelled out ([`PolicyHandle::unchecked`]).
+/// module of its own means, spelled out ([`PolicyHandle::unchecked`](backstop::PolicyHandle::unchecked)).
 pub fn unvetted(policy: Policy) -> backstop::PolicyHandle {
     backstop::PolicyHandle::unchecked(policy, backstop::SwapOptions::default())
 }

@@ -33,7 +33,7 @@ pub enum PolicyFault {
     Instantiate(String),
 }
 
-/// The outcome of asking a policy (and, after [`Guardrails::enforce`](crate::Guardrails), the
+/// The outcome of asking a policy (and, after [`Guardrails::enforce`](crate::decision::Guardrails::enforce), the
 /// host's caps) what to do about one failed attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
