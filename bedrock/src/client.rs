@@ -44,6 +44,7 @@ macro_rules! with_chat {
 
 /// One chat request for Converse / ConverseStream.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ChatRequest {
     /// The conversation.
     pub messages: Vec<Message>,
@@ -112,11 +113,10 @@ impl ChatRequest {
 
     /// What the attempt loop needs to know about it.
     pub fn options(&self) -> RequestOptions {
-        RequestOptions {
-            workload: self.workload,
-            deadline: self.deadline,
-            ..RequestOptions::default()
-        }
+        let mut options = RequestOptions::default();
+        options.workload = self.workload;
+        options.deadline = self.deadline;
+        options
     }
 
     /// Its input as the model reads it: text by [`catalogue::text_tokens`], images and

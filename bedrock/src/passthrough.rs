@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The four Bedrock Runtime operations a proxy serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Operation {
     /// `POST /model/{modelId}/converse`
     Converse,

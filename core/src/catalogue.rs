@@ -23,6 +23,7 @@ use std::sync::{Mutex, PoisonError};
 
 /// The model families whose request bodies name their maximum output differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BodyFamily {
     /// `anthropic.*`: `max_tokens`.
     Anthropic,

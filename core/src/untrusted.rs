@@ -85,6 +85,7 @@ pub fn escape_controls(text: &str) -> String {
 
 /// Why a file from outside was not read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FileError {
     /// It could not be opened or read.
     #[error("{kind} {path}: {source}")]

@@ -88,10 +88,7 @@ fn measure(engine: &Engine, language: &'static str, wasm: &[u8]) -> Row {
     };
     let swaps: Vec<Duration> = (0..3).map(|_| swap(SwapOptions::default())).collect();
     let dir = support::scratch_dir(&format!("bench-languages-{language}"));
-    let cached = || SwapOptions {
-        cache: Some(ModuleCache::new(engine, &dir).unwrap()),
-        ..SwapOptions::default()
-    };
+    let cached = || SwapOptions::default().with_cache(ModuleCache::new(engine, &dir).unwrap());
     swap(cached()); // fills the cache
     let mut hits: Vec<Duration> = (0..5).map(|_| swap(cached())).collect();
     hits.sort();
@@ -115,11 +112,7 @@ fn measure(engine: &Engine, language: &'static str, wasm: &[u8]) -> Row {
 
 fn main() {
     // One engine for all, with fuel enough for the JavaScript policy's 5 % share (its host.json).
-    let engine = Engine::new(Limits {
-        fuel_per_call: 100_000_000,
-        ..Limits::default()
-    })
-    .expect("engine");
+    let engine = Engine::new(Limits::default().with_fuel_per_call(100_000_000)).expect("engine");
     let mut subjects = vec![(
         "Rust",
         backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec(),

@@ -138,10 +138,7 @@ fn swap(c: &mut Criterion) {
     let dir = support::scratch_dir("bench-swap");
     let cached = PolicyHandle::new(
         engine.load_default().unwrap(),
-        SwapOptions {
-            cache: Some(ModuleCache::new(&engine, &dir).unwrap()),
-            ..SwapOptions::default()
-        },
+        SwapOptions::default().with_cache(ModuleCache::new(&engine, &dir).unwrap()),
     )
     .unwrap();
     let uncached =
@@ -156,13 +153,11 @@ fn swap(c: &mut Criterion) {
         .chain([&a, &b])
         .map(|bytes| backstop_runtime::engine::sha256_hex(bytes))
         .collect();
-    let allow_listed = PolicyHandle::new(
-        engine.load_default().unwrap(),
-        SwapOptions {
-            allowed_digests: Some(allowed),
-            ..SwapOptions::default()
-        },
-    )
+    let allow_listed = PolicyHandle::new(engine.load_default().unwrap(), {
+        let mut options = SwapOptions::default();
+        options.allowed_digests = Some(allowed);
+        options
+    })
     .unwrap();
     let wasm = [a, b];
 

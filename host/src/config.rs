@@ -48,6 +48,7 @@ const CEILING_WINDOW_MS: u64 = 86_400_000;
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HostConfig {
     /// The host's hard caps on every decision.
     pub guardrails: Guardrails,
@@ -98,6 +99,7 @@ pub struct HostConfig {
 /// key prefix and fleet name share their breakers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FleetSettings {
     /// The Redis server: `redis://host:port[/db]`, or `rediss://` for TLS; an ACL user and
     /// password may stand in it (`rediss://user:password@host`), or the password apart in
@@ -211,6 +213,7 @@ pub const MAX_FALLBACKS: usize = 8;
 /// The sidecar's settings (`backstop serve`): every bound on what comes from outside.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServeSettings {
     /// Upstream requests in progress at once (queued batch work included); one more is
     /// answered at once with a 429 and a wait hint.
@@ -358,6 +361,7 @@ pub const MAX_MODEL_FACTS: usize = 64;
 /// process nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct CompileBounds {
     /// Compile in a child process; `false` compiles in the host process after the pre-scan.
     pub isolated: bool,
@@ -386,6 +390,7 @@ impl Default for CompileBounds {
 /// the figure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SandboxBounds {
     /// Fuel (roughly wasm instructions) one `decide` or `route` call may burn; a decision may
     /// use at most 5 % of it on the request path.
@@ -408,16 +413,12 @@ impl SandboxBounds {
     /// The engine's limits: these, and idle instances may hold four instances' memory (at
     /// least the default's).
     pub fn limits(&self) -> Limits {
-        let defaults = Limits::default();
         let memory_bytes = (self.memory_mib << 20) as usize;
-        Limits {
-            fuel_per_call: self.fuel_per_call,
-            memory_bytes,
-            idle_memory_bytes: defaults
-                .idle_memory_bytes
-                .max(memory_bytes.saturating_mul(4)),
-            ..defaults
-        }
+        let mut limits = Limits::default();
+        limits.fuel_per_call = self.fuel_per_call;
+        limits.memory_bytes = memory_bytes;
+        limits.idle_memory_bytes = limits.idle_memory_bytes.max(memory_bytes.saturating_mul(4));
+        limits
     }
 }
 
@@ -446,6 +447,7 @@ impl Default for HostConfig {
 
 /// A host configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Not JSON, an unknown key, or a value of the wrong type.
     #[error("host configuration: {0}")]
@@ -828,27 +830,25 @@ impl HostConfig {
         engine: &Engine,
         policy_config: &str,
     ) -> Result<SwapOptions, ConfigError> {
-        Ok(SwapOptions {
-            config: policy_config.to_string(),
-            guardrails: self.guardrails.clone(),
-            allowed_digests: self.allowed_digests.as_ref().map(|digests| {
-                digests
-                    .iter()
-                    .map(|d| d.to_ascii_lowercase())
-                    .collect::<BTreeSet<_>>()
-            }),
-            rollback: self.rollback,
-            cache: match &self.cache_dir {
-                Some(dir) => Some(ModuleCache::new(engine, dir)?),
-                None => None,
-            },
-            // Filled in by the handle from the clients it serves.
-            models: Vec::new(),
-            facts: self.models.clone(),
-            quarantine_file: self.quarantine_file.clone(),
-            // The lab's trial is attached by the binaries that have the lab (`backstop`).
-            trial: None,
-        })
+        // The served chain (`models`) is filled in by the handle from the clients it serves;
+        // the lab's trial is attached by the binaries that have the lab (`backstop`).
+        let mut options = SwapOptions::default();
+        options.config = policy_config.to_string();
+        options.guardrails = self.guardrails.clone();
+        options.allowed_digests = self.allowed_digests.as_ref().map(|digests| {
+            digests
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect::<BTreeSet<_>>()
+        });
+        options.rollback = self.rollback;
+        options.cache = match &self.cache_dir {
+            Some(dir) => Some(ModuleCache::new(engine, dir)?),
+            None => None,
+        };
+        options.facts = self.models.clone();
+        options.quarantine_file = self.quarantine_file.clone();
+        Ok(options)
     }
 }
 

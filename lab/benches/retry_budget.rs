@@ -22,10 +22,8 @@ fn main() {
         ),
     ];
     let with_budget = HostConfig::default();
-    let without_budget = HostConfig {
-        retry_budget: None,
-        ..HostConfig::default()
-    };
+    let mut without_budget = HostConfig::default();
+    without_budget.retry_budget = None;
     println!(
         "| scenario | policy | retry budget | requests | served | calls per request | p99 ms | refused resends |"
     );

@@ -18,7 +18,6 @@ use backstop::SwapOptions;
 use backstop_core::decision::Decided;
 use backstop_core::decision::Tally;
 use backstop_runtime::vetting::EffectTrial;
-use backstop_runtime::vetting::RollbackRule;
 use backstop_runtime::vetting::TrialOutcome;
 use std::sync::Arc;
 
@@ -113,16 +112,12 @@ impl LabTrial {
     /// decider that is judged as it is: never rolled back inside the trial (its tallies would
     /// be the default's), and with no quarantine file or cache of the host's to write.
     fn handle(&self, (module, config): (&PolicyModule, &str)) -> Result<PolicyHandle, String> {
-        let options = SwapOptions {
-            config: config.to_string(),
-            guardrails: self.host.guardrails.clone(),
-            facts: self.host.models.clone(),
-            rollback: RollbackRule {
-                faults: u32::MAX,
-                ..self.host.rollback
-            },
-            ..SwapOptions::default()
-        };
+        let mut options = SwapOptions::default();
+        options.config = config.to_string();
+        options.guardrails = self.host.guardrails.clone();
+        options.facts = self.host.models.clone();
+        options.rollback = self.host.rollback;
+        options.rollback.faults = u32::MAX;
         let policy = module
             .configure_with(config, &options.facts)
             .map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 /// Whether a request may be sent to the model now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Admission {
     /// The breaker is closed: send.
     Send,

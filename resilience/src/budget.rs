@@ -12,6 +12,7 @@ use tokio::time::Instant;
 /// How much resending the loop allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RetryBudget {
     /// Resends (retries and fallbacks) allowed per 100 requests that started within the
     /// window. Queued work is not charged: the queue already paces it by the successes it sees.
@@ -40,11 +41,34 @@ impl Default for RetryBudget {
 /// are at most a share of recent requests, whatever the policy asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HedgeBudget {
     /// Hedges allowed per 100 requests that started within the window.
     pub percent: u32,
     /// How far back requests and hedges are counted, in milliseconds.
     pub window_ms: u64,
+}
+
+impl RetryBudget {
+    /// `percent` resends per 100 requests over the default minute, with the default floor.
+    pub fn of_percent(percent: u32) -> RetryBudget {
+        RetryBudget {
+            percent,
+            ..RetryBudget::default()
+        }
+    }
+
+    /// The same budget counted over `window_ms`.
+    pub fn with_window_ms(mut self, window_ms: u64) -> RetryBudget {
+        self.window_ms = window_ms;
+        self
+    }
+
+    /// The same budget with a floor of `min_per_second` resends a second.
+    pub fn with_min_per_second(mut self, min_per_second: u32) -> RetryBudget {
+        self.min_per_second = min_per_second;
+        self
+    }
 }
 
 impl Default for HedgeBudget {
@@ -59,6 +83,14 @@ impl Default for HedgeBudget {
 }
 
 impl HedgeBudget {
+    /// `percent` hedges per 100 requests over the default minute.
+    pub fn of_percent(percent: u32) -> HedgeBudget {
+        HedgeBudget {
+            percent,
+            ..HedgeBudget::default()
+        }
+    }
+
     /// The same window's rule, as the budget counts it (no floor: a quiet client hedges
     /// nothing until a share of its requests allows one).
     pub(crate) fn rule(self) -> RetryBudget {

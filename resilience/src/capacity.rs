@@ -493,6 +493,7 @@ impl Charge {
 
 /// How an attempt came back, for the estimates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Returned {
     /// Anything but a throttle.
     Answered,

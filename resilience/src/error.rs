@@ -11,6 +11,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One failed attempt of a request, and what the host did about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptRecord {
     /// The model's index in the chain (0 = primary).
     pub model_index: usize,
@@ -31,6 +32,7 @@ pub struct AttemptRecord {
 /// Why a request failed. The last Bedrock error is kept as it arrived, and every failed attempt
 /// is in [`CallError::history`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The policy (or the guardrails) gave up.
     #[error("gave up after {attempts} attempt(s) ({}): {} {} {}{}", reason.kebab(), last.code, last.http_status, last.message, RoomIn(*room_in))]
@@ -146,6 +148,7 @@ impl std::fmt::Display for NeverFitsMessage<'_> {
 
 /// What a failed request came to, as reports and metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FailureCause {
     /// The policy or the guardrails gave up, for this reason.
     GaveUp(GiveUpReason),
@@ -250,6 +253,7 @@ impl CallError {
 
 /// A successful call and how it was served.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Served<T> {
     /// The operation's output.
     pub output: T,

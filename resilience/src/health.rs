@@ -103,6 +103,7 @@ struct Model {
 /// What one model's quota was asked for and kept, since the client started: an operator's
 /// view of the waste an unset or oversized `maxTokens` costs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct TokenTally {
     /// Tokens the attempts sent to it reserved at admission (input + `maxTokens`, or the
     /// model's maximum output).

@@ -17,6 +17,7 @@ use std::time::Duration;
 /// The limits, in the policy's time (the loop scales them like every other duration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AttemptLimits {
     /// From sending a streaming request to its response headers (`headers_ms` in JSON). A
     /// unary call's headers come with its whole answer, so it is bounded by the attempt
@@ -136,6 +137,7 @@ impl LearnedLimits {
 
 /// Which limit an attempt ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// No response headers in time.
     Headers,

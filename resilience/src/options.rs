@@ -12,6 +12,7 @@ use std::time::Duration;
 /// host configuration with `HostConfig::client_options` (in the `backstop` facade),
 /// so the guardrails are the ones swaps are vetted against.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// The model chain: the primary first, then fallbacks in order (other tiers, regions or
     /// cross-Region inference profiles).
@@ -78,6 +79,7 @@ pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 
 /// Options that cannot run a loop.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionsError {
     /// No model to send to.
     #[error("the model chain is empty; name at least the primary model")]
@@ -114,6 +116,7 @@ pub enum OptionsError {
 /// assert_eq!(RequestOptions::default().deadline, None);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestOptions {
     /// Interactive (a person waits) or batch (may be queued).
     pub workload: Workload,

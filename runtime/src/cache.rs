@@ -56,6 +56,7 @@ const TAG_BYTES: usize = 32;
 /// Where a loaded module's native code came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum CacheUse {
     /// Deserialized from a cache entry.
     Hit,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// Why a policy module could not be loaded. Every variant says what an operator must fix; the
 /// previously loaded module (if any) is never affected by a failed load.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read policy module {path}: {source}")]

@@ -48,6 +48,7 @@ const EVENTS_KEPT: usize = 32;
 /// What a successful [`PolicyHandle::swap_bytes`] did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Swapped {
     /// The module went live.
     Live {
@@ -65,9 +66,24 @@ pub enum Swapped {
     },
 }
 
+impl Swapped {
+    /// The sha256 of the module now live, whether it changed or not.
+    pub fn digest(&self) -> &str {
+        match self {
+            Swapped::Live { digest, .. } | Swapped::Unchanged { digest } => digest,
+        }
+    }
+
+    /// Whether the swap put another module live.
+    pub fn changed(&self) -> bool {
+        matches!(self, Swapped::Live { .. })
+    }
+}
+
 /// What happened to a module, in the swap log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum SwapEventKind {
     /// It went live.
     Swapped,
@@ -79,6 +95,7 @@ pub enum SwapEventKind {
 
 /// One entry of the swap log.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct SwapEvent {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -96,6 +113,7 @@ pub struct SwapEvent {
 
 /// The live module and the handle's history, for operators.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct PolicyStatus {
     /// Where the live module came from.
     pub origin: String,

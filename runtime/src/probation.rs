@@ -146,11 +146,9 @@ mod tests {
 
     #[test]
     fn a_successor_that_fails_more_is_caught_at_its_first_full_batch_and_only_on_probation() {
-        let rule = OutcomeRule {
-            min_requests: 10,
-            probation: Duration::from_secs(60),
-            ..OutcomeRule::default()
-        };
+        let mut rule = OutcomeRule::default();
+        rule.min_requests = 10;
+        rule.probation = Duration::from_secs(60);
         let t0 = Instant::now();
         let old = Outcomes::trusted();
         for _ in 0..20 {
@@ -184,10 +182,8 @@ mod tests {
 
     #[test]
     fn without_enough_baseline_a_successor_is_not_judged() {
-        let rule = OutcomeRule {
-            min_requests: 10,
-            ..OutcomeRule::default()
-        };
+        let mut rule = OutcomeRule::default();
+        rule.min_requests = 10;
         let t0 = Instant::now();
         let old = Outcomes::trusted();
         for _ in 0..9 {
@@ -202,11 +198,9 @@ mod tests {
 
     #[test]
     fn a_newcomer_is_judged_against_the_better_of_its_predecessor_and_the_default() {
-        let rule = OutcomeRule {
-            min_requests: 10,
-            probation: Duration::from_secs(60),
-            ..OutcomeRule::default()
-        };
+        let mut rule = OutcomeRule::default();
+        rule.min_requests = 10;
+        rule.probation = Duration::from_secs(60);
         let t0 = Instant::now();
         // A storm: every request served, at eight calls each; the default, live shortly
         // before: every request served at one call.

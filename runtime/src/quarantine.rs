@@ -30,6 +30,7 @@ pub struct Quarantined {
 
 /// Why the quarantine file could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QuarantineError {
     /// Reading or writing failed.
     #[error("quarantine file {path}: {source}")]

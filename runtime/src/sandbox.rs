@@ -53,6 +53,7 @@ pub(crate) const GRANTED_INTERFACES: &[&str] = &[
 /// Per-instance and per-call cost limits. The defaults leave the default policy a wide margin
 /// (it uses well under 1% of the fuel) while stopping a runaway module within milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Fuel (roughly wasm instructions) one `decide` or `configure` call may burn.
     pub fuel_per_call: u64,
@@ -69,6 +70,14 @@ pub struct Limits {
     pub idle_memory_bytes: usize,
     /// How long an idle instance is kept without being used.
     pub idle_ttl: std::time::Duration,
+}
+
+impl Limits {
+    /// The same limits with `fuel` per guest call.
+    pub fn with_fuel_per_call(mut self, fuel: u64) -> Limits {
+        self.fuel_per_call = fuel;
+        self
+    }
 }
 
 impl Default for Limits {

@@ -67,6 +67,7 @@ pub struct ShadowSample {
 
 /// A candidate's record so far.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ShadowStatus {
     /// Where it came from.
     pub origin: String,

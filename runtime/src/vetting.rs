@@ -24,6 +24,7 @@ use std::time::Duration;
 /// resend at once): `outcomes` judges a newly swapped-in module by what became of its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RollbackRule {
     /// Faults that roll a module back.
     pub faults: u32,
@@ -74,6 +75,7 @@ pub struct TrialOutcome {
 /// `HostConfig::swap_options` (in the `backstop` facade), which also builds the
 /// client's options from the same guardrails.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct SwapOptions {
     /// The operator's JSON configuration, given to every module that goes live.
     pub config: String,
@@ -100,8 +102,44 @@ pub struct SwapOptions {
     pub trial: Option<std::sync::Arc<dyn EffectTrial>>,
 }
 
+impl SwapOptions {
+    /// The same options with the policy's own configuration (JSON) `config`.
+    pub fn with_config(mut self, config: impl Into<String>) -> SwapOptions {
+        self.config = config.into();
+        self
+    }
+
+    /// The same options with `rollback` judging a live module.
+    pub fn with_rollback(mut self, rollback: RollbackRule) -> SwapOptions {
+        self.rollback = rollback;
+        self
+    }
+
+    /// The same options with compiled modules kept in `cache`.
+    pub fn with_cache(mut self, cache: ModuleCache) -> SwapOptions {
+        self.cache = Some(cache);
+        self
+    }
+}
+
+impl RollbackRule {
+    /// The same rule rolling back after `faults` faults within `window`.
+    pub fn with_faults(mut self, faults: u32, window: Duration) -> RollbackRule {
+        self.faults = faults;
+        self.window = window;
+        self
+    }
+
+    /// The same rule judging a new module's outcomes by `outcomes`.
+    pub fn with_outcomes(mut self, outcomes: OutcomeRule) -> RollbackRule {
+        self.outcomes = outcomes;
+        self
+    }
+}
+
 /// Why a module did not go live. The previous module stays live in every case.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SwapError {
     /// The digest is not on the allow-list.
     #[error("module {digest} is not on the allow-list of module digests")]
@@ -166,6 +204,7 @@ pub enum SwapError {
 /// The kind of a [`SwapError`], as metrics and status name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum SwapErrorKind {
     /// Not on the allow-list.
     NotAllowed,
@@ -359,13 +398,11 @@ fn judge_effect(policy: &Policy, options: &SwapOptions, origin: &str) -> Result<
             reason,
         })?;
     // Judged as probation judges, on batches as large as the trial's.
-    let rule = OutcomeRule {
-        min_requests: rule
-            .min_requests
-            .min(outcome.reference.requests as u32)
-            .max(1),
-        ..rule
-    };
+    let mut rule = rule;
+    rule.min_requests = rule
+        .min_requests
+        .min(outcome.reference.requests as u32)
+        .max(1);
     match rule.judge(&outcome.reference, &outcome.candidate) {
         Some(breach) => Err(SwapError::FaredWorse {
             origin: origin.to_string(),

@@ -22,6 +22,7 @@ pub const SETTLE: Duration = Duration::from_millis(150);
 
 /// Why a watch could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WatchError {
     /// The path could not be watched.
     #[error("cannot watch {path}: {reason}")]

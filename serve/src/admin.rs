@@ -11,7 +11,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use backstop::SwapError;
-use backstop_runtime::handle::Swapped;
 
 /// The largest module accepted.
 const MAX_MODULE_BYTES: usize = backstop_runtime::module::MAX_MODULE_BYTES as usize;
@@ -200,10 +199,7 @@ async fn swap(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
     let handle = shared.policy.clone();
     match blocking(move || handle.swap_bytes(&bytes, "PUT /policy")).await {
         Ok(Ok(swapped)) => {
-            let (digest, changed) = match &swapped {
-                Swapped::Live { digest, .. } => (digest.clone(), true),
-                Swapped::Unchanged { digest } => (digest.clone(), false),
-            };
+            let (digest, changed) = (swapped.digest().to_string(), swapped.changed());
             tracing::info!(%digest, changed, "policy swapped through the admin listener");
             axum::Json(json!({ "digest": digest, "changed": changed, "swapped": swapped }))
                 .into_response()

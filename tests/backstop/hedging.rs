@@ -56,11 +56,10 @@ async fn hedging_client(
     let mut options = ClientOptions::new(["primary", "fallback"]);
     options.hedge_budget = hedge_budget;
     // Limits that leave the slow start alone: only a hedge ends the wait early.
-    options.limits = AttemptLimits {
-        first_event: Duration::from_secs(10),
-        first_event_floor: Duration::from_secs(10),
-        ..AttemptLimits::default()
-    };
+    options.limits = AttemptLimits::default();
+    options.limits.first_event = Duration::from_secs(10);
+    options.limits.first_event_floor = Duration::from_secs(10);
+
     let sdk = backstop::sdk_client(backstop::SdkOptions::local(
         &server.endpoint_url(),
         Duration::from_secs(30),
@@ -70,10 +69,7 @@ async fn hedging_client(
 }
 
 fn one_in_twenty() -> Option<HedgeBudget> {
-    Some(HedgeBudget {
-        percent: 5,
-        window_ms: 60_000,
-    })
+    Some(HedgeBudget::of_percent(5))
 }
 
 async fn started_server() -> FaultServer {
@@ -220,10 +216,7 @@ impl Decider for Scripted {
 /// hedge for every request.
 fn scripted(routes: Vec<Route>, decisions: Vec<Decision>) -> Resilience {
     let mut options = ClientOptions::new(["primary", "fallback"]);
-    options.hedge_budget = Some(HedgeBudget {
-        percent: 100,
-        window_ms: 60_000,
-    });
+    options.hedge_budget = Some(HedgeBudget::of_percent(100));
     let decider = Scripted {
         routes: std::sync::Mutex::new(routes.into()),
         decisions: std::sync::Mutex::new(decisions.into()),

@@ -129,10 +129,8 @@ fn the_operators_config_goes_to_every_new_module() {
     let sane = support::engine()
         .load_bytes(&support::sane_component("2.0.0"), "sane.wasm")
         .unwrap();
-    let options = SwapOptions {
-        config: r#"{"no_such_knob": 1}"#.into(),
-        ..SwapOptions::default()
-    };
+    let mut options = SwapOptions::default();
+    options.config = r#"{"no_such_knob": 1}"#.into();
     let handle = PolicyHandle::new(sane, options).unwrap();
     let error = handle
         .swap_bytes(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
@@ -144,10 +142,8 @@ fn the_operators_config_goes_to_every_new_module() {
 #[test]
 fn only_allow_listed_digests_go_live() {
     let default_digest = sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM);
-    let options = SwapOptions {
-        allowed_digests: Some([default_digest.clone()].into()),
-        ..SwapOptions::default()
-    };
+    let mut options = SwapOptions::default();
+    options.allowed_digests = Some([default_digest.clone()].into());
     let handle = default_handle(options.clone());
     let sane = support::sane_component("2.0.0");
     let error = handle.swap_bytes(&sane, "sane.wasm").unwrap_err();
@@ -166,15 +162,10 @@ fn only_allow_listed_digests_go_live() {
 
 #[test]
 fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
-    let rule = RollbackRule {
-        faults: 3,
-        window: Duration::from_secs(60),
-        ..RollbackRule::default()
-    };
-    let handle = default_handle(SwapOptions {
-        rollback: rule,
-        ..SwapOptions::default()
-    });
+    let mut rule = RollbackRule::default();
+    rule.faults = 3;
+    rule.window = Duration::from_secs(60);
+    let handle = default_handle(SwapOptions::default().with_rollback(rule));
     let good = handle.status().digest;
     // Each instance of this module answers 400 calls, then traps; the smoke table asks the live
     // instance 135 times (and a fresh one 135 more).
@@ -250,10 +241,7 @@ fn swaps_load_compiled_modules_from_the_cache() {
     assert_eq!(used, CacheUse::Hit);
 
     // Through a handle: the first swap to a module compiles it, later swaps hit.
-    let handle = default_handle(SwapOptions {
-        cache: Some(cache),
-        ..SwapOptions::default()
-    });
+    let handle = default_handle(SwapOptions::default().with_cache(cache));
     let cached = |swapped: Swapped| match swapped {
         Swapped::Live { cache, .. } => cache,
         other => panic!("{other:?}"),
@@ -346,10 +334,8 @@ async fn sixty_four_requests_in_flight_lose_nothing_across_a_thousand_swaps() {
     // served and any failure would be the swap's fault.
     let dir = support::scratch_dir("load");
     let engine = support::engine();
-    let handle = default_handle(SwapOptions {
-        cache: Some(ModuleCache::new(engine, &dir).unwrap()),
-        ..SwapOptions::default()
-    });
+    let handle =
+        default_handle(SwapOptions::default().with_cache(ModuleCache::new(engine, &dir).unwrap()));
     let (_server, client) = throttled_client(&handle, 0.2, 4).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -512,16 +498,9 @@ async fn send(client: &ResilientClient, n: usize) -> usize {
 }
 
 fn judged_after(requests: u32) -> SwapOptions {
-    SwapOptions {
-        rollback: RollbackRule {
-            outcomes: OutcomeRule {
-                min_requests: requests,
-                ..OutcomeRule::default()
-            },
-            ..RollbackRule::default()
-        },
-        ..SwapOptions::default()
-    }
+    SwapOptions::default().with_rollback(
+        RollbackRule::default().with_outcomes(OutcomeRule::default().with_min_requests(requests)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

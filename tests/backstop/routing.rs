@@ -467,12 +467,10 @@ async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
             } else {
                 backstop_core::contract::Workload::Interactive
             };
-            let request = RequestOptions {
-                workload,
-                deadline: Some(Duration::from_secs(5 + i % 50)),
-                streamed: i % 9 == 0,
-                ..RequestOptions::default()
-            };
+            let mut request = RequestOptions::default();
+            request.workload = workload;
+            request.deadline = Some(Duration::from_secs(5 + i % 50));
+            request.streamed = i % 9 == 0;
             let mut n = 0u64;
             let answered = core
                 .call(request, Cost::flat(100 + i * 10), |model| {

@@ -41,12 +41,11 @@ pub(crate) async fn client_deciding(
 ) -> ResilientClient {
     let mut options = ClientOptions::new(models.iter().copied());
     options.attempt_timeout = Duration::from_secs(3);
-    options.limits = AttemptLimits {
-        headers: LIMIT,
-        first_event: LIMIT,
-        idle: LIMIT,
-        ..AttemptLimits::default()
-    };
+    options.limits = AttemptLimits::default();
+    options.limits.headers = LIMIT;
+    options.limits.first_event = LIMIT;
+    options.limits.idle = LIMIT;
+
     let sdk = backstop::sdk_client(backstop::SdkOptions::local(
         &server.endpoint_url(),
         Duration::from_secs(30),

@@ -54,10 +54,7 @@ fn a_cwasm_nobody_allow_listed_never_runs_by_any_path() {
     let cache = ModuleCache::new(engine(), dir.join("cache")).unwrap();
     for options in [
         SwapOptions::default(),
-        SwapOptions {
-            cache: Some(cache),
-            ..SwapOptions::default()
-        },
+        SwapOptions::default().with_cache(cache),
     ] {
         let handle = PolicyHandle::new(engine().load_default().unwrap(), options).unwrap();
         let live = handle.status().digest;
@@ -76,17 +73,15 @@ fn an_allow_listed_cwasm_runs_and_a_tampered_one_is_not_on_the_list() {
     let cwasm = engine()
         .precompile(backstop_runtime::module::DEFAULT_POLICY_WASM, "default")
         .unwrap();
-    let options = SwapOptions {
-        allowed_digests: Some(
-            [
-                sha256_hex(&cwasm),
-                sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        ..SwapOptions::default()
-    };
+    let mut options = SwapOptions::default();
+    options.allowed_digests = Some(
+        [
+            sha256_hex(&cwasm),
+            sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM),
+        ]
+        .into_iter()
+        .collect(),
+    );
     let admitted =
         backstop_runtime::vetting::load_allowed(engine(), &cwasm, "ok.cwasm", &options).unwrap();
     assert_eq!(admitted.module.info().name, "backstop-default");
@@ -170,10 +165,8 @@ fn a_cache_others_may_write_to_is_refused_and_the_key_is_private() {
 
 #[test]
 fn the_allow_list_is_consulted_before_a_byte_is_parsed() {
-    let options = SwapOptions {
-        allowed_digests: Some([sha256_hex(b"something else")].into_iter().collect()),
-        ..SwapOptions::default()
-    };
+    let mut options = SwapOptions::default();
+    options.allowed_digests = Some([sha256_hex(b"something else")].into_iter().collect());
     // Garbage: refused as not allow-listed, not as "not WebAssembly" (nothing was parsed).
     let err =
         backstop_runtime::vetting::vet_bytes(engine(), b"garbage", "junk", &options).unwrap_err();
@@ -236,14 +229,8 @@ fn an_error_message_of_many_megabytes_does_not_fault_a_good_module() {
 }
 
 fn flaky_handle(first: Option<&[u8]>) -> (PolicyHandle, Vec<u8>) {
-    let options = SwapOptions {
-        rollback: RollbackRule {
-            faults: 3,
-            window: Duration::from_secs(60),
-            ..RollbackRule::default()
-        },
-        ..SwapOptions::default()
-    };
+    let mut options = SwapOptions::default();
+    options.rollback = RollbackRule::default().with_faults(3, Duration::from_secs(60));
     // Each instance answers 400 calls, then traps; the smoke table asks the live instance 135.
     let flaky = support::trap_after_component(400);
     let handle = match first {
@@ -440,11 +427,9 @@ fn the_smoke_table_uses_the_chain_the_client_serves() {
 /// idle pool keeps at most its memory budget of them, and shrinks back once they go unused.
 #[test]
 fn instances_that_keep_memory_are_not_all_kept_and_the_idle_pool_shrinks() {
-    let limits = backstop::Limits {
-        idle_memory_bytes: 16 << 20,
-        idle_ttl: Duration::from_millis(200),
-        ..backstop::Limits::default()
-    };
+    let mut limits = backstop::Limits::default();
+    limits.idle_memory_bytes = 16 << 20;
+    limits.idle_ttl = Duration::from_millis(200);
     let engine = backstop::Engine::new(limits).unwrap();
     let decide = format!(
         "(local $i i32)
@@ -524,16 +509,11 @@ fn ended(handle: &backstop::PolicyHandle, served: bool, attempts: u32) {
 }
 
 fn judged_after(requests: u32) -> backstop::SwapOptions {
-    backstop::SwapOptions {
-        rollback: backstop_runtime::vetting::RollbackRule {
-            outcomes: backstop_core::decision::OutcomeRule {
-                min_requests: requests,
-                ..backstop_core::decision::OutcomeRule::default()
-            },
-            ..backstop_runtime::vetting::RollbackRule::default()
-        },
-        ..backstop::SwapOptions::default()
-    }
+    backstop::SwapOptions::default().with_rollback(
+        backstop_runtime::vetting::RollbackRule::default().with_outcomes(
+            backstop_core::decision::OutcomeRule::default().with_min_requests(requests),
+        ),
+    )
 }
 
 /// The attack: a retry storm is live (it serves everything, at many calls each); the operator

@@ -228,10 +228,8 @@ fn a_batch_backlog_drains_through_the_paced_queue_and_an_overflow_is_refused() {
     assert!(report.amplification < 3.0, "{report:?}");
 
     // A queue too small for the backlog refuses the rest, and says so.
-    let host = HostConfig {
-        queue_capacity: 1_000,
-        ..HostConfig::default()
-    };
+    let mut host = HostConfig::default();
+    host.queue_capacity = 1_000;
     let small = simulate::run(&scenario, &default_policy(), &host, |_| {}).unwrap();
     assert!(
         small.failures.get("queue-full").copied().unwrap_or(0) > 1_000,
@@ -292,10 +290,8 @@ fn the_retry_budget_bounds_a_retry_storm_and_leaves_the_default_alone() {
         shadow: None,
     };
     let budget = HostConfig::default();
-    let unbounded = HostConfig {
-        retry_budget: None,
-        ..HostConfig::default()
-    };
+    let mut unbounded = HostConfig::default();
+    unbounded.retry_budget = None;
     let run = |scenario: &Scenario, contender: &Contender, host: &HostConfig| {
         simulate::run(scenario, contender, host, |_| {}).unwrap()
     };

@@ -8,6 +8,7 @@ use serde::Serialize;
 /// decisions differ in several ways, the first that applies names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Disagreement {
     /// The candidate would send again where the live module gives up.
     WouldRetry,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// allowed models are the chain in the context, which `Policy::decide` already enforces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Guardrails {
     /// Attempts on all models for one request, including the first.
     pub max_total_attempts: u32,

@@ -106,6 +106,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 /// have changed and a comparison would blame the module for it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct OutcomeRule {
     /// Requests in a judged batch, and the least the predecessor must have ended to serve as
     /// the baseline; 0 turns outcome rollback off.
@@ -160,6 +161,12 @@ impl std::fmt::Display for Breach {
 }
 
 impl OutcomeRule {
+    /// The same rule judging only after `min_requests` requests on each side.
+    pub fn with_min_requests(mut self, min_requests: u32) -> OutcomeRule {
+        self.min_requests = min_requests;
+        self
+    }
+
     /// Whether outcome rollback is on.
     pub fn enabled(&self) -> bool {
         self.min_requests > 0

@@ -7,6 +7,7 @@ use serde::Serialize;
 /// Why a module's answer was not used.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum PolicyFault {
     /// The call burned its fuel: a loop, or far too much work.
     #[error("ran out of fuel ({0} units): the call was stopped")]
@@ -97,6 +98,7 @@ impl Verdict {
 /// One correction the host made to a decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "cap", rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Clamp {
     /// The error cannot heal; a resend became a give-up.
     NotRetryable,
@@ -145,6 +147,7 @@ pub enum Clamp {
 /// Why the host refused a policy's `continue-answer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ContinueRefusal {
     /// What was delivered cannot be continued: not plain text, or a stream the host only
     /// forwards (the sidecar's raw streams).
