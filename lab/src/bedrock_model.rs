@@ -31,9 +31,13 @@ pub type Stats = BTreeMap<String, ModelStats>;
 /// What one request gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The request is accepted and answered.
     Ok {
+        /// How long the answer (or the error) takes.
         latency: Duration,
+        /// For a stream: the event after which it breaks with `stream_error`; `None`: it does not.
         stream_error_after: Option<u32>,
+        /// What a broken stream reports.
         stream_error: ErrorKind,
         /// How the accepted request misbehaves, if it does.
         misbehaviour: Option<Misbehaviour>,
@@ -43,9 +47,13 @@ pub enum Outcome {
         /// pool; `None` otherwise), as the answer's usage reports it.
         output_tokens: Option<u64>,
     },
+    /// The request is refused with an error.
     Error {
+        /// The error returned.
         kind: ErrorKind,
+        /// How long the answer (or the error) takes.
         latency: Duration,
+        /// The wait the answer hints at (`Retry-After`), in milliseconds.
         retry_after_ms: Option<u64>,
         /// The message when it says more than the kind's usual one.
         message: Option<&'static str>,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 /// The demo's primary and fallback models.
 pub const PRIMARY: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+/// The demo's fallback model.
 pub const FALLBACK: &str = "us.amazon.nova-pro-v1:0";
 
 /// How much traffic the demo sends.
@@ -148,26 +149,42 @@ fn primary_and_fallback(
 /// What happened, for the table.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DemoReport {
+    /// Requests sent.
     pub requests: usize,
+    /// Requests answered.
     pub succeeded: usize,
+    /// Requests answered by a fallback model.
     pub served_by_fallback: usize,
+    /// Requests that failed.
     pub failed: usize,
+    /// Batch requests that waited in the queue and were then answered.
     pub queued_then_served: usize,
+    /// Attempts made, over all requests.
     pub attempts: u64,
+    /// Calls that reached the fault server (attempts the breakers or the queue did not hold back).
     pub calls_reaching_server: u64,
+    /// Times a breaker opened.
     pub breaker_opens: u64,
+    /// Median latency of answered requests, in milliseconds.
     pub p50_ms: u64,
+    /// 95th-percentile latency of answered requests, in milliseconds.
     pub p95_ms: u64,
+    /// 99th-percentile latency of answered requests, in milliseconds.
     pub p99_ms: u64,
+    /// The client's counters.
     pub metrics: MetricsSnapshot,
 }
 
 /// Progress while the demo runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DemoProgress {
+    /// Time since the demo started.
     pub elapsed: Duration,
+    /// Requests the demo sends.
     pub total: usize,
+    /// Requests finished so far.
     pub done: usize,
+    /// The client's counters.
     pub metrics: MetricsSnapshot,
 }
 

@@ -14,6 +14,7 @@
 //! - [`trial`]: a candidate and the built-in default through a short simulated spike and outage,
 //!   the effect judgement every swap and `backstop check` run before a module goes live;
 //! - [`demo`]: the main job end to end through the real SDK against the fault server.
+#![deny(missing_docs)]
 
 pub mod baseline;
 pub mod bedrock_model;

@@ -70,6 +70,7 @@ pub struct Traffic {
     /// Tokens of input and of expected output per request (the TPM quota counts both).
     #[serde(default = "input_tokens")]
     pub input_tokens: u64,
+    /// Tokens of expected output per request.
     #[serde(default = "output_tokens")]
     pub output_tokens: u64,
     /// The `maxTokens` requests set, one drawn per request (`null`: unset, so a 2026 pool
@@ -95,9 +96,11 @@ pub struct Traffic {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
+    /// When the phase starts, in seconds from the start of the run.
     pub from_s: f64,
     /// Requests per second.
     pub rps: f64,
+    /// Seconds over which the rate climbs from the previous phase's (0: at once).
     #[serde(default)]
     pub ramp_s: f64,
 }
@@ -106,7 +109,9 @@ pub struct Phase {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Burst {
+    /// When the burst arrives, in seconds from the start of the run.
     pub at_s: f64,
+    /// Requests in the burst.
     pub count: u32,
     /// Batch work (may queue) rather than interactive.
     #[serde(default)]
@@ -552,6 +557,7 @@ pub enum Scripted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OkWord {
+    /// `ok`.
     Ok,
 }
 
@@ -559,7 +565,9 @@ pub enum OkWord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outage {
+    /// When the outage starts, in milliseconds from the server start.
     pub start_ms: u64,
+    /// When it ends.
     pub end_ms: u64,
     /// What the model answers meanwhile (default `service-unavailable`).
     #[serde(default = "unavailable")]
@@ -574,7 +582,9 @@ fn unavailable() -> ErrorKind {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Latency {
+    /// The shortest latency, in milliseconds.
     pub min: u64,
+    /// The longest latency, in milliseconds.
     pub max: u64,
 }
 

@@ -90,8 +90,11 @@ pub enum Contender {
     /// A policy module, configured with `config`; with `shadow`, a candidate module's bytes
     /// (and their origin) asked beside it, whose disagreements the report counts.
     Module {
+        /// The module.
         module: PolicyModule,
+        /// Its configuration (JSON).
         config: String,
+        /// A candidate's bytes and their origin, asked beside it.
         shadow: Option<(Vec<u8>, String)>,
     },
     /// A built-in baseline.
@@ -151,18 +154,25 @@ impl Contender {
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// The scenario has no `traffic` section.
     #[error("the scenario has no `traffic` section: a simulation needs to know who sends what")]
     NoTraffic,
+    /// The policy module did not load or configure.
     #[error(transparent)]
     Policy(LoadError),
+    /// The client's options are out of range.
     #[error(transparent)]
     Options(#[from] OptionsError),
+    /// The shadow candidate was refused.
     #[error("the shadow candidate: {0}")]
     Shadow(#[from] SwapError),
+    /// The host configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The simulation runtime could not start.
     #[error("cannot start the simulation runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// Too many (or no) replicas.
     #[error("replicas is {0}; 1 to {MAX_REPLICAS} are simulated")]
     Replicas(usize),
 }
@@ -183,14 +193,20 @@ pub struct Minute {
 /// What happened under one contender.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimReport {
+    /// The contender: a module's name and version, or a baseline's name.
     pub policy: String,
+    /// Requests sent.
     pub requests: u64,
+    /// Requests answered.
     pub served: u64,
+    /// Requests answered by a fallback model.
     pub served_by_fallback: u64,
+    /// Requests that failed.
     pub failed: u64,
     /// Failed requests by cause: a give-up reason (`attempts-exhausted`, `deadline`, …),
     /// `circuit-open` or `queue-full`.
     pub failures: BTreeMap<String, u64>,
+    /// Batch requests that waited in the queue and were then answered.
     pub queued_then_served: u64,
     /// Calls that reached the modelled Bedrock.
     pub calls_sent: u64,
@@ -198,9 +214,13 @@ pub struct SimReport {
     pub amplification: f64,
     /// Latency of served requests, arrival to answer, in milliseconds.
     pub p50_ms: u64,
+    /// 95th-percentile latency of answered requests, in milliseconds.
     pub p95_ms: u64,
+    /// 99th-percentile latency of answered requests, in milliseconds.
     pub p99_ms: u64,
+    /// The slowest answered request, in milliseconds.
     pub max_ms: u64,
+    /// Times a breaker opened.
     pub breaker_opens: u64,
     /// Policy faults answered by the safe decision.
     pub policy_faults: u64,
@@ -208,11 +228,14 @@ pub struct SimReport {
     pub retry_budget_refusals: u64,
     /// Hedges sent (each a call, in `calls_sent`), and of those the ones that answered first.
     pub hedges: u64,
+    /// Hedges that answered before their original.
     pub hedges_won: u64,
     /// Request tasks that panicked (counted in `failed` too), and the first panic's message:
     /// a run with any is not a result to trust, and the CLI exits non-zero.
     pub panicked: u64,
+    /// The first panic's message.
     pub first_panic: Option<String>,
+    /// The run minute by minute.
     pub per_minute: Vec<Minute>,
     /// The shadow candidate's record, when one ran beside the policy.
     pub shadow: Option<ShadowStatus>,

@@ -8,6 +8,7 @@
 //! authoring crate's [`Policy`](backstop_policy::Policy) and `backstop_policy::export!` makes
 //! it the component (with the crate's `no-std-runtime`).
 #![no_std]
+#![deny(missing_docs)]
 
 extern crate alloc;
 // Natively the crate links std (for the panic handler of the cdylib); the logic never uses it.
