@@ -53,6 +53,7 @@ pub use backstop_runtime::vetting::{SwapError, SwapOptions, Vetted};
 pub use backstop_runtime::watch::PolicyWatcher;
 // The attempt loop, for calls of any kind.
 pub use backstop_resilience::Resilience;
+pub use backstop_resilience::capacity::Cost;
 pub use backstop_resilience::error::{CallError, Served};
 pub use backstop_resilience::metrics::MetricsSnapshot;
 pub use backstop_resilience::options::{ClientOptions, RequestOptions, Usage};
