@@ -91,6 +91,8 @@ struct Progress {
     last_decided_by: Option<String>,
     /// Parked by the caller, not here ([`RequestOptions::deferred`]).
     deferred: bool,
+    /// Served as a stream, whose end the caller reports ([`RequestOptions::streamed`]).
+    streamed: bool,
     /// The next attempt is a resend the retry budget refused: it asks the budget again when
     /// it is about to go, and waits for the window while the deadline allows.
     resend_owed: bool,
@@ -118,6 +120,23 @@ pub enum AfterOutput {
     },
     /// The request failed; hand the caller this error.
     Fail(CallError),
+}
+
+/// Whether a phase lets the turn go on to the next phase, or starts the turn again (it
+/// waited, or moved the request).
+enum Turn {
+    Go,
+    Again,
+}
+
+/// Where following the route left the request.
+enum Routed {
+    /// Its model is chosen; the attempt goes now.
+    Now,
+    /// It waited for the room the route reserved: the attempt goes next turn, unasked.
+    AfterWaiting,
+    /// It was parked and came back: route again.
+    Elsewhere,
 }
 
 /// How one attempt came back.
@@ -431,8 +450,21 @@ impl Resilience {
 
     /// Runs one logical request: `attempt(model)` is called for each attempt with the model id
     /// to use, and after each failure the policy decides what happens next. Any operation fits:
-    /// `ResilientClient` (the Bedrock adapter, above this crate) passes SDK calls, `backstop simulate` a
-    /// modelled Bedrock in virtual time.
+    /// `ResilientClient` (the Bedrock adapter, above this crate) passes SDK calls, `backstop
+    /// simulate` a modelled Bedrock in virtual time.
+    ///
+    /// The loop reads as smithy-rs's orchestrator does, one phase per function: [`begin`]
+    /// (count the request), then each turn [`pay_for_resend`], [`follow_route`], [`fit`],
+    /// [`admit`], [`send_attempt`], `ask`, [`carry_out`]; and [`finish`] (report the outcome).
+    ///
+    /// [`begin`]: Self::begin
+    /// [`pay_for_resend`]: Self::pay_for_resend
+    /// [`follow_route`]: Self::follow_route
+    /// [`fit`]: Self::fit
+    /// [`admit`]: Self::admit
+    /// [`send_attempt`]: Self::send_attempt
+    /// [`carry_out`]: Self::carry_out
+    /// [`finish`]: Self::finish
     pub async fn call<T, F, Fut>(
         &self,
         request: RequestOptions,
@@ -443,6 +475,15 @@ impl Resilience {
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
+        let mut p = self.begin(&request, cost);
+        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, workload = ?p.workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
+        let result = self.attempts(&mut p, &mut attempt).instrument(span).await;
+        self.finish(&p, result)
+    }
+
+    /// The request counted (and in the budgets' windows), and its progress started: its id,
+    /// its deadline in the loop's time, the first model.
+    fn begin(&self, request: &RequestOptions, cost: Cost) -> Progress {
         self.metrics.requests.inc();
         if cost.max_output.is_none() {
             self.metrics.requests_without_max_tokens.inc();
@@ -451,12 +492,10 @@ impl Resilience {
         for budget in [&self.budget, &self.hedges].into_iter().flatten() {
             budget.on_request(started);
         }
-        let workload = request.workload;
-        let streamed = request.streamed;
         let deadline = request.deadline.unwrap_or(self.options.deadline);
-        let mut p = Progress {
+        Progress {
             request_id: domain::request_id(self.next_id.fetch_add(1, Ordering::Relaxed)),
-            workload,
+            workload: request.workload,
             started,
             deadline: started + scale(deadline, self.options.time_scale),
             model: 0,
@@ -468,208 +507,282 @@ impl Resilience {
             breaker_opens: 0,
             last_decided_by: None,
             deferred: request.deferred,
+            streamed: request.streamed,
             resend_owed: false,
             cost,
             continuations: 0,
             continuable: false,
             hedge: None,
-        };
-        let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, ?workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
-        let result = async {
-            let mut last: Option<(ErrorInfo, BoxError)> = None;
-            // Set while a routed attempt waits for the room it reserved: it is then sent
-            // without asking again (as the SDK's rate limiter sends after its sleep).
-            let mut waited_for_room = false;
-            loop {
-                let now = Instant::now();
-                if now >= p.deadline {
-                    return Err(p.gave_up(GiveUpReason::Deadline, last));
-                }
-                if p.resend_owed
-                    && let Some(budget) = &self.budget
-                {
-                    // Counted when it goes, so the window bounds what is sent; before routing,
-                    // so a resend that waits for the budget holds no model's room.
-                    if budget.try_resend(now).is_ok() {
-                        p.resend_owed = false;
-                    } else {
-                        match budget.next_room(now) {
-                            Some(wait) if now + wait < p.deadline => {
-                                tokio::time::sleep(wait).await;
-                                continue;
-                            }
-                            _ => return Err(p.gave_up(GiveUpReason::AttemptsExhausted, last)),
-                        }
-                    }
-                }
-                if self.policy.routes() && !waited_for_room {
-                    // Routing comes before the breaker's admission, so a probe slot is only
-                    // taken by the attempt that will use it.
-                    match self.route(&mut p, cost, now) {
-                        Route::Send {
-                            model,
-                            delay_ms,
-                            hedge,
-                        } => {
-                            self.switch(&mut p, model as usize);
-                            p.hedge = hedge;
-                            if delay_ms == 0 {
-                                // Sent now: a parked request may find room too (it routes
-                                // again, and parks again if there is none). Without this the
-                                // queue re-enters only as fast as requests succeed, never
-                                // faster than the rate it was drained at.
-                                self.queue.release();
-                            } else {
-                                // The room is promised now, so the next request waits behind
-                                // this one instead of for the same room.
-                                self.health.reserve(
-                                    p.model,
-                                    self.clock_s(now),
-                                    self.charge(p.model, cost),
-                                );
-                                waited_for_room = true;
-                                let wait = self.real(delay_ms);
-                                tokio::time::sleep(wait.min(p.deadline - now)).await;
-                                continue; // Time passed: the deadline first.
-                            }
-                        }
-                        Route::Queue { not_before_ms } => {
-                            self.park(&mut p, self.real(not_before_ms)).await?;
-                            continue;
-                        }
-                        Route::GiveUp { reason } => return Err(p.gave_up(reason, last)),
-                    }
-                }
-                let reserved = std::mem::take(&mut waited_for_room);
-                if self.unfit(p.model, cost).is_some() {
-                    // A model whose quota can never admit this reservation would only throttle
-                    // it: the next that can takes it, and when none can, the request fails
-                    // now and says why.
-                    match self.first_fitting(p.model, cost) {
-                        Some(model) => self.switch(&mut p, model),
-                        None => {
-                            return Err(CallError::NeverFits {
-                                unfit: (0..self.options.models.len())
-                                    .filter_map(|index| self.unfit(index, cost))
-                                    .collect(),
-                                attempts: p.total,
-                                history: std::mem::take(&mut p.history),
-                            });
-                        }
-                    }
-                }
-                if let Admission::Refused { retry_in } = self.health.admit(p.model, now) {
-                    self.metrics.breaker_refusals.inc();
-                    if p.model + 1 < self.options.models.len() {
-                        let next = p.model + 1;
-                        self.switch(&mut p, next);
+        }
+    }
+
+    /// The turns of one request, until it is served or fails: the deadline first, then each
+    /// phase in order; a phase that waited (or moved the request) starts the turn again, so
+    /// time that passed meets the deadline before anything is sent.
+    async fn attempts<T, F, Fut>(
+        &self,
+        p: &mut Progress,
+        attempt: &mut F,
+    ) -> Result<Served<T>, CallError>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        let mut last: Option<(ErrorInfo, BoxError)> = None;
+        // Set while a routed attempt waits for the room it reserved: it is then sent without
+        // asking again (as the SDK's rate limiter sends after its sleep).
+        let mut waited_for_room = false;
+        loop {
+            let now = Instant::now();
+            if now >= p.deadline {
+                return Err(p.gave_up(GiveUpReason::Deadline, last));
+            }
+            if let Turn::Again = self.pay_for_resend(p, now, &mut last).await? {
+                continue;
+            }
+            if self.policy.routes() && !waited_for_room {
+                match self.follow_route(p, now, &mut last).await? {
+                    Routed::Now => {}
+                    Routed::AfterWaiting => {
+                        waited_for_room = true;
                         continue;
                     }
-                    if workload == Workload::Batch {
-                        self.park(&mut p, retry_in).await?;
-                        continue;
-                    }
-                    return Err(CallError::CircuitOpen {
-                        attempts: p.total,
-                        last: last.map(|(info, _)| info),
-                        history: std::mem::take(&mut p.history),
-                    });
-                }
-                let failure = match self.send_attempt(&mut p, reserved, &mut attempt).await {
-                    Sent::Answered(output, charge) => {
-                        self.metrics.succeeded.inc();
-                        let model = self.options.models[p.model].clone();
-                        tracing::info!(%model, attempts = p.total, "served");
-                        return Ok(Served {
-                            output,
-                            model,
-                            model_index: p.model,
-                            attempts: p.total,
-                            queued: p.queued,
-                            request_id: p.request_id.clone(),
-                            workload,
-                            deadline: p.deadline,
-                            started: p.started,
-                            sent_at: p.sent_at,
-                            history: std::mem::take(&mut p.history),
-                            charge,
-                            cost,
-                            continuations: 0,
-                            untold: streamed.then(|| Untold {
-                                breaker_opens: p.breaker_opens,
-                                last_decided_by: p.last_decided_by.clone(),
-                            }),
-                        });
-                    }
-                    Sent::Failed(failure) => failure,
-                    // The request's own deadline ended the attempt, not the model: the caller
-                    // hears the last answer a model gave (not a timeout of our making), and the
-                    // model's health is not charged with our deadline.
-                    Sent::CutByDeadline(_) if last.is_some() => {
-                        return Err(p.gave_up(GiveUpReason::Deadline, last));
-                    }
-                    Sent::CutByDeadline(failure) => failure,
-                };
-                let verdict = self.ask(&mut p, &failure.0, false);
-                last = Some(failure);
-                match verdict.decision {
-                    Decision::Retry { delay_ms } => {
-                        self.metrics.retries.inc();
-                        tokio::time::sleep(self.real(delay_ms)).await;
-                    }
-                    // Nothing was delivered yet, so the guardrails made any continuation a
-                    // switch; the arm is shared for the compiler's sake.
-                    Decision::SwitchModel { model, delay_ms }
-                    | Decision::ContinueAnswer { model, delay_ms } => {
-                        tokio::time::sleep(self.real(delay_ms)).await;
-                        self.switch(&mut p, model as usize);
-                    }
-                    Decision::BreakCircuit {
-                        model,
-                        open_ms,
-                        then,
-                    } => {
-                        if self
-                            .health
-                            .open(model as usize, Instant::now(), self.real(open_ms))
-                        {
-                            self.metrics.breaker_opens.inc();
-                            p.breaker_opens += 1;
-                            self.announce_opened(model as usize, Instant::now());
-                        }
-                        match then {
-                            AfterBreak::Fallback { model } => self.switch(&mut p, model as usize),
-                            AfterBreak::Queue => self.park(&mut p, self.real(open_ms)).await?,
-                            AfterBreak::GiveUp => {
-                                return Err(p.gave_up(GiveUpReason::NoModelAvailable, last));
-                            }
-                        }
-                    }
-                    Decision::Queue { not_before_ms } => {
-                        self.park(&mut p, self.real(not_before_ms)).await?
-                    }
-                    Decision::GiveUp { reason } => return Err(p.gave_up(reason, last)),
+                    Routed::Elsewhere => continue,
                 }
             }
+            let reserved = std::mem::take(&mut waited_for_room);
+            self.fit(p)?;
+            if let Turn::Again = self.admit(p, now, &mut last).await? {
+                continue;
+            }
+            let failure = match self.send_attempt(p, reserved, attempt).await {
+                Sent::Answered(output, charge) => return Ok(self.served(p, output, charge)),
+                Sent::Failed(failure) => failure,
+                // The request's own deadline ended the attempt, not the model: the caller hears
+                // the last answer a model gave (not a timeout of our making), and the model's
+                // health is not charged with our deadline.
+                Sent::CutByDeadline(_) if last.is_some() => {
+                    return Err(p.gave_up(GiveUpReason::Deadline, last));
+                }
+                Sent::CutByDeadline(failure) => failure,
+            };
+            let verdict = self.ask(p, &failure.0, false);
+            last = Some(failure);
+            self.carry_out(p, verdict.decision, &mut last).await?;
         }
-        .instrument(span)
-        .await;
+    }
+
+    /// A resend the retry budget refused asks it again as it is about to go, and waits for the
+    /// window while the deadline allows. Counted when it goes, so the window bounds what is
+    /// sent; before routing, so a resend that waits for the budget holds no model's room.
+    async fn pay_for_resend(
+        &self,
+        p: &mut Progress,
+        now: Instant,
+        last: &mut Option<(ErrorInfo, BoxError)>,
+    ) -> Result<Turn, CallError> {
+        let Some(budget) = self.budget.as_ref().filter(|_| p.resend_owed) else {
+            return Ok(Turn::Go);
+        };
+        if budget.try_resend(now).is_ok() {
+            p.resend_owed = false;
+            return Ok(Turn::Go);
+        }
+        match budget.next_room(now) {
+            Some(wait) if now + wait < p.deadline => {
+                tokio::time::sleep(wait).await;
+                Ok(Turn::Again)
+            }
+            _ => Err(p.gave_up(GiveUpReason::AttemptsExhausted, last.take())),
+        }
+    }
+
+    /// Asks the routing decider where the next attempt goes, and goes there. Routing comes
+    /// before the breaker's admission, so a probe slot is only taken by the attempt that will
+    /// use it.
+    async fn follow_route(
+        &self,
+        p: &mut Progress,
+        now: Instant,
+        last: &mut Option<(ErrorInfo, BoxError)>,
+    ) -> Result<Routed, CallError> {
+        let cost = p.cost;
+        match self.route(p, cost, now) {
+            Route::Send {
+                model,
+                delay_ms,
+                hedge,
+            } => {
+                self.switch(p, model as usize);
+                p.hedge = hedge;
+                if delay_ms == 0 {
+                    // Sent now: a parked request may find room too (it routes again, and parks
+                    // again if there is none). Without this the queue re-enters only as fast as
+                    // requests succeed, never faster than the rate it was drained at.
+                    self.queue.release();
+                    return Ok(Routed::Now);
+                }
+                // The room is promised now, so the next request waits behind this one instead
+                // of for the same room.
+                self.health
+                    .reserve(p.model, self.clock_s(now), self.charge(p.model, cost));
+                let wait = self.real(delay_ms);
+                tokio::time::sleep(wait.min(p.deadline - now)).await;
+                Ok(Routed::AfterWaiting)
+            }
+            Route::Queue { not_before_ms } => {
+                self.park(p, self.real(not_before_ms)).await?;
+                Ok(Routed::Elsewhere)
+            }
+            Route::GiveUp { reason } => Err(p.gave_up(reason, last.take())),
+        }
+    }
+
+    /// A model whose quota can never admit this reservation would only throttle it: the next
+    /// that can takes it, and when none can, the request fails now and says why.
+    fn fit(&self, p: &mut Progress) -> Result<(), CallError> {
+        if self.unfit(p.model, p.cost).is_none() {
+            return Ok(());
+        }
+        match self.first_fitting(p.model, p.cost) {
+            Some(model) => {
+                self.switch(p, model);
+                Ok(())
+            }
+            None => Err(CallError::NeverFits {
+                unfit: (0..self.options.models.len())
+                    .filter_map(|index| self.unfit(index, p.cost))
+                    .collect(),
+                attempts: p.total,
+                history: std::mem::take(&mut p.history),
+            }),
+        }
+    }
+
+    /// The model's breaker admits the attempt, or the request moves: to the next model of the
+    /// chain, to the queue (batch work), or out with `circuit-open`.
+    async fn admit(
+        &self,
+        p: &mut Progress,
+        now: Instant,
+        last: &mut Option<(ErrorInfo, BoxError)>,
+    ) -> Result<Turn, CallError> {
+        let Admission::Refused { retry_in } = self.health.admit(p.model, now) else {
+            return Ok(Turn::Go);
+        };
+        self.metrics.breaker_refusals.inc();
+        if p.model + 1 < self.options.models.len() {
+            let next = p.model + 1;
+            self.switch(p, next);
+            return Ok(Turn::Again);
+        }
+        if p.workload == Workload::Batch {
+            self.park(p, retry_in).await?;
+            return Ok(Turn::Again);
+        }
+        Err(CallError::CircuitOpen {
+            attempts: p.total,
+            last: last.take().map(|(info, _)| info),
+            history: std::mem::take(&mut p.history),
+        })
+    }
+
+    /// What the caller gets for an answered attempt.
+    fn served<T>(&self, p: &mut Progress, output: T, charge: Charge) -> Served<T> {
+        self.metrics.succeeded.inc();
+        let model = self.options.models[p.model].clone();
+        tracing::info!(%model, attempts = p.total, "served");
+        Served {
+            output,
+            model,
+            model_index: p.model,
+            attempts: p.total,
+            queued: p.queued,
+            request_id: p.request_id.clone(),
+            workload: p.workload,
+            deadline: p.deadline,
+            started: p.started,
+            sent_at: p.sent_at,
+            history: std::mem::take(&mut p.history),
+            charge,
+            cost: p.cost,
+            continuations: 0,
+            untold: p.streamed.then(|| Untold {
+                breaker_opens: p.breaker_opens,
+                last_decided_by: p.last_decided_by.clone(),
+            }),
+        }
+    }
+
+    /// Carries out the policy's answer to a failed attempt (as the guardrails left it): wait
+    /// and retry, switch model, open a breaker, queue, or give up.
+    async fn carry_out(
+        &self,
+        p: &mut Progress,
+        decision: Decision,
+        last: &mut Option<(ErrorInfo, BoxError)>,
+    ) -> Result<(), CallError> {
+        match decision {
+            Decision::Retry { delay_ms } => {
+                self.metrics.retries.inc();
+                tokio::time::sleep(self.real(delay_ms)).await;
+            }
+            // Nothing was delivered yet, so the guardrails made any continuation a switch; the
+            // arm is shared for the compiler's sake.
+            Decision::SwitchModel { model, delay_ms }
+            | Decision::ContinueAnswer { model, delay_ms } => {
+                tokio::time::sleep(self.real(delay_ms)).await;
+                self.switch(p, model as usize);
+            }
+            Decision::BreakCircuit {
+                model,
+                open_ms,
+                then,
+            } => {
+                if self
+                    .health
+                    .open(model as usize, Instant::now(), self.real(open_ms))
+                {
+                    self.metrics.breaker_opens.inc();
+                    p.breaker_opens += 1;
+                    self.announce_opened(model as usize, Instant::now());
+                }
+                match then {
+                    AfterBreak::Fallback { model } => self.switch(p, model as usize),
+                    AfterBreak::Queue => self.park(p, self.real(open_ms)).await?,
+                    AfterBreak::GiveUp => {
+                        return Err(p.gave_up(GiveUpReason::NoModelAvailable, last.take()));
+                    }
+                }
+            }
+            Decision::Queue { not_before_ms } => self.park(p, self.real(not_before_ms)).await?,
+            Decision::GiveUp { reason } => return Err(p.gave_up(reason, last.take())),
+        }
+        Ok(())
+    }
+
+    /// The request's end (smithy-rs's `finally_op`): a throttled give-up says when room
+    /// returns; the decider hears how the request ended (a stream is told when it ends, by
+    /// `stream_ended` or `fail_after_output`: a stream cut after output is not a served
+    /// request); a failure is counted and logged. A request handed back to the caller's queue
+    /// (`Deferred`) is neither served nor failed yet.
+    fn finish<T>(
+        &self,
+        p: &Progress,
+        result: Result<Served<T>, CallError>,
+    ) -> Result<Served<T>, CallError> {
         let result = result.map_err(|mut error| {
             if let CallError::GaveUp { last, room_in, .. } = &mut error
                 && last.kind.is_throttle()
             {
-                *room_in = self.soonest_room(cost);
+                *room_in = self.soonest_room(p.cost);
             }
             error
         });
-        // Handed back to the caller's queue: neither served nor failed yet; the caller sends
-        // it again as a request of its own.
         if matches!(result, Err(CallError::Deferred { .. })) {
             return result;
         }
-        // A streamed request is told when its stream ends (`stream_ended`,
-        // `fail_after_output`): a stream cut after output is not a served request.
-        if !(streamed && result.is_ok()) {
+        if !(p.streamed && result.is_ok()) {
             self.policy.on_finished(&Finished {
                 request_id: &p.request_id,
                 served: result.is_ok(),
@@ -926,6 +1039,7 @@ impl Resilience {
             breaker_opens: 0,
             last_decided_by: None,
             deferred: false,
+            streamed: true,
             resend_owed: false,
             cost: served.cost,
             continuations: served.continuations,
