@@ -27,11 +27,7 @@ fn main() {
         eprintln!("redis-server is not installed: nothing measured");
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = backstop_test_support::runtime();
     let dir = backstop_test_support::scratch_dir("bench-fleet");
 
     println!(

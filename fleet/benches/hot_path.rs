@@ -39,11 +39,7 @@ const ROUNDS: usize = 10;
 const PER_ROUND: usize = 1_000_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = backstop_test_support::runtime();
     runtime.block_on(run());
 }
 

@@ -17,11 +17,7 @@ use std::time::Duration;
 const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 fn success_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = backstop_test_support::runtime();
     let server = runtime
         .block_on(FaultServer::start(Scenario::default(), 0))
         .expect("fault server");

@@ -28,11 +28,7 @@ use std::time::{Duration, Instant};
 const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = backstop_test_support::runtime();
     runtime.block_on(run());
 }
 

@@ -204,10 +204,7 @@ fn the_python_example_is_hot_swapped_into_a_running_sidecar_under_load_and_nothi
     let Some(python) = support::example_policy("cost-aware-py") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     // One throttle in ten on the primary, so decisions are asked of whichever policy is live.
     let mut scenario = Scenario::default();
     for model in ["m", "f"] {

@@ -121,10 +121,7 @@ fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
     let Some(mut redis) = RedisServer::start(None) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     // The primary is down for the whole run; the fallback is healthy.
     let server = outage_server(&runtime, "primary", 3_600_000);
     let (dir, replicas) = fleet_of_four(
@@ -238,10 +235,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     // The fault server starts once the replicas are up (on a port they already know), so its
     // outage — the only model down for eight seconds: batch work parks — starts with the
     // requests, however long four processes took to start.
@@ -340,10 +334,7 @@ fn on_a_spike_four_serve_replicas_lease_one_budget_and_serve_everything() {
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     let quota = ModelFaults {
         rpm: Some(600),
         burst: Some(20),

@@ -18,10 +18,7 @@ pub(crate) use support::{ServeProcess as Serve, http_get as get, http_post as po
 
 #[test]
 fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     let mut scenario = Scenario::default();
     scenario.models.insert(
         "slow".into(),
@@ -152,10 +149,7 @@ fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 #[test]
 fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = backstop_test_support::runtime();
     let server = runtime
         .block_on(FaultServer::start(Scenario::default(), 0))
         .unwrap();
@@ -188,10 +182,12 @@ fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
         request.contains("content-type: application/x-protobuf"),
         "{request}"
     );
+    // Counted once the collector has answered, which can be just after it saw the request.
     let admin = sidecar.admin.trim_start_matches("http://").to_string();
-    let metrics = get(&admin, "/metrics");
+    let counted = || get(&admin, "/metrics").contains("backstop_serve_spans_exported_total 2");
     assert!(
-        metrics.contains("backstop_serve_spans_exported_total 2"),
-        "a request span and an attempt span: {metrics}"
+        support::eventually(Duration::from_secs(5), counted),
+        "a request span and an attempt span: {}",
+        get(&admin, "/metrics")
     );
 }

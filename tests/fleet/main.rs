@@ -89,6 +89,19 @@ fn breaker(core: &Resilience) -> BreakerState {
     core.health()[0].breaker
 }
 
+/// Waits until every replica is subscribed and Redis answers it (`shared`): a fleet that has
+/// settled, waited for as an event rather than a fixed pause.
+async fn settled(links: &[&Arc<RedisFleet>]) {
+    let started = Instant::now();
+    while links.iter().any(|link| link.status().mode != "shared") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "every replica shares within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits for `core`'s primary breaker to be open; how long that took.
 async fn open_within(core: &Resilience, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -106,11 +119,11 @@ async fn a_breaker_opened_by_one_replica_is_open_on_the_others_within_a_second()
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let (a, _) = replica(&redis, "fleet-a", "replica-a").await;
+    let (a, a_link) = replica(&redis, "fleet-a", "replica-a").await;
     let (b, b_link) = replica(&redis, "fleet-a", "replica-b").await;
-    let (c, _) = replica(&redis, "fleet-a", "replica-c").await;
-    // Let the subscriptions settle, as a running fleet's have.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (c, c_link) = replica(&redis, "fleet-a", "replica-c").await;
+    // The subscriptions settled, as a running fleet's have.
+    settled(&[&a_link, &b_link, &c_link]).await;
 
     outage(&a).await;
     assert_eq!(breaker(&a), BreakerState::Open);
@@ -172,8 +185,8 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
     };
     let port = redis.port;
     let (a, a_link) = replica(&redis, "fleet-down", "replica-a").await;
-    let (b, _) = replica(&redis, "fleet-down", "replica-b").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (b, b_link) = replica(&redis, "fleet-down", "replica-b").await;
+    settled(&[&a_link, &b_link]).await;
 
     let _ = redis.child.kill();
     let _ = redis.child.wait();
@@ -210,10 +223,10 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
 
     // Redis returns (same port, empty): the replicas resubscribe, and the next opening is shared.
     let back = RedisServer::start(Some(port)).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await; // past the longest reconnect pause
+    settled(&[&a_link, &b_link]).await; // each reconnects after its pause
     assert_eq!(a_link.status().mode, "shared", "rejoined");
-    let (c, _) = replica(&back, "fleet-down", "replica-c").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (c, c_link) = replica(&back, "fleet-down", "replica-c").await;
+    settled(&[&c_link]).await;
     outage(&c).await;
     assert!(
         open_within(&b, Duration::from_secs(1)).await.is_some(),
@@ -227,10 +240,10 @@ async fn the_replica_that_opened_a_breaker_probes_it_for_the_fleet_and_its_answe
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let (owner, _) = replica_opening(&redis, "fleet-probe", "owner", 300).await;
-    let (b, _) = replica_opening(&redis, "fleet-probe", "replica-b", 300).await;
-    let (c, _) = replica_opening(&redis, "fleet-probe", "replica-c", 300).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (owner, owner_link) = replica_opening(&redis, "fleet-probe", "owner", 300).await;
+    let (b, b_link) = replica_opening(&redis, "fleet-probe", "replica-b", 300).await;
+    let (c, c_link) = replica_opening(&redis, "fleet-probe", "replica-c", 300).await;
+    settled(&[&owner_link, &b_link, &c_link]).await;
     outage(&owner).await;
     for other in [&b, &c] {
         assert!(open_within(other, Duration::from_secs(1)).await.is_some());
@@ -284,9 +297,9 @@ async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let (owner, _) = replica_opening(&redis, "fleet-grace", "owner", 200).await;
+    let (owner, owner_link) = replica_opening(&redis, "fleet-grace", "owner", 200).await;
     let (b, b_link) = replica_opening(&redis, "fleet-grace", "replica-b", 200).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&[&owner_link, &b_link]).await;
     outage(&owner).await;
     assert!(open_within(&b, Duration::from_secs(1)).await.is_some());
     drop(owner); // gone before its probe
@@ -374,10 +387,10 @@ async fn a_throttle_anywhere_cuts_every_replica_that_knows_the_limit_once_per_co
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let (a, _) = learner(&redis, "fleet-cut", "replica-a").await;
+    let (a, a_link) = learner(&redis, "fleet-cut", "replica-a").await;
     let (b, b_link) = learner(&redis, "fleet-cut", "replica-b").await;
     let (cold, cold_link) = learner(&redis, "fleet-cut", "replica-cold").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&[&a_link, &b_link, &cold_link]).await;
     // B has seen the limit once; the cold replica has only served.
     traffic(&b, 50, false).await;
     traffic(&b, 1, true).await;
@@ -475,7 +488,7 @@ async fn replicas_lease_capacity_from_redis_and_refill_alone_when_it_goes() {
     };
     let (a, a_link) = learner(&redis, "fleet-lease", "replica-a").await;
     let (b, b_link) = learner(&redis, "fleet-lease", "replica-b").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    settled(&[&a_link, &b_link]).await;
     traffic(&a, 20, false).await;
     traffic(&b, 20, false).await;
     // Each meets the limit: from then on both lease.

@@ -455,11 +455,7 @@ impl RedisServer {
             .stderr(std::process::Stdio::null())
             .spawn();
         let Ok(child) = child else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must have redis-server (see .ci/run)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            skip_missing("redis-server", "apt-get install redis-server");
             return None;
         };
         wait_for_port(port, "redis-server");
@@ -669,8 +665,19 @@ pub fn fixture_policy(bytes: &[u8], name: &str, config: &str) -> Policy {
         .unwrap_or_else(|e| panic!("the fixture {name} takes {config}: {e}"))
 }
 
+/// A multi-threaded runtime with I/O and time, on two workers (the machines CI and the
+/// benchmarks run on have two cores): the one builder of every test and bench that drives
+/// async code from a plain `#[test]` or `main`.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A test that needs a tool this machine lacks: a visible `SKIPPED` line, or a failure in CI
-/// (where `.ci/run` installs every tool).
+/// (where `.ci/run` installs every tool). The one place that decides what a missing tool means.
 pub fn skip_missing(tool: &str, install: &str) {
     assert!(
         std::env::var_os("CI").is_none(),
