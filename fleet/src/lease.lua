@@ -1,4 +1,4 @@
--- A fleet's capacity budget for one model: backstop::resilience::fleet::LeaseBudget::lease,
+-- A fleet's capacity budget for one model: backstop_resilience::fleet::LeaseBudget::lease,
 -- step by step (a test holds the two to each other). Atomic: Redis runs a script alone.
 --
 -- KEYS[1]  the levels:  hash r, t (requests, tokens), at (ms of the last refill)

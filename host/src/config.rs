@@ -537,7 +537,21 @@ impl HostConfig {
     /// Parses and checks a configuration.
     pub fn from_json(text: &str) -> Result<HostConfig, ConfigError> {
         let config: HostConfig = serde_json::from_str(text)?;
-        for (index, digest) in config.allowed_digests.iter().flatten().enumerate() {
+        config.check_digests()?;
+        config.check_bounds()?;
+        config.check_outcome_ranges()?;
+        config.check_models()?;
+        config.check_chains()?;
+        config.serve.check()?;
+        if let Some(fleet) = &config.fleet {
+            fleet.check()?;
+        }
+        Ok(config)
+    }
+
+    /// Each allowed digest is a sha256 in hex.
+    fn check_digests(&self) -> Result<(), ConfigError> {
+        for (index, digest) in self.allowed_digests.iter().flatten().enumerate() {
             if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::Digest {
                     index,
@@ -545,12 +559,17 @@ impl HostConfig {
                 });
             }
         }
-        if config.rollback.window.is_zero() {
+        Ok(())
+    }
+
+    /// Every integer setting within its floor and ceiling; the rollback window not zero.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        if self.rollback.window.is_zero() {
             return Err(ConfigError::Window);
         }
-        let guard = &config.guardrails;
-        let budget = config.retry_budget.unwrap_or_default();
-        let hedges = config.hedge_budget.unwrap_or_default();
+        let guard = &self.guardrails;
+        let budget = self.retry_budget.unwrap_or_default();
+        let hedges = self.hedge_budget.unwrap_or_default();
         for (field, value, floor, limit) in [
             ("retry_budget.percent", u64::from(budget.percent), 0, 1_000),
             (
@@ -582,37 +601,37 @@ impl HostConfig {
             ),
             (
                 "queue_capacity",
-                config.queue_capacity as u64,
+                self.queue_capacity as u64,
                 0,
                 CEILING_QUEUE,
             ),
             (
                 "rollback.faults",
-                u64::from(config.rollback.faults),
+                u64::from(self.rollback.faults),
                 1,
                 CEILING_FAULTS,
             ),
             (
                 "rollback.window_ms",
-                config.rollback.window.as_millis() as u64,
+                self.rollback.window.as_millis() as u64,
                 1,
                 CEILING_WINDOW_MS,
             ),
             (
                 "limits.headers_ms",
-                config.limits.headers.as_millis() as u64,
+                self.limits.headers.as_millis() as u64,
                 100,
                 600_000,
             ),
             (
                 "limits.first_event_ms",
-                config.limits.first_event.as_millis() as u64,
+                self.limits.first_event.as_millis() as u64,
                 100,
                 600_000,
             ),
             (
                 "limits.idle_ms",
-                config.limits.idle.as_millis() as u64,
+                self.limits.idle.as_millis() as u64,
                 100,
                 600_000,
             ),
@@ -620,39 +639,34 @@ impl HostConfig {
             // the default floor stays valid.
             (
                 "limits.first_event_floor_ms",
-                config.limits.first_event_floor.as_millis() as u64,
+                self.limits.first_event_floor.as_millis() as u64,
                 100,
                 600_000,
             ),
             (
                 "limits.idle_floor_ms",
-                config.limits.idle_floor.as_millis() as u64,
+                self.limits.idle_floor.as_millis() as u64,
                 100,
                 600_000,
             ),
-            (
-                "compile.timeout_ms",
-                config.compile.timeout_ms,
-                100,
-                600_000,
-            ),
-            ("compile.memory_mib", config.compile.memory_mib, 256, 65_536),
+            ("compile.timeout_ms", self.compile.timeout_ms, 100, 600_000),
+            ("compile.memory_mib", self.compile.memory_mib, 256, 65_536),
             (
                 "sandbox.fuel_per_call",
-                config.sandbox.fuel_per_call,
+                self.sandbox.fuel_per_call,
                 100_000,
                 1_000_000_000,
             ),
-            ("sandbox.memory_mib", config.sandbox.memory_mib, 1, 1_024),
+            ("sandbox.memory_mib", self.sandbox.memory_mib, 1, 1_024),
             (
                 "rollback.outcomes.min_requests",
-                u64::from(config.rollback.outcomes.min_requests),
+                u64::from(self.rollback.outcomes.min_requests),
                 0,
                 CEILING_FAULTS,
             ),
             (
                 "rollback.outcomes.probation_ms",
-                config.rollback.outcomes.probation.as_millis() as u64,
+                self.rollback.outcomes.probation.as_millis() as u64,
                 0,
                 CEILING_WINDOW_MS,
             ),
@@ -668,7 +682,12 @@ impl HostConfig {
                 return Err(ConfigError::Floor { field, floor });
             }
         }
-        let outcomes = &config.rollback.outcomes;
+        Ok(())
+    }
+
+    /// The outcome rule's ratios within their ranges.
+    fn check_outcome_ranges(&self) -> Result<(), ConfigError> {
+        let outcomes = &self.rollback.outcomes;
         for (field, value, min, max) in [
             ("rollback.outcomes.worse_by", outcomes.worse_by, 1.0, 100.0),
             (
@@ -700,17 +719,22 @@ impl HostConfig {
                 });
             }
         }
-        if config.models.len() > MAX_MODEL_FACTS {
+        Ok(())
+    }
+
+    /// The model facts: at most [`MAX_MODEL_FACTS`], each id once, each fact in range.
+    fn check_models(&self) -> Result<(), ConfigError> {
+        if self.models.len() > MAX_MODEL_FACTS {
             return Err(ConfigError::Ceiling {
                 field: "models",
-                value: config.models.len() as u64,
+                value: self.models.len() as u64,
                 limit: MAX_MODEL_FACTS as u64,
             });
         }
-        for (index, facts) in config.models.iter().enumerate() {
+        for (index, facts) in self.models.iter().enumerate() {
             let why = if facts.id.is_empty() || facts.id.len() > 256 {
                 Some("id must be 1 to 256 characters")
-            } else if config.models[..index].iter().any(|m| m.id == facts.id) {
+            } else if self.models[..index].iter().any(|m| m.id == facts.id) {
                 Some("id is listed twice")
             } else if facts.context_window == Some(0) {
                 Some("context_window must be at least 1")
@@ -743,12 +767,7 @@ impl HostConfig {
                 return Err(ConfigError::Model { index, why });
             }
         }
-        config.check_chains()?;
-        config.serve.check()?;
-        if let Some(fleet) = &config.fleet {
-            fleet.check()?;
-        }
-        Ok(config)
+        Ok(())
     }
 
     fn check_chains(&self) -> Result<(), ConfigError> {
