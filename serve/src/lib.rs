@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod chains;
@@ -234,11 +235,21 @@ impl Sidecar {
         };
         let data_listener = bind(options.listen).await?;
         let data = data_listener.local_addr().unwrap_or(options.listen);
+        // The handler only forwards: admission comes first, as layers (the last added runs
+        // first), and only for a route that exists.
         let data_app = Router::new()
             .route(
                 "/model/{model_id}/{operation}",
                 axum::routing::post(proxy::invoke),
             )
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                admission::limit_in_flight,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                admission::refuse_while_draining,
+            ))
             .with_state(shared.clone());
         let mut tasks = vec![tokio::spawn(listener::serve(
             data_listener,

@@ -42,33 +42,6 @@ pub async fn invoke(
             HeaderMap::new(),
         );
     };
-    let Some(active) = shared.drain.enter() else {
-        shared.metrics.rejected("draining");
-        let mut response = wire::error_response(
-            503,
-            "ServiceUnavailableException",
-            "backstop is shutting down; send this request to another instance",
-            Some(1_000),
-            HeaderMap::new(),
-        );
-        wire::put(response.headers_mut(), "connection", "close");
-        return response;
-    };
-    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-        shared.metrics.rejected("in-flight-limit");
-        let mut headers = HeaderMap::new();
-        wire::put(&mut headers, wire::CAUSE, "in-flight-limit");
-        return wire::error_response(
-            429,
-            "ThrottlingException",
-            &format!(
-                "backstop has {} requests in progress, its limit (serve.max_in_flight)",
-                shared.settings.max_in_flight
-            ),
-            Some(1_000),
-            headers,
-        );
-    };
     let body = match read_body(&shared, &headers, body).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -132,8 +105,6 @@ pub async fn invoke(
         workload: options.workload,
         ended: false,
         defaulted_max_tokens,
-        _permit: permit,
-        _active: active,
     };
     if operation.streams() {
         let started = tokio::select! {
@@ -311,8 +282,6 @@ struct Ticket {
     ended: bool,
     /// The `maxTokens` the sidecar set on a request that left it unset.
     defaulted_max_tokens: Option<u64>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _active: crate::drain::Active,
 }
 
 impl Ticket {
