@@ -244,6 +244,14 @@ impl Sidecar {
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 shared.clone(),
+                admission::notice_client_retries,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                admission::bound_body,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
                 admission::limit_in_flight,
             ))
             .route_layer(axum::middleware::from_fn_with_state(

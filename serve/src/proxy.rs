@@ -1,10 +1,11 @@
 //! The data listener: Bedrock Runtime's four operations, each request run through the
 //! resilient client of its chain, bodies and frames passed through untouched.
 
+use crate::admission::BoundedBody;
 use crate::state::Shared;
 use crate::wire;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::CallError;
@@ -16,7 +17,6 @@ use backstop_bedrock::passthrough::forwarded_response_header;
 use backstop_core::catalogue;
 use backstop_core::contract::Workload;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ pub async fn invoke(
     State(shared): State<Arc<Shared>>,
     Path((model, operation)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Body,
+    Extension(BoundedBody(body)): Extension<BoundedBody>,
 ) -> Response {
     let Some(operation) = Operation::from_path_suffix(&operation) else {
         return wire::error_response(
@@ -42,20 +42,7 @@ pub async fn invoke(
             HeaderMap::new(),
         );
     };
-    let body = match read_body(&shared, &headers, body).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
     let caller = caller(&headers);
-    let target = format!("{model}/{}", operation.path_suffix());
-    if shared.repeats.note(
-        &caller,
-        &target,
-        &body,
-        headers.get("amz-sdk-request").and_then(|v| v.to_str().ok()),
-    ) {
-        shared.metrics.client_retry();
-    }
     let client = match shared.chains.client(&model) {
         Ok(client) => client,
         Err(error) => return wire::validation(400, &error.to_string()),
@@ -162,51 +149,6 @@ pub async fn invoke(
                 (StatusCode::OK, headers, output.body).into_response()
             }
             Err(error) => ticket.failed(&error),
-        }
-    }
-}
-
-/// The body, within the size and time bounds; `Err` is the response that says which.
-async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
-    let max = shared.settings.max_request_bytes;
-    let too_large = |shared: &Shared| {
-        shared.metrics.rejected("too-large");
-        wire::validation(
-            413,
-            &format!("the request body is larger than {max} bytes (serve.max_request_bytes)"),
-        )
-    };
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(shared));
-    }
-    let limit = Duration::from_millis(shared.settings.body_timeout_ms);
-    let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(limit, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(shared)),
-        Ok(Err(error)) => {
-            shared.metrics.rejected("body-error");
-            Err(wire::validation(
-                400,
-                &format!("the request body could not be read: {error}"),
-            ))
-        }
-        Err(_) => {
-            shared.metrics.rejected("body-timeout");
-            Err(wire::error_response(
-                408,
-                "RequestTimeoutException",
-                &format!(
-                    "the request body did not arrive within {} ms (serve.body_timeout_ms)",
-                    limit.as_millis()
-                ),
-                None,
-                HeaderMap::new(),
-            ))
         }
     }
 }
