@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backstop::CallError;
 use backstop::RequestOptions;
+use backstop::ResilientClient;
 use backstop_bedrock::passthrough::Operation;
 use backstop_bedrock::passthrough::RawRequest;
 use backstop_bedrock::passthrough::RawStream;
@@ -94,62 +95,82 @@ pub async fn invoke(
         defaulted_max_tokens,
     };
     if operation.streams() {
-        let started = tokio::select! {
-            started = client.stream_raw(&request) => started,
+        stream(&shared, &client, request, ticket).await
+    } else {
+        send_or_park(&shared, &client, request, ticket).await
+    }
+}
+
+/// A streamed operation: the answer's frames go to the caller as they come.
+async fn stream(
+    shared: &Shared,
+    client: &ResilientClient,
+    request: RawRequest,
+    ticket: Ticket,
+) -> Response {
+    let started = tokio::select! {
+        started = client.stream_raw(&request) => started,
+        _ = shared.drain.cut_off() => return ticket.cut_off(),
+    };
+    match started {
+        Ok(stream) => ticket.stream(stream),
+        Err(error) => ticket.failed(&error),
+    }
+}
+
+/// A unary operation, sent through the loop; in a fleet, batch work the loop would park goes
+/// to the fleet's durable queue instead (served by any replica), and waits here only when
+/// that queue cannot take it.
+async fn send_or_park(
+    shared: &Arc<Shared>,
+    client: &ResilientClient,
+    mut request: RawRequest,
+    ticket: Ticket,
+) -> Response {
+    request.options.deferred =
+        request.options.workload == Workload::Batch && shared.batch.is_some();
+    let deadline_ms = backstop_fleet::queue::epoch_ms()
+        + request
+            .options
+            .deadline
+            .unwrap_or_else(|| client.default_deadline())
+            .as_millis() as u64;
+    let mut answered = tokio::select! {
+        answered = client.send_raw(&request) => answered,
+        _ = shared.drain.cut_off() => return ticket.cut_off(),
+    };
+    if let Err(CallError::Deferred { wait, attempts, .. }) = &answered {
+        let parked = tokio::select! {
+            parked = crate::batch::park_and_wait(shared, &ticket.requested, &request, *wait, *attempts, deadline_ms) => parked,
             _ = shared.drain.cut_off() => return ticket.cut_off(),
         };
-        match started {
-            Ok(stream) => ticket.stream(stream),
-            Err(error) => ticket.failed(&error),
+        if let Some(response) = parked {
+            let mut ticket = ticket;
+            ticket.end(&Ended::FromQueue(response.status().is_success()));
+            return response;
         }
-    } else {
-        // In a fleet, batch work the loop would park goes to the fleet's durable queue.
-        let durable = request.options.workload == Workload::Batch && shared.batch.is_some();
-        let mut request = request;
-        request.options.deferred = durable;
-        let deadline_ms = backstop_fleet::queue::epoch_ms()
-            + request
-                .options
-                .deadline
-                .unwrap_or_else(|| client.default_deadline())
-                .as_millis() as u64;
-        let mut answered = tokio::select! {
+        // The fleet's queue could not take it: it waits here instead.
+        request.options.deferred = false;
+        answered = tokio::select! {
             answered = client.send_raw(&request) => answered,
             _ = shared.drain.cut_off() => return ticket.cut_off(),
         };
-        if let Err(CallError::Deferred { wait, attempts, .. }) = &answered {
-            let parked = tokio::select! {
-                parked = crate::batch::park_and_wait(&shared, &ticket.requested, &request, *wait, *attempts, deadline_ms) => parked,
-                _ = shared.drain.cut_off() => return ticket.cut_off(),
-            };
-            if let Some(response) = parked {
-                let mut ticket = ticket;
-                ticket.end(&Ended::FromQueue(response.status().is_success()));
-                return response;
-            }
-            // The fleet's queue could not take it: it waits here instead.
-            request.options.deferred = false;
-            answered = tokio::select! {
-                answered = client.send_raw(&request) => answered,
-                _ = shared.drain.cut_off() => return ticket.cut_off(),
-            };
+    }
+    match answered {
+        Ok(served) => {
+            let (output, served) = served.split();
+            let headers = ticket.served_headers(
+                &served.model,
+                served.attempts,
+                served.queued,
+                &served.request_id,
+                &output.headers,
+            );
+            let mut ticket = ticket;
+            ticket.end(&Ended::Served(&served));
+            (StatusCode::OK, headers, output.body).into_response()
         }
-        match answered {
-            Ok(served) => {
-                let (output, served) = served.split();
-                let headers = ticket.served_headers(
-                    &served.model,
-                    served.attempts,
-                    served.queued,
-                    &served.request_id,
-                    &output.headers,
-                );
-                let mut ticket = ticket;
-                ticket.end(&Ended::Served(&served));
-                (StatusCode::OK, headers, output.body).into_response()
-            }
-            Err(error) => ticket.failed(&error),
-        }
+        Err(error) => ticket.failed(&error),
     }
 }
 
