@@ -1,0 +1,145 @@
+//! The attempt loop's phases with fake attempts under tokio's paused clock (tower-test's
+//! manner): no wasmtime, no AWS SDK, no real waiting. A scripted decider answers; the tests
+//! hold what each phase does — carry out a wait, meet the deadline, move past an open breaker,
+//! stop at the retry budget — to what the caller sees.
+
+use backstop_core::contract::{
+    AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason,
+};
+use backstop_core::decision::{Decided, Decider, Verdict};
+use backstop_resilience::Resilience;
+use backstop_resilience::budget::RetryBudget;
+use backstop_resilience::capacity::Cost;
+use backstop_resilience::error::{BoxError, CallError, FailureCause};
+use backstop_resilience::options::{ClientOptions, RequestOptions};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Answers every failure with the same decision, and remembers what it was asked.
+struct Always {
+    decision: Decision,
+    asked: Mutex<Vec<AttemptContext>>,
+}
+
+impl Always {
+    fn new(decision: Decision) -> Arc<Always> {
+        Arc::new(Always {
+            decision,
+            asked: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Decider for Always {
+    fn decide(&self, ctx: &AttemptContext) -> Decided {
+        self.asked.lock().unwrap().push(ctx.clone());
+        Decided {
+            verdict: Verdict::of_policy(self.decision.clone()),
+            module_digest: None,
+        }
+    }
+}
+
+fn throttled() -> (ErrorInfo, BoxError) {
+    (ErrorInfo::of(ErrorKind::Throttling), BoxError::from("429"))
+}
+
+/// Sends one request whose attempts fail on the models in `failing` and succeed elsewhere;
+/// the calls each model received.
+async fn request(
+    core: &Resilience,
+    options: RequestOptions,
+    failing: &[&str],
+) -> (Result<String, CallError>, Vec<String>) {
+    let calls = Mutex::new(Vec::new());
+    let result = core
+        .call(options, Cost::flat(10), |model| {
+            calls.lock().unwrap().push(model.to_string());
+            let fails = failing.contains(&model);
+            let model = model.to_string();
+            async move { if fails { Err(throttled()) } else { Ok(model) } }
+        })
+        .await;
+    (
+        result.map(|served| served.output),
+        calls.into_inner().unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_the_policys_delay_on_the_loops_clock_then_sends_again() {
+    let decider = Always::new(Decision::Retry { delay_ms: 1_500 });
+    let core = Resilience::new(decider.clone(), ClientOptions::new(["primary"])).unwrap();
+    let failures = AtomicU32::new(0);
+    let started = Instant::now();
+    let served = core
+        .call(RequestOptions::default(), Cost::flat(10), |_| {
+            let fail = failures.fetch_add(1, Ordering::Relaxed) < 2;
+            async move { if fail { Err(throttled()) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.attempts, 3);
+    // Two waits of 1.5 s, in virtual time: the loop owns the clock, the policy only named it.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3_000) && waited < Duration::from_millis(3_100),
+        "{waited:?}"
+    );
+    assert_eq!(decider.asked.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_a_request_whose_policy_would_keep_waiting() {
+    let decider = Always::new(Decision::Retry { delay_ms: 400 });
+    let core = Resilience::new(decider, ClientOptions::new(["primary"])).unwrap();
+    let mut options = RequestOptions::default();
+    options.deadline = Some(Duration::from_secs(1));
+    let started = Instant::now();
+    let (result, calls) = request(&core, options, &["primary"]).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.cause(), FailureCause::GaveUp(GiveUpReason::Deadline));
+    assert!(
+        started.elapsed() <= Duration::from_secs(1),
+        "never past the deadline"
+    );
+    assert_eq!(error.attempts() as usize, calls.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_sends_the_next_request_to_the_fallback_without_calling_the_primary() {
+    let decider = Always::new(Decision::BreakCircuit {
+        model: 0,
+        open_ms: 30_000,
+        then: AfterBreak::Fallback { model: 1 },
+    });
+    let core = Resilience::new(decider, ClientOptions::new(["primary", "fallback"])).unwrap();
+    let (first, calls) = request(&core, RequestOptions::default(), &["primary"]).await;
+    assert_eq!(first.unwrap(), "fallback");
+    assert_eq!(calls, ["primary", "fallback"]);
+    let (second, calls) = request(&core, RequestOptions::default(), &["primary"]).await;
+    assert_eq!(second.unwrap(), "fallback");
+    assert_eq!(
+        calls,
+        ["fallback"],
+        "the open breaker admitted nothing to the primary"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_that_would_resend_forever_is_stopped_by_the_retry_budget() {
+    let decider = Always::new(Decision::Retry { delay_ms: 0 });
+    let mut options = ClientOptions::new(["primary"]);
+    options.retry_budget = Some(RetryBudget::of_percent(0).with_min_per_second(0));
+    options.guardrails.max_total_attempts = 50;
+    let core = Resilience::new(decider, options).unwrap();
+    let (result, calls) = request(&core, RequestOptions::default(), &["primary"]).await;
+    let error = result.unwrap_err();
+    assert_eq!(calls.len(), 1, "no resend: the budget allows none");
+    assert_eq!(
+        error.cause(),
+        FailureCause::GaveUp(GiveUpReason::AttemptsExhausted)
+    );
+}
