@@ -51,7 +51,7 @@ fn decide(c: &mut Criterion) {
     });
     group.bench_function("wasm", |b| b.iter(|| policy.decide(black_box(&ctx))));
     group.bench_function("wasm-via-handle", |b| {
-        b.iter(|| handle.decide(black_box(&ctx)))
+        b.iter(|| handle.ask(black_box(&ctx)))
     });
     group.bench_function("floor", |b| b.iter(|| floor.decide(black_box(&ctx))));
     group.finish();

@@ -36,7 +36,7 @@ fn run() -> anyhow::Result<()> {
             ctx.attempts_total = attempt;
             // The host's randomness for the policy's jitter (the policy has none of its own).
             ctx.entropy = u64::MAX / 4 * u64::from(attempt);
-            let live = handle.decide(&ctx);
+            let live = handle.ask(&ctx);
             println!("{kind:?} attempt {attempt}: {:?}", live.decision);
         }
     }

@@ -1212,6 +1212,11 @@ impl Resilience {
             expected_settled: charge.settle,
         };
         let decided = self.policy.decide(&ctx);
+        if let Some(fault) = &decided.verdict.fault {
+            // Beside the question, not inside it: the decider judges its module here.
+            self.policy
+                .on_fault(decided.module_digest.as_deref(), fault);
+        }
         p.last_decided_by = decided.module_digest.clone();
         let mut verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
         if let Decision::ContinueAnswer { model, .. } = verdict.decision {

@@ -270,10 +270,17 @@ impl PolicyHandle {
         }
     }
 
-    /// Asks the live module about one failed attempt; see [`Policy::decide`]. A fault counts
-    /// towards the [`RollbackRule`](crate::vetting::RollbackRule) and may roll the module back before this returns.
-    pub fn decide(&self, ctx: &AttemptContext) -> Verdict {
-        self.decide_on(&self.shared.live.load(), ctx)
+    /// Asks the live module about one failed attempt, as the attempt loop does: the question
+    /// ([`Decider::decide`], a query), then its fault if it had one reported beside it
+    /// ([`Decider::on_fault`]), which counts towards the
+    /// [`RollbackRule`](crate::vetting::RollbackRule) and may roll the module back before this
+    /// returns. For callers outside a loop: the CLI's `decide`, tests, benchmarks.
+    pub fn ask(&self, ctx: &AttemptContext) -> Verdict {
+        let decided = Decider::decide(self, ctx);
+        if let Some(fault) = &decided.verdict.fault {
+            self.on_fault(decided.module_digest.as_deref(), fault);
+        }
+        decided.verdict
     }
 
     fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
@@ -287,9 +294,6 @@ impl PolicyHandle {
                 &shared.options.guardrails,
                 &shared.shadow_disagreements,
             );
-        }
-        if let Some(fault) = &verdict.fault {
-            self.note_fault(live, fault);
         }
         verdict
     }
@@ -773,6 +777,15 @@ impl Decider for PolicyHandle {
         Decided {
             verdict: self.decide_on(&live, ctx),
             module_digest: Some(live.labels.digest.clone()),
+        }
+    }
+
+    fn on_fault(&self, decided_by: Option<&str>, fault: &PolicyFault) {
+        // Counted against the module that answered, while it is live: a fault of a module
+        // swapped out meanwhile judges nothing that still decides.
+        let live = self.shared.live.load();
+        if decided_by == Some(live.labels.digest.as_str()) {
+            self.note_fault(&live, fault);
         }
     }
 

@@ -34,7 +34,7 @@ fn default_handle(options: SwapOptions) -> PolicyHandle {
 
 fn throttle(handle: &PolicyHandle) -> Decision {
     handle
-        .decide(&support::ctx(ErrorKind::Throttling, &["a", "b"]))
+        .ask(&support::ctx(ErrorKind::Throttling, &["a", "b"]))
         .decision
 }
 
@@ -179,7 +179,7 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
     let mut faults = 0;
     let mut calls = 0;
     while handle.status().rollbacks == 0 && calls < 2_000 {
-        let verdict = handle.decide(&ctx);
+        let verdict = handle.ask(&ctx);
         calls += 1;
         if verdict.fault.is_some() {
             faults += 1;
@@ -204,7 +204,7 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
     );
     // The good module decides again, without faults.
     for _ in 0..300 {
-        assert_eq!(handle.decide(&ctx).fault, None);
+        assert_eq!(handle.ask(&ctx).fault, None);
     }
 }
 

@@ -253,7 +253,7 @@ fn decide_until_rolled_back(handle: &PolicyHandle) {
         if handle.status().rollbacks > 0 {
             return;
         }
-        handle.decide(&ctx);
+        handle.ask(&ctx);
     }
     panic!("never rolled back: {:?}", handle.status());
 }
@@ -310,7 +310,7 @@ fn a_first_module_that_faults_is_rolled_back_to_the_built_in_default() {
     // never does).
     let ctx = support::ctx(ErrorKind::Throttling, &["a", "b"]);
     for _ in 0..300 {
-        assert_eq!(handle.decide(&ctx).fault, None);
+        assert_eq!(handle.ask(&ctx).fault, None);
     }
 }
 

@@ -5,7 +5,7 @@ use crate::contract::AttemptContext;
 use crate::contract::Route;
 use crate::decision::outcome::Finished;
 use crate::decision::route::RouteQuery;
-use crate::decision::verdict::Verdict;
+use crate::decision::verdict::{PolicyFault, Verdict};
 
 /// A verdict and who gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,12 @@ pub trait Decider: Send + Sync {
     fn route(&self, ctx: &RouteQuery) -> Route {
         Route::send(ctx.current, 0)
     }
+    /// A decision came back with a fault, and the safe decision stood in for it. The loop
+    /// reports it here, beside the question rather than inside it: [`decide`](Self::decide) is
+    /// a query, and this is where a policy handle counts the fault towards its rollback rule
+    /// (and may roll the module back). `decided_by` is the module that answered
+    /// ([`Decided::module_digest`]).
+    fn on_fault(&self, _decided_by: Option<&str>, _fault: &PolicyFault) {}
     /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
     /// handle judges a new module by these outcomes.
     fn on_finished(&self, _finished: &Finished) {}
