@@ -114,17 +114,8 @@ async fn a_model_that_usually_starts_at_once_is_left_after_seconds_of_silence_no
     assert_eq!(options.limits.first_event, Duration::from_secs(20));
     // The limit alone, not a hedge (which would answer the slow start sooner still).
     options.hedge_budget = None;
-    let sdk = backstop::sdk_client(backstop::SdkOptions::local(
-        &server.endpoint_url(),
-        Duration::from_secs(60),
-    ))
-    .await;
-    let client = ResilientClient::new(
-        sdk,
-        support::unvetted(support::default_policy("{}")),
-        options,
-    )
-    .unwrap();
+    let client =
+        support::default_client(&server.endpoint_url(), Duration::from_secs(60), options).await;
     for i in 0..25 {
         let mut stream = client
             .converse_stream(&ChatRequest::user(format!("quick {i}")))

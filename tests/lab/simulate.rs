@@ -7,7 +7,6 @@ use backstop::ChatRequest;
 use backstop::ClientOptions;
 use backstop::ErrorKind;
 use backstop::HostConfig;
-use backstop::ResilientClient;
 use backstop_lab::baseline::Baseline;
 use backstop_lab::scenario::{Latency, ModelFaults, Phase, Traffic};
 use backstop_lab::simulate::{self, Contender, SimReport};
@@ -200,17 +199,9 @@ async fn shipped_scenarios_simulate_and_serve_on_the_fault_server() {
         let server = FaultServer::start(scenario, 0).await.unwrap();
         for model in &traffic.models {
             let options = ClientOptions::new([model.as_str()]);
-            let sdk = backstop::sdk_client(backstop::SdkOptions::local(
-                &server.endpoint_url(),
-                Duration::from_secs(5),
-            ))
-            .await;
-            let client = ResilientClient::new(
-                sdk,
-                support::unvetted(support::default_policy("{}")),
-                options,
-            )
-            .unwrap();
+            let client =
+                support::default_client(&server.endpoint_url(), Duration::from_secs(5), options)
+                    .await;
             let served = client.converse(&ChatRequest::user("hello")).await;
             assert!(served.is_ok(), "{name} {model}: {:?}", served.err());
         }

@@ -821,3 +821,15 @@ pub fn full_context() -> AttemptContext {
 pub fn unvetted(policy: Policy) -> backstop::PolicyHandle {
     backstop::PolicyHandle::unchecked(policy, backstop::SwapOptions::default())
 }
+
+/// A client on the fault server at `endpoint` with `options`, deciding with the default policy
+/// (unvetted, see [`unvetted`]), each attempt bounded by `attempt_timeout`.
+pub async fn default_client(
+    endpoint: &str,
+    attempt_timeout: std::time::Duration,
+    options: backstop::ClientOptions,
+) -> backstop::ResilientClient {
+    let sdk = backstop::sdk_client(backstop::SdkOptions::local(endpoint, attempt_timeout)).await;
+    backstop::ResilientClient::new(sdk, unvetted(default_policy("{}")), options)
+        .expect("the client's options are valid")
+}
