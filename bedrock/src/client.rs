@@ -225,12 +225,12 @@ pub async fn sdk_client(options: SdkOptions) -> Client {
                 "backstop",
             ))
     } else {
-        let mut shared = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(endpoint) = &options.endpoint {
-            shared = shared.endpoint_url(endpoint);
-        }
-        aws_sdk_bedrockruntime::config::Builder::from(&shared.load().await)
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        aws_sdk_bedrockruntime::config::Builder::from(&shared)
     };
+    // Set once, on this client's own configuration, whichever credentials it signs with.
     if let Some(endpoint) = &options.endpoint {
         config = config.endpoint_url(endpoint);
     }

@@ -283,21 +283,6 @@ impl PolicyHandle {
         decided.verdict
     }
 
-    fn decide_on(&self, live: &Arc<Live>, ctx: &AttemptContext) -> Verdict {
-        let verdict = live.policy.decide(ctx);
-        live.decisions.inc();
-        if let Some(shadow) = &*self.shared.shadow.load() {
-            let shared = &self.shared;
-            shadow.compare(
-                ctx,
-                &verdict,
-                &shared.options.guardrails,
-                &shared.shadow_disagreements,
-            );
-        }
-        verdict
-    }
-
     /// The live policy.
     pub fn policy(&self) -> PolicyRef {
         PolicyRef(self.live())
@@ -774,8 +759,19 @@ impl Decider for PolicyHandle {
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         let live = self.shared.live.load();
+        let verdict = live.policy.decide(ctx);
+        live.decisions.inc();
+        if let Some(shadow) = &*self.shared.shadow.load() {
+            let shared = &self.shared;
+            shadow.compare(
+                ctx,
+                &verdict,
+                &shared.options.guardrails,
+                &shared.shadow_disagreements,
+            );
+        }
         Decided {
-            verdict: self.decide_on(&live, ctx),
+            verdict,
             module_digest: Some(live.labels.digest.clone()),
         }
     }
