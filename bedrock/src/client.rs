@@ -399,7 +399,7 @@ impl ResilientClient {
     ) -> Result<ResilientStream, CallError> {
         let core = &self.inner.core;
         let served = core
-            .call(request.options().streamed(), request.cost(), |model| {
+            .call_streaming(request.options(), request.cost(), |model| {
                 self.open_stream(model, request.messages.clone(), request)
             })
             .await?;

@@ -26,7 +26,7 @@ use aws_smithy_types::byte_stream::ByteStream;
 use backstop_core::catalogue::{self, Usage};
 use backstop_core::contract::{ErrorInfo, ErrorKind};
 use backstop_resilience::capacity::Cost;
-use backstop_resilience::error::{BoxError, CallError, Served};
+use backstop_resilience::error::{BoxError, CallError, Served, ServedOrDeferred};
 use backstop_resilience::limits::{Phase, stream_incomplete, within};
 use backstop_resilience::options::RequestOptions;
 use bytes::{Bytes, BytesMut};
@@ -187,24 +187,57 @@ impl ResilientClient {
     /// A Converse or InvokeModel call with the body passed through: the answer as Bedrock
     /// sent it, or the loop's final error.
     pub async fn send_raw(&self, request: &RawRequest) -> Result<Served<RawResponse>, CallError> {
-        let sdk = &self.inner.sdk;
         let core = &self.inner.core;
         let served = core
             .call(request.options, self.raw_cost(request), |model| {
-                let capture = Capture::new(request, false);
-                let send = send_once(sdk, request.operation, model.to_string(), capture.clone());
-                async move {
-                    send.await?;
-                    let (headers, body) = capture.take();
-                    let body = body.ok_or_else(|| missing("the answer had no body"))?;
-                    Ok(RawResponse { headers, body })
-                }
+                self.send_raw_once(request, model)
             })
             .await?;
-        if let Some(usage) = answer_usage(&served.output.headers, &served.output.body) {
-            core.settle(&served, usage);
-        }
+        self.settle_raw(&served);
         Ok(served)
+    }
+
+    /// [`send_raw`](Self::send_raw) for batch work whose caller keeps a durable queue of its
+    /// own: where the loop would park the request, it is handed back instead (see
+    /// [`Resilience::call_or_defer`](backstop_resilience::Resilience::call_or_defer)).
+    pub async fn send_raw_or_defer(
+        &self,
+        request: &RawRequest,
+    ) -> Result<ServedOrDeferred<RawResponse>, CallError> {
+        let core = &self.inner.core;
+        let answered = core
+            .call_or_defer(request.options, self.raw_cost(request), |model| {
+                self.send_raw_once(request, model)
+            })
+            .await?;
+        if let ServedOrDeferred::Served(served) = &answered {
+            self.settle_raw(served);
+        }
+        Ok(answered)
+    }
+
+    /// One attempt of a passed-through unary call on `model`.
+    fn send_raw_once(
+        &self,
+        request: &RawRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<RawResponse, (ErrorInfo, BoxError)>> + use<> {
+        let capture = Capture::new(request, false);
+        let (sdk, operation, model) =
+            (self.inner.sdk.clone(), request.operation, model.to_string());
+        async move {
+            send_once(&sdk, operation, model, capture.clone()).await?;
+            let (headers, body) = capture.take();
+            let body = body.ok_or_else(|| missing("the answer had no body"))?;
+            Ok(RawResponse { headers, body })
+        }
+    }
+
+    /// The quota settled to what the answer says it used.
+    fn settle_raw(&self, served: &Served<RawResponse>) {
+        if let Some(usage) = answer_usage(&served.output.headers, &served.output.body) {
+            self.inner.core.settle(served, usage);
+        }
     }
 
     /// What a passed-through request asks of the quota: its body read for the chain's
@@ -223,11 +256,9 @@ impl ResilientClient {
     pub async fn stream_raw(&self, request: &RawRequest) -> Result<RawStream, CallError> {
         let core = &self.inner.core;
         let served = core
-            .call(
-                request.options.streamed(),
-                self.raw_cost(request),
-                |model| self.open_raw(request, model),
-            )
+            .call_streaming(request.options, self.raw_cost(request), |model| {
+                self.open_raw(request, model)
+            })
             .await?;
         let ((headers, frames, first), served) = served.split();
         Ok(RawStream {

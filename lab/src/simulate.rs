@@ -728,12 +728,12 @@ async fn request(
             .max_tokens
             .or(tokens.legacy.then_some(tokens.output)),
     };
-    let options = if tokens.unary {
-        RequestOptions::from(arrival.workload)
+    let options = RequestOptions::from(arrival.workload);
+    let result = if tokens.unary {
+        core.call(options, cost, &mut attempt).await
     } else {
-        RequestOptions::from(arrival.workload).streamed()
+        core.call_streaming(options, cost, &mut attempt).await
     };
-    let result = core.call(options, cost, &mut attempt).await;
     // A stream that stalls, is cut or breaks after its output began fails as it does behind
     // the real client: after output it is never resent, and the policy may continue it
     // (the modelled answers are plain text) on a model that takes a partial answer — each

@@ -86,18 +86,6 @@ pub enum CallError {
         /// Every failed attempt, oldest first.
         history: Vec<AttemptRecord>,
     },
-    /// The request was to wait in the batch queue, and its caller keeps the queue
-    /// ([`RequestOptions::deferred`](super::options::RequestOptions::deferred)): it is handed
-    /// back to be parked there, and sent again no earlier than `wait` from now.
-    #[error("deferred to the caller's queue for {wait:?}")]
-    Deferred {
-        /// How long it should wait at least.
-        wait: std::time::Duration,
-        /// Attempts sent so far.
-        attempts: u32,
-        /// Every failed attempt, oldest first.
-        history: Vec<AttemptRecord>,
-    },
 }
 
 /// The expected wait in a give-up's message: "; room for it expected in 3.2 s", or nothing.
@@ -156,21 +144,17 @@ pub enum FailureCause {
     CircuitOpen,
     /// The batch queue was full.
     QueueFull,
-    /// Handed back to the caller's own queue.
-    Deferred,
     /// Its reservation is larger than every model's quota.
     NeverFits,
 }
 
 impl FailureCause {
-    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`, `deferred`,
-    /// `never-fits`.
+    /// `attempts-exhausted`, `deadline`, …, `circuit-open`, `queue-full`, `never-fits`.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCause::GaveUp(reason) => reason.kebab(),
             FailureCause::CircuitOpen => "circuit-open",
             FailureCause::QueueFull => "queue-full",
-            FailureCause::Deferred => "deferred",
             FailureCause::NeverFits => "never-fits",
         }
     }
@@ -188,9 +172,9 @@ impl CallError {
         match self {
             CallError::GaveUp { last, .. } => Some(last),
             CallError::CircuitOpen { last, .. } => last.as_ref(),
-            CallError::QueueFull { history, .. }
-            | CallError::Deferred { history, .. }
-            | CallError::NeverFits { history, .. } => history.last().map(|a| &a.error),
+            CallError::QueueFull { history, .. } | CallError::NeverFits { history, .. } => {
+                history.last().map(|a| &a.error)
+            }
         }
     }
 
@@ -200,7 +184,6 @@ impl CallError {
             CallError::GaveUp { reason, .. } => FailureCause::GaveUp(*reason),
             CallError::CircuitOpen { .. } => FailureCause::CircuitOpen,
             CallError::QueueFull { .. } => FailureCause::QueueFull,
-            CallError::Deferred { .. } => FailureCause::Deferred,
             CallError::NeverFits { .. } => FailureCause::NeverFits,
         }
     }
@@ -219,7 +202,6 @@ impl CallError {
             CallError::GaveUp { attempts, .. }
             | CallError::CircuitOpen { attempts, .. }
             | CallError::QueueFull { attempts, .. }
-            | CallError::Deferred { attempts, .. }
             | CallError::NeverFits { attempts, .. } => *attempts,
         }
     }
@@ -245,10 +227,30 @@ impl CallError {
             CallError::GaveUp { history, .. }
             | CallError::CircuitOpen { history, .. }
             | CallError::QueueFull { history, .. }
-            | CallError::Deferred { history, .. }
             | CallError::NeverFits { history, .. } => history,
         }
     }
+}
+
+/// How a [`call_or_defer`](crate::Resilience::call_or_defer) ended without an error. Left
+/// exhaustive: these are the two answers its caller must handle.
+#[derive(Debug)]
+pub enum ServedOrDeferred<T> {
+    /// Served here.
+    Served(Served<T>),
+    /// To be parked in the caller's queue.
+    Deferred(Deferred),
+}
+
+/// Batch work the loop would have parked, handed back to its caller's own queue: to be sent
+/// again no earlier than `wait` from now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deferred {
+    /// How long it should wait at least.
+    pub wait: std::time::Duration,
+    /// Attempts sent so far.
+    pub attempts: u32,
 }
 
 /// A successful call and how it was served.

@@ -29,7 +29,9 @@ use backstop_core::decision::{
 use breaker::Admission;
 use budget::Budget;
 use capacity::{Charge, Cost, Returned};
-use error::{AttemptRecord, BoxError, CallError, Served, Unfit, Untold};
+use error::{
+    AttemptRecord, BoxError, CallError, Deferred, Served, ServedOrDeferred, Unfit, Untold,
+};
 use fleet::{Fleet, FleetMember};
 use health::{HealthBoard, TokenTally};
 use limits::{AttemptLimits, LearnedLimits, Phase};
@@ -89,9 +91,9 @@ struct Progress {
     breaker_opens: u32,
     /// The module that made the latest decision, for [`Finished`].
     last_decided_by: Option<String>,
-    /// Parked by the caller, not here ([`RequestOptions::deferred`]).
+    /// Parked by the caller, not here ([`Resilience::call_or_defer`]).
     deferred: bool,
-    /// Served as a stream, whose end the caller reports ([`RequestOptions::streamed`]).
+    /// Served as a stream, whose end the caller reports ([`Resilience::call_streaming`]).
     streamed: bool,
     /// The next attempt is a resend the retry budget refused: it asks the budget again when
     /// it is about to go, and waits for the window while the deadline allows.
@@ -137,6 +139,32 @@ enum Routed {
     AfterWaiting,
     /// It was parked and came back: route again.
     Elsewhere,
+}
+
+/// Why the turns stopped without an answer: a failure for the caller, or a request handed
+/// back to be parked in the caller's own queue ([`Resilience::call_or_defer`]).
+enum Stop {
+    Failed(CallError),
+    Deferred(Deferred),
+}
+
+impl From<CallError> for Stop {
+    fn from(error: CallError) -> Stop {
+        Stop::Failed(error)
+    }
+}
+
+/// What a call's output is, which decides how its end is told and whether it may be parked
+/// elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The output is whole when the attempt returns.
+    Unary,
+    /// The output is a stream still to come ([`Resilience::call_streaming`]).
+    Streaming,
+    /// Unary, and where the loop would park it, it is handed back instead
+    /// ([`Resilience::call_or_defer`]).
+    Deferrable,
 }
 
 /// How one attempt came back.
@@ -469,13 +497,74 @@ impl Resilience {
         &self,
         request: RequestOptions,
         cost: Cost,
-        mut attempt: F,
+        attempt: F,
     ) -> Result<Served<T>, CallError>
     where
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
-        let mut p = self.begin(&request, cost);
+        match self.run(Mode::Unary, request, cost, attempt).await {
+            Ok(served) => Ok(served),
+            Err(Stop::Failed(error)) => Err(error),
+            Err(Stop::Deferred(_)) => unreachable!("only a deferrable call is handed back"),
+        }
+    }
+
+    /// [`call`](Self::call) for an operation whose output is a stream still to come: whether
+    /// the request was served is known only when the stream ends, so the decider is told then
+    /// ([`stream_ended`](Self::stream_ended) or [`fail_after_output`](Self::fail_after_output)),
+    /// not when this returns.
+    pub async fn call_streaming<T, F, Fut>(
+        &self,
+        request: RequestOptions,
+        cost: Cost,
+        attempt: F,
+    ) -> Result<Served<T>, CallError>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        match self.run(Mode::Streaming, request, cost, attempt).await {
+            Ok(served) => Ok(served),
+            Err(Stop::Failed(error)) => Err(error),
+            Err(Stop::Deferred(_)) => unreachable!("only a deferrable call is handed back"),
+        }
+    }
+
+    /// [`call`](Self::call) for batch work whose caller keeps a queue of its own (a durable
+    /// one, shared by a fleet): where the loop would park the request, it hands it back as
+    /// [`ServedOrDeferred::Deferred`], for the caller to park and send again.
+    pub async fn call_or_defer<T, F, Fut>(
+        &self,
+        request: RequestOptions,
+        cost: Cost,
+        attempt: F,
+    ) -> Result<ServedOrDeferred<T>, CallError>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        match self.run(Mode::Deferrable, request, cost, attempt).await {
+            Ok(served) => Ok(ServedOrDeferred::Served(served)),
+            Err(Stop::Failed(error)) => Err(error),
+            Err(Stop::Deferred(deferred)) => Ok(ServedOrDeferred::Deferred(deferred)),
+        }
+    }
+
+    /// One request in the given mode: [`begin`](Self::begin), the turns,
+    /// [`finish`](Self::finish).
+    async fn run<T, F, Fut>(
+        &self,
+        mode: Mode,
+        request: RequestOptions,
+        cost: Cost,
+        mut attempt: F,
+    ) -> Result<Served<T>, Stop>
+    where
+        F: FnMut(&str) -> Fut,
+        Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
+    {
+        let mut p = self.begin(mode, &request, cost);
         let span = tracing::info_span!("bedrock_request", request_id = %p.request_id, workload = ?p.workload, input_tokens = cost.input, max_tokens = ?cost.max_output);
         let result = self.attempts(&mut p, &mut attempt).instrument(span).await;
         self.finish(&p, result)
@@ -483,7 +572,7 @@ impl Resilience {
 
     /// The request counted (and in the budgets' windows), and its progress started: its id,
     /// its deadline in the loop's time, the first model.
-    fn begin(&self, request: &RequestOptions, cost: Cost) -> Progress {
+    fn begin(&self, mode: Mode, request: &RequestOptions, cost: Cost) -> Progress {
         self.metrics.requests.inc();
         if cost.max_output.is_none() {
             self.metrics.requests_without_max_tokens.inc();
@@ -506,8 +595,8 @@ impl Resilience {
             sent_at: started,
             breaker_opens: 0,
             last_decided_by: None,
-            deferred: request.deferred,
-            streamed: request.streamed,
+            deferred: mode == Mode::Deferrable,
+            streamed: mode == Mode::Streaming,
             resend_owed: false,
             cost,
             continuations: 0,
@@ -523,7 +612,7 @@ impl Resilience {
         &self,
         p: &mut Progress,
         attempt: &mut F,
-    ) -> Result<Served<T>, CallError>
+    ) -> Result<Served<T>, Stop>
     where
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
@@ -535,7 +624,7 @@ impl Resilience {
         loop {
             let now = Instant::now();
             if now >= p.deadline {
-                return Err(p.gave_up(GiveUpReason::Deadline, last));
+                return Err(p.gave_up(GiveUpReason::Deadline, last).into());
             }
             if let Turn::Again = self.pay_for_resend(p, now, &mut last).await? {
                 continue;
@@ -562,7 +651,7 @@ impl Resilience {
                 // the last answer a model gave (not a timeout of our making), and the model's
                 // health is not charged with our deadline.
                 Sent::CutByDeadline(_) if last.is_some() => {
-                    return Err(p.gave_up(GiveUpReason::Deadline, last));
+                    return Err(p.gave_up(GiveUpReason::Deadline, last).into());
                 }
                 Sent::CutByDeadline(failure) => failure,
             };
@@ -605,7 +694,7 @@ impl Resilience {
         p: &mut Progress,
         now: Instant,
         last: &mut Option<(ErrorInfo, BoxError)>,
-    ) -> Result<Routed, CallError> {
+    ) -> Result<Routed, Stop> {
         let cost = p.cost;
         match self.route(p, cost, now) {
             Route::Send {
@@ -634,7 +723,7 @@ impl Resilience {
                 self.park(p, self.real(not_before_ms)).await?;
                 Ok(Routed::Elsewhere)
             }
-            Route::GiveUp { reason } => Err(p.gave_up(reason, last.take())),
+            Route::GiveUp { reason } => Err(p.gave_up(reason, last.take()).into()),
         }
     }
 
@@ -666,7 +755,7 @@ impl Resilience {
         p: &mut Progress,
         now: Instant,
         last: &mut Option<(ErrorInfo, BoxError)>,
-    ) -> Result<Turn, CallError> {
+    ) -> Result<Turn, Stop> {
         let Admission::Refused { retry_in } = self.health.admit(p.model, now) else {
             return Ok(Turn::Go);
         };
@@ -680,11 +769,11 @@ impl Resilience {
             self.park(p, retry_in).await?;
             return Ok(Turn::Again);
         }
-        Err(CallError::CircuitOpen {
+        Err(Stop::Failed(CallError::CircuitOpen {
             attempts: p.total,
             last: last.take().map(|(info, _)| info),
             history: std::mem::take(&mut p.history),
-        })
+        }))
     }
 
     /// What the caller gets for an answered attempt.
@@ -721,7 +810,7 @@ impl Resilience {
         p: &mut Progress,
         decision: Decision,
         last: &mut Option<(ErrorInfo, BoxError)>,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), Stop> {
         match decision {
             Decision::Retry { delay_ms } => {
                 self.metrics.retries.inc();
@@ -751,12 +840,14 @@ impl Resilience {
                     AfterBreak::Fallback { model } => self.switch(p, model as usize),
                     AfterBreak::Queue => self.park(p, self.real(open_ms)).await?,
                     AfterBreak::GiveUp => {
-                        return Err(p.gave_up(GiveUpReason::NoModelAvailable, last.take()));
+                        return Err(p
+                            .gave_up(GiveUpReason::NoModelAvailable, last.take())
+                            .into());
                     }
                 }
             }
             Decision::Queue { not_before_ms } => self.park(p, self.real(not_before_ms)).await?,
-            Decision::GiveUp { reason } => return Err(p.gave_up(reason, last.take())),
+            Decision::GiveUp { reason } => return Err(p.gave_up(reason, last.take()).into()),
         }
         Ok(())
     }
@@ -766,22 +857,19 @@ impl Resilience {
     /// `stream_ended` or `fail_after_output`: a stream cut after output is not a served
     /// request); a failure is counted and logged. A request handed back to the caller's queue
     /// (`Deferred`) is neither served nor failed yet.
-    fn finish<T>(
-        &self,
-        p: &Progress,
-        result: Result<Served<T>, CallError>,
-    ) -> Result<Served<T>, CallError> {
-        let result = result.map_err(|mut error| {
-            if let CallError::GaveUp { last, room_in, .. } = &mut error
-                && last.kind.is_throttle()
-            {
-                *room_in = self.soonest_room(p.cost);
+    fn finish<T>(&self, p: &Progress, result: Result<Served<T>, Stop>) -> Result<Served<T>, Stop> {
+        let result = match result {
+            Err(Stop::Deferred(deferred)) => return Err(Stop::Deferred(deferred)),
+            Err(Stop::Failed(mut error)) => {
+                if let CallError::GaveUp { last, room_in, .. } = &mut error
+                    && last.kind.is_throttle()
+                {
+                    *room_in = self.soonest_room(p.cost);
+                }
+                Err(error)
             }
-            error
-        });
-        if matches!(result, Err(CallError::Deferred { .. })) {
-            return result;
-        }
+            Ok(served) => Ok(served),
+        };
         if !(p.streamed && result.is_ok()) {
             self.policy.on_finished(&Finished {
                 request_id: &p.request_id,
@@ -795,7 +883,7 @@ impl Resilience {
             self.metrics.failed.inc();
             tracing::warn!(request_id = %p.request_id, %error, "request failed");
         }
-        result
+        result.map_err(Stop::Failed)
     }
 
     /// Sends one attempt of `p` on its current model: counted, admitted to the model's
@@ -1429,21 +1517,20 @@ impl Resilience {
 
     /// Waits in the bounded batch queue for `wait` (at most until the deadline), then for a
     /// release (see [`queue`]).
-    async fn park(&self, p: &mut Progress, wait: Duration) -> Result<(), CallError> {
+    async fn park(&self, p: &mut Progress, wait: Duration) -> Result<(), Stop> {
         if p.deferred {
             self.metrics.queued.inc();
-            return Err(CallError::Deferred {
+            return Err(Stop::Deferred(Deferred {
                 wait,
                 attempts: p.total,
-                history: std::mem::take(&mut p.history),
-            });
+            }));
         }
         let Some(_place) = self.queue.enter() else {
-            return Err(CallError::QueueFull {
+            return Err(Stop::Failed(CallError::QueueFull {
                 capacity: self.queue.capacity(),
                 attempts: p.total,
                 history: std::mem::take(&mut p.history),
-            });
+            }));
         };
         if !p.queued {
             p.queued = true;

@@ -123,16 +123,6 @@ pub struct RequestOptions {
     /// This request's total time, all attempts and waits included; `None` takes the client's
     /// [`ClientOptions::deadline`].
     pub deadline: Option<Duration>,
-    /// The served attempt's output is a stream that is still to come: whether the request was
-    /// served is known only when it ends, so the loop tells the policy then
-    /// ([`Resilience::stream_ended`](crate::Resilience::stream_ended) or
-    /// [`fail_after_output`](crate::Resilience::fail_after_output)), not when the call returns.
-    pub streamed: bool,
-    /// Batch work whose caller keeps a queue of its own (a durable one, shared by a fleet):
-    /// where the loop would park it, it returns
-    /// [`CallError::Deferred`](super::error::CallError::Deferred) instead, for the caller to
-    /// park and send again.
-    pub deferred: bool,
 }
 
 impl RequestOptions {
@@ -152,18 +142,6 @@ impl RequestOptions {
     /// The same, with a deadline of its own.
     pub fn with_deadline(mut self, deadline: Duration) -> RequestOptions {
         self.deadline = Some(deadline);
-        self
-    }
-
-    /// The same, parked by the caller rather than the loop (see [`deferred`](Self::deferred)).
-    pub fn deferred(mut self) -> RequestOptions {
-        self.deferred = true;
-        self
-    }
-
-    /// The same, for a call whose output is a stream (see [`streamed`](Self::streamed)).
-    pub fn streamed(mut self) -> RequestOptions {
-        self.streamed = true;
         self
     }
 }

@@ -10,7 +10,7 @@ use backstop_core::decision::{Decided, Decider, Verdict};
 use backstop_resilience::Resilience;
 use backstop_resilience::budget::RetryBudget;
 use backstop_resilience::capacity::Cost;
-use backstop_resilience::error::{BoxError, CallError, FailureCause};
+use backstop_resilience::error::{BoxError, CallError, FailureCause, ServedOrDeferred};
 use backstop_resilience::options::{ClientOptions, RequestOptions};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,4 +142,54 @@ async fn a_policy_that_would_resend_forever_is_stopped_by_the_retry_budget() {
         error.cause(),
         FailureCause::GaveUp(GiveUpReason::AttemptsExhausted)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_work_the_loop_would_park_is_handed_back_to_a_caller_that_keeps_its_own_queue() {
+    let decider = Always::new(Decision::Queue {
+        not_before_ms: 30_000,
+    });
+    let core = Resilience::new(decider, ClientOptions::new(["primary"])).unwrap();
+    let started = Instant::now();
+    let answered = core
+        .call_or_defer(RequestOptions::batch(), Cost::flat(10), |_| async {
+            Err::<(), _>(throttled())
+        })
+        .await
+        .unwrap();
+    let ServedOrDeferred::Deferred(deferred) = answered else {
+        panic!("served, though every attempt failed");
+    };
+    // Handed back at once with the policy's wait, not after waiting it here.
+    assert_eq!(deferred.wait, Duration::from_secs(30));
+    assert_eq!(deferred.attempts, 1);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(
+        core.queue_depth(),
+        0,
+        "it took a place in the loop's own queue"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_call_parks_in_the_loops_queue_and_is_served_there() {
+    let decider = Always::new(Decision::Queue {
+        not_before_ms: 30_000,
+    });
+    let core = Resilience::new(decider, ClientOptions::new(["primary"])).unwrap();
+    let failures = AtomicU32::new(0);
+    let started = Instant::now();
+    let served = core
+        .call(
+            RequestOptions::batch().with_deadline(Duration::from_secs(120)),
+            Cost::flat(10),
+            |_| {
+                let fail = failures.fetch_add(1, Ordering::Relaxed) < 1;
+                async move { if fail { Err(throttled()) } else { Ok(()) } }
+            },
+        )
+        .await
+        .unwrap();
+    assert!(served.queued);
+    assert!(started.elapsed() >= Duration::from_secs(30));
 }

@@ -8,11 +8,11 @@ use crate::state::Shared;
 use crate::wire;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use backstop::CallError;
 use backstop::RequestOptions;
 use backstop_bedrock::passthrough::Operation;
 use backstop_bedrock::passthrough::RawRequest;
 use backstop_fleet::queue::{Answer, Parked, Served, epoch_ms};
+use backstop_resilience::error::ServedOrDeferred;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,11 +96,10 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
         body: parked.body,
         headers: parked.headers,
         options: RequestOptions::batch()
-            .with_deadline(Duration::from_millis(parked.deadline_ms - now))
-            .deferred(),
+            .with_deadline(Duration::from_millis(parked.deadline_ms - now)),
     };
-    match client.send_raw(&request).await {
-        Ok(served) => {
+    match client.send_raw_or_defer(&request).await {
+        Ok(ServedOrDeferred::Served(served)) => {
             let (output, served) = served.split();
             let policy = shared.policy.policy().module().digest().to_string();
             let mut headers = wire::served_headers(
@@ -122,9 +121,9 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
                 body: output.body,
             })
         }
-        Err(CallError::Deferred { wait, attempts, .. }) => Served::Again {
-            not_before_ms: epoch_ms() + wait.as_millis() as u64,
-            attempts: parked.attempts + attempts,
+        Ok(ServedOrDeferred::Deferred(deferred)) => Served::Again {
+            not_before_ms: epoch_ms() + deferred.wait.as_millis() as u64,
+            attempts: parked.attempts + deferred.attempts,
         },
         Err(error) => {
             let headers =

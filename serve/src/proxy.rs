@@ -17,6 +17,7 @@ use backstop_bedrock::passthrough::RawStream;
 use backstop_bedrock::passthrough::forwarded_response_header;
 use backstop_core::catalogue;
 use backstop_core::contract::Workload;
+use backstop_resilience::error::ServedOrDeferred;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,38 +125,46 @@ async fn stream(
 async fn send_or_park(
     shared: &Arc<Shared>,
     client: &ResilientClient,
-    mut request: RawRequest,
+    request: RawRequest,
     ticket: Ticket,
 ) -> Response {
-    request.options.deferred =
-        request.options.workload == Workload::Batch && shared.batch.is_some();
     let deadline_ms = backstop_fleet::queue::epoch_ms()
         + request
             .options
             .deadline
             .unwrap_or_else(|| client.default_deadline())
             .as_millis() as u64;
-    let mut answered = tokio::select! {
-        answered = client.send_raw(&request) => answered,
-        _ = shared.drain.cut_off() => return ticket.cut_off(),
-    };
-    if let Err(CallError::Deferred { wait, attempts, .. }) = &answered {
-        let parked = tokio::select! {
-            parked = crate::batch::park_and_wait(shared, &ticket.requested, &request, *wait, *attempts, deadline_ms) => parked,
+    let answered = if request.options.workload == Workload::Batch && shared.batch.is_some() {
+        tokio::select! {
+            answered = client.send_raw_or_defer(&request) => answered,
             _ = shared.drain.cut_off() => return ticket.cut_off(),
-        };
-        if let Some(response) = parked {
-            let mut ticket = ticket;
-            ticket.end(&Ended::FromQueue(response.status().is_success()));
-            return response;
         }
-        // The fleet's queue could not take it: it waits here instead.
-        request.options.deferred = false;
-        answered = tokio::select! {
-            answered = client.send_raw(&request) => answered,
+    } else {
+        tokio::select! {
+            answered = client.send_raw(&request) => answered.map(ServedOrDeferred::Served),
             _ = shared.drain.cut_off() => return ticket.cut_off(),
-        };
-    }
+        }
+    };
+    let answered = match answered {
+        Ok(ServedOrDeferred::Deferred(deferred)) => {
+            let parked = tokio::select! {
+                parked = crate::batch::park_and_wait(shared, &ticket.requested, &request, deferred.wait, deferred.attempts, deadline_ms) => parked,
+                _ = shared.drain.cut_off() => return ticket.cut_off(),
+            };
+            if let Some(response) = parked {
+                let mut ticket = ticket;
+                ticket.end(&Ended::FromQueue(response.status().is_success()));
+                return response;
+            }
+            // The fleet's queue could not take it: it waits here instead.
+            tokio::select! {
+                answered = client.send_raw(&request) => answered,
+                _ = shared.drain.cut_off() => return ticket.cut_off(),
+            }
+        }
+        Ok(ServedOrDeferred::Served(served)) => Ok(served),
+        Err(error) => Err(error),
+    };
     match answered {
         Ok(served) => {
             let (output, served) = served.split();

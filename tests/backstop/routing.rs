@@ -276,8 +276,8 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
     let outcomes = std::sync::Arc::new(Outcomes::default());
     let core = Resilience::new(outcomes.clone(), ClientOptions::new(["primary"])).unwrap();
     let serve = || {
-        core.call(
-            RequestOptions::default().streamed(),
+        core.call_streaming(
+            RequestOptions::default(),
             Cost::flat(100),
             |_model| async { Ok::<(), (ErrorInfo, BoxError)>(()) },
         )
@@ -470,24 +470,28 @@ async fn every_question_the_loop_asks_lies_in_the_smoke_tables_domain() {
             let mut request = RequestOptions::default();
             request.workload = workload;
             request.deadline = Some(Duration::from_secs(5 + i % 50));
-            request.streamed = i % 9 == 0;
+            let streamed = i % 9 == 0;
             let mut n = 0u64;
-            let answered = core
-                .call(request, Cost::flat(100 + i * 10), |model| {
-                    n += 1;
-                    let draw = (i * 7 + n * 13 + model.len() as u64) % 23;
-                    async move {
-                        if draw < 15 {
-                            let kind = backstop_core::contract::ErrorKind::ALL[draw as usize];
-                            Err((ErrorInfo::of(kind), BoxError::from("fault")))
-                        } else {
-                            Ok(())
-                        }
+            let attempt = |model: &str| {
+                n += 1;
+                let draw = (i * 7 + n * 13 + model.len() as u64) % 23;
+                async move {
+                    if draw < 15 {
+                        let kind = backstop_core::contract::ErrorKind::ALL[draw as usize];
+                        Err((ErrorInfo::of(kind), BoxError::from("fault")))
+                    } else {
+                        Ok(())
                     }
-                })
-                .await;
+                }
+            };
+            let cost = Cost::flat(100 + i * 10);
+            let answered = if streamed {
+                core.call_streaming(request, cost, attempt).await
+            } else {
+                core.call(request, cost, attempt).await
+            };
             if let Ok(served) = answered
-                && i % 9 == 0
+                && streamed
             {
                 // A stream cut after output: the loop asks the policy once more.
                 let error = ErrorInfo::of(ErrorKind::ModelStreamError);
