@@ -21,6 +21,7 @@ use backstop_core::catalogue::{self, Usage};
 use backstop_core::contract::GiveUpReason;
 use backstop_core::contract::{ErrorInfo, ErrorKind, Workload};
 use backstop_resilience::capacity::Cost;
+use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::{BoxError, CallError, Served};
 use backstop_resilience::limits::{Phase, stream_incomplete, within};
 use backstop_resilience::metrics::Metrics;
@@ -292,9 +293,10 @@ impl ResilientClient {
         self.inner.core.models()
     }
 
-    /// The deadline of a request that sets none.
-    pub fn default_deadline(&self) -> Duration {
-        self.inner.core.options().deadline
+    /// When a request with these options, beginning now, must end (see
+    /// [`Resilience::deadline_of`](backstop_resilience::Resilience::deadline_of)).
+    pub fn deadline_of(&self, request: &RequestOptions) -> Deadline {
+        self.inner.core.deadline_of(request)
     }
 
     /// Each model's tokens reserved and settled since the client started, by index of the
@@ -626,8 +628,7 @@ impl Committed {
                     unreachable!("the loop continues only what was declared continuable")
                 }
             };
-            let deadline = self.served.deadline;
-            tokio::time::sleep_until((tokio::time::Instant::now() + delay).min(deadline)).await;
+            tokio::time::sleep(delay.min(self.served.deadline.remaining())).await;
             let opened = core
                 .continue_on(&mut self.served, model, |model| {
                     open(&client, continuation, model)
@@ -672,7 +673,7 @@ impl Committed {
     ) -> Result<T, StreamFailure> {
         let now = tokio::time::Instant::now();
         let idle_ends = now + self.idle;
-        let ends = idle_ends.min(self.served.deadline);
+        let ends = idle_ends.min(self.served.deadline.instant());
         match tokio::time::timeout_at(ends, next).await {
             Ok(Ok(event)) => {
                 let core = &self.client.inner.core;

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 /// How long an entry may go without its consumer's refresh before another replica claims it.
@@ -216,12 +216,8 @@ pub struct DurableQueue {
     counters: QueueCounters,
 }
 
-/// Milliseconds since the epoch now.
-pub fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Milliseconds since the epoch now: the queue's clock, shared by every process of the fleet.
+pub use backstop_resilience::deadline::epoch_ms;
 
 impl DurableQueue {
     /// The queue of the fleet under `prefix` at `client`'s Redis, for `replica`, holding at

@@ -764,8 +764,7 @@ async fn request(
                     AfterOutput::Continue { model, delay } => (model, delay),
                     AfterOutput::Fail(error) => break Err(error),
                 };
-                let deadline = served.deadline;
-                tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
+                tokio::time::sleep(delay.min(served.deadline.remaining())).await;
                 // A continuation that fails before its first event is decided again, as a
                 // failure after output.
                 continuing.store(true, std::sync::atomic::Ordering::Relaxed);

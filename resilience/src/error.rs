@@ -273,7 +273,7 @@ pub struct Served<T> {
     pub workload: Workload,
     /// When the request's deadline falls (tokio's clock): a stream served by this attempt
     /// still ends there.
-    pub deadline: tokio::time::Instant,
+    pub deadline: crate::deadline::Deadline,
     /// When the request started.
     pub started: tokio::time::Instant,
     /// When the attempt that answered was sent.

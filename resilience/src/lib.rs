@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod budget;
 pub mod capacity;
+pub mod deadline;
 pub mod error;
 pub mod fleet;
 pub mod health;
@@ -29,6 +30,7 @@ use backstop_core::decision::{
 use breaker::Admission;
 use budget::Budget;
 use capacity::{Charge, Cost, Returned};
+use deadline::Deadline;
 use error::{
     AttemptRecord, BoxError, CallError, Deferred, Served, ServedOrDeferred, Unfit, Untold,
 };
@@ -80,7 +82,7 @@ struct Progress {
     request_id: String,
     workload: Workload,
     started: Instant,
-    deadline: Instant,
+    deadline: Deadline,
     model: usize,
     on_model: u32,
     total: u32,
@@ -570,6 +572,17 @@ impl Resilience {
         self.finish(&p, result)
     }
 
+    /// When a request with these options, beginning now, must end: the end fixed with it, or
+    /// its own budget, or the client's [`deadline`](ClientOptions::deadline) — the one rule,
+    /// for the loop and for a caller that must know the end before the call (to park it in a
+    /// queue of its own).
+    pub fn deadline_of(&self, request: &RequestOptions) -> Deadline {
+        request.deadline_at().unwrap_or_else(|| {
+            let budget = request.deadline.unwrap_or(self.options.deadline);
+            Deadline::after(scale(budget, self.options.time_scale))
+        })
+    }
+
     /// The request counted (and in the budgets' windows), and its progress started: its id,
     /// its deadline in the loop's time, the first model.
     fn begin(&self, mode: Mode, request: &RequestOptions, cost: Cost) -> Progress {
@@ -581,12 +594,12 @@ impl Resilience {
         for budget in [&self.budget, &self.hedges].into_iter().flatten() {
             budget.on_request(started);
         }
-        let deadline = request.deadline.unwrap_or(self.options.deadline);
+        let deadline = self.deadline_of(request);
         Progress {
             request_id: domain::request_id(self.next_id.fetch_add(1, Ordering::Relaxed)),
             workload: request.workload,
             started,
-            deadline: started + scale(deadline, self.options.time_scale),
+            deadline,
             model: 0,
             on_model: 0,
             total: 0,
@@ -623,7 +636,7 @@ impl Resilience {
         let mut waited_for_room = false;
         loop {
             let now = Instant::now();
-            if now >= p.deadline {
+            if p.deadline.passed_at(now) {
                 return Err(p.gave_up(GiveUpReason::Deadline, last).into());
             }
             if let Turn::Again = self.pay_for_resend(p, now, &mut last).await? {
@@ -678,7 +691,7 @@ impl Resilience {
             return Ok(Turn::Go);
         }
         match budget.next_room(now) {
-            Some(wait) if now + wait < p.deadline => {
+            Some(wait) if now + wait < p.deadline.instant() => {
                 tokio::time::sleep(wait).await;
                 Ok(Turn::Again)
             }
@@ -716,7 +729,7 @@ impl Resilience {
                 self.health
                     .reserve(p.model, self.clock_s(now), self.charge(p.model, cost));
                 let wait = self.real(delay_ms);
-                tokio::time::sleep(wait.min(p.deadline - now)).await;
+                tokio::time::sleep(wait.min(p.deadline.remaining_at(now))).await;
                 Ok(Routed::AfterWaiting)
             }
             Route::Queue { not_before_ms } => {
@@ -928,7 +941,7 @@ impl Resilience {
     fn may_hedge(&self, p: &Progress, index: usize, now: Instant) -> bool {
         // A closed breaker admits without a probe slot; asking `admit` of one that could
         // half-open would take the slot for a hedge that may not go.
-        if now >= p.deadline
+        if p.deadline.passed_at(now)
             || self.unfit(index, p.cost).is_some()
             || !self.health.closed(index, now)
         {
@@ -1009,7 +1022,7 @@ impl Resilience {
         p.total += 1;
         self.metrics.attempts.inc();
         let attempt_timeout = scale(self.options.attempt_timeout, self.options.time_scale);
-        let limit = attempt_timeout.min(p.deadline.saturating_duration_since(now));
+        let limit = attempt_timeout.min(p.deadline.remaining_at(now));
         let sent_clock = self.clock_s(now);
         let charge = self.charge(index, p.cost);
         self.metrics.tokens_reserved.inc_by(charge.reserve);
@@ -1214,7 +1227,7 @@ impl Resilience {
         served.continuations = p.continuations;
         served.model_index = p.model;
         served.model = self.options.models[p.model].clone();
-        if now >= p.deadline {
+        if p.deadline.passed_at(now) {
             let message = "the request's deadline passed before its answer could be continued";
             let info = ErrorInfo {
                 message: message.into(),
@@ -1290,7 +1303,7 @@ impl Resilience {
             attempts_on_model: p.on_model,
             attempts_total: p.total,
             elapsed_ms: self.policy_ms(now - p.started),
-            remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
+            remaining_ms: self.policy_ms(p.deadline.remaining_at(now)),
             workload: p.workload,
             output_delivered,
             health: self.health_at(now),
@@ -1351,7 +1364,7 @@ impl Resilience {
             // deadline, and asks again then.
             let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
             match budget.next_room(now) {
-                Some(wait) if now + wait.max(delay) < p.deadline => {
+                Some(wait) if now + wait.max(delay) < p.deadline.instant() => {
                     verdict.delay_at_least(clamp, self.policy_ms(wait));
                     p.resend_owed = verdict.decision.sends_again();
                 }
@@ -1409,7 +1422,7 @@ impl Resilience {
             attempts_total: p.total,
             current: p.model as u32,
             elapsed_ms: self.policy_ms(now - p.started),
-            remaining_ms: self.policy_ms(p.deadline.saturating_duration_since(now)),
+            remaining_ms: self.policy_ms(p.deadline.remaining_at(now)),
             clock_ms: self.policy_ms(now - self.started),
             models: &self.options.models,
             health: &health,
@@ -1536,7 +1549,7 @@ impl Resilience {
             p.queued = true;
             self.metrics.queued.inc();
         }
-        let wait = wait.min(p.deadline.saturating_duration_since(Instant::now()));
+        let wait = wait.min(p.deadline.remaining());
         tracing::info!(wait_ms = self.policy_ms(wait), "queued");
         // In a fleet, the wait may be an opening's period and its grace; another process's
         // successful probe ends it early.
@@ -1544,7 +1557,9 @@ impl Resilience {
         // The policy's wait is over; now hold until the chain shows capacity. While nothing
         // succeeds, one waiter per `patience` (the policy's wait, a second at least) goes anyway.
         let patience = wait.max(scale(Duration::from_secs(1), self.options.time_scale));
-        self.queue.await_release(p.deadline, patience).await;
+        self.queue
+            .await_release(p.deadline.instant(), patience)
+            .await;
         // Capacity may be back on the primary: start over from it.
         p.model = 0;
         p.on_model = 0;

@@ -1,6 +1,7 @@
 //! How the attempt loop behaves, for a whole client and for one request.
 
 use crate::budget::{HedgeBudget, RetryBudget};
+use crate::deadline::Deadline;
 use crate::limits::AttemptLimits;
 use backstop_core::contract::ModelFacts;
 use backstop_core::contract::Workload;
@@ -120,9 +121,13 @@ pub enum OptionsError {
 pub struct RequestOptions {
     /// Interactive (a person waits) or batch (may be queued).
     pub workload: Workload,
-    /// This request's total time, all attempts and waits included; `None` takes the client's
-    /// [`ClientOptions::deadline`].
+    /// This request's total time from when the call begins, all attempts and waits included,
+    /// in the policy's time; `None` takes the client's [`ClientOptions::deadline`]. An end
+    /// fixed before the call ([`with_deadline_at`](Self::with_deadline_at)) comes first.
     pub deadline: Option<Duration>,
+    /// An end fixed before the call began (when the request arrived, or as a durable queue
+    /// kept it).
+    ends_at: Option<Deadline>,
 }
 
 impl RequestOptions {
@@ -143,6 +148,18 @@ impl RequestOptions {
     pub fn with_deadline(mut self, deadline: Duration) -> RequestOptions {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// The same, ending at `deadline`, fixed already: a sidecar fixes it when the request
+    /// arrives, so time spent before the call counts; a fleet's queue keeps it.
+    pub fn with_deadline_at(mut self, deadline: Deadline) -> RequestOptions {
+        self.ends_at = Some(deadline);
+        self
+    }
+
+    /// The end fixed with [`with_deadline_at`](Self::with_deadline_at), if any.
+    pub fn deadline_at(&self) -> Option<Deadline> {
+        self.ends_at
     }
 }
 

@@ -10,6 +10,7 @@ use backstop_core::decision::{Decided, Decider, Verdict};
 use backstop_resilience::Resilience;
 use backstop_resilience::budget::RetryBudget;
 use backstop_resilience::capacity::Cost;
+use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::{BoxError, CallError, FailureCause, ServedOrDeferred};
 use backstop_resilience::options::{ClientOptions, RequestOptions};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -106,6 +107,28 @@ async fn the_deadline_ends_a_request_whose_policy_would_keep_waiting() {
         "never past the deadline"
     );
     assert_eq!(error.attempts() as usize, calls.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_fixed_when_the_request_arrived_counts_the_time_before_the_call() {
+    let decider = Always::new(Decision::Retry { delay_ms: 400 });
+    let core = Resilience::new(decider, ClientOptions::new(["primary"])).unwrap();
+    let arrived = Instant::now();
+    let options =
+        RequestOptions::default().with_deadline_at(Deadline::after(Duration::from_secs(3)));
+    // Two seconds pass before the call (a slow body, a wait for admission).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(core.deadline_of(&options), options.deadline_at().unwrap());
+    let (result, _) = request(&core, options, &["primary"]).await;
+    assert_eq!(
+        result.unwrap_err().cause(),
+        FailureCause::GaveUp(GiveUpReason::Deadline)
+    );
+    assert!(
+        arrived.elapsed() <= Duration::from_secs(3),
+        "ended {:?} after arrival, past its fixed end",
+        arrived.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]

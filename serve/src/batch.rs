@@ -12,6 +12,7 @@ use backstop::RequestOptions;
 use backstop_bedrock::passthrough::Operation;
 use backstop_bedrock::passthrough::RawRequest;
 use backstop_fleet::queue::{Answer, Parked, Served, epoch_ms};
+use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::ServedOrDeferred;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Parks `request` (deferred by the loop for `wait`, after `attempts` attempts) in the fleet's
-/// queue and waits for its answer until `deadline_ms`. `None` when the queue cannot take it
+/// queue and waits for its answer until `deadline`. `None` when the queue cannot take it
 /// (Redis down or slow, or full): the caller then parks it here.
 pub async fn park_and_wait(
     shared: &Shared,
@@ -28,7 +29,7 @@ pub async fn park_and_wait(
     request: &RawRequest,
     wait: Duration,
     attempts: u32,
-    deadline_ms: u64,
+    deadline: Deadline,
 ) -> Option<Response> {
     let queue = shared.batch.as_ref()?;
     let parked = Parked {
@@ -37,7 +38,7 @@ pub async fn park_and_wait(
         operation: request.operation.path_suffix().to_string(),
         body: request.body.clone(),
         headers: request.headers.clone(),
-        deadline_ms,
+        deadline_ms: deadline.epoch_ms(),
         not_before_ms: epoch_ms() + wait.as_millis() as u64,
         attempts,
     };
@@ -47,7 +48,7 @@ pub async fn park_and_wait(
     }
     // The consumer answers by the deadline (an error past it); a little longer here, so that
     // answer, not a second error of ours, reaches the caller.
-    let answer = queue.answer(&parked.id, deadline_ms + 2_000).await;
+    let answer = queue.answer(&parked.id, parked.deadline_ms + 2_000).await;
     Some(match answer {
         Some(answer) => {
             let mut headers = HeaderMap::new();
@@ -96,7 +97,7 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
         body: parked.body,
         headers: parked.headers,
         options: RequestOptions::batch()
-            .with_deadline(Duration::from_millis(parked.deadline_ms - now)),
+            .with_deadline_at(Deadline::from_epoch_ms(parked.deadline_ms)),
     };
     match client.send_raw_or_defer(&request).await {
         Ok(ServedOrDeferred::Served(served)) => {

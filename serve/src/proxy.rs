@@ -63,7 +63,8 @@ pub async fn invoke(
             Some(tokens)
         });
     let options = match request_options(&shared, &headers, &caller) {
-        Ok(options) => options,
+        // The end is fixed on arrival, so the time spent before the call counts.
+        Ok(options) => options.with_deadline_at(client.deadline_of(&options)),
         Err(message) => return wire::validation(400, &message),
     };
     let forwarded = headers
@@ -128,12 +129,7 @@ async fn send_or_park(
     request: RawRequest,
     ticket: Ticket,
 ) -> Response {
-    let deadline_ms = backstop_fleet::queue::epoch_ms()
-        + request
-            .options
-            .deadline
-            .unwrap_or_else(|| client.default_deadline())
-            .as_millis() as u64;
+    let deadline = client.deadline_of(&request.options);
     let answered = if request.options.workload == Workload::Batch && shared.batch.is_some() {
         tokio::select! {
             answered = client.send_raw_or_defer(&request) => answered,
@@ -148,7 +144,7 @@ async fn send_or_park(
     let answered = match answered {
         Ok(ServedOrDeferred::Deferred(deferred)) => {
             let parked = tokio::select! {
-                parked = crate::batch::park_and_wait(shared, &ticket.requested, &request, deferred.wait, deferred.attempts, deadline_ms) => parked,
+                parked = crate::batch::park_and_wait(shared, &ticket.requested, &request, deferred.wait, deferred.attempts, deadline) => parked,
                 _ = shared.drain.cut_off() => return ticket.cut_off(),
             };
             if let Some(response) = parked {
