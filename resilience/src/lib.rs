@@ -1313,13 +1313,14 @@ impl Resilience {
             expected_settled: charge.settle,
         };
         let decided = self.policy.decide(&ctx);
-        if let Some(fault) = &decided.verdict.fault {
-            // Beside the question, not inside it: the decider judges its module here.
-            self.policy
-                .on_fault(decided.module_digest.as_deref(), fault);
-        }
+        let mut verdict = self
+            .options
+            .guardrails
+            .enforce(&ctx, decided.verdict.clone());
+        // Beside the question, not inside it: the decider judges its module (and compares a
+        // shadow) here, against what the guardrails made of the answer.
+        self.policy.on_decided(&ctx, &decided, &verdict);
         p.last_decided_by = decided.module_digest.clone();
-        let mut verdict = self.options.guardrails.enforce(&ctx, decided.verdict);
         if let Decision::ContinueAnswer { model, .. } = verdict.decision {
             // The host vouches for what it does: a continuation only where the caller can
             // stitch it and the model takes a partial answer as the start of its turn (a
@@ -1429,47 +1430,44 @@ impl Resilience {
             capacity: &capacity,
             entropy: self.entropy(),
         };
-        let guard = &self.options.guardrails;
-        match self.policy.route(&ctx) {
-            // Another model only when it exists and its breaker is closed: an open or probing
-            // breaker is the admission's business, and routing must not loop around it. A
-            // model whose quota can never admit the request gives way to the next that can, so
-            // no room is promised where none will come.
-            Route::Send {
-                model,
-                delay_ms,
-                hedge,
-            } => {
-                let model = match health.get(model as usize) {
-                    Some(h) if h.breaker == BreakerState::Closed => {
-                        self.first_fitting(model as usize, cost)
-                            .unwrap_or(model as usize) as u32
-                    }
-                    _ => p.model as u32,
-                };
-                // A hedge races interactive work only (batch work can wait), on another model
-                // whose breaker is closed now; whether it goes is decided when it is due.
-                let hedge = hedge.filter(|h| {
-                    p.workload == Workload::Interactive
-                        && h.model != model
-                        && health
-                            .get(h.model as usize)
-                            .is_some_and(|m| m.breaker == BreakerState::Closed)
-                });
-                Route::Send {
-                    model,
-                    delay_ms: delay_ms.min(guard.max_delay_ms),
-                    hedge: hedge.map(|h| Hedge {
-                        after_ms: h.after_ms.min(guard.max_delay_ms),
-                        ..h
-                    }),
-                }
+        let answer = self.policy.route_answer(&ctx);
+        let guarded =
+            self.options
+                .guardrails
+                .enforce_route(p.workload, p.model as u32, answer.route.clone());
+        self.policy.on_routed(&ctx, &answer, &guarded);
+        // Another model only when it exists and its breaker is closed: an open or probing
+        // breaker is the admission's business, and routing must not loop around it. A model
+        // whose quota can never admit the request gives way to the next that can, so no room
+        // is promised where none will come.
+        let Route::Send {
+            model,
+            delay_ms,
+            hedge,
+        } = guarded
+        else {
+            return guarded;
+        };
+        let model = match health.get(model as usize) {
+            Some(h) if h.breaker == BreakerState::Closed => {
+                self.first_fitting(model as usize, cost)
+                    .unwrap_or(model as usize) as u32
             }
-            Route::Queue { not_before_ms } if p.workload == Workload::Batch => Route::Queue {
-                not_before_ms: not_before_ms.min(guard.max_open_ms),
-            },
-            Route::Queue { .. } => Route::send(p.model as u32, 0),
-            give_up @ Route::GiveUp { .. } => give_up,
+            _ => p.model as u32,
+        };
+        // A hedge races interactive work only (batch work can wait), on another model whose
+        // breaker is closed now; whether it goes is decided when it is due.
+        let hedge = hedge.filter(|h| {
+            p.workload == Workload::Interactive
+                && h.model != model
+                && health
+                    .get(h.model as usize)
+                    .is_some_and(|m| m.breaker == BreakerState::Closed)
+        });
+        Route::Send {
+            model,
+            delay_ms,
+            hedge,
         }
     }
 

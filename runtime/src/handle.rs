@@ -27,7 +27,9 @@ use crate::vetting::{SwapError, SwapErrorKind, SwapOptions, Vetted, vet_bytes, v
 use arc_swap::{ArcSwap, ArcSwapOption};
 use backstop_core::contract::AttemptContext;
 use backstop_core::contract::Route;
-use backstop_core::decision::{Decided, Decider, Finished, PolicyFault, RouteQuery, Verdict};
+use backstop_core::decision::{
+    Decided, Decider, Finished, PolicyFault, RouteAnswer, RouteQuery, Verdict,
+};
 use backstop_core::untrusted::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -271,16 +273,37 @@ impl PolicyHandle {
     }
 
     /// Asks the live module about one failed attempt, as the attempt loop does: the question
-    /// ([`Decider::decide`], a query), then its fault if it had one reported beside it
-    /// ([`Decider::on_fault`]), which counts towards the
-    /// [`RollbackRule`](crate::vetting::RollbackRule) and may roll the module back before this
-    /// returns. For callers outside a loop: the CLI's `decide`, tests, benchmarks.
+    /// ([`Decider::decide`], a query), the handle's guardrails applied, then the answer
+    /// reported beside it ([`Decider::on_decided`]), where a fault counts towards the
+    /// [`RollbackRule`](crate::vetting::RollbackRule) (and may roll the module back before
+    /// this returns) and a shadow candidate is compared. The verdict is the one the loop would
+    /// carry out, before its own budgets. For callers outside a loop: tests, benchmarks, a
+    /// program that shadows a candidate on its own contexts.
     pub fn ask(&self, ctx: &AttemptContext) -> Verdict {
         let decided = Decider::decide(self, ctx);
-        if let Some(fault) = &decided.verdict.fault {
-            self.on_fault(decided.module_digest.as_deref(), fault);
-        }
-        decided.verdict
+        let guarded = self
+            .shared
+            .options
+            .guardrails
+            .enforce(ctx, decided.verdict.clone());
+        self.on_decided(ctx, &decided, &guarded);
+        guarded
+    }
+
+    /// Asks the live module where the next attempt goes, as [`ask`](Self::ask) asks a
+    /// decision: the answer under the handle's guardrails
+    /// ([`Guardrails::enforce_route`](backstop_core::decision::Guardrails::enforce_route)),
+    /// reported beside the question ([`Decider::on_routed`]): a fault counted, a shadow
+    /// compared. Before the loop fits it to the models' breakers and quotas.
+    pub fn ask_route(&self, query: &RouteQuery) -> Route {
+        let answer = self.route_answer(query);
+        let guarded = self.shared.options.guardrails.enforce_route(
+            query.workload,
+            query.current,
+            answer.route.clone(),
+        );
+        self.on_routed(query, &answer, &guarded);
+        guarded
     }
 
     /// The live policy.
@@ -521,6 +544,15 @@ impl PolicyHandle {
         released
     }
 
+    /// Counts `fault` against the module that answered, while it is live: a fault of a module
+    /// swapped out meanwhile judges nothing that still decides.
+    fn fault_of(&self, decided_by: Option<&str>, fault: &PolicyFault) {
+        let live = self.shared.live.load();
+        if decided_by == Some(live.labels.digest.as_str()) {
+            self.note_fault(&live, fault);
+        }
+    }
+
     fn note_fault(&self, live: &Arc<Live>, fault: &PolicyFault) {
         let rule = self.shared.options.rollback;
         let now = Instant::now();
@@ -740,48 +772,61 @@ impl Decider for PolicyHandle {
     }
 
     fn route(&self, query: &RouteQuery) -> Route {
+        self.route_answer(query).route
+    }
+
+    fn route_answer(&self, query: &RouteQuery) -> RouteAnswer {
         let live = self.shared.live.load();
-        let route = match live.policy.route(query) {
-            Some((route, None)) => route,
-            Some((route, Some(fault))) => {
-                self.note_fault(&live, &fault);
-                route
-            }
+        let (route, fault) = match live.policy.route(query) {
+            Some(answered) => answered,
             // A module of a contract without `route` (swapped in since `routes` was asked):
             // the host's own choice.
-            None => Route::send(query.current, 0),
+            None => (Route::send(query.current, 0), None),
         };
-        if let Some(shadow) = &*self.shared.shadow.load() {
-            shadow.compare_route(query, &route, &self.shared.shadow_disagreements);
+        RouteAnswer {
+            route,
+            fault,
+            module_digest: Some(live.labels.digest.clone()),
         }
-        route
     }
 
     fn decide(&self, ctx: &AttemptContext) -> Decided {
         let live = self.shared.live.load();
         let verdict = live.policy.decide(ctx);
         live.decisions.inc();
-        if let Some(shadow) = &*self.shared.shadow.load() {
-            let shared = &self.shared;
-            shadow.compare(
-                ctx,
-                &verdict,
-                &shared.options.guardrails,
-                &shared.shadow_disagreements,
-            );
-        }
         Decided {
             verdict,
             module_digest: Some(live.labels.digest.clone()),
         }
     }
 
-    fn on_fault(&self, decided_by: Option<&str>, fault: &PolicyFault) {
-        // Counted against the module that answered, while it is live: a fault of a module
-        // swapped out meanwhile judges nothing that still decides.
-        let live = self.shared.live.load();
-        if decided_by == Some(live.labels.digest.as_str()) {
-            self.note_fault(&live, fault);
+    fn on_decided(&self, ctx: &AttemptContext, decided: &Decided, guarded: &Verdict) {
+        if let Some(fault) = &decided.verdict.fault {
+            self.fault_of(decided.module_digest.as_deref(), fault);
+        }
+        if let Some(shadow) = &*self.shared.shadow.load() {
+            let shared = &self.shared;
+            shadow.compare(
+                ctx,
+                guarded,
+                &shared.options.guardrails,
+                &shared.shadow_disagreements,
+            );
+        }
+    }
+
+    fn on_routed(&self, query: &RouteQuery, answer: &RouteAnswer, guarded: &Route) {
+        if let Some(fault) = &answer.fault {
+            self.fault_of(answer.module_digest.as_deref(), fault);
+        }
+        if let Some(shadow) = &*self.shared.shadow.load() {
+            let shared = &self.shared;
+            shadow.compare_route(
+                query,
+                guarded,
+                &shared.options.guardrails,
+                &shared.shadow_disagreements,
+            );
         }
     }
 

@@ -127,11 +127,12 @@ impl Shadow {
         self.decisions.load(Ordering::Relaxed)
     }
 
-    /// Asks the candidate `ctx`, compares its answer with the live `verdict`, and counts.
+    /// Asks the candidate `ctx`, compares its answer under the same `guardrails` with the
+    /// live verdict as the host will carry it out (`guarded`), and counts.
     pub(crate) fn compare(
         &self,
         ctx: &AttemptContext,
-        live: &Verdict,
+        guarded: &Verdict,
         guardrails: &Guardrails,
         metrics: &Family<ShadowLabels, Counter>,
     ) {
@@ -140,7 +141,7 @@ impl Shadow {
         if let Some(fault) = &answer.fault {
             return self.faulted(&ctx.request_id, fault, metrics);
         }
-        let live = guardrails.enforce(ctx, live.clone()).decision;
+        let live = guarded.decision.clone();
         let candidate = guardrails.enforce(ctx, answer).decision;
         let model = ctx.models.get(ctx.model as usize).map(String::as_str);
         let asked = Asked {
@@ -152,14 +153,16 @@ impl Shadow {
         self.count(asked, live, candidate, metrics);
     }
 
-    /// Asks the candidate where `query`'s next attempt goes, compares its answer with the live
-    /// `route` (as the decision it amounts to: a send to another model is a switch, to the
-    /// same one a retry), and counts. A candidate without `route` (contract 0.1.0) is routed by
-    /// the host as the live module would be, so there is nothing to compare.
+    /// Asks the candidate where `query`'s next attempt goes, compares its answer under the
+    /// same `guardrails` with the live route under them (`guarded`), as the decision each
+    /// amounts to (a send to another model is a switch, to the same one a retry), and counts.
+    /// A candidate without `route` (contract 0.1.0) is routed by the host as the live module
+    /// would be, so there is nothing to compare.
     pub(crate) fn compare_route(
         &self,
         query: &RouteQuery,
-        live: &Route,
+        guarded: &Route,
+        guardrails: &Guardrails,
         metrics: &Family<ShadowLabels, Counter>,
     ) {
         let Some((answer, fault)) = self.policy.route(query) else {
@@ -176,8 +179,9 @@ impl Shadow {
             current: query.current,
             error: ROUTE,
         };
-        let live = as_decision(live, query.current);
-        self.count(asked, live, as_decision(&answer, query.current), metrics);
+        let live = as_decision(guarded, query.current);
+        let candidate = guardrails.enforce_route(query.workload, query.current, answer);
+        self.count(asked, live, as_decision(&candidate, query.current), metrics);
     }
 
     fn faulted(

@@ -576,11 +576,8 @@ fn a_shadow_candidate_is_asked_every_context_and_changes_nothing_until_promoted(
             .into_iter()
             .zip(&without_shadow)
         {
-            let decided = Decider::decide(&handle, &support::ctx(kind, &["a", "b"]));
-            assert_eq!(
-                &decided.verdict.decision, live,
-                "the shadow changes no answer"
-            );
+            let verdict = handle.ask(&support::ctx(kind, &["a", "b"]));
+            assert_eq!(&verdict.decision, live, "the shadow changes no answer");
         }
     }
     let status = handle.status();
@@ -637,25 +634,22 @@ fn a_shadow_candidate_is_also_asked_where_each_attempt_goes() {
         in_flight: 4,
     };
     let ask = |capacity: &[ModelCapacity]| {
-        Decider::route(
-            &handle,
-            &RouteQuery {
-                request_id: "r1",
-                workload: Workload::Interactive,
-                reservation: 1_000,
-                expected_settled: 1_000,
-                input_tokens: 1_000,
-                attempts_total: 0,
-                current: 0,
-                elapsed_ms: 0,
-                remaining_ms: 60_000,
-                clock_ms: 0,
-                models: &models,
-                health: &health,
-                capacity,
-                entropy: 0,
-            },
-        )
+        handle.ask_route(&RouteQuery {
+            request_id: "r1",
+            workload: Workload::Interactive,
+            reservation: 1_000,
+            expected_settled: 1_000,
+            input_tokens: 1_000,
+            attempts_total: 0,
+            current: 0,
+            elapsed_ms: 0,
+            remaining_ms: 60_000,
+            clock_ms: 0,
+            models: &models,
+            health: &health,
+            capacity,
+            entropy: 0,
+        })
     };
     assert_eq!(
         ask(&[full, ModelCapacity::default()]),

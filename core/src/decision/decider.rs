@@ -16,6 +16,18 @@ pub struct Decided {
     pub module_digest: Option<String>,
 }
 
+/// A route and who gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAnswer {
+    /// Where the next attempt goes, before the host's guardrails.
+    pub route: Route,
+    /// Why the module's own answer was not used, when it was not (the host's choice stood
+    /// in for it).
+    pub fault: Option<PolicyFault>,
+    /// The sha256 of the policy module that answered; `None` for a built-in decider.
+    pub module_digest: Option<String>,
+}
+
 /// What the attempt loop asks after a failed attempt. Implementations only answer: the loop
 /// owns the state, the clock and every wait (as smithy-rs's retry strategies answer and its
 /// orchestrator acts).
@@ -32,12 +44,25 @@ pub trait Decider: Send + Sync {
     fn route(&self, ctx: &RouteQuery) -> Route {
         Route::send(ctx.current, 0)
     }
-    /// A decision came back with a fault, and the safe decision stood in for it. The loop
-    /// reports it here, beside the question rather than inside it: [`decide`](Self::decide) is
-    /// a query, and this is where a policy handle counts the fault towards its rollback rule
-    /// (and may roll the module back). `decided_by` is the module that answered
-    /// ([`Decided::module_digest`]).
-    fn on_fault(&self, _decided_by: Option<&str>, _fault: &PolicyFault) {}
+    /// [`route`](Self::route) with who answered and its fault, as the loop asks it. A
+    /// decider that runs policy modules answers here; the default wraps `route`.
+    fn route_answer(&self, ctx: &RouteQuery) -> RouteAnswer {
+        RouteAnswer {
+            route: self.route(ctx),
+            fault: None,
+            module_digest: None,
+        }
+    }
+    /// The loop reports a decision beside the question, once the host's guardrails have
+    /// corrected it (`guarded`, the one place they are applied): [`decide`](Self::decide) is
+    /// a query, and this is where a policy handle counts a fault towards its rollback rule
+    /// (and may roll the module back) and where a shadow candidate is compared with what the
+    /// host will do.
+    fn on_decided(&self, _ctx: &AttemptContext, _decided: &Decided, _guarded: &Verdict) {}
+    /// The same for a route: `guarded` is the answer under the guardrails
+    /// ([`Guardrails::enforce_route`](crate::decision::Guardrails::enforce_route)), before the
+    /// loop fits it to the models' breakers and quotas.
+    fn on_routed(&self, _ctx: &RouteQuery, _answer: &RouteAnswer, _guarded: &Route) {}
     /// A request ended: served or not. Baselines with retry quotas refill on it; a policy
     /// handle judges a new module by these outcomes.
     fn on_finished(&self, _finished: &Finished) {}

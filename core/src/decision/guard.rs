@@ -2,7 +2,7 @@
 //! hostile policy can waste at most a bounded number of attempts, never sleep past the request's
 //! deadline, and never resend what cannot heal.
 
-use crate::contract::{AttemptContext, Decision, GiveUpReason};
+use crate::contract::{AttemptContext, Decision, GiveUpReason, Hedge, Route, Workload};
 use crate::decision::verdict::{Clamp, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -101,5 +101,43 @@ impl Guardrails {
             verdict.stop_resend(clamp, GiveUpReason::Deadline);
         }
         verdict
+    }
+
+    /// Applies the caps to a route (from the module or the host alike): no wait, hedge delay
+    /// or queueing past the caps, and the queue for batch work only — interactive work asked
+    /// to queue is sent now, on the model it is on (`current`).
+    ///
+    /// ```
+    /// use backstop_core::contract::{Route, Workload};
+    /// use backstop_core::decision::Guardrails;
+    ///
+    /// let guard = Guardrails::default();
+    /// let queued = Route::Queue { not_before_ms: u64::MAX };
+    /// assert_eq!(
+    ///     guard.enforce_route(Workload::Batch, 0, queued.clone()),
+    ///     Route::Queue { not_before_ms: guard.max_open_ms }
+    /// );
+    /// assert_eq!(guard.enforce_route(Workload::Interactive, 2, queued), Route::send(2, 0));
+    /// ```
+    pub fn enforce_route(&self, workload: Workload, current: u32, route: Route) -> Route {
+        match route {
+            Route::Send {
+                model,
+                delay_ms,
+                hedge,
+            } => Route::Send {
+                model,
+                delay_ms: delay_ms.min(self.max_delay_ms),
+                hedge: hedge.map(|h| Hedge {
+                    after_ms: h.after_ms.min(self.max_delay_ms),
+                    ..h
+                }),
+            },
+            Route::Queue { not_before_ms } if workload == Workload::Batch => Route::Queue {
+                not_before_ms: not_before_ms.min(self.max_open_ms),
+            },
+            Route::Queue { .. } => Route::send(current, 0),
+            give_up @ Route::GiveUp { .. } => give_up,
+        }
     }
 }

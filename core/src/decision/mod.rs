@@ -15,7 +15,7 @@ mod outcome;
 mod route;
 mod verdict;
 
-pub use decider::{Decided, Decider};
+pub use decider::{Decided, Decider, RouteAnswer};
 pub use disagreement::Disagreement;
 pub use guard::Guardrails;
 pub use outcome::{Breach, Finished, OutcomeRule, Tally, millis};
