@@ -208,6 +208,43 @@ fn a_module_that_starts_trapping_is_rolled_back_to_the_last_good_one() {
     }
 }
 
+/// A route's fault is reported beside the question, as a decision's is: the loop that asked
+/// counts it towards the rollback rule, and requests are served by the host's own choice
+/// meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_module_whose_routes_start_trapping_in_the_loop_is_rolled_back() {
+    let mut rule = RollbackRule::default();
+    rule.faults = 3;
+    rule.window = Duration::from_secs(600);
+    let handle = default_handle(SwapOptions::default().with_rollback(rule));
+    let good = handle.status().digest;
+    let flaky = support::route_trap_after_component(400);
+    handle
+        .swap_bytes(&flaky, "route-trap.wasm")
+        .expect("passes vetting: its routes trap only later");
+    let core = backstop_resilience::Resilience::new(
+        Arc::new(handle.clone()),
+        ClientOptions::new(["a", "b"]),
+    )
+    .unwrap();
+    let mut served = 0;
+    while handle.status().rollbacks == 0 && served < 3_000 {
+        core.call(
+            backstop::RequestOptions::default(),
+            backstop::Cost::flat(10),
+            |_| async { Ok::<(), (backstop::ErrorInfo, backstop_resilience::error::BoxError)>(()) },
+        )
+        .await
+        .expect("served by the host's own route while the module faults");
+        served += 1;
+    }
+    let status = handle.status();
+    assert_eq!(status.rollbacks, 1, "after {served} requests");
+    assert_eq!(status.digest, good);
+    let reason = status.recent.last().unwrap().reason.clone().unwrap();
+    assert!(reason.contains(&sha256_hex(&flaky)), "{reason}");
+}
+
 #[test]
 fn swaps_load_compiled_modules_from_the_cache() {
     let engine = support::engine();

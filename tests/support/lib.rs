@@ -52,11 +52,32 @@ pub fn route_trap_component() -> Vec<u8> {
     newest_component(&sane_decide_newest(), "unreachable")
 }
 
+/// [`sane_newest_component`] whose instances each trap on every route after their first
+/// `calls`: it passes vetting, and faults only once it has been live a while.
+pub fn route_trap_after_component(calls: u32) -> Vec<u8> {
+    let route = format!(
+        "(global.set $routes (i32.add (global.get $routes) (i32.const 1)))
+         (if (i32.gt_u (global.get $routes) (i32.const {calls})) (then unreachable))
+         {SEND_TO_PRIMARY}"
+    );
+    newest_component_with(
+        &sane_decide_newest(),
+        &route,
+        "(global $routes (mut i32) (i32.const 0))",
+    )
+}
+
 /// A component of the newest contract running `decide_body` for every decision and
 /// `route_body` (core wasm returning a pointer to its `destination`) for every route.
 fn newest_component(decide_body: &str, route_body: &str) -> Vec<u8> {
+    newest_component_with(decide_body, route_body, "")
+}
+
+/// [`newest_component`] with `extra` module fields (globals the bodies use).
+fn newest_component_with(decide_body: &str, route_body: &str, extra: &str) -> Vec<u8> {
     let parts = CoreParts {
         decide: decide_body,
+        extra,
         ..CoreParts::default()
     };
     let core = core_wat(&parts, backstop_core::contract::WIT_VERSION);
