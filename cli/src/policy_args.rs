@@ -8,12 +8,14 @@ use backstop::PolicyModule;
 use backstop::SwapOptions;
 use backstop_core::untrusted::FileKind;
 use backstop_core::untrusted::read_text;
+use backstop_fleet::settings::FleetSettings;
 use backstop_runtime::module::DEFAULT_POLICY_WASM;
 use backstop_runtime::module::read_module_file;
 use backstop_runtime::policy::Policy;
 use backstop_runtime::vetting::load_allowed;
 use backstop_runtime::vetting::vet_bytes;
 use backstop_runtime::watch::policy_file;
+use backstop_serve::settings::ServeSettings;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -101,13 +103,17 @@ pub fn engine(host: &HostConfig) -> Result<Engine> {
 
 /// The host configuration in `path`, or the defaults.
 pub fn host_config(path: Option<&PathBuf>) -> Result<HostConfig> {
-    match path {
-        Some(path) => {
-            let text = read_text(path, FileKind::HOST_CONFIG)?;
-            HostConfig::from_json(&text).with_context(|| format!("in {}", path.display()))
-        }
-        None => Ok(HostConfig::default()),
-    }
+    let Some(path) = path else {
+        return Ok(HostConfig::default());
+    };
+    let text = read_text(path, FileKind::HOST_CONFIG)?;
+    let in_file = || format!("in {}", path.display());
+    let host = HostConfig::from_json(&text).with_context(in_file)?;
+    // The sections the sidecar and the fleet own are checked here too, whichever command
+    // reads the file, so a mistake in one is found before `serve` meets it.
+    ServeSettings::of(&host).with_context(in_file)?;
+    FleetSettings::of(host.fleet.as_ref()).with_context(in_file)?;
+    Ok(host)
 }
 
 /// The host configuration's swap options, with the lab's effect trial (a short simulated run

@@ -23,6 +23,7 @@
 
 pub mod key;
 pub mod queue;
+pub mod settings;
 
 use backstop_resilience::capacity::LeaseGrant;
 use backstop_resilience::fleet::BUDGET_SPAN_S;

@@ -88,267 +88,19 @@ pub struct HostConfig {
     /// order (`"anthropic.claude-sonnet": ["anthropic.claude-haiku"]`): the chain a proxied
     /// request runs. A model not listed is served by itself alone.
     pub chains: BTreeMap<String, Vec<String>>,
-    /// `backstop serve`: the sidecar's bounds and its operator surface.
-    pub serve: ServeSettings,
-    /// Fleet mode: share breakers with the other processes of a fleet through Redis. Without
-    /// it each process learns alone.
-    pub fleet: Option<FleetSettings>,
-}
-
-/// Fleet mode (`fleet` in the host configuration): the processes that name the same Redis,
-/// key prefix and fleet name share their breakers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct FleetSettings {
-    /// The Redis server: `redis://host:port[/db]`, or `rediss://` for TLS; an ACL user and
-    /// password may stand in it (`rediss://user:password@host`), or the password apart in
-    /// `password_file` (else `BACKSTOP_REDIS_PASSWORD`).
-    pub redis_url: String,
-    /// The fleet's name: processes with the same name share state, others never meet.
-    #[serde(default = "FleetSettings::default_name")]
-    pub name: String,
-    /// What every key of the fleet starts with (`{key_prefix}:{name}:…`), so one Redis serves
-    /// other things too.
-    #[serde(default = "FleetSettings::default_prefix")]
-    pub key_prefix: String,
-    /// This process's name in the fleet; by default the host name and process id. Names must
-    /// differ within a fleet.
-    #[serde(default)]
-    pub replica: Option<String>,
-    /// Share capacity too (leases on a fleet-wide budget, congestion): on by default. Off, the
-    /// fleet shares its breakers and its batch queue, and each process learns its models'
-    /// capacity alone (BENCHMARKS.md measures both).
-    #[serde(default = "FleetSettings::default_share_capacity")]
-    pub share_capacity: bool,
-    /// A file holding the fleet key, the secret every replica shares to sign what it leaves in
-    /// Redis for the others (else `BACKSTOP_FLEET_KEY`); without one the durable batch queue
-    /// is off and batch work parks in its process.
-    #[serde(default)]
-    pub key_file: Option<std::path::PathBuf>,
-    /// A file holding the Redis password (for the URL's ACL user, or `default`).
-    #[serde(default)]
-    pub password_file: Option<std::path::PathBuf>,
-    /// A PEM CA certificate to trust for `rediss://` instead of the system's roots.
-    #[serde(default)]
-    pub tls_ca_file: Option<std::path::PathBuf>,
-}
-
-impl FleetSettings {
-    fn default_name() -> String {
-        "default".into()
-    }
-
-    fn default_prefix() -> String {
-        "backstop".into()
-    }
-
-    fn default_share_capacity() -> bool {
-        true
-    }
-
-    /// Where the fleet's keys and channel live: `{key_prefix}:{name}`.
-    pub fn keys(&self) -> String {
-        format!("{}:{}", self.key_prefix, self.name)
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
-        let fleet = |field: &'static str, why: String| ConfigError::Fleet { field, why };
-        let tls = self.redis_url.starts_with("rediss://");
-        if !(tls || self.redis_url.starts_with("redis://")) || self.redis_url.len() > 1_024 {
-            // Not echoed whole: it may carry a password.
-            let scheme: String = self
-                .redis_url
-                .chars()
-                .take_while(|c| *c != ':')
-                .take(16)
-                .collect();
-            return Err(fleet(
-                "redis_url",
-                format!(
-                    "a URL starting {scheme:?} of {} characters is not a redis:// or rediss:// URL \
-                     of at most 1024 characters",
-                    self.redis_url.len()
-                ),
-            ));
-        }
-        if self.tls_ca_file.is_some() && !tls {
-            return Err(fleet(
-                "tls_ca_file",
-                "a CA is for TLS: the redis_url must be rediss://".to_string(),
-            ));
-        }
-        let name_ok = |name: &str| {
-            (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        };
-        for (field, value) in [
-            ("name", Some(&self.name)),
-            ("key_prefix", Some(&self.key_prefix)),
-            ("replica", self.replica.as_ref()),
-        ] {
-            if let Some(value) = value
-                && !name_ok(value)
-            {
-                return Err(fleet(
-                    field,
-                    format!(
-                        "{:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
-                        value.chars().take(80).collect::<String>()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
+    /// `backstop serve`: the sidecar's bounds and its operator surface, kept as written and
+    /// read by the sidecar (`ServeSettings` in `backstop-serve`), which owns its keys.
+    pub serve: serde_json::Value,
+    /// Fleet mode: share breakers with the other processes of a fleet through Redis, kept as
+    /// written and read by the fleet (`FleetSettings` in `backstop-fleet`). Without it each
+    /// process learns alone.
+    pub fleet: Option<serde_json::Value>,
 }
 
 /// The most chains a configuration may list, and the most fallbacks in one.
 pub const MAX_CHAINS: usize = 256;
 /// The most fallbacks one chain may list.
 pub const MAX_FALLBACKS: usize = 8;
-
-/// The sidecar's settings (`backstop serve`): every bound on what comes from outside.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ServeSettings {
-    /// Upstream requests in progress at once (queued batch work included); one more is
-    /// answered at once with a 429 and a wait hint.
-    pub max_in_flight: usize,
-    /// The largest request body, in bytes; a larger one gets a 413 `ValidationException`.
-    pub max_request_bytes: usize,
-    /// How long a client may take to send a request's headers, and how long a new connection
-    /// may wait before its first request (a half-sent HTTP/2 preface included).
-    pub header_timeout_ms: u64,
-    /// How long a connection with no request in progress stays open (HTTP/2; an HTTP/1.1
-    /// connection waiting for its next request's headers is held to `header_timeout_ms`).
-    pub idle_timeout_ms: u64,
-    /// Connections open at once on the data listener (the admin listener takes 64). At the cap
-    /// a new connection closes the longest-idle one; when every one has a request in progress
-    /// it is refused with a 503.
-    pub max_connections: usize,
-    /// How long a client may take to send a request's body.
-    pub body_timeout_ms: u64,
-    /// On SIGTERM: how long requests in progress may take to finish before they are ended
-    /// with an error.
-    pub drain_ms: u64,
-    /// Callers whose requests are batch work, by the access key id their SDK signs with.
-    pub batch_callers: Vec<String>,
-    /// Where traces go: an OTLP/HTTP endpoint (`http://collector:4318`, plain HTTP: a
-    /// collector nearby forwards them); the standard
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` when unset.
-    pub otlp_endpoint: Option<String>,
-    /// A file holding the admin listener's bearer token (else `BACKSTOP_ADMIN_TOKEN`).
-    pub admin_token_file: Option<PathBuf>,
-    /// The same request body from the same caller within this window is counted as a client
-    /// retry (and warned about: the client's own retries multiply with Backstop's).
-    pub repeat_window_ms: u64,
-    /// Right-sizing, opt-in: the `maxTokens` set on a request that left it unset, by the
-    /// model id the caller asked for (a chain's name), `*` for any other. Bedrock reserves an
-    /// unset `maxTokens` as the model's whole maximum output; the answer says when the
-    /// sidecar set it (`x-backstop-default-max-tokens`). Empty: requests go as they came.
-    pub default_max_tokens: BTreeMap<String, u64>,
-}
-
-impl Default for ServeSettings {
-    fn default() -> Self {
-        ServeSettings {
-            max_in_flight: 512,
-            max_request_bytes: 20 << 20,
-            header_timeout_ms: 5_000,
-            idle_timeout_ms: 60_000,
-            max_connections: 1_024,
-            body_timeout_ms: 30_000,
-            drain_ms: 30_000,
-            batch_callers: Vec::new(),
-            otlp_endpoint: None,
-            admin_token_file: None,
-            repeat_window_ms: 10_000,
-            default_max_tokens: BTreeMap::new(),
-        }
-    }
-}
-
-impl ServeSettings {
-    /// The `maxTokens` to set on a request to `model` that left it unset, if the operator
-    /// chose one.
-    pub fn default_max_tokens_for(&self, model: &str) -> Option<u64> {
-        self.default_max_tokens
-            .get(model)
-            .or_else(|| self.default_max_tokens.get("*"))
-            .copied()
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
-        let serve = |field: &'static str, why: String| ConfigError::Serve { field, why };
-        for (field, value, floor, ceiling) in [
-            ("max_in_flight", self.max_in_flight as u64, 1, 100_000),
-            (
-                "max_request_bytes",
-                self.max_request_bytes as u64,
-                1_024,
-                100 << 20,
-            ),
-            ("header_timeout_ms", self.header_timeout_ms, 100, 600_000),
-            ("idle_timeout_ms", self.idle_timeout_ms, 100, 3_600_000),
-            ("max_connections", self.max_connections as u64, 1, 65_536),
-            ("body_timeout_ms", self.body_timeout_ms, 100, 600_000),
-            ("drain_ms", self.drain_ms, 0, 3_600_000),
-            ("repeat_window_ms", self.repeat_window_ms, 0, 3_600_000),
-        ] {
-            if !(floor..=ceiling).contains(&value) {
-                return Err(serve(
-                    field,
-                    format!("{value} is outside {floor}..={ceiling}"),
-                ));
-            }
-        }
-        if self.default_max_tokens.len() > MAX_CHAINS + 1 {
-            return Err(serve(
-                "default_max_tokens",
-                format!("at most {} entries (one per chain and `*`)", MAX_CHAINS + 1),
-            ));
-        }
-        if let Some((model, tokens)) = self.default_max_tokens.iter().find(|(model, tokens)| {
-            model.is_empty() || model.len() > 256 || !(1..=1_000_000).contains(*tokens)
-        }) {
-            return Err(serve(
-                "default_max_tokens",
-                format!(
-                    "{model:?}: {tokens} (a model id of 1 to 256 characters, 1..=1000000 tokens)"
-                ),
-            ));
-        }
-        if self.batch_callers.len() > 10_000 {
-            return Err(serve("batch_callers", "at most 10000 callers".into()));
-        }
-        if let Some(caller) = self
-            .batch_callers
-            .iter()
-            .find(|c| c.is_empty() || c.len() > 128)
-        {
-            return Err(serve(
-                "batch_callers",
-                format!("{caller:?} is not an access key id (1 to 128 characters)"),
-            ));
-        }
-        if let Some(endpoint) = &self.otlp_endpoint
-            && !endpoint.starts_with("http://")
-        {
-            return Err(serve(
-                "otlp_endpoint",
-                format!(
-                    "{endpoint:?} is not an http:// URL (spans go to a collector nearby, which \
-                     forwards them over TLS)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// The largest quota a model's `tokens_per_minute` may say (well above any Bedrock grants).
 const MAX_TOKENS_PER_MINUTE: u64 = 10_000_000_000;
@@ -439,7 +191,7 @@ impl Default for HostConfig {
             quarantine_file: None,
             models: Vec::new(),
             chains: BTreeMap::new(),
-            serve: ServeSettings::default(),
+            serve: serde_json::Value::Object(serde_json::Map::new()),
             fleet: None,
         }
     }
@@ -504,21 +256,11 @@ pub enum ConfigError {
         /// What is wrong.
         why: &'static str,
     },
-    /// A sidecar setting that cannot be used.
-    #[error("host configuration: serve.{field}: {why}")]
-    Serve {
-        /// The key.
-        field: &'static str,
-        /// What is wrong.
-        why: String,
-    },
-    /// A fleet setting that cannot be used.
-    #[error("host configuration: fleet.{field}: {why}")]
-    Fleet {
-        /// The key.
-        field: &'static str,
-        /// What is wrong.
-        why: String,
+    /// A section another crate reads is not an object.
+    #[error("host configuration: {name} must be an object of settings")]
+    Section {
+        /// `serve` or `fleet`.
+        name: &'static str,
     },
     /// A model's facts that cannot be right.
     #[error("host configuration: models[{index}]: {why}")]
@@ -534,6 +276,9 @@ pub enum ConfigError {
 }
 
 impl HostConfig {
+    /// The most chains a configuration may list.
+    pub const MAX_CHAINS: usize = MAX_CHAINS;
+
     /// Parses and checks a configuration.
     pub fn from_json(text: &str) -> Result<HostConfig, ConfigError> {
         let config: HostConfig = serde_json::from_str(text)?;
@@ -542,11 +287,21 @@ impl HostConfig {
         config.check_outcome_ranges()?;
         config.check_models()?;
         config.check_chains()?;
-        config.serve.check()?;
-        if let Some(fleet) = &config.fleet {
-            fleet.check()?;
-        }
+        config.check_sections()?;
         Ok(config)
+    }
+
+    /// The sections other crates read (`serve`, `fleet`) are JSON objects: their keys are
+    /// checked by the crate that owns them.
+    fn check_sections(&self) -> Result<(), ConfigError> {
+        for (name, section) in [("serve", Some(&self.serve)), ("fleet", self.fleet.as_ref())] {
+            if let Some(section) = section
+                && !section.is_object()
+            {
+                return Err(ConfigError::Section { name });
+            }
+        }
+        Ok(())
     }
 
     /// Each allowed digest is a sha256 in hex.
@@ -959,60 +714,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn a_fleet_section_is_optional_defaults_its_names_and_names_what_is_wrong() {
-        assert_eq!(HostConfig::from_json("{}").unwrap().fleet, None);
-        let config =
-            HostConfig::from_json(r#"{ "fleet": { "redis_url": "redis://127.0.0.1:6379" } }"#)
-                .unwrap();
-        let fleet = config.fleet.unwrap();
-        assert_eq!(fleet.keys(), "backstop:default");
-        assert_eq!(fleet.replica, None);
-        let tls = r#"{ "fleet": { "redis_url": "rediss://fleet:pw@redis:6380", "tls_ca_file": "ca.pem" } }"#;
-        assert!(
-            HostConfig::from_json(tls).is_ok(),
-            "TLS and ACL credentials are taken"
-        );
-        let refused =
-            HostConfig::from_json(r#"{ "fleet": { "redis_url": "https://user:hunter2@x" } }"#)
-                .unwrap_err()
-                .to_string();
-        assert!(
-            !refused.contains("hunter2"),
-            "a refused URL's password is not echoed: {refused}"
-        );
-        for (fleet, names) in [
-            (r#"{ "redis_url": "http://x" }"#, "fleet.redis_url"),
-            (
-                r#"{ "redis_url": "redis://x", "tls_ca_file": "ca.pem" }"#,
-                "fleet.tls_ca_file",
-            ),
-            (
-                r#"{ "redis_url": "https://user:hunter2@x" }"#,
-                "fleet.redis_url",
-            ),
-            (
-                r#"{ "redis_url": "redis://x", "name": "a:b" }"#,
-                "fleet.name",
-            ),
-            (r#"{ "redis_url": "redis://x", "name": "" }"#, "fleet.name"),
-            (
-                r#"{ "redis_url": "redis://x", "key_prefix": "a b" }"#,
-                "fleet.key_prefix",
-            ),
-            (
-                r#"{ "redis_url": "redis://x", "replica": "a\tb" }"#,
-                "fleet.replica",
-            ),
-            (r#"{ "redis_url": "redis://x", "replicas": 3 }"#, "replicas"),
-            (r#"{ "name": "a" }"#, "redis_url"),
-        ] {
-            let error = HostConfig::from_json(&format!(r#"{{ "fleet": {fleet} }}"#))
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains(names), "{fleet}: {error}");
-        }
     }
 }

@@ -41,7 +41,7 @@ pub use backstop_bedrock::client::{
     ChatRequest, ResilientClient, ResilientStream, SdkOptions, sdk_client,
 };
 // The host configuration.
-pub use config::{CompileBounds, ConfigError, FleetSettings, HostConfig, ServeSettings};
+pub use config::{CompileBounds, ConfigError, HostConfig};
 // Policies: load, vet, swap.
 pub use backstop_runtime::engine::Engine;
 pub use backstop_runtime::error::LoadError;

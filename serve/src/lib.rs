@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod proxy;
 pub mod repeats;
+pub mod settings;
 pub mod state;
 pub mod wire;
 
@@ -89,6 +90,12 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The host configuration's `serve` section cannot be used.
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    /// The host configuration's `fleet` section cannot be used.
+    #[error(transparent)]
+    FleetSettings(#[from] backstop_fleet::settings::SettingsError),
     /// A chain of the host configuration cannot run.
     #[error(transparent)]
     Chain(#[from] chains::ChainError),
@@ -139,7 +146,9 @@ impl Sidecar {
         {
             return Err(ServeError::RemoteAdmin(admin));
         }
-        let settings = options.host.serve.clone();
+        let settings = settings::ServeSettings::of(&options.host)?;
+        let fleet_settings =
+            backstop_fleet::settings::FleetSettings::of(options.host.fleet.as_ref())?;
         let attempt_timeout = chains::attempt_timeout(&options.host);
         let sdk = match &options.upstream_endpoint {
             Some(url) if is_loopback_url(url) => {
@@ -151,7 +160,7 @@ impl Sidecar {
                 backstop::sdk_client(sdk).await
             }
         };
-        let fleet = match &options.host.fleet {
+        let fleet = match &fleet_settings {
             Some(fleet) => {
                 let replica = fleet.replica.clone().unwrap_or_else(default_replica_name);
                 let target = backstop_fleet::RedisTarget {
@@ -176,7 +185,7 @@ impl Sidecar {
             }
             None => None,
         };
-        let key = match options.host.fleet.as_ref() {
+        let key = match fleet_settings.as_ref() {
             Some(settings) => backstop_fleet::key::FleetKey::load(settings.key_file.as_deref())?,
             None => None,
         };

@@ -6,8 +6,8 @@ use crate::drain::Drain;
 use crate::metrics::ServeMetrics;
 use crate::otlp::Exporter;
 use crate::repeats::Repeats;
+use crate::settings::ServeSettings;
 use backstop::PolicyHandle;
-use backstop::ServeSettings;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 

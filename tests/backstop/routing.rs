@@ -276,11 +276,9 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
     let outcomes = std::sync::Arc::new(Outcomes::default());
     let core = Resilience::new(outcomes.clone(), ClientOptions::new(["primary"])).unwrap();
     let serve = || {
-        core.call_streaming(
-            RequestOptions::default(),
-            Cost::flat(100),
-            |_model| async { Ok::<(), (ErrorInfo, BoxError)>(()) },
-        )
+        core.call_streaming(RequestOptions::default(), Cost::flat(100), |_model| async {
+            Ok::<(), (ErrorInfo, BoxError)>(())
+        })
     };
     // A stream that completes: served, told once, at its end.
     let whole = serve().await.unwrap();

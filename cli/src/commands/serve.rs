@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use backstop_runtime::watch::PolicyWatcher;
 use backstop_runtime::watch::reload_on_sighup;
 use backstop_serve::auth::AdminToken;
+use backstop_serve::settings::ServeSettings;
 use backstop_serve::{Sidecar, SidecarOptions};
 use clap::Args;
 use std::net::SocketAddr;
@@ -49,10 +50,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let host = args.policy.host_config()?;
+    let settings = ServeSettings::of(&host)?;
     let token_file = args
         .admin_token_file
         .clone()
-        .or_else(|| host.serve.admin_token_file.clone());
+        .or_else(|| settings.admin_token_file.clone());
     let admin_token = AdminToken::load(token_file.as_deref())?;
     let admin_listen = match args.admin_listen.as_str() {
         "off" => None,
@@ -68,7 +70,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let otlp = backstop_serve::otlp::endpoint_from(
         args.otlp_endpoint.as_deref(),
-        host.serve.otlp_endpoint.as_deref(),
+        settings.otlp_endpoint.as_deref(),
     );
     let handle = args.policy.handle()?;
     let _watcher = match (&args.policy.policy, args.watch) {
