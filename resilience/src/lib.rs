@@ -23,7 +23,6 @@ use backstop_core::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason, Hedge,
     ModelCapacity, Route, Workload,
 };
-use backstop_core::decision::domain;
 use backstop_core::decision::{
     Clamp, ContinueRefusal, Decider, Finished, Guardrails, RouteQuery, Verdict,
 };
@@ -38,7 +37,7 @@ use fleet::{Fleet, FleetMember};
 use health::{HealthBoard, TokenTally};
 use limits::{AttemptLimits, LearnedLimits, Phase};
 use metrics::Metrics;
-use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestOptions, Usage};
+use options::{ClientOptions, MAX_QUEUE_CAPACITY, OptionsError, RequestId, RequestOptions, Usage};
 use queue::BatchQueue;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +61,6 @@ pub struct Resilience {
     budget: Option<Budget>,
     /// Hedges as a share of requests; `None`: no hedging.
     hedges: Option<Budget>,
-    next_id: AtomicU64,
     rng: Mutex<fastrand::Rng>,
     /// When the loop started: the capacity estimates' clock.
     started: Instant,
@@ -266,7 +264,6 @@ impl Resilience {
             hedges: options
                 .hedge_budget
                 .map(|rule| Budget::new(rule.rule(), options.time_scale)),
-            next_id: AtomicU64::new(1),
             rng: Mutex::new(rng),
             started: Instant::now(),
             facts: options
@@ -596,7 +593,10 @@ impl Resilience {
         }
         let deadline = self.deadline_of(request);
         Progress {
-            request_id: domain::request_id(self.next_id.fetch_add(1, Ordering::Relaxed)),
+            request_id: request
+                .request_id()
+                .unwrap_or_else(RequestId::next)
+                .to_string(),
             workload: request.workload,
             started,
             deadline,

@@ -6,6 +6,7 @@ use crate::limits::AttemptLimits;
 use backstop_core::contract::ModelFacts;
 use backstop_core::contract::Workload;
 use backstop_core::decision::Guardrails;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How a client's attempt loop behaves. Durations are in the policy's time; `time_scale`
@@ -128,6 +129,30 @@ pub struct RequestOptions {
     /// An end fixed before the call began (when the request arrived, or as a durable queue
     /// kept it).
     ends_at: Option<Deadline>,
+    /// The request's id, when its caller took one before the call.
+    id: Option<RequestId>,
+}
+
+/// A request's id: `req-N`, unique in the process (every loop of it draws from one
+/// counter, so a sidecar's chains never repeat one another's ids). It names the request in
+/// logs, spans, answers and the policy's questions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+/// The next request's number.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+impl RequestId {
+    /// A new id, never given before in this process.
+    pub fn next() -> RequestId {
+        RequestId(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&backstop_core::decision::domain::request_id(self.0))
+    }
 }
 
 impl RequestOptions {
@@ -155,6 +180,18 @@ impl RequestOptions {
     pub fn with_deadline_at(mut self, deadline: Deadline) -> RequestOptions {
         self.ends_at = Some(deadline);
         self
+    }
+
+    /// The same, under an id its caller took already (to name the request in what it
+    /// answers, whether the call succeeds or not).
+    pub fn with_request_id(mut self, id: RequestId) -> RequestOptions {
+        self.id = Some(id);
+        self
+    }
+
+    /// The id given with [`with_request_id`](Self::with_request_id), if any.
+    pub fn request_id(&self) -> Option<RequestId> {
+        self.id
     }
 
     /// The end fixed with [`with_deadline_at`](Self::with_deadline_at), if any.

@@ -14,6 +14,7 @@ use backstop_bedrock::passthrough::RawRequest;
 use backstop_fleet::queue::{Answer, Parked, Served, epoch_ms};
 use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::ServedOrDeferred;
+use backstop_resilience::options::RequestId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,12 +93,14 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
         );
         return answered(refused).await;
     };
+    let id = RequestId::next();
     let request = RawRequest {
         operation,
         body: parked.body,
         headers: parked.headers,
         options: RequestOptions::batch()
-            .with_deadline_at(Deadline::from_epoch_ms(parked.deadline_ms)),
+            .with_deadline_at(Deadline::from_epoch_ms(parked.deadline_ms))
+            .with_request_id(id),
     };
     match client.send_raw_or_defer(&request).await {
         Ok(ServedOrDeferred::Served(served)) => {
@@ -127,8 +130,13 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
             attempts: parked.attempts + deferred.attempts,
         },
         Err(error) => {
-            let headers =
-                wire::failed_headers(&parked.model, error.cause().as_str(), error.history());
+            let headers = wire::failed_headers(
+                &parked.model,
+                &id.to_string(),
+                parked.attempts + error.attempts(),
+                error.cause().as_str(),
+                error.history(),
+            );
             answered(wire::call_error(&error, 1_000, headers)).await
         }
     }

@@ -18,6 +18,7 @@ use backstop_bedrock::passthrough::forwarded_response_header;
 use backstop_core::catalogue;
 use backstop_core::contract::Workload;
 use backstop_resilience::error::ServedOrDeferred;
+use backstop_resilience::options::RequestId;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,8 +64,11 @@ pub async fn invoke(
             Some(tokens)
         });
     let options = match request_options(&shared, &headers, &caller) {
-        // The end is fixed on arrival, so the time spent before the call counts.
-        Ok(options) => options.with_deadline_at(client.deadline_of(&options)),
+        // The end is fixed on arrival, so the time spent before the call counts; the id is
+        // taken now, so that a failure's answer names the request as its log lines do.
+        Ok(options) => options
+            .with_deadline_at(client.deadline_of(&options))
+            .with_request_id(RequestId::next()),
         Err(message) => return wire::validation(400, &message),
     };
     let forwarded = headers
@@ -93,6 +97,10 @@ pub async fn invoke(
         requested: model,
         trace,
         workload: options.workload,
+        request_id: options
+            .request_id()
+            .unwrap_or_else(RequestId::next)
+            .to_string(),
         ended: false,
         defaulted_max_tokens,
     };
@@ -247,6 +255,8 @@ struct Ticket {
     requested: String,
     trace: Option<crate::otlp::RequestTrace>,
     workload: Workload,
+    /// The request's id, in every answer and span, failures included.
+    request_id: String,
     ended: bool,
     /// The `maxTokens` the sidecar set on a request that left it unset.
     defaulted_max_tokens: Option<u64>,
@@ -317,7 +327,7 @@ impl Ticket {
                         answered_sent_at: None,
                         outcome: cause,
                         error: Some(error.last_error().map_or("", |e| e.message.as_str())),
-                        request_id: "",
+                        request_id: &self.request_id,
                         policy: &policy,
                         workload,
                         continuations: 0,
@@ -335,7 +345,7 @@ impl Ticket {
                         answered_sent_at: None,
                         outcome,
                         error: (!served).then_some("answered through the fleet's queue"),
-                        request_id: "",
+                        request_id: &self.request_id,
                         policy: &policy,
                         workload,
                         continuations: 0,
@@ -351,7 +361,7 @@ impl Ticket {
                     answered_sent_at: None,
                     outcome: "cut-off",
                     error: Some("ended by the drain's grace period"),
-                    request_id: "",
+                    request_id: &self.request_id,
                     policy: &policy,
                     workload,
                     continuations: 0,
@@ -366,8 +376,13 @@ impl Ticket {
 
     fn failed(mut self, error: &CallError) -> Response {
         self.end(&Ended::Failed(error));
-        let headers =
-            wire::failed_headers(&self.requested, error.cause().as_str(), error.history());
+        let headers = wire::failed_headers(
+            &self.requested,
+            &self.request_id,
+            error.attempts(),
+            error.cause().as_str(),
+            error.history(),
+        );
         // A request that failed on a throttle is told when its own reservation is expected to
         // fit somewhere in its chain; any other failure, the chain's general hint.
         let hint = error
@@ -392,13 +407,15 @@ impl Ticket {
 
     fn cut_off(mut self) -> Response {
         self.end(&Ended::CutOff);
+        let mut headers = HeaderMap::new();
+        wire::put(&mut headers, wire::REQUEST_ID, &self.request_id);
         wire::error_response(
             503,
             "ServiceUnavailableException",
             "backstop shut down before this request finished (its drain grace period passed); \
              nothing was delivered",
             Some(1_000),
-            HeaderMap::new(),
+            headers,
         )
     }
 

@@ -31,13 +31,22 @@ impl Repeats {
 
     /// Notes one request to `target` (its path: operation and model); whether it is a
     /// client's retry. Logs a warning (at most once a minute per caller) when it is.
+    ///
+    /// An SDK that numbers its attempts is believed: `attempt=1` is a first send however like
+    /// an earlier request its body is (a batch job sends the same prompt many times over), and
+    /// `attempt=2` is a retry. Only a client that says nothing is judged by its bodies.
     pub fn note(&self, caller: &str, target: &str, body: &[u8], sdk_request: Option<&str>) -> bool {
-        let retry_by_header = sdk_request.and_then(sdk_attempt).is_some_and(|n| n > 1);
-        let repeated = !self.window.is_zero() && self.seen_before(caller, target, body);
-        if retry_by_header || repeated {
-            self.warn(caller, retry_by_header);
+        let (retry, by_header) = match sdk_request.and_then(sdk_attempt) {
+            Some(attempt) => (attempt > 1, true),
+            None => (
+                !self.window.is_zero() && self.seen_before(caller, target, body),
+                false,
+            ),
+        };
+        if retry {
+            self.warn(caller, by_header);
         }
-        retry_by_header || repeated
+        retry
     }
 
     fn seen_before(&self, caller: &str, target: &str, body: &[u8]) -> bool {
@@ -102,10 +111,10 @@ mod tests {
     fn an_sdk_retry_or_a_repeated_body_is_a_client_retry() {
         let repeats = Repeats::new(Duration::from_secs(10));
         let converse = "/model/m/converse";
-        assert!(!repeats.note("AKIDA", converse, b"{\"a\":1}", Some("attempt=1; max=3")));
+        assert!(!repeats.note("AKIDA", converse, b"{\"a\":1}", None));
         assert!(
-            repeats.note("AKIDA", converse, b"{\"a\":1}", Some("attempt=1; max=3")),
-            "same body again"
+            repeats.note("AKIDA", converse, b"{\"a\":1}", None),
+            "same body again, from a client that does not number its attempts"
         );
         assert!(
             !repeats.note("AKIDA", "/model/m/converse-stream", b"{\"a\":1}", None),
@@ -121,6 +130,16 @@ mod tests {
             Some(3)
         );
         assert_eq!(sdk_attempt("max=5"), None);
+    }
+
+    #[test]
+    fn an_sdks_first_attempt_is_never_a_retry_however_like_the_last_its_body_is() {
+        let repeats = Repeats::new(Duration::from_secs(10));
+        let converse = "/model/m/converse";
+        for _ in 0..5 {
+            assert!(!repeats.note("AKIDA", converse, b"same prompt", Some("attempt=1; max=3")));
+        }
+        assert!(repeats.note("AKIDA", converse, b"same prompt", Some("attempt=2; max=3")));
     }
 
     #[test]

@@ -137,9 +137,17 @@ pub fn served_headers(
 }
 
 /// The `x-backstop-*` headers of a request that failed.
-pub fn failed_headers(requested: &str, cause: &str, history: &[AttemptRecord]) -> HeaderMap {
+pub fn failed_headers(
+    requested: &str,
+    request_id: &str,
+    attempts: u32,
+    cause: &str,
+    history: &[AttemptRecord],
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     put(&mut headers, REQUESTED_MODEL, requested);
+    put(&mut headers, REQUEST_ID, request_id);
+    put(&mut headers, ATTEMPTS, &attempts.to_string());
     put(&mut headers, CAUSE, cause);
     if let Some(last) = history.last() {
         put(&mut headers, MODEL, &last.model);

@@ -296,18 +296,19 @@ async fn a_streamed_request_is_reported_when_its_stream_ends_not_when_it_starts(
         BoxError::from("cut"),
     );
     // A call that is not streamed is told when it returns.
-    core.call(RequestOptions::default(), Cost::flat(100), |_model| async {
-        Ok::<(), (ErrorInfo, BoxError)>(())
-    })
-    .await
-    .unwrap();
+    let unary = core
+        .call(RequestOptions::default(), Cost::flat(100), |_model| async {
+            Ok::<(), (ErrorInfo, BoxError)>(())
+        })
+        .await
+        .unwrap();
     let told = outcomes.told.lock().unwrap().clone();
     assert_eq!(
         told,
         [
             (whole.request_id.clone(), true),
             (cut.request_id.clone(), false),
-            ("req-3".to_string(), true)
+            (unary.request_id.clone(), true)
         ]
     );
 }

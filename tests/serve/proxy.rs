@@ -165,8 +165,19 @@ async fn the_final_error_is_bedrocks_own_exception_with_a_wait_hint() {
     assert!(hint >= 1, "{hint}");
     assert!(answer.header("x-amz-retry-after").parse::<u64>().unwrap() >= 1000);
     assert!(!answer.header("x-backstop-cause").is_empty());
+    // A failure names its request and its attempts, as an answer does.
+    assert_eq!(answer.header("x-backstop-attempts"), "2");
+    let failed_id = answer.header("x-backstop-request-id").to_string();
+    assert!(failed_id.starts_with("req-"), "{failed_id:?}");
     let message = answer.json()["message"].as_str().unwrap().to_string();
     assert!(message.contains("backstop:"), "{message}");
+    // Each model the sidecar serves runs its own chain; their ids never repeat each other's.
+    let url = format!("{}/model/fine/converse", sidecar.endpoint_url());
+    let other = http("POST", &url, &[], CONVERSE_BODY).await;
+    assert_eq!(other.status, 200);
+    let other_id = other.header("x-backstop-request-id");
+    assert!(other_id.starts_with("req-"), "{other_id:?}");
+    assert_ne!(other_id, failed_id, "two chains' first requests");
 
     let error = client
         .converse()
@@ -429,16 +440,31 @@ async fn a_clients_own_retry_is_counted() {
     http(
         "POST",
         &url,
+        &[("amz-sdk-request", "attempt=1; max=3")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(
+        retries().await,
+        0,
+        "the SDK's first attempt, however like the last its body is"
+    );
+    http(
+        "POST",
+        &url,
         &[("amz-sdk-request", "attempt=2; max=3")],
         r#"{"messages":[{"role":"user","content":[{"text":"other"}]}]}"#,
     )
     .await;
     assert_eq!(retries().await, 1, "the SDK said it was its second attempt");
-    http("POST", &url, &[], CONVERSE_BODY).await;
+    let unnumbered = r#"{"messages":[{"role":"user","content":[{"text":"plain"}]}]}"#;
+    http("POST", &url, &[], unnumbered).await;
+    assert_eq!(retries().await, 1);
+    http("POST", &url, &[], unnumbered).await;
     assert_eq!(
         retries().await,
         2,
-        "the same body again from the same caller"
+        "the same body again from a caller that does not number its attempts"
     );
 }
 
