@@ -1284,6 +1284,9 @@ impl Resilience {
     /// Records a failure of kind `kind` on model `index` in its health; a breaker it opens is
     /// counted and announced.
     fn charge_failure(&self, p: &mut Progress, index: usize, kind: ErrorKind, now: Instant) {
+        if kind.is_throttle() {
+            self.metrics.throttles.inc();
+        }
         if self.health.record_failure(index, now, kind) {
             self.metrics.breaker_opens.inc();
             p.breaker_opens += 1;

@@ -69,6 +69,7 @@ counters! {
     succeeded => "succeeded", "Requests that got an answer";
     failed => "failed", "Requests that failed after the policy gave up or the breaker refused";
     attempts => "attempts", "HTTP attempts sent to Bedrock";
+    throttles => "throttles", "Attempts Bedrock throttled (ThrottlingException, 429)";
     retries => "retries", "Retries on the same model";
     fallback_invocations => "fallback_model_invocations", "Switches to a fallback model (FallbackModelInvocations)";
     breaker_opens => "breaker_opens", "Circuit breakers opened";

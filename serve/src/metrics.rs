@@ -4,6 +4,7 @@
 
 use crate::chains::Chains;
 use backstop::PolicyHandle;
+use backstop_core::contract::BreakerState;
 use backstop_core::untrusted::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -122,6 +123,8 @@ impl ServeMetrics {
             Vec::new();
         let reserved = Family::<ModelLabels, Counter>::default();
         let settled = Family::<ModelLabels, Counter>::default();
+        let breaker_open = Family::<ModelLabels, Gauge>::default();
+        let queue_depth = Family::<ChainLabels, Gauge>::default();
         for (chain, client) in chains.all() {
             // An unlisted chain's id is the caller's choice (and its only model): one label for
             // all of them. A listed chain's models are the operator's.
@@ -136,14 +139,28 @@ impl ServeMetrics {
                 };
                 families[index].2.get_or_create(&labels).inc_by(value);
             }
-            for (model, tally) in client.models().iter().zip(client.tokens()) {
+            for ((model, tally), health) in client
+                .models()
+                .iter()
+                .zip(client.tokens())
+                .zip(client.health())
+            {
                 let labels = ModelLabels {
                     chain: LabelValue::new(chain),
                     model: LabelValue::new(if listed { model } else { UNLISTED }),
                 };
                 reserved.get_or_create(&labels).inc_by(tally.reserved);
                 settled.get_or_create(&labels).inc_by(tally.settled);
+                // Unlisted chains share one label: open if any of them is.
+                let open = i64::from(health.breaker != BreakerState::Closed);
+                let gauge = breaker_open.get_or_create(&labels);
+                gauge.set(gauge.get().max(open));
             }
+            queue_depth
+                .get_or_create(&ChainLabels {
+                    chain: LabelValue::new(chain),
+                })
+                .inc_by(client.queue_depth() as i64);
         }
         for (name, help, family) in families {
             registry.register(name, help, family);
@@ -157,6 +174,16 @@ impl ServeMetrics {
             "model_tokens_settled",
             "Tokens the requests each model of each chain served settled to, from their usage",
             settled,
+        );
+        registry.register(
+            "model_breaker_open",
+            "1 while a model's breaker is open or probing (requests go elsewhere or wait), else 0",
+            breaker_open,
+        );
+        registry.register(
+            "queue_depth",
+            "Batch requests waiting in each chain's own queue in this process",
+            queue_depth,
         );
         let serve = registry.sub_registry_with_prefix("serve");
         serve.register(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod connections;
+mod deploy;
 mod load;
 mod otlp;
 mod proxy;
