@@ -4,6 +4,7 @@
 mod commands;
 mod output;
 mod policy_args;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -12,7 +13,14 @@ use std::process::ExitCode;
 #[command(
     name = "backstop",
     version,
-    about = "Bedrock retries, fallbacks and circuit breaks, decided by a WebAssembly policy"
+    about = "Bedrock retries, fallbacks and circuit breaks, decided by a WebAssembly policy",
+    after_help = "Where to start:\n  \
+        backstop demo                            a traffic spike through the default policy, no AWS account\n  \
+        backstop serve --help                    the sidecar any SDK points its endpoint URL at\n  \
+        backstop simulate --scenario brownout    compare policies against the baselines\n  \
+        backstop new policy my-policy            write a policy of your own (then: test, check)\n\n\
+        Logs go to standard error: warnings and what happens to the live policy by default; \
+        RUST_LOG=info (or debug) for more. The README has the rest."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +76,10 @@ enum Command {
     },
 }
 
+/// What is logged when `RUST_LOG` does not say: warnings, and what happens to the live policy
+/// (a swap, a rollback, a quarantine, a shadow, a reload), which an operator must see.
+const DEFAULT_LOG: &str = "warn,backstop_runtime::handle=info,backstop_runtime::watch=info";
+
 fn main() -> ExitCode {
     let command = Cli::parse().command;
     if let Command::CompileWorker { args } = &command {
@@ -78,8 +90,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
+        .with_ansi(progress::colours_on_stderr())
         .with_writer(std::io::stderr)
         .init();
     let result = match command {

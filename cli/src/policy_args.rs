@@ -29,7 +29,7 @@ pub struct PolicyArgs {
     /// The policy's JSON configuration, inline or as `@FILE`.
     #[arg(long, default_value = "{}")]
     pub config: String,
-    /// The host's JSON configuration file: guardrails, allowed_digests, rollback, cache_dir.
+    /// The host's JSON configuration file (each command says which of its sections it reads).
     #[arg(long)]
     pub host_config: Option<PathBuf>,
 }

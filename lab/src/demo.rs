@@ -64,6 +64,18 @@ impl DemoScenario {
         }
     }
 
+    /// What it plays, in a line: the demo announces it.
+    pub fn title(self) -> &'static str {
+        match self {
+            DemoScenario::MondaySpike => {
+                "Monday 9 a.m. (a spike against a tight quota, a 2 s outage of the primary)"
+            }
+            DemoScenario::SpikeOutage => {
+                "spike-outage (a spike that needs both models, a 1 s outage of the primary inside it)"
+            }
+        }
+    }
+
     /// Real seconds per policy second that suit it: the Monday spike compresses minutes of
     /// backoff into seconds; the spike-outage keeps its quotas (30 and 40 a real second) near
     /// Bedrock's in policy time (10 and 13 a second), where learning a quota means something.

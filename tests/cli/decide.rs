@@ -27,6 +27,18 @@ fn a_validation_error_is_given_up_at_once() {
 }
 
 #[test]
+fn decide_prints_the_decision_first_and_the_context_last() {
+    let out = backstop(&["decide", "--error", "ThrottlingException"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("{\n  \"decision\": {"), "{text}");
+    let at = |key: &str| text.find(&format!("\n  \"{key}\":")).unwrap();
+    assert!(
+        at("decision") < at("fault") && at("policy") < at("context"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_throttle_is_retried_within_the_jitter_window_and_replays_with_the_same_entropy() {
     let args = [
         "--error",
@@ -209,6 +221,11 @@ fn the_demo_plays_a_named_scenario_and_names_them_all_for_an_unknown_one() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["requests"], 70);
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        told.contains("spike-outage (") && !told.contains("Monday"),
+        "the scenario's own title: {told}"
+    );
     let out = backstop(&["demo", "--scenario", "tuesday"]);
     assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
@@ -243,6 +260,11 @@ fn the_demo_serves_every_request_and_reports_a_table() {
     assert!(
         progress.contains("sent") && progress.contains("fallbacks"),
         "live progress: {progress}"
+    );
+    // Not a terminal: plain lines, no carriage returns redrawing over each other, no colours.
+    assert!(
+        !progress.contains('\r') && !progress.contains('\u{1b}'),
+        "{progress:?}"
     );
 
     let table = backstop(&["demo", "--requests", "10", "--batch", "2"]);

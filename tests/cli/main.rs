@@ -6,6 +6,7 @@ mod example_policies;
 mod files;
 mod fleet;
 mod new_policy;
+mod readme;
 mod serve;
 mod simulate;
 mod swap;

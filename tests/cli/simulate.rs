@@ -176,3 +176,45 @@ fn a_shadow_candidate_is_weighed_on_the_replayed_traffic() {
     assert!(table.contains("would-give-up"), "{table}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn two_modules_of_one_name_and_version_are_told_apart_by_their_digests() {
+    let dir = support::scratch_dir("cli-sim-twins");
+    // The default with a custom section appended: the same name and version, its own digest.
+    let mut twin = backstop_runtime::module::DEFAULT_POLICY_WASM.to_vec();
+    twin.extend_from_slice(&[0, 6, 4, b't', b'w', b'i', b'n', b'!']);
+    let path = dir.join("twin.wasm");
+    std::fs::write(&path, &twin).unwrap();
+    let out = backstop(&[
+        "simulate",
+        "--scenario",
+        "brownout",
+        "--with-default",
+        "--policy",
+        path.to_str().unwrap(),
+        "--baseline",
+        "no-retries",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    let twin_digest = backstop_runtime::engine::sha256_hex(&twin);
+    let default_digest =
+        backstop_runtime::engine::sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM);
+    assert_eq!(
+        names[0],
+        format!("backstop-default 0.4.0 ({})", &default_digest[..8])
+    );
+    assert_eq!(
+        names[1],
+        format!("backstop-default 0.4.0 ({})", &twin_digest[..8])
+    );
+    assert_eq!(names[2], "no-retries", "a name of its own stays as it is");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -202,9 +202,20 @@ fn demo_swapped_over(
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("policy backstop-default"), "{line}");
+    // The policy's own log lines (a module going live is logged at info) may come first.
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no policy line: {seen}"
+        );
+        if line.starts_with("policy backstop-default") {
+            break;
+        }
+        assert!(seen.lines().count() < 20, "no policy line: {seen}");
+        seen.push_str(&line);
+    }
     // Keep draining the progress output so the child never blocks on a full pipe.
     let drain = std::thread::spawn(move || {
         let mut rest = String::new();

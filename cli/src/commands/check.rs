@@ -21,6 +21,7 @@ use clap::Args;
 
 /// The module to check, the configurations it is checked under, and how.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) the policy is vetted under: its guardrails, allowed_digests, rollback rule, sandbox and compile bounds and models, as a swap would be; its serve and fleet sections are checked too")))]
 pub struct CheckArgs {
     #[command(flatten)]
     policy: PolicyArgs,

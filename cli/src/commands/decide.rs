@@ -14,6 +14,7 @@ use clap::Args;
 
 /// The failed attempt to decide about, and the policy to ask.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) whose guardrails correct the decision, and whose models the policy is configured with")))]
 pub struct DecideArgs {
     #[command(flatten)]
     policy: PolicyArgs,
@@ -84,14 +85,22 @@ pub fn run(args: DecideArgs) -> Result<()> {
         guard.max_delay_ms = limit;
     }
     let verdict = guard.enforce(&ctx, policy.decide(&ctx));
-    let report = serde_json::json!({
-        "decision": verdict.decision,
-        "fault": verdict.fault,
-        "clamps": verdict.clamps,
-        "policy": policy_json(policy.module()),
-        "context": ctx,
-    });
-    output::json(&report)
+    // The answer first, then why and to what: a struct keeps the order (a JSON map sorts it).
+    #[derive(serde::Serialize)]
+    struct Report<'a, D, F, C, X> {
+        decision: &'a D,
+        fault: &'a F,
+        clamps: &'a C,
+        policy: serde_json::Value,
+        context: &'a X,
+    }
+    output::json(&Report {
+        decision: &verdict.decision,
+        fault: &verdict.fault,
+        clamps: &verdict.clamps,
+        policy: policy_json(policy.module()),
+        context: &ctx,
+    })
 }
 
 /// The error kind `name` names: a Bedrock code (`ThrottlingException`), a case name

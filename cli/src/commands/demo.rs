@@ -3,16 +3,17 @@
 use super::runtime;
 use crate::output;
 use crate::policy_args::PolicyArgs;
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use backstop_lab::demo::{self as lab_demo, DemoOptions};
 use backstop_lab::simulate::shadow_table;
 use backstop_runtime::watch::PolicyWatcher;
 use backstop_runtime::watch::reload_on_sighup;
 use clap::Args;
-use std::io::Write;
 
 /// How much traffic, which policy, and how to report.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) of the demo's client: guardrails, retry and hedge budgets, attempt limits, models and the rollback rule (the serve and fleet sections do not apply)")))]
 pub struct DemoArgs {
     #[command(flatten)]
     policy: PolicyArgs,
@@ -109,23 +110,26 @@ async fn demo(args: DemoArgs, mut options: DemoOptions) -> Result<()> {
     );
     let requests = options.interactive + options.batch;
     eprintln!(
-        "Monday 9 a.m.: {requests} requests against {} (tight quota, 2 s outage) with fallback {}",
+        "{}: {requests} requests against {} with fallback {}",
+        options.scenario.title(),
         lab_demo::PRIMARY,
         lab_demo::FALLBACK
     );
     let status = handle.clone();
+    let mut line = Progress::on_stderr();
+    let mut last = String::new();
     let report = lab_demo::run(handle.clone(), options, |p| {
         let m = &p.metrics;
         let live = status.status();
-        eprint!(
-            "\r{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3}  policy {} ({})  swaps {} ",
+        last = format!(
+            "{:>5.1}s  sent {:>4}/{}  done {:>4}  fallbacks {:>4}  retries {:>4}  queued {:>3}  breaker opens {:>2}  failed {:>3}  policy {} ({})  swaps {}",
             p.elapsed.as_secs_f64(), m.requests, p.total, p.done, m.fallback_invocations, m.retries, m.queued, m.breaker_opens, m.failed,
             live.version, &live.digest[..12], live.swaps
         );
-        let _ = std::io::stderr().flush();
+        line.show(&last);
     })
     .await?;
-    eprintln!();
+    line.done(&last);
     if json {
         let mut value = serde_json::to_value(&report)?;
         value["policy"] = serde_json::to_value(handle.status())?;

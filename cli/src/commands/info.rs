@@ -8,6 +8,7 @@ use clap::Args;
 
 /// The policy to load.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) the policy is loaded under: its allowed_digests, sandbox and compile bounds")))]
 pub struct InfoArgs {
     #[command(flatten)]
     policy: PolicyArgs,

@@ -8,6 +8,7 @@ use clap::Args;
 
 /// The call, and the policy deciding about it.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) of the client: guardrails, budgets, attempt limits, models, chains")))]
 pub struct InvokeArgs {
     #[command(flatten)]
     policy: PolicyArgs,

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 /// Where to listen, which policy, where to send.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON), every section: chains, guardrails, budgets, limits, models, the rollback rule, serve (the sidecar's bounds, batch callers, admin token file, OTLP) and fleet (Redis); examples/host.json is a start")))]
 pub struct ServeArgs {
     /// The data listener: applications set their SDK's endpoint URL to it.
     #[arg(long, default_value = "127.0.0.1:4000")]

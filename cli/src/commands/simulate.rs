@@ -2,6 +2,7 @@
 
 use crate::output;
 use crate::policy_args::{config_text, engine, host_config, policy_bytes};
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use backstop_core::untrusted::FileKind;
 use backstop_core::untrusted::read_text;
@@ -137,6 +138,10 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     };
     contenders.extend(baselines.into_iter().map(Contender::Baseline));
 
+    // Two modules of one name and version (two builds, two configurations) are told apart by
+    // their digests in the rows.
+    let names: Vec<String> = contenders.iter().map(Contender::name).collect();
+    let shared_name = |name: &String| names.iter().filter(|n| *n == name).count() > 1;
     let duration = scenario.traffic.as_ref().map_or(0, |t| t.duration_s);
     let mut reports = Vec::new();
     let runs = contenders.iter().flat_map(|contender| {
@@ -151,22 +156,26 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     for (contender, shared) in runs {
         let name = contender.name();
         let started = std::time::Instant::now();
-        let mut shown = started;
+        let mut line = Progress::on_stderr();
         let replicas = simulate::Replicas {
             count: args.replicas,
             shared,
         };
-        let report = simulate::run_replicas(&scenario, contender, &host, replicas, |simulated| {
-            if shown.elapsed() >= std::time::Duration::from_millis(200) {
-                shown = std::time::Instant::now();
-                eprint!("\r{name:<24} simulated {simulated:>6} s of {duration} s ");
-            }
-        })?;
-        eprintln!(
-            "\r{name:<24} simulated {duration} s in {:.1} s real time{:>12}",
-            started.elapsed().as_secs_f64(),
-            ""
-        );
+        let mut report =
+            simulate::run_replicas(&scenario, contender, &host, replicas, |simulated| {
+                line.show(format_args!(
+                    "{name:<24} simulated {simulated:>6} s of {duration} s"
+                ));
+            })?;
+        line.done(format_args!(
+            "{name:<24} simulated {duration} s in {:.1} s real time",
+            started.elapsed().as_secs_f64()
+        ));
+        if let Contender::Module { module, .. } = contender
+            && shared_name(&contender.name())
+        {
+            report.policy = format!("{} ({})", report.policy, &module.digest()[..8]);
+        }
         reports.push(report);
     }
     if let Some(path) = &args.plot {

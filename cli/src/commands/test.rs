@@ -28,6 +28,7 @@ use std::path::PathBuf;
 
 /// The cases, and the policy to hold to them.
 #[derive(Args)]
+#[command(mut_arg("host_config", |a| a.help("The host configuration (JSON) whose guardrails and models the policy's cases run under")))]
 pub struct TestArgs {
     /// The case file (JSON): `{"chain": [...], "cases": [{"name", "decide" | "route", "expect"}]}`.
     cases: PathBuf,
