@@ -110,33 +110,91 @@ pub fn status(args: StatusArgs) -> Result<()> {
             fleet["fallbacks"]
         );
     }
-    println!(
-        "{:<40} {:<10} {:>9} {:>8} {:>8} {:>10}",
-        "chain / model", "breaker", "requests", "throttl", "errors", "est. rpm"
-    );
+    print!("{}", chain_table(&status));
+    Ok(())
+}
+
+/// The chains' models as a table whose first column is as wide as the longest model id (a
+/// cross-Region inference profile's id runs past 50 characters). What the sidecar reports is
+/// shown with control characters replaced, so no text of its can move the terminal's cursor.
+fn chain_table(status: &serde_json::Value) -> String {
+    let shown = |value: &serde_json::Value| -> String {
+        value
+            .as_str()
+            .unwrap_or("?")
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    let mut rows = Vec::new();
     for chain in status["chains"].as_array().into_iter().flatten() {
-        println!(
+        let title = format!(
             "{} (queue {})",
-            chain["requested"].as_str().unwrap_or("?"),
+            shown(&chain["requested"]),
             chain["queue_depth"]
         );
+        rows.push((title, None));
         for model in chain["models"].as_array().into_iter().flatten() {
             let health = &model["health"];
             let rate = model["capacity"]["requests_per_minute"]
                 .as_f64()
                 .map_or("-".into(), |r| format!("{r:.0}"));
-            println!(
-                "  {:<38} {:<10} {:>9} {:>8} {:>8} {:>10}",
-                model["id"].as_str().unwrap_or("?"),
-                health["breaker"].as_str().unwrap_or("?"),
-                health["requests"],
-                health["throttles"],
-                health["errors"],
-                rate
-            );
+            let cells = [
+                shown(&health["breaker"]),
+                health["requests"].to_string(),
+                health["throttles"].to_string(),
+                health["errors"].to_string(),
+                rate,
+            ];
+            rows.push((format!("  {}", shown(&model["id"])), Some(cells)));
         }
     }
-    Ok(())
+    let width = rows
+        .iter()
+        .filter(|(_, cells)| cells.is_some())
+        .map(|(name, _)| name.chars().count())
+        .chain(["chain / model".len()])
+        .max()
+        .unwrap_or(0);
+    let mut table = format!(
+        "{:<width$} {:<10} {:>9} {:>8} {:>8} {:>10}\n",
+        "chain / model", "breaker", "requests", "throttl", "errors", "est. rpm"
+    );
+    for (name, cells) in rows {
+        match cells {
+            None => table.push_str(&format!("{name}\n")),
+            Some([breaker, requests, throttles, errors, rate]) => table.push_str(&format!(
+                "{name:<width$} {breaker:<10} {requests:>9} {throttles:>8} {errors:>8} {rate:>10}\n"
+            )),
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_table;
+
+    #[test]
+    fn the_chain_table_is_as_wide_as_its_longest_model_id_and_shows_no_control_characters() {
+        let long = "us.anthropic.claude-3-5-sonnet-20240620-v1:0-with-a-long-suffix";
+        let status = serde_json::json!({ "chains": [{
+            "requested": "chain\u{1b}[2J",
+            "queue_depth": 0,
+            "models": [
+                { "id": long, "health": { "breaker": "open", "requests": 12, "throttles": 3, "errors": 0 }, "capacity": {} },
+                { "id": "short", "health": { "breaker": "closed", "requests": 1, "throttles": 0, "errors": 0 }, "capacity": { "requests_per_minute": 60.0 } }
+            ]
+        }]});
+        let table = chain_table(&status);
+        assert!(!table.contains('\u{1b}'), "{table}");
+        let lines: Vec<&str> = table.lines().collect();
+        let column = |line: &str, word: &str| line.find(word).unwrap();
+        // The breaker column starts at one place on every row, the header's included.
+        let at = column(lines[0], "breaker");
+        assert_eq!(column(lines[2], "open"), at, "{table}");
+        assert_eq!(column(lines[3], "closed"), at, "{table}");
+    }
 }
 
 pub fn swap(args: SwapArgs) -> Result<()> {
