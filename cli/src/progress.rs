@@ -18,9 +18,12 @@ pub struct Progress {
 impl Progress {
     /// A progress line on standard error, in the manner its destination suits.
     pub fn on_stderr() -> Progress {
+        let terminal = std::io::stderr().is_terminal();
         Progress {
-            terminal: std::io::stderr().is_terminal(),
-            shown: None,
+            terminal,
+            // A plain line comes only once the work has run a while: a short run writes just
+            // its last line.
+            shown: (!terminal).then(Instant::now),
         }
     }
 

@@ -197,3 +197,55 @@ fn the_sidecars_readme_blocks_run_as_written() {
     );
     let _ = std::fs::remove_file(root.join("admin.token"));
 }
+
+/// The table a README block quotes, kept equal to what the command prints: the block after
+/// the line holding `marker` must be `printed`'s lines from the one starting with `from`
+/// while they are table rows. With `BACKSTOP_UPDATE_README=1` the block is rewritten instead.
+fn quoted_table_is_current(marker: &str, printed: &str, from: &str) {
+    let path = support::workspace().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let table: Vec<&str> = printed
+        .lines()
+        .skip_while(|line| !line.starts_with(from))
+        .take_while(|line| !line.is_empty() && !line.starts_with("failed under"))
+        .collect();
+    assert!(table.len() > 1, "no table in the output:\n{printed}");
+    let at = readme.find(marker).expect("the README quotes the command");
+    let open = at
+        + readme[at..]
+            .find("```text\n")
+            .expect("a text block after it")
+        + 8;
+    let close = open + readme[open..].find("```").expect("the block ends");
+    let quoted = &readme[open..close];
+    let current = format!("{}\n", table.join("\n"));
+    if quoted == current {
+        return;
+    }
+    if std::env::var_os("BACKSTOP_UPDATE_README").is_some() {
+        let updated = format!("{}{current}{}", &readme[..open], &readme[close..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    panic!(
+        "the README's table after {marker:?} is stale; the command prints:\n{current}\n\
+         (BACKSTOP_UPDATE_README=1 cargo test -p backstop-cli --test cli readme rewrites it)"
+    );
+}
+
+/// The simulator is deterministic (same seed, same numbers), so the figures the README quotes
+/// from it are checked against it, not remembered.
+#[test]
+fn the_readmes_monday_spike_table_is_what_simulate_prints() {
+    let out = backstop(&["simulate", "--scenario", "monday-spike"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    quoted_table_is_current(
+        "backstop simulate --scenario monday-spike --plot docs/monday-spike.svg` gives:",
+        &String::from_utf8_lossy(&out.stdout),
+        "policy ",
+    );
+}
