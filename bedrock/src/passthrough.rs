@@ -174,6 +174,20 @@ fn answer_usage(headers: &[(String, String)], body: &[u8]) -> Option<Usage> {
     }
 }
 
+impl RawResponse {
+    /// The usage it reports (Bedrock's token-count headers, else its body's `usage`).
+    pub fn usage(&self) -> Option<Usage> {
+        answer_usage(&self.headers, &self.body)
+    }
+
+    /// Why the model stopped, as its body says ([`catalogue::stop_reason_in`]).
+    pub fn finish_reason(&self) -> Option<String> {
+        serde_json::from_slice(&self.body)
+            .ok()
+            .and_then(|json: serde_json::Value| catalogue::stop_reason_in(&json))
+    }
+}
+
 /// A unary answer as Bedrock sent it (status 200).
 #[derive(Clone, Debug)]
 pub struct RawResponse {
@@ -268,6 +282,7 @@ impl ResilientClient {
             pending: Some(first),
             tail: Committed::new(self, served),
             transcript: RawTranscript::new(request.operation.is_converse(), &request.body),
+            finish_reason: None,
             request: request.clone(),
         })
     }
@@ -720,6 +735,8 @@ pub struct RawStream {
     request: RawRequest,
     /// What the caller was handed, to continue from.
     transcript: RawTranscript,
+    /// Why the model stopped, from the `messageStop` event.
+    finish_reason: Option<String>,
 }
 
 impl RawStream {
@@ -731,6 +748,17 @@ impl RawStream {
     /// The answer's headers (see [`forwarded_response_header`]).
     pub fn headers(&self) -> &[(String, String)] {
         &self.headers
+    }
+
+    /// The usage the stream reported (its `metadata` event, or the invocation metrics of its
+    /// last chunk), once it has.
+    pub fn usage(&self) -> Option<Usage> {
+        self.tail.usage
+    }
+
+    /// Why the model stopped, once a ConverseStream's `messageStop` event said.
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.finish_reason.as_deref()
     }
 
     /// Frames handed to the caller so far.
@@ -770,6 +798,12 @@ impl RawStream {
                         }
                         self.transcript.delivered(&frame.kind, &frame.payload);
                         self.tail.usage = frame.usage.or(self.tail.usage);
+                        if frame.kind == "messageStop" {
+                            self.finish_reason =
+                                serde_json::from_slice(&frame.payload).ok().and_then(
+                                    |json: serde_json::Value| catalogue::stop_reason_in(&json),
+                                );
+                        }
                         self.tail.delivered(frame.terminal);
                         return Ok(Some(frame));
                     }

@@ -289,6 +289,21 @@ pub fn usage_in(json: &serde_json::Value) -> Option<Usage> {
     })
 }
 
+/// Why the model stopped, as an answer's JSON says it: Converse's `stopReason` (a whole answer,
+/// or a stream's `messageStop` event), Anthropic's `stop_reason`, Titan's `completionReason`.
+/// Bounded to 64 characters of `[A-Za-z0-9_-]`, so a model's text never becomes a label.
+pub fn stop_reason_in(json: &serde_json::Value) -> Option<String> {
+    let reason = ["stopReason", "stop_reason", "completionReason"]
+        .iter()
+        .find_map(|key| json.get(key)?.as_str())?;
+    let sound = !reason.is_empty()
+        && reason.len() <= 64
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    sound.then(|| reason.to_string())
+}
+
 /// Keys whose string values are structure, not input the model reads.
 const STRUCTURAL: [&str; 9] = [
     "role",
@@ -350,6 +365,26 @@ fn value_tokens(value: &serde_json::Value, key: Option<&str>, in_document: bool)
 #[cfg(test)]
 mod tests {
     use crate::catalogue::*;
+
+    #[test]
+    fn a_stop_reason_is_read_from_each_family_and_never_taken_as_free_text() {
+        let reason = |json: &str| stop_reason_in(&serde_json::from_str(json).unwrap());
+        assert_eq!(
+            reason(r#"{"stopReason":"end_turn"}"#).as_deref(),
+            Some("end_turn")
+        );
+        assert_eq!(
+            reason(r#"{"stop_reason":"max_tokens"}"#).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            reason(r#"{"completionReason":"FINISH"}"#).as_deref(),
+            Some("FINISH")
+        );
+        assert_eq!(reason(r#"{"stopReason":"a reason\nwith a line"}"#), None);
+        assert_eq!(reason(r#"{"stopReason":""}"#), None);
+        assert_eq!(reason(r#"{"output":{}}"#), None);
+    }
 
     #[test]
     fn a_default_max_tokens_is_written_where_each_family_reads_it_and_the_rest_is_kept() {

@@ -11,7 +11,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 /// The `chain` label of every model the host configuration does not list.
 pub const UNLISTED: &str = "unlisted";
@@ -38,9 +39,146 @@ struct ModelLabels {
     model: LabelValue,
 }
 
+/// The attributes of OpenTelemetry's GenAI client metrics, as Prometheus labels (dots become
+/// underscores). Model ids follow the `chain` label's rule: the operator's, or `unlisted`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenAiLabels {
+    gen_ai_operation_name: &'static str,
+    gen_ai_provider_name: &'static str,
+    gen_ai_request_model: LabelValue,
+    gen_ai_response_model: LabelValue,
+    error_type: LabelValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenAiTokenLabels {
+    gen_ai_operation_name: &'static str,
+    gen_ai_provider_name: &'static str,
+    gen_ai_request_model: LabelValue,
+    gen_ai_response_model: LabelValue,
+    gen_ai_token_type: &'static str,
+}
+
+/// The bucket boundaries the conventions give for durations (s) and token counts.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn token_histogram() -> Histogram {
+    Histogram::new(TOKEN_BUCKETS)
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// OpenTelemetry's GenAI client metrics (semantic-conventions-genai, `gen-ai-metrics.md`):
+/// `gen_ai.client.operation.duration`, `gen_ai.client.token.usage` and, for streams,
+/// `gen_ai.client.operation.time_to_first_chunk`, under OpenTelemetry's Prometheus names.
+pub struct GenAiMetrics {
+    duration: Histograms<GenAiLabels>,
+    tokens: Histograms<GenAiTokenLabels>,
+    first_chunk: Histograms<GenAiLabels>,
+}
+
+impl Default for GenAiMetrics {
+    fn default() -> Self {
+        GenAiMetrics {
+            duration: Family::new_with_constructor(duration_histogram),
+            tokens: Family::new_with_constructor(token_histogram),
+            first_chunk: Family::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+/// One GenAI operation as the metrics describe it.
+pub struct GenAiOperation<'a> {
+    /// `chat` or `text_completion`.
+    pub operation: &'static str,
+    /// The model asked for (a label only when the host configuration lists it).
+    pub requested: &'a str,
+    /// The model that answered, when one did.
+    pub answered: Option<&'a str>,
+    /// Whether the host configuration lists `requested`.
+    pub listed: bool,
+    /// `error.type` when it failed.
+    pub error_type: Option<&'a str>,
+}
+
+impl GenAiOperation<'_> {
+    fn model(&self, model: &str) -> LabelValue {
+        LabelValue::new(if self.listed { model } else { UNLISTED })
+    }
+
+    fn labels(&self) -> GenAiLabels {
+        GenAiLabels {
+            gen_ai_operation_name: self.operation,
+            gen_ai_provider_name: crate::otlp::GEN_AI_PROVIDER,
+            gen_ai_request_model: self.model(self.requested),
+            gen_ai_response_model: self.model(self.answered.unwrap_or_default()),
+            error_type: LabelValue::new(self.error_type.unwrap_or_default()),
+        }
+    }
+}
+
+impl GenAiMetrics {
+    /// An operation ended after `seconds`, with `usage` (input, output) when it reported one.
+    pub fn ended(&self, op: &GenAiOperation<'_>, seconds: f64, usage: Option<(u64, u64)>) {
+        self.duration.get_or_create(&op.labels()).observe(seconds);
+        let Some((input, output)) = usage else {
+            return;
+        };
+        for (kind, count) in [("input", input), ("output", output)] {
+            let labels = GenAiTokenLabels {
+                gen_ai_operation_name: op.operation,
+                gen_ai_provider_name: crate::otlp::GEN_AI_PROVIDER,
+                gen_ai_request_model: op.model(op.requested),
+                gen_ai_response_model: op.model(op.answered.unwrap_or_default()),
+                gen_ai_token_type: kind,
+            };
+            self.tokens.get_or_create(&labels).observe(count as f64);
+        }
+    }
+
+    /// A stream's first chunk reached the sidecar `seconds` after the request did.
+    pub fn first_chunk(&self, op: &GenAiOperation<'_>, seconds: f64) {
+        self.first_chunk
+            .get_or_create(&op.labels())
+            .observe(seconds);
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "GenAI operation duration (OpenTelemetry gen_ai.client.operation.duration)",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Number of input and output tokens used (OpenTelemetry gen_ai.client.token.usage)",
+            self.tokens.clone(),
+        );
+        registry.register_with_unit(
+            "gen_ai_client_operation_time_to_first_chunk",
+            "Time from the request to the first chunk of its stream (OpenTelemetry gen_ai.client.operation.time_to_first_chunk)",
+            Unit::Seconds,
+            self.first_chunk.clone(),
+        );
+    }
+}
+
 /// Counters of the sidecar itself.
 #[derive(Default)]
 pub struct ServeMetrics {
+    /// OpenTelemetry's GenAI client metrics, beside the `backstop_*` families.
+    pub genai: GenAiMetrics,
     requests: Family<RequestLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     client_retries: Counter,
@@ -117,8 +255,10 @@ impl ServeMetrics {
         chains: &Chains,
         batch: Option<&backstop_fleet::queue::DurableQueue>,
     ) -> String {
-        let mut registry = Registry::with_prefix("backstop");
-        policy.register_metrics(&mut registry);
+        let mut root = Registry::default();
+        self.genai.register(&mut root);
+        let registry = root.sub_registry_with_prefix("backstop");
+        policy.register_metrics(registry);
         let mut families: Vec<(&'static str, &'static str, Family<ChainLabels, Counter>)> =
             Vec::new();
         let reserved = Family::<ModelLabels, Counter>::default();
@@ -321,7 +461,7 @@ impl ServeMetrics {
         }
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut text, &registry);
+        let _ = encode(&mut text, &root);
         text
     }
 }

@@ -193,6 +193,23 @@ fn flag(key: &str, value: bool) -> KeyValue {
     attribute(key, any_value::Value::BoolValue(value))
 }
 
+fn texts(key: &str, values: &[&str]) -> KeyValue {
+    let values = values
+        .iter()
+        .map(|v| AnyValue {
+            value: Some(any_value::Value::StringValue((*v).into())),
+        })
+        .collect();
+    attribute(
+        key,
+        any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values }),
+    )
+}
+
+/// OpenTelemetry's GenAI provider name for Bedrock (semantic-conventions-genai,
+/// `aws-bedrock.md`).
+pub const GEN_AI_PROVIDER: &str = "aws.bedrock";
+
 /// A request's trace, begun when it arrived.
 pub struct RequestTrace {
     trace_id: [u8; 16],
@@ -202,8 +219,12 @@ pub struct RequestTrace {
     unix_ns: u64,
     at: Instant,
     operation: &'static str,
+    /// `gen_ai.operation.name`: `chat` or `text_completion`.
+    genai_operation: &'static str,
     requested: String,
     estimated_tokens: u64,
+    /// `gen_ai.request.max_tokens`, when the body sets it.
+    max_tokens: Option<u64>,
 }
 
 /// How a request ended, for its spans.
@@ -228,6 +249,12 @@ pub struct Ending<'a> {
     pub workload: &'a str,
     /// Continuations that carried a cut answer on (0: one stream answered it).
     pub continuations: u32,
+    /// Input and output tokens the answer reports.
+    pub usage: Option<(u64, u64)>,
+    /// Why the model stopped, when the answer says.
+    pub finish_reason: Option<&'a str>,
+    /// `error.type` of a failure: the last upstream error's code, else what ended it.
+    pub error_type: Option<&'a str>,
 }
 
 impl RequestTrace {
@@ -236,8 +263,10 @@ impl RequestTrace {
     pub fn begin(
         traceparent: Option<&str>,
         operation: &'static str,
+        genai_operation: &'static str,
         requested: &str,
         estimated_tokens: u64,
+        max_tokens: Option<u64>,
     ) -> RequestTrace {
         let (trace_id, parent_span_id) = match traceparent.and_then(parse_traceparent) {
             Some((trace, parent)) => (trace, Some(parent)),
@@ -252,8 +281,10 @@ impl RequestTrace {
                 .map_or(0, |d| d.as_nanos() as u64),
             at: Instant::now(),
             operation,
+            genai_operation,
             requested: requested.to_string(),
             estimated_tokens,
+            max_tokens,
         }
     }
 
@@ -277,8 +308,9 @@ impl RequestTrace {
     /// The request's spans, now that it ended.
     pub fn finish(self, ending: &Ending<'_>) -> Vec<Span> {
         let now = Instant::now();
+        // OpenTelemetry's GenAI conventions name the span `{operation} {model}`.
         let mut request = self.span(
-            format!("BedrockRuntime/{}", self.operation),
+            format!("{} {}", self.genai_operation, self.requested),
             span::SpanKind::Server,
             self.parent_span_id,
         );
@@ -299,7 +331,28 @@ impl RequestTrace {
             int("backstop.estimated_tokens", self.estimated_tokens),
             text("backstop.policy_digest", ending.policy),
             text("backstop.request_id", ending.request_id),
+            text("gen_ai.operation.name", self.genai_operation),
+            text("gen_ai.provider.name", GEN_AI_PROVIDER),
         ];
+        let genai = &mut request.attributes;
+        if let Some(max_tokens) = self.max_tokens {
+            genai.push(int("gen_ai.request.max_tokens", max_tokens));
+        }
+        if ending.error.is_none()
+            && let Some(model) = ending.model
+        {
+            genai.push(text("gen_ai.response.model", model));
+        }
+        if let Some(reason) = ending.finish_reason {
+            genai.push(texts("gen_ai.response.finish_reasons", &[reason]));
+        }
+        if let Some((input, output)) = ending.usage {
+            genai.push(int("gen_ai.usage.input_tokens", input));
+            genai.push(int("gen_ai.usage.output_tokens", output));
+        }
+        if let Some(error_type) = ending.error_type {
+            genai.push(text("error.type", error_type));
+        }
         request.status = Some(match ending.error {
             Some(message) => Status {
                 message: message.chars().take(512).collect(),

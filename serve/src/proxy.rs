@@ -2,6 +2,7 @@
 //! resilient client of its chain, bodies and frames passed through untouched.
 
 use crate::admission::BoundedBody;
+use crate::metrics::GenAiOperation;
 use crate::state::Shared;
 use crate::wire;
 use axum::body::Body;
@@ -83,12 +84,15 @@ pub async fn invoke(
         options,
     };
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let genai_operation = genai_operation(operation, &request.body);
     let trace = shared.exporter.as_ref().map(|_| {
         crate::otlp::RequestTrace::begin(
             traceparent,
             operation.name(),
+            genai_operation,
             &model,
             request.cost(&model).input,
+            catalogue::max_output_tokens(converse, &model, &request.body),
         )
     });
     let ticket = Ticket {
@@ -101,6 +105,8 @@ pub async fn invoke(
             .request_id()
             .unwrap_or_else(RequestId::next)
             .to_string(),
+        arrived: tokio::time::Instant::now(),
+        genai_operation,
         ended: false,
         defaulted_max_tokens,
     };
@@ -180,7 +186,12 @@ async fn send_or_park(
                 &output.headers,
             );
             let mut ticket = ticket;
-            ticket.end(&Ended::Served(&served));
+            let finish_reason = output.finish_reason();
+            ticket.end(&Ended::Served {
+                served: &served,
+                usage: output.usage(),
+                finish_reason: finish_reason.as_deref(),
+            });
             (StatusCode::OK, headers, output.body).into_response()
         }
         Err(error) => ticket.failed(&error),
@@ -236,9 +247,26 @@ fn request_options(
     Ok(options)
 }
 
+/// `gen_ai.operation.name` of a Bedrock call: `chat` for Converse and for an InvokeModel body
+/// of messages (Anthropic's Messages API, Nova, Llama's chat), else `text_completion`.
+fn genai_operation(operation: Operation, body: &[u8]) -> &'static str {
+    if operation.is_converse() {
+        return "chat";
+    }
+    let messages = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|json| json.get("messages").is_some_and(|m| m.is_array()));
+    if messages { "chat" } else { "text_completion" }
+}
+
 /// How a request ended, for metrics and traces.
 enum Ended<'a> {
-    Served(&'a backstop::Served<()>),
+    /// Served, with what its answer reported.
+    Served {
+        served: &'a backstop::Served<()>,
+        usage: Option<backstop_core::catalogue::Usage>,
+        finish_reason: Option<&'a str>,
+    },
     Failed(&'a CallError),
     /// Answered through the fleet's queue (served, or not), wherever it was served.
     FromQueue(bool),
@@ -257,6 +285,10 @@ struct Ticket {
     workload: Workload,
     /// The request's id, in every answer and span, failures included.
     request_id: String,
+    /// When the request arrived: its operation's duration counts from here.
+    arrived: tokio::time::Instant,
+    /// `gen_ai.operation.name`.
+    genai_operation: &'static str,
     ended: bool,
     /// The `maxTokens` the sidecar set on a request that left it unset.
     defaulted_max_tokens: Option<u64>,
@@ -299,76 +331,85 @@ impl Ticket {
             Workload::Batch => "batch",
             Workload::Interactive => "interactive",
         };
-        let cause;
-        let (outcome, ending) = match ended {
-            Ended::Served(served) => (
-                "served",
-                crate::otlp::Ending {
-                    model: Some(&served.model),
-                    attempts: served.attempts,
-                    history: &served.history,
-                    answered_sent_at: Some(served.sent_at),
-                    outcome: "served",
-                    error: None,
-                    request_id: &served.request_id,
-                    policy: &policy,
-                    workload,
-                    continuations: served.continuations,
-                },
-            ),
-            Ended::Failed(error) => {
-                cause = error.cause().as_str();
-                (
-                    cause,
-                    crate::otlp::Ending {
-                        model: error.history().last().map(|a| a.model.as_str()),
-                        attempts: error.attempts(),
-                        history: error.history(),
-                        answered_sent_at: None,
-                        outcome: cause,
-                        error: Some(error.last_error().map_or("", |e| e.message.as_str())),
-                        request_id: &self.request_id,
-                        policy: &policy,
-                        workload,
-                        continuations: 0,
-                    },
-                )
-            }
-            Ended::FromQueue(served) => {
-                let outcome = if *served { "served" } else { "failed" };
-                (
-                    outcome,
-                    crate::otlp::Ending {
-                        model: None,
-                        attempts: 0,
-                        history: &[],
-                        answered_sent_at: None,
-                        outcome,
-                        error: (!served).then_some("answered through the fleet's queue"),
-                        request_id: &self.request_id,
-                        policy: &policy,
-                        workload,
-                        continuations: 0,
-                    },
-                )
-            }
-            Ended::CutOff => (
-                "cut-off",
-                crate::otlp::Ending {
-                    model: None,
-                    attempts: 0,
-                    history: &[],
-                    answered_sent_at: None,
-                    outcome: "cut-off",
-                    error: Some("ended by the drain's grace period"),
-                    request_id: &self.request_id,
-                    policy: &policy,
-                    workload,
-                    continuations: 0,
-                },
-            ),
+        let blank = crate::otlp::Ending {
+            model: None,
+            attempts: 0,
+            history: &[],
+            answered_sent_at: None,
+            outcome: "",
+            error: None,
+            request_id: &self.request_id,
+            policy: &policy,
+            workload,
+            continuations: 0,
+            usage: None,
+            finish_reason: None,
+            error_type: None,
         };
-        shared.metrics.request(self.operation.name(), outcome);
+        let ending = match ended {
+            Ended::Served {
+                served,
+                usage,
+                finish_reason,
+            } => crate::otlp::Ending {
+                model: Some(&served.model),
+                attempts: served.attempts,
+                history: &served.history,
+                answered_sent_at: Some(served.sent_at),
+                outcome: "served",
+                request_id: &served.request_id,
+                continuations: served.continuations,
+                usage: usage.map(|u| (u.input, u.output)),
+                finish_reason: *finish_reason,
+                ..blank
+            },
+            Ended::Failed(error) => {
+                let outcome = error.cause().as_str();
+                crate::otlp::Ending {
+                    model: error.history().last().map(|a| a.model.as_str()),
+                    attempts: error.attempts(),
+                    history: error.history(),
+                    outcome,
+                    error: Some(error.last_error().map_or("", |e| e.message.as_str())),
+                    // The upstream error's class when there was one (ThrottlingException…),
+                    // else what ended the request (circuit-open, queue-full…).
+                    error_type: Some(
+                        error
+                            .last_error()
+                            .map(|e| e.code.as_str())
+                            .filter(|code| !code.is_empty() && code.len() <= 64)
+                            .unwrap_or(outcome),
+                    ),
+                    ..blank
+                }
+            }
+            Ended::FromQueue(served) => crate::otlp::Ending {
+                outcome: if *served { "served" } else { "failed" },
+                error: (!served).then_some("answered through the fleet's queue"),
+                error_type: (!served).then_some("fleet-queue"),
+                ..blank
+            },
+            Ended::CutOff => crate::otlp::Ending {
+                outcome: "cut-off",
+                error: Some("ended by the drain's grace period"),
+                error_type: Some("cut-off"),
+                ..blank
+            },
+        };
+        shared
+            .metrics
+            .request(self.operation.name(), ending.outcome);
+        shared.metrics.genai.ended(
+            &GenAiOperation {
+                operation: self.genai_operation,
+                requested: &self.requested,
+                answered: ending.model.filter(|_| ending.error.is_none()),
+                listed: shared.chains.is_listed(&self.requested),
+                error_type: ending.error_type,
+            },
+            self.arrived.elapsed().as_secs_f64(),
+            ending.usage,
+        );
         if let (Some(trace), Some(exporter)) = (self.trace.take(), &shared.exporter) {
             exporter.record(trace.finish(&ending));
         }
@@ -421,6 +462,17 @@ impl Ticket {
 
     /// The stream's response: its first frame is in hand; the rest follow as they arrive.
     fn stream(self, stream: RawStream) -> Response {
+        // The stream's first chunk is in hand: its time to first chunk is now.
+        self.shared.metrics.genai.first_chunk(
+            &GenAiOperation {
+                operation: self.genai_operation,
+                requested: &self.requested,
+                answered: Some(&stream.served().model),
+                listed: self.shared.chains.is_listed(&self.requested),
+                error_type: None,
+            },
+            self.arrived.elapsed().as_secs_f64(),
+        );
         let served = stream.served();
         let mut headers = self.served_headers(
             &served.model,
@@ -489,7 +541,11 @@ impl Frames {
             Ok(Some(frame)) => Some(frame.bytes),
             Ok(None) => {
                 let stream = self.stream.take()?;
-                self.ticket.end(&Ended::Served(stream.served()));
+                self.ticket.end(&Ended::Served {
+                    served: stream.served(),
+                    usage: stream.usage(),
+                    finish_reason: stream.finish_reason(),
+                });
                 None
             }
             Err(error) => {
@@ -507,5 +563,26 @@ impl Drop for Frames {
             // The caller went away mid-stream: the request is not served.
             let _ = stream.abandon("the caller went away");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invoke_model_body_of_messages_is_a_chat_and_any_other_a_text_completion() {
+        let messages = br#"{"anthropic_version":"bedrock-2023-05-31","messages":[]}"#;
+        let prompt = br#"{"inputText":"say messages"}"#;
+        assert_eq!(genai_operation(Operation::Converse, b"{}"), "chat");
+        assert_eq!(genai_operation(Operation::InvokeModel, messages), "chat");
+        assert_eq!(
+            genai_operation(Operation::InvokeModel, prompt),
+            "text_completion"
+        );
+        assert_eq!(
+            genai_operation(Operation::InvokeModel, b"not json"),
+            "text_completion"
+        );
     }
 }

@@ -68,11 +68,12 @@ async fn each_request_and_attempt_reaches_the_collector_with_its_path_across_mod
     )
     .await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":256}}"#;
     let answer = http(
         "POST",
         &format!("{}/model/primary/converse", sidecar.endpoint_url()),
         &[("traceparent", traceparent)],
-        CONVERSE_BODY,
+        body,
     )
     .await;
     assert_eq!(answer.status, 200);
@@ -86,10 +87,32 @@ async fn each_request_and_attempt_reaches_the_collector_with_its_path_across_mod
             .unwrap();
         got.push(span);
     }
+    // OpenTelemetry's GenAI conventions: `{gen_ai.operation.name} {gen_ai.request.model}`.
     let request = got
         .iter()
-        .find(|s| s.name == "BedrockRuntime/Converse")
+        .find(|s| s.name == "chat primary")
         .expect("the request span");
+    assert_eq!(attribute(request, "gen_ai.operation.name"), "chat");
+    assert_eq!(attribute(request, "gen_ai.provider.name"), "aws.bedrock");
+    assert_eq!(attribute(request, "gen_ai.request.model"), "primary");
+    assert_eq!(attribute(request, "gen_ai.request.max_tokens"), "256");
+    assert_eq!(attribute(request, "gen_ai.response.model"), "fallback");
+    let answered = answer.json();
+    assert_eq!(
+        attribute(request, "gen_ai.usage.input_tokens"),
+        answered["usage"]["inputTokens"].to_string()
+    );
+    assert_eq!(
+        attribute(request, "gen_ai.usage.output_tokens"),
+        answered["usage"]["outputTokens"].to_string()
+    );
+    let reason = answered["stopReason"].as_str().unwrap();
+    assert!(
+        attribute(request, "gen_ai.response.finish_reasons").contains(reason),
+        "{:?}",
+        attribute(request, "gen_ai.response.finish_reasons")
+    );
+    assert_eq!(attribute(request, "error.type"), "", "it was served");
     assert_eq!(
         hex(&request.trace_id),
         "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -134,6 +157,62 @@ async fn each_request_and_attempt_reaches_the_collector_with_its_path_across_mod
         .unwrap();
     assert_eq!(attribute(last, "backstop.model"), "fallback");
     assert_eq!(last.status.as_ref().unwrap().code, 1, "ok");
+
+    // The same operation in OpenTelemetry's GenAI client metrics, under their Prometheus
+    // names, beside the backstop_* families.
+    let metrics_url = format!("{}/metrics", sidecar.admin_url().unwrap());
+    let metrics =
+        String::from_utf8_lossy(&http("GET", &metrics_url, &[], "").await.body).into_owned();
+    let labels = r#"gen_ai_operation_name="chat",gen_ai_provider_name="aws.bedrock",gen_ai_request_model="primary",gen_ai_response_model="fallback""#;
+    assert!(
+        metrics.contains(&format!(
+            "gen_ai_client_operation_duration_seconds_count{{{labels},error_type=\"\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let input = answered["usage"]["inputTokens"].as_u64().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "gen_ai_client_token_usage_sum{{{labels},gen_ai_token_type=\"input\"}} {input}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_request_names_its_error_type_in_its_span_and_its_duration() {
+    let server = FaultServer::start(
+        scenario(vec![("refuses", crate::faults(&["validation"]))]),
+        0,
+    )
+    .await
+    .unwrap();
+    let (url, mut spans) = receiver().await;
+    let sidecar = sidecar_with(&server, r#"{ "chains": { "refuses": [] } }"#, Some(url)).await;
+    let url = format!("{}/model/refuses/converse", sidecar.endpoint_url());
+    assert_eq!(http("POST", &url, &[], CONVERSE_BODY).await.status, 400);
+    let request = loop {
+        let span = tokio::time::timeout(Duration::from_secs(5), spans.recv())
+            .await
+            .expect("spans arrive within the export interval")
+            .unwrap();
+        if span.name == "chat refuses" {
+            break span;
+        }
+    };
+    assert_eq!(attribute(&request, "error.type"), "ValidationException");
+    assert_eq!(
+        attribute(&request, "gen_ai.response.model"),
+        "",
+        "nothing answered"
+    );
+    let metrics_url = format!("{}/metrics", sidecar.admin_url().unwrap());
+    let metrics =
+        String::from_utf8_lossy(&http("GET", &metrics_url, &[], "").await.body).into_owned();
+    assert!(
+        metrics.contains(r#"gen_ai_request_model="refuses",gen_ai_response_model="",error_type="ValidationException"} 1"#),
+        "{metrics}"
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
