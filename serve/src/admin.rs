@@ -36,11 +36,52 @@ pub fn router(shared: Arc<Shared>) -> Router {
             require_token,
         ));
     Router::new()
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_script))
+        .route("/dashboard.css", get(dashboard_style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .merge(changes)
         .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
         .with_state(shared)
+}
+
+/// The dashboard's page, script and style, built into the binary: no CDN, no build step. It
+/// reads `/status` (open, as the listener is) and sends changes with the token typed in it.
+const DASHBOARD_PAGE: &str = include_str!("dashboard/index.html");
+const DASHBOARD_SCRIPT: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_STYLE: &str = include_str!("dashboard/dashboard.css");
+
+/// Serves one of the dashboard's files: nothing but this origin's own files may run or load
+/// in it, and no other page may frame it.
+fn dashboard_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            ("content-type", content_type),
+            (
+                "content-security-policy",
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                 img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            ("x-content-type-options", "nosniff"),
+            ("cache-control", "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_page() -> Response {
+    dashboard_file("text/html; charset=utf-8", DASHBOARD_PAGE)
+}
+
+async fn dashboard_script() -> Response {
+    dashboard_file("text/javascript; charset=utf-8", DASHBOARD_SCRIPT)
+}
+
+async fn dashboard_style() -> Response {
+    dashboard_file("text/css; charset=utf-8", DASHBOARD_STYLE)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

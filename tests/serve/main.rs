@@ -3,6 +3,7 @@
 
 mod admin;
 mod connections;
+mod dashboard;
 mod deploy;
 mod load;
 mod otlp;
