@@ -508,7 +508,8 @@ impl Drop for Ticket {
                 .metrics
                 .request(self.operation.name(), "client-gone");
             tracing::info!(
-                model = ?self.requested, operation = self.operation.name(),
+                request_id = %self.request_id, model = ?self.requested,
+                operation = self.operation.name(),
                 "the client went away before its answer was complete; its upstream work is cancelled"
             );
         }
