@@ -6,6 +6,7 @@ use crate::chains::Chains;
 use backstop::PolicyHandle;
 use backstop_core::contract::BreakerState;
 use backstop_core::untrusted::LabelValue;
+use opentelemetry_proto::tonic::metrics::v1 as otlp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 /// The `chain` label of every model the host configuration does not list.
 pub const UNLISTED: &str = "unlisted";
@@ -85,6 +88,67 @@ pub struct GenAiMetrics {
     duration: Histograms<GenAiLabels>,
     tokens: Histograms<GenAiTokenLabels>,
     first_chunk: Histograms<GenAiLabels>,
+    /// The same observations for OTLP export, which needs the buckets back.
+    otlp: Mutex<BTreeMap<(Instrument, Vec<(&'static str, String)>), Point>>,
+    /// When counting began (ns since the Unix epoch): the cumulative points' start.
+    started_unix_ns: u64,
+}
+
+/// The GenAI client instruments, as OTLP names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Instrument {
+    Duration,
+    Tokens,
+    FirstChunk,
+}
+
+impl Instrument {
+    const ALL: [Instrument; 3] = [
+        Instrument::Duration,
+        Instrument::Tokens,
+        Instrument::FirstChunk,
+    ];
+
+    /// Name, unit, description and bucket bounds (semantic-conventions-genai).
+    fn describe(self) -> (&'static str, &'static str, &'static str, &'static [f64]) {
+        match self {
+            Instrument::Duration => (
+                "gen_ai.client.operation.duration",
+                "s",
+                "GenAI operation duration.",
+                &DURATION_BUCKETS,
+            ),
+            Instrument::Tokens => (
+                "gen_ai.client.token.usage",
+                "{token}",
+                "Number of input and output tokens used.",
+                &TOKEN_BUCKETS,
+            ),
+            Instrument::FirstChunk => (
+                "gen_ai.client.operation.time_to_first_chunk",
+                "s",
+                "Time to receive the first chunk of a stream.",
+                &DURATION_BUCKETS,
+            ),
+        }
+    }
+}
+
+/// One cumulative histogram point.
+#[derive(Clone, Debug, Default)]
+struct Point {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    /// One more than the bounds: the last counts what lies above them all.
+    buckets: Vec<u64>,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Default for GenAiMetrics {
@@ -93,6 +157,8 @@ impl Default for GenAiMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             tokens: Family::new_with_constructor(token_histogram),
             first_chunk: Family::new_with_constructor(duration_histogram),
+            otlp: Mutex::new(BTreeMap::new()),
+            started_unix_ns: unix_ns(),
         }
     }
 }
@@ -116,6 +182,26 @@ impl GenAiOperation<'_> {
         LabelValue::new(if self.listed { model } else { UNLISTED })
     }
 
+    /// Its OTLP attributes, under the same rule for model ids as the labels.
+    fn attributes(&self) -> Vec<(&'static str, String)> {
+        let model = |m: &str| (if self.listed { m } else { UNLISTED }).to_string();
+        let mut attributes = vec![
+            ("gen_ai.operation.name", self.operation.to_string()),
+            (
+                "gen_ai.provider.name",
+                crate::otlp::GEN_AI_PROVIDER.to_string(),
+            ),
+            ("gen_ai.request.model", model(self.requested)),
+        ];
+        if let Some(answered) = self.answered {
+            attributes.push(("gen_ai.response.model", model(answered)));
+        }
+        if let Some(error_type) = self.error_type {
+            attributes.push(("error.type", error_type.to_string()));
+        }
+        attributes
+    }
+
     fn labels(&self) -> GenAiLabels {
         GenAiLabels {
             gen_ai_operation_name: self.operation,
@@ -131,10 +217,15 @@ impl GenAiMetrics {
     /// An operation ended after `seconds`, with `usage` (input, output) when it reported one.
     pub fn ended(&self, op: &GenAiOperation<'_>, seconds: f64, usage: Option<(u64, u64)>) {
         self.duration.get_or_create(&op.labels()).observe(seconds);
+        self.record(Instrument::Duration, op.attributes(), seconds);
         let Some((input, output)) = usage else {
             return;
         };
         for (kind, count) in [("input", input), ("output", output)] {
+            let mut attributes = op.attributes();
+            attributes.retain(|(key, _)| *key != "error.type");
+            attributes.push(("gen_ai.token.type", kind.to_string()));
+            self.record(Instrument::Tokens, attributes, count as f64);
             let labels = GenAiTokenLabels {
                 gen_ai_operation_name: op.operation,
                 gen_ai_provider_name: crate::otlp::GEN_AI_PROVIDER,
@@ -151,6 +242,71 @@ impl GenAiMetrics {
         self.first_chunk
             .get_or_create(&op.labels())
             .observe(seconds);
+        self.record(Instrument::FirstChunk, op.attributes(), seconds);
+    }
+
+    fn record(&self, instrument: Instrument, attributes: Vec<(&'static str, String)>, value: f64) {
+        let bounds = instrument.describe().3;
+        let mut points = self.otlp.lock().unwrap_or_else(PoisonError::into_inner);
+        let point = points
+            .entry((instrument, attributes))
+            .or_insert_with(|| Point {
+                min: value,
+                max: value,
+                buckets: vec![0; bounds.len() + 1],
+                ..Point::default()
+            });
+        point.count += 1;
+        point.sum += value;
+        point.min = point.min.min(value);
+        point.max = point.max.max(value);
+        // A bucket holds what is above the bound before it, up to and including its own.
+        let bucket = bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(bounds.len());
+        point.buckets[bucket] += 1;
+    }
+
+    /// Every instrument with a point so far, as OTLP's cumulative histograms.
+    pub fn otlp_metrics(&self) -> Vec<otlp::Metric> {
+        let now = unix_ns();
+        let points = self.otlp.lock().unwrap_or_else(PoisonError::into_inner);
+        Instrument::ALL
+            .into_iter()
+            .filter_map(|instrument| {
+                let (name, unit, description, bounds) = instrument.describe();
+                let data_points: Vec<_> = points
+                    .iter()
+                    .filter(|((of, _), _)| *of == instrument)
+                    .map(|((_, attributes), point)| otlp::HistogramDataPoint {
+                        attributes: attributes
+                            .iter()
+                            .map(|(key, value)| crate::otlp::text_attribute(key, value))
+                            .collect(),
+                        start_time_unix_nano: self.started_unix_ns,
+                        time_unix_nano: now,
+                        count: point.count,
+                        sum: Some(point.sum),
+                        bucket_counts: point.buckets.clone(),
+                        explicit_bounds: bounds.to_vec(),
+                        min: Some(point.min),
+                        max: Some(point.max),
+                        ..Default::default()
+                    })
+                    .collect();
+                (!data_points.is_empty()).then(|| otlp::Metric {
+                    name: name.into(),
+                    description: description.into(),
+                    unit: unit.into(),
+                    data: Some(otlp::metric::Data::Histogram(otlp::Histogram {
+                        data_points,
+                        aggregation_temporality: otlp::AggregationTemporality::Cumulative as i32,
+                    })),
+                    ..Default::default()
+                })
+            })
+            .collect()
     }
 
     fn register(&self, registry: &mut Registry) {

@@ -71,6 +71,7 @@ impl Exporter {
     /// `/v1/traces`.
     pub fn start(url: String, metrics: Arc<ServeMetrics>) -> Exporter {
         let (queue, spans) = mpsc::channel(QUEUE_SPANS);
+        tokio::spawn(metrics_loop(metrics_url(&url), metrics.clone()));
         tokio::spawn(export_loop(url, spans, metrics.clone()));
         Exporter { queue, metrics }
     }
@@ -85,6 +86,61 @@ impl Exporter {
         }
         if dropped > 0 {
             self.metrics.spans(0, dropped);
+        }
+    }
+}
+
+/// The metrics URL beside a traces URL: `…/v1/traces` becomes `…/v1/metrics`.
+pub fn metrics_url(traces_url: &str) -> String {
+    let base = traces_url.trim_end_matches('/');
+    let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+    format!("{base}/v1/metrics")
+}
+
+/// How often the GenAI metrics are sent: `OTEL_METRIC_EXPORT_INTERVAL` (ms, as OpenTelemetry's
+/// SDKs read it; 60 s when unset), between 100 ms and an hour.
+fn metric_interval() -> Duration {
+    let ms = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(60_000)
+        .clamp(100, 3_600_000);
+    Duration::from_millis(ms)
+}
+
+/// Sends OpenTelemetry's GenAI client metrics (cumulative histograms) every interval, while
+/// the sidecar runs; a failed export is logged and the next one carries the totals.
+async fn metrics_loop(url: String, metrics: Arc<ServeMetrics>) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resource = resource();
+    let mut every = tokio::time::interval(metric_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let points = metrics.genai.otlp_metrics();
+        if points.is_empty() {
+            continue;
+        }
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "backstop-serve".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics: points,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        if let Err(error) = send(&client, &url, request.encode_to_vec()).await {
+            tracing::warn!(%url, %error, "OTLP metrics export failed; the next carries the totals");
         }
     }
 }
@@ -180,6 +236,11 @@ fn attribute(key: &str, value: any_value::Value) -> KeyValue {
 
 fn text(key: &str, value: &str) -> KeyValue {
     attribute(key, any_value::Value::StringValue(value.into()))
+}
+
+/// A string attribute, for the metrics' data points.
+pub fn text_attribute(key: &str, value: &str) -> KeyValue {
+    text(key, value)
 }
 
 fn int(key: &str, value: u64) -> KeyValue {

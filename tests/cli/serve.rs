@@ -191,3 +191,123 @@ fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
         get(&admin, "/metrics")
     );
 }
+
+/// A collector that takes one OTLP/HTTP export: the path it was posted to and its body.
+fn one_export(listener: &std::net::TcpListener) -> (String, Vec<u8>) {
+    let (mut stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    (path, body)
+}
+
+/// OpenTelemetry's GenAI client metrics leave the process over OTLP as the conventions name
+/// them, at `OTEL_METRIC_EXPORT_INTERVAL`, beside the spans.
+#[test]
+fn serve_exports_the_genai_client_metrics_over_otlp() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use prost::Message;
+    let runtime = backstop_test_support::runtime();
+    let server = runtime
+        .block_on(FaultServer::start(Scenario::default(), 0))
+        .unwrap();
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let sidecar = Serve::start(
+        env!("CARGO_BIN_EXE_backstop"),
+        &[
+            "--upstream-endpoint",
+            &server.endpoint_url(),
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "300")],
+    );
+    let data = sidecar.data.trim_start_matches("http://").to_string();
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}]}"#;
+    let answer = post(&data, "/model/m/converse", body);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Spans and metrics arrive in either order; the metrics export is what this test reads.
+    let metrics = loop {
+        let (path, body) = one_export(&collector);
+        if path == "/v1/metrics" {
+            break ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics");
+        }
+        assert_eq!(path, "/v1/traces");
+    };
+    let all: Vec<_> = metrics
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .collect();
+    let duration = all
+        .iter()
+        .find(|m| m.name == "gen_ai.client.operation.duration")
+        .expect("the duration histogram");
+    assert_eq!(duration.unit, "s");
+    let Some(Data::Histogram(histogram)) = &duration.data else {
+        panic!("a histogram: {duration:?}");
+    };
+    let point = &histogram.data_points[0];
+    assert_eq!(point.count, 1);
+    assert_eq!(point.bucket_counts.iter().sum::<u64>(), 1);
+    assert_eq!(point.explicit_bounds.len() + 1, point.bucket_counts.len());
+    let attribute = |key: &str| {
+        point
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    assert_eq!(attribute("gen_ai.operation.name").as_deref(), Some("chat"));
+    assert_eq!(
+        attribute("gen_ai.provider.name").as_deref(),
+        Some("aws.bedrock")
+    );
+    // The caller's own model id is not a host-listed chain: counted under `unlisted`.
+    assert_eq!(
+        attribute("gen_ai.request.model").as_deref(),
+        Some("unlisted")
+    );
+    let tokens = all
+        .iter()
+        .find(|m| m.name == "gen_ai.client.token.usage")
+        .expect("the token histogram");
+    let Some(Data::Histogram(tokens)) = &tokens.data else {
+        panic!("a histogram");
+    };
+    assert_eq!(tokens.data_points.len(), 2, "input and output");
+    drop(sidecar);
+}
