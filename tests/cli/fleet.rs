@@ -117,6 +117,7 @@ fn converse(replica: &Serve, model: &str) -> (String, String) {
 }
 
 #[test]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 fn four_serve_replicas_share_a_breaker_and_outlive_a_redis_restart() {
     let Some(mut redis) = RedisServer::start(None) else {
         return;
@@ -231,6 +232,7 @@ fn queue_count(replica: &Serve, counter: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_others() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -330,6 +332,7 @@ fn batch_requests_parked_by_a_replica_killed_with_sigkill_are_all_served_by_the_
 }
 
 #[test]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 fn on_a_spike_four_serve_replicas_lease_one_budget_and_serve_everything() {
     let Some(redis) = RedisServer::start(None) else {
         return;

@@ -115,6 +115,7 @@ async fn open_within(core: &Resilience, limit: Duration) -> Option<Duration> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn a_breaker_opened_by_one_replica_is_open_on_the_others_within_a_second() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -164,6 +165,7 @@ async fn a_breaker_opened_by_one_replica_is_open_on_the_others_within_a_second()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn a_replica_that_joins_later_learns_the_openings_in_force() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -179,6 +181,7 @@ async fn a_replica_that_joins_later_learns_the_openings_in_force() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_when_it_returns() {
     let Some(mut redis) = RedisServer::start(None) else {
         return;
@@ -235,6 +238,7 @@ async fn redis_going_away_costs_the_sharing_not_a_request_and_sharing_resumes_wh
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn the_replica_that_opened_a_breaker_probes_it_for_the_fleet_and_its_answer_closes_it_everywhere()
  {
     let Some(redis) = RedisServer::start(None) else {
@@ -293,6 +297,7 @@ async fn the_replica_that_opened_a_breaker_probes_it_for_the_fleet_and_its_answe
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn when_the_owner_never_probes_the_others_probe_after_the_grace() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -383,6 +388,7 @@ fn learned_rpm(core: &Resilience) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn a_throttle_anywhere_cuts_every_replica_that_knows_the_limit_once_per_congestion() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -428,6 +434,7 @@ async fn a_throttle_anywhere_cuts_every_replica_that_knows_the_limit_once_per_co
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn the_lua_budget_in_redis_grants_what_the_hosts_lease_budget_grants_step_by_step() {
     use backstop_resilience::capacity::LeaseAsk;
     use backstop_resilience::fleet::BUDGET_SPAN_S;
@@ -482,6 +489,7 @@ async fn the_lua_budget_in_redis_grants_what_the_hosts_lease_budget_grants_step_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn replicas_lease_capacity_from_redis_and_refill_alone_when_it_goes() {
     let Some(mut redis) = RedisServer::start(None) else {
         return;

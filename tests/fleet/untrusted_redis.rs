@@ -58,6 +58,7 @@ async fn redis_cmd(redis: &RedisServer, args: &[&str]) -> redis::Value {
 /// entries are now dropped and counted; signed ones due later wait in the delayed set, where
 /// they hold no slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn far_future_entries_cannot_starve_the_queue() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -129,6 +130,7 @@ async fn far_future_entries_cannot_starve_the_queue() {
 /// attacker's 200, body and `set-cookie`. An answer that does not verify is dropped and counted;
 /// the caller gets the fleet's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn an_answer_forged_in_redis_never_reaches_the_caller() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -177,6 +179,7 @@ async fn an_answer_forged_in_redis_never_reaches_the_caller() {
 /// An entry due after its own deadline is served at once (the sidecar answers it with a
 /// deadline error), not held until it is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn an_entry_due_after_its_deadline_is_answered_at_once() {
     let Some(redis) = RedisServer::start(None) else {
         return;
@@ -291,7 +294,6 @@ fn tls_redis() -> Option<TlsRedis> {
     };
     if !made {
         backstop_test_support::skip_missing("openssl", "apt-get install openssl");
-        return None;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -334,8 +336,7 @@ fn tls_redis() -> Option<TlsRedis> {
         .stderr(std::process::Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        eprintln!("SKIPPED: redis-server is not installed");
-        return None;
+        backstop_test_support::skip_missing("redis-server", "apt-get install redis-server");
     };
     backstop_test_support::wait_for_port(port, "redis-server (TLS)");
     let ca = std::fs::read(dir.join("ca.crt")).unwrap();
@@ -350,6 +351,7 @@ fn tls_redis() -> Option<TlsRedis> {
 /// `rediss://` with the fleet's own CA and an ACL user: the fleet shares, and its queue
 /// serves; a wrong password or an untrusted certificate leaves the replica local.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and openssl (apt-get install redis-server openssl)"]
 async fn a_fleet_reaches_redis_over_tls_as_an_acl_user() {
     use backstop_fleet::{RedisFleet, RedisTarget};
     let Some(redis) = tls_redis() else {
@@ -412,6 +414,7 @@ async fn a_fleet_reaches_redis_over_tls_as_an_acl_user() {
 /// An answer larger than any the fleet writes is dropped unread, signed or not: Redis cannot
 /// make a waiting replica read hundreds of megabytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn an_oversized_answer_is_dropped_unread() {
     let Some(redis) = RedisServer::start(None) else {
         return;

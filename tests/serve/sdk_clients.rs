@@ -86,11 +86,11 @@ fn available(check: &mut Command, what: &str, install: &str) -> bool {
     if check.status().is_ok_and(|s| s.success()) {
         return true;
     }
-    backstop_test_support::skip_missing(what, install);
-    false
+    backstop_test_support::skip_missing(what, install)
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs boto3 (pip install boto3)"]
 async fn boto3_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions() {
     if !boto3_available() {
         return;
@@ -104,6 +104,7 @@ async fn boto3_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the AWS SDK for JavaScript v3 (npm install --prefix target/jsdk @aws-sdk/client-bedrock-runtime)"]
 async fn the_javascript_sdk_uses_the_sidecar_for_every_operation_and_gets_bedrocks_exceptions() {
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/jsdk/node_modules");
     let sdk = format!("{modules}/@aws-sdk/client-bedrock-runtime");
@@ -128,6 +129,7 @@ async fn the_javascript_sdk_uses_the_sidecar_for_every_operation_and_gets_bedroc
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs boto3 (pip install boto3)"]
 async fn the_real_time_replay_tallies_what_boto3_got_through_the_sidecar() {
     if !boto3_available() {
         return;
