@@ -502,11 +502,7 @@ impl Resilience {
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
-        match self.run(Mode::Unary, request, cost, attempt).await {
-            Ok(served) => Ok(served),
-            Err(Stop::Failed(error)) => Err(error),
-            Err(Stop::Deferred(_)) => unreachable!("only a deferrable call is handed back"),
-        }
+        never_deferred(self.run(Mode::Unary, request, cost, attempt).await)
     }
 
     /// [`call`](Self::call) for an operation whose output is a stream still to come: whether
@@ -523,11 +519,7 @@ impl Resilience {
         F: FnMut(&str) -> Fut,
         Fut: Future<Output = Result<T, (ErrorInfo, BoxError)>>,
     {
-        match self.run(Mode::Streaming, request, cost, attempt).await {
-            Ok(served) => Ok(served),
-            Err(Stop::Failed(error)) => Err(error),
-            Err(Stop::Deferred(_)) => unreachable!("only a deferrable call is handed back"),
-        }
+        never_deferred(self.run(Mode::Streaming, request, cost, attempt).await)
     }
 
     /// [`call`](Self::call) for batch work whose caller keeps a queue of its own (a durable
@@ -1565,6 +1557,15 @@ impl Resilience {
         p.model = 0;
         p.on_model = 0;
         Ok(())
+    }
+}
+
+/// The end of a call that is not deferrable: served, or failed.
+fn never_deferred<T>(result: Result<Served<T>, Stop>) -> Result<Served<T>, CallError> {
+    match result {
+        Ok(served) => Ok(served),
+        Err(Stop::Failed(error)) => Err(error),
+        Err(Stop::Deferred(_)) => unreachable!("only a deferrable call is handed back"),
     }
 }
 

@@ -128,11 +128,7 @@ async fn metrics_loop(url: String, metrics: Arc<ServeMetrics>) {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(resource.clone()),
                 scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "backstop-serve".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope()),
                     metrics: points,
                     schema_url: String::new(),
                 }],
@@ -173,11 +169,7 @@ async fn export_loop(url: String, mut spans: mpsc::Receiver<Span>, metrics: Arc<
                 resource_spans: vec![ResourceSpans {
                     resource: Some(resource.clone()),
                     scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "backstop-serve".into(),
-                            version: env!("CARGO_PKG_VERSION").into(),
-                            ..Default::default()
-                        }),
+                        scope: Some(scope()),
                         spans: std::mem::take(&mut batch),
                         schema_url: String::new(),
                     }],
@@ -215,6 +207,15 @@ async fn send(
         Ok(())
     } else {
         Err(format!("the collector answered {}", response.status()))
+    }
+}
+
+/// Who produced the spans and metrics.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "backstop-serve".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
     }
 }
 

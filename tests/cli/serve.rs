@@ -110,9 +110,13 @@ fn serve_answers_takes_a_swap_and_drains_on_sigterm() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// What [`collector`] keeps of each request: its request line and headers (joined by ` | `)
+/// and its body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An OTLP/HTTP collector as small as a test needs: it answers 200 to every request and keeps
-/// each one's request line and content type.
-fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// each one's head and body.
+fn collector() -> (String, Seen) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -136,9 +140,7 @@ fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            kept.lock()
-                .unwrap()
-                .push(format!("{} ({} bytes)", head.join(" | "), body.len()));
+            kept.lock().unwrap().push((head.join(" | "), body));
             let _ = reader
                 .get_mut()
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -170,14 +172,14 @@ fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
         seen.lock()
             .unwrap()
             .iter()
-            .any(|r| r.starts_with("POST /v1/traces "))
+            .any(|(head, _)| head.starts_with("POST /v1/traces "))
     };
     assert!(
         support::eventually(Duration::from_secs(5), exported),
         "{:?}",
         seen.lock().unwrap()
     );
-    let request = seen.lock().unwrap()[0].to_ascii_lowercase();
+    let request = seen.lock().unwrap()[0].0.to_ascii_lowercase();
     assert!(
         request.contains("content-type: application/x-protobuf"),
         "{request}"
@@ -192,41 +194,6 @@ fn spans_go_to_the_collector_named_by_the_standard_environment_variable() {
     );
 }
 
-/// A collector that takes one OTLP/HTTP export: the path it was posted to and its body.
-fn one_export(listener: &std::net::TcpListener) -> (String, Vec<u8>) {
-    let (mut stream, _) = listener.accept().unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
-    let mut length = 0usize;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).unwrap();
-        if header.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    (path, body)
-}
-
 /// OpenTelemetry's GenAI client metrics leave the process over OTLP as the conventions name
 /// them, at `OTEL_METRIC_EXPORT_INTERVAL`, beside the spans.
 #[test]
@@ -239,8 +206,7 @@ fn serve_exports_the_genai_client_metrics_over_otlp() {
     let server = runtime
         .block_on(FaultServer::start(Scenario::default(), 0))
         .unwrap();
-    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (endpoint, seen) = collector();
     let sidecar = Serve::start(
         env!("CARGO_BIN_EXE_backstop"),
         &[
@@ -256,13 +222,19 @@ fn serve_exports_the_genai_client_metrics_over_otlp() {
     let answer = post(&data, "/model/m/converse", body);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Spans and metrics arrive in either order; the metrics export is what this test reads.
-    let metrics = loop {
-        let (path, body) = one_export(&collector);
-        if path == "/v1/metrics" {
-            break ExportMetricsServiceRequest::decode(body.as_slice()).expect("OTLP metrics");
-        }
-        assert_eq!(path, "/v1/traces");
+    let metrics_body = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(head, _)| head.starts_with("POST /v1/metrics "))
+            .map(|(_, body)| body.clone())
     };
+    assert!(
+        support::eventually(Duration::from_secs(5), || metrics_body().is_some()),
+        "no metrics export"
+    );
+    let metrics = ExportMetricsServiceRequest::decode(metrics_body().unwrap().as_slice())
+        .expect("OTLP metrics");
     let all: Vec<_> = metrics
         .resource_metrics
         .iter()

@@ -429,21 +429,17 @@ async fn a_clients_own_retry_is_counted() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap()
     };
-    http(
-        "POST",
-        &url,
-        &[("amz-sdk-request", "attempt=1; max=3")],
-        CONVERSE_BODY,
-    )
-    .await;
+    let first_attempt = || {
+        http(
+            "POST",
+            &url,
+            &[("amz-sdk-request", "attempt=1; max=3")],
+            CONVERSE_BODY,
+        )
+    };
+    first_attempt().await;
     assert_eq!(retries().await, 0);
-    http(
-        "POST",
-        &url,
-        &[("amz-sdk-request", "attempt=1; max=3")],
-        CONVERSE_BODY,
-    )
-    .await;
+    first_attempt().await;
     assert_eq!(
         retries().await,
         0,
