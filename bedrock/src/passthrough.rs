@@ -155,46 +155,53 @@ impl RawRequest {
     }
 }
 
-/// The usage a unary answer reports: Bedrock's token-count headers, else its body's `usage`.
-fn answer_usage(headers: &[(String, String)], body: &[u8]) -> Option<Usage> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-    };
-    match (
-        header("x-amzn-bedrock-input-token-count"),
-        header("x-amzn-bedrock-output-token-count"),
-    ) {
-        (Some(input), Some(output)) => Some(Usage { input, output }),
-        _ => serde_json::from_slice(body)
-            .ok()
-            .and_then(|json: serde_json::Value| catalogue::usage_in(&json)),
-    }
-}
-
-impl RawResponse {
-    /// The usage it reports (Bedrock's token-count headers, else its body's `usage`).
-    pub fn usage(&self) -> Option<Usage> {
-        answer_usage(&self.headers, &self.body)
-    }
-
-    /// Why the model stopped, as its body says ([`catalogue::stop_reason_in`]).
-    pub fn finish_reason(&self) -> Option<String> {
-        serde_json::from_slice(&self.body)
-            .ok()
-            .and_then(|json: serde_json::Value| catalogue::stop_reason_in(&json))
-    }
-}
-
-/// A unary answer as Bedrock sent it (status 200).
+/// A unary answer as Bedrock sent it (status 200), with what it reports of itself read once.
 #[derive(Clone, Debug)]
 pub struct RawResponse {
     /// Its headers (see [`forwarded_response_header`]).
     pub headers: Vec<(String, String)>,
     /// Its body, untouched.
     pub body: Bytes,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+}
+
+impl RawResponse {
+    /// An answer, its body read once for what it reports: the usage (Bedrock's token-count
+    /// headers, else the body's `usage`) and why the model stopped.
+    fn new(headers: Vec<(String, String)>, body: Bytes) -> RawResponse {
+        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        };
+        let usage = match (
+            header("x-amzn-bedrock-input-token-count"),
+            header("x-amzn-bedrock-output-token-count"),
+        ) {
+            (Some(input), Some(output)) => Some(Usage { input, output }),
+            _ => json.as_ref().and_then(catalogue::usage_in),
+        };
+        let finish_reason = json.as_ref().and_then(catalogue::stop_reason_in);
+        RawResponse {
+            headers,
+            body,
+            usage,
+            finish_reason,
+        }
+    }
+
+    /// The usage it reports.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Why the model stopped, as its body says ([`catalogue::stop_reason_in`]).
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.finish_reason.as_deref()
+    }
 }
 
 impl ResilientClient {
@@ -243,13 +250,13 @@ impl ResilientClient {
             send_once(&sdk, operation, model, capture.clone()).await?;
             let (headers, body) = capture.take();
             let body = body.ok_or_else(|| missing("the answer had no body"))?;
-            Ok(RawResponse { headers, body })
+            Ok(RawResponse::new(headers, body))
         }
     }
 
     /// The quota settled to what the answer says it used.
     fn settle_raw(&self, served: &Served<RawResponse>) {
-        if let Some(usage) = answer_usage(&served.output.headers, &served.output.body) {
+        if let Some(usage) = served.output.usage() {
             self.inner.core.settle(served, usage);
         }
     }

@@ -64,12 +64,13 @@ pub async fn invoke(
             body = Bytes::from(set);
             Some(tokens)
         });
+    let id = RequestId::next();
     let options = match request_options(&shared, &headers, &caller) {
         // The end is fixed on arrival, so the time spent before the call counts; the id is
         // taken now, so that a failure's answer names the request as its log lines do.
         Ok(options) => options
             .with_deadline_at(client.deadline_of(&options))
-            .with_request_id(RequestId::next()),
+            .with_request_id(id),
         Err(message) => return wire::validation(400, &message),
     };
     let forwarded = headers
@@ -101,10 +102,7 @@ pub async fn invoke(
         requested: model,
         trace,
         workload: options.workload,
-        request_id: options
-            .request_id()
-            .unwrap_or_else(RequestId::next)
-            .to_string(),
+        request_id: id.to_string(),
         arrived: tokio::time::Instant::now(),
         genai_operation,
         ended: false,
@@ -186,11 +184,10 @@ async fn send_or_park(
                 &output.headers,
             );
             let mut ticket = ticket;
-            let finish_reason = output.finish_reason();
             ticket.end(&Ended::Served {
                 served: &served,
                 usage: output.usage(),
-                finish_reason: finish_reason.as_deref(),
+                finish_reason: output.finish_reason(),
             });
             (StatusCode::OK, headers, output.body).into_response()
         }
@@ -372,14 +369,9 @@ impl Ticket {
                     outcome,
                     error: Some(error.last_error().map_or("", |e| e.message.as_str())),
                     // The upstream error's class when there was one (ThrottlingException…),
-                    // else what ended the request (circuit-open, queue-full…).
-                    error_type: Some(
-                        error
-                            .last_error()
-                            .map(|e| e.code.as_str())
-                            .filter(|code| !code.is_empty() && code.len() <= 64)
-                            .unwrap_or(outcome),
-                    ),
+                    // else what ended the request (circuit-open, queue-full…). The class is
+                    // the kind's own name, not the upstream's text: a bounded set of labels.
+                    error_type: Some(error.last_error().map_or(outcome, |e| e.kind.code())),
                     ..blank
                 }
             }
