@@ -145,7 +145,24 @@ struct Point {
     buckets: Vec<u64>,
 }
 
-fn unix_ns() -> u64 {
+/// OpenTelemetry's GenAI provider name for Bedrock (semantic-conventions-genai,
+/// `aws-bedrock.md`), in spans and metrics alike.
+pub const GEN_AI_PROVIDER: &str = "aws.bedrock";
+
+/// A string attribute of an OTLP data point.
+fn text_attribute(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch: OTLP's clock.
+pub(crate) fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -187,10 +204,7 @@ impl GenAiOperation<'_> {
         let model = |m: &str| (if self.listed { m } else { UNLISTED }).to_string();
         let mut attributes = vec![
             ("gen_ai.operation.name", self.operation.to_string()),
-            (
-                "gen_ai.provider.name",
-                crate::otlp::GEN_AI_PROVIDER.to_string(),
-            ),
+            ("gen_ai.provider.name", GEN_AI_PROVIDER.to_string()),
             ("gen_ai.request.model", model(self.requested)),
         ];
         if let Some(answered) = self.answered {
@@ -205,7 +219,7 @@ impl GenAiOperation<'_> {
     fn labels(&self) -> GenAiLabels {
         GenAiLabels {
             gen_ai_operation_name: self.operation,
-            gen_ai_provider_name: crate::otlp::GEN_AI_PROVIDER,
+            gen_ai_provider_name: GEN_AI_PROVIDER,
             gen_ai_request_model: self.model(self.requested),
             gen_ai_response_model: self.model(self.answered.unwrap_or_default()),
             error_type: LabelValue::new(self.error_type.unwrap_or_default()),
@@ -228,7 +242,7 @@ impl GenAiMetrics {
             self.record(Instrument::Tokens, attributes, count as f64);
             let labels = GenAiTokenLabels {
                 gen_ai_operation_name: op.operation,
-                gen_ai_provider_name: crate::otlp::GEN_AI_PROVIDER,
+                gen_ai_provider_name: GEN_AI_PROVIDER,
                 gen_ai_request_model: op.model(op.requested),
                 gen_ai_response_model: op.model(op.answered.unwrap_or_default()),
                 gen_ai_token_type: kind,
@@ -282,7 +296,7 @@ impl GenAiMetrics {
                     .map(|((_, attributes), point)| otlp::HistogramDataPoint {
                         attributes: attributes
                             .iter()
-                            .map(|(key, value)| crate::otlp::text_attribute(key, value))
+                            .map(|(key, value)| text_attribute(key, value))
                             .collect(),
                         start_time_unix_nano: self.started_unix_ns,
                         time_unix_nano: now,

@@ -6,7 +6,7 @@
 //! Export never holds a request up: spans go into a bounded queue that a background task
 //! sends in batches; a full queue or a failed export drops spans and counts them.
 
-use crate::metrics::ServeMetrics;
+use crate::metrics::{GEN_AI_PROVIDER, ServeMetrics, unix_ns};
 use backstop_resilience::error::AttemptRecord;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -239,11 +239,6 @@ fn text(key: &str, value: &str) -> KeyValue {
     attribute(key, any_value::Value::StringValue(value.into()))
 }
 
-/// A string attribute, for the metrics' data points.
-pub fn text_attribute(key: &str, value: &str) -> KeyValue {
-    text(key, value)
-}
-
 fn int(key: &str, value: u64) -> KeyValue {
     attribute(
         key,
@@ -267,10 +262,6 @@ fn texts(key: &str, values: &[&str]) -> KeyValue {
         any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue { values }),
     )
 }
-
-/// OpenTelemetry's GenAI provider name for Bedrock (semantic-conventions-genai,
-/// `aws-bedrock.md`).
-pub const GEN_AI_PROVIDER: &str = "aws.bedrock";
 
 /// A request's trace, begun when it arrived.
 pub struct RequestTrace {
@@ -338,9 +329,7 @@ impl RequestTrace {
             trace_id,
             parent_span_id,
             span_id: random_id(),
-            unix_ns: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
+            unix_ns: unix_ns(),
             at: Instant::now(),
             operation,
             genai_operation,
