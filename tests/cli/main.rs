@@ -7,6 +7,7 @@ mod files;
 mod fleet;
 mod new_policy;
 mod readme;
+mod readme_walk;
 mod serve;
 mod simulate;
 mod swap;

@@ -73,131 +73,24 @@ fn what_the_readme_writes_in_the_working_tree_is_ignored_by_git() {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(&root)
-        .args(["check-ignore", "admin.token", "host.json", "fleet.key"])
+        .args([
+            "check-ignore",
+            "admin.token",
+            "host.json",
+            "fleet.key",
+            "quarantine.json",
+        ])
         .output();
     let Ok(out) = out else {
         support::skip_missing("git", "apt-get install git");
     };
     let ignored = String::from_utf8_lossy(&out.stdout);
-    for file in ["admin.token", "host.json", "fleet.key"] {
+    for file in ["admin.token", "host.json", "fleet.key", "quarantine.json"] {
         assert!(
             ignored.lines().any(|l| l == file),
             "{file} is not ignored: {ignored}"
         );
     }
-}
-
-/// The README's code blocks in order: (language, text).
-fn code_blocks(readme: &str) -> Vec<(String, String)> {
-    let mut blocks = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in readme.lines() {
-        let fence = line.trim_start().strip_prefix("```");
-        match (fence, open.take()) {
-            (Some(language), None) => open = Some((language.trim().to_string(), String::new())),
-            (Some(_), Some(block)) => blocks.push(block),
-            (None, Some((language, mut text))) => {
-                text.push_str(line);
-                text.push('\n');
-                open = Some((language, text));
-            }
-            (None, None) => {}
-        }
-    }
-    blocks
-}
-
-/// The first block in `language` that contains `marker`.
-fn block<'a>(blocks: &'a [(String, String)], language: &str, marker: &str) -> &'a str {
-    blocks
-        .iter()
-        .find(|(l, text)| l == language && text.contains(marker))
-        .map(|(_, text)| text.as_str())
-        .unwrap_or_else(|| panic!("no {language} block with {marker:?} in the README"))
-}
-
-/// Kills a shell's process group (the servers it left in the background) when dropped.
-struct Group(u32);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["--", &format!("-{}", self.0)])
-            .status();
-    }
-}
-
-/// The sidecar section as an operator runs it, from the repository's root: the shell block
-/// (the fault server, an admin token, `backstop serve` on the example configuration), the
-/// boto3 snippet against it, then `status` and `swap` — each block as the README prints it,
-/// with `backstop` the binary under test (the block's `cargo install` line is what put it on
-/// the PATH).
-#[test]
-#[ignore = "needs boto3 (pip install boto3)"]
-fn the_sidecars_readme_blocks_run_as_written() {
-    use std::os::unix::process::CommandExt;
-    let root = support::workspace();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let blocks = code_blocks(&readme);
-    let serve = block(&blocks, "sh", "backstop serve --listen");
-    let serve: String = serve
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("cargo install"))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_backstop"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let shell = std::process::Command::new("bash")
-        .args(["-c", &serve])
-        .current_dir(&root)
-        .env("PATH", &path)
-        .process_group(0)
-        .spawn()
-        .expect("bash runs");
-    let _servers = Group(shell.id());
-    support::wait_for_port(4000, "backstop serve");
-
-    let python = block(&blocks, "python", "import boto3");
-    match std::process::Command::new("python3")
-        .args(["-c", python])
-        .current_dir(&root)
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let printed = String::from_utf8_lossy(&out.stdout);
-            assert!(printed.contains("from "), "{printed}");
-        }
-        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named 'boto3'") => {
-            support::skip_missing("boto3", "pip install boto3");
-        }
-        Ok(out) => panic!(
-            "the README's boto3 snippet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => support::skip_missing("python3", "apt-get install python3"),
-    }
-
-    let admin = block(&blocks, "sh", "backstop swap --admin");
-    let out = std::process::Command::new("bash")
-        .args(["-ec", admin])
-        .current_dir(&root)
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_file(root.join("admin.token"));
 }
 
 /// The table a README block quotes, kept equal to what the command prints: the block after
