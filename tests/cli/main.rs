@@ -3,6 +3,7 @@
 mod conformance_kit;
 mod decide;
 mod example_policies;
+mod figures;
 mod files;
 mod fleet;
 mod new_policy;
