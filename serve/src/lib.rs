@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod repeats;
 pub mod settings;
 pub mod state;
+pub mod trace;
 pub mod wire;
 
 use auth::AdminToken;
@@ -244,8 +245,8 @@ impl Sidecar {
         };
         let data_listener = bind(options.listen).await?;
         let data = data_listener.local_addr().unwrap_or(options.listen);
-        // The handler only forwards: admission comes first, as layers (the last added runs
-        // first), and only for a route that exists.
+        // The handler only forwards: the request's id and trace come first, then admission,
+        // as layers (the last added runs first), and only for a route that exists.
         let data_app = Router::new()
             .route(
                 "/model/{model_id}/{operation}",
@@ -266,6 +267,10 @@ impl Sidecar {
             .route_layer(axum::middleware::from_fn_with_state(
                 shared.clone(),
                 admission::refuse_while_draining,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                trace::trace_request,
             ))
             .with_state(shared.clone());
         let mut tasks = vec![tokio::spawn(listener::serve(

@@ -310,16 +310,43 @@ pub struct Ending<'a> {
     pub error_type: Option<&'a str>,
 }
 
+impl<'a> Ending<'a> {
+    /// The ending of a request no model answered: what ended it (`outcome`, and the error's
+    /// message and type), with no attempt to show.
+    pub fn unanswered(
+        outcome: &'a str,
+        error: Option<&'a str>,
+        error_type: Option<&'a str>,
+        request_id: &'a str,
+        policy: &'a str,
+        workload: &'a str,
+    ) -> Ending<'a> {
+        Ending {
+            model: None,
+            attempts: 0,
+            history: &[],
+            answered_sent_at: None,
+            outcome,
+            error,
+            request_id,
+            policy,
+            workload,
+            continuations: 0,
+            usage: None,
+            finish_reason: None,
+            error_type,
+        }
+    }
+}
+
 impl RequestTrace {
-    /// Begins a trace for a request of `operation` for `requested`, continuing the caller's
-    /// `traceparent` (W3C) when it sent a valid one.
+    /// Begins a trace when a request of `operation` for `requested` arrives, continuing the
+    /// caller's `traceparent` (W3C) when it sent a valid one. What its body says comes later,
+    /// with [`RequestTrace::describe`].
     pub fn begin(
         traceparent: Option<&str>,
         operation: &'static str,
-        genai_operation: &'static str,
         requested: &str,
-        estimated_tokens: u64,
-        max_tokens: Option<u64>,
     ) -> RequestTrace {
         let (trace_id, parent_span_id) = match traceparent.and_then(parse_traceparent) {
             Some((trace, parent)) => (trace, Some(parent)),
@@ -332,11 +359,24 @@ impl RequestTrace {
             unix_ns: unix_ns(),
             at: Instant::now(),
             operation,
-            genai_operation,
+            genai_operation: "chat",
             requested: requested.to_string(),
-            estimated_tokens,
-            max_tokens,
+            estimated_tokens: 0,
+            max_tokens: None,
         }
+    }
+
+    /// What the request's body says: `gen_ai.operation.name` (`chat` or `text_completion`),
+    /// the tokens it is estimated to take, and its `maxTokens` when it sets one.
+    pub fn describe(
+        &mut self,
+        genai_operation: &'static str,
+        estimated_tokens: u64,
+        max_tokens: Option<u64>,
+    ) {
+        self.genai_operation = genai_operation;
+        self.estimated_tokens = estimated_tokens;
+        self.max_tokens = max_tokens;
     }
 
     fn unix(&self, at: Instant) -> u64 {

@@ -3,7 +3,9 @@
 
 use crate::admission::BoundedBody;
 use crate::metrics::GenAiOperation;
+use crate::otlp::Ending;
 use crate::state::Shared;
+use crate::trace::Traced;
 use crate::wire;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
@@ -18,8 +20,8 @@ use backstop_bedrock::passthrough::RawStream;
 use backstop_bedrock::passthrough::forwarded_response_header;
 use backstop_core::catalogue;
 use backstop_core::contract::Workload;
+use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::ServedOrDeferred;
-use backstop_resilience::options::RequestId;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ pub async fn invoke(
     State(shared): State<Arc<Shared>>,
     Path((model, operation)): Path<(String, String)>,
     headers: HeaderMap,
+    Extension(traced): Extension<Traced>,
     Extension(BoundedBody(body)): Extension<BoundedBody>,
 ) -> Response {
     let Some(operation) = Operation::from_path_suffix(&operation) else {
@@ -64,13 +67,18 @@ pub async fn invoke(
             body = Bytes::from(set);
             Some(tokens)
         });
-    let id = RequestId::next();
+    let id = traced.id;
     let options = match request_options(&shared, &headers, &caller) {
-        // The end is fixed on arrival, so the time spent before the call counts; the id is
-        // taken now, so that a failure's answer names the request as its log lines do.
-        Ok(options) => options
-            .with_deadline_at(client.deadline_of(&options))
-            .with_request_id(id),
+        // The end counts from arrival (the end the loop's rule gives now, moved back by the
+        // time since), so admission and the body's upload count; the id was taken on
+        // arrival, so that a failure's answer names the request as its log lines do.
+        Ok(options) => {
+            let end = client.deadline_of(&options).instant();
+            let end = end.checked_sub(traced.arrived.elapsed()).unwrap_or(end);
+            options
+                .with_deadline_at(Deadline::at(end))
+                .with_request_id(id)
+        }
         Err(message) => return wire::validation(400, &message),
     };
     let forwarded = headers
@@ -84,17 +92,15 @@ pub async fn invoke(
         headers: forwarded,
         options,
     };
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let genai_operation = genai_operation(operation, &request.body);
-    let trace = shared.exporter.as_ref().map(|_| {
-        crate::otlp::RequestTrace::begin(
-            traceparent,
-            operation.name(),
+    // The request is the handler's now: its ticket ends the trace the door began.
+    let trace = traced.take().map(|mut trace| {
+        trace.describe(
             genai_operation,
-            &model,
             request.cost(&model).input,
             catalogue::max_output_tokens(converse, &model, &request.body),
-        )
+        );
+        trace
     });
     let ticket = Ticket {
         shared: shared.clone(),
@@ -103,7 +109,7 @@ pub async fn invoke(
         trace,
         workload: options.workload,
         request_id: id.to_string(),
-        arrived: tokio::time::Instant::now(),
+        arrived: traced.arrived,
         genai_operation,
         ended: false,
         defaulted_max_tokens,
@@ -324,31 +330,14 @@ impl Ticket {
         self.ended = true;
         let shared = &self.shared;
         let policy = shared.policy.policy().module().digest().to_string();
-        let workload = match self.workload {
-            Workload::Batch => "batch",
-            Workload::Interactive => "interactive",
-        };
-        let blank = crate::otlp::Ending {
-            model: None,
-            attempts: 0,
-            history: &[],
-            answered_sent_at: None,
-            outcome: "",
-            error: None,
-            request_id: &self.request_id,
-            policy: &policy,
-            workload,
-            continuations: 0,
-            usage: None,
-            finish_reason: None,
-            error_type: None,
-        };
+        let workload = workload_name(self.workload);
+        let blank = Ending::unanswered("", None, None, &self.request_id, &policy, workload);
         let ending = match ended {
             Ended::Served {
                 served,
                 usage,
                 finish_reason,
-            } => crate::otlp::Ending {
+            } => Ending {
                 model: Some(&served.model),
                 attempts: served.attempts,
                 history: &served.history,
@@ -362,7 +351,7 @@ impl Ticket {
             },
             Ended::Failed(error) => {
                 let outcome = error.cause().as_str();
-                crate::otlp::Ending {
+                Ending {
                     model: error.history().last().map(|a| a.model.as_str()),
                     attempts: error.attempts(),
                     history: error.history(),
@@ -375,13 +364,13 @@ impl Ticket {
                     ..blank
                 }
             }
-            Ended::FromQueue(served) => crate::otlp::Ending {
+            Ended::FromQueue(served) => Ending {
                 outcome: if *served { "served" } else { "failed" },
                 error: (!served).then_some("answered through the fleet's queue"),
                 error_type: (!served).then_some("fleet-queue"),
                 ..blank
             },
-            Ended::CutOff => crate::otlp::Ending {
+            Ended::CutOff => Ending {
                 outcome: "cut-off",
                 error: Some("ended by the drain's grace period"),
                 error_type: Some("cut-off"),
@@ -504,7 +493,25 @@ impl Drop for Ticket {
                 operation = self.operation.name(),
                 "the client went away before its answer was complete; its upstream work is cancelled"
             );
+            if let (Some(trace), Some(exporter)) = (self.trace.take(), &self.shared.exporter) {
+                let policy = self.shared.policy.policy().module().digest().to_string();
+                exporter.record(trace.finish(&Ending::unanswered(
+                    "client-gone",
+                    Some("the client went away before its answer was complete"),
+                    Some("client-gone"),
+                    &self.request_id,
+                    &policy,
+                    workload_name(self.workload),
+                )));
+            }
         }
+    }
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Batch => "batch",
+        Workload::Interactive => "interactive",
     }
 }
 

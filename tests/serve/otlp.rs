@@ -215,6 +215,61 @@ async fn a_failed_request_names_its_error_type_in_its_span_and_its_duration() {
     );
 }
 
+/// Refused before the loop (an unknown operation, a deadline out of range): the request still
+/// has its server span, from the moment it arrived, naming why and carrying the id its answer
+/// carries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_refused_before_any_attempt_has_its_span_and_its_id() {
+    let server = FaultServer::start(scenario(vec![]), 0).await.unwrap();
+    let (url, mut spans) = receiver().await;
+    let sidecar = sidecar_with(&server, r#"{ "chains": { "primary": [] } }"#, Some(url)).await;
+    let base = sidecar.endpoint_url();
+    let unknown = http(
+        "POST",
+        &format!("{base}/model/primary/summon"),
+        &[],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let out_of_range = http(
+        "POST",
+        &format!("{base}/model/primary/converse"),
+        &[("x-backstop-deadline-ms", "0")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(out_of_range.status, 400);
+    let ids = [
+        unknown.header("x-backstop-request-id"),
+        out_of_range.header("x-backstop-request-id"),
+    ];
+    assert!(ids.iter().all(|id| !id.is_empty()), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let span = tokio::time::timeout(Duration::from_secs(5), spans.recv())
+            .await
+            .expect("spans arrive within the export interval")
+            .unwrap();
+        refused.push(span);
+    }
+    refused.sort_by_key(|span| attribute(span, "rpc.method"));
+    let [converse, summon] = <[Span; 2]>::try_from(refused).unwrap();
+    assert_eq!(converse.name, "chat primary");
+    assert_eq!(attribute(&converse, "rpc.method"), "Converse");
+    assert_eq!(attribute(&converse, "error.type"), "ValidationException");
+    assert_eq!(attribute(&converse, "backstop.outcome"), "refused");
+    assert_eq!(attribute(&converse, "backstop.request_id"), ids[1]);
+    assert_eq!(attribute(&converse, "backstop.attempts"), "0");
+    assert_eq!(attribute(&summon, "rpc.method"), "unknown");
+    assert_eq!(
+        attribute(&summon, "error.type"),
+        "UnknownOperationException"
+    );
+    assert_eq!(attribute(&summon, "backstop.request_id"), ids[0]);
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
