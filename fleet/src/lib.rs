@@ -21,9 +21,12 @@
 //! by another when the replica holding one dies.
 #![deny(missing_docs)]
 
+pub mod bounds;
 pub mod key;
 pub mod queue;
 pub mod settings;
+
+pub use bounds::{CONNECT_TIMEOUT, MAX_RECONNECT_PAUSE, PING_EVERY, WRITE_TIMEOUT};
 
 use backstop_resilience::capacity::LeaseGrant;
 use backstop_resilience::fleet::BUDGET_SPAN_S;
@@ -40,15 +43,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-/// How long one write to Redis may take before it is given up (and counted).
-pub const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
-/// How long connecting may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest pause between attempts to resubscribe after Redis went away.
-pub const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
-/// How often a subscribed replica checks that Redis still answers: a Redis that hangs without
-/// closing its connections is noticed within this and [`WRITE_TIMEOUT`].
-pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// The most loops one replica may join to its fleet (a sidecar joins one per chain).
 pub const MAX_MEMBERS: usize = 1_024;
 

@@ -15,7 +15,8 @@
 //! far in the future cannot take every consumer. An entry due after its own deadline is
 //! answered at once (with a deadline error).
 
-use crate::WRITE_TIMEOUT;
+use crate::bounds::CONNECT_TIMEOUT;
+use crate::bounds::WRITE_TIMEOUT;
 use crate::key::FleetKey;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -276,13 +277,13 @@ impl DurableQueue {
     /// The connection writes go on (made once; it reconnects by itself).
     async fn conn(&self) -> Result<ConnectionManager, QueueError> {
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(crate::CONNECT_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(WRITE_TIMEOUT));
         let conn = self
             .conn
             .get_or_try_init(|| async {
                 tokio::time::timeout(
-                    crate::CONNECT_TIMEOUT,
+                    CONNECT_TIMEOUT,
                     self.client.get_connection_manager_with_config(config),
                 )
                 .await
@@ -460,7 +461,7 @@ impl DurableQueue {
         // Its own connection, whose answers may take as long as a blocking read waits (the
         // default response timeout, 500 ms, is shorter than the block).
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(crate::CONNECT_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(READ_BLOCK + WRITE_TIMEOUT));
         let mut reader = self
             .client

@@ -99,7 +99,7 @@ pub async fn notice_client_retries(
     if let Some(BoundedBody(body)) = request.extensions().get::<BoundedBody>() {
         let headers = request.headers();
         let sdk_request = headers.get("amz-sdk-request").and_then(|v| v.to_str().ok());
-        let caller = crate::proxy::caller(headers);
+        let caller = wire::caller(headers);
         if shared
             .repeats
             .note(&caller, request.uri().path(), body, sdk_request)

@@ -49,7 +49,7 @@ pub async fn invoke(
             HeaderMap::new(),
         );
     };
-    let caller = caller(&headers);
+    let caller = wire::caller(&headers);
     let client = match shared.chains.client(&model) {
         Ok(client) => client,
         Err(error) => return wire::validation(400, &error.to_string()),
@@ -199,18 +199,6 @@ async fn send_or_park(
         }
         Err(error) => ticket.failed(&error),
     }
-}
-
-/// The caller: the access key id its SDK signed with (`Credential=AKID/…`), or `anonymous`.
-pub fn caller(headers: &HeaderMap) -> String {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split("Credential=").nth(1))
-        .and_then(|rest| rest.split('/').next())
-        .filter(|key| !key.is_empty() && key.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_string()
 }
 
 /// Workload (the `x-backstop-workload` header, or the caller's configuration) and deadline.

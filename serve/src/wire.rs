@@ -177,3 +177,15 @@ pub fn stream_error_frame(error: &CallError) -> bytes::Bytes {
     );
     backstop_bedrock::passthrough::exception_frame(&last)
 }
+
+/// The caller: the access key id its SDK signed with (`Credential=AKID/…`), or `anonymous`.
+pub fn caller(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|key| !key.is_empty() && key.len() <= 128)
+        .unwrap_or("anonymous")
+        .to_string()
+}
