@@ -1,7 +1,8 @@
 //! The attempt loop's phases with fake attempts under tokio's paused clock (tower-test's
 //! manner): no wasmtime, no AWS SDK, no real waiting. A scripted decider answers; the tests
-//! hold what each phase does — carry out a wait, meet the deadline, move past an open breaker,
-//! stop at the retry budget — to what the caller sees.
+//! hold what each phase does — carry out a wait, meet the deadline, move past an open breaker
+//! or fail fast through it and probe when it ends, cut a wait or an opening to the guardrails,
+//! stop at the retry budget, park or hand back batch work — to what the caller sees.
 
 use backstop_core::contract::{
     AfterBreak, AttemptContext, Decision, ErrorInfo, ErrorKind, GiveUpReason,
@@ -215,4 +216,84 @@ async fn a_plain_call_parks_in_the_loops_queue_and_is_served_there() {
         .unwrap();
     assert!(served.queued);
     assert!(started.elapsed() >= Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_circuit_fails_fast_through_its_opening_then_one_probe_closes_it() {
+    let decider = Always::new(Decision::BreakCircuit {
+        model: 0,
+        open_ms: 10_000,
+        then: AfterBreak::GiveUp,
+    });
+    let core = Resilience::new(decider, ClientOptions::new(["primary"])).unwrap();
+    let (first, calls) = request(&core, RequestOptions::default(), &["primary"]).await;
+    assert!(first.is_err());
+    assert_eq!(calls, ["primary"]);
+    let started = Instant::now();
+    let (during, calls) = request(&core, RequestOptions::default(), &["primary"]).await;
+    assert_eq!(during.unwrap_err().cause(), FailureCause::CircuitOpen);
+    assert!(calls.is_empty(), "the open breaker admitted {calls:?}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "failed fast, without waiting"
+    );
+    // The opening ends; the primary is well again. One probe goes, and closes the breaker.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for _ in 0..2 {
+        let (after, calls) = request(&core, RequestOptions::default(), &[]).await;
+        assert_eq!(after.unwrap(), "primary");
+        assert_eq!(calls, ["primary"]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policys_wait_past_the_guardrail_is_cut_to_the_guardrail() {
+    let decider = Always::new(Decision::Retry {
+        delay_ms: 3_600_000,
+    });
+    let mut options = ClientOptions::new(["primary"]);
+    options.guardrails.max_delay_ms = 2_000;
+    let core = Resilience::new(decider, options).unwrap();
+    let failures = AtomicU32::new(0);
+    let started = Instant::now();
+    let served = core
+        .call(RequestOptions::default(), Cost::flat(10), |_| {
+            let fail = failures.fetch_add(1, Ordering::Relaxed) < 2;
+            async move { if fail { Err(throttled()) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.attempts, 3);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_millis(4_100),
+        "two waits of the guardrail's 2 s, not the policy's hour: {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_break_past_the_guardrail_opens_the_breaker_only_as_long_as_the_guardrail() {
+    let decider = Always::new(Decision::BreakCircuit {
+        model: 0,
+        open_ms: 86_400_000,
+        then: AfterBreak::GiveUp,
+    });
+    let mut options = ClientOptions::new(["primary"]);
+    options.guardrails.max_open_ms = 5_000;
+    let core = Resilience::new(decider, options).unwrap();
+    let (first, _) = request(&core, RequestOptions::default(), &["primary"]).await;
+    assert!(first.is_err());
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    let (during, calls) = request(&core, RequestOptions::default(), &[]).await;
+    assert_eq!(during.unwrap_err().cause(), FailureCause::CircuitOpen);
+    assert!(calls.is_empty());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (after, calls) = request(&core, RequestOptions::default(), &[]).await;
+    assert_eq!(
+        after.unwrap(),
+        "primary",
+        "probed after the guardrail's 5 s, not a day"
+    );
+    assert_eq!(calls, ["primary"]);
 }
