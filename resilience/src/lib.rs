@@ -5,6 +5,7 @@
 //!
 //! All waiting goes through tokio's clock, so the same loop runs in real time behind
 //! `ResilientClient` (the Bedrock adapter, above this crate) and in virtual time in `backstop simulate`.
+#![deny(missing_docs)]
 
 pub mod breaker;
 pub mod budget;

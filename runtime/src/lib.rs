@@ -9,6 +9,7 @@
 //! [`shadow`] (a candidate asked beside the live module), [`handle`] (the live policy, swaps
 //! and rollback) and, behind the
 //! `watch` feature, [`watch`] (file watching and SIGHUP).
+#![deny(missing_docs)]
 
 /// What every contract version converts the same way: its generated types differ by path only,
 /// so each version module (`v0_1_0`, `v0_2_0`, …) expands this once against its own `wit`.
