@@ -245,33 +245,25 @@ impl Sidecar {
         };
         let data_listener = bind(options.listen).await?;
         let data = data_listener.local_addr().unwrap_or(options.listen);
-        // The handler only forwards: the request's id and trace come first, then admission,
-        // as layers (the last added runs first), and only for a route that exists.
+        // The handler only forwards. In front of it, outermost first and only for a route
+        // that exists: the request's id and trace, then admission (drain, the in-flight limit,
+        // the body's bounds, a client's retry noticed). Each layer answers a refusal in
+        // Bedrock's wire format itself and holds what it admitted until the response's body
+        // ends, so none is fallible and no error needs mapping after them.
+        use axum::middleware::from_fn_with_state as layer;
         let data_app = Router::new()
             .route(
                 "/model/{model_id}/{operation}",
                 axum::routing::post(proxy::invoke),
             )
-            .route_layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                admission::notice_client_retries,
-            ))
-            .route_layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                admission::bound_body,
-            ))
-            .route_layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                admission::limit_in_flight,
-            ))
-            .route_layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                admission::refuse_while_draining,
-            ))
-            .route_layer(axum::middleware::from_fn_with_state(
-                shared.clone(),
-                trace::trace_request,
-            ))
+            .route_layer(
+                tower::ServiceBuilder::new()
+                    .layer(layer(shared.clone(), trace::trace_request))
+                    .layer(layer(shared.clone(), admission::refuse_while_draining))
+                    .layer(layer(shared.clone(), admission::limit_in_flight))
+                    .layer(layer(shared.clone(), admission::bound_body))
+                    .layer(layer(shared.clone(), admission::notice_client_retries)),
+            )
             .with_state(shared.clone());
         let mut tasks = vec![tokio::spawn(listener::serve(
             data_listener,
