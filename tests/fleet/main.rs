@@ -170,9 +170,14 @@ async fn a_replica_that_joins_later_learns_the_openings_in_force() {
     let Some(redis) = RedisServer::start(None) else {
         return;
     };
-    let (a, _) = replica(&redis, "fleet-late", "replica-a").await;
+    let (a, a_link) = replica(&redis, "fleet-late", "replica-a").await;
     outage(&a).await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // the announcement is written
+    // The opening is in Redis (the write was answered) before the late replica joins.
+    let written = Instant::now();
+    while a_link.counters().announced.load(Ordering::Relaxed) == 0 {
+        assert!(written.elapsed() < Duration::from_secs(2), "written within 2 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (late, _) = replica(&redis, "fleet-late", "replica-late").await;
     assert!(
         open_within(&late, Duration::from_secs(2)).await.is_some(),
