@@ -22,7 +22,7 @@ mod queue;
 use backstop_core::catalogue::{self, Facts};
 use backstop_core::contract::{
     AfterBreak, AttemptContext, BreakerState, Decision, ErrorInfo, ErrorKind, GiveUpReason, Hedge,
-    ModelCapacity, Route, Workload,
+    ModelCapacity, ModelHealth, Route, Workload,
 };
 use backstop_core::decision::{
     Clamp, ContinueRefusal, Decider, Finished, Guardrails, RouteQuery, Verdict,
@@ -349,7 +349,7 @@ impl Resilience {
 
     /// Every model's health at `now` with the stream limits learned for it, in the policy's
     /// milliseconds: what a policy is shown.
-    fn health_at(&self, now: Instant) -> Vec<backstop_core::contract::ModelHealth> {
+    fn health_at(&self, now: Instant) -> Vec<ModelHealth> {
         let configured = self.limits();
         let mut health = self.health.snapshot(now, |d| self.policy_ms(d));
         for (index, model) in health.iter_mut().enumerate() {
@@ -1287,27 +1287,13 @@ impl Resilience {
         }
     }
 
+    /// Asks the decider what to do about the failed attempt, and makes its answer one the host
+    /// will carry out: under the guardrails, a continuation only where one can be vouched for,
+    /// a resend only as fast as the retry budget lets it go. The answer is in the history.
     fn ask(&self, p: &mut Progress, error: &ErrorInfo, output_delivered: bool) -> Verdict {
         let now = Instant::now();
         self.charge_failure(p, p.model, error.kind, now);
-        let charge = self.charge(p.model, p.cost);
-        let ctx = AttemptContext {
-            request_id: p.request_id.clone(),
-            error: error.clone(),
-            models: self.options.models.clone(),
-            model: p.model as u32,
-            attempts_on_model: p.on_model,
-            attempts_total: p.total,
-            elapsed_ms: self.policy_ms(now - p.started),
-            remaining_ms: self.policy_ms(p.deadline.remaining_at(now)),
-            workload: p.workload,
-            output_delivered,
-            health: self.health_at(now),
-            entropy: self.entropy(),
-            continuations: p.continuations,
-            reservation: charge.reserve,
-            expected_settled: charge.settle,
-        };
+        let ctx = self.attempt_context(p, error, output_delivered, now);
         let decided = self.policy.decide(&ctx);
         let mut verdict = self
             .options
@@ -1317,57 +1303,8 @@ impl Resilience {
         // shadow) here, against what the guardrails made of the answer.
         self.policy.on_decided(&ctx, &decided, &verdict);
         p.last_decided_by = decided.module_digest.clone();
-        if let Decision::ContinueAnswer { model, .. } = verdict.decision {
-            // The host vouches for what it does: a continuation only where the caller can
-            // stitch it and the model takes a partial answer as the start of its turn (a
-            // model that refuses prefill would fail it; one that ignored it would repeat
-            // what the caller has).
-            let refusal = if !p.continuable {
-                Some(ContinueRefusal::NotContinuable)
-            } else if !self.facts.get(model as usize).is_some_and(|f| f.continues) {
-                Some(ContinueRefusal::ModelDoesNotContinue)
-            } else {
-                None
-            };
-            if let Some(why) = refusal {
-                verdict.stop_resend(
-                    Clamp::CannotContinue { model, why },
-                    GiveUpReason::OutputCommitted,
-                );
-            }
-        }
-        // Queued work is paced by the queue (one release per success): only direct resends
-        // are charged.
-        let queued = matches!(
-            verdict.decision,
-            Decision::Queue { .. }
-                | Decision::BreakCircuit {
-                    then: AfterBreak::Queue,
-                    ..
-                }
-        );
-        if let Some(budget) = &self.budget
-            && verdict.decision.sends_again()
-            && !queued
-            && let Err(refused) = budget.try_resend(now)
-        {
-            self.metrics.retry_budget_refusals.inc();
-            let clamp = Clamp::RetryBudget {
-                resends: refused.resends,
-                allowed: refused.allowed,
-            };
-            // The budget bounds how fast resends go, not whether a request may be answered:
-            // the resend waits until the window would let it go, when that is within the
-            // deadline, and asks again then.
-            let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
-            match budget.next_room(now) {
-                Some(wait) if now + wait.max(delay) < p.deadline.instant() => {
-                    verdict.delay_at_least(clamp, self.policy_ms(wait));
-                    p.resend_owed = verdict.decision.sends_again();
-                }
-                _ => verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
-            }
-        }
+        self.vouch_for_continuation(p, &mut verdict);
+        self.pace_resend(p, &mut verdict, now);
         if verdict.fault.is_some() {
             self.metrics.policy_faults.inc();
         }
@@ -1392,24 +1329,102 @@ impl Resilience {
         verdict
     }
 
+    /// What the policy is told about the failed attempt: the request so far, every model's
+    /// health, and what the request reserves on its model.
+    fn attempt_context(
+        &self,
+        p: &Progress,
+        error: &ErrorInfo,
+        output_delivered: bool,
+        now: Instant,
+    ) -> AttemptContext {
+        let charge = self.charge(p.model, p.cost);
+        AttemptContext {
+            request_id: p.request_id.clone(),
+            error: error.clone(),
+            models: self.options.models.clone(),
+            model: p.model as u32,
+            attempts_on_model: p.on_model,
+            attempts_total: p.total,
+            elapsed_ms: self.policy_ms(now - p.started),
+            remaining_ms: self.policy_ms(p.deadline.remaining_at(now)),
+            workload: p.workload,
+            output_delivered,
+            health: self.health_at(now),
+            entropy: self.entropy(),
+            continuations: p.continuations,
+            reservation: charge.reserve,
+            expected_settled: charge.settle,
+        }
+    }
+
+    /// The host vouches for what it does: a continuation only where the caller can stitch it
+    /// and the model takes a partial answer as the start of its turn (a model that refuses
+    /// prefill would fail it; one that ignored it would repeat what the caller has).
+    fn vouch_for_continuation(&self, p: &Progress, verdict: &mut Verdict) {
+        let Decision::ContinueAnswer { model, .. } = verdict.decision else {
+            return;
+        };
+        let refusal = if !p.continuable {
+            Some(ContinueRefusal::NotContinuable)
+        } else if !self.facts.get(model as usize).is_some_and(|f| f.continues) {
+            Some(ContinueRefusal::ModelDoesNotContinue)
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            verdict.stop_resend(
+                Clamp::CannotContinue { model, why },
+                GiveUpReason::OutputCommitted,
+            );
+        }
+    }
+
+    /// A direct resend only as fast as the retry budget lets it go. Queued work is paced by
+    /// the queue (one release per success), so it is not charged.
+    fn pace_resend(&self, p: &mut Progress, verdict: &mut Verdict, now: Instant) {
+        let queued = matches!(
+            verdict.decision,
+            Decision::Queue { .. }
+                | Decision::BreakCircuit {
+                    then: AfterBreak::Queue,
+                    ..
+                }
+        );
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        if !verdict.decision.sends_again() || queued {
+            return;
+        }
+        let Err(refused) = budget.try_resend(now) else {
+            return;
+        };
+        self.metrics.retry_budget_refusals.inc();
+        let clamp = Clamp::RetryBudget {
+            resends: refused.resends,
+            allowed: refused.allowed,
+        };
+        // The budget bounds how fast resends go, not whether a request may be answered: the
+        // resend waits until the window would let it go, when that is within the deadline,
+        // and asks again then.
+        let delay = self.real(verdict.decision.delay_ms().unwrap_or(0));
+        match budget.next_room(now) {
+            Some(wait) if now + wait.max(delay) < p.deadline.instant() => {
+                verdict.delay_at_least(clamp, self.policy_ms(wait));
+                p.resend_owed = verdict.decision.sends_again();
+            }
+            _ => verdict.stop_resend(clamp, GiveUpReason::AttemptsExhausted),
+        }
+    }
+
     /// Asks the decider where the next attempt goes, under the guardrails: a model of the
     /// chain whose breaker is closed (otherwise the current model), a wait no longer than the
     /// longest the guardrails allow, the queue only for batch work.
     fn route(&self, p: &mut Progress, cost: Cost, now: Instant) -> Route {
         let health = self.health_at(now);
-        // The question is "does this request's reservation fit on each model?", and the
-        // contract asks it with one `tokens`: the reservation on the current model. A model
-        // where the request reserves more (an unset `maxTokens` on a model with a larger
-        // output) has its token figures shown in the same unit — scaled by `tokens` over its
-        // own reservation — so `fits` and `wait_ms` answer exactly for each.
         let tokens = self.charge(p.model, cost).reserve.max(1);
-        let mut capacity = self.health.capacity(self.clock_s(now));
-        for (index, view) in capacity.iter_mut().enumerate() {
-            let reserve = self.charge(index, cost).reserve.max(1);
-            let scale = tokens as f64 / reserve as f64;
-            view.headroom_tokens = view.headroom_tokens.map(|h| h * scale);
-            view.tokens_per_minute = view.tokens_per_minute.map(|r| r * scale);
-        }
+        let capacity = self.capacity_in_units_of(tokens, cost, now);
         let ctx = RouteQuery {
             request_id: &p.request_id,
             workload: p.workload,
@@ -1432,10 +1447,33 @@ impl Resilience {
                 .guardrails
                 .enforce_route(p.workload, p.model as u32, answer.route.clone());
         self.policy.on_routed(&ctx, &answer, &guarded);
-        // Another model only when it exists and its breaker is closed: an open or probing
-        // breaker is the admission's business, and routing must not loop around it. A model
-        // whose quota can never admit the request gives way to the next that can, so no room
-        // is promised where none will come.
+        self.fit_route(p, guarded, &health, cost)
+    }
+
+    /// Every model's capacity as the route's question needs it. The question is "does this
+    /// request's reservation fit on each model?", and the contract asks it with one `tokens`:
+    /// the reservation on the current model. A model where the request reserves more (an unset
+    /// `maxTokens` on a model with a larger output) has its token figures shown in the same
+    /// unit — scaled by `tokens` over its own reservation — so `fits` and `wait_ms` answer
+    /// exactly for each.
+    fn capacity_in_units_of(&self, tokens: u64, cost: Cost, now: Instant) -> Vec<ModelCapacity> {
+        let mut capacity = self.health.capacity(self.clock_s(now));
+        for (index, view) in capacity.iter_mut().enumerate() {
+            let reserve = self.charge(index, cost).reserve.max(1);
+            let scale = tokens as f64 / reserve as f64;
+            view.headroom_tokens = view.headroom_tokens.map(|h| h * scale);
+            view.tokens_per_minute = view.tokens_per_minute.map(|r| r * scale);
+        }
+        capacity
+    }
+
+    /// The guarded route made one the host can follow. Another model only when it exists and
+    /// its breaker is closed: an open or probing breaker is the admission's business, and
+    /// routing must not loop around it. A model whose quota can never admit the request gives
+    /// way to the next that can, so no room is promised where none will come. A hedge races
+    /// interactive work only (batch work can wait), on another model whose breaker is closed
+    /// now; whether it goes is decided when it is due.
+    fn fit_route(&self, p: &Progress, guarded: Route, health: &[ModelHealth], cost: Cost) -> Route {
         let Route::Send {
             model,
             delay_ms,
@@ -1451,8 +1489,6 @@ impl Resilience {
             }
             _ => p.model as u32,
         };
-        // A hedge races interactive work only (batch work can wait), on another model whose
-        // breaker is closed now; whether it goes is decided when it is due.
         let hedge = hedge.filter(|h| {
             p.workload == Workload::Interactive
                 && h.model != model
