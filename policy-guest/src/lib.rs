@@ -28,10 +28,11 @@ use policy::Params;
 /// The name the default policy reports in `info()`.
 pub const POLICY_NAME: &str = "backstop-default";
 /// The default policy's own version, which moves with its behaviour (not the crate's): 0.3.0
-/// continues answers cut mid-stream, 0.4.0 hedges slow starts; it is what an operator sees in
+/// continues answers cut mid-stream, 0.4.0 hedges slow starts, 0.5.0 leaves a model that is
+/// browning out at once; it is what an operator sees in
 /// `info()`, `/status` and `simulate`'s rows beside earlier builds (the fixtures of 0.1.0 and
 /// 0.2.0 say 0.1.0, that of 0.3.0 says 0.3.0).
-pub const POLICY_VERSION: &str = "0.4.0";
+pub const POLICY_VERSION: &str = "0.5.0";
 
 /// The default policy as the authoring crate sees it: its parameters, set by `configure`.
 #[derive(Default)]

@@ -15,14 +15,18 @@
 //!    silent `silence_breaker_threshold` times in a row and failing is what it mostly does
 //!    (`breaker_error_percent` of its recent requests), its breaker opens so the next requests
 //!    skip it;
-//! 6. the first blip of a transient 503/500/connection error → retry immediately;
-//! 7. batch work that is throttled → the next model of the chain if its window is not mostly
+//! 6. a brownout: the model failed `brownout_error_percent` of its recent requests (errors, not
+//!    throttles) → a healing failure there (an outage's kind or a throttle) moves on to the next
+//!    model at once, when that one fails less and is not mostly throttled: where one request in
+//!    seven fails, an immediate retry or a backoff on the same model is how a tail grows;
+//! 7. the first blip of a transient 503/500/connection error → retry immediately;
+//! 8. batch work that is throttled → the next model of the chain if its window is not mostly
 //!    throttled, else the queue, for a jittered window that doubles each time it comes back;
-//! 8. extended throttling (attempts on this model spent, or the health window mostly throttled)
+//! 9. extended throttling (attempts on this model spent, or the health window mostly throttled)
 //!    → switch to the next healthy model of the chain; at its end, back to an earlier one that
 //!    is up and not mostly throttled; with none, batch work is queued and interactive work backs
-//!    off where it is (rule 9): its deadline ends it, not a count;
-//! 9. otherwise → exponential backoff with full jitter, honouring a server wait hint.
+//!    off where it is (rule 10): its deadline ends it, not a count;
+//! 10. otherwise → exponential backoff with full jitter, honouring a server wait hint.
 //!
 //! "The next model" is always pools before models: the same model's other pools (the chain's
 //! ids that differ only by a cross-Region profile or an ARN prefix) first, then the others,
@@ -67,6 +71,10 @@ pub struct Params {
     /// model back from a brief outage is used again at once: the host doubles the period each
     /// time a probe fails.
     pub breaker_open_ms: u64,
+    /// The share (percent) of a model's recent requests that failed (throttles aside) from which
+    /// it is browning out: a healing failure there goes to the next model of the chain that
+    /// fails less, at once, rather than being retried where failing is common. 0: never.
+    pub brownout_error_percent: u32,
     /// Silent attempts in a row (timeouts) after which a model's breaker opens, when there is
     /// a fallback: each silent attempt costs a whole timeout, so fewer are tolerated than for
     /// errors that come back at once.
@@ -137,6 +145,7 @@ impl Default for Params {
             breaker_open_ms: 2_000,
             silence_breaker_threshold: 2,
             breaker_error_percent: 50,
+            brownout_error_percent: 15,
             batch_queue_ms: 10_000,
             route_max_wait_ms: 250,
             max_continuations: 2,
@@ -189,6 +198,9 @@ impl Params {
         }
         if self.breaker_error_percent > 100 {
             return fail("breaker_error_percent", "must be at most 100");
+        }
+        if self.brownout_error_percent > 100 {
+            return fail("brownout_error_percent", "must be at most 100");
         }
         if self.sustained_throttle_percent > 100 {
             return fail("sustained_throttle_percent", "must be at most 100");
@@ -271,6 +283,16 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
             model: fallback,
             delay_ms: 0,
         };
+    }
+
+    if (kind.is_outage() || kind.is_throttle())
+        && browning_out(params, &health)
+        && let Some(model) = next.filter(|&m| {
+            let other = ctx.health_of(m);
+            !browning_out(params, &other) && !saturated(params, &other)
+        })
+    {
+        return Decision::SwitchModel { model, delay_ms: 0 };
     }
 
     if kind.is_blip()
@@ -450,6 +472,15 @@ fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
 }
 
 /// Whether most of a model's recent requests were throttled (enough of them to tell).
+/// Whether the model failed `brownout_error_percent` of its recent requests (throttles not
+/// counted), over enough of them to mean something.
+fn browning_out(params: &Params, health: &crate::contract::ModelHealth) -> bool {
+    params.brownout_error_percent > 0
+        && health.requests >= params.sustained_min_requests
+        && u64::from(health.errors) * 100
+            >= u64::from(health.requests) * u64::from(params.brownout_error_percent)
+}
+
 fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
     health.requests >= params.sustained_min_requests
         && u64::from(health.throttles) * 100

@@ -70,10 +70,9 @@ async fn request(
     )
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_retry_waits_the_policys_delay_on_the_loops_clock_then_sends_again() {
-    let decider = Always::new(Decision::Retry { delay_ms: 1_500 });
-    let core = Resilience::new(decider.clone(), ClientOptions::new(["primary"])).unwrap();
+/// Sends one request whose first two attempts are throttled; how long it took to be served,
+/// on the third.
+async fn served_on_the_third_attempt(core: &Resilience) -> Duration {
     let failures = AtomicU32::new(0);
     let started = Instant::now();
     let served = core
@@ -84,8 +83,15 @@ async fn a_retry_waits_the_policys_delay_on_the_loops_clock_then_sends_again() {
         .await
         .unwrap();
     assert_eq!(served.attempts, 3);
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_the_policys_delay_on_the_loops_clock_then_sends_again() {
+    let decider = Always::new(Decision::Retry { delay_ms: 1_500 });
+    let core = Resilience::new(decider.clone(), ClientOptions::new(["primary"])).unwrap();
+    let waited = served_on_the_third_attempt(&core).await;
     // Two waits of 1.5 s, in virtual time: the loop owns the clock, the policy only named it.
-    let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(3_000) && waited < Duration::from_millis(3_100),
         "{waited:?}"
@@ -255,17 +261,7 @@ async fn a_policys_wait_past_the_guardrail_is_cut_to_the_guardrail() {
     let mut options = ClientOptions::new(["primary"]);
     options.guardrails.max_delay_ms = 2_000;
     let core = Resilience::new(decider, options).unwrap();
-    let failures = AtomicU32::new(0);
-    let started = Instant::now();
-    let served = core
-        .call(RequestOptions::default(), Cost::flat(10), |_| {
-            let fail = failures.fetch_add(1, Ordering::Relaxed) < 2;
-            async move { if fail { Err(throttled()) } else { Ok(()) } }
-        })
-        .await
-        .unwrap();
-    assert_eq!(served.attempts, 3);
-    let waited = started.elapsed();
+    let waited = served_on_the_third_attempt(&core).await;
     assert!(
         waited >= Duration::from_secs(4) && waited < Duration::from_millis(4_100),
         "two waits of the guardrail's 2 s, not the policy's hour: {waited:?}"

@@ -188,7 +188,7 @@ fn simulate_runs_both_examples_beside_the_default() {
     assert_eq!(
         names,
         [
-            "backstop-default 0.4.0",
+            "backstop-default 0.5.0",
             "cost-aware 0.1.0",
             "latency-first 0.1.0"
         ]

@@ -189,7 +189,7 @@ fn quoted_block_is_current(file: &str, marker: &str, current: &str) {
 }
 
 /// The README's monday-spike table and its prose figures: the default on five scenarios, the
-/// baselines on two, replicas alone and as a fleet, the contract's older builds beside it.
+/// baselines on two, replicas alone and as a fleet, the default's older builds beside it.
 #[test]
 fn the_readmes_figures_are_what_simulate_prints() {
     let fixture = |name: &str| {
@@ -199,11 +199,12 @@ fn the_readmes_figures_are_what_simulate_prints() {
             .to_string_lossy()
             .into_owned()
     };
-    let (v2, v3) = (
+    let (v2, v3, v4) = (
         fixture("policy-guest-0.2.0.wasm"),
         fixture("policy-guest-0.3.0.wasm"),
+        fixture("policy-guest-0.4.0.wasm"),
     );
-    let runs: [&[&str]; 7] = [
+    let runs: [&[&str]; 8] = [
         &["--scenario", "monday-spike"],
         &[
             "--scenario",
@@ -231,9 +232,25 @@ fn the_readmes_figures_are_what_simulate_prints() {
             "--policy",
             &v3,
         ],
+        &[
+            "--scenario",
+            "brownout",
+            "--with-default",
+            "--policy",
+            &v4,
+            "--no-baselines",
+        ],
     ];
-    let [monday, replicas, outage, backlog, tokens, mid, tails] =
-        <[Table; 7]>::try_from(simulate_all(&runs)).ok().unwrap();
+    let [
+        monday,
+        replicas,
+        outage,
+        backlog,
+        tokens,
+        mid,
+        tails,
+        brownout,
+    ] = <[Table; 8]>::try_from(simulate_all(&runs)).ok().unwrap();
     let header = monday
         .printed
         .lines()
@@ -282,9 +299,16 @@ fn the_readmes_figures_are_what_simulate_prints() {
         assert_eq!(baseline.served, mid[1].served, "{}", baseline.line);
     }
     let more_calls = (hedged.calls as f64 / unhedged.calls as f64 - 1.0) * 100.0;
+    let (left, stayed) = (&brownout[0], &brownout[1]);
+    assert!(left.calls <= stayed.calls, "{}\n{}", left.line, stayed.line);
     says(
         "README.md",
         &[
+            format!(
+                "this rule takes the default's p99 from {} to {} with no more calls",
+                seconds(stayed.p99_ms),
+                seconds(left.p99_ms)
+            ),
             format!(
                 "eight replicas alone spend {:.2} calls a request, as a fleet {:.2}, one process {:.2}",
                 alone.amplification, fleet.amplification, one.amplification

@@ -115,6 +115,7 @@ fn shell_commands(block: &Block) -> Vec<ShellCommand> {
                 .claims
                 .insert(0, command.text[at + 3..].trim().to_string());
             command.text.truncate(at);
+            command.text.truncate(command.text.trim_end().len());
         }
     }
     commands

@@ -209,11 +209,11 @@ fn two_modules_of_one_name_and_version_are_told_apart_by_their_digests() {
         backstop_runtime::engine::sha256_hex(backstop_runtime::module::DEFAULT_POLICY_WASM);
     assert_eq!(
         names[0],
-        format!("backstop-default 0.4.0 ({})", &default_digest[..8])
+        format!("backstop-default 0.5.0 ({})", &default_digest[..8])
     );
     assert_eq!(
         names[1],
-        format!("backstop-default 0.4.0 ({})", &twin_digest[..8])
+        format!("backstop-default 0.5.0 ({})", &twin_digest[..8])
     );
     assert_eq!(names[2], "no-retries", "a name of its own stays as it is");
     let _ = std::fs::remove_dir_all(dir);

@@ -25,34 +25,35 @@ fn the_default_policy_meets_its_own_case_file() {
     );
     let report = text(&out.stdout);
     assert!(report.lines().all(|l| !l.starts_with("FAIL")), "{report}");
-    assert!(report.ends_with("17 passed, 0 failed\n"), "{report}");
+    assert!(report.ends_with("20 passed, 0 failed\n"), "{report}");
 }
 
 #[test]
 fn a_policy_that_answers_otherwise_fails_with_what_was_expected_beside_what_came() {
-    // The default as built for contract 0.3.0 cannot ask for a hedge.
+    // The default before 0.5.0 retries a 503 on a model that is browning out.
     let out = backstop(&[
         "test",
         &cases(),
         "--policy",
-        &fixture("policy-guest-0.3.0.wasm"),
+        &fixture("policy-guest-0.4.0.wasm"),
     ]);
     assert!(!out.status.success());
     let report = text(&out.stdout);
     let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert_eq!(
         failed,
-        ["FAIL  a primary whose start is learned is hedged on its other pool after 125 % of it"],
+        [
+            "FAIL  a 503 on a primary browning out (3 of its last 10 requests failed) goes to its other pool at once"
+        ],
         "{report}"
     );
     assert!(
-        report.contains(
-            r#"expected: route {"action":"send","model":0,"delay_ms":0,"hedge":{"model":1,"after_ms":2500}}"#
-        ) && report.contains(r#"     got: {"action":"send","model":0,"delay_ms":0}"#),
+        report.contains(r#"expected: decision {"action":"switch-model","model":1,"delay_ms":0}"#)
+            && report.contains(r#"     got: {"action":"retry","delay_ms":0}"#),
         "{report}"
     );
-    assert!(report.ends_with("16 passed, 1 failed\n"), "{report}");
-    assert!(text(&out.stderr).contains("1 of 17 cases failed"));
+    assert!(report.ends_with("19 passed, 1 failed\n"), "{report}");
+    assert!(text(&out.stderr).contains("1 of 20 cases failed"));
 }
 
 #[test]
