@@ -333,10 +333,17 @@ fn a_silent_primary_costs_requests_the_header_limit_not_their_deadline() {
         0.2,
     )]
     .into();
-    let limited = run(&scenario, &default_policy());
+    // The host's header limit is under test, not the policy: the brownout rule would send the
+    // primary's ordinary 503s to the fallback in both runs, blurring what failed over.
+    let policy = Contender::Module {
+        module: support::default_module().clone(),
+        config: r#"{"brownout_error_percent": 0}"#.into(),
+        shadow: None,
+    };
+    let limited = run(&scenario, &policy);
     let mut unlimited = HostConfig::default();
     unlimited.limits.headers = Duration::from_secs(600);
-    let waited = simulate::run(&scenario, &default_policy(), &unlimited, |_| {}).unwrap();
+    let waited = simulate::run(&scenario, &policy, &unlimited, |_| {}).unwrap();
     // With the header limit a silent attempt fails over after 10 s; without it, it holds its
     // request until the deadline, which then fails.
     let deadline = |r: &SimReport| r.failures.get("deadline").copied().unwrap_or(0);
@@ -352,7 +359,16 @@ fn a_silent_primary_costs_requests_the_header_limit_not_their_deadline() {
         limited.served,
         waited.served
     );
-    assert!(limited.served_by_fallback > waited.served_by_fallback);
+    assert!(
+        limited.served_by_fallback > waited.served_by_fallback,
+        "fallback {} vs {}; failures {:?} vs {:?}; served {} vs {}",
+        limited.served_by_fallback,
+        waited.served_by_fallback,
+        limited.failures,
+        waited.failures,
+        limited.served,
+        waited.served
+    );
 }
 
 #[test]
