@@ -299,6 +299,12 @@ impl ResilientClient {
         self.inner.core.deadline_of(request)
     }
 
+    /// When a request with these options, begun at `start`, must end (see
+    /// [`Resilience::deadline_from`](backstop_resilience::Resilience::deadline_from)).
+    pub fn deadline_from(&self, request: &RequestOptions, start: tokio::time::Instant) -> Deadline {
+        self.inner.core.deadline_from(request, start)
+    }
+
     /// Each model's tokens reserved and settled since the client started, by index of the
     /// chain.
     pub fn tokens(&self) -> Vec<backstop_resilience::health::TokenTally> {

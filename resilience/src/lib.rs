@@ -567,9 +567,15 @@ impl Resilience {
     /// for the loop and for a caller that must know the end before the call (to park it in a
     /// queue of its own).
     pub fn deadline_of(&self, request: &RequestOptions) -> Deadline {
+        self.deadline_from(request, Instant::now())
+    }
+
+    /// The same rule for a request that began at `start` (a sidecar's request when it
+    /// arrived, before admission and its body's upload): its budget counts from there.
+    pub fn deadline_from(&self, request: &RequestOptions, start: Instant) -> Deadline {
         request.deadline_at().unwrap_or_else(|| {
             let budget = request.deadline.unwrap_or(self.options.deadline);
-            Deadline::after(scale(budget, self.options.time_scale))
+            Deadline::at(start + scale(budget, self.options.time_scale))
         })
     }
 

@@ -105,7 +105,7 @@ pub async fn serve_parked(shared: Arc<Shared>, parked: Parked) -> Served {
     match client.send_raw_or_defer(&request).await {
         Ok(ServedOrDeferred::Served(served)) => {
             let (output, served) = served.split();
-            let policy = shared.policy.policy().module().digest().to_string();
+            let policy = shared.policy_digest();
             let mut headers = wire::served_headers(
                 &parked.model,
                 &served.model,

@@ -20,7 +20,6 @@ use backstop_bedrock::passthrough::RawStream;
 use backstop_bedrock::passthrough::forwarded_response_header;
 use backstop_core::catalogue;
 use backstop_core::contract::Workload;
-use backstop_resilience::deadline::Deadline;
 use backstop_resilience::error::ServedOrDeferred;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -69,16 +68,11 @@ pub async fn invoke(
         });
     let id = traced.id;
     let options = match request_options(&shared, &headers, &caller) {
-        // The end counts from arrival (the end the loop's rule gives now, moved back by the
-        // time since), so admission and the body's upload count; the id was taken on
-        // arrival, so that a failure's answer names the request as its log lines do.
-        Ok(options) => {
-            let end = client.deadline_of(&options).instant();
-            let end = end.checked_sub(traced.arrived.elapsed()).unwrap_or(end);
-            options
-                .with_deadline_at(Deadline::at(end))
-                .with_request_id(id)
-        }
+        // The end counts from arrival, so admission and the body's upload count; the id was
+        // taken on arrival, so that a failure's answer names the request as its log lines do.
+        Ok(options) => options
+            .with_deadline_at(client.deadline_from(&options, traced.arrived))
+            .with_request_id(id),
         Err(message) => return wire::validation(400, &message),
     };
     let forwarded = headers
@@ -294,7 +288,7 @@ impl Ticket {
         request_id: &str,
         upstream: &[(String, String)],
     ) -> HeaderMap {
-        let policy = self.shared.policy.policy().module().digest().to_string();
+        let policy = self.shared.policy_digest();
         let mut headers = wire::served_headers(
             &self.requested,
             model,
@@ -317,7 +311,7 @@ impl Ticket {
     fn end(&mut self, ended: &Ended<'_>) {
         self.ended = true;
         let shared = &self.shared;
-        let policy = shared.policy.policy().module().digest().to_string();
+        let policy = shared.policy_digest();
         let workload = workload_name(self.workload);
         let blank = Ending::unanswered("", None, None, &self.request_id, &policy, workload);
         let ending = match ended {
@@ -482,7 +476,7 @@ impl Drop for Ticket {
                 "the client went away before its answer was complete; its upstream work is cancelled"
             );
             if let (Some(trace), Some(exporter)) = (self.trace.take(), &self.shared.exporter) {
-                let policy = self.shared.policy.policy().module().digest().to_string();
+                let policy = self.shared.policy_digest();
                 exporter.record(trace.finish(&Ending::unanswered(
                     "client-gone",
                     Some("the client went away before its answer was complete"),

@@ -36,6 +36,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The live policy's sha256, as answers' headers and spans name it.
+    pub fn policy_digest(&self) -> String {
+        self.policy.policy().module().digest().to_string()
+    }
+
     /// Upstream requests in progress now.
     pub fn in_flight_now(&self) -> usize {
         self.settings

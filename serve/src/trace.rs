@@ -75,7 +75,7 @@ pub async fn trace_request(
             "refused with HTTP {} before any attempt",
             response.status().as_u16()
         );
-        let policy = shared.policy.policy().module().digest().to_string();
+        let policy = shared.policy_digest();
         exporter.record(trace.finish(&Ending::unanswered(
             if cause.is_empty() { "refused" } else { cause },
             Some(&error),
