@@ -269,8 +269,7 @@ pub fn decide(params: &Params, ctx: &AttemptContext) -> Decision {
     let silent = matches!(kind, ErrorKind::Timeout | ErrorKind::ModelTimeout);
     if let (true, Some(fallback)) = (silent, next) {
         if health.consecutive_errors >= params.silence_breaker_threshold
-            && u64::from(health.errors) * 100
-                >= u64::from(health.requests) * u64::from(params.breaker_error_percent)
+            && share_at_least(health.errors, health.requests, params.breaker_error_percent)
             && health.breaker != BreakerState::Open
         {
             return Decision::BreakCircuit {
@@ -477,14 +476,25 @@ fn backoff(params: &Params, ctx: &AttemptContext) -> u64 {
 fn browning_out(params: &Params, health: &crate::contract::ModelHealth) -> bool {
     params.brownout_error_percent > 0
         && health.requests >= params.sustained_min_requests
-        && u64::from(health.errors) * 100
-            >= u64::from(health.requests) * u64::from(params.brownout_error_percent)
+        && share_at_least(
+            health.errors,
+            health.requests,
+            params.brownout_error_percent,
+        )
 }
 
 fn saturated(params: &Params, health: &crate::contract::ModelHealth) -> bool {
     health.requests >= params.sustained_min_requests
-        && u64::from(health.throttles) * 100
-            >= u64::from(health.requests) * u64::from(params.sustained_throttle_percent)
+        && share_at_least(
+            health.throttles,
+            health.requests,
+            params.sustained_throttle_percent,
+        )
+}
+
+/// Whether `part` is at least `percent` % of `of`, in integers (no rounding at the edge).
+fn share_at_least(part: u32, of: u32, percent: u32) -> bool {
+    u64::from(part) * 100 >= u64::from(of) * u64::from(percent)
 }
 
 /// The models after `from` in the order the default spends them: the same model's other pools
